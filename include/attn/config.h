@@ -1,0 +1,107 @@
+// What one attention layer is, independent of where its numbers came from.
+// ModelConfig holds every value that changes attention math for a model; everything else
+// in a checkpoint's config.json (vocabulary, MLP, MoE, dtype) is ignored by the parser.
+// See shared reference "attention-semantics.md" §1-§3 for the formulas these feed.
+#ifndef ATTN_CONFIG_H_
+#define ATTN_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace attn {
+
+// How RoPE pairs the coordinates it rotates (reference §2). The checkpoint decides.
+enum class RopePairing {
+  kInterleaved,  // (x[2i], x[2i+1]): Meta reference, DeepSeek (HF rope_interleave=true)
+  kRotateHalf,   // (x[i], x[i + r/2]): HF Llama, Mistral, Qwen2, GPT-NeoX
+};
+
+enum class RopeScalingType { kNone, kLinear, kLlama3, kYarn };
+
+struct RopeScaling {
+  RopeScalingType type = RopeScalingType::kNone;
+  double factor = 1.0;
+  // llama3
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  // llama3 and yarn: the pre-extension context length L.
+  int64_t original_max_position_embeddings = 0;
+  // yarn
+  double beta_fast = 32.0;
+  double beta_slow = 1.0;
+  double mscale = 0.0;           // 0 = absent
+  double mscale_all_dim = 0.0;   // 0 = absent
+  double attention_factor = 0.0; // 0 = absent: derive from mscale keys (reference §2)
+  bool truncate = true;          // floor/ceil the yarn correction range
+};
+
+struct RopeConfig {
+  double theta = 10000.0;
+  int64_t rotary_dim = 0;  // r: even, <= the width RoPE is applied to
+  RopePairing pairing = RopePairing::kRotateHalf;
+  RopeScaling scaling;
+};
+
+enum class AttentionKind {
+  kGqa,  // MHA (G = H), GQA (1 < G < H), MQA (G = 1)
+  kMla,  // DeepSeek-V2/V3 multi-head latent attention
+};
+
+// Fields of the GQA family (reference §1).
+struct GqaDims {
+  int64_t num_kv_heads = 0;   // G
+  int64_t head_dim = 0;       // d (explicit head_dim, may differ from hidden / heads)
+  bool qkv_bias = false;      // Qwen2; Llama attention_bias
+  bool o_bias = false;        // Llama attention_bias
+};
+
+// Fields of MLA (reference §3).
+struct MlaDims {
+  int64_t q_lora_rank = 0;  // rq; 0 = no query compression (V2-Lite)
+  int64_t kv_lora_rank = 0; // rk
+  int64_t qk_nope_head_dim = 0; // dn
+  int64_t qk_rope_head_dim = 0; // dr
+  int64_t v_head_dim = 0;       // dv
+  double rms_norm_eps = 1e-6;   // both latent RMSNorms
+};
+
+struct ModelConfig {
+  std::string model_type;  // "llama", "mistral", "qwen2", "deepseek_v2", "deepseek_v3"
+  AttentionKind kind = AttentionKind::kGqa;
+  int64_t hidden_size = 0;  // D
+  int64_t num_heads = 0;    // H
+  int64_t num_layers = 1;
+  int64_t max_position_embeddings = 0;
+  GqaDims gqa;
+  MlaDims mla;
+  RopeConfig rope;
+  // Sliding window W (key t visible to query p iff p - W < t <= p); 0 = none.
+  int64_t sliding_window = 0;
+  // Which layers use the window: empty = all layers; otherwise one flag per layer
+  // (Qwen2 use_sliding_window/max_window_layers, or an explicit layer_types list).
+  std::vector<bool> sliding_layers;
+
+  // Sliding window of layer `layer` (0 = none).
+  int64_t WindowForLayer(int64_t layer) const;
+  // Width of one query/key head: d for GQA, dn + dr for MLA.
+  int64_t QueryKeyHeadDim() const;
+  // Width of one value head: d for GQA, dv for MLA.
+  int64_t ValueHeadDim() const;
+};
+
+// Throws Error(kInvalidArgument) naming the first inconsistent value: non-positive sizes,
+// H % G != 0, odd or too-wide rotary width, negative window, a scaling factor < 1 for yarn, …
+void ValidateConfig(const ModelConfig& config);
+
+// The softmax scale the config implies (reference §3):
+//   GQA: d^-0.5 (scaled by nothing else; YaRN's factor lives on cos/sin).
+//   MLA: (dn + dr)^-0.5 · mscale(s, mscale_all_dim)^2 for yarn with mscale_all_dim != 0.
+double SoftmaxScale(const ModelConfig& config);
+
+// mscale(s, m) = 1 if s <= 1 else 0.1·m·ln(s) + 1   (reference §2).
+double YarnMscale(double factor, double m);
+
+}  // namespace attn
+
+#endif  // ATTN_CONFIG_H_

@@ -1,0 +1,46 @@
+// MHA (G = H), GQA (1 < G < H) and MQA (G = 1): one layer parameterised by G (reference §1).
+#ifndef ATTN_GQA_ATTENTION_H_
+#define ATTN_GQA_ATTENTION_H_
+
+#include <memory>
+
+#include "attn/layer.h"
+#include "attn/rope.h"
+
+namespace attn {
+
+// Projection weights stored [out, in] as in PyTorch/safetensors. Biases are empty tensors
+// when the model has none.
+struct GqaWeights {
+  Tensor q_proj;  // [H·d, D]
+  Tensor k_proj;  // [G·d, D]
+  Tensor v_proj;  // [G·d, D]
+  Tensor o_proj;  // [D, H·d]
+  Tensor q_bias;  // [H·d] (Qwen2, Llama attention_bias)
+  Tensor k_bias;  // [G·d]
+  Tensor v_bias;  // [G·d]
+  Tensor o_bias;  // [D]   (Llama attention_bias)
+};
+
+class GqaAttention : public AttentionLayer {
+ public:
+  // `layer` selects the sliding window rule of models that vary it per layer.
+  // Throws Error(kInvalidArgument) if a weight's shape does not match the config.
+  GqaAttention(const ModelConfig& config, int64_t layer, GqaWeights weights);
+
+  const ModelConfig& config() const override { return config_; }
+  std::unique_ptr<Cache> NewCache(int64_t batch, int64_t capacity, DType dtype,
+                                  MlaForm form) const override;
+  Tensor Step(const TokenBatch& batch, Cache& cache, MlaForm form) const override;
+
+ private:
+  ModelConfig config_;
+  int64_t window_;
+  float scale_;
+  RotaryEmbedding rope_;
+  GqaWeights weights_;
+};
+
+}  // namespace attn
+
+#endif  // ATTN_GQA_ATTENTION_H_

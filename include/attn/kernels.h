@@ -1,0 +1,88 @@
+// The operator interface between layers and kernels. Every mechanism — MHA, GQA, MQA, naive
+// MLA (G = H, Dk = dn+dr, Dv = dv) and absorbed MLA (G = 1, Dk = rk+dr, Dv = rk, values aliasing
+// keys) — reaches attention through Attend(); layers differ only in how they build queries,
+// keys and values. Backends (cpu/ reference now, fast kernels later) sit behind one table.
+#ifndef ATTN_KERNELS_H_
+#define ATTN_KERNELS_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "attn/dtype.h"
+
+namespace attn {
+
+// Queries of one sequence in this call: contiguous [tokens][heads][dim] fp32.
+struct QueryRows {
+  const float* data = nullptr;
+  int64_t tokens = 0;
+  int64_t heads = 0;  // H
+  int64_t dim = 0;    // Dk
+};
+
+// Keys and values of one sequence as stored (a cache, or a workspace). Element (g, t, i) of
+// the keys lives at keys + g·key_head_stride + t·key_token_stride + i (in elements of dtype);
+// values likewise. Values may alias keys (absorbed MLA: value row = first rk entries of the key
+// row), so nothing here is ever written.
+struct KVView {
+  DType dtype = DType::kF32;  // f32, f16 or bf16
+  const void* keys = nullptr;
+  const void* values = nullptr;
+  int64_t kv_heads = 0;  // G; query head h reads kv head h / (H / G)
+  int64_t key_dim = 0;   // Dk
+  int64_t value_dim = 0; // Dv
+  int64_t key_head_stride = 0;
+  int64_t key_token_stride = 0;
+  int64_t value_head_stride = 0;
+  int64_t value_token_stride = 0;
+  int64_t length = 0;                // T: slots 0 … T-1 are filled
+  const uint8_t* keep = nullptr;     // [T]; keep[t] == 0 hides key t (padding); null = all kept
+};
+
+// Which keys query s may see. Query s sits at slot p = first_query_slot + s and sees key t iff
+//   t <= p (causal), keep[t] != 0, and p - window < t when window > 0 (sliding window).
+// A query with no visible key produces an all-zero output row (reference code gives NaN).
+struct Visibility {
+  int64_t first_query_slot = 0;
+  int64_t window = 0;
+};
+
+// out[s, h, :] = Σ_t softmax_t(scale · q[s, h]·k[t, g(h)]) v[t, g(h)], over visible t.
+struct AttentionProblem {
+  QueryRows queries;
+  KVView kv;
+  Visibility visibility;
+  float scale = 1.0f;
+  float* out = nullptr;  // [tokens][heads][value_dim] fp32
+};
+
+// y[r, o] = Σ_i x[r, i] · w[o, i] + bias[o]: a PyTorch Linear with w stored [out, in].
+struct LinearProblem {
+  const float* x = nullptr;  // [rows][in]
+  const float* w = nullptr;  // [out][in]
+  const float* bias = nullptr;  // [out] or null
+  int64_t rows = 0;
+  int64_t in = 0;
+  int64_t out = 0;
+  float* y = nullptr;  // [rows][out]
+};
+
+// One backend: a name and its implementation of each operator.
+struct KernelBackend {
+  const char* name;
+  void (*attend)(const AttentionProblem& problem);
+  void (*linear)(const LinearProblem& problem);
+};
+
+// The plain reference kernels (kernels/cpu/reference_*.cc): the oracle every faster kernel is
+// tested against and the fallback for shapes a faster kernel does not cover.
+const KernelBackend& ReferenceBackend();
+// The backend layers use. Today: the reference backend.
+const KernelBackend& DefaultBackend();
+
+// Checks a problem's shapes and pointers; throws Error(kInvalidArgument) naming the field.
+void ValidateAttentionProblem(const AttentionProblem& problem);
+
+}  // namespace attn
+
+#endif  // ATTN_KERNELS_H_

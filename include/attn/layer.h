@@ -1,0 +1,70 @@
+// The interface every attention layer implements, and the inputs of one call.
+// A call appends its tokens to a cache and attends over everything the cache holds, so
+// prefill (S tokens), chunked prefill and decode (S = 1) are the same call.
+#ifndef ATTN_LAYER_H_
+#define ATTN_LAYER_H_
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "attn/config.h"
+#include "attn/kv_cache.h"
+#include "attn/tensor.h"
+
+namespace attn {
+
+// How an MLA layer runs (reference §3). GQA-family layers ignore it.
+enum class MlaForm {
+  kNaive,     // per-head K (dn+dr) and V (dv) cached, like HF training code
+  kAbsorbed,  // latent cache; queries absorbed through W_UK, outputs through W_UV
+  kAuto,      // latent cache; per call the cheaper of decompress-then-attend and absorbed
+};
+// "naive" | "absorbed" | "auto"; anything else throws Error(kInvalidArgument).
+MlaForm MlaFormFromString(const std::string& name);
+const char* MlaFormName(MlaForm form);
+
+// One call's tokens: B sequences of S tokens each.
+struct TokenBatch {
+  const Tensor* hidden_states = nullptr;  // [B, S, D]
+  // [B·S] absolute positions for RoPE; empty = each sequence continues from its cache length.
+  std::span<const int64_t> positions;
+  // [B·S] key padding flags (1 keep, 0 pad); empty = all kept. Masks keys only: a padded
+  // token still gets an output row, and no later query attends to it.
+  std::span<const uint8_t> keep;
+};
+
+class AttentionLayer {
+ public:
+  virtual ~AttentionLayer() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  // An empty cache for `batch` sequences of up to `capacity` tokens, in the layout `form`
+  // needs (GQA: always per-head K/V).
+  virtual std::unique_ptr<Cache> NewCache(int64_t batch, int64_t capacity, DType dtype,
+                                          MlaForm form) const = 0;
+  // Appends the batch to `cache` and returns the attention output [B, S, D].
+  // Throws Error(kCapacity) before touching the cache if any sequence would overflow,
+  // and Error(kInvalidArgument) for shapes or a cache made for another form.
+  virtual Tensor Step(const TokenBatch& batch, Cache& cache, MlaForm form) const = 0;
+
+  // Step() on a fresh fp32 cache sized to the batch: a full prefill.
+  Tensor Forward(const TokenBatch& batch, MlaForm form) const;
+
+  // The same tokens as a prefill of the first `prefill_tokens` (1 <= N <= S) followed by one
+  // decode Step() per remaining token, through a fresh cache of `cache_dtype`. Returns the
+  // outputs of all S tokens, [B, S, D]: equal to Forward() up to rounding.
+  // When `timings` is given, it receives the wall time of the prefill and of all decode steps.
+  struct Timings {
+    double prefill_seconds = 0.0;
+    double decode_seconds = 0.0;
+    int64_t decode_steps = 0;
+  };
+  Tensor PrefillThenDecode(const TokenBatch& batch, int64_t prefill_tokens, MlaForm form,
+                           DType cache_dtype, Timings* timings = nullptr) const;
+};
+
+}  // namespace attn
+
+#endif  // ATTN_LAYER_H_

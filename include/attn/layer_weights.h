@@ -1,0 +1,49 @@
+// The tensors an attention layer needs, by the short names checkpoints use under
+// "model.layers.{i}.self_attn." (q_proj.weight, kv_b_proj.weight, …), and turning a set of
+// them into a layer. File formats and name prefixes live in io/ (hf_weights.h).
+#ifndef ATTN_LAYER_WEIGHTS_H_
+#define ATTN_LAYER_WEIGHTS_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "attn/config.h"
+#include "attn/layer.h"
+#include "attn/tensor.h"
+
+namespace attn {
+
+using NamedTensors = std::map<std::string, Tensor>;
+
+struct WeightSpec {
+  enum class Kind {
+    kMatrix,     // Linear weight [out, in]
+    kBias,       // Linear bias [out]
+    kNormScale,  // RMSNorm weight
+  };
+  std::string name;  // short name, e.g. "q_proj.weight"
+  Shape shape;
+  Kind kind;
+};
+
+// Every tensor the config's attention layer has, with its shape (reference §5).
+std::vector<WeightSpec> AttentionWeightSpecs(const ModelConfig& config);
+
+// Builds the layer from `weights` (short names; consumed). Throws Error(kNotFound) naming a
+// missing tensor, Error(kInvalidArgument) naming a misshapen or unexpected one.
+std::unique_ptr<AttentionLayer> BuildAttentionLayer(const ModelConfig& config, int64_t layer,
+                                                    NamedTensors weights);
+
+// Deterministic random weights for `config`: matrices uniform in ±1/sqrt(in) (PyTorch's
+// Linear init), biases in ±0.1, norm scales in 1 ± 0.25 so that norms are exercised.
+NamedTensors RandomAttentionWeights(const ModelConfig& config, uint64_t seed);
+
+// A tensor of values uniform in [-bound, bound), deterministic in `seed` (test inputs, demos).
+Tensor RandomUniform(const Shape& shape, uint64_t seed, float bound);
+
+}  // namespace attn
+
+#endif  // ATTN_LAYER_WEIGHTS_H_

@@ -1,0 +1,49 @@
+// Rotary position embedding (reference §2): scaled inverse frequencies, the YaRN attention
+// factor on cos/sin, and rotation with either pairing.
+#ifndef ATTN_ROPE_H_
+#define ATTN_ROPE_H_
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "attn/config.h"
+
+namespace attn {
+
+// θ'_i for i = 0 … r/2-1 after the config's scaling (none, linear, llama3, yarn), in double.
+std::vector<double> RopeInverseFrequencies(const RopeConfig& rope);
+
+// The factor YaRN multiplies cos and sin by (1 for every other scaling type):
+// attention_factor if given, else mscale(s, mscale)/mscale(s, mscale_all_dim) when both are
+// nonzero, else mscale(s, 1).
+double RopeAttentionFactor(const RopeScaling& scaling);
+
+// Applies RoPE at explicit positions. Angles p·θ_i are formed in double: in fp32 they drift
+// by ~1e-4 relative around position 1e5, which is where YaRN checkpoints are used.
+class RotaryEmbedding {
+ public:
+  explicit RotaryEmbedding(const RopeConfig& rope);
+
+  int64_t rotary_dim() const { return rotary_dim_; }
+
+  // Fills cos/sin (r/2 values each, attention factor included) for `position`.
+  void Angles(int64_t position, std::span<float> cos, std::span<float> sin) const;
+
+  // Rotates the first r entries of each of `count` vectors spaced `stride` floats apart,
+  // starting at `x`, by the angles from Angles().
+  //   interleaved:  (x[2i], x[2i+1])   <- rotate by angle_i
+  //   rotate-half:  (x[i],  x[i+r/2])  <- rotate by angle_i
+  void Rotate(std::span<const float> cos, std::span<const float> sin, float* x, int64_t count,
+              int64_t stride) const;
+
+ private:
+  int64_t rotary_dim_;
+  RopePairing pairing_;
+  double attention_factor_;
+  std::vector<double> inverse_frequencies_;
+};
+
+}  // namespace attn
+
+#endif  // ATTN_ROPE_H_

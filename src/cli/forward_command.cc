@@ -1,0 +1,77 @@
+// attn forward: one attention layer over the tokens in an input safetensors file.
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+#include "attn/error.h"
+#include "attn/hf_config.h"
+#include "attn/hf_weights.h"
+#include "attn/layer_weights.h"
+#include "attn/safetensors.h"
+#include "cli/commands.h"
+#include "cli/flags.h"
+
+namespace attn::cli {
+namespace {
+
+// Reads an optional [B, S] integer input and checks its shape.
+std::vector<int64_t> ReadTokenGrid(const SafetensorsFile& input, const std::string& name,
+                                   int64_t batch, int64_t tokens) {
+  if (!input.Contains(name)) return {};
+  Shape shape;
+  std::vector<int64_t> values = input.ReadI64(name, &shape);
+  Check(shape == Shape{batch, tokens}, ErrorKind::kInvalidArgument,
+        name + ": expected shape " + ShapeToString({batch, tokens}) + " to match hidden_states, got " +
+            ShapeToString(shape));
+  return values;
+}
+
+}  // namespace
+
+int RunForward(const std::vector<std::string>& args) {
+  const Flags flags(args, {"config", "weights", "input", "output", "layer", "mla", "prefill",
+                           "cache-dtype"},
+                    {});
+  const ModelConfig config = LoadHfConfig(flags.Required("config"));
+  const int64_t layer_index = flags.GetInt("layer", 0);
+  Check(layer_index >= 0 && layer_index < config.num_layers, ErrorKind::kInvalidArgument,
+        "--layer " + std::to_string(layer_index) + " out of range (model has " +
+            std::to_string(config.num_layers) + " layers)");
+  Check(!flags.Has("mla") || config.kind == AttentionKind::kMla, ErrorKind::kInvalidArgument,
+        "--mla applies only to MLA models; '" + config.model_type + "' is GQA-family");
+  const MlaForm form = MlaFormFromString(flags.Get("mla", "auto"));
+  const DType cache_dtype = StorageDTypeFromString(flags.Get("cache-dtype", "f32"));
+
+  const SafetensorsFile weights = SafetensorsFile::Open(flags.Required("weights"));
+  const std::unique_ptr<AttentionLayer> layer = BuildAttentionLayer(
+      config, layer_index, ReadHfAttentionWeights(weights, config, layer_index));
+
+  const SafetensorsFile input = SafetensorsFile::Open(flags.Required("input"));
+  const Tensor hidden = input.ReadF32("hidden_states");
+  Check(hidden.rank() == 3 && hidden.dim(2) == config.hidden_size && hidden.dim(0) > 0 &&
+            hidden.dim(1) > 0,
+        ErrorKind::kInvalidArgument,
+        "hidden_states: expected shape [B, S, " + std::to_string(config.hidden_size) +
+            "], got " + ShapeToString(hidden.shape()));
+  const int64_t batch = hidden.dim(0);
+  const int64_t tokens = hidden.dim(1);
+  const std::vector<int64_t> positions = ReadTokenGrid(input, "position_ids", batch, tokens);
+  const std::vector<int64_t> mask = ReadTokenGrid(input, "attention_mask", batch, tokens);
+  std::vector<uint8_t> keep;
+  for (int64_t value : mask) {
+    Check(value == 0 || value == 1, ErrorKind::kInvalidArgument,
+          "attention_mask: values must be 0 (pad) or 1 (keep), got " + std::to_string(value));
+    keep.push_back(static_cast<uint8_t>(value));
+  }
+
+  const int64_t prefill = flags.GetInt("prefill", tokens);
+  const TokenBatch token_batch{&hidden, positions, keep};
+  const Tensor output = layer->PrefillThenDecode(token_batch, prefill, form, cache_dtype);
+
+  SafetensorsWriter writer;
+  writer.AddF32("attn_output", output);
+  writer.Write(flags.Required("output"));
+  return 0;
+}
+
+}  // namespace attn::cli

@@ -1,0 +1,53 @@
+// attn: command-line entry point. Dispatches to a subcommand and maps failures to exit codes:
+// 0 success, 2 bad input (attn::Error, usage), 1 anything unexpected.
+#include <cstdio>
+#include <exception>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "attn/error.h"
+#include "cli/commands.h"
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: attn <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  demo            MHA, GQA, MQA and MLA side by side on random weights\n"
+    "  forward         run one attention layer: --config C.json --weights W.safetensors\n"
+    "                  --input IN.safetensors --output OUT.safetensors [--layer I]\n"
+    "                  [--mla naive|absorbed|auto] [--prefill N] [--cache-dtype f32|f16|bf16]\n"
+    "  random-weights  write one layer's weights: --config C.json --output W.safetensors\n"
+    "                  [--seed N] [--layer I] [--dtype f32|f16|bf16]\n"
+    "\n"
+    "See docs/reference.md for every option.\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
+      std::string(argv[1]) == "help") {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string command = argv[1];
+  const std::vector<std::string> args(argv + 2, argv + argc);
+  try {
+    if (command == "forward") return attn::cli::RunForward(args);
+    if (command == "random-weights") return attn::cli::RunRandomWeights(args);
+    if (command == "demo") return attn::cli::RunDemo(args);
+    std::fprintf(stderr, "attn: unknown command '%s'\n\n%s", command.c_str(), kUsage);
+    return 2;
+  } catch (const attn::Error& error) {
+    std::fprintf(stderr, "attn %s: error: %s\n", command.c_str(), error.what());
+    return 2;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "attn %s: error: out of memory\n", command.c_str());
+    return 2;
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "attn %s: internal error: %s\n", command.c_str(), error.what());
+    return 1;
+  }
+}

@@ -1,0 +1,181 @@
+// ModelConfig queries and validation. The formulas are those of the shared reference
+// "attention-semantics.md": §1 (GQA shapes), §2 (RoPE scaling), §3 (MLA softmax scale).
+#include "attn/config.h"
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+
+#include "attn/error.h"
+
+namespace attn {
+namespace {
+
+// Every rule below raises the same kind; the message names the config.json key at fault.
+void Require(bool condition, const std::string& message) {
+  Check(condition, ErrorKind::kInvalidArgument, message);
+}
+
+std::string Num(int64_t value) { return std::to_string(value); }
+
+// Shortest round-trip-ish rendering for messages ("40", "0.707"), not std::to_string's "%f".
+std::string Num(double value) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), "%.10g", value);
+  return buffer;
+}
+
+void RequirePositive(int64_t value, const char* key) {
+  Require(value > 0, std::string(key) + " (" + Num(value) + ") must be positive");
+}
+
+void ValidateGqa(const ModelConfig& config) {
+  RequirePositive(config.gqa.num_kv_heads, "num_key_value_heads");
+  RequirePositive(config.gqa.head_dim, "head_dim");
+  // Query head h reads kv head h / (H / G) (reference §1), so the groups must be whole.
+  Require(config.num_heads % config.gqa.num_kv_heads == 0,
+          "num_attention_heads (" + Num(config.num_heads) +
+              ") is not divisible by num_key_value_heads (" + Num(config.gqa.num_kv_heads) + ")");
+}
+
+void ValidateMla(const ModelConfig& config) {
+  const MlaDims& mla = config.mla;
+  Require(mla.q_lora_rank >= 0,
+          "q_lora_rank (" + Num(mla.q_lora_rank) + ") must be >= 0 (0 = no query compression)");
+  RequirePositive(mla.kv_lora_rank, "kv_lora_rank");
+  RequirePositive(mla.qk_nope_head_dim, "qk_nope_head_dim");
+  RequirePositive(mla.qk_rope_head_dim, "qk_rope_head_dim");
+  RequirePositive(mla.v_head_dim, "v_head_dim");
+  // RoPE rotates pairs of coordinates (reference §2), so the decoupled rope part must pair up.
+  Require(mla.qk_rope_head_dim % 2 == 0,
+          "qk_rope_head_dim (" + Num(mla.qk_rope_head_dim) + ") must be even");
+  Require(mla.rms_norm_eps > 0.0, "rms_norm_eps (" + Num(mla.rms_norm_eps) + ") must be > 0");
+}
+
+void ValidateScaling(const RopeScaling& scaling) {
+  const std::string original_key = "rope_scaling original_max_position_embeddings";
+  if (scaling.type == RopeScalingType::kNone) return;
+  Require(std::isfinite(scaling.factor) && scaling.factor > 0.0,
+          "rope_scaling factor (" + Num(scaling.factor) + ") must be > 0");
+  switch (scaling.type) {
+    case RopeScalingType::kNone:
+    case RopeScalingType::kLinear:
+      break;
+    case RopeScalingType::kLlama3:
+      // HF _validate_llama3_parameters: factor >= 1, high_freq_factor > low_freq_factor; the
+      // ramp m = (L/λ - a)/(b - a) divides by b - a and L/a needs a > 0 (reference §2).
+      Require(scaling.factor >= 1.0,
+              "rope_scaling factor (" + Num(scaling.factor) + ") must be >= 1 for llama3");
+      Require(scaling.low_freq_factor > 0.0,
+              "rope_scaling low_freq_factor (" + Num(scaling.low_freq_factor) + ") must be > 0");
+      Require(scaling.high_freq_factor > scaling.low_freq_factor,
+              "rope_scaling high_freq_factor (" + Num(scaling.high_freq_factor) +
+                  ") must be greater than low_freq_factor (" + Num(scaling.low_freq_factor) + ")");
+      Require(scaling.original_max_position_embeddings > 0,
+              original_key + " (" + Num(scaling.original_max_position_embeddings) +
+                  ") must be positive for llama3");
+      break;
+    case RopeScalingType::kYarn:
+      // corr(β) = r·ln(L/(2π·β)) / (2·ln base) needs L > 0 and β > 0; HF warns when
+      // beta_fast < beta_slow (Kimi-K2 has them equal) and when factor < 1.
+      Require(scaling.factor >= 1.0,
+              "rope_scaling factor (" + Num(scaling.factor) + ") must be >= 1 for yarn");
+      Require(scaling.original_max_position_embeddings > 0,
+              original_key + " (" + Num(scaling.original_max_position_embeddings) +
+                  ") must be positive for yarn");
+      Require(scaling.beta_slow > 0.0,
+              "rope_scaling beta_slow (" + Num(scaling.beta_slow) + ") must be > 0");
+      Require(scaling.beta_fast >= scaling.beta_slow,
+              "rope_scaling beta_fast (" + Num(scaling.beta_fast) + ") must be >= beta_slow (" +
+                  Num(scaling.beta_slow) + ")");
+      Require(scaling.mscale >= 0.0,
+              "rope_scaling mscale (" + Num(scaling.mscale) + ") must be >= 0");
+      Require(scaling.mscale_all_dim >= 0.0,
+              "rope_scaling mscale_all_dim (" + Num(scaling.mscale_all_dim) + ") must be >= 0");
+      Require(scaling.attention_factor >= 0.0,
+              "rope_scaling attention_factor (" + Num(scaling.attention_factor) + ") must be >= 0");
+      break;
+  }
+}
+
+}  // namespace
+
+int64_t ModelConfig::WindowForLayer(int64_t layer) const {
+  Check(layer >= 0 && layer < num_layers, ErrorKind::kInvalidArgument,
+        "layer " + Num(layer) + " is out of range [0, " + Num(num_layers) + ")");
+  if (sliding_window == 0) return 0;
+  if (sliding_layers.empty()) return sliding_window;
+  // ValidateConfig guarantees one flag per layer; guard anyway for unvalidated configs.
+  Check(static_cast<size_t>(layer) < sliding_layers.size(), ErrorKind::kInvalidArgument,
+        "sliding_layers has " + Num(static_cast<int64_t>(sliding_layers.size())) +
+            " entries, no flag for layer " + Num(layer));
+  return sliding_layers[static_cast<size_t>(layer)] ? sliding_window : 0;
+}
+
+int64_t ModelConfig::QueryKeyHeadDim() const {
+  return kind == AttentionKind::kMla ? mla.qk_nope_head_dim + mla.qk_rope_head_dim : gqa.head_dim;
+}
+
+int64_t ModelConfig::ValueHeadDim() const {
+  return kind == AttentionKind::kMla ? mla.v_head_dim : gqa.head_dim;
+}
+
+void ValidateConfig(const ModelConfig& config) {
+  RequirePositive(config.hidden_size, "hidden_size");
+  RequirePositive(config.num_heads, "num_attention_heads");
+  RequirePositive(config.num_layers, "num_hidden_layers");
+  // 0 means "not stated": only llama3/yarn need a context length, and they carry their own L.
+  Require(config.max_position_embeddings >= 0,
+          "max_position_embeddings (" + Num(config.max_position_embeddings) + ") must be >= 0");
+
+  const bool mla = config.kind == AttentionKind::kMla;
+  if (mla) {
+    ValidateMla(config);
+  } else {
+    ValidateGqa(config);
+  }
+
+  // RoPE rotates pairs within the width it is applied to: d for GQA, dr for MLA (§2, §3).
+  const int64_t rope_width = mla ? config.mla.qk_rope_head_dim : config.gqa.head_dim;
+  const char* rope_width_key = mla ? "qk_rope_head_dim" : "head_dim";
+  const int64_t r = config.rope.rotary_dim;
+  const std::string origin = std::string(" (rotary_dim = ") + rope_width_key + " (" +
+                             Num(rope_width) + ") x partial_rotary_factor)";
+  Require(r > 0, "rotary_dim (" + Num(r) + ") must be positive" + origin);
+  Require(r % 2 == 0, "rotary_dim (" + Num(r) + ") must be even" + origin);
+  Require(r <= rope_width,
+          "rotary_dim (" + Num(r) + ") exceeds " + rope_width_key + " (" + Num(rope_width) + ")");
+  Require(std::isfinite(config.rope.theta) && config.rope.theta > 0.0,
+          "rope_theta (" + Num(config.rope.theta) + ") must be > 0");
+  ValidateScaling(config.rope.scaling);
+
+  Require(config.sliding_window >= 0,
+          "sliding_window (" + Num(config.sliding_window) + ") must be >= 0 (0 = none)");
+  Require(config.sliding_layers.empty() ||
+              static_cast<int64_t>(config.sliding_layers.size()) == config.num_layers,
+          "sliding_layers / layer_types has " +
+              Num(static_cast<int64_t>(config.sliding_layers.size())) +
+              " entries but num_hidden_layers is " + Num(config.num_layers));
+}
+
+double SoftmaxScale(const ModelConfig& config) {
+  const double width = static_cast<double>(config.QueryKeyHeadDim());
+  const double base = 1.0 / std::sqrt(width);
+  if (config.kind != AttentionKind::kMla) return base;
+  // MLA (reference §3): (dn + dr)^-0.5 · mscale(s, mscale_all_dim)^2 for yarn with a nonzero
+  // mscale_all_dim. Never the absorbed width rk + dr nor hidden / heads.
+  const RopeScaling& scaling = config.rope.scaling;
+  if (scaling.type == RopeScalingType::kYarn && scaling.mscale_all_dim != 0.0) {
+    const double m = YarnMscale(scaling.factor, scaling.mscale_all_dim);
+    return base * m * m;
+  }
+  return base;
+}
+
+double YarnMscale(double factor, double m) {
+  // mscale(s, m) = 1 if s <= 1 else 0.1·m·ln(s) + 1 (reference §2).
+  if (factor <= 1.0) return 1.0;
+  return 0.1 * m * std::log(factor) + 1.0;
+}
+
+}  // namespace attn

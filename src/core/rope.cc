@@ -1,0 +1,126 @@
+#include "attn/rope.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numbers>
+
+#include "attn/error.h"
+
+namespace attn {
+namespace {
+
+// llama3 (reference §2): wavelength λ_i = 2π/θ_i; short wavelengths keep θ_i, long ones
+// get θ_i/s, and the band between blends with m = (L/λ_i - a)/(b - a).
+double Llama3Frequency(double theta_i, const RopeScaling& s) {
+  const double wavelength = 2.0 * std::numbers::pi / theta_i;
+  const double length = static_cast<double>(s.original_max_position_embeddings);
+  const double high_freq_wavelength = length / s.high_freq_factor;
+  const double low_freq_wavelength = length / s.low_freq_factor;
+  if (wavelength < high_freq_wavelength) return theta_i;
+  if (wavelength > low_freq_wavelength) return theta_i / s.factor;
+  const double m =
+      (length / wavelength - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+  return (1.0 - m) * theta_i / s.factor + m * theta_i;
+}
+
+// yarn correction dimension: corr(β) = r·ln(L/(2π·β)) / (2·ln base).
+double YarnCorrectionDim(double beta, int64_t rotary_dim, double base, double length) {
+  return static_cast<double>(rotary_dim) * std::log(length / (2.0 * std::numbers::pi * beta)) /
+         (2.0 * std::log(base));
+}
+
+// yarn: θ'_i = θ_i·(1 - ramp_i) + (θ_i/s)·ramp_i with ramp_i = clamp((i-lo)/(hi-lo), 0, 1).
+void ApplyYarn(const RopeConfig& rope, std::vector<double>& theta) {
+  const RopeScaling& s = rope.scaling;
+  const double length = static_cast<double>(s.original_max_position_embeddings);
+  double lo = YarnCorrectionDim(s.beta_fast, rope.rotary_dim, rope.theta, length);
+  double hi = YarnCorrectionDim(s.beta_slow, rope.rotary_dim, rope.theta, length);
+  if (s.truncate) {
+    lo = std::floor(lo);
+    hi = std::ceil(hi);
+  }
+  lo = std::max(lo, 0.0);
+  hi = std::min(hi, static_cast<double>(rope.rotary_dim - 1));
+  if (lo == hi) hi += 0.001;
+  for (size_t i = 0; i < theta.size(); ++i) {
+    const double ramp = std::clamp((static_cast<double>(i) - lo) / (hi - lo), 0.0, 1.0);
+    theta[i] = theta[i] * (1.0 - ramp) + (theta[i] / s.factor) * ramp;
+  }
+}
+
+}  // namespace
+
+std::vector<double> RopeInverseFrequencies(const RopeConfig& rope) {
+  Check(rope.rotary_dim > 0 && rope.rotary_dim % 2 == 0, ErrorKind::kInvalidArgument,
+        "rotary dimension must be positive and even, got " + std::to_string(rope.rotary_dim));
+  const int64_t half = rope.rotary_dim / 2;
+  std::vector<double> theta(static_cast<size_t>(half));
+  // θ_i = base^(-2i/r)
+  for (int64_t i = 0; i < half; ++i) {
+    theta[static_cast<size_t>(i)] =
+        std::pow(rope.theta, -2.0 * static_cast<double>(i) / static_cast<double>(rope.rotary_dim));
+  }
+  switch (rope.scaling.type) {
+    case RopeScalingType::kNone:
+      break;
+    case RopeScalingType::kLinear:
+      for (double& t : theta) t /= rope.scaling.factor;
+      break;
+    case RopeScalingType::kLlama3:
+      for (double& t : theta) t = Llama3Frequency(t, rope.scaling);
+      break;
+    case RopeScalingType::kYarn:
+      ApplyYarn(rope, theta);
+      break;
+  }
+  return theta;
+}
+
+double RopeAttentionFactor(const RopeScaling& scaling) {
+  if (scaling.type != RopeScalingType::kYarn) return 1.0;
+  if (scaling.attention_factor != 0.0) return scaling.attention_factor;
+  if (scaling.mscale != 0.0 && scaling.mscale_all_dim != 0.0) {
+    return YarnMscale(scaling.factor, scaling.mscale) /
+           YarnMscale(scaling.factor, scaling.mscale_all_dim);
+  }
+  return YarnMscale(scaling.factor, 1.0);
+}
+
+RotaryEmbedding::RotaryEmbedding(const RopeConfig& rope)
+    : rotary_dim_(rope.rotary_dim),
+      pairing_(rope.pairing),
+      attention_factor_(RopeAttentionFactor(rope.scaling)),
+      inverse_frequencies_(RopeInverseFrequencies(rope)) {}
+
+void RotaryEmbedding::Angles(int64_t position, std::span<float> cos, std::span<float> sin) const {
+  const double p = static_cast<double>(position);
+  for (size_t i = 0; i < inverse_frequencies_.size(); ++i) {
+    const double angle = p * inverse_frequencies_[i];
+    cos[i] = static_cast<float>(std::cos(angle) * attention_factor_);
+    sin[i] = static_cast<float>(std::sin(angle) * attention_factor_);
+  }
+}
+
+void RotaryEmbedding::Rotate(std::span<const float> cos, std::span<const float> sin, float* x,
+                             int64_t count, int64_t stride) const {
+  const int64_t half = rotary_dim_ / 2;
+  // Which two coordinates form pair i.
+  const int64_t first_step = pairing_ == RopePairing::kInterleaved ? 2 : 1;
+  const int64_t partner_offset = pairing_ == RopePairing::kInterleaved ? 1 : half;
+  for (int64_t n = 0; n < count; ++n) {
+    float* v = x + n * stride;
+    for (int64_t i = 0; i < half; ++i) {
+      float& a = v[i * first_step];
+      float& b = v[i * first_step + partner_offset];
+      const float c = cos[static_cast<size_t>(i)];
+      const float s = sin[static_cast<size_t>(i)];
+      // [a', b'] = [a·cos - b·sin, b·cos + a·sin]
+      const float rotated_a = a * c - b * s;
+      const float rotated_b = b * c + a * s;
+      a = rotated_a;
+      b = rotated_b;
+    }
+  }
+}
+
+}  // namespace attn

@@ -1,0 +1,49 @@
+#include "attn/tensor.h"
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "attn/error.h"
+
+namespace attn {
+
+int64_t NumElements(const Shape& shape) {
+  int64_t count = 1;
+  for (int64_t extent : shape) {
+    Check(extent >= 0, ErrorKind::kInvalidArgument,
+          "negative extent in shape " + ShapeToString(shape));
+    Check(!__builtin_mul_overflow(count, extent, &count), ErrorKind::kInvalidArgument,
+          "element count of shape " + ShapeToString(shape) + " overflows int64");
+  }
+  return count;
+}
+
+std::string ShapeToString(const Shape& shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i > 0) text += ", ";
+    text += std::to_string(shape[i]);
+  }
+  return text + "]";
+}
+
+Tensor::Tensor(Shape shape)
+    : shape_(std::move(shape)), values_(static_cast<size_t>(NumElements(shape_)), 0.0f) {}
+
+Tensor::Tensor(Shape shape, std::vector<float> values)
+    : shape_(std::move(shape)), values_(std::move(values)) {
+  const int64_t expected = NumElements(shape_);
+  Check(static_cast<int64_t>(values_.size()) == expected, ErrorKind::kInvalidArgument,
+        "tensor of shape " + ShapeToString(shape_) + " needs " + std::to_string(expected) +
+            " values, got " + std::to_string(values_.size()));
+}
+
+void CheckShape(const Tensor& tensor, const Shape& expected, const std::string& what) {
+  Check(tensor.shape() == expected, ErrorKind::kInvalidArgument,
+        what + ": expected shape " + ShapeToString(expected) + ", got " +
+            ShapeToString(tensor.shape()));
+}
+
+}  // namespace attn

@@ -1,0 +1,456 @@
+// Hugging Face config.json -> ModelConfig. Defaults follow the HF configuration classes
+// (LlamaConfig, MistralConfig, Qwen2Config, DeepseekV2Config, DeepseekV3Config) so that a key a
+// checkpoint leaves out means what it means to transformers. Every message starts with the
+// source ("config.json" or the file path) and names the key it is about.
+#include "attn/hf_config.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "attn/config.h"
+#include "attn/error.h"
+
+namespace attn {
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kSupportedModels = "llama, mistral, qwen2, deepseek_v2, deepseek_v3";
+constexpr const char* kSupportedRopeTypes = "default, linear, llama3, yarn";
+
+// Rope-dict keys that only exist for scaling types attn does not implement (longrope/su
+// short/long factor lists, Qwen2-VL mrope sections). Finding one means the checkpoint's RoPE is
+// not the one its `type` names, so ignoring it would give plausible wrong numbers.
+constexpr const char* kForeignRopeKeys[] = {"short_factor", "long_factor", "short_mscale",
+                                            "long_mscale", "mrope_section"};
+
+// A JSON value for an error message, cut short so a stray array cannot flood the message.
+std::string Excerpt(const json& value) {
+  constexpr size_t kMaxChars = 60;
+  std::string text = value.dump();
+  if (text.size() > kMaxChars) text = text.substr(0, kMaxChars) + "...";
+  return text;
+}
+
+std::string FormatDouble(double value) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), "%.10g", value);
+  return buffer;
+}
+
+// Typed access to one JSON object with messages that name "<source>: ... '<prefix><key>'".
+// Absent keys and explicit nulls are treated alike: HF configs write `null` for "use the
+// default" (head_dim, q_lora_rank, sliding_window, rope_scaling).
+class Fields {
+ public:
+  Fields(const json& object, const std::string& source, std::string prefix)
+      : object_(object), source_(source), prefix_(std::move(prefix)) {}
+
+  const json* Find(const char* key) const {
+    auto it = object_.find(key);
+    if (it == object_.end() || it->is_null()) return nullptr;
+    return &*it;
+  }
+  bool Has(const char* key) const { return Find(key) != nullptr; }
+  // True only when the key is not written at all (null is written: "explicitly none").
+  bool Absent(const char* key) const { return !object_.contains(key); }
+
+  std::string Name(const char* key) const { return prefix_ + key; }
+
+  [[noreturn]] void Fail(ErrorKind kind, const std::string& message) const {
+    throw Error(kind, source_ + ": " + message);
+  }
+
+  [[noreturn]] void WrongType(const char* key, const char* expected, const json& value) const {
+    Fail(ErrorKind::kInvalidArgument, "key '" + Name(key) + "' must be " + expected + ", got " +
+                                          value.type_name() + " " + Excerpt(value));
+  }
+
+  const json& Required(const char* key) const {
+    const json* value = Find(key);
+    if (value == nullptr) Fail(ErrorKind::kNotFound, "missing key '" + Name(key) + "'");
+    return *value;
+  }
+
+  int64_t Int(const char* key) const { return AsInt(key, Required(key)); }
+  int64_t Int(const char* key, int64_t fallback) const {
+    const json* value = Find(key);
+    return value == nullptr ? fallback : AsInt(key, *value);
+  }
+  double Double(const char* key) const { return AsDouble(key, Required(key)); }
+  double Double(const char* key, double fallback) const {
+    const json* value = Find(key);
+    return value == nullptr ? fallback : AsDouble(key, *value);
+  }
+  bool Bool(const char* key, bool fallback) const {
+    const json* value = Find(key);
+    if (value == nullptr) return fallback;
+    if (!value->is_boolean()) WrongType(key, "a boolean", *value);
+    return value->get<bool>();
+  }
+  std::string String(const char* key) const { return AsString(key, Required(key)); }
+
+  std::string AsString(const char* key, const json& value) const {
+    if (!value.is_string()) WrongType(key, "a string", value);
+    return value.get<std::string>();
+  }
+
+ private:
+  // Integers may be written 4096 or 4096.0 (some exporters emit floats); anything fractional,
+  // out of int64 range, boolean or non-numeric is rejected.
+  int64_t AsInt(const char* key, const json& value) const {
+    if (value.is_number_unsigned()) {
+      const uint64_t u = value.get<uint64_t>();
+      if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+        WrongType(key, "an integer in int64 range", value);
+      }
+      return static_cast<int64_t>(u);
+    }
+    if (value.is_number_integer()) return value.get<int64_t>();
+    if (value.is_number_float()) {
+      const double d = value.get<double>();
+      if (std::trunc(d) == d && std::fabs(d) < 9.2e18) return static_cast<int64_t>(d);
+    }
+    WrongType(key, "an integer", value);
+  }
+  double AsDouble(const char* key, const json& value) const {
+    if (!value.is_number()) WrongType(key, "a number", value);
+    return value.get<double>();
+  }
+
+  const json& object_;
+  const std::string& source_;
+  std::string prefix_;
+};
+
+const json& RequireObject(const json& value, const std::string& source, const std::string& key) {
+  if (!value.is_object()) {
+    throw Error(ErrorKind::kInvalidArgument, source + ": key '" + key +
+                                                 "' must be an object, got " + value.type_name() +
+                                                 " " + Excerpt(value));
+  }
+  return value;
+}
+
+// Parses one rope_scaling / rope_parameters dict (reference §2). `max_position_embeddings` is
+// the yarn default for the pre-extension length L, as in HF _compute_yarn_parameters.
+RopeScaling ParseRopeDict(const json& dict, const std::string& source, const std::string& key,
+                          int64_t max_position_embeddings) {
+  const Fields f(dict, source, key + ".");
+  RopeScaling scaling;
+
+  std::string type;
+  const bool has_rope_type = f.Has("rope_type");
+  const bool has_type = f.Has("type");
+  if (has_rope_type) type = f.String("rope_type");
+  if (has_type) {
+    const std::string legacy = f.String("type");
+    if (has_rope_type && legacy != type) {
+      f.Fail(ErrorKind::kInvalidArgument, "'" + f.Name("rope_type") + "' ('" + type + "') and '" +
+                                              f.Name("type") + "' ('" + legacy + "') disagree");
+    }
+    type = legacy;
+  }
+  if (!has_rope_type && !has_type) {
+    // rope_parameters may hold only rope_theta; a factor without a type is unusable (HF
+    // cannot pick an init function either), so refuse rather than guess.
+    if (f.Has("factor")) {
+      f.Fail(ErrorKind::kInvalidArgument,
+             "'" + key + "' has a factor but no 'type' or 'rope_type'");
+    }
+    return scaling;
+  }
+  if (type == "default") return scaling;
+
+  if (type == "linear") {
+    scaling.type = RopeScalingType::kLinear;
+  } else if (type == "llama3") {
+    scaling.type = RopeScalingType::kLlama3;
+  } else if (type == "yarn") {
+    scaling.type = RopeScalingType::kYarn;
+  } else {
+    f.Fail(ErrorKind::kUnsupported, "unsupported rope scaling type '" + type + "' in '" + key +
+                                        "' (supported: " + kSupportedRopeTypes + ")");
+  }
+  for (const char* foreign : kForeignRopeKeys) {
+    if (f.Has(foreign)) {
+      f.Fail(ErrorKind::kUnsupported, "key '" + f.Name(foreign) +
+                                          "' belongs to a rope scaling attn does not implement "
+                                          "(type is '" +
+                                          type + "')");
+    }
+  }
+
+  scaling.factor = f.Double("factor");
+  switch (scaling.type) {
+    case RopeScalingType::kNone:
+    case RopeScalingType::kLinear:
+      break;
+    case RopeScalingType::kLlama3:
+      // HF _validate_llama3_parameters requires all four keys.
+      scaling.low_freq_factor = f.Double("low_freq_factor");
+      scaling.high_freq_factor = f.Double("high_freq_factor");
+      scaling.original_max_position_embeddings = f.Int("original_max_position_embeddings");
+      break;
+    case RopeScalingType::kYarn:
+      scaling.original_max_position_embeddings =
+          f.Int("original_max_position_embeddings", max_position_embeddings);
+      scaling.beta_fast = f.Double("beta_fast", 32.0);
+      scaling.beta_slow = f.Double("beta_slow", 1.0);
+      scaling.mscale = f.Double("mscale", 0.0);
+      scaling.mscale_all_dim = f.Double("mscale_all_dim", 0.0);
+      scaling.attention_factor = f.Double("attention_factor", 0.0);
+      scaling.truncate = f.Bool("truncate", true);
+      break;
+  }
+  return scaling;
+}
+
+bool SameScaling(const RopeScaling& a, const RopeScaling& b) {
+  return a.type == b.type && a.factor == b.factor && a.low_freq_factor == b.low_freq_factor &&
+         a.high_freq_factor == b.high_freq_factor &&
+         a.original_max_position_embeddings == b.original_max_position_embeddings &&
+         a.beta_fast == b.beta_fast && a.beta_slow == b.beta_slow && a.mscale == b.mscale &&
+         a.mscale_all_dim == b.mscale_all_dim && a.attention_factor == b.attention_factor &&
+         a.truncate == b.truncate;
+}
+
+// A value that may sit at the top level (older configs) or inside rope_parameters (newer
+// transformers). Both present and different is ambiguous, so it is an error.
+double TopLevelOrRopeParam(const Fields& top, const Fields* params, const char* key,
+                           double fallback) {
+  const bool in_top = top.Has(key);
+  const bool in_params = params != nullptr && params->Has(key);
+  if (in_top && in_params && top.Double(key) != params->Double(key)) {
+    top.Fail(ErrorKind::kInvalidArgument,
+             "'" + top.Name(key) + "' (" + FormatDouble(top.Double(key)) + ") and '" +
+                 params->Name(key) + "' (" + FormatDouble(params->Double(key)) + ") disagree");
+  }
+  if (in_params) return params->Double(key);
+  return top.Double(key, fallback);
+}
+
+void ParseRope(const Fields& top, const std::string& source, int64_t rope_width,
+               const char* rope_width_key, ModelConfig& config) {
+  const json* params_json = top.Find("rope_parameters");
+  const json* legacy_json = top.Find("rope_scaling");
+  std::optional<Fields> params;
+  RopeScaling from_params;
+  if (params_json != nullptr) {
+    RequireObject(*params_json, source, "rope_parameters");
+    params.emplace(*params_json, source, "rope_parameters.");
+    from_params =
+        ParseRopeDict(*params_json, source, "rope_parameters", config.max_position_embeddings);
+  }
+  if (legacy_json != nullptr) {
+    RequireObject(*legacy_json, source, "rope_scaling");
+    const RopeScaling from_legacy =
+        ParseRopeDict(*legacy_json, source, "rope_scaling", config.max_position_embeddings);
+    if (params_json != nullptr && !SameScaling(from_params, from_legacy)) {
+      top.Fail(ErrorKind::kInvalidArgument, "'rope_scaling' and 'rope_parameters' disagree");
+    }
+    config.rope.scaling = from_legacy;
+  } else {
+    config.rope.scaling = from_params;
+  }
+
+  config.rope.theta = TopLevelOrRopeParam(top, params ? &*params : nullptr, "rope_theta", 10000.0);
+
+  // HF: dim = int(head_dim · partial_rotary_factor). attn insists the product is an even integer
+  // instead of truncating, because a truncated or odd width cannot be what the checkpoint meant.
+  const double partial =
+      TopLevelOrRopeParam(top, params ? &*params : nullptr, "partial_rotary_factor", 1.0);
+  if (!(partial > 0.0 && partial <= 1.0)) {
+    top.Fail(ErrorKind::kInvalidArgument,
+             "partial_rotary_factor (" + FormatDouble(partial) + ") must be in (0, 1]");
+  }
+  if (partial == 1.0) {
+    // Full-width RoPE: an odd width is the width key's fault, and ValidateConfig names it.
+    config.rope.rotary_dim = rope_width;
+    return;
+  }
+  const double width = static_cast<double>(rope_width) * partial;
+  const double rounded = std::round(width);
+  if (std::fabs(width - rounded) > 1e-6 || static_cast<int64_t>(rounded) % 2 != 0) {
+    top.Fail(ErrorKind::kInvalidArgument,
+             "partial_rotary_factor (" + FormatDouble(partial) + ") x " + rope_width_key + " (" +
+                 std::to_string(rope_width) + ") = " + FormatDouble(width) +
+                 " is not an even integer rotary width");
+  }
+  config.rope.rotary_dim = static_cast<int64_t>(rounded);
+}
+
+// layer_types ("sliding_attention" / "full_attention" per layer) -> sliding_layers.
+std::vector<bool> ParseLayerTypes(const Fields& top) {
+  const json& list = top.Required("layer_types");
+  if (!list.is_array()) top.WrongType("layer_types", "an array of strings", list);
+  std::vector<bool> sliding;
+  sliding.reserve(list.size());
+  for (size_t i = 0; i < list.size(); ++i) {
+    const std::string entry = top.AsString("layer_types", list[i]);
+    if (entry == "sliding_attention") {
+      sliding.push_back(true);
+    } else if (entry == "full_attention") {
+      sliding.push_back(false);
+    } else {
+      top.Fail(ErrorKind::kUnsupported, "unsupported layer_types entry '" + entry + "' at index " +
+                                            std::to_string(i) +
+                                            " (supported: sliding_attention, full_attention)");
+    }
+  }
+  return sliding;
+}
+
+void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& config) {
+  config.kind = AttentionKind::kGqa;
+  config.rope.pairing = RopePairing::kRotateHalf;  // HF rotate_half (reference §2)
+  config.gqa.num_kv_heads = top.Int("num_key_value_heads", config.num_heads);
+  if (top.Has("head_dim")) {
+    config.gqa.head_dim = top.Int("head_dim");
+  } else if (config.num_heads > 0) {
+    if (config.hidden_size % config.num_heads != 0) {
+      top.Fail(ErrorKind::kInvalidArgument, "head_dim is absent and hidden_size (" +
+                                                std::to_string(config.hidden_size) +
+                                                ") is not divisible by num_attention_heads (" +
+                                                std::to_string(config.num_heads) + ")");
+    }
+    config.gqa.head_dim = config.hidden_size / config.num_heads;
+  }
+
+  if (model_type == "llama") {
+    // LlamaAttention: bias=attention_bias on q, k, v and o; no sliding window.
+    const bool bias = top.Bool("attention_bias", false);
+    config.gqa.qkv_bias = bias;
+    config.gqa.o_bias = bias;
+    return;
+  }
+  if (model_type == "mistral") {
+    // MistralConfig default sliding_window is 4096; null means full attention.
+    config.sliding_window = top.Absent("sliding_window") ? 4096 : top.Int("sliding_window", 0);
+    if (top.Has("layer_types")) config.sliding_layers = ParseLayerTypes(top);
+    return;
+  }
+  // qwen2: q/k/v biased, o not (Qwen2Attention). The window applies only when
+  // use_sliding_window is true, and then (without layer_types) to layers >= max_window_layers.
+  config.gqa.qkv_bias = true;
+  config.gqa.o_bias = false;
+  if (top.Bool("use_sliding_window", false)) {
+    config.sliding_window = top.Absent("sliding_window") ? 4096 : top.Int("sliding_window", 0);
+  }
+  if (top.Has("layer_types")) {
+    config.sliding_layers = ParseLayerTypes(top);
+  } else if (config.sliding_window > 0) {
+    const int64_t first_sliding = top.Int("max_window_layers", 28);
+    config.sliding_layers.resize(static_cast<size_t>(std::max<int64_t>(config.num_layers, 0)));
+    for (size_t i = 0; i < config.sliding_layers.size(); ++i) {
+      config.sliding_layers[i] = static_cast<int64_t>(i) >= first_sliding;
+    }
+  }
+}
+
+void ParseMla(const Fields& top, const std::string& model_type, ModelConfig& config) {
+  config.kind = AttentionKind::kMla;
+  if (top.Bool("attention_bias", false)) {
+    top.Fail(ErrorKind::kUnsupported, "attention_bias=true is not supported for " + model_type +
+                                          " (attn's MLA projections are bias-free)");
+  }
+  // num_key_value_heads is ignored: MLA has one shared latent, not G kv heads (reference §3).
+  config.mla.q_lora_rank = top.Int("q_lora_rank", 0);
+  config.mla.kv_lora_rank = top.Int("kv_lora_rank");
+  config.mla.qk_nope_head_dim = top.Int("qk_nope_head_dim");
+  config.mla.qk_rope_head_dim = top.Int("qk_rope_head_dim");
+  config.mla.v_head_dim = top.Int("v_head_dim");
+  config.mla.rms_norm_eps = top.Double("rms_norm_eps", 1e-6);
+  // HF DeepSeek de-interleaves at run time when rope_interleave (default true), which equals
+  // interleaved pairs on the checkpoint's weights; false means plain rotate-half.
+  config.rope.pairing =
+      top.Bool("rope_interleave", true) ? RopePairing::kInterleaved : RopePairing::kRotateHalf;
+}
+
+// HF class defaults for max_position_embeddings, used only when a config leaves it out.
+int64_t DefaultMaxPositions(const std::string& model_type) {
+  if (model_type == "mistral") return 4096 * 32;
+  if (model_type == "qwen2") return 32768;
+  if (model_type == "deepseek_v3") return 4096;
+  return 2048;  // llama, deepseek_v2
+}
+
+ModelConfig Parse(const std::string& json_text, const std::string& source) {
+  json root;
+  try {
+    root = json::parse(json_text);
+  } catch (const json::parse_error& e) {
+    throw Error(ErrorKind::kInvalidArgument, source + ": malformed JSON: " + e.what());
+  }
+  if (!root.is_object()) {
+    throw Error(ErrorKind::kInvalidArgument,
+                source + ": top level must be a JSON object, got " + root.type_name());
+  }
+  const Fields top(root, source, "");
+
+  ModelConfig config;
+  std::string model_type = top.String("model_type");
+  // Kimi-K2 ships DeepSeek-V3's architecture; some copies of its config say "kimi_k2".
+  if (model_type == "kimi_k2") model_type = "deepseek_v3";
+  const bool gqa = model_type == "llama" || model_type == "mistral" || model_type == "qwen2";
+  const bool mla = model_type == "deepseek_v2" || model_type == "deepseek_v3";
+  if (!gqa && !mla) {
+    top.Fail(ErrorKind::kUnsupported,
+             "unsupported model_type '" + model_type + "' (supported: " + kSupportedModels + ")");
+  }
+  config.model_type = model_type;
+  config.hidden_size = top.Int("hidden_size");
+  config.num_heads = top.Int("num_attention_heads");
+  config.num_layers = top.Int("num_hidden_layers");
+  config.max_position_embeddings =
+      top.Int("max_position_embeddings", DefaultMaxPositions(model_type));
+
+  if (gqa) {
+    ParseGqa(top, model_type, config);
+    ParseRope(top, source, config.gqa.head_dim, "head_dim", config);
+  } else {
+    ParseMla(top, model_type, config);
+    ParseRope(top, source, config.mla.qk_rope_head_dim, "qk_rope_head_dim", config);
+  }
+
+  try {
+    ValidateConfig(config);
+  } catch (const Error& e) {
+    throw Error(e.kind(), source + ": " + e.what());
+  }
+  return config;
+}
+
+}  // namespace
+
+ModelConfig ParseHfConfig(const std::string& json_text) { return Parse(json_text, "config.json"); }
+
+ModelConfig LoadHfConfig(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    throw Error(ErrorKind::kIo, "cannot read config '" + path + "': is a directory");
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in.is_open()) {
+    throw Error(ErrorKind::kIo, "cannot open config '" + path + "': " + std::strerror(errno));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) throw Error(ErrorKind::kIo, "cannot read config '" + path + "'");
+  return Parse(text.str(), path);
+}
+
+}  // namespace attn

@@ -1,0 +1,103 @@
+// One forward call of the GQA family (reference §1), top to bottom:
+//   q = x Wqᵀ (+bq) -> [B,S,H,d];  k = x Wkᵀ (+bk), v = x Wvᵀ (+bv) -> [B,S,G,d]
+//   q, k <- RoPE(position)
+//   cache[b] += (k, v);  o[b] = Attend(q[b], cache[b]) with head h reading kv head h/(H/G)
+//   y = o Woᵀ (+bo), o flattened to [B,S,H·d]
+#include "attn/gqa_attention.h"
+
+#include <vector>
+
+#include "attn/error.h"
+#include "attn/kernels.h"
+#include "layers/layer_util.h"
+
+namespace attn {
+
+GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, GqaWeights weights)
+    : config_(layers::Validated(config)),
+      window_(0),
+      scale_(0.0f),
+      rope_(config_.rope),
+      weights_(std::move(weights)) {
+  Check(config.kind == AttentionKind::kGqa, ErrorKind::kInvalidArgument,
+        "GqaAttention needs a GQA-family config, got '" + config.model_type + "'");
+  Check(layer >= 0 && layer < config.num_layers, ErrorKind::kInvalidArgument,
+        "layer " + std::to_string(layer) + " out of range (model has " +
+            std::to_string(config.num_layers) + " layers)");
+  window_ = config.WindowForLayer(layer);
+  scale_ = static_cast<float>(SoftmaxScale(config));
+  const int64_t d = config.gqa.head_dim;
+  const int64_t q_width = config.num_heads * d;
+  const int64_t kv_width = config.gqa.num_kv_heads * d;
+  const int64_t hidden = config.hidden_size;
+  layers::CheckWeight(weights_.q_proj, {q_width, hidden}, "q_proj.weight");
+  layers::CheckWeight(weights_.k_proj, {kv_width, hidden}, "k_proj.weight");
+  layers::CheckWeight(weights_.v_proj, {kv_width, hidden}, "v_proj.weight");
+  layers::CheckWeight(weights_.o_proj, {hidden, q_width}, "o_proj.weight");
+  if (config.gqa.qkv_bias) {
+    layers::CheckWeight(weights_.q_bias, {q_width}, "q_proj.bias");
+    layers::CheckWeight(weights_.k_bias, {kv_width}, "k_proj.bias");
+    layers::CheckWeight(weights_.v_bias, {kv_width}, "v_proj.bias");
+  } else {
+    Check(weights_.q_bias.size() == 0 && weights_.k_bias.size() == 0 &&
+              weights_.v_bias.size() == 0,
+          ErrorKind::kInvalidArgument, "q/k/v biases given but the config has none");
+  }
+  if (config.gqa.o_bias) {
+    layers::CheckWeight(weights_.o_bias, {hidden}, "o_proj.bias");
+  } else {
+    Check(weights_.o_bias.size() == 0, ErrorKind::kInvalidArgument,
+          "o_proj.bias given but the config has none");
+  }
+}
+
+std::unique_ptr<Cache> GqaAttention::NewCache(int64_t batch, int64_t capacity, DType dtype,
+                                              MlaForm /*form: GQA has one cache layout*/) const {
+  return std::make_unique<KVCache>(batch, capacity, config_.gqa.num_kv_heads,
+                                   config_.gqa.head_dim, config_.gqa.head_dim, dtype);
+}
+
+Tensor GqaAttention::Step(const TokenBatch& batch, Cache& cache, MlaForm /*form*/) const {
+  const layers::BatchShape shape = layers::CheckTokenBatch(batch, config_.hidden_size);
+  const int64_t heads = config_.num_heads;
+  const int64_t kv_heads = config_.gqa.num_kv_heads;
+  const int64_t d = config_.gqa.head_dim;
+  auto* kv = dynamic_cast<KVCache*>(&cache);
+  Check(kv != nullptr && kv->kv_heads() == kv_heads && kv->key_dim() == d &&
+            kv->value_dim() == d && kv->batch() == shape.batch,
+        ErrorKind::kInvalidArgument,
+        "cache does not match this layer (need a KVCache of batch " +
+            std::to_string(shape.batch) + ", " + std::to_string(kv_heads) + " kv heads of " +
+            std::to_string(d) + ")");
+  kv->CheckRoom(std::vector<int64_t>(static_cast<size_t>(shape.batch), shape.tokens));
+
+  const int64_t rows = shape.batch * shape.tokens;
+  const float* x = batch.hidden_states->data();
+  std::vector<float> q = layers::Project(x, rows, weights_.q_proj, weights_.q_bias);
+  std::vector<float> k = layers::Project(x, rows, weights_.k_proj, weights_.k_bias);
+  std::vector<float> v = layers::Project(x, rows, weights_.v_proj, weights_.v_bias);
+
+  const std::vector<int64_t> positions = layers::ResolvePositions(batch, shape, *kv);
+  layers::RotateHeads(rope_, positions, q.data(), heads * d, 0, heads, d);
+  layers::RotateHeads(rope_, positions, k.data(), kv_heads * d, 0, kv_heads, d);
+
+  std::vector<float> heads_out(static_cast<size_t>(rows * heads * d));
+  for (int64_t b = 0; b < shape.batch; ++b) {
+    const int64_t first_slot = kv->length(b);
+    const int64_t token0 = b * shape.tokens;
+    kv->Append(b, shape.tokens, k.data() + token0 * kv_heads * d,
+               v.data() + token0 * kv_heads * d, layers::KeepFlags(batch, shape, b));
+    AttentionProblem problem;
+    problem.queries = {q.data() + token0 * heads * d, shape.tokens, heads, d};
+    problem.kv = kv->View(b);
+    problem.visibility = {first_slot, window_};
+    problem.scale = scale_;
+    problem.out = heads_out.data() + token0 * heads * d;
+    DefaultBackend().attend(problem);
+  }
+
+  std::vector<float> y = layers::Project(heads_out.data(), rows, weights_.o_proj, weights_.o_bias);
+  return Tensor({shape.batch, shape.tokens, config_.hidden_size}, std::move(y));
+}
+
+}  // namespace attn

@@ -1,0 +1,91 @@
+#include "attn/layer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+#include "attn/error.h"
+
+namespace attn {
+
+MlaForm MlaFormFromString(const std::string& name) {
+  if (name == "naive") return MlaForm::kNaive;
+  if (name == "absorbed") return MlaForm::kAbsorbed;
+  if (name == "auto") return MlaForm::kAuto;
+  throw Error(ErrorKind::kInvalidArgument,
+              "unknown MLA form '" + name + "' (expected naive, absorbed or auto)");
+}
+
+const char* MlaFormName(MlaForm form) {
+  switch (form) {
+    case MlaForm::kNaive:
+      return "naive";
+    case MlaForm::kAbsorbed:
+      return "absorbed";
+    case MlaForm::kAuto:
+      return "auto";
+  }
+  return "?";
+}
+
+Tensor AttentionLayer::Forward(const TokenBatch& batch, MlaForm form) const {
+  Check(batch.hidden_states != nullptr && batch.hidden_states->rank() == 3,
+        ErrorKind::kInvalidArgument, "hidden_states: expected shape [B, S, D]");
+  const Tensor& x = *batch.hidden_states;
+  std::unique_ptr<Cache> cache = NewCache(x.dim(0), x.dim(1), DType::kF32, form);
+  return Step(batch, *cache, form);
+}
+
+Tensor AttentionLayer::PrefillThenDecode(const TokenBatch& batch, int64_t prefill_tokens,
+                                         MlaForm form, DType cache_dtype,
+                                         Timings* timings) const {
+  Check(batch.hidden_states != nullptr && batch.hidden_states->rank() == 3,
+        ErrorKind::kInvalidArgument, "hidden_states: expected shape [B, S, D]");
+  const Tensor& x = *batch.hidden_states;
+  const int64_t b_count = x.dim(0);
+  const int64_t s_count = x.dim(1);
+  const int64_t width = x.dim(2);
+  Check(prefill_tokens >= 1 && prefill_tokens <= s_count, ErrorKind::kInvalidArgument,
+        "prefill length " + std::to_string(prefill_tokens) + " must lie in [1, " +
+            std::to_string(s_count) + "]");
+  std::unique_ptr<Cache> cache = NewCache(b_count, s_count, cache_dtype, form);
+  Tensor out({b_count, s_count, config().hidden_size});
+
+  // Runs tokens [begin, end) of every sequence as one Step and scatters the outputs.
+  auto run_chunk = [&](int64_t begin, int64_t end) {
+    const int64_t n = end - begin;
+    Tensor chunk({b_count, n, width});
+    std::vector<int64_t> positions;
+    std::vector<uint8_t> keep;
+    for (int64_t b = 0; b < b_count; ++b) {
+      const int64_t row = b * s_count + begin;
+      std::copy_n(x.data() + row * width, n * width, chunk.data() + b * n * width);
+      if (!batch.positions.empty()) {
+        positions.insert(positions.end(), batch.positions.begin() + row,
+                         batch.positions.begin() + row + n);
+      }
+      if (!batch.keep.empty()) {
+        keep.insert(keep.end(), batch.keep.begin() + row, batch.keep.begin() + row + n);
+      }
+    }
+    TokenBatch part{&chunk, positions, keep};
+    const Tensor y = Step(part, *cache, form);
+    const int64_t d = config().hidden_size;
+    for (int64_t b = 0; b < b_count; ++b) {
+      std::copy_n(y.data() + b * n * d, n * d, out.data() + (b * s_count + begin) * d);
+    }
+  };
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point start = Clock::now();
+  run_chunk(0, prefill_tokens);
+  const Clock::time_point prefilled = Clock::now();
+  for (int64_t s = prefill_tokens; s < s_count; ++s) run_chunk(s, s + 1);
+  if (timings != nullptr) {
+    timings->prefill_seconds = std::chrono::duration<double>(prefilled - start).count();
+    timings->decode_seconds = std::chrono::duration<double>(Clock::now() - prefilled).count();
+    timings->decode_steps = s_count - prefill_tokens;
+  }
+  return out;
+}
+
+}  // namespace attn

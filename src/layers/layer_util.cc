@@ -1,0 +1,101 @@
+#include "layers/layer_util.h"
+
+#include <cmath>
+
+#include "attn/error.h"
+#include "attn/kernels.h"
+
+namespace attn::layers {
+
+const ModelConfig& Validated(const ModelConfig& config) {
+  ValidateConfig(config);
+  return config;
+}
+
+BatchShape CheckTokenBatch(const TokenBatch& batch, int64_t hidden_size) {
+  Check(batch.hidden_states != nullptr, ErrorKind::kInvalidArgument, "hidden_states is missing");
+  const Tensor& x = *batch.hidden_states;
+  Check(x.rank() == 3 && x.dim(2) == hidden_size && x.dim(0) > 0 && x.dim(1) > 0,
+        ErrorKind::kInvalidArgument,
+        "hidden_states: expected shape [B, S, " + std::to_string(hidden_size) +
+            "] with B, S > 0, got " + ShapeToString(x.shape()));
+  const BatchShape shape{x.dim(0), x.dim(1)};
+  const size_t tokens = static_cast<size_t>(shape.batch * shape.tokens);
+  Check(batch.positions.empty() || batch.positions.size() == tokens, ErrorKind::kInvalidArgument,
+        "position_ids: expected " + std::to_string(tokens) + " values ([B, S] = [" +
+            std::to_string(shape.batch) + ", " + std::to_string(shape.tokens) + "]), got " +
+            std::to_string(batch.positions.size()));
+  for (int64_t p : batch.positions) {
+    Check(p >= 0, ErrorKind::kInvalidArgument,
+          "position_ids: positions must be >= 0, got " + std::to_string(p));
+  }
+  Check(batch.keep.empty() || batch.keep.size() == tokens, ErrorKind::kInvalidArgument,
+        "attention_mask: expected " + std::to_string(tokens) + " values ([B, S] = [" +
+            std::to_string(shape.batch) + ", " + std::to_string(shape.tokens) + "]), got " +
+            std::to_string(batch.keep.size()));
+  for (uint8_t k : batch.keep) {
+    Check(k <= 1, ErrorKind::kInvalidArgument, "attention_mask: values must be 0 or 1");
+  }
+  return shape;
+}
+
+std::vector<int64_t> ResolvePositions(const TokenBatch& batch, const BatchShape& shape,
+                                      const Cache& cache) {
+  if (!batch.positions.empty()) return {batch.positions.begin(), batch.positions.end()};
+  std::vector<int64_t> positions(static_cast<size_t>(shape.batch * shape.tokens));
+  for (int64_t b = 0; b < shape.batch; ++b) {
+    for (int64_t s = 0; s < shape.tokens; ++s) {
+      positions[static_cast<size_t>(b * shape.tokens + s)] = cache.length(b) + s;
+    }
+  }
+  return positions;
+}
+
+const uint8_t* KeepFlags(const TokenBatch& batch, const BatchShape& shape, int64_t sequence) {
+  if (batch.keep.empty()) return nullptr;
+  return batch.keep.data() + sequence * shape.tokens;
+}
+
+std::vector<float> Project(const float* x, int64_t rows, const Tensor& w, const Tensor& bias) {
+  std::vector<float> y(static_cast<size_t>(rows * w.dim(0)));
+  LinearProblem problem;
+  problem.x = x;
+  problem.w = w.data();
+  problem.bias = bias.size() > 0 ? bias.data() : nullptr;
+  problem.rows = rows;
+  problem.in = w.dim(1);
+  problem.out = w.dim(0);
+  problem.y = y.data();
+  DefaultBackend().linear(problem);
+  return y;
+}
+
+void RotateHeads(const RotaryEmbedding& rope, std::span<const int64_t> positions, float* data,
+                 int64_t token_stride, int64_t offset, int64_t heads, int64_t stride) {
+  std::vector<float> cos(static_cast<size_t>(rope.rotary_dim() / 2));
+  std::vector<float> sin(cos.size());
+  for (size_t n = 0; n < positions.size(); ++n) {
+    rope.Angles(positions[n], cos, sin);
+    rope.Rotate(cos, sin, data + static_cast<int64_t>(n) * token_stride + offset, heads, stride);
+  }
+}
+
+void RmsNormRows(float* x, int64_t rows, int64_t stride, const Tensor& weight, double eps) {
+  const int64_t width = weight.size();
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = x + r * stride;
+    double sum_squares = 0.0;
+    for (int64_t i = 0; i < width; ++i) sum_squares += static_cast<double>(row[i]) * row[i];
+    const float inverse_rms =
+        static_cast<float>(1.0 / std::sqrt(sum_squares / static_cast<double>(width) + eps));
+    for (int64_t i = 0; i < width; ++i) row[i] = row[i] * inverse_rms * weight.data()[i];
+  }
+}
+
+void CheckWeight(const Tensor& tensor, const Shape& expected, const std::string& name) {
+  Check(tensor.shape() == expected, ErrorKind::kInvalidArgument,
+        name + ": expected shape " + ShapeToString(expected) + ", got " +
+            ShapeToString(tensor.shape()));
+}
+
+}  // namespace attn::layers

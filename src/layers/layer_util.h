@@ -1,0 +1,53 @@
+// Pieces shared by the GQA-family and MLA layers: input checks, projections, RoPE over heads,
+// RMSNorm. Internal to the library.
+#ifndef ATTN_LAYERS_LAYER_UTIL_H_
+#define ATTN_LAYERS_LAYER_UTIL_H_
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "attn/kv_cache.h"
+#include "attn/layer.h"
+#include "attn/rope.h"
+#include "attn/tensor.h"
+
+namespace attn::layers {
+
+// `config` after ValidateConfig() accepted it, for member initialisers.
+const ModelConfig& Validated(const ModelConfig& config);
+
+// B and S of a call, after checking hidden_states is [B, S, hidden] and that positions and
+// keep, when given, hold B·S entries (keep values 0 or 1).
+struct BatchShape {
+  int64_t batch;
+  int64_t tokens;
+};
+BatchShape CheckTokenBatch(const TokenBatch& batch, int64_t hidden_size);
+
+// Positions of every token: the given ones, or cache.length(b) + s when none are given.
+std::vector<int64_t> ResolvePositions(const TokenBatch& batch, const BatchShape& shape,
+                                      const Cache& cache);
+
+// Pointer to sequence b's keep flags, or null when the batch has none.
+const uint8_t* KeepFlags(const TokenBatch& batch, const BatchShape& shape, int64_t sequence);
+
+// y = x Wᵀ (+ b) for `rows` rows of x; w is [out, in], bias empty or [out].
+std::vector<float> Project(const float* x, int64_t rows, const Tensor& w, const Tensor& bias);
+
+// Rotates `heads` vectors per token (each `stride` floats apart within a token, starting at
+// `offset`) by that token's position. data is [tokens][token_stride].
+void RotateHeads(const RotaryEmbedding& rope, std::span<const int64_t> positions, float* data,
+                 int64_t token_stride, int64_t offset, int64_t heads, int64_t stride);
+
+// x <- x / sqrt(mean(x²) + eps) · weight, for each of `rows` rows of width weight.size()
+// spaced `stride` apart (HF RMSNorm: statistics in fp32 or wider, then scale).
+void RmsNormRows(float* x, int64_t rows, int64_t stride, const Tensor& weight, double eps);
+
+// Throws Error(kInvalidArgument) "<name>: expected shape [..], got [..]" when a weight is off.
+void CheckWeight(const Tensor& tensor, const Shape& expected, const std::string& name);
+
+}  // namespace attn::layers
+
+#endif  // ATTN_LAYERS_LAYER_UTIL_H_

@@ -1,0 +1,165 @@
+#include "attn/layer_weights.h"
+
+#include <cmath>
+
+#include "attn/error.h"
+#include "attn/gqa_attention.h"
+#include "attn/mla_attention.h"
+
+namespace attn {
+namespace {
+
+std::vector<WeightSpec> GqaSpecs(const ModelConfig& c) {
+  const int64_t q_width = c.num_heads * c.gqa.head_dim;
+  const int64_t kv_width = c.gqa.num_kv_heads * c.gqa.head_dim;
+  using K = WeightSpec::Kind;
+  std::vector<WeightSpec> specs = {
+      {"q_proj.weight", {q_width, c.hidden_size}, K::kMatrix},
+      {"k_proj.weight", {kv_width, c.hidden_size}, K::kMatrix},
+      {"v_proj.weight", {kv_width, c.hidden_size}, K::kMatrix},
+      {"o_proj.weight", {c.hidden_size, q_width}, K::kMatrix},
+  };
+  if (c.gqa.qkv_bias) {
+    specs.push_back({"q_proj.bias", {q_width}, K::kBias});
+    specs.push_back({"k_proj.bias", {kv_width}, K::kBias});
+    specs.push_back({"v_proj.bias", {kv_width}, K::kBias});
+  }
+  if (c.gqa.o_bias) specs.push_back({"o_proj.bias", {c.hidden_size}, K::kBias});
+  return specs;
+}
+
+std::vector<WeightSpec> MlaSpecs(const ModelConfig& c) {
+  const MlaDims& m = c.mla;
+  const int64_t q_width = c.num_heads * (m.qk_nope_head_dim + m.qk_rope_head_dim);
+  using K = WeightSpec::Kind;
+  std::vector<WeightSpec> specs;
+  if (m.q_lora_rank > 0) {
+    specs.push_back({"q_a_proj.weight", {m.q_lora_rank, c.hidden_size}, K::kMatrix});
+    specs.push_back({"q_a_layernorm.weight", {m.q_lora_rank}, K::kNormScale});
+    specs.push_back({"q_b_proj.weight", {q_width, m.q_lora_rank}, K::kMatrix});
+  } else {
+    specs.push_back({"q_proj.weight", {q_width, c.hidden_size}, K::kMatrix});
+  }
+  specs.push_back({"kv_a_proj_with_mqa.weight",
+                   {m.kv_lora_rank + m.qk_rope_head_dim, c.hidden_size},
+                   K::kMatrix});
+  specs.push_back({"kv_a_layernorm.weight", {m.kv_lora_rank}, K::kNormScale});
+  specs.push_back({"kv_b_proj.weight",
+                   {c.num_heads * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank},
+                   K::kMatrix});
+  specs.push_back({"o_proj.weight", {c.hidden_size, c.num_heads * m.v_head_dim}, K::kMatrix});
+  return specs;
+}
+
+// Removes and returns weights[name]; an empty tensor when absent and not `required`.
+Tensor Take(NamedTensors& weights, const std::string& name, bool required) {
+  auto it = weights.find(name);
+  if (it == weights.end()) {
+    Check(!required, ErrorKind::kNotFound, "missing attention weight '" + name + "'");
+    return Tensor();
+  }
+  Tensor tensor = std::move(it->second);
+  weights.erase(it);
+  return tensor;
+}
+
+// splitmix64 (Steele, Lea, Flood 2014): a tiny, well-mixed, portable generator, so the same
+// seed gives the same weights on every machine and compiler.
+class SplitMix64 {
+ public:
+  explicit SplitMix64(uint64_t seed) : state_(seed) {}
+  uint64_t Next() {
+    uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  // Uniform in [-1, 1).
+  float Symmetric() {
+    const double unit = static_cast<double>(Next() >> 11) * 0x1.0p-53;  // [0, 1)
+    return static_cast<float>(2.0 * unit - 1.0);
+  }
+
+ private:
+  uint64_t state_;
+};
+
+}  // namespace
+
+std::vector<WeightSpec> AttentionWeightSpecs(const ModelConfig& config) {
+  return config.kind == AttentionKind::kGqa ? GqaSpecs(config) : MlaSpecs(config);
+}
+
+std::unique_ptr<AttentionLayer> BuildAttentionLayer(const ModelConfig& config, int64_t layer,
+                                                    NamedTensors weights) {
+  ValidateConfig(config);
+  for (const WeightSpec& spec : AttentionWeightSpecs(config)) {
+    auto it = weights.find(spec.name);
+    Check(it != weights.end(), ErrorKind::kNotFound, "missing attention weight '" + spec.name + "'");
+    CheckShape(it->second, spec.shape, spec.name);
+  }
+  std::unique_ptr<AttentionLayer> built;
+  if (config.kind == AttentionKind::kGqa) {
+    GqaWeights w;
+    w.q_proj = Take(weights, "q_proj.weight", true);
+    w.k_proj = Take(weights, "k_proj.weight", true);
+    w.v_proj = Take(weights, "v_proj.weight", true);
+    w.o_proj = Take(weights, "o_proj.weight", true);
+    w.q_bias = Take(weights, "q_proj.bias", config.gqa.qkv_bias);
+    w.k_bias = Take(weights, "k_proj.bias", config.gqa.qkv_bias);
+    w.v_bias = Take(weights, "v_proj.bias", config.gqa.qkv_bias);
+    w.o_bias = Take(weights, "o_proj.bias", config.gqa.o_bias);
+    Check(weights.empty(), ErrorKind::kInvalidArgument,
+          "unexpected attention weight '" + (weights.empty() ? "" : weights.begin()->first) +
+              "' for this config");
+    built = std::make_unique<GqaAttention>(config, layer, std::move(w));
+  } else {
+    Check(layer >= 0 && layer < config.num_layers, ErrorKind::kInvalidArgument,
+          "layer " + std::to_string(layer) + " out of range (model has " +
+              std::to_string(config.num_layers) + " layers)");
+    const bool q_lora = config.mla.q_lora_rank > 0;
+    MlaWeights w;
+    w.q_proj = Take(weights, "q_proj.weight", !q_lora);
+    w.q_a_proj = Take(weights, "q_a_proj.weight", q_lora);
+    w.q_a_layernorm = Take(weights, "q_a_layernorm.weight", q_lora);
+    w.q_b_proj = Take(weights, "q_b_proj.weight", q_lora);
+    w.kv_a_proj_with_mqa = Take(weights, "kv_a_proj_with_mqa.weight", true);
+    w.kv_a_layernorm = Take(weights, "kv_a_layernorm.weight", true);
+    w.kv_b_proj = Take(weights, "kv_b_proj.weight", true);
+    w.o_proj = Take(weights, "o_proj.weight", true);
+    Check(weights.empty(), ErrorKind::kInvalidArgument,
+          "unexpected attention weight '" + (weights.empty() ? "" : weights.begin()->first) +
+              "' for this config");
+    built = std::make_unique<MlaAttention>(config, std::move(w));
+  }
+  return built;
+}
+
+NamedTensors RandomAttentionWeights(const ModelConfig& config, uint64_t seed) {
+  ValidateConfig(config);
+  SplitMix64 rng(seed);
+  NamedTensors weights;
+  for (const WeightSpec& spec : AttentionWeightSpecs(config)) {
+    Tensor tensor(spec.shape);
+    float bound = 0.1f;
+    float center = 0.0f;
+    if (spec.kind == WeightSpec::Kind::kMatrix) {
+      bound = static_cast<float>(1.0 / std::sqrt(static_cast<double>(spec.shape[1])));
+    } else if (spec.kind == WeightSpec::Kind::kNormScale) {
+      bound = 0.25f;
+      center = 1.0f;
+    }
+    for (float& value : tensor.values()) value = center + bound * rng.Symmetric();
+    weights.emplace(spec.name, std::move(tensor));
+  }
+  return weights;
+}
+
+Tensor RandomUniform(const Shape& shape, uint64_t seed, float bound) {
+  SplitMix64 rng(seed);
+  Tensor tensor(shape);
+  for (float& value : tensor.values()) value = bound * rng.Symmetric();
+  return tensor;
+}
+
+}  // namespace attn

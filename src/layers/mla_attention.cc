@@ -1,0 +1,330 @@
+// One forward call of multi-head latent attention (reference §3), top to bottom:
+//   query:  cq = RMSNorm(x Wq_aᵀ); q = cq Wq_bᵀ   (or q = x Wqᵀ)  -> [B,S,H, dn | dr]
+//           q_pe <- RoPE(position)
+//   latent: x Wkv_aᵀ -> [c (rk) | k_pe (dr)];  c <- RMSNorm(c);  k_pe <- RoPE(position)
+//   then one of three forms, all computing
+//     score[h,s,t] = scale·(q_nope[h,s]·k_nope[h,t] + q_pe[h,s]·k_pe[t]),
+//     o[h,s] = Σ_t softmax(score) v[h,t],   with [k_nope | v][h,t] = c[t] Wkv_b[h]ᵀ
+//   naive:      cache per-head K = [k_nope | k_pe], V = v; attend with G = H.
+//   absorbed:   cache rows [c | k_pe]; q'[h] = [q_nope[h] W_UK[h] | q_pe[h]] against those rows
+//               (MQA, Dk = rk+dr, values = c); o[h] = W_UV[h] · (Σ_t p c[t]).
+//   decompress: cache rows [c | k_pe]; per call rebuild K, V for all cached tokens, then naive.
+//   y = o Woᵀ, o flattened to [B,S,H·dv]
+#include "attn/mla_attention.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "attn/error.h"
+#include "attn/kernels.h"
+#include "layers/layer_util.h"
+
+namespace attn {
+
+struct MlaAttention::Projected {
+  layers::BatchShape shape;
+  std::vector<float> q;       // [B·S][H][dn+dr], q_pe rotated
+  std::vector<float> latent;  // [B·S][rk+dr] = [normalised c | rotated k_pe]
+  std::vector<const uint8_t*> keep;  // per sequence, null = all kept
+};
+
+namespace {
+
+// W_UK[h] = rows [h·(dn+dv), h·(dn+dv)+dn) of Wkv_b, each rk wide:
+//   absorbed[j] = Σ_i q_nope[i] · W_UK[h][i][j]   (so q_nope·k_nope = absorbed·c)
+void AbsorbQuery(const float* q_nope, const float* w_uk, int64_t nope_dim, int64_t latent_dim,
+                 float* absorbed) {
+  std::fill(absorbed, absorbed + latent_dim, 0.0f);
+  for (int64_t i = 0; i < nope_dim; ++i) {
+    const float qi = q_nope[i];
+    const float* w_row = w_uk + i * latent_dim;
+    for (int64_t j = 0; j < latent_dim; ++j) absorbed[j] += qi * w_row[j];
+  }
+}
+
+// W_UV[h] = rows [h·(dn+dv)+dn, (h+1)·(dn+dv)) of Wkv_b:
+//   out[m] = Σ_j W_UV[h][m][j] · latent_out[j]   (Σ_t p v[h,t] = W_UV[h] Σ_t p c[t])
+void ExpandLatentOutput(const float* latent_out, const float* w_uv, int64_t value_dim,
+                        int64_t latent_dim, float* out) {
+  for (int64_t m = 0; m < value_dim; ++m) {
+    const float* w_row = w_uv + m * latent_dim;
+    float dot = 0.0f;
+    for (int64_t j = 0; j < latent_dim; ++j) dot += w_row[j] * latent_out[j];
+    out[m] = dot;
+  }
+}
+
+}  // namespace
+
+MlaFormCosts EstimateMlaFormCosts(const ModelConfig& config, int64_t queries, int64_t keys) {
+  const double s = static_cast<double>(queries);
+  const double t = static_cast<double>(keys);
+  const double h = static_cast<double>(config.num_heads);
+  const double rk = static_cast<double>(config.mla.kv_lora_rank);
+  const double dn = static_cast<double>(config.mla.qk_nope_head_dim);
+  const double dr = static_cast<double>(config.mla.qk_rope_head_dim);
+  const double dv = static_cast<double>(config.mla.v_head_dim);
+  MlaFormCosts costs;
+  costs.decompress_flops = 2 * t * rk * h * (dn + dv) + 2 * s * t * h * (dn + dr + dv);
+  costs.absorbed_flops = 2 * s * h * dn * rk + 2 * s * h * rk * dv + 2 * s * t * h * (rk + dr + rk);
+  return costs;
+}
+
+bool AutoPrefersDecompress(const ModelConfig& config, int64_t queries, int64_t keys) {
+  const MlaFormCosts costs = EstimateMlaFormCosts(config, queries, keys);
+  return costs.decompress_flops < costs.absorbed_flops;
+}
+
+MlaAttention::MlaAttention(const ModelConfig& config, MlaWeights weights)
+    : config_(layers::Validated(config)),
+      scale_(static_cast<float>(SoftmaxScale(config))),
+      rope_(config_.rope),
+      weights_(std::move(weights)) {
+  Check(config.kind == AttentionKind::kMla, ErrorKind::kInvalidArgument,
+        "MlaAttention needs an MLA config, got '" + config.model_type + "'");
+  const MlaDims& m = config.mla;
+  const int64_t h = config.num_heads;
+  const int64_t hidden = config.hidden_size;
+  const int64_t q_width = h * (m.qk_nope_head_dim + m.qk_rope_head_dim);
+  if (m.q_lora_rank > 0) {
+    layers::CheckWeight(weights_.q_a_proj, {m.q_lora_rank, hidden}, "q_a_proj.weight");
+    layers::CheckWeight(weights_.q_a_layernorm, {m.q_lora_rank}, "q_a_layernorm.weight");
+    layers::CheckWeight(weights_.q_b_proj, {q_width, m.q_lora_rank}, "q_b_proj.weight");
+  } else {
+    layers::CheckWeight(weights_.q_proj, {q_width, hidden}, "q_proj.weight");
+  }
+  layers::CheckWeight(weights_.kv_a_proj_with_mqa, {m.kv_lora_rank + m.qk_rope_head_dim, hidden},
+                      "kv_a_proj_with_mqa.weight");
+  layers::CheckWeight(weights_.kv_a_layernorm, {m.kv_lora_rank}, "kv_a_layernorm.weight");
+  layers::CheckWeight(weights_.kv_b_proj, {h * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank},
+                      "kv_b_proj.weight");
+  layers::CheckWeight(weights_.o_proj, {hidden, h * m.v_head_dim}, "o_proj.weight");
+}
+
+std::unique_ptr<Cache> MlaAttention::NewCache(int64_t batch, int64_t capacity, DType dtype,
+                                              MlaForm form) const {
+  const MlaDims& m = config_.mla;
+  if (form == MlaForm::kNaive) {
+    return std::make_unique<KVCache>(batch, capacity, config_.num_heads,
+                                     m.qk_nope_head_dim + m.qk_rope_head_dim, m.v_head_dim, dtype);
+  }
+  return std::make_unique<LatentKVCache>(batch, capacity, m.kv_lora_rank, m.qk_rope_head_dim,
+                                         dtype);
+}
+
+MlaAttention::Projected MlaAttention::Project(const TokenBatch& batch,
+                                              std::span<const int64_t> positions) const {
+  const MlaDims& m = config_.mla;
+  const int64_t h = config_.num_heads;
+  const int64_t qk_dim = m.qk_nope_head_dim + m.qk_rope_head_dim;
+  const int64_t row_dim = m.kv_lora_rank + m.qk_rope_head_dim;
+  Projected p;
+  p.shape = layers::CheckTokenBatch(batch, config_.hidden_size);
+  const int64_t rows = p.shape.batch * p.shape.tokens;
+  const float* x = batch.hidden_states->data();
+  const Tensor no_bias;
+
+  if (m.q_lora_rank > 0) {
+    std::vector<float> cq = layers::Project(x, rows, weights_.q_a_proj, no_bias);
+    layers::RmsNormRows(cq.data(), rows, m.q_lora_rank, weights_.q_a_layernorm, m.rms_norm_eps);
+    p.q = layers::Project(cq.data(), rows, weights_.q_b_proj, no_bias);
+  } else {
+    p.q = layers::Project(x, rows, weights_.q_proj, no_bias);
+  }
+  layers::RotateHeads(rope_, positions, p.q.data(), h * qk_dim, m.qk_nope_head_dim, h, qk_dim);
+
+  p.latent = layers::Project(x, rows, weights_.kv_a_proj_with_mqa, no_bias);
+  layers::RmsNormRows(p.latent.data(), rows, row_dim, weights_.kv_a_layernorm, m.rms_norm_eps);
+  layers::RotateHeads(rope_, positions, p.latent.data(), row_dim, m.kv_lora_rank, 1, row_dim);
+
+  for (int64_t b = 0; b < p.shape.batch; ++b) p.keep.push_back(layers::KeepFlags(batch, p.shape, b));
+  return p;
+}
+
+Tensor MlaAttention::Step(const TokenBatch& batch, Cache& cache, MlaForm form) const {
+  const layers::BatchShape shape = layers::CheckTokenBatch(batch, config_.hidden_size);
+  const MlaDims& m = config_.mla;
+  const int64_t h = config_.num_heads;
+  auto* heads_cache = dynamic_cast<KVCache*>(&cache);
+  auto* latent_cache = dynamic_cast<LatentKVCache*>(&cache);
+  if (form == MlaForm::kNaive) {
+    Check(heads_cache != nullptr && heads_cache->kv_heads() == h &&
+              heads_cache->key_dim() == m.qk_nope_head_dim + m.qk_rope_head_dim &&
+              heads_cache->value_dim() == m.v_head_dim,
+          ErrorKind::kInvalidArgument,
+          "the naive MLA form needs the per-head cache from NewCache(..., MlaForm::kNaive)");
+  } else {
+    Check(latent_cache != nullptr && latent_cache->latent_dim() == m.kv_lora_rank &&
+              latent_cache->rope_dim() == m.qk_rope_head_dim,
+          ErrorKind::kInvalidArgument,
+          std::string("the ") + MlaFormName(form) +
+              " MLA form needs the latent cache from NewCache(..., MlaForm::k" +
+              (form == MlaForm::kAuto ? "Auto" : "Absorbed") + ")");
+  }
+  Check(cache.batch() == shape.batch, ErrorKind::kInvalidArgument,
+        "cache batch " + std::to_string(cache.batch()) + " differs from the input batch " +
+            std::to_string(shape.batch));
+  cache.CheckRoom(std::vector<int64_t>(static_cast<size_t>(shape.batch), shape.tokens));
+
+  const std::vector<int64_t> positions = layers::ResolvePositions(batch, shape, cache);
+  const Projected p = Project(batch, positions);
+  const int64_t rows = shape.batch * shape.tokens;
+  std::vector<float> heads_out(static_cast<size_t>(rows * h * m.v_head_dim));
+
+  std::vector<int64_t> first_slots;
+  for (int64_t b = 0; b < shape.batch; ++b) first_slots.push_back(cache.length(b));
+  if (form == MlaForm::kNaive) {
+    AttendNaive(p, *heads_cache, first_slots, heads_out.data());
+  } else {
+    const int64_t row_dim = latent_cache->row_dim();
+    for (int64_t b = 0; b < shape.batch; ++b) {
+      latent_cache->Append(b, shape.tokens, p.latent.data() + b * shape.tokens * row_dim,
+                           p.keep[static_cast<size_t>(b)]);
+    }
+    for (int64_t b = 0; b < shape.batch; ++b) {
+      float* out = heads_out.data() + b * shape.tokens * h * m.v_head_dim;
+      const bool decompress = form == MlaForm::kAuto &&
+                              AutoPrefersDecompress(config_, shape.tokens, latent_cache->length(b));
+      if (decompress) {
+        AttendDecompressed(p, b, *latent_cache, first_slots[static_cast<size_t>(b)], out);
+      } else {
+        AttendAbsorbed(p, b, *latent_cache, first_slots[static_cast<size_t>(b)], out);
+      }
+    }
+  }
+
+  std::vector<float> y = layers::Project(heads_out.data(), rows, weights_.o_proj, Tensor());
+  return Tensor({shape.batch, shape.tokens, config_.hidden_size}, std::move(y));
+}
+
+void MlaAttention::DecompressLatent(const float* rows, int64_t count, float* keys,
+                                    float* values) const {
+  const MlaDims& m = config_.mla;
+  const int64_t h = config_.num_heads;
+  const int64_t qk_dim = m.qk_nope_head_dim + m.qk_rope_head_dim;
+  const int64_t kv_b_dim = m.qk_nope_head_dim + m.v_head_dim;
+  const int64_t row_dim = m.kv_lora_rank + m.qk_rope_head_dim;
+  // c must be contiguous for the projection: copy it out of the [c | k_pe] rows.
+  std::vector<float> c(static_cast<size_t>(count * m.kv_lora_rank));
+  for (int64_t t = 0; t < count; ++t) {
+    std::copy_n(rows + t * row_dim, m.kv_lora_rank, c.data() + t * m.kv_lora_rank);
+  }
+  const std::vector<float> kv = layers::Project(c.data(), count, weights_.kv_b_proj, Tensor());
+  for (int64_t t = 0; t < count; ++t) {
+    const float* k_pe = rows + t * row_dim + m.kv_lora_rank;
+    for (int64_t head = 0; head < h; ++head) {
+      const float* source = kv.data() + (t * h + head) * kv_b_dim;
+      float* key = keys + (t * h + head) * qk_dim;
+      std::copy_n(source, m.qk_nope_head_dim, key);
+      std::copy_n(k_pe, m.qk_rope_head_dim, key + m.qk_nope_head_dim);  // shared rotated key
+      std::copy_n(source + m.qk_nope_head_dim, m.v_head_dim, values + (t * h + head) * m.v_head_dim);
+    }
+  }
+}
+
+void MlaAttention::AttendNaive(const Projected& p, KVCache& cache,
+                               std::span<const int64_t> first_slots, float* heads_out) const {
+  const MlaDims& m = config_.mla;
+  const int64_t h = config_.num_heads;
+  const int64_t qk_dim = m.qk_nope_head_dim + m.qk_rope_head_dim;
+  const int64_t s_len = p.shape.tokens;
+  const int64_t rows = p.shape.batch * s_len;
+
+  std::vector<float> keys(static_cast<size_t>(rows * h * qk_dim));
+  std::vector<float> values(static_cast<size_t>(rows * h * m.v_head_dim));
+  DecompressLatent(p.latent.data(), rows, keys.data(), values.data());
+
+  for (int64_t b = 0; b < p.shape.batch; ++b) {
+    const int64_t token0 = b * s_len;
+    cache.Append(b, s_len, keys.data() + token0 * h * qk_dim,
+                 values.data() + token0 * h * m.v_head_dim, p.keep[static_cast<size_t>(b)]);
+    AttentionProblem problem;
+    problem.queries = {p.q.data() + token0 * h * qk_dim, s_len, h, qk_dim};
+    problem.kv = cache.View(b);
+    problem.visibility = {first_slots[static_cast<size_t>(b)], 0};
+    problem.scale = scale_;
+    problem.out = heads_out + token0 * h * m.v_head_dim;
+    DefaultBackend().attend(problem);
+  }
+}
+
+void MlaAttention::AttendAbsorbed(const Projected& p, int64_t sequence, const LatentKVCache& cache,
+                                  int64_t first_slot, float* heads_out) const {
+  const MlaDims& m = config_.mla;
+  const int64_t h = config_.num_heads;
+  const int64_t qk_dim = m.qk_nope_head_dim + m.qk_rope_head_dim;
+  const int64_t kv_b_dim = m.qk_nope_head_dim + m.v_head_dim;
+  const int64_t row_dim = cache.row_dim();
+  const int64_t s_len = p.shape.tokens;
+  const float* w_kv_b = weights_.kv_b_proj.data();
+
+  // q'[s,h] = [q_nope W_UK[h] | q_pe]: one MQA query row per head against the latent rows.
+  std::vector<float> absorbed(static_cast<size_t>(s_len * h * row_dim));
+  for (int64_t s = 0; s < s_len; ++s) {
+    for (int64_t head = 0; head < h; ++head) {
+      const float* q = p.q.data() + ((sequence * s_len + s) * h + head) * qk_dim;
+      float* out = absorbed.data() + (s * h + head) * row_dim;
+      AbsorbQuery(q, w_kv_b + head * kv_b_dim * m.kv_lora_rank, m.qk_nope_head_dim,
+                  m.kv_lora_rank, out);
+      std::copy_n(q + m.qk_nope_head_dim, m.qk_rope_head_dim, out + m.kv_lora_rank);
+    }
+  }
+
+  std::vector<float> latent_out(static_cast<size_t>(s_len * h * m.kv_lora_rank));
+  AttentionProblem problem;
+  problem.queries = {absorbed.data(), s_len, h, row_dim};
+  problem.kv = cache.View(sequence);
+  problem.visibility = {first_slot, 0};
+  problem.scale = scale_;
+  problem.out = latent_out.data();
+  DefaultBackend().attend(problem);
+
+  for (int64_t s = 0; s < s_len; ++s) {
+    for (int64_t head = 0; head < h; ++head) {
+      ExpandLatentOutput(latent_out.data() + (s * h + head) * m.kv_lora_rank,
+                         w_kv_b + (head * kv_b_dim + m.qk_nope_head_dim) * m.kv_lora_rank,
+                         m.v_head_dim, m.kv_lora_rank,
+                         heads_out + (s * h + head) * m.v_head_dim);
+    }
+  }
+}
+
+void MlaAttention::AttendDecompressed(const Projected& p, int64_t sequence,
+                                      const LatentKVCache& cache, int64_t first_slot,
+                                      float* heads_out) const {
+  const MlaDims& m = config_.mla;
+  const int64_t h = config_.num_heads;
+  const int64_t qk_dim = m.qk_nope_head_dim + m.qk_rope_head_dim;
+  const int64_t row_dim = cache.row_dim();
+  const int64_t length = cache.length(sequence);
+
+  // Every cached token's [c | k_pe] in fp32, then K = [c W_UKᵀ | k_pe], V = c W_UVᵀ per head.
+  std::vector<float> rows(static_cast<size_t>(length * row_dim));
+  cache.ReadRows(sequence, rows.data());
+  std::vector<float> keys(static_cast<size_t>(length * h * qk_dim));
+  std::vector<float> values(static_cast<size_t>(length * h * m.v_head_dim));
+  DecompressLatent(rows.data(), length, keys.data(), values.data());
+
+  const KVView latent_view = cache.View(sequence);
+  AttentionProblem problem;
+  problem.queries = {p.q.data() + sequence * p.shape.tokens * h * qk_dim, p.shape.tokens, h,
+                     qk_dim};
+  problem.kv.dtype = DType::kF32;
+  problem.kv.keys = keys.data();
+  problem.kv.values = values.data();
+  problem.kv.kv_heads = h;
+  problem.kv.key_dim = qk_dim;
+  problem.kv.value_dim = m.v_head_dim;
+  problem.kv.key_head_stride = qk_dim;
+  problem.kv.key_token_stride = h * qk_dim;
+  problem.kv.value_head_stride = m.v_head_dim;
+  problem.kv.value_token_stride = h * m.v_head_dim;
+  problem.kv.length = length;
+  problem.kv.keep = latent_view.keep;
+  problem.visibility = {first_slot, 0};
+  problem.scale = scale_;
+  problem.out = heads_out;
+  DefaultBackend().attend(problem);
+}
+
+}  // namespace attn

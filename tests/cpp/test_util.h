@@ -1,0 +1,68 @@
+// Helpers shared by the C++ tests: small configs built in code and the agreement metric.
+#ifndef ATTN_TESTS_TEST_UTIL_H_
+#define ATTN_TESTS_TEST_UTIL_H_
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "attn/config.h"
+#include "attn/tensor.h"
+
+namespace attn::testing {
+
+// max |a - b| / max |b| over all elements (the metric of the oracle suite).
+inline double RelativeError(const float* a, const float* b, int64_t n) {
+  double max_diff = 0.0;
+  double max_ref = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    max_diff = std::max(max_diff, std::fabs(static_cast<double>(a[i]) - b[i]));
+    max_ref = std::max(max_ref, std::fabs(static_cast<double>(b[i])));
+  }
+  return max_ref > 0.0 ? max_diff / max_ref : max_diff;
+}
+inline double RelativeError(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() ? RelativeError(a.data(), b.data(), b.size()) : INFINITY;
+}
+
+// A small Llama-style GQA config: hidden 64, `heads` heads of 16, `kv_heads` kv heads.
+inline ModelConfig SmallGqaConfig(int64_t heads, int64_t kv_heads) {
+  ModelConfig c;
+  c.model_type = "llama";
+  c.kind = AttentionKind::kGqa;
+  c.hidden_size = 64;
+  c.num_heads = heads;
+  c.num_layers = 2;
+  c.max_position_embeddings = 256;
+  c.gqa.num_kv_heads = kv_heads;
+  c.gqa.head_dim = 16;
+  c.rope.theta = 10000.0;
+  c.rope.rotary_dim = 16;
+  c.rope.pairing = RopePairing::kRotateHalf;
+  return c;
+}
+
+// A small DeepSeek-V3-style MLA config with q_lora (or without when q_lora_rank == 0) and yarn.
+inline ModelConfig SmallMlaConfig(int64_t q_lora_rank) {
+  ModelConfig c;
+  c.model_type = "deepseek_v3";
+  c.kind = AttentionKind::kMla;
+  c.hidden_size = 96;
+  c.num_heads = 4;
+  c.num_layers = 2;
+  c.max_position_embeddings = 4096;
+  c.mla = {q_lora_rank, 64, 32, 16, 24, 1e-6};
+  c.rope.theta = 10000.0;
+  c.rope.rotary_dim = 16;
+  c.rope.pairing = RopePairing::kInterleaved;
+  c.rope.scaling.type = RopeScalingType::kYarn;
+  c.rope.scaling.factor = 40.0;
+  c.rope.scaling.original_max_position_embeddings = 32;
+  c.rope.scaling.mscale = 1.0;
+  c.rope.scaling.mscale_all_dim = 1.0;
+  return c;
+}
+
+}  // namespace attn::testing
+
+#endif  // ATTN_TESTS_TEST_UTIL_H_

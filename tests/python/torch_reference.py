@@ -1,0 +1,499 @@
+"""Independent PyTorch oracle for attn's attention layers.
+
+Written from the formulas in the shared reference page "attention-semantics.md" (§1-§5), NOT
+from attn's C++ sources, so that a disagreement between the two points at a real bug on one
+side. Everything is computed on the CPU in float64; `forward` returns float32.
+
+Public surface:
+  parse_config(cfg_dict)            -> Spec (all values that change attention math)
+  expected_weight_shapes(spec, layer) -> {tensor name: shape} a checkpoint layer must hold
+  inv_freq(spec), attention_factor(spec), softmax_scale(spec), yarn_correction_range(...)
+  rope_cos_sin(spec, position_ids), apply_rope(x, cos, sin, rotary_dim, interleaved)
+  visible_mask(B, S, attention_mask, window) -> bool [B, S, T]
+  forward(cfg_or_spec, weights, hidden_states, position_ids=None, attention_mask=None,
+          layer=0, mla_form="naive", interleaved=None) -> float32 [B, S, D]
+
+Conventions (reference page):
+  * linear layers y = x W^T (+ b), W stored [out, in];
+  * GQA query head h reads kv head h // (H // G);
+  * causal and sliding-window masks act on the slot index in the sequence (0..S-1), not on the
+    position id; key t is visible to the query in slot p iff t <= p and (no window or
+    p - W < t); a key padding mask [B, S] (1 keep, 0 pad) hides keys only;
+  * a query row that sees no key produces exactly zero attention output (attn's documented
+    behaviour), so the layer output for that row is o_proj(0) = o bias (or 0).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Dict, Mapping, Optional, Tuple
+
+import torch
+
+GQA_MODEL_TYPES = ("llama", "mistral", "qwen2")
+MLA_MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
+
+_F64 = torch.float64
+
+
+# --------------------------------------------------------------------------------------------
+# Config parsing
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RopeSpec:
+    theta: float = 10000.0
+    rotary_dim: int = 0  # r
+    interleaved: bool = False
+    type: str = "default"  # default | linear | llama3 | yarn
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: Optional[float] = None
+    mscale_all_dim: Optional[float] = None
+    attention_factor: Optional[float] = None
+    truncate: bool = True
+
+
+@dataclass
+class Spec:
+    model_type: str
+    kind: str  # "gqa" | "mla"
+    hidden_size: int
+    num_heads: int
+    num_layers: int
+    rope: RopeSpec
+    # GQA
+    num_kv_heads: int = 0
+    head_dim: int = 0
+    qkv_bias: bool = False
+    o_bias: bool = False
+    sliding_window: int = 0  # 0 = none
+    sliding_layers: Optional[list] = None  # None = all layers use sliding_window
+    # MLA
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+    rms_norm_eps: float = 1e-6
+
+    def window_for_layer(self, layer: int) -> int:
+        if self.kind != "gqa" or not self.sliding_window:
+            return 0
+        if self.sliding_layers is None:
+            return self.sliding_window
+        return self.sliding_window if self.sliding_layers[layer] else 0
+
+
+def _rope_dict(cfg: Mapping) -> Tuple[dict, bool]:
+    """Returns (scaling parameters dict or {}, came_from_rope_parameters)."""
+    rp = cfg.get("rope_parameters")
+    if isinstance(rp, dict) and rp:
+        return dict(rp), True
+    rs = cfg.get("rope_scaling")
+    if isinstance(rs, dict) and rs:
+        return dict(rs), False
+    return {}, False
+
+
+def _parse_rope(cfg: Mapping, width: int, interleaved: bool) -> RopeSpec:
+    params, _ = _rope_dict(cfg)
+    theta = params.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    prf = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+    if prf is None:
+        prf = 1.0
+    r = int(width * prf)
+    rope = RopeSpec(theta=float(theta), rotary_dim=r, interleaved=interleaved)
+    rtype = params.get("rope_type", params.get("type", "default")) if params else "default"
+    if rtype is None:
+        rtype = "default"
+    rope.type = rtype
+    if rtype == "default":
+        return rope
+    if rtype not in ("linear", "llama3", "yarn"):
+        raise ValueError(f"unsupported rope type {rtype!r}")
+    rope.factor = float(params["factor"])
+    if rtype == "llama3":
+        rope.low_freq_factor = float(params.get("low_freq_factor", 1.0))
+        rope.high_freq_factor = float(params.get("high_freq_factor", 4.0))
+        rope.original_max_position_embeddings = int(params["original_max_position_embeddings"])
+    elif rtype == "yarn":
+        rope.original_max_position_embeddings = int(
+            params.get("original_max_position_embeddings") or cfg["max_position_embeddings"])
+        rope.beta_fast = float(params.get("beta_fast") or 32.0)
+        rope.beta_slow = float(params.get("beta_slow") or 1.0)
+        rope.mscale = params.get("mscale")
+        rope.mscale_all_dim = params.get("mscale_all_dim")
+        rope.attention_factor = params.get("attention_factor")
+        rope.truncate = bool(params.get("truncate", True))
+    return rope
+
+
+def parse_config(cfg: Mapping) -> Spec:
+    """HF config.json dict -> Spec. Raises ValueError for an unknown model_type."""
+    mt = cfg.get("model_type")
+    D = int(cfg["hidden_size"])
+    H = int(cfg["num_attention_heads"])
+    L = int(cfg.get("num_hidden_layers", 1))
+    if mt in GQA_MODEL_TYPES:
+        G = int(cfg.get("num_key_value_heads") or H)
+        d = int(cfg.get("head_dim") or D // H)
+        rope = _parse_rope(cfg, d, interleaved=False)
+        spec = Spec(model_type=mt, kind="gqa", hidden_size=D, num_heads=H, num_layers=L,
+                    rope=rope, num_kv_heads=G, head_dim=d)
+        if mt == "qwen2":
+            spec.qkv_bias = True
+            spec.o_bias = False
+        elif mt == "llama":
+            ab = bool(cfg.get("attention_bias", False))
+            spec.qkv_bias = ab
+            spec.o_bias = ab
+        # Sliding window.
+        if mt == "mistral":
+            spec.sliding_window = int(cfg.get("sliding_window") or 0)
+        elif mt == "qwen2":
+            if cfg.get("use_sliding_window", False):
+                spec.sliding_window = int(cfg.get("sliding_window") or 0)
+                mwl = int(cfg.get("max_window_layers", 28))
+                spec.sliding_layers = [i >= mwl for i in range(L)]
+        if "layer_types" in cfg and cfg["layer_types"] is not None and mt != "llama":
+            spec.sliding_layers = [t == "sliding_attention" for t in cfg["layer_types"]]
+            if spec.sliding_window == 0:
+                spec.sliding_window = int(cfg.get("sliding_window") or 0)
+        return spec
+    if mt in MLA_MODEL_TYPES:
+        dr = int(cfg["qk_rope_head_dim"])
+        rope = _parse_rope(cfg, dr, interleaved=bool(cfg.get("rope_interleave", True)))
+        return Spec(model_type=mt, kind="mla", hidden_size=D, num_heads=H, num_layers=L,
+                    rope=rope,
+                    q_lora_rank=int(cfg.get("q_lora_rank") or 0),
+                    kv_lora_rank=int(cfg["kv_lora_rank"]),
+                    qk_nope_head_dim=int(cfg["qk_nope_head_dim"]),
+                    qk_rope_head_dim=dr,
+                    v_head_dim=int(cfg["v_head_dim"]),
+                    rms_norm_eps=float(cfg.get("rms_norm_eps") or 1e-6))
+    raise ValueError(f"unknown model_type {mt!r}")
+
+
+def _as_spec(cfg_or_spec) -> Spec:
+    return cfg_or_spec if isinstance(cfg_or_spec, Spec) else parse_config(cfg_or_spec)
+
+
+def layer_prefix(layer: int) -> str:
+    return f"model.layers.{layer}.self_attn."
+
+
+def expected_weight_shapes(cfg_or_spec, layer: int = 0) -> Dict[str, Tuple[int, ...]]:
+    s = _as_spec(cfg_or_spec)
+    p = layer_prefix(layer)
+    D, H = s.hidden_size, s.num_heads
+    out: Dict[str, Tuple[int, ...]] = {}
+    if s.kind == "gqa":
+        G, d = s.num_kv_heads, s.head_dim
+        out[p + "q_proj.weight"] = (H * d, D)
+        out[p + "k_proj.weight"] = (G * d, D)
+        out[p + "v_proj.weight"] = (G * d, D)
+        out[p + "o_proj.weight"] = (D, H * d)
+        if s.qkv_bias:
+            out[p + "q_proj.bias"] = (H * d,)
+            out[p + "k_proj.bias"] = (G * d,)
+            out[p + "v_proj.bias"] = (G * d,)
+        if s.o_bias:
+            out[p + "o_proj.bias"] = (D,)
+        return out
+    dn, dr, dv, rq, rk = (s.qk_nope_head_dim, s.qk_rope_head_dim, s.v_head_dim,
+                          s.q_lora_rank, s.kv_lora_rank)
+    if rq:
+        out[p + "q_a_proj.weight"] = (rq, D)
+        out[p + "q_a_layernorm.weight"] = (rq,)
+        out[p + "q_b_proj.weight"] = (H * (dn + dr), rq)
+    else:
+        out[p + "q_proj.weight"] = (H * (dn + dr), D)
+    out[p + "kv_a_proj_with_mqa.weight"] = (rk + dr, D)
+    out[p + "kv_a_layernorm.weight"] = (rk,)
+    out[p + "kv_b_proj.weight"] = (H * (dn + dv), rk)
+    out[p + "o_proj.weight"] = (D, H * dv)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# RoPE
+# --------------------------------------------------------------------------------------------
+
+
+def yarn_mscale(s: float, m: float = 1.0) -> float:
+    """mscale(s, m) = 1 if s <= 1 else 0.1·m·ln(s) + 1."""
+    if s <= 1.0:
+        return 1.0
+    return 0.1 * m * math.log(s) + 1.0
+
+
+def yarn_correction_dim(beta: float, r: int, base: float, L: int) -> float:
+    """corr(β) = r·ln(L/(2π·β)) / (2·ln base)."""
+    return r * math.log(L / (2.0 * math.pi * beta)) / (2.0 * math.log(base))
+
+
+def yarn_correction_range(r: int, base: float, L: int, beta_fast: float = 32.0,
+                          beta_slow: float = 1.0, truncate: bool = True) -> Tuple[float, float]:
+    lo = yarn_correction_dim(beta_fast, r, base, L)
+    hi = yarn_correction_dim(beta_slow, r, base, L)
+    if truncate:
+        lo = math.floor(lo)
+        hi = math.ceil(hi)
+    lo = max(lo, 0)
+    hi = min(hi, r - 1)
+    if lo == hi:
+        hi += 0.001
+    return lo, hi
+
+
+def base_inv_freq(theta: float, r: int) -> torch.Tensor:
+    """θ_i = base^(-2i/r), i = 0..r/2-1 (float64)."""
+    i = torch.arange(r // 2, dtype=_F64)
+    return torch.tensor(theta, dtype=_F64) ** (-2.0 * i / r)
+
+
+def inv_freq(cfg_or_spec) -> torch.Tensor:
+    rope = _as_spec(cfg_or_spec).rope
+    r = rope.rotary_dim
+    th = base_inv_freq(rope.theta, r)
+    if rope.type == "default":
+        return th
+    s = rope.factor
+    if rope.type == "linear":
+        return th / s
+    if rope.type == "llama3":
+        a, b, L = rope.low_freq_factor, rope.high_freq_factor, rope.original_max_position_embeddings
+        out = th.clone()
+        for i in range(th.numel()):
+            t = th[i].item()
+            lam = 2.0 * math.pi / t
+            if lam < L / b:
+                v = t
+            elif lam > L / a:
+                v = t / s
+            else:
+                m = (L / lam - a) / (b - a)
+                v = (1.0 - m) * t / s + m * t
+            out[i] = v
+        return out
+    if rope.type == "yarn":
+        lo, hi = yarn_correction_range(r, rope.theta, rope.original_max_position_embeddings,
+                                       rope.beta_fast, rope.beta_slow, rope.truncate)
+        i = torch.arange(r // 2, dtype=_F64)
+        ramp = ((i - lo) / (hi - lo)).clamp(0.0, 1.0)
+        return th * (1.0 - ramp) + (th / s) * ramp
+    raise ValueError(rope.type)
+
+
+def attention_factor(cfg_or_spec) -> float:
+    """Multiplier on cos and sin (YaRN only; 1 otherwise)."""
+    rope = _as_spec(cfg_or_spec).rope
+    if rope.type != "yarn":
+        return 1.0
+    if rope.attention_factor is not None:
+        return float(rope.attention_factor)
+    s = rope.factor
+    if rope.mscale and rope.mscale_all_dim:
+        return yarn_mscale(s, rope.mscale) / yarn_mscale(s, rope.mscale_all_dim)
+    return yarn_mscale(s, 1.0)
+
+
+def softmax_scale(cfg_or_spec) -> float:
+    s = _as_spec(cfg_or_spec)
+    if s.kind == "gqa":
+        return s.head_dim ** -0.5
+    scale = (s.qk_nope_head_dim + s.qk_rope_head_dim) ** -0.5
+    if s.rope.type == "yarn" and s.rope.mscale_all_dim:
+        m = yarn_mscale(s.rope.factor, s.rope.mscale_all_dim)
+        scale = scale * m * m
+    return scale
+
+
+def rope_cos_sin(cfg_or_spec, position_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of p·θ'_i times the attention factor: float64 [B, S, r/2]."""
+    f = inv_freq(cfg_or_spec)
+    ang = position_ids.to(_F64)[..., None] * f
+    af = attention_factor(cfg_or_spec)
+    return torch.cos(ang) * af, torch.sin(ang) * af
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int,
+               interleaved: bool) -> torch.Tensor:
+    """x [B, S, heads, w]; cos/sin [B, S, r/2]. Rotates the first r coordinates.
+
+    interleaved: pairs (x[2i], x[2i+1]); rotate-half: pairs (x[i], x[i + r/2]).
+    """
+    r = rotary_dim
+    c = cos[:, :, None, :]
+    s = sin[:, :, None, :]
+    xr, xp = x[..., :r], x[..., r:]
+    if interleaved:
+        x1, x2 = xr[..., 0::2], xr[..., 1::2]
+        y1 = x1 * c - x2 * s
+        y2 = x1 * s + x2 * c
+        yr = torch.stack((y1, y2), dim=-1).flatten(-2)
+    else:
+        x1, x2 = xr[..., : r // 2], xr[..., r // 2:]
+        y1 = x1 * c - x2 * s
+        y2 = x1 * s + x2 * c
+        yr = torch.cat((y1, y2), dim=-1)
+    return torch.cat((yr, xp), dim=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Masks and the attention core
+# --------------------------------------------------------------------------------------------
+
+
+def visible_mask(B: int, S: int, attention_mask: Optional[torch.Tensor] = None,
+                 window: int = 0) -> torch.Tensor:
+    """bool [B, S(query slot p), S(key slot t)]."""
+    p = torch.arange(S)[:, None]
+    t = torch.arange(S)[None, :]
+    vis = t <= p
+    if window:
+        vis = vis & (t > p - window)
+    vis = vis[None].expand(B, S, S).clone()
+    if attention_mask is not None:
+        keep = attention_mask.to(_F64) != 0
+        vis = vis & keep[:, None, :]
+    return vis
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: torch.Tensor,
+           scale: float) -> torch.Tensor:
+    """q [B,S,H,dk], k [B,T,H,dk], v [B,T,H,dv], vis [B,S,T] -> [B,S,H,dv].
+
+    Rows with no visible key give zeros."""
+    scores = torch.einsum("bshd,bthd->bhst", q, k) * scale
+    m = vis[:, None, :, :]
+    scores = scores.masked_fill(~m, float("-inf"))
+    p = torch.softmax(scores, dim=-1)
+    any_vis = m.any(dim=-1, keepdim=True)
+    p = torch.where(any_vis, p, torch.zeros_like(p))
+    return torch.einsum("bhst,bthd->bshd", p, v)
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    var = x.pow(2).mean(-1, keepdim=True)
+    return x * torch.rsqrt(var + eps) * w
+
+
+def _lin(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+    y = x @ w.T
+    if b is not None:
+        y = y + b
+    return y
+
+
+# --------------------------------------------------------------------------------------------
+# Layers
+# --------------------------------------------------------------------------------------------
+
+
+def _w(weights: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
+    if name not in weights:
+        raise KeyError(f"oracle: weight {name} missing")
+    return weights[name].to(_F64)
+
+
+def gqa_forward(s: Spec, weights, x, position_ids, attention_mask, layer, interleaved):
+    p = layer_prefix(layer)
+    B, S, _ = x.shape
+    H, G, d = s.num_heads, s.num_kv_heads, s.head_dim
+    bq = _w(weights, p + "q_proj.bias") if s.qkv_bias else None
+    bk = _w(weights, p + "k_proj.bias") if s.qkv_bias else None
+    bv = _w(weights, p + "v_proj.bias") if s.qkv_bias else None
+    bo = _w(weights, p + "o_proj.bias") if s.o_bias else None
+    q = _lin(x, _w(weights, p + "q_proj.weight"), bq).view(B, S, H, d)
+    k = _lin(x, _w(weights, p + "k_proj.weight"), bk).view(B, S, G, d)
+    v = _lin(x, _w(weights, p + "v_proj.weight"), bv).view(B, S, G, d)
+    cos, sin = rope_cos_sin(s, position_ids)
+    q = apply_rope(q, cos, sin, s.rope.rotary_dim, interleaved)
+    k = apply_rope(k, cos, sin, s.rope.rotary_dim, interleaved)
+    rep = H // G
+    k = k.repeat_interleave(rep, dim=2)  # head h reads kv head h // rep
+    v = v.repeat_interleave(rep, dim=2)
+    vis = visible_mask(B, S, attention_mask, s.window_for_layer(layer))
+    o = attend(q, k, v, vis, softmax_scale(s)).reshape(B, S, H * d)
+    return _lin(o, _w(weights, p + "o_proj.weight"), bo)
+
+
+def mla_forward(s: Spec, weights, x, position_ids, attention_mask, layer, interleaved, form):
+    p = layer_prefix(layer)
+    B, S, _ = x.shape
+    H, dn, dr, dv, rk = (s.num_heads, s.qk_nope_head_dim, s.qk_rope_head_dim, s.v_head_dim,
+                         s.kv_lora_rank)
+    eps = s.rms_norm_eps
+    if s.q_lora_rank:
+        cq = rms_norm(_lin(x, _w(weights, p + "q_a_proj.weight")),
+                      _w(weights, p + "q_a_layernorm.weight"), eps)
+        q = _lin(cq, _w(weights, p + "q_b_proj.weight"))
+    else:
+        q = _lin(x, _w(weights, p + "q_proj.weight"))
+    q = q.view(B, S, H, dn + dr)
+    q_nope, q_pe = q[..., :dn], q[..., dn:]
+    kv = _lin(x, _w(weights, p + "kv_a_proj_with_mqa.weight"))
+    c = rms_norm(kv[..., :rk], _w(weights, p + "kv_a_layernorm.weight"), eps)  # [B,S,rk]
+    k_pe = kv[..., rk:].reshape(B, S, 1, dr)
+    cos, sin = rope_cos_sin(s, position_ids)
+    q_pe = apply_rope(q_pe, cos, sin, s.rope.rotary_dim, interleaved)
+    k_pe = apply_rope(k_pe, cos, sin, s.rope.rotary_dim, interleaved)
+    vis = visible_mask(B, S, attention_mask, 0)
+    scale = softmax_scale(s)
+    wkvb = _w(weights, p + "kv_b_proj.weight")  # [H*(dn+dv), rk]
+    if form == "naive":
+        kvb = _lin(c, wkvb).view(B, S, H, dn + dv)
+        k_nope, v = kvb[..., :dn], kvb[..., dn:]
+        k = torch.cat((k_nope, k_pe.expand(B, S, H, dr)), dim=-1)
+        qf = torch.cat((q_nope, q_pe), dim=-1)
+        o = attend(qf, k, v, vis, scale)  # [B,S,H,dv]
+    elif form == "absorbed":
+        w = wkvb.view(H, dn + dv, rk)
+        w_uk, w_uv = w[:, :dn, :], w[:, dn:, :]
+        q_lat = torch.einsum("bshn,hnr->bshr", q_nope, w_uk)  # [B,S,H,rk]
+        qa = torch.cat((q_lat, q_pe), dim=-1)  # [B,S,H,rk+dr]
+        krow = torch.cat((c, k_pe[:, :, 0, :]), dim=-1)  # [B,S,rk+dr] shared by all heads
+        ka = krow[:, :, None, :].expand(B, S, H, rk + dr)
+        va = c[:, :, None, :].expand(B, S, H, rk)
+        ctx = attend(qa, ka, va, vis, scale)  # [B,S,H,rk]
+        o = torch.einsum("bshr,hvr->bshv", ctx, w_uv)
+    else:
+        raise ValueError(form)
+    return _lin(o.reshape(B, S, H * dv), _w(weights, p + "o_proj.weight"))
+
+
+def default_position_ids(B: int, S: int) -> torch.Tensor:
+    return torch.arange(S, dtype=torch.int64)[None].expand(B, S).clone()
+
+
+def forward(cfg_or_spec, weights: Mapping[str, torch.Tensor], hidden_states: torch.Tensor,
+            position_ids: Optional[torch.Tensor] = None,
+            attention_mask: Optional[torch.Tensor] = None, layer: int = 0,
+            mla_form: str = "naive", interleaved: Optional[bool] = None) -> torch.Tensor:
+    """The attention layer's output [B, S, D] (float32), computed in float64.
+
+    `interleaved` overrides the config's RoPE pairing (for the pairing-trap test only)."""
+    s = _as_spec(cfg_or_spec)
+    x = hidden_states.to(_F64)
+    B, S, D = x.shape
+    assert D == s.hidden_size, (D, s.hidden_size)
+    if position_ids is None:
+        position_ids = default_position_ids(B, S)
+    il = s.rope.interleaved if interleaved is None else interleaved
+    if s.kind == "gqa":
+        y = gqa_forward(s, weights, x, position_ids, attention_mask, layer, il)
+    else:
+        y = mla_forward(s, weights, x, position_ids, attention_mask, layer, il, mla_form)
+    return y.to(torch.float32)
+
+
+def with_pairing(spec: Spec, interleaved: bool) -> Spec:
+    return replace(spec, rope=replace(spec.rope, interleaved=interleaved))
