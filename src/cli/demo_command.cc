@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "attn/error.h"
 #include "attn/kv_cache.h"
 #include "attn/layer_weights.h"
@@ -102,6 +104,8 @@ int RunDemo(const std::vector<std::string>& args) {
               static_cast<long long>(prefill), static_cast<long long>(decode));
   std::fflush(stdout);
 
+  // Progress lines only on a terminal: piped output stays just the table.
+  const bool show_progress = isatty(fileno(stderr)) != 0;
   std::vector<Row> rows;
   auto run = [&](const std::string& name, const ModelConfig& config, CacheForm cache_form,
                  MlaForm form, const Tensor* naive_output, Tensor* output) {
@@ -129,7 +133,7 @@ int RunDemo(const std::vector<std::string>& args) {
     row.forms_agreement = agreement;
     rows.push_back(row);
     if (output != nullptr) *output = full.Copy();
-    std::fprintf(stderr, "  ran %s\n", name.c_str());
+    if (show_progress) std::fprintf(stderr, "  %s done\n", name.c_str());
   };
 
   run("MHA", GqaShape(kHeads), CacheForm::kHeads, MlaForm::kAuto, nullptr, nullptr);

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job: install dependencies, build, and run `attn demo` (MHA, GQA, MQA and MLA side by
+# side on random weights). Arguments go to `attn demo`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+scripts/build.sh
+build/attn demo "$@"

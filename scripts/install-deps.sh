@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything attn needs on Debian 12, as root: the C++ toolchain and libraries from
+# Debian, PyTorch (Debian's python3-torch, CPU) and pytest for the oracle tests, and the official
+# `safetensors` package from PyPI as a second reader/writer of our files.
+# Idempotent: when everything is already there it changes nothing and needs no network.
+set -euo pipefail
+
+packages=(build-essential cmake libgtest-dev libbenchmark-dev nlohmann-json3-dev
+          python3 python3-torch python3-numpy python3-pytest python3-pip)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! /usr/bin/python3 -c "import safetensors" 2>/dev/null; then
+  echo "install-deps: installing safetensors from PyPI"
+  /usr/bin/python3 -m pip install -q --break-system-packages "safetensors>=0.4"
+fi
