@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import pytest
 import torch
@@ -83,13 +83,16 @@ class AttnCli:
     def write_config(self, cfg: dict) -> Path:
         return write_json(self.path("config", ".json"), cfg)
 
-    def random_weights(self, cfg: dict, seed: int, layer: Optional[int] = None):
+    def random_weights(self, cfg: dict, seed: int, layer: Optional[int] = None,
+                       dtype: Optional[str] = None):
         """Writes cfg, runs `attn random-weights`; returns (config path, weights path, tensors)."""
         cpath = self.write_config(cfg)
         wpath = self.path("weights", ".safetensors")
         args = ["random-weights", "--config", cpath, "--output", wpath, "--seed", seed]
         if layer is not None:
             args += ["--layer", layer]
+        if dtype is not None:
+            args += ["--dtype", dtype]
         self.run_ok(*args)
         return cpath, wpath, load_tensors(wpath)
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import torch_reference as ref
-from conftest import load_tensors, save_tensors
+from conftest import save_tensors
 
 REL_TOL = 1e-4
 MLA_FORMS = ("naive", "absorbed", "auto")
@@ -128,6 +128,11 @@ V2LITE = {
 
 DSV3_ROTATE_HALF = dict(copy.deepcopy(DSV3), rope_interleave=False)
 
+# mscale != mscale_all_dim: cos/sin carry mscale(s,1.0)/mscale(s,0.707) and the softmax scale
+# mscale(s,0.707)^2 -- catches "mscale used where mscale_all_dim belongs".
+DSV3_MSCALE_DIFFERS = copy.deepcopy(DSV3)
+DSV3_MSCALE_DIFFERS["rope_scaling"].update(mscale=1.0, mscale_all_dim=0.707)
+
 ALL_CONFIGS = {
     "llama31": LLAMA31, "llama-mqa-bias": LLAMA_MQA_BIAS, "llama-mha": LLAMA_MHA,
     "qwen2": QWEN2, "qwen2-sliding": QWEN2_SLIDING, "qwen2-yarn": QWEN2_YARN,
@@ -149,9 +154,11 @@ def assert_matches(got: torch.Tensor, want: torch.Tensor, what: str = "") -> flo
     scale = w.abs().max().item()
     assert scale > 0, f"{what}: reference is all zeros (useless case)"
     rel = err / scale
+    worst = _unravel(int((g - w).abs().argmax()), g.shape)
+    print(f"[{what}] max|attn-ref|/max|ref| = {rel:.2e}")  # shown with pytest -s
     assert err <= REL_TOL * scale, (
         f"{what}: max|attn-ref| = {err:.3e} > {REL_TOL:g}*max|ref| = {REL_TOL * scale:.3e} "
-        f"(relative {rel:.2e}); worst at index {_unravel(int((g - w).abs().argmax()), g.shape)}")
+        f"(relative {rel:.2e}); worst at index {worst}")
     return rel
 
 
@@ -271,6 +278,7 @@ MLA_CASES = [
     ("dsv3-default-positions", DSV3, dict(B=1, S=7, starts=None)),
     ("v2lite-noqlora-mscale0.707-far", V2LITE, dict(B=2, S=9, starts=[1000, 2500])),
     ("dsv3-rope-interleave-false", DSV3_ROTATE_HALF, dict(B=1, S=9, starts=400)),
+    ("dsv3-mscale1-mscale_all_dim0.707", DSV3_MSCALE_DIFFERS, dict(B=2, S=9, starts=[700, 0])),
 ]
 
 
@@ -285,6 +293,26 @@ def test_mla_forward(cli, cfg, kw, form):
 def test_mla_layer_index(cli):
     got, want, _, _ = run_case(cli, DSV3, B=1, S=6, seed=5, starts=50, layer=1, mla="naive")
     assert_matches(got, want, "mla --layer 1")
+
+
+@pytest.mark.parametrize("dtype,torch_dtype", [("bf16", torch.bfloat16), ("f16", torch.float16)])
+@pytest.mark.parametrize("cfg,mla", [(QWEN2, None), (DSV3, "absorbed"), (DSV3, "naive")],
+                         ids=["qwen2", "dsv3-absorbed", "dsv3-naive"])
+def test_half_precision_weights(cli, cfg, mla, dtype, torch_dtype):
+    """bf16/f16 checkpoints: the oracle reads the same stored values (upcast exactly)."""
+    cpath, wpath, W = cli.random_weights(cfg, seed=13, dtype=dtype)
+    assert all(v.dtype == torch_dtype for v in W.values()), {k: v.dtype for k, v in W.items()}
+    got, want, _, _ = run_case(cli, cfg, B=2, S=7, seed=13, starts=[300, 0], mla=mla,
+                               weights=(wpath, W))
+    assert_matches(got, want, f"{dtype} weights")
+
+
+def test_position_ids_int32_accepted(cli):
+    cpath, wpath, W = cli.random_weights(LLAMA31, seed=17)
+    x = make_hidden(2, 6, LLAMA31["hidden_size"], 17)
+    pos = make_positions(2, 6, [5000, 12])
+    got = cli.forward(cpath, wpath, cli.write_input(x, pos.to(torch.int32)))
+    assert_matches(got, ref.forward(LLAMA31, W, x, pos), "I32 position_ids")
 
 
 # ============================================================================ rope_parameters
@@ -627,6 +655,13 @@ def test_error_position_ids_wrong_shape(cli):
     inp = cli.write_input(x, torch.arange(5, dtype=torch.int64)[None])
     res = cli.run(*cli.forward_args(cpath, wpath, inp, cli.dir / "o.safetensors"))
     _assert_input_error(res, "position_ids")
+
+
+@pytest.mark.parametrize("n", [0, 5])
+def test_error_prefill_out_of_range(cli, n):
+    cpath, wpath, _, inp = _valid_case(cli, LLAMA_MHA, S=4)
+    res = cli.run(*cli.forward_args(cpath, wpath, inp, cli.dir / "o.safetensors", prefill=n))
+    _assert_input_error(res, "prefill")
 
 
 def test_error_input_missing_hidden_states(cli):
