@@ -33,6 +33,11 @@ struct TokenBatch {
   // [B·S] key padding flags (1 keep, 0 pad); empty = all kept. Masks keys only: a padded
   // token still gets an output row, and no later query attends to it.
   std::span<const uint8_t> keep;
+  // [B] tokens each sequence contributes to this call (0 … S); empty = S for every sequence.
+  // Sequence b uses rows 0 … lengths[b]-1 of its S; later rows are ignored and their outputs
+  // are zero. Lets a batch hold sequences of different lengths (ragged prefill, or decode
+  // steps where some sequences sit idle).
+  std::span<const int64_t> lengths = {};
 };
 
 class AttentionLayer {

@@ -78,6 +78,52 @@ bool AsNonNegativeInt(const Json& value, int64_t* out) {
   return false;
 }
 
+struct Mapping {
+  void* address;
+  size_t size;
+};
+
+// Maps the whole file read-only. Files shorter than the length prefix are rejected first, which
+// also keeps mmap from seeing a zero length (which it refuses with EINVAL).
+Mapping MapReadOnly(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(ErrorKind::kIo, "cannot open " + path + ": " + ErrnoText());
+  FdCloser closer(fd);
+  struct stat info;
+  if (::fstat(fd, &info) != 0) {
+    throw Error(ErrorKind::kIo, "cannot stat " + path + ": " + ErrnoText());
+  }
+  if (!S_ISREG(info.st_mode)) {
+    throw Error(ErrorKind::kIo, "cannot open " + path + ": not a regular file");
+  }
+  const size_t file_size = static_cast<size_t>(info.st_size);
+  if (file_size < kLengthPrefixSize) {
+    throw Corrupt(path, "file is " + std::to_string(file_size) +
+                            " bytes, shorter than the 8-byte header length");
+  }
+  void* address = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+  if (address == MAP_FAILED) {
+    throw Error(ErrorKind::kIo, "cannot mmap " + path + ": " + ErrnoText());
+  }
+  return {address, file_size};
+}
+
+// The little-endian length prefix, checked against the file size and the sanity cap.
+size_t ReadHeaderSize(const std::string& path, const std::byte* bytes, size_t file_size) {
+  uint64_t header_size;
+  std::memcpy(&header_size, bytes, sizeof(header_size));
+  if (header_size > file_size - kLengthPrefixSize) {
+    throw Corrupt(path, "header length " + std::to_string(header_size) +
+                            " runs past the end of the " + std::to_string(file_size) +
+                            "-byte file");
+  }
+  if (header_size > kMaxHeaderSize) {
+    throw Corrupt(path,
+                  "header length " + std::to_string(header_size) + " exceeds the 100 MB limit");
+  }
+  return static_cast<size_t>(header_size);
+}
+
 Json ParseHeader(const std::string& path, const char* begin, size_t size) {
   Json header;
   try {
@@ -137,8 +183,8 @@ size_t CheckedByteSize(const std::string& path, const std::string& name, const S
       throw CorruptTensor(path, name, "shape " + ShapeToString(shape) + " overflows");
     }
   }
-  // NumElements must also fit in int64 for Tensor; with dtype size >= 1 this is implied by the
-  // byte count fitting, except for byte counts above INT64_MAX.
+  // Capping bytes at int64 also caps the element count (every dtype is at least one byte), so
+  // NumElements(shape) cannot throw later when a reader converts the tensor.
   if (bytes > static_cast<uint64_t>(INT64_MAX)) {
     throw CorruptTensor(path, name, "shape " + ShapeToString(shape) + " overflows");
   }
@@ -300,6 +346,29 @@ class TempFileGuard {
   std::string path_;
 };
 
+// Writes `chunks` to a temporary file beside `path`, then renames it over `path`.
+void WriteAtomically(const std::string& path,
+                     const std::vector<std::span<const std::byte>>& chunks) {
+  const std::string temp_path = path + ".tmp." + std::to_string(::getpid());
+  const int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw Error(ErrorKind::kIo, "cannot write " + path + ": " + ErrnoText());
+  TempFileGuard guard(temp_path);
+  bool ok = true;
+  for (size_t i = 0; ok && i < chunks.size(); ++i) {
+    ok = WriteAll(fd, chunks[i].data(), chunks[i].size());
+  }
+  // fsync before rename so a crash cannot leave a renamed but empty file.
+  ok = ok && ::fsync(fd) == 0;
+  const int saved_errno = errno;
+  const bool closed = ::close(fd) == 0;
+  if (!ok) errno = saved_errno;
+  if (!ok || !closed) throw Error(ErrorKind::kIo, "cannot write " + path + ": " + ErrnoText());
+  if (::rename(temp_path.c_str(), path.c_str()) != 0) {
+    throw Error(ErrorKind::kIo, "cannot rename " + temp_path + " to " + path + ": " + ErrnoText());
+  }
+  guard.Release();
+}
+
 void CheckNewTensorName(const std::string& name, bool already_added) {
   Check(name != kMetadataKey, ErrorKind::kInvalidArgument,
         "'__metadata__' is reserved and cannot name a tensor");
@@ -330,45 +399,19 @@ std::vector<std::byte> EncodeFloats(std::span<const float> values, DType dtype) 
 }  // namespace
 
 SafetensorsFile SafetensorsFile::Open(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(ErrorKind::kIo, "cannot open " + path + ": " + ErrnoText());
-  FdCloser closer(fd);
-  struct stat info;
-  if (::fstat(fd, &info) != 0)
-    throw Error(ErrorKind::kIo, "cannot stat " + path + ": " + ErrnoText());
-  if (!S_ISREG(info.st_mode))
-    throw Error(ErrorKind::kIo, "cannot open " + path + ": not a regular file");
-  const size_t file_size = static_cast<size_t>(info.st_size);
-  if (file_size < kLengthPrefixSize) {
-    throw Corrupt(path, "file is " + std::to_string(file_size) +
-                            " bytes, shorter than the 8-byte header length");
-  }
-
   SafetensorsFile file;
   file.path_ = path;
-  void* mapping = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
-  if (mapping == MAP_FAILED)
-    throw Error(ErrorKind::kIo, "cannot mmap " + path + ": " + ErrnoText());
+  const Mapping mapping = MapReadOnly(path);
   // From here the destructor unmaps, including when validation below throws.
-  file.mapping_ = mapping;
-  file.mapping_size_ = file_size;
-  const auto* bytes = static_cast<const std::byte*>(mapping);
+  file.mapping_ = mapping.address;
+  file.mapping_size_ = mapping.size;
 
-  uint64_t header_size;
-  std::memcpy(&header_size, bytes, sizeof(header_size));
-  if (header_size > file_size - kLengthPrefixSize) {
-    throw Corrupt(path, "header length " + std::to_string(header_size) +
-                            " runs past the end of the " + std::to_string(file_size) +
-                            "-byte file");
-  }
-  if (header_size > kMaxHeaderSize) {
-    throw Corrupt(path,
-                  "header length " + std::to_string(header_size) + " exceeds the 100 MB limit");
-  }
+  const auto* bytes = static_cast<const std::byte*>(mapping.address);
+  const size_t header_size = ReadHeaderSize(path, bytes, mapping.size);
   const Json header =
       ParseHeader(path, reinterpret_cast<const char*>(bytes + kLengthPrefixSize), header_size);
   const std::byte* data = bytes + kLengthPrefixSize + header_size;
-  const size_t data_size = file_size - kLengthPrefixSize - header_size;
+  const size_t data_size = mapping.size - kLengthPrefixSize - header_size;
   for (const auto& [name, entry] : header.items()) {
     if (name == kMetadataKey) {
       file.metadata_ = ParseMetadata(path, entry);
@@ -515,25 +558,11 @@ void SafetensorsWriter::Write(const std::string& path) const {
   header_text.append((8 - header_text.size() % 8) % 8, ' ');
   const uint64_t header_size = header_text.size();
 
-  const std::string temp_path = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw Error(ErrorKind::kIo, "cannot write " + path + ": " + ErrnoText());
-  TempFileGuard guard(temp_path);
-  bool ok = WriteAll(fd, &header_size, sizeof(header_size)) &&
-            WriteAll(fd, header_text.data(), header_text.size());
-  for (auto it = entries_.begin(); ok && it != entries_.end(); ++it) {
-    ok = WriteAll(fd, it->second.bytes.data(), it->second.bytes.size());
-  }
-  // fsync before rename so a crash cannot leave a renamed but empty file.
-  ok = ok && ::fsync(fd) == 0;
-  const int saved_errno = errno;
-  const bool closed = ::close(fd) == 0;
-  if (!ok) errno = saved_errno;
-  if (!ok || !closed) throw Error(ErrorKind::kIo, "cannot write " + path + ": " + ErrnoText());
-  if (::rename(temp_path.c_str(), path.c_str()) != 0) {
-    throw Error(ErrorKind::kIo, "cannot rename " + temp_path + " to " + path + ": " + ErrnoText());
-  }
-  guard.Release();
+  std::vector<std::span<const std::byte>> chunks;
+  chunks.push_back(std::as_bytes(std::span(&header_size, 1)));
+  chunks.push_back(std::as_bytes(std::span(header_text)));
+  for (const auto& [name, entry] : entries_) chunks.push_back(entry.bytes);
+  WriteAtomically(path, chunks);
 }
 
 }  // namespace attn

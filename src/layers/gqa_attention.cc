@@ -69,7 +69,7 @@ Tensor GqaAttention::Step(const TokenBatch& batch, Cache& cache, MlaForm /*form*
         "cache does not match this layer (need a KVCache of batch " +
             std::to_string(shape.batch) + ", " + std::to_string(kv_heads) + " kv heads of " +
             std::to_string(d) + ")");
-  kv->CheckRoom(std::vector<int64_t>(static_cast<size_t>(shape.batch), shape.tokens));
+  kv->CheckRoom(shape.counts);
 
   const int64_t rows = shape.batch * shape.tokens;
   const float* x = batch.hidden_states->data();
@@ -85,10 +85,11 @@ Tensor GqaAttention::Step(const TokenBatch& batch, Cache& cache, MlaForm /*form*
   for (int64_t b = 0; b < shape.batch; ++b) {
     const int64_t first_slot = kv->length(b);
     const int64_t token0 = b * shape.tokens;
-    kv->Append(b, shape.tokens, k.data() + token0 * kv_heads * d,
+    const int64_t count = shape.counts[static_cast<size_t>(b)];
+    kv->Append(b, count, k.data() + token0 * kv_heads * d,
                v.data() + token0 * kv_heads * d, layers::KeepFlags(batch, shape, b));
     AttentionProblem problem;
-    problem.queries = {q.data() + token0 * heads * d, shape.tokens, heads, d};
+    problem.queries = {q.data() + token0 * heads * d, count, heads, d};
     problem.kv = kv->View(b);
     problem.visibility = {first_slot, window_};
     problem.scale = scale_;
@@ -97,6 +98,7 @@ Tensor GqaAttention::Step(const TokenBatch& batch, Cache& cache, MlaForm /*form*
   }
 
   std::vector<float> y = layers::Project(heads_out.data(), rows, weights_.o_proj, weights_.o_bias);
+  layers::ZeroUnusedRows(shape, config_.hidden_size, y.data());
   return Tensor({shape.batch, shape.tokens, config_.hidden_size}, std::move(y));
 }
 

@@ -41,6 +41,8 @@ Tensor AttentionLayer::PrefillThenDecode(const TokenBatch& batch, int64_t prefil
                                          Timings* timings) const {
   Check(batch.hidden_states != nullptr && batch.hidden_states->rank() == 3,
         ErrorKind::kInvalidArgument, "hidden_states: expected shape [B, S, D]");
+  Check(batch.lengths.empty(), ErrorKind::kInvalidArgument,
+        "PrefillThenDecode runs whole sequences: lengths must be empty");
   const Tensor& x = *batch.hidden_states;
   const int64_t b_count = x.dim(0);
   const int64_t s_count = x.dim(1);

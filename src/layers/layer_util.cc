@@ -1,5 +1,6 @@
 #include "layers/layer_util.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "attn/error.h"
@@ -19,7 +20,7 @@ BatchShape CheckTokenBatch(const TokenBatch& batch, int64_t hidden_size) {
         ErrorKind::kInvalidArgument,
         "hidden_states: expected shape [B, S, " + std::to_string(hidden_size) +
             "] with B, S > 0, got " + ShapeToString(x.shape()));
-  const BatchShape shape{x.dim(0), x.dim(1)};
+  BatchShape shape{x.dim(0), x.dim(1), {}};
   const size_t tokens = static_cast<size_t>(shape.batch * shape.tokens);
   Check(batch.positions.empty() || batch.positions.size() == tokens, ErrorKind::kInvalidArgument,
         "position_ids: expected " + std::to_string(tokens) + " values ([B, S] = [" +
@@ -35,6 +36,19 @@ BatchShape CheckTokenBatch(const TokenBatch& batch, int64_t hidden_size) {
             std::to_string(batch.keep.size()));
   for (uint8_t k : batch.keep) {
     Check(k <= 1, ErrorKind::kInvalidArgument, "attention_mask: values must be 0 or 1");
+  }
+  if (batch.lengths.empty()) {
+    shape.counts.assign(static_cast<size_t>(shape.batch), shape.tokens);
+  } else {
+    Check(static_cast<int64_t>(batch.lengths.size()) == shape.batch, ErrorKind::kInvalidArgument,
+          "lengths: expected " + std::to_string(shape.batch) + " values (one per sequence), got " +
+              std::to_string(batch.lengths.size()));
+    for (int64_t n : batch.lengths) {
+      Check(n >= 0 && n <= shape.tokens, ErrorKind::kInvalidArgument,
+            "lengths: each must lie in [0, " + std::to_string(shape.tokens) + "], got " +
+                std::to_string(n));
+    }
+    shape.counts.assign(batch.lengths.begin(), batch.lengths.end());
   }
   return shape;
 }
@@ -68,6 +82,13 @@ std::vector<float> Project(const float* x, int64_t rows, const Tensor& w, const 
   problem.y = y.data();
   DefaultBackend().linear(problem);
   return y;
+}
+
+void ZeroUnusedRows(const BatchShape& shape, int64_t width, float* out) {
+  for (int64_t b = 0; b < shape.batch; ++b) {
+    const int64_t used = shape.counts[static_cast<size_t>(b)];
+    std::fill(out + (b * shape.tokens + used) * width, out + (b + 1) * shape.tokens * width, 0.0f);
+  }
 }
 
 void RotateHeads(const RotaryEmbedding& rope, std::span<const int64_t> positions, float* data,

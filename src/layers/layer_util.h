@@ -22,7 +22,8 @@ const ModelConfig& Validated(const ModelConfig& config);
 // keep, when given, hold B·S entries (keep values 0 or 1).
 struct BatchShape {
   int64_t batch;
-  int64_t tokens;
+  int64_t tokens;               // S, rows per sequence in the input
+  std::vector<int64_t> counts;  // [B] rows each sequence actually contributes
 };
 BatchShape CheckTokenBatch(const TokenBatch& batch, int64_t hidden_size);
 
@@ -35,6 +36,9 @@ const uint8_t* KeepFlags(const TokenBatch& batch, const BatchShape& shape, int64
 
 // y = x Wᵀ (+ b) for `rows` rows of x; w is [out, in], bias empty or [out].
 std::vector<float> Project(const float* x, int64_t rows, const Tensor& w, const Tensor& bias);
+
+// Zeroes rows counts[b] … S-1 of each sequence in out [B][S][width].
+void ZeroUnusedRows(const BatchShape& shape, int64_t width, float* out);
 
 // Rotates `heads` vectors per token (each `stride` floats apart within a token, starting at
 // `offset`) by that token's position. data is [tokens][token_stride].

@@ -164,7 +164,7 @@ Tensor MlaAttention::Step(const TokenBatch& batch, Cache& cache, MlaForm form) c
   Check(cache.batch() == shape.batch, ErrorKind::kInvalidArgument,
         "cache batch " + std::to_string(cache.batch()) + " differs from the input batch " +
             std::to_string(shape.batch));
-  cache.CheckRoom(std::vector<int64_t>(static_cast<size_t>(shape.batch), shape.tokens));
+  cache.CheckRoom(shape.counts);
 
   const std::vector<int64_t> positions = layers::ResolvePositions(batch, shape, cache);
   const Projected p = Project(batch, positions);
@@ -178,13 +178,15 @@ Tensor MlaAttention::Step(const TokenBatch& batch, Cache& cache, MlaForm form) c
   } else {
     const int64_t row_dim = latent_cache->row_dim();
     for (int64_t b = 0; b < shape.batch; ++b) {
-      latent_cache->Append(b, shape.tokens, p.latent.data() + b * shape.tokens * row_dim,
+      latent_cache->Append(b, shape.counts[static_cast<size_t>(b)],
+                           p.latent.data() + b * shape.tokens * row_dim,
                            p.keep[static_cast<size_t>(b)]);
     }
     for (int64_t b = 0; b < shape.batch; ++b) {
       float* out = heads_out.data() + b * shape.tokens * h * m.v_head_dim;
-      const bool decompress = form == MlaForm::kAuto &&
-                              AutoPrefersDecompress(config_, shape.tokens, latent_cache->length(b));
+      const bool decompress =
+          form == MlaForm::kAuto && AutoPrefersDecompress(config_, shape.counts[static_cast<size_t>(b)],
+                                                          latent_cache->length(b));
       if (decompress) {
         AttendDecompressed(p, b, *latent_cache, first_slots[static_cast<size_t>(b)], out);
       } else {
@@ -194,6 +196,7 @@ Tensor MlaAttention::Step(const TokenBatch& batch, Cache& cache, MlaForm form) c
   }
 
   std::vector<float> y = layers::Project(heads_out.data(), rows, weights_.o_proj, Tensor());
+  layers::ZeroUnusedRows(shape, config_.hidden_size, y.data());
   return Tensor({shape.batch, shape.tokens, config_.hidden_size}, std::move(y));
 }
 
@@ -236,10 +239,11 @@ void MlaAttention::AttendNaive(const Projected& p, KVCache& cache,
 
   for (int64_t b = 0; b < p.shape.batch; ++b) {
     const int64_t token0 = b * s_len;
-    cache.Append(b, s_len, keys.data() + token0 * h * qk_dim,
+    const int64_t count = p.shape.counts[static_cast<size_t>(b)];
+    cache.Append(b, count, keys.data() + token0 * h * qk_dim,
                  values.data() + token0 * h * m.v_head_dim, p.keep[static_cast<size_t>(b)]);
     AttentionProblem problem;
-    problem.queries = {p.q.data() + token0 * h * qk_dim, s_len, h, qk_dim};
+    problem.queries = {p.q.data() + token0 * h * qk_dim, count, h, qk_dim};
     problem.kv = cache.View(b);
     problem.visibility = {first_slots[static_cast<size_t>(b)], 0};
     problem.scale = scale_;
@@ -256,11 +260,12 @@ void MlaAttention::AttendAbsorbed(const Projected& p, int64_t sequence, const La
   const int64_t kv_b_dim = m.qk_nope_head_dim + m.v_head_dim;
   const int64_t row_dim = cache.row_dim();
   const int64_t s_len = p.shape.tokens;
+  const int64_t count = p.shape.counts[static_cast<size_t>(sequence)];
   const float* w_kv_b = weights_.kv_b_proj.data();
 
   // q'[s,h] = [q_nope W_UK[h] | q_pe]: one MQA query row per head against the latent rows.
   std::vector<float> absorbed(static_cast<size_t>(s_len * h * row_dim));
-  for (int64_t s = 0; s < s_len; ++s) {
+  for (int64_t s = 0; s < count; ++s) {
     for (int64_t head = 0; head < h; ++head) {
       const float* q = p.q.data() + ((sequence * s_len + s) * h + head) * qk_dim;
       float* out = absorbed.data() + (s * h + head) * row_dim;
@@ -272,14 +277,14 @@ void MlaAttention::AttendAbsorbed(const Projected& p, int64_t sequence, const La
 
   std::vector<float> latent_out(static_cast<size_t>(s_len * h * m.kv_lora_rank));
   AttentionProblem problem;
-  problem.queries = {absorbed.data(), s_len, h, row_dim};
+  problem.queries = {absorbed.data(), count, h, row_dim};
   problem.kv = cache.View(sequence);
   problem.visibility = {first_slot, 0};
   problem.scale = scale_;
   problem.out = latent_out.data();
   DefaultBackend().attend(problem);
 
-  for (int64_t s = 0; s < s_len; ++s) {
+  for (int64_t s = 0; s < count; ++s) {
     for (int64_t head = 0; head < h; ++head) {
       ExpandLatentOutput(latent_out.data() + (s * h + head) * m.kv_lora_rank,
                          w_kv_b + (head * kv_b_dim + m.qk_nope_head_dim) * m.kv_lora_rank,
@@ -307,8 +312,8 @@ void MlaAttention::AttendDecompressed(const Projected& p, int64_t sequence,
 
   const KVView latent_view = cache.View(sequence);
   AttentionProblem problem;
-  problem.queries = {p.q.data() + sequence * p.shape.tokens * h * qk_dim, p.shape.tokens, h,
-                     qk_dim};
+  problem.queries = {p.q.data() + sequence * p.shape.tokens * h * qk_dim,
+                     p.shape.counts[static_cast<size_t>(sequence)], h, qk_dim};
   problem.kv.dtype = DType::kF32;
   problem.kv.keys = keys.data();
   problem.kv.values = values.data();

@@ -264,3 +264,30 @@ TEST(GqaAttention, BadInputsAreErrors) {
 
 }  // namespace
 }  // namespace attn
+
+namespace attn {
+namespace {
+
+// A ragged batch (sequences contributing different token counts to one call) equals running
+// each sequence on its own; idle rows output zeros and leave the cache untouched.
+TEST(GqaAttention, RaggedBatchEqualsSequencesAlone) {
+  const ModelConfig c = testing::SmallGqaConfig(8, 2);
+  const auto layer = BuildAttentionLayer(c, 0, RandomAttentionWeights(c, 1));
+  const int64_t D = c.hidden_size, S = 6;
+  const Tensor x = RandomUniform({2, S, D}, 4, 1.0f);
+  const std::vector<int64_t> lengths = {6, 2};
+  auto cache = layer->NewCache(2, 8, DType::kF32, MlaForm::kAuto);
+  const Tensor y = layer->Step({&x, {}, {}, lengths}, *cache, MlaForm::kAuto);
+  EXPECT_EQ(cache->length(0), 6);
+  EXPECT_EQ(cache->length(1), 2);
+  Tensor second({1, 2, D});
+  std::copy_n(x.data() + S * D, 2 * D, second.data());
+  const Tensor alone = layer->Forward({&second, {}, {}}, MlaForm::kAuto);
+  EXPECT_LT(testing::RelativeError(y.data() + S * D, alone.data(), 2 * D), 1e-6);
+  for (int64_t i = (S + 2) * D; i < 2 * S * D; ++i) ASSERT_EQ(y.data()[i], 0.0f);
+  const std::vector<int64_t> too_long = {7, 0};
+  EXPECT_THROW(layer->Step({&x, {}, {}, too_long}, *cache, MlaForm::kAuto), Error);
+}
+
+}  // namespace
+}  // namespace attn

@@ -101,3 +101,29 @@ TEST(MlaAttention, CacheFormsAndErrors) {
 
 }  // namespace
 }  // namespace attn
+
+namespace attn {
+namespace {
+
+// Ragged decode: one sequence steps while the other sits idle, in every form.
+TEST(MlaAttention, RaggedBatchEqualsSequencesAlone) {
+  const ModelConfig c = testing::SmallMlaConfig(48);
+  const auto layer = BuildAttentionLayer(c, 0, RandomAttentionWeights(c, 2));
+  const int64_t D = c.hidden_size, S = 5;
+  const Tensor x = RandomUniform({2, S, D}, 5, 1.0f);
+  for (MlaForm form : {MlaForm::kNaive, MlaForm::kAbsorbed, MlaForm::kAuto}) {
+    auto cache = layer->NewCache(2, 8, DType::kF32, form);
+    const std::vector<int64_t> lengths = {5, 3};
+    const Tensor y = layer->Step({&x, {}, {}, lengths}, *cache, form);
+    Tensor second({1, 3, D});
+    std::copy_n(x.data() + S * D, 3 * D, second.data());
+    const Tensor alone = layer->Forward({&second, {}, {}}, MlaForm::kNaive);
+    EXPECT_LT(testing::RelativeError(y.data() + S * D, alone.data(), 3 * D), 1e-5)
+        << MlaFormName(form);
+    EXPECT_EQ(cache->length(1), 3);
+    for (int64_t i = (S + 3) * D; i < 2 * S * D; ++i) ASSERT_EQ(y.data()[i], 0.0f);
+  }
+}
+
+}  // namespace
+}  // namespace attn

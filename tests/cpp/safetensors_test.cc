@@ -329,6 +329,14 @@ TEST_F(SafetensorsTest, WriterRejectsBadInput) {
   ExpectError([&] { writer.AddF32("d", Tensor()); }, ErrorKind::kInvalidArgument, {"'d'"});
 }
 
+TEST_F(SafetensorsTest, NonUtf8NameIsRejectedAtWrite) {
+  SafetensorsWriter writer;
+  writer.AddF32("bad\xff", Tensor({1}, {1.0f}));
+  const std::string path = PathOf("utf8.safetensors");
+  ExpectError([&] { writer.Write(path); }, ErrorKind::kInvalidArgument, {path, "UTF-8"});
+  EXPECT_FALSE(fs::exists(path));
+}
+
 TEST_F(SafetensorsTest, WriteIntoMissingDirectoryThrowsAndLeavesNothing) {
   SafetensorsWriter writer;
   writer.AddF32("a", Tensor({1}, {1.0f}));
