@@ -30,10 +30,10 @@ struct RopeScaling {
   // yarn
   double beta_fast = 32.0;
   double beta_slow = 1.0;
-  double mscale = 0.0;           // 0 = absent
-  double mscale_all_dim = 0.0;   // 0 = absent
-  double attention_factor = 0.0; // 0 = absent: derive from mscale keys (reference §2)
-  bool truncate = true;          // floor/ceil the yarn correction range
+  double mscale = 0.0;            // 0 = absent
+  double mscale_all_dim = 0.0;    // 0 = absent
+  double attention_factor = 0.0;  // 0 = absent: derive from mscale keys (reference §2)
+  bool truncate = true;           // floor/ceil the yarn correction range
 };
 
 struct RopeConfig {
@@ -50,20 +50,20 @@ enum class AttentionKind {
 
 // Fields of the GQA family (reference §1).
 struct GqaDims {
-  int64_t num_kv_heads = 0;   // G
-  int64_t head_dim = 0;       // d (explicit head_dim, may differ from hidden / heads)
-  bool qkv_bias = false;      // Qwen2; Llama attention_bias
-  bool o_bias = false;        // Llama attention_bias
+  int64_t num_kv_heads = 0;  // G
+  int64_t head_dim = 0;      // d (explicit head_dim, may differ from hidden / heads)
+  bool qkv_bias = false;     // Qwen2; Llama attention_bias
+  bool o_bias = false;       // Llama attention_bias
 };
 
 // Fields of MLA (reference §3).
 struct MlaDims {
-  int64_t q_lora_rank = 0;  // rq; 0 = no query compression (V2-Lite)
-  int64_t kv_lora_rank = 0; // rk
-  int64_t qk_nope_head_dim = 0; // dn
-  int64_t qk_rope_head_dim = 0; // dr
-  int64_t v_head_dim = 0;       // dv
-  double rms_norm_eps = 1e-6;   // both latent RMSNorms
+  int64_t q_lora_rank = 0;       // rq; 0 = no query compression (V2-Lite)
+  int64_t kv_lora_rank = 0;      // rk
+  int64_t qk_nope_head_dim = 0;  // dn
+  int64_t qk_rope_head_dim = 0;  // dr
+  int64_t v_head_dim = 0;        // dv
+  double rms_norm_eps = 1e-6;    // both latent RMSNorms
 };
 
 struct ModelConfig {

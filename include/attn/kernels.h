@@ -28,15 +28,15 @@ struct KVView {
   DType dtype = DType::kF32;  // f32, f16 or bf16
   const void* keys = nullptr;
   const void* values = nullptr;
-  int64_t kv_heads = 0;  // G; query head h reads kv head h / (H / G)
-  int64_t key_dim = 0;   // Dk
-  int64_t value_dim = 0; // Dv
+  int64_t kv_heads = 0;   // G; query head h reads kv head h / (H / G)
+  int64_t key_dim = 0;    // Dk
+  int64_t value_dim = 0;  // Dv
   int64_t key_head_stride = 0;
   int64_t key_token_stride = 0;
   int64_t value_head_stride = 0;
   int64_t value_token_stride = 0;
-  int64_t length = 0;                // T: slots 0 … T-1 are filled
-  const uint8_t* keep = nullptr;     // [T]; keep[t] == 0 hides key t (padding); null = all kept
+  int64_t length = 0;             // T: slots 0 … T-1 are filled
+  const uint8_t* keep = nullptr;  // [T]; keep[t] == 0 hides key t (padding); null = all kept
 };
 
 // Which keys query s may see. Query s sits at slot p = first_query_slot + s and sees key t iff
@@ -58,8 +58,8 @@ struct AttentionProblem {
 
 // y[r, o] = Σ_i x[r, i] · w[o, i] + bias[o]: a PyTorch Linear with w stored [out, in].
 struct LinearProblem {
-  const float* x = nullptr;  // [rows][in]
-  const float* w = nullptr;  // [out][in]
+  const float* x = nullptr;     // [rows][in]
+  const float* w = nullptr;     // [out][in]
   const float* bias = nullptr;  // [out] or null
   int64_t rows = 0;
   int64_t in = 0;

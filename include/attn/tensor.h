@@ -49,6 +49,10 @@ class Tensor {
 // Throws Error(kInvalidArgument) "<what>: expected shape [..], got [..]" unless equal.
 void CheckShape(const Tensor& tensor, const Shape& expected, const std::string& what);
 
+// Throws Error(kInvalidArgument) "<what>: non-finite value (nan) at index i" on NaN or Inf: a NaN
+// in an input would otherwise spread silently through every later token's softmax.
+void CheckFinite(const Tensor& tensor, const std::string& what);
+
 }  // namespace attn
 
 #endif  // ATTN_TENSOR_H_

@@ -2,13 +2,13 @@
 // 16 heads) on random weights. Each layer runs a prefill and a stretch of decode; the table
 // shows what each mechanism stores per token and that decode reproduces a full prefill, and
 // that the three MLA forms agree.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
-
-#include <unistd.h>
 
 #include "attn/error.h"
 #include "attn/kv_cache.h"
@@ -98,10 +98,11 @@ int RunDemo(const std::vector<std::string>& args) {
 
   const Tensor hidden = RandomUniform({1, total, kHidden}, seed + 1, 1.0f);
   const TokenBatch batch{&hidden, {}, {}};
-  std::printf("attn demo: one attention layer at DeepSeek-V2-Lite's shape (hidden %lld, %lld "
-              "heads), random weights,\nprefill %lld tokens then %lld decode steps, fp32 cache.\n\n",
-              static_cast<long long>(kHidden), static_cast<long long>(kHeads),
-              static_cast<long long>(prefill), static_cast<long long>(decode));
+  std::printf(
+      "attn demo: one attention layer at DeepSeek-V2-Lite's shape (hidden %lld, %lld "
+      "heads), random weights,\nprefill %lld tokens then %lld decode steps, fp32 cache.\n\n",
+      static_cast<long long>(kHidden), static_cast<long long>(kHeads),
+      static_cast<long long>(prefill), static_cast<long long>(decode));
   std::fflush(stdout);
 
   // Progress lines only on a terminal: piped output stays just the table.
@@ -117,8 +118,8 @@ int RunDemo(const std::vector<std::string>& args) {
     Tensor stepped = layer->PrefillThenDecode(batch, prefill, form, DType::kF32, &timings);
     Row row;
     row.name = name;
-    row.kv_heads = config.kind == AttentionKind::kGqa ? std::to_string(config.gqa.num_kv_heads)
-                                                      : "latent";
+    row.kv_heads =
+        config.kind == AttentionKind::kGqa ? std::to_string(config.gqa.num_kv_heads) : "latent";
     row.parameters = parameters;
     row.kv_values = CacheValuesPerToken(config, cache_form);
     row.prefill_tokens_per_s = static_cast<double>(prefill) / timings.prefill_seconds;
@@ -150,13 +151,14 @@ int RunDemo(const std::vector<std::string>& args) {
   for (const Row& r : rows) {
     std::printf("%-13s %6s %11lld %10lld %10lld %12.1f %10.2f %14.1e %14s\n", r.name.c_str(),
                 r.kv_heads.c_str(), static_cast<long long>(r.parameters),
-                static_cast<long long>(r.kv_values),
-                static_cast<long long>(r.kv_values * 2), r.prefill_tokens_per_s, r.decode_ms,
-                r.decode_vs_prefill, r.forms_agreement.c_str());
+                static_cast<long long>(r.kv_values), static_cast<long long>(r.kv_values * 2),
+                r.prefill_tokens_per_s, r.decode_ms, r.decode_vs_prefill,
+                r.forms_agreement.c_str());
   }
-  std::printf("\nKV B/tok assumes a bf16 cache (2 bytes per value). decode=prefill and form vs "
-              "naive are max|a-b|/max|b|\nover the layer outputs; fp32 rounding gives ~1e-6. "
-              "Timings use the reference kernels (issue 3 brings the fast ones).\n");
+  std::printf(
+      "\nKV B/tok assumes a bf16 cache (2 bytes per value). decode=prefill and form vs "
+      "naive are max|a-b|/max|b|\nover the layer outputs; fp32 rounding gives ~1e-6. "
+      "Timings use the reference kernels (issue 3 brings the fast ones).\n");
   return 0;
 }
 

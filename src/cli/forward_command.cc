@@ -21,17 +21,16 @@ std::vector<int64_t> ReadTokenGrid(const SafetensorsFile& input, const std::stri
   Shape shape;
   std::vector<int64_t> values = input.ReadI64(name, &shape);
   Check(shape == Shape{batch, tokens}, ErrorKind::kInvalidArgument,
-        name + ": expected shape " + ShapeToString({batch, tokens}) + " to match hidden_states, got " +
-            ShapeToString(shape));
+        name + ": expected shape " + ShapeToString({batch, tokens}) +
+            " to match hidden_states, got " + ShapeToString(shape));
   return values;
 }
 
 }  // namespace
 
 int RunForward(const std::vector<std::string>& args) {
-  const Flags flags(args, {"config", "weights", "input", "output", "layer", "mla", "prefill",
-                           "cache-dtype"},
-                    {});
+  const Flags flags(
+      args, {"config", "weights", "input", "output", "layer", "mla", "prefill", "cache-dtype"}, {});
   const ModelConfig config = LoadHfConfig(flags.Required("config"));
   const int64_t layer_index = flags.GetInt("layer", 0);
   Check(layer_index >= 0 && layer_index < config.num_layers, ErrorKind::kInvalidArgument,
@@ -51,8 +50,9 @@ int RunForward(const std::vector<std::string>& args) {
   Check(hidden.rank() == 3 && hidden.dim(2) == config.hidden_size && hidden.dim(0) > 0 &&
             hidden.dim(1) > 0,
         ErrorKind::kInvalidArgument,
-        "hidden_states: expected shape [B, S, " + std::to_string(config.hidden_size) +
-            "], got " + ShapeToString(hidden.shape()));
+        "hidden_states: expected shape [B, S, " + std::to_string(config.hidden_size) + "], got " +
+            ShapeToString(hidden.shape()));
+  CheckFinite(hidden, "hidden_states");
   const int64_t batch = hidden.dim(0);
   const int64_t tokens = hidden.dim(1);
   const std::vector<int64_t> positions = ReadTokenGrid(input, "position_ids", batch, tokens);

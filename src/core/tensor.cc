@@ -1,5 +1,6 @@
 #include "attn/tensor.h"
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -44,6 +45,17 @@ void CheckShape(const Tensor& tensor, const Shape& expected, const std::string& 
   Check(tensor.shape() == expected, ErrorKind::kInvalidArgument,
         what + ": expected shape " + ShapeToString(expected) + ", got " +
             ShapeToString(tensor.shape()));
+}
+
+void CheckFinite(const Tensor& tensor, const std::string& what) {
+  const float* values = tensor.data();
+  for (int64_t i = 0; i < tensor.size(); ++i) {
+    if (!std::isfinite(values[i])) {
+      throw Error(ErrorKind::kInvalidArgument, what + ": non-finite value (" +
+                                                   std::to_string(values[i]) + ") at flat index " +
+                                                   std::to_string(i));
+    }
+  }
 }
 
 }  // namespace attn

@@ -18,6 +18,7 @@ NamedTensors ReadHfAttentionWeights(const SafetensorsFile& file, const ModelConf
           "tensor '" + name + "' not found in " + file.path());
     Tensor tensor = file.ReadF32(name);
     CheckShape(tensor, spec.shape, name);
+    CheckFinite(tensor, name);
     weights.emplace(spec.name, std::move(tensor));
   }
   return weights;

@@ -11,8 +11,7 @@ void ReferenceLinear(const LinearProblem& problem);
 }  // namespace cpu
 
 const KernelBackend& ReferenceBackend() {
-  static const KernelBackend backend{"cpu-reference", &cpu::ReferenceAttend,
-                                     &cpu::ReferenceLinear};
+  static const KernelBackend backend{"cpu-reference", &cpu::ReferenceAttend, &cpu::ReferenceLinear};
   return backend;
 }
 
@@ -24,10 +23,11 @@ void ValidateAttentionProblem(const AttentionProblem& p) {
   };
   const QueryRows& q = p.queries;
   const KVView& kv = p.kv;
-  require(q.tokens >= 0 && q.heads > 0 && q.dim > 0, "queries need tokens >= 0, heads > 0, dim > 0");
-  require(kv.kv_heads > 0 && q.heads % kv.kv_heads == 0,
-          "query heads (" + std::to_string(q.heads) + ") must be a multiple of kv heads (" +
-              std::to_string(kv.kv_heads) + ")");
+  require(q.tokens >= 0 && q.heads > 0 && q.dim > 0,
+          "queries need tokens >= 0, heads > 0, dim > 0");
+  require(kv.kv_heads > 0 && q.heads % kv.kv_heads == 0, "query heads (" + std::to_string(q.heads) +
+                                                             ") must be a multiple of kv heads (" +
+                                                             std::to_string(kv.kv_heads) + ")");
   require(kv.key_dim == q.dim, "key dim (" + std::to_string(kv.key_dim) +
                                    ") differs from query dim (" + std::to_string(q.dim) + ")");
   require(kv.value_dim > 0, "value dim must be positive");
@@ -35,11 +35,11 @@ void ValidateAttentionProblem(const AttentionProblem& p) {
           std::string("K/V dtype must be F32, F16 or BF16, got ") + DTypeName(kv.dtype));
   require(kv.length >= 0, "kv length must be >= 0");
   require(p.visibility.window >= 0, "window must be >= 0");
-  require(p.visibility.first_query_slot >= 0 &&
-              p.visibility.first_query_slot + q.tokens <= kv.length,
-          "query slots [" + std::to_string(p.visibility.first_query_slot) + ", " +
-              std::to_string(p.visibility.first_query_slot + q.tokens) +
-              ") must lie within the kv length " + std::to_string(kv.length));
+  require(
+      p.visibility.first_query_slot >= 0 && p.visibility.first_query_slot + q.tokens <= kv.length,
+      "query slots [" + std::to_string(p.visibility.first_query_slot) + ", " +
+          std::to_string(p.visibility.first_query_slot + q.tokens) +
+          ") must lie within the kv length " + std::to_string(kv.length));
   require(q.tokens == 0 || (q.data != nullptr && p.out != nullptr), "null query or output");
   require(kv.length == 0 || (kv.keys != nullptr && kv.values != nullptr), "null keys or values");
 }

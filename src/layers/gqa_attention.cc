@@ -39,8 +39,7 @@ GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, GqaWeights 
     layers::CheckWeight(weights_.k_bias, {kv_width}, "k_proj.bias");
     layers::CheckWeight(weights_.v_bias, {kv_width}, "v_proj.bias");
   } else {
-    Check(weights_.q_bias.size() == 0 && weights_.k_bias.size() == 0 &&
-              weights_.v_bias.size() == 0,
+    Check(weights_.q_bias.size() == 0 && weights_.k_bias.size() == 0 && weights_.v_bias.size() == 0,
           ErrorKind::kInvalidArgument, "q/k/v biases given but the config has none");
   }
   if (config.gqa.o_bias) {
@@ -53,8 +52,8 @@ GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, GqaWeights 
 
 std::unique_ptr<Cache> GqaAttention::NewCache(int64_t batch, int64_t capacity, DType dtype,
                                               MlaForm /*form: GQA has one cache layout*/) const {
-  return std::make_unique<KVCache>(batch, capacity, config_.gqa.num_kv_heads,
-                                   config_.gqa.head_dim, config_.gqa.head_dim, dtype);
+  return std::make_unique<KVCache>(batch, capacity, config_.gqa.num_kv_heads, config_.gqa.head_dim,
+                                   config_.gqa.head_dim, dtype);
 }
 
 Tensor GqaAttention::Step(const TokenBatch& batch, Cache& cache, MlaForm /*form*/) const {
@@ -63,12 +62,11 @@ Tensor GqaAttention::Step(const TokenBatch& batch, Cache& cache, MlaForm /*form*
   const int64_t kv_heads = config_.gqa.num_kv_heads;
   const int64_t d = config_.gqa.head_dim;
   auto* kv = dynamic_cast<KVCache*>(&cache);
-  Check(kv != nullptr && kv->kv_heads() == kv_heads && kv->key_dim() == d &&
-            kv->value_dim() == d && kv->batch() == shape.batch,
+  Check(kv != nullptr && kv->kv_heads() == kv_heads && kv->key_dim() == d && kv->value_dim() == d &&
+            kv->batch() == shape.batch,
         ErrorKind::kInvalidArgument,
-        "cache does not match this layer (need a KVCache of batch " +
-            std::to_string(shape.batch) + ", " + std::to_string(kv_heads) + " kv heads of " +
-            std::to_string(d) + ")");
+        "cache does not match this layer (need a KVCache of batch " + std::to_string(shape.batch) +
+            ", " + std::to_string(kv_heads) + " kv heads of " + std::to_string(d) + ")");
   kv->CheckRoom(shape.counts);
 
   const int64_t rows = shape.batch * shape.tokens;
@@ -86,8 +84,8 @@ Tensor GqaAttention::Step(const TokenBatch& batch, Cache& cache, MlaForm /*form*
     const int64_t first_slot = kv->length(b);
     const int64_t token0 = b * shape.tokens;
     const int64_t count = shape.counts[static_cast<size_t>(b)];
-    kv->Append(b, count, k.data() + token0 * kv_heads * d,
-               v.data() + token0 * kv_heads * d, layers::KeepFlags(batch, shape, b));
+    kv->Append(b, count, k.data() + token0 * kv_heads * d, v.data() + token0 * kv_heads * d,
+               layers::KeepFlags(batch, shape, b));
     AttentionProblem problem;
     problem.queries = {q.data() + token0 * heads * d, count, heads, d};
     problem.kv = kv->View(b);

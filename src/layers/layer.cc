@@ -37,8 +37,7 @@ Tensor AttentionLayer::Forward(const TokenBatch& batch, MlaForm form) const {
 }
 
 Tensor AttentionLayer::PrefillThenDecode(const TokenBatch& batch, int64_t prefill_tokens,
-                                         MlaForm form, DType cache_dtype,
-                                         Timings* timings) const {
+                                         MlaForm form, DType cache_dtype, Timings* timings) const {
   Check(batch.hidden_states != nullptr && batch.hidden_states->rank() == 3,
         ErrorKind::kInvalidArgument, "hidden_states: expected shape [B, S, D]");
   Check(batch.lengths.empty(), ErrorKind::kInvalidArgument,

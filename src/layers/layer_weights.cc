@@ -95,7 +95,8 @@ std::unique_ptr<AttentionLayer> BuildAttentionLayer(const ModelConfig& config, i
   ValidateConfig(config);
   for (const WeightSpec& spec : AttentionWeightSpecs(config)) {
     auto it = weights.find(spec.name);
-    Check(it != weights.end(), ErrorKind::kNotFound, "missing attention weight '" + spec.name + "'");
+    Check(it != weights.end(), ErrorKind::kNotFound,
+          "missing attention weight '" + spec.name + "'");
     CheckShape(it->second, spec.shape, spec.name);
   }
   std::unique_ptr<AttentionLayer> built;

@@ -23,8 +23,8 @@ namespace attn {
 
 struct MlaAttention::Projected {
   layers::BatchShape shape;
-  std::vector<float> q;       // [B·S][H][dn+dr], q_pe rotated
-  std::vector<float> latent;  // [B·S][rk+dr] = [normalised c | rotated k_pe]
+  std::vector<float> q;              // [B·S][H][dn+dr], q_pe rotated
+  std::vector<float> latent;         // [B·S][rk+dr] = [normalised c | rotated k_pe]
   std::vector<const uint8_t*> keep;  // per sequence, null = all kept
 };
 
@@ -137,7 +137,8 @@ MlaAttention::Projected MlaAttention::Project(const TokenBatch& batch,
   layers::RmsNormRows(p.latent.data(), rows, row_dim, weights_.kv_a_layernorm, m.rms_norm_eps);
   layers::RotateHeads(rope_, positions, p.latent.data(), row_dim, m.kv_lora_rank, 1, row_dim);
 
-  for (int64_t b = 0; b < p.shape.batch; ++b) p.keep.push_back(layers::KeepFlags(batch, p.shape, b));
+  for (int64_t b = 0; b < p.shape.batch; ++b)
+    p.keep.push_back(layers::KeepFlags(batch, p.shape, b));
   return p;
 }
 
@@ -184,9 +185,9 @@ Tensor MlaAttention::Step(const TokenBatch& batch, Cache& cache, MlaForm form) c
     }
     for (int64_t b = 0; b < shape.batch; ++b) {
       float* out = heads_out.data() + b * shape.tokens * h * m.v_head_dim;
-      const bool decompress =
-          form == MlaForm::kAuto && AutoPrefersDecompress(config_, shape.counts[static_cast<size_t>(b)],
-                                                          latent_cache->length(b));
+      const bool decompress = form == MlaForm::kAuto &&
+                              AutoPrefersDecompress(config_, shape.counts[static_cast<size_t>(b)],
+                                                    latent_cache->length(b));
       if (decompress) {
         AttendDecompressed(p, b, *latent_cache, first_slots[static_cast<size_t>(b)], out);
       } else {
@@ -220,7 +221,8 @@ void MlaAttention::DecompressLatent(const float* rows, int64_t count, float* key
       float* key = keys + (t * h + head) * qk_dim;
       std::copy_n(source, m.qk_nope_head_dim, key);
       std::copy_n(k_pe, m.qk_rope_head_dim, key + m.qk_nope_head_dim);  // shared rotated key
-      std::copy_n(source + m.qk_nope_head_dim, m.v_head_dim, values + (t * h + head) * m.v_head_dim);
+      std::copy_n(source + m.qk_nope_head_dim, m.v_head_dim,
+                  values + (t * h + head) * m.v_head_dim);
     }
   }
 }
@@ -269,8 +271,8 @@ void MlaAttention::AttendAbsorbed(const Projected& p, int64_t sequence, const La
     for (int64_t head = 0; head < h; ++head) {
       const float* q = p.q.data() + ((sequence * s_len + s) * h + head) * qk_dim;
       float* out = absorbed.data() + (s * h + head) * row_dim;
-      AbsorbQuery(q, w_kv_b + head * kv_b_dim * m.kv_lora_rank, m.qk_nope_head_dim,
-                  m.kv_lora_rank, out);
+      AbsorbQuery(q, w_kv_b + head * kv_b_dim * m.kv_lora_rank, m.qk_nope_head_dim, m.kv_lora_rank,
+                  out);
       std::copy_n(q + m.qk_nope_head_dim, m.qk_rope_head_dim, out + m.kv_lora_rank);
     }
   }
@@ -288,8 +290,7 @@ void MlaAttention::AttendAbsorbed(const Projected& p, int64_t sequence, const La
     for (int64_t head = 0; head < h; ++head) {
       ExpandLatentOutput(latent_out.data() + (s * h + head) * m.kv_lora_rank,
                          w_kv_b + (head * kv_b_dim + m.qk_nope_head_dim) * m.kv_lora_rank,
-                         m.v_head_dim, m.kv_lora_rank,
-                         heads_out + (s * h + head) * m.v_head_dim);
+                         m.v_head_dim, m.kv_lora_rank, heads_out + (s * h + head) * m.v_head_dim);
     }
   }
 }

@@ -122,7 +122,8 @@ TEST(GqaAttention, MhaEqualsStraightforwardImplementation) {
       }
       for (double& e : p) total += (e = std::exp(e - max_score));
       for (int64_t t = 0; t <= s; ++t)
-        for (int64_t i = 0; i < d; ++i) heads[(s * H + h) * d + i] += p[t] / total * v[(t * H + h) * d + i];
+        for (int64_t i = 0; i < d; ++i)
+          heads[(s * H + h) * d + i] += p[t] / total * v[(t * H + h) * d + i];
     }
   const Tensor& wo = w.at("o_proj.weight");
   std::vector<float> expected(S * D);

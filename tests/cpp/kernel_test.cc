@@ -76,9 +76,10 @@ std::vector<float> RunReference(const Case& c, const std::vector<float>& q,
   std::vector<float> out(static_cast<size_t>(c.tokens * c.heads * c.value_dim), -1.0f);
   AttentionProblem p;
   p.queries = {q.data(), c.tokens, c.heads, c.key_dim};
-  p.kv = {dtype, k_store.data(), v_store.data(), c.kv_heads, c.key_dim, c.value_dim,
-          c.key_dim, c.kv_heads * c.key_dim, c.value_dim, c.kv_heads * c.value_dim, c.length,
-          keep.data()};
+  p.kv = {
+      dtype,       k_store.data(), v_store.data(),         c.kv_heads,  c.key_dim,
+      c.value_dim, c.key_dim,      c.kv_heads * c.key_dim, c.value_dim, c.kv_heads * c.value_dim,
+      c.length,    keep.data()};
   p.visibility = {c.first_slot, c.window};
   p.scale = scale;
   p.out = out.data();
@@ -122,7 +123,7 @@ TEST(ReferenceKernel, FullyMaskedRowIsZero) {
   const std::vector<float> q = Random(2 * 2 * 8, 4), k = Random(2 * 8, 5), v = Random(2 * 8, 6);
   const std::vector<uint8_t> keep = {0, 1};
   const std::vector<float> out = RunReference(c, q, k, v, keep, 0.3f, DType::kF32);
-  for (int i = 0; i < 16; ++i) EXPECT_EQ(out[i], 0.0f) << i;  // token 0 sees only key 0
+  for (int i = 0; i < 16; ++i) EXPECT_EQ(out[i], 0.0f) << i;             // token 0 sees only key 0
   for (int i = 16; i < 24; ++i) EXPECT_FLOAT_EQ(out[i], v[i - 16 + 8]);  // token 1: key 1 only
 }
 
@@ -141,8 +142,8 @@ TEST(ReferenceKernel, ValuesMayAliasKeys) {
   std::vector<float> out(3 * value_dim);
   AttentionProblem p;
   p.queries = {q.data(), 1, 3, key_dim};
-  p.kv = {DType::kF32, rows.data(), rows.data(), 1, key_dim, value_dim, 0, key_dim, 0, key_dim,
-          length, nullptr};
+  p.kv = {DType::kF32, rows.data(), rows.data(), 1,       key_dim, value_dim,
+          0,           key_dim,     0,           key_dim, length,  nullptr};
   p.visibility = {length - 1, 0};
   p.scale = 0.2f;
   p.out = out.data();

@@ -32,8 +32,8 @@ TEST(CacheFormula, RealModelValuesPerToken) {
   const ModelConfig v3 = DeepSeekV3Dims();
   EXPECT_EQ(CacheValuesPerToken(v3, CacheForm::kLatent), 576);
   EXPECT_EQ(CacheValuesPerToken(v3, CacheForm::kHeads), 40960);
-  EXPECT_EQ(CacheValuesPerToken(v3, CacheForm::kHeads) / CacheValuesPerToken(v3, CacheForm::kLatent),
-            71);
+  EXPECT_EQ(
+      CacheValuesPerToken(v3, CacheForm::kHeads) / CacheValuesPerToken(v3, CacheForm::kLatent), 71);
   EXPECT_EQ(CacheBytesPerToken(v3, CacheForm::kLatent, DType::kBF16), 1152u);
   EXPECT_THROW(CacheValuesPerToken(llama3, CacheForm::kLatent), Error);
 }

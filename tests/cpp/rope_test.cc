@@ -21,7 +21,8 @@ RopeConfig Rope(int64_t dim, double theta, RopePairing pairing) {
 }
 
 TEST(RopeFrequencies, UnscaledIsBasePowerMinusTwoIOverR) {
-  const std::vector<double> theta = RopeInverseFrequencies(Rope(8, 10000.0, RopePairing::kRotateHalf));
+  const std::vector<double> theta =
+      RopeInverseFrequencies(Rope(8, 10000.0, RopePairing::kRotateHalf));
   ASSERT_EQ(theta.size(), 4u);
   EXPECT_DOUBLE_EQ(theta[0], 1.0);
   EXPECT_NEAR(theta[1], 0.1, 1e-15);

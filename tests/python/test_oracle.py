@@ -670,3 +670,25 @@ def test_error_input_missing_hidden_states(cli):
                        {"position_ids": torch.zeros(1, 4, dtype=torch.int64)})
     res = cli.run(*cli.forward_args(cpath, wpath, inp, cli.dir / "o.safetensors"))
     _assert_input_error(res, "hidden_states")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_error_non_finite_hidden_states(cli, bad):
+    cpath, wpath, _, _ = _valid_case(cli, LLAMA_MHA)
+    x = make_hidden(1, 4, LLAMA_MHA["hidden_size"], 0)
+    x[0, 2, 5] = bad
+    inp = cli.write_input(x)
+    out = cli.dir / "o.safetensors"
+    res = cli.run(*cli.forward_args(cpath, wpath, inp, out))
+    _assert_input_error(res, "hidden_states", "non-finite")
+    assert not out.exists(), "no output file may be written on error"
+
+
+def test_error_truncated_input_file(cli):
+    """A corrupt safetensors input (truncated) is an error naming the file, not a crash."""
+    cpath, wpath, _, inp = _valid_case(cli, LLAMA_MHA)
+    data = inp.read_bytes()
+    truncated = cli.dir / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) - 7])
+    res = cli.run(*cli.forward_args(cpath, wpath, truncated, cli.dir / "o.safetensors"))
+    _assert_input_error(res, "truncated.safetensors")

@@ -22,9 +22,9 @@ void ReferenceAttend(const AttentionProblem& problem) {
   for (int64_t s = 0; s < q.tokens; ++s) {
     const int64_t slot = problem.visibility.first_query_slot + s;
     const int64_t last = std::min(slot, kv.length - 1);
-    const int64_t first =
-        problem.visibility.window > 0 ? std::max<int64_t>(0, slot - problem.visibility.window + 1)
-                                      : 0;
+    const int64_t first = problem.visibility.window > 0
+                              ? std::max<int64_t>(0, slot - problem.visibility.window + 1)
+                              : 0;
     for (int64_t h = 0; h < q.heads; ++h) {
       const int64_t g = h / group_size;
       const float* query = q.data + (s * q.heads + h) * q.dim;
@@ -52,7 +52,8 @@ void ReferenceAttend(const AttentionProblem& problem) {
         denominator += weight;
         LoadRow(kv.dtype, kv.values, g * kv.value_head_stride + t * kv.value_token_stride,
                 kv.value_dim, value_row.data());
-        for (int64_t i = 0; i < kv.value_dim; ++i) out[i] += weight * value_row[static_cast<size_t>(i)];
+        for (int64_t i = 0; i < kv.value_dim; ++i)
+          out[i] += weight * value_row[static_cast<size_t>(i)];
       }
       const float inverse = 1.0f / denominator;
       for (int64_t i = 0; i < kv.value_dim; ++i) out[i] *= inverse;
