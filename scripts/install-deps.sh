@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything attn needs on Debian 12, as root: the C++ toolchain and libraries from
-# Debian, PyTorch (Debian's python3-torch, CPU) and pytest for the oracle tests, and the official
+# Debian, PyTorch (Debian's python3-torch, CPU) and pytest for the oracle tests, matplotlib for
+# the roofline plot (scripts/roofline_plot.py), and the official
 # `safetensors` package from PyPI as a second reader/writer of our files.
 # Idempotent: when everything is already there it changes nothing and needs no network.
 set -euo pipefail
 
 packages=(build-essential cmake libgtest-dev libbenchmark-dev nlohmann-json3-dev
-          python3 python3-torch python3-numpy python3-pytest python3-pip)
+          python3 python3-torch python3-numpy python3-pytest python3-pip
+          python3-matplotlib)
 
 missing=()
 for p in "${packages[@]}"; do

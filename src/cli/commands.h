@@ -10,6 +10,7 @@ namespace attn::cli {
 int RunRandomWeights(const std::vector<std::string>& args);
 int RunForward(const std::vector<std::string>& args);
 int RunDemo(const std::vector<std::string>& args);
+int RunBench(const std::vector<std::string>& args);
 
 }  // namespace attn::cli
 

@@ -15,6 +15,8 @@ constexpr const char* kUsage =
     "usage: attn <command> [options]\n"
     "\n"
     "commands:\n"
+    "  bench           measure speed: kernel (one attention call vs this machine's roofs),\n"
+    "                  layer (prefill/decode of a config), peak (the roofs), --compare-torch\n"
     "  demo            MHA, GQA, MQA and MLA side by side on random weights\n"
     "  forward         run one attention layer: --config C.json --weights W.safetensors\n"
     "                  --input IN.safetensors --output OUT.safetensors [--layer I]\n"
@@ -38,6 +40,7 @@ int main(int argc, char** argv) {
     if (command == "forward") return attn::cli::RunForward(args);
     if (command == "random-weights") return attn::cli::RunRandomWeights(args);
     if (command == "demo") return attn::cli::RunDemo(args);
+    if (command == "bench") return attn::cli::RunBench(args);
     std::fprintf(stderr, "attn: unknown command '%s'\n\n%s", command.c_str(), kUsage);
     return 2;
   } catch (const attn::Error& error) {

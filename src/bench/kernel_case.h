@@ -1,0 +1,91 @@
+// One attention-kernel benchmark case: its shape, the work it implies (FLOPs, unique K/V bytes),
+// where it sits on a roofline, and the buffers that feed DefaultBackend().attend() exactly the
+// way the library's caches do. Shared by `attn bench kernel`, the Google Benchmark suite and the
+// tests, so that every number the project reports is counted by the same formulas.
+#ifndef ATTN_BENCH_KERNEL_CASE_H_
+#define ATTN_BENCH_KERNEL_CASE_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "attn/dtype.h"
+#include "attn/kernels.h"
+
+namespace attn::bench {
+
+enum class Variant {
+  kGqa,  // MHA/GQA/MQA: per-head K [G][T][D] and V [G][T][DV], head-major like KVCache
+  kMla,  // absorbed MLA: one latent row [T][D] per token, values = first DV entries of the row
+};
+// "gqa" | "mla"; anything else throws Error(kInvalidArgument).
+Variant VariantFromString(const std::string& name);
+const char* VariantName(Variant variant);
+
+struct KernelShape {
+  Variant variant = Variant::kGqa;
+  int64_t heads = 0;      // H query heads
+  int64_t kv_heads = 0;   // G (always 1 for MLA)
+  int64_t head_dim = 0;   // D: query/key width
+  int64_t value_dim = 0;  // DV
+  int64_t q_len = 0;      // S queries, the last S slots of the sequence
+  int64_t kv_len = 0;     // T keys
+  // Causal: query s (slot T-S+s) sees keys 0 … T-S+s. Otherwise every query sees all T keys.
+  bool causal = false;
+  DType dtype = DType::kF32;  // K/V storage; queries are always fp32
+};
+
+// The shape with MLA defaults applied (D 576, DV 512, G 1) and every field checked; throws
+// Error(kInvalidArgument) naming the offending flag.
+KernelShape NormalizeKernelShape(KernelShape shape);
+
+// (query, key) pairs that are visible: S·T, or S·T − S(S−1)/2 when causal.
+int64_t VisiblePairs(const KernelShape& shape);
+// 2·H·(D+DV) per visible pair: one multiply-add per element of q·k and of p·v.
+double KernelFlops(const KernelShape& shape);
+// K/V bytes the kernel must read at least once: T·G·(D+DV)·size for GQA, T·D·size for MLA
+// (values are the same bytes as the keys).
+double KernelKvBytes(const KernelShape& shape);
+
+// A case's place under the roofs min(compute, intensity · bandwidth).
+struct RooflinePoint {
+  double intensity = 0.0;     // FLOPs per unique K/V byte
+  double roof_gflops = 0.0;   // the binding roof at this intensity
+  bool memory_bound = false;  // bandwidth roof is the lower one
+  double fraction = 0.0;      // achieved GFLOP/s over roof_gflops
+};
+RooflinePoint PlaceOnRoofline(double flops, double bytes, double seconds, double peak_gflops,
+                              double peak_gbps);
+
+// Owns random queries, K/V storage and the output of one case, and the AttentionProblem that
+// points into them. Non-causal cases with S > 1 append S−1 hidden slots (keep = 0) after the T
+// real keys, so that every query's causal horizon covers all T keys: the kernel interface only
+// knows causal decoders, and this is how a cache with padding would express full attention.
+class KernelCase {
+ public:
+  KernelCase(const KernelShape& shape, uint64_t seed);
+  KernelCase(const KernelCase&) = delete;
+  KernelCase& operator=(const KernelCase&) = delete;
+
+  const KernelShape& shape() const { return shape_; }
+  const AttentionProblem& problem() const { return problem_; }
+  void Run(const KernelBackend& backend) const { backend.attend(problem_); }
+  // The output of the last Run(), [S][H][DV].
+  const std::vector<float>& output() const { return out_; }
+
+ private:
+  KernelShape shape_;
+  std::vector<float> queries_;
+  std::vector<std::byte> keys_;
+  std::vector<std::byte> values_;  // empty for MLA: values alias keys
+  std::vector<uint8_t> keep_;
+  mutable std::vector<float> out_;
+  AttentionProblem problem_;
+};
+
+// Median of `samples` (which it reorders); 0 for none.
+double Median(std::vector<double> samples);
+
+}  // namespace attn::bench
+
+#endif  // ATTN_BENCH_KERNEL_CASE_H_

@@ -1,0 +1,68 @@
+// What this machine can do at best: fp32 FMA and bf16 dot-product GFLOP/s and DRAM read GB/s,
+// per thread count. These are the roofs `attn bench kernel` reports its cases against. The
+// measurement takes seconds, so results are cached per machine in a JSON file.
+#ifndef ATTN_BENCH_PEAK_H_
+#define ATTN_BENCH_PEAK_H_
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace attn::bench {
+
+// One thread count's roofs. Each is the best of several trials (the machine reached it, so it
+// is a roof); the median is kept to show how noisy the trials were.
+struct PeakPoint {
+  int threads = 0;
+  double fp32_gflops = 0.0;
+  double fp32_gflops_median = 0.0;
+  double bf16_gflops = 0.0;  // 0 when the CPU has no bf16 dot-product instruction
+  double bf16_gflops_median = 0.0;
+  double dram_gbps = 0.0;
+  double dram_gbps_median = 0.0;
+};
+
+struct MachinePeak {
+  std::string cpu_model;
+  int logical_cpus = 0;
+  std::string fp32_isa;  // "avx512f" | "avx2-fma" | "scalar": which FMA loop was measured
+  std::string bf16_isa;  // "avx512bf16" or "none"
+  int64_t dram_buffer_bytes = 0;
+  std::string measured_at;  // UTC, ISO 8601
+  std::vector<PeakPoint> points;
+
+  // The point measured at `threads`, or null.
+  const PeakPoint* ForThreads(int threads) const;
+};
+
+struct PeakOptions {
+  std::vector<int> thread_counts;                // empty = 1 … hardware threads
+  int64_t dram_buffer_bytes = int64_t{1} << 30;  // ≫ L3, so reads come from DRAM
+  int trials = 5;
+  double seconds_per_trial = 0.1;  // compute loops
+};
+
+// Runs the three measurements for each thread count.
+MachinePeak MeasurePeak(const PeakOptions& options);
+
+nlohmann::json PeakToJson(const MachinePeak& peak);
+// Throws Error(kCorruptFile) when fields are missing.
+MachinePeak PeakFromJson(const nlohmann::json& json);
+
+// $ATTN_PEAK_CACHE, else $XDG_CACHE_HOME/attn/peak-<id>.json, else ~/.cache/attn/peak-<id>.json,
+// where <id> hashes the CPU model, the number of logical CPUs and the ISA found.
+std::string PeakCachePath();
+// The cached peak, or nullopt when there is none (or it is unreadable: it will be re-measured).
+std::optional<MachinePeak> LoadPeak(const std::string& path);
+// Writes `peak` (creating directories); throws Error(kIo) on failure.
+void StorePeak(const std::string& path, const MachinePeak& peak);
+
+// The cached peak, extended with the points for `thread_counts` it lacks (measured now, with
+// `options` for sizes, and written back).
+MachinePeak PeakFor(const std::vector<int>& thread_counts, const PeakOptions& options);
+
+}  // namespace attn::bench
+
+#endif  // ATTN_BENCH_PEAK_H_

@@ -1,0 +1,488 @@
+// attn bench: how fast attn runs on this machine, against what the machine can do.
+//   kernel  one attention call (DefaultBackend().attend) at a given shape, with FLOPs, unique
+//           K/V bytes and the fraction of the binding roof it reaches
+//   layer   one layer of a config: prefill tokens/s and decode ms/token, per MLA form
+//   peak    the roofs: fp32 FMA and bf16-dot GFLOP/s and DRAM read GB/s per thread count
+//   --compare-torch  the same kernel shapes through PyTorch, side by side (a Python script)
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "attn/error.h"
+#include "attn/hf_config.h"
+#include "attn/kernels.h"
+#include "attn/kv_cache.h"
+#include "attn/layer_weights.h"
+#include "attn/threads.h"
+#include "bench/alloc_counter.h"
+#include "bench/kernel_case.h"
+#include "bench/peak.h"
+#include "cli/commands.h"
+#include "cli/flags.h"
+
+#ifndef ATTN_SOURCE_DIR
+#define ATTN_SOURCE_DIR "."
+#endif
+
+namespace attn::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using nlohmann::json;
+
+constexpr const char* kBenchUsage =
+    "usage: attn bench kernel --variant gqa|mla --heads H [--kv-heads G] [--head-dim D]\n"
+    "                         [--v-head-dim DV] --q-len S --kv-len T [--causal]\n"
+    "                         [--dtype f32|f16|bf16] [--threads N] [--repeat R]\n"
+    "                         [--backend default|reference] [--peak-bytes B] [--json]\n"
+    "       attn bench layer --config C.json --prefill S --decode N [--context T]\n"
+    "                        [--dtype f32|f16|bf16] [--mla naive|absorbed|auto|all]\n"
+    "                        [--threads N] [--seed N] [--json]\n"
+    "       attn bench peak [--max-threads N] [--peak-bytes B] [--trials N] [--json]\n"
+    "       attn bench --compare-torch [options of scripts/compare_torch.py]\n";
+
+double Seconds(Clock::time_point start, Clock::time_point end) {
+  return std::chrono::duration<double>(end - start).count();
+}
+
+// --threads N applies to the pool before anything runs; returns the count in force.
+int ApplyThreads(const Flags& flags) {
+  if (flags.Has("threads")) {
+    const int64_t threads = flags.GetInt("threads", 1);
+    Check(threads >= 1 && threads <= 4096, ErrorKind::kInvalidArgument,
+          "--threads must lie in [1, 4096], got " + std::to_string(threads));
+    SetNumThreads(static_cast<int>(threads));
+  }
+  return NumThreads();
+}
+
+bench::PeakOptions PeakOptionsFrom(const Flags& flags) {
+  bench::PeakOptions options;
+  options.dram_buffer_bytes = flags.GetInt("peak-bytes", options.dram_buffer_bytes);
+  Check(options.dram_buffer_bytes >= (int64_t{1} << 20), ErrorKind::kInvalidArgument,
+        "--peak-bytes must be at least 1048576 (1 MiB)");
+  if (flags.Has("trials")) {
+    options.trials = static_cast<int>(flags.GetInt("trials", options.trials));
+    Check(options.trials >= 1 && options.trials <= 100, ErrorKind::kInvalidArgument,
+          "--trials must lie in [1, 100]");
+  }
+  return options;
+}
+
+// The roofs for `threads`, measuring (and caching) them first if this machine has none yet.
+bench::MachinePeak PeakForThreads(int threads, const bench::PeakOptions& options) {
+  const std::string path = bench::PeakCachePath();
+  const auto cached = bench::LoadPeak(path);
+  if (!cached || cached->ForThreads(threads) == nullptr) {
+    std::fprintf(stderr,
+                 "attn bench: measuring this machine's peak for %d thread(s), cached in %s\n",
+                 threads, path.c_str());
+  }
+  return bench::PeakFor({threads}, options);
+}
+
+// ---- kernel ------------------------------------------------------------------------------
+
+int RunKernelBench(const std::vector<std::string>& args) {
+  const Flags flags(args,
+                    {"variant", "heads", "kv-heads", "head-dim", "v-head-dim", "q-len", "kv-len",
+                     "dtype", "threads", "repeat", "seed", "backend", "peak-bytes"},
+                    {"causal", "json"});
+  bench::KernelShape shape;
+  shape.variant = bench::VariantFromString(flags.Get("variant", "gqa"));
+  shape.heads = flags.GetInt("heads", 0);
+  Check(flags.Has("heads"), ErrorKind::kInvalidArgument, "--heads is required");
+  shape.kv_heads = flags.GetInt("kv-heads", 0);
+  shape.head_dim = flags.GetInt("head-dim", 0);
+  shape.value_dim = flags.GetInt("v-head-dim", 0);
+  Check(flags.Has("q-len") && flags.Has("kv-len"), ErrorKind::kInvalidArgument,
+        "--q-len and --kv-len are required");
+  shape.q_len = flags.GetInt("q-len", 0);
+  shape.kv_len = flags.GetInt("kv-len", 0);
+  shape.causal = flags.Has("causal");
+  shape.dtype = StorageDTypeFromString(flags.Get("dtype", "f32"));
+  shape = bench::NormalizeKernelShape(shape);
+  const int64_t repeat = flags.GetInt("repeat", 5);
+  Check(repeat >= 1 && repeat <= 100000, ErrorKind::kInvalidArgument,
+        "--repeat must lie in [1, 100000]");
+  const std::string backend_name = flags.Get("backend", "default");
+  Check(backend_name == "default" || backend_name == "reference", ErrorKind::kInvalidArgument,
+        "--backend must be default or reference, got '" + backend_name + "'");
+  const KernelBackend& backend =
+      backend_name == "reference" ? ReferenceBackend() : DefaultBackend();
+  const int threads = ApplyThreads(flags);
+  const bench::PeakOptions peak_options = PeakOptionsFrom(flags);
+
+  // Roofs first: the 1 GiB read buffer is freed before the case's K/V are allocated.
+  const bench::MachinePeak peak = PeakForThreads(threads, peak_options);
+  const bench::PeakPoint& roofs = *peak.ForThreads(threads);
+
+  const bench::KernelCase kernel_case(shape, static_cast<uint64_t>(flags.GetInt("seed", 1)));
+  kernel_case.Run(backend);  // warm-up: first-touch of the output, workspaces, caches
+  std::vector<double> times;
+  for (int64_t r = 0; r < repeat; ++r) {
+    const Clock::time_point start = Clock::now();
+    kernel_case.Run(backend);
+    times.push_back(Seconds(start, Clock::now()));
+  }
+  const double median = bench::Median(times);
+  const double flops = bench::KernelFlops(shape);
+  const double kv_bytes = bench::KernelKvBytes(shape);
+  // bf16 K/V can use the bf16 dot-product units; f32 and f16 (converted on load) run on fp32 FMA.
+  const bool bf16_roof = shape.dtype == DType::kBF16 && roofs.bf16_gflops > 0.0;
+  const double peak_gflops = bf16_roof ? roofs.bf16_gflops : roofs.fp32_gflops;
+  const bench::RooflinePoint point =
+      bench::PlaceOnRoofline(flops, kv_bytes, median, peak_gflops, roofs.dram_gbps);
+
+  const json result = {
+      {"command", "kernel"},
+      {"backend", backend.name},
+      {"variant", bench::VariantName(shape.variant)},
+      {"heads", shape.heads},
+      {"kv_heads", shape.kv_heads},
+      {"head_dim", shape.head_dim},
+      {"v_head_dim", shape.value_dim},
+      {"q_len", shape.q_len},
+      {"kv_len", shape.kv_len},
+      {"causal", shape.causal},
+      {"dtype", flags.Get("dtype", "f32")},
+      {"threads", threads},
+      {"repeat", repeat},
+      {"median_s", median},
+      {"min_s", *std::min_element(times.begin(), times.end())},
+      {"times_s", times},
+      {"flops", flops},
+      {"gflops", flops / median / 1e9},
+      {"kv_bytes", kv_bytes},
+      {"gbps", kv_bytes / median / 1e9},
+      {"arithmetic_intensity", point.intensity},
+      {"peak_gflops", peak_gflops},
+      {"peak_gbps", roofs.dram_gbps},
+      {"compute_roof", bf16_roof ? "bf16-dot" : "fp32-fma"},
+      {"peak_isa", bf16_roof ? peak.bf16_isa : peak.fp32_isa},
+      {"binding_roof", point.memory_bound ? "memory" : "compute"},
+      {"roof_gflops", point.roof_gflops},
+      {"peak_fraction", point.fraction},
+      {"peak_file", bench::PeakCachePath()},
+  };
+  if (flags.Has("json")) {
+    std::printf("%s\n", result.dump().c_str());
+    return 0;
+  }
+  std::printf(
+      "attn bench kernel: %s H=%lld G=%lld D=%lld DV=%lld S=%lld T=%lld%s %s, %d thread(s), "
+      "backend %s\n"
+      "  median %.6f s over %lld runs (min %.6f s)\n"
+      "  %.4g FLOP -> %.2f GFLOP/s;  %.4g unique K/V bytes -> %.2f GB/s;  %.1f FLOP/byte\n"
+      "  roofs: %.1f GFLOP/s (%s, %s), %.1f GB/s DRAM read -> %s-bound, roof %.1f GFLOP/s\n"
+      "  %.1f%% of the binding roof\n",
+      bench::VariantName(shape.variant), static_cast<long long>(shape.heads),
+      static_cast<long long>(shape.kv_heads), static_cast<long long>(shape.head_dim),
+      static_cast<long long>(shape.value_dim), static_cast<long long>(shape.q_len),
+      static_cast<long long>(shape.kv_len), shape.causal ? " causal" : "",
+      flags.Get("dtype", "f32").c_str(), threads, backend.name, median,
+      static_cast<long long>(repeat), result["min_s"].get<double>(), flops, flops / median / 1e9,
+      kv_bytes, kv_bytes / median / 1e9, point.intensity, peak_gflops,
+      bf16_roof ? "bf16-dot" : "fp32-fma", result["peak_isa"].get<std::string>().c_str(),
+      roofs.dram_gbps, point.memory_bound ? "memory" : "compute", point.roof_gflops,
+      100.0 * point.fraction);
+  return 0;
+}
+
+// ---- layer -------------------------------------------------------------------------------
+
+// Resident set now, from /proc/self/statm (0 where there is none).
+int64_t ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t size = 0;
+  int64_t resident = 0;
+  if (!(statm >> size >> resident)) return 0;
+  return resident * static_cast<int64_t>(sysconf(_SC_PAGESIZE));
+}
+
+// The most the process has held resident so far (getrusage reports KiB on Linux).
+int64_t PeakResidentBytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<int64_t>(usage.ru_maxrss) * 1024;
+}
+
+// Fills `context` tokens of random K/V straight into the cache, without running the layer:
+// decode at a long context is what is being measured, and projecting thousands of tokens just
+// to obtain a cache of the right size would dominate the run.
+void FillContext(Cache& cache, int64_t context, uint64_t seed) {
+  constexpr int64_t kChunk = 256;  // bounds the fp32 staging buffers
+  for (int64_t done = 0; done < context; done += kChunk) {
+    const int64_t n = std::min(kChunk, context - done);
+    const uint64_t chunk_seed = seed + static_cast<uint64_t>(done);
+    if (auto* heads = dynamic_cast<KVCache*>(&cache)) {
+      const Tensor keys = RandomUniform({n, heads->kv_heads(), heads->key_dim()}, chunk_seed, 1.0f);
+      const Tensor values =
+          RandomUniform({n, heads->kv_heads(), heads->value_dim()}, chunk_seed + 1, 1.0f);
+      heads->Append(0, n, keys.data(), values.data(), nullptr);
+    } else if (auto* latent = dynamic_cast<LatentKVCache*>(&cache)) {
+      const Tensor rows = RandomUniform({n, latent->row_dim()}, chunk_seed, 1.0f);
+      latent->Append(0, n, rows.data(), nullptr);
+    } else {
+      throw Error(ErrorKind::kUnsupported, "--context: unknown cache type");
+    }
+  }
+}
+
+struct FormResult {
+  std::string form;
+  int64_t cache_bytes_per_token = 0;
+  int64_t cache_bytes = 0;
+  double prefill_s = 0.0;
+  double decode_ms_median = 0.0;
+  double decode_ms_mean = 0.0;
+  double allocations_per_step = 0.0;
+  double allocated_bytes_per_step = 0.0;
+  int64_t rss_bytes = 0;
+  int64_t peak_rss_bytes = 0;
+};
+
+FormResult BenchForm(const AttentionLayer& layer, MlaForm form, const std::string& form_name,
+                     DType dtype, int64_t context, int64_t prefill, int64_t decode, uint64_t seed) {
+  const int64_t hidden = layer.config().hidden_size;
+  std::unique_ptr<Cache> cache = layer.NewCache(1, context + prefill + decode, dtype, form);
+  if (context > 0) FillContext(*cache, context, seed + 1000);
+
+  const Tensor prompt = RandomUniform({1, prefill, hidden}, seed + 1, 1.0f);
+  std::vector<Tensor> tokens;
+  for (int64_t i = 0; i < decode; ++i) {
+    tokens.push_back(RandomUniform({1, 1, hidden}, seed + 2 + static_cast<uint64_t>(i), 1.0f));
+  }
+
+  FormResult result;
+  result.form = form_name;
+  result.cache_bytes_per_token = static_cast<int64_t>(cache->bytes_per_token());
+  result.cache_bytes = static_cast<int64_t>(cache->bytes());
+  const Clock::time_point start = Clock::now();
+  {
+    const TokenBatch batch{&prompt, {}, {}};
+    const Tensor out = layer.Step(batch, *cache, form);
+  }
+  result.prefill_s = Seconds(start, Clock::now());
+
+  std::vector<double> step_ms;
+  bench::AllocationStats after_warmup{};
+  for (int64_t i = 0; i < decode; ++i) {
+    const TokenBatch batch{&tokens[static_cast<size_t>(i)], {}, {}};
+    const Clock::time_point step_start = Clock::now();
+    const Tensor out = layer.Step(batch, *cache, form);
+    step_ms.push_back(1e3 * Seconds(step_start, Clock::now()));
+    // The first step is the warm-up: workspaces may grow there once.
+    if (i == 0) after_warmup = bench::AllocationsSoFar();
+  }
+  if (decode > 1) {
+    const bench::AllocationStats now = bench::AllocationsSoFar();
+    const double steps = static_cast<double>(decode - 1);
+    result.allocations_per_step = static_cast<double>(now.count - after_warmup.count) / steps;
+    result.allocated_bytes_per_step = static_cast<double>(now.bytes - after_warmup.bytes) / steps;
+  }
+  if (!step_ms.empty()) {
+    result.decode_ms_median = bench::Median(step_ms);
+    double total = 0.0;
+    for (double ms : step_ms) total += ms;
+    result.decode_ms_mean = total / static_cast<double>(step_ms.size());
+  }
+  result.rss_bytes = ResidentBytes();
+  result.peak_rss_bytes = PeakResidentBytes();
+  return result;
+}
+
+int RunLayerBench(const std::vector<std::string>& args) {
+  const Flags flags(args,
+                    {"config", "prefill", "decode", "context", "dtype", "mla", "threads", "seed"},
+                    {"json"});
+  const std::string config_path = flags.Required("config");
+  const ModelConfig config = LoadHfConfig(config_path);
+  const int64_t prefill = flags.GetInt("prefill", 0);
+  Check(flags.Has("prefill") && prefill >= 1, ErrorKind::kInvalidArgument,
+        "--prefill N (>= 1 tokens) is required");
+  const int64_t decode = flags.GetInt("decode", 0);
+  Check(flags.Has("decode") && decode >= 0, ErrorKind::kInvalidArgument,
+        "--decode N (>= 0 steps) is required");
+  const int64_t context = flags.GetInt("context", 0);
+  Check(context >= 0, ErrorKind::kInvalidArgument, "--context must be >= 0");
+  const DType dtype = StorageDTypeFromString(flags.Get("dtype", "f32"));
+  const std::string mla = flags.Get("mla", "all");
+  Check(config.kind == AttentionKind::kMla || !flags.Has("mla"), ErrorKind::kInvalidArgument,
+        "--mla applies only to MLA models; '" + config.model_type + "' is GQA-family");
+  std::vector<MlaForm> forms;
+  if (config.kind == AttentionKind::kMla) {
+    if (mla == "all") {
+      forms = {MlaForm::kNaive, MlaForm::kAbsorbed, MlaForm::kAuto};
+    } else {
+      forms = {MlaFormFromString(mla)};
+    }
+  } else {
+    forms = {MlaForm::kAuto};  // ignored by GQA-family layers
+  }
+  const int threads = ApplyThreads(flags);
+  const uint64_t seed = static_cast<uint64_t>(flags.GetInt("seed", 0));
+
+  NamedTensors weights = RandomAttentionWeights(config, seed);
+  int64_t weight_bytes = 0;
+  for (const auto& entry : weights) weight_bytes += entry.second.size() * 4;
+  const std::unique_ptr<AttentionLayer> layer = BuildAttentionLayer(config, 0, std::move(weights));
+
+  std::vector<FormResult> results;
+  for (MlaForm form : forms) {
+    const std::string name = config.kind == AttentionKind::kMla ? MlaFormName(form) : "gqa";
+    results.push_back(BenchForm(*layer, form, name, dtype, context, prefill, decode, seed));
+  }
+
+  json forms_json = json::array();
+  const FormResult* naive = nullptr;
+  const FormResult* automatic = nullptr;
+  for (const FormResult& r : results) {
+    if (r.form == "naive") naive = &r;
+    if (r.form == "auto") automatic = &r;
+    forms_json.push_back({{"form", r.form},
+                          {"cache_bytes_per_token", r.cache_bytes_per_token},
+                          {"cache_bytes", r.cache_bytes},
+                          {"prefill_s", r.prefill_s},
+                          {"prefill_tokens_per_s", static_cast<double>(prefill) / r.prefill_s},
+                          {"decode_ms_per_token", r.decode_ms_median},
+                          {"decode_ms_mean", r.decode_ms_mean},
+                          {"decode_allocations_per_step", r.allocations_per_step},
+                          {"decode_allocated_bytes_per_step", r.allocated_bytes_per_step},
+                          {"rss_bytes", r.rss_bytes},
+                          {"peak_rss_bytes", r.peak_rss_bytes}});
+  }
+  json result = {{"command", "layer"},
+                 {"config", config_path},
+                 {"model_type", config.model_type},
+                 {"hidden_size", config.hidden_size},
+                 {"heads", config.num_heads},
+                 {"dtype", flags.Get("dtype", "f32")},
+                 {"context", context},
+                 {"prefill", prefill},
+                 {"decode", decode},
+                 {"threads", threads},
+                 {"weights_bytes", weight_bytes},
+                 {"forms", forms_json}};
+  if (naive != nullptr && automatic != nullptr) {
+    result["auto_vs_naive_decode_speedup"] =
+        automatic->decode_ms_median > 0.0 ? naive->decode_ms_median / automatic->decode_ms_median
+                                          : 0.0;
+    result["naive_vs_auto_cache_ratio"] = static_cast<double>(naive->cache_bytes_per_token) /
+                                          static_cast<double>(automatic->cache_bytes_per_token);
+  }
+  if (flags.Has("json")) {
+    std::printf("%s\n", result.dump().c_str());
+    return 0;
+  }
+  std::printf(
+      "attn bench layer: %s (hidden %lld, %lld heads), %s cache, context %lld + prefill %lld + "
+      "decode %lld, %d thread(s)\nweights %.1f MiB (fp32)\n\n",
+      config.model_type.c_str(), static_cast<long long>(config.hidden_size),
+      static_cast<long long>(config.num_heads), flags.Get("dtype", "f32").c_str(),
+      static_cast<long long>(context), static_cast<long long>(prefill),
+      static_cast<long long>(decode), threads, static_cast<double>(weight_bytes) / 1048576.0);
+  std::printf("%-9s %12s %12s %14s %14s %12s %12s\n", "form", "cache B/tok", "cache MiB",
+              "prefill tok/s", "decode ms/tok", "allocs/step", "peak RSS MiB");
+  for (const FormResult& r : results) {
+    std::printf("%-9s %12lld %12.1f %14.1f %14.3f %12.1f %12.1f\n", r.form.c_str(),
+                static_cast<long long>(r.cache_bytes_per_token),
+                static_cast<double>(r.cache_bytes) / 1048576.0,
+                static_cast<double>(prefill) / r.prefill_s, r.decode_ms_median,
+                r.allocations_per_step, static_cast<double>(r.peak_rss_bytes) / 1048576.0);
+  }
+  if (result.contains("auto_vs_naive_decode_speedup")) {
+    std::printf("\nauto vs naive: decode %.2fx faster per token, cache %.1fx smaller\n",
+                result["auto_vs_naive_decode_speedup"].get<double>(),
+                result["naive_vs_auto_cache_ratio"].get<double>());
+  }
+  std::printf(
+      "(peak RSS is the process's, so it only grows from one form to the next; run one\n"
+      " --mla form per process to read each form's own peak)\n");
+  return 0;
+}
+
+// ---- peak --------------------------------------------------------------------------------
+
+int RunPeakBench(const std::vector<std::string>& args) {
+  const Flags flags(args, {"max-threads", "peak-bytes", "trials"}, {"json"});
+  bench::PeakOptions options = PeakOptionsFrom(flags);
+  if (flags.Has("max-threads")) {
+    const int64_t max_threads = flags.GetInt("max-threads", 1);
+    Check(max_threads >= 1 && max_threads <= 4096, ErrorKind::kInvalidArgument,
+          "--max-threads must lie in [1, 4096]");
+    for (int n = 1; n <= max_threads; ++n) options.thread_counts.push_back(n);
+  }
+  const bench::MachinePeak peak = bench::MeasurePeak(options);
+  const std::string path = bench::PeakCachePath();
+  bench::StorePeak(path, peak);
+  json result = bench::PeakToJson(peak);
+  result["command"] = "peak";
+  result["peak_file"] = path;
+  if (flags.Has("json")) {
+    std::printf("%s\n", result.dump().c_str());
+    return 0;
+  }
+  std::printf(
+      "attn bench peak: %s, %d logical CPUs; fp32 loop %s, bf16 loop %s;\n"
+      "DRAM read over a %.0f MiB buffer. Best of %d trials (median in brackets).\n\n",
+      peak.cpu_model.c_str(), peak.logical_cpus, peak.fp32_isa.c_str(), peak.bf16_isa.c_str(),
+      static_cast<double>(peak.dram_buffer_bytes) / 1048576.0, options.trials);
+  std::printf("%7s %24s %24s %22s\n", "threads", "fp32 FMA GFLOP/s", "bf16 dot GFLOP/s",
+              "DRAM read GB/s");
+  for (const bench::PeakPoint& p : peak.points) {
+    std::printf("%7d %13.1f [%8.1f] %13.1f [%8.1f] %11.1f [%8.1f]\n", p.threads, p.fp32_gflops,
+                p.fp32_gflops_median, p.bf16_gflops, p.bf16_gflops_median, p.dram_gbps,
+                p.dram_gbps_median);
+  }
+  std::printf("\ncached in %s\n", path.c_str());
+  return 0;
+}
+
+// ---- compare-torch -----------------------------------------------------------------------
+
+// Hands over to scripts/compare_torch.py with this binary as the attn to measure.
+int RunCompareTorch(const std::vector<std::string>& args) {
+  char self[4096];
+  const ssize_t length = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  Check(length > 0, ErrorKind::kIo, "cannot find the attn binary's own path");
+  self[length] = '\0';
+  const std::string script = std::string(ATTN_SOURCE_DIR) + "/scripts/compare_torch.py";
+  Check(access(script.c_str(), R_OK) == 0, ErrorKind::kNotFound,
+        script + " not found (--compare-torch runs it from the source tree)");
+  std::vector<std::string> argv_strings = {"python3", script, "--attn", self};
+  argv_strings.insert(argv_strings.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& arg : argv_strings) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  std::fflush(stdout);
+  execv("/usr/bin/python3", argv.data());
+  throw Error(ErrorKind::kIo, "cannot run /usr/bin/python3 " + script);
+}
+
+}  // namespace
+
+int RunBench(const std::vector<std::string>& args) {
+  if (args.empty() || args[0] == "--help" || args[0] == "-h") {
+    std::fputs(kBenchUsage, args.empty() ? stderr : stdout);
+    return args.empty() ? 2 : 0;
+  }
+  const std::vector<std::string> rest(args.begin() + 1, args.end());
+  if (args[0] == "kernel") return RunKernelBench(rest);
+  if (args[0] == "layer") return RunLayerBench(rest);
+  if (args[0] == "peak") return RunPeakBench(rest);
+  if (args[0] == "--compare-torch") return RunCompareTorch(rest);
+  throw Error(ErrorKind::kInvalidArgument,
+              "unknown bench mode '" + args[0] + "'\n" + std::string(kBenchUsage));
+}
+
+}  // namespace attn::cli
