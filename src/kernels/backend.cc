@@ -3,11 +3,30 @@
 
 #include "attn/error.h"
 #include "attn/kernels.h"
+#include "kernels/cpu/flash_attention.h"
+#include "kernels/cpu/isa.h"
 
 namespace attn {
 namespace cpu {
 void ReferenceAttend(const AttentionProblem& problem);
 void ReferenceLinear(const LinearProblem& problem);
+void OneDnnLinear(const LinearProblem& problem);
+
+namespace {
+
+// The fast attention kernel where it applies; the reference kernel for every other shape,
+// dtype or CPU.
+void Attend(const AttentionProblem& problem) {
+  const IsaSupport& isa = ActiveIsa();
+  if (FlashAttendSupports(problem, isa)) {
+    ValidateAttentionProblem(problem);
+    FlashAttendAvx512(problem, isa.bf16_dot);
+  } else {
+    ReferenceAttend(problem);
+  }
+}
+
+}  // namespace
 }  // namespace cpu
 
 const KernelBackend& ReferenceBackend() {
@@ -15,7 +34,10 @@ const KernelBackend& ReferenceBackend() {
   return backend;
 }
 
-const KernelBackend& DefaultBackend() { return ReferenceBackend(); }
+const KernelBackend& DefaultBackend() {
+  static const KernelBackend backend{"cpu", &cpu::Attend, &cpu::OneDnnLinear};
+  return backend;
+}
 
 void ValidateAttentionProblem(const AttentionProblem& p) {
   auto require = [](bool ok, const std::string& what) {

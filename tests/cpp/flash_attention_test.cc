@@ -1,0 +1,142 @@
+// The fast attention kernel (DefaultBackend) against its reference twin across head widths,
+// group ratios, kv lengths around tile edges, odd query counts, windows, padding, fully masked
+// rows and every K/V dtype; and the forced portable path.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "attn/kernels.h"
+#include "attn/layer_weights.h"
+#include "attn/threads.h"
+#include "kernels/cpu/element_load.h"
+#include "kernels/cpu/isa.h"
+#include "test_util.h"
+
+namespace attn {
+namespace {
+
+struct FlashCase {
+  int64_t heads, kv_heads, key_dim, value_dim, queries, length, window;
+  bool padding;
+  bool aliased;  // values = first value_dim entries of the key rows (absorbed MLA)
+};
+
+std::string Name(const FlashCase& c) {
+  return "H" + std::to_string(c.heads) + "G" + std::to_string(c.kv_heads) + "D" +
+         std::to_string(c.key_dim) + "x" + std::to_string(c.value_dim) + "S" +
+         std::to_string(c.queries) + "T" + std::to_string(c.length) + "W" +
+         std::to_string(c.window) + (c.padding ? "pad" : "") + (c.aliased ? "alias" : "");
+}
+
+// Runs one backend on the case stored as `dtype`, token-major K/V [T][G][D] (or latent rows).
+std::vector<float> RunCase(const KernelBackend& backend, const FlashCase& c, DType dtype) {
+  const Tensor q = RandomUniform({c.queries, c.heads, c.key_dim}, 11, 1.0f);
+  const Tensor k = RandomUniform({c.length, c.kv_heads, c.key_dim}, 12, 1.0f);
+  const Tensor v = RandomUniform({c.length, c.kv_heads, c.value_dim}, 13, 1.0f);
+  const size_t element = DTypeSize(dtype);
+  std::vector<std::byte> k_store(static_cast<size_t>(k.size()) * element);
+  std::vector<std::byte> v_store(static_cast<size_t>(v.size()) * element);
+  cpu::StoreRow(dtype, k_store.data(), 0, k.size(), k.data());
+  cpu::StoreRow(dtype, v_store.data(), 0, v.size(), v.data());
+  std::vector<uint8_t> keep(static_cast<size_t>(c.length), 1);
+  if (c.padding) {
+    for (int64_t t = 0; t < c.length; ++t) keep[t] = (t % 7 == 3 || t < 2) ? 0 : 1;
+  }
+  std::vector<float> out(static_cast<size_t>(c.queries * c.heads * c.value_dim), -7.0f);
+  AttentionProblem p;
+  p.queries = {q.data(), c.queries, c.heads, c.key_dim};
+  p.kv.dtype = dtype;
+  p.kv.keys = k_store.data();
+  p.kv.values = c.aliased ? k_store.data() : v_store.data();
+  p.kv.kv_heads = c.kv_heads;
+  p.kv.key_dim = c.key_dim;
+  p.kv.value_dim = c.value_dim;
+  p.kv.key_head_stride = c.key_dim;
+  p.kv.key_token_stride = c.kv_heads * c.key_dim;
+  p.kv.value_head_stride = c.aliased ? c.key_dim : c.value_dim;
+  p.kv.value_token_stride = c.kv_heads * (c.aliased ? c.key_dim : c.value_dim);
+  p.kv.length = c.length;
+  p.kv.keep = keep.data();
+  p.visibility = {c.length - c.queries, c.window};
+  p.scale = 1.0f / std::sqrt(static_cast<float>(c.key_dim));
+  p.out = out.data();
+  backend.attend(p);
+  return out;
+}
+
+class FlashAttentionTest : public ::testing::TestWithParam<FlashCase> {};
+
+// Tolerances: f32 and f16 storage compute in fp32 (only summation order differs from the
+// reference: 1e-5); bf16 K/V use bf16 dot products with Q rounded to bf16 (8-bit mantissa,
+// relative error ~2^-9 per product, growing with the softmax's sensitivity: 2e-2).
+TEST_P(FlashAttentionTest, MatchesReferenceKernel) {
+  const FlashCase c = GetParam();
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    const std::vector<float> expected = RunCase(ReferenceBackend(), c, dtype);
+    const std::vector<float> got = RunCase(DefaultBackend(), c, dtype);
+    const double tolerance = dtype == DType::kBF16 ? 2e-2 : 1e-5;
+    EXPECT_LT(testing::RelativeError(got.data(), expected.data(), static_cast<int64_t>(got.size())),
+              tolerance)
+        << DTypeName(dtype);
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_FALSE(std::isnan(got[i])) << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, FlashAttentionTest,
+    ::testing::Values(
+        // head widths 64, 96, 128, 192, 256 and 576/512; ratios 1, 2, 4, 8, 16, 128
+        FlashCase{4, 4, 64, 64, 7, 63, 0, false, false},
+        FlashCase{4, 2, 96, 96, 5, 64, 0, true, false},
+        FlashCase{8, 2, 128, 128, 33, 65, 0, false, false},
+        FlashCase{16, 2, 128, 128, 1, 1000, 0, true, false},  // decode, split keys
+        FlashCase{16, 1, 192, 128, 3, 130, 0, false, false},  // naive-MLA-like widths
+        FlashCase{16, 16, 192, 128, 9, 97, 0, true, false},
+        FlashCase{32, 2, 256, 256, 2, 129, 0, false, false},
+        FlashCase{128, 1, 576, 512, 1, 4097, 0, false, true},  // absorbed MLA decode
+        FlashCase{128, 1, 576, 512, 3, 200, 0, true, true},
+        FlashCase{4, 4, 64, 64, 1, 1, 0, false, false},  // a single key
+        FlashCase{4, 2, 64, 64, 2, 2, 0, false, false},
+        FlashCase{8, 8, 64, 64, 40, 100, 16, false, false},  // sliding window
+        FlashCase{8, 4, 128, 128, 100, 100, 33, true, false},
+        FlashCase{2, 1, 64, 64, 129, 129, 0, true, false}),  // full causal prefill, odd S
+    [](const ::testing::TestParamInfo<FlashCase>& param_info) { return Name(param_info.param); });
+
+// Queries whose visible keys are all padding give zeros, not NaN, on the fast path too.
+TEST(FlashAttention, FullyMaskedRowsAreZero) {
+  const FlashCase c{4, 2, 64, 64, 3, 3, 0, true, false};  // keys 0 and 1 are padding
+  const std::vector<float> got = RunCase(DefaultBackend(), c, DType::kF32);
+  for (int64_t i = 0; i < 2 * 4 * 64; ++i) EXPECT_EQ(got[i], 0.0f) << i;  // queries 0, 1
+  EXPECT_NE(got[2 * 4 * 64], 0.0f);
+}
+
+// One thread and several give the same numbers: the split-key merge is exact, only the order of
+// fp32 sums changes (hence 1e-5, not bitwise).
+TEST(FlashAttention, ThreadCountDoesNotChangeResults) {
+  const FlashCase c{16, 2, 128, 128, 1, 3000, 0, true, false};
+  const int before = NumThreads();
+  SetNumThreads(1);
+  const std::vector<float> one = RunCase(DefaultBackend(), c, DType::kF32);
+  SetNumThreads(3);
+  const std::vector<float> three = RunCase(DefaultBackend(), c, DType::kF32);
+  SetNumThreads(before);
+  EXPECT_LT(testing::RelativeError(three.data(), one.data(), static_cast<int64_t>(one.size())),
+            1e-5);
+}
+
+// The portable path, forced, is the reference kernel exactly: the same binary runs on an
+// x86-64 without AVX-512.
+TEST(FlashAttention, ForcedReferenceIsaUsesReferenceKernel) {
+  const cpu::IsaSupport saved = cpu::ActiveIsa();
+  cpu::ForceIsa(cpu::Isa::kReference, false);
+  const FlashCase c{8, 2, 128, 128, 5, 70, 0, true, false};
+  const std::vector<float> forced = RunCase(DefaultBackend(), c, DType::kBF16);
+  const std::vector<float> reference = RunCase(ReferenceBackend(), c, DType::kBF16);
+  cpu::ForceIsa(saved.isa, saved.bf16_dot);
+  EXPECT_EQ(forced, reference);
+}
+
+}  // namespace
+}  // namespace attn
