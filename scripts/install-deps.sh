@@ -7,7 +7,8 @@
 set -euo pipefail
 
 packages=(build-essential cmake libgtest-dev libbenchmark-dev nlohmann-json3-dev
-          python3 python3-torch python3-numpy python3-pytest python3-pip
+          python3 python3-dev python3-torch python3-numpy python3-pytest python3-pip
+          pybind11-dev python3-pybind11
           python3-matplotlib)
 
 missing=()

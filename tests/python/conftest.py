@@ -3,6 +3,12 @@
 The attn CLI binary is taken from $ATTN_BIN, default <repo>/build/attn. Tests that need it fail
 (they are never skipped) with a clear message when it is missing. Safetensors files are written
 and read with the official `safetensors` package.
+
+Every test that takes the `cli` fixture runs twice: through the CLI binary ([cli-…]) and through
+the Python module `attn` ([module-…], AttnModuleCli below, which runs the same `random-weights`
+and `forward` command lines through the module's API). The module is imported from
+$ATTN_PYTHON_PATH, default <repo>/build/python. $ATTN_ORACLE_BACKENDS (default "cli,module")
+selects the backends.
 """
 
 from __future__ import annotations
@@ -143,6 +149,101 @@ def workdir(tmp_path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def cli(attn_bin, workdir) -> AttnCli:
-    return AttnCli(attn_bin, workdir)
+ORACLE_BACKENDS = [b for b in os.environ.get("ATTN_ORACLE_BACKENDS", "cli,module").split(",")
+                   if b]
+
+
+@pytest.fixture(params=ORACLE_BACKENDS)
+def cli(request, workdir) -> AttnCli:
+    if request.param == "module":
+        return AttnModuleCli(request.getfixturevalue("attn_module"), workdir)
+    return AttnCli(request.getfixturevalue("attn_bin"), workdir)
+
+
+# ============================================================================ module backend
+
+
+def attn_module_path() -> Path:
+    env = os.environ.get("ATTN_PYTHON_PATH")
+    return Path(env) if env else REPO / "build" / "python"
+
+
+@pytest.fixture(scope="session")
+def attn_module():
+    path = attn_module_path()
+    sys.path.insert(0, str(path))
+    try:
+        import attn
+    except ImportError as e:
+        pytest.fail(f"Python module attn not importable from {path} ({e}); build it, or set "
+                    f"ATTN_PYTHON_PATH, or ATTN_ORACLE_BACKENDS=cli", pytrace=False)
+    return attn
+
+
+class AttnModuleCli(AttnCli):
+    """The CLI's `random-weights` and `forward` command lines, run through the module's API.
+
+    The module's input errors (ValueError, KeyError, OSError) become exit code 2 with the message
+    on stderr, as the CLI reports them; any other exception propagates (a bug). `--prefill N`
+    runs Attention.prefill_then_decode and, to exercise the cache API, the same prefill and
+    decode steps through new_cache/prefill/decode, which must give identical numbers.
+    """
+
+    DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+
+    def __init__(self, module, workdir: Path):
+        super().__init__(Path("attn-module"), workdir)
+        self.attn = module
+
+    def run(self, *args) -> CliResult:
+        argv = [str(self.binary)] + [str(a) for a in args]
+        command, rest = argv[1], argv[2:]
+        assert len(rest) % 2 == 0 and all(a.startswith("--") for a in rest[::2]), argv
+        flags = {k[2:]: v for k, v in zip(rest[::2], rest[1::2])}
+        try:
+            if command == "random-weights":
+                self._random_weights(flags)
+            elif command == "forward":
+                self._forward(flags)
+            else:
+                raise AssertionError(f"the module backend has no command {command!r}")
+        except (ValueError, KeyError, OSError) as e:
+            return CliResult(argv, subprocess.CompletedProcess(argv, 2, "", f"error: {e}\n"))
+        return CliResult(argv, subprocess.CompletedProcess(argv, 0, "", ""))
+
+    def _random_weights(self, flags):
+        weights = self.attn.random_weights(flags["config"], seed=int(flags.get("seed", 0)),
+                                           layer=int(flags.get("layer", 0)))
+        dtype = self.DTYPES[flags.get("dtype", "f32")]
+        save_tensors(flags["output"],
+                     {k: torch.from_numpy(v).to(dtype) for k, v in weights.items()})
+
+    def _forward(self, flags):
+        layer = self.attn.Attention.from_config(flags["config"], flags["weights"],
+                                                layer=int(flags.get("layer", 0)))
+        inputs = self.attn.load_safetensors(flags["input"])
+        x = inputs["hidden_states"]
+        pos = inputs.get("position_ids")
+        mask = inputs.get("attention_mask")
+        mla = flags.get("mla", "auto")
+        if "prefill" not in flags:
+            y = layer.forward(x, pos, mask, mla=mla)
+        else:
+            n = int(flags["prefill"])
+            cache_dtype = flags.get("cache-dtype", "f32")
+            y = layer.prefill_then_decode(x, n, pos, mask, mla=mla, cache_dtype=cache_dtype)
+            steps = self._cache_steps(layer, x, n, pos, mask, mla, cache_dtype)
+            assert (steps == y).all(), "new_cache/prefill/decode differ from prefill_then_decode"
+        save_tensors(flags["output"], {"attn_output": torch.from_numpy(y)})
+
+    @staticmethod
+    def _cache_steps(layer, x, n, pos, mask, mla, cache_dtype):
+        import numpy as np
+        B, S, _ = x.shape
+        cache = layer.new_cache(B, S, dtype=cache_dtype, mla=mla)
+        cut = (lambda a, s: None if a is None else a[:, s])
+        outs = [layer.prefill(x[:, :n], cache, cut(pos, slice(0, n)), cut(mask, slice(0, n)))]
+        for s in range(n, S):
+            outs.append(layer.decode(x[:, s], cache, cut(pos, s), cut(mask, s))[:, None])
+        assert cache.lengths.tolist() == [S] * B, cache.lengths
+        return np.concatenate(outs, axis=1)

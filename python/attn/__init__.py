@@ -1,0 +1,30 @@
+"""attn: LLM attention (MHA/GQA/MQA, DeepSeek MLA) exactly as checkpoints define it.
+
+Layers, KV caches and kernels on NumPy arrays and PyTorch CPU tensors, without copying inputs
+that are already in a layout the library reads. See help(attn.Attention), help(attn.attention)
+and docs/python.md.
+"""
+
+from attn._attn import (  # noqa: F401  (re-exported API)
+    Attention,
+    Cache,
+    attention,
+    backend,
+    info,
+    load_safetensors,
+    mla_attention,
+    presets,
+    random_weights,
+)
+
+__all__ = [
+    "Attention",
+    "Cache",
+    "attention",
+    "backend",
+    "info",
+    "load_safetensors",
+    "mla_attention",
+    "presets",
+    "random_weights",
+]

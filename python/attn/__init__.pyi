@@ -1,0 +1,124 @@
+"""Type stubs for the attn package (the extension attn._attn, re-exported). See docs/python.md."""
+
+import os
+from typing import Any, Dict, Literal, Mapping, Optional, Union
+
+import numpy as np
+import numpy.typing as npt
+
+# A NumPy array, a PyTorch CPU tensor, or anything else exposing DLPack or convertible by
+# numpy.asarray.
+ArrayLike = Any
+# A NumPy float32 array, or a torch.Tensor when the main input was one.
+Output = Any
+ConfigLike = Union[Mapping[str, Any], str, os.PathLike]
+MlaForm = Literal["naive", "absorbed", "auto"]
+StorageDType = Literal["f32", "f16", "bf16"]
+
+class Cache:
+    """A KV cache for one layer, made by Attention.new_cache()."""
+
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def lengths(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def batch(self) -> int: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def dtype(self) -> StorageDType: ...
+    @property
+    def mla(self) -> Optional[MlaForm]: ...
+    @property
+    def bytes_per_token(self) -> int: ...
+    def clear(self) -> None: ...
+
+class Attention:
+    """One attention layer of a checkpoint (GQA family or DeepSeek MLA)."""
+
+    @staticmethod
+    def from_config(
+        config: ConfigLike,
+        weights: Union[str, os.PathLike, Mapping[str, ArrayLike]],
+        layer: int = 0,
+    ) -> "Attention": ...
+    @staticmethod
+    def random(config: ConfigLike, seed: int = 0, layer: int = 0) -> "Attention": ...
+    def forward(
+        self,
+        hidden_states: ArrayLike,
+        position_ids: Optional[ArrayLike] = None,
+        attention_mask: Optional[ArrayLike] = None,
+        mla: MlaForm = "auto",
+        lengths: Optional[ArrayLike] = None,
+    ) -> Output: ...
+    def prefill_then_decode(
+        self,
+        hidden_states: ArrayLike,
+        prefill_tokens: int,
+        position_ids: Optional[ArrayLike] = None,
+        attention_mask: Optional[ArrayLike] = None,
+        mla: MlaForm = "auto",
+        cache_dtype: StorageDType = "f32",
+    ) -> Output: ...
+    def new_cache(
+        self, batch: int, capacity: int, dtype: StorageDType = "bf16", mla: MlaForm = "auto"
+    ) -> Cache: ...
+    def prefill(
+        self,
+        hidden_states: ArrayLike,
+        cache: Cache,
+        position_ids: Optional[ArrayLike] = None,
+        attention_mask: Optional[ArrayLike] = None,
+        lengths: Optional[ArrayLike] = None,
+    ) -> Output: ...
+    def decode(
+        self,
+        hidden_states: ArrayLike,
+        cache: Cache,
+        position_ids: Optional[ArrayLike] = None,
+        attention_mask: Optional[ArrayLike] = None,
+    ) -> Output: ...
+    def kv_bytes_per_token(self, dtype: StorageDType = "bf16", mla: MlaForm = "auto") -> int: ...
+    @property
+    def config(self) -> Dict[str, Any]: ...
+    @property
+    def layer(self) -> int: ...
+
+def attention(
+    q: ArrayLike,
+    k: ArrayLike,
+    v: ArrayLike,
+    causal: bool = True,
+    scale: Optional[float] = None,
+    attention_mask: Optional[ArrayLike] = None,
+    window: int = 0,
+    out: Optional[ArrayLike] = None,
+    check_finite: bool = True,
+) -> Output: ...
+def mla_attention(
+    q: ArrayLike,
+    kv: ArrayLike,
+    value_dim: int,
+    causal: bool = True,
+    scale: Optional[float] = None,
+    attention_mask: Optional[ArrayLike] = None,
+    out: Optional[ArrayLike] = None,
+    check_finite: bool = True,
+) -> Output: ...
+def random_weights(
+    config: ConfigLike, seed: int = 0, layer: int = 0
+) -> Dict[str, npt.NDArray[np.float32]]: ...
+def load_safetensors(path: Union[str, os.PathLike]) -> Dict[str, np.ndarray]: ...
+def backend() -> str: ...
+def info(
+    config: ConfigLike,
+    context: Union[int, str, None] = None,
+    batch: int = 1,
+    dtype: StorageDType = "bf16",
+    memory: Union[float, str, None] = None,
+) -> Dict[str, Any]: ...
+def presets() -> list[str]: ...
+
+__all__: list[str]

@@ -1,0 +1,267 @@
+// attn.attention and attn.mla_attention: the kernel interface (attn/kernels.h) on [B, S, H, D]
+// arrays. Queries are passed to the kernel in place when each batch row is a row-major float32
+// [Sq, H, D] block; keys and values in place when their last axis is contiguous and their
+// dtype is float32, float16 or bfloat16 (any batch, token and head strides: KVView is strided).
+// Anything else is copied once into that layout. The GIL is released while kernels run.
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+
+#include "arrays.h"
+#include "attn/error.h"
+#include "attn/kernels.h"
+#include "bindings.h"
+
+namespace attn::python {
+namespace {
+
+// True when every batch row of a rank-4 view is a row-major block.
+bool RowsRowMajor(const ArrayView& view) {
+  int64_t expected = 1;
+  for (size_t axis = view.shape.size(); axis-- > 1;) {
+    if (view.shape[axis] != 1 && view.strides[axis] != expected) return false;
+    expected *= view.shape[axis];
+  }
+  return true;
+}
+
+ArrayView QueriesLayout(const ArrayView& q) {
+  if (q.element == Element::kF32 && RowsRowMajor(q)) return q;
+  return ToLayout(q, Element::kF32);
+}
+
+// Keys/values as a KVView can address them: last axis contiguous, no negative strides.
+ArrayView KvLayout(const ArrayView& view, Element element) {
+  bool usable = view.element == element && (view.shape.back() <= 1 || view.strides.back() == 1);
+  for (int64_t stride : view.strides) usable = usable && stride >= 0;
+  return usable ? view : ToLayout(view, element);
+}
+
+Element KvElement(const ArrayView& k, const ArrayView& v) {
+  const bool storable =
+      k.element == Element::kF32 || k.element == Element::kF16 || k.element == Element::kBF16;
+  return storable && k.element == v.element ? k.element : Element::kF32;
+}
+
+float ScaleOr(const py::object& scale, int64_t dim) {
+  if (!scale.is_none()) return scale.cast<float>();
+  return static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)));
+}
+
+// Checks and runs out[b] = attention(q[b], k[b], v[b]) for every b. q [B, Sq, H, D],
+// k [B, T, G, D], v [B, T, G, Dv] already validated for rank and dtype class.
+py::object RunAttention(const ArrayView& q_in, const ArrayView& k_in, const ArrayView& v_in,
+                        bool causal, float scale, int64_t window, py::handle attention_mask,
+                        py::handle out_arg) {
+  const int64_t batch = q_in.shape[0];
+  const int64_t queries = q_in.shape[1];
+  const int64_t heads = q_in.shape[2];
+  const int64_t dim = q_in.shape[3];
+  const int64_t length = k_in.shape[1];
+  const int64_t kv_heads = k_in.shape[2];
+  const int64_t value_dim = v_in.shape[3];
+  Check(k_in.shape[0] == batch && v_in.shape[0] == batch, ErrorKind::kInvalidArgument,
+        k_in.what + ", " + v_in.what + ": batch size must equal q's (" + std::to_string(batch) +
+            "), got " + ShapeToString(k_in.shape) + " and " + ShapeToString(v_in.shape));
+  Check(k_in.shape[3] == dim, ErrorKind::kInvalidArgument,
+        k_in.what + ": head dim " + std::to_string(k_in.shape[3]) + " differs from q's " +
+            std::to_string(dim));
+  Check(v_in.shape[1] == length && v_in.shape[2] == kv_heads, ErrorKind::kInvalidArgument,
+        v_in.what + ": expected shape [" + std::to_string(batch) + ", " + std::to_string(length) +
+            ", " + std::to_string(kv_heads) + ", Dv] to match " + k_in.what + ", got " +
+            ShapeToString(v_in.shape));
+  Check(heads > 0 && dim > 0 && value_dim > 0, ErrorKind::kInvalidArgument,
+        "heads and head dims must be positive, got q " + ShapeToString(q_in.shape) + ", v " +
+            ShapeToString(v_in.shape));
+  Check(kv_heads > 0 && heads % kv_heads == 0, ErrorKind::kInvalidArgument,
+        "q heads (" + std::to_string(heads) + ") must be a multiple of kv heads (" +
+            std::to_string(kv_heads) + ")");
+  Check(window >= 0, ErrorKind::kInvalidArgument,
+        "window must be >= 0, got " + std::to_string(window));
+  Check(causal || window == 0, ErrorKind::kInvalidArgument,
+        "window requires causal=True (a window is counted back from each query's slot)");
+  Check(!causal || queries <= length, ErrorKind::kInvalidArgument,
+        "causal: the " + std::to_string(queries) + " queries are the last ones of the " +
+            std::to_string(length) + " keys (bottom-right aligned), so Sq <= T is needed");
+
+  ArrayView keep_holder;
+  std::span<const uint8_t> keep;
+  if (!attention_mask.is_none()) {
+    ArrayView mask = ViewArray(attention_mask, "attention_mask");
+    Check(mask.shape == Shape{batch, length}, ErrorKind::kInvalidArgument,
+          "attention_mask: expected shape " + ShapeToString({batch, length}) + " ([B, T]), got " +
+              ShapeToString(mask.shape));
+    keep = AsKeepFlags(mask, keep_holder);
+  }
+
+  const ArrayView q = QueriesLayout(q_in);
+  const Element kv_element = KvElement(k_in, v_in);
+  const ArrayView k = KvLayout(k_in, kv_element);
+  const ArrayView v = KvLayout(v_in, kv_element);
+
+  const Shape out_shape{batch, queries, heads, value_dim};
+  std::optional<ArrayView> out_view;
+  Tensor owned;
+  float* out = nullptr;
+  if (!out_arg.is_none()) {
+    out_view = ViewArray(out_arg, "out");
+    Check(out_view->element == Element::kF32 && out_view->IsRowMajor() &&
+              out_view->shape == out_shape && out_view->writable,
+          ErrorKind::kInvalidArgument,
+          "out: expected a writable C-contiguous float32 array of shape " +
+              ShapeToString(out_shape) + ", got " + ElementName(out_view->element) + " " +
+              ShapeToString(out_view->shape) + (out_view->writable ? "" : " (read-only)") +
+              (out_view->IsRowMajor() ? "" : " (not contiguous)"));
+    out = reinterpret_cast<float*>(out_view->data);
+  } else {
+    owned = Tensor(out_shape);
+    out = owned.data();
+  }
+
+  const DType dtype = StorageDType(kv_element);
+  const int64_t element_size = static_cast<int64_t>(ElementSize(kv_element));
+  const float* q_data = reinterpret_cast<const float*>(q.data);
+  {
+    py::gil_scoped_release release;
+    const KernelBackend& backend = DefaultBackend();
+    for (int64_t b = 0; b < batch; ++b) {
+      AttentionProblem problem;
+      problem.kv.dtype = dtype;
+      problem.kv.keys = k.data + b * k.strides[0] * element_size;
+      problem.kv.values = v.data + b * v.strides[0] * element_size;
+      problem.kv.kv_heads = kv_heads;
+      problem.kv.key_dim = dim;
+      problem.kv.value_dim = value_dim;
+      problem.kv.key_token_stride = k.strides[1];
+      problem.kv.key_head_stride = k.strides[2];
+      problem.kv.value_token_stride = v.strides[1];
+      problem.kv.value_head_stride = v.strides[2];
+      problem.kv.length = length;
+      problem.kv.keep = keep.empty() ? nullptr : keep.data() + b * length;
+      problem.scale = scale;
+      const float* q_rows = q_data + b * q.strides[0];
+      float* out_rows = out + b * queries * heads * value_dim;
+      if (causal) {
+        problem.queries = QueryRows{q_rows, queries, heads, dim};
+        problem.visibility = Visibility{length - queries, window};
+        problem.out = out_rows;
+        ValidateAttentionProblem(problem);
+        backend.attend(problem);
+      } else if (length == 0) {
+        std::fill(out_rows, out_rows + queries * heads * value_dim, 0.0f);
+      } else {
+        // Full visibility: every query sits at the last slot, one query row per call.
+        for (int64_t s = 0; s < queries; ++s) {
+          problem.queries = QueryRows{q_rows + s * heads * dim, 1, heads, dim};
+          problem.visibility = Visibility{length - 1, 0};
+          problem.out = out_rows + s * heads * value_dim;
+          ValidateAttentionProblem(problem);
+          backend.attend(problem);
+        }
+      }
+    }
+  }
+  if (out_view) return py::reinterpret_borrow<py::object>(out_arg);
+  return WrapTensor(std::move(owned), q_in.from_torch);
+}
+
+py::object Attention(py::handle q_arg, py::handle k_arg, py::handle v_arg, bool causal,
+                     const py::object& scale, py::handle attention_mask, int64_t window,
+                     py::handle out, bool check_finite) {
+  const ArrayView q = ViewArray(q_arg, "q");
+  const ArrayView k = ViewArray(k_arg, "k");
+  const ArrayView v = ViewArray(v_arg, "v");
+  CheckRank(q, 4, "[B, Sq, H, D]");
+  CheckRank(k, 4, "[B, T, G, D]");
+  CheckRank(v, 4, "[B, T, G, Dv]");
+  for (const ArrayView* view : {&q, &k, &v}) {
+    if (check_finite) {
+      CheckFiniteView(*view);
+    } else {
+      CheckFloating(*view);
+    }
+  }
+  return RunAttention(q, k, v, causal, ScaleOr(scale, q.shape[3]), window, attention_mask, out);
+}
+
+py::object MlaAttention(py::handle q_arg, py::handle kv_arg, int64_t value_dim, bool causal,
+                        const py::object& scale, py::handle attention_mask, py::handle out,
+                        bool check_finite) {
+  const ArrayView q = ViewArray(q_arg, "q");
+  ArrayView kv = ViewArray(kv_arg, "kv");
+  CheckRank(q, 4, "[B, Sq, H, D]");
+  CheckRank(kv, 3, "[B, T, D] (latent rows: kv_lora_rank values, then the rotated rope part)");
+  if (check_finite) {
+    CheckFiniteView(q);
+    CheckFiniteView(kv);
+  } else {
+    CheckFloating(q);
+    CheckFloating(kv);
+  }
+  Check(value_dim > 0 && value_dim <= kv.shape[2], ErrorKind::kInvalidArgument,
+        "value_dim must lie in [1, " + std::to_string(kv.shape[2]) + "] (the kv row width), got " +
+            std::to_string(value_dim));
+  // One copy at most, shared by keys and values (a value row is the start of its key row).
+  kv = KvLayout(kv, KvElement(kv, kv));
+  ArrayView keys = kv;
+  keys.what = "kv";
+  keys.shape.insert(keys.shape.begin() + 2, 1);  // one shared kv head
+  keys.strides.insert(keys.strides.begin() + 2, 0);
+  ArrayView values = keys;
+  values.shape[3] = value_dim;
+  return RunAttention(q, keys, values, causal, ScaleOr(scale, q.shape[3]), 0, attention_mask, out);
+}
+
+}  // namespace
+
+void BindKernels(py::module_& module) {
+  module.def("attention", &Attention, py::arg("q"), py::arg("k"), py::arg("v"),
+             py::arg("causal") = true, py::arg("scale") = py::none(),
+             py::arg("attention_mask") = py::none(), py::arg("window") = 0,
+             py::arg("out") = py::none(), py::arg("check_finite") = true, R"doc(
+Scaled dot-product attention of the GQA family (MHA: G = H, GQA, MQA: G = 1), computed by the
+same kernel the layers use:
+
+    out[b, s, h] = sum_t softmax_t(scale * q[b, s, h] . k[b, t, h // (H/G)]) v[b, t, h // (H/G)]
+
+over the keys t that query s sees.
+
+q: [B, Sq, H, D] float (float32 is read in place; other float dtypes are converted).
+k: [B, T, G, D], v: [B, T, G, Dv] float32, float16 or bfloat16 (read in place, any strides with
+    a contiguous last axis), or float64 (converted).
+causal: query s is key slot T - Sq + s and sees keys t <= T - Sq + s (bottom-right aligned, as in
+    decode; equal to torch's is_causal when Sq == T). False: every query sees every key.
+scale: default 1 / sqrt(D).
+attention_mask: [B, T] of 1 (keep) / 0 (padding key), any integer, bool or float dtype.
+window: > 0 keeps only keys t > slot - window (sliding window; needs causal=True).
+out: optional writable C-contiguous float32 [B, Sq, H, Dv] array or tensor to write into; it is
+    returned.
+check_finite: raise ValueError on NaN/Inf in q, k or v (default). With False, non-finite inputs
+    give unspecified outputs.
+
+A query with no visible key gets a zero output row. Returns float32 [B, Sq, H, Dv]: NumPy, or a
+torch tensor when q is one.)doc");
+  module.def("mla_attention", &MlaAttention, py::arg("q"), py::arg("kv"), py::arg("value_dim"),
+             py::arg("causal") = true, py::arg("scale") = py::none(),
+             py::arg("attention_mask") = py::none(), py::arg("out") = py::none(),
+             py::arg("check_finite") = true, R"doc(
+Absorbed multi-head latent attention (DeepSeek MLA, MQA over the latent cache): every query
+head attends to one shared row per token, whose first `value_dim` entries are its value:
+
+    out[b, s, h] = sum_t softmax_t(scale * q[b, s, h] . kv[b, t]) kv[b, t, :value_dim]
+
+q: [B, Sq, H, D] float, the absorbed queries (q_nope W_UK | q_pe), D = kv_lora_rank + rope dim.
+kv: [B, T, D] float32, float16 or bfloat16 latent rows (c_kv | rotated k_pe), read in place.
+value_dim: kv_lora_rank.
+scale: default 1 / sqrt(D); DeepSeek's is (qk_nope + qk_rope)^-0.5 * mscale^2, pass it.
+causal, attention_mask, out, check_finite: as in attention().
+
+Returns float32 [B, Sq, H, value_dim] (the latent output, before W_UV).)doc");
+}
+
+}  // namespace attn::python

@@ -1,0 +1,555 @@
+// attn.Attention and attn.Cache: one checkpoint layer and its KV cache, thin over
+// attn::AttentionLayer. Hidden states are copied once into an attn::Tensor (the layer API takes
+// an owning fp32 Tensor); positions and padding flags are read in place when they already are
+// row-major int64 / uint8 / bool; outputs are returned without a copy.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+
+#include "arrays.h"
+#include "attn/error.h"
+#include "attn/hf_config.h"
+#include "attn/hf_weights.h"
+#include "attn/kv_cache.h"
+#include "attn/layer.h"
+#include "attn/layer_weights.h"
+#include "attn/safetensors.h"
+#include "bindings.h"
+
+namespace attn::python {
+namespace {
+
+std::string PathText(py::handle object) {
+  return py::str(py::module_::import("os").attr("fspath")(object)).cast<std::string>();
+}
+
+const char* StorageName(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return "f32";
+    case DType::kF16:
+      return "f16";
+    case DType::kBF16:
+      return "bf16";
+    default:
+      return DTypeName(dtype);
+  }
+}
+
+const char* RopeScalingName(RopeScalingType type) {
+  switch (type) {
+    case RopeScalingType::kNone:
+      return "none";
+    case RopeScalingType::kLinear:
+      return "linear";
+    case RopeScalingType::kLlama3:
+      return "llama3";
+    case RopeScalingType::kYarn:
+      return "yarn";
+  }
+  return "?";
+}
+
+void CheckLayerIndex(const ModelConfig& config, int64_t layer) {
+  Check(layer >= 0 && layer < config.num_layers, ErrorKind::kInvalidArgument,
+        "layer " + std::to_string(layer) + " out of range (model has " +
+            std::to_string(config.num_layers) + " layers)");
+}
+
+// The MLA form named by `mla`; GQA-family layers accept only the default, "auto".
+MlaForm FormFor(const ModelConfig& config, const std::string& mla) {
+  const MlaForm form = MlaFormFromString(mla);
+  Check(config.kind == AttentionKind::kMla || form == MlaForm::kAuto, ErrorKind::kInvalidArgument,
+        "mla='" + mla + "' applies only to MLA models; '" + config.model_type + "' is GQA-family");
+  return form;
+}
+
+// Tensors of a dict under HF names of `layer` (prefix stripped) or short names. Other keys of an
+// HF state dict ("model.…", "lm_head.…") are ignored; anything else is passed on as a short name
+// so that BuildAttentionLayer rejects it by name.
+NamedTensors WeightsFromDict(const py::dict& weights, int64_t layer) {
+  const std::string prefix = HfAttentionPrefix(layer);
+  NamedTensors named;
+  std::map<std::string, std::string> given_as;
+  for (const auto& item : weights) {
+    const std::string key = py::str(item.first).cast<std::string>();
+    std::string short_name;
+    if (key.starts_with(prefix)) {
+      short_name = key.substr(prefix.size());
+    } else if (key.starts_with("model.") || key.starts_with("lm_head.")) {
+      continue;
+    } else {
+      short_name = key;
+    }
+    Check(!named.contains(short_name), ErrorKind::kInvalidArgument,
+          "weights: '" + short_name + "' given twice (as '" + given_as[short_name] + "' and '" +
+              key + "')");
+    Tensor tensor = ToTensor(ViewArray(item.second, key));
+    CheckFinite(tensor, key);
+    named.emplace(short_name, std::move(tensor));
+    given_as[short_name] = key;
+  }
+  return named;
+}
+
+py::dict ConfigDict(const ModelConfig& config, int64_t layer) {
+  py::dict out;
+  out["model_type"] = config.model_type;
+  out["kind"] = config.kind == AttentionKind::kMla ? "mla" : "gqa";
+  out["hidden_size"] = config.hidden_size;
+  out["num_heads"] = config.num_heads;
+  out["num_layers"] = config.num_layers;
+  out["max_position_embeddings"] = config.max_position_embeddings;
+  out["sliding_window"] = config.WindowForLayer(layer);
+  out["softmax_scale"] = SoftmaxScale(config);
+  out["qk_head_dim"] = config.QueryKeyHeadDim();
+  out["v_head_dim"] = config.ValueHeadDim();
+  out["rope_theta"] = config.rope.theta;
+  out["rotary_dim"] = config.rope.rotary_dim;
+  out["rope_pairing"] =
+      config.rope.pairing == RopePairing::kInterleaved ? "interleaved" : "rotate_half";
+  out["rope_scaling"] = RopeScalingName(config.rope.scaling.type);
+  out["rope_scaling_factor"] = config.rope.scaling.factor;
+  if (config.kind == AttentionKind::kGqa) {
+    out["num_kv_heads"] = config.gqa.num_kv_heads;
+    out["head_dim"] = config.gqa.head_dim;
+    out["qkv_bias"] = config.gqa.qkv_bias;
+    out["o_bias"] = config.gqa.o_bias;
+  } else {
+    out["q_lora_rank"] = config.mla.q_lora_rank;
+    out["kv_lora_rank"] = config.mla.kv_lora_rank;
+    out["qk_nope_head_dim"] = config.mla.qk_nope_head_dim;
+    out["qk_rope_head_dim"] = config.mla.qk_rope_head_dim;
+  }
+  return out;
+}
+
+// A KV cache and the MLA form it was laid out for. The mutex serialises calls that use the same
+// cache from several threads (each waits for the previous step to finish).
+class PyCache {
+ public:
+  PyCache(std::unique_ptr<Cache> cache, MlaForm form, bool is_mla)
+      : cache_(std::move(cache)), form_(form), is_mla_(is_mla) {}
+
+  Cache& cache() { return *cache_; }
+  MlaForm form() const { return form_; }
+  std::mutex& mutex() { return mutex_; }
+
+  size_t nbytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return cache_->bytes();
+  }
+  py::array_t<int64_t> lengths() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const std::span<const int64_t> lengths = cache_->lengths();
+    py::array_t<int64_t> out(static_cast<py::ssize_t>(lengths.size()));
+    std::memcpy(out.mutable_data(), lengths.data(), lengths.size_bytes());
+    return out;
+  }
+  void Clear() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    cache_->Clear();
+  }
+  py::object MlaName() const {
+    if (!is_mla_) return py::none();
+    return py::str(MlaFormName(form_));
+  }
+  std::string Repr() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return "attn.Cache(batch=" + std::to_string(cache_->batch()) +
+           ", capacity=" + std::to_string(cache_->capacity()) + ", dtype='" +
+           StorageName(cache_->dtype()) + "'" +
+           (is_mla_ ? std::string(", mla='") + MlaFormName(form_) + "'" : std::string()) +
+           ", nbytes=" + std::to_string(cache_->bytes()) + ")";
+  }
+
+ private:
+  std::unique_ptr<Cache> cache_;
+  MlaForm form_;
+  bool is_mla_;
+  std::mutex mutex_;
+};
+
+// One call's tokens, converted for the library. Views stay alive (and must be destroyed) with
+// the GIL held; the TokenBatch is used with the GIL released.
+struct PreparedTokens {
+  Tensor hidden;
+  ArrayView positions_holder;
+  ArrayView keep_holder;
+  ArrayView lengths_holder;
+  std::span<const int64_t> positions;
+  std::span<const uint8_t> keep;
+  std::span<const int64_t> lengths;
+  bool as_torch = false;
+  bool squeeze = false;  // decode input was [B, D]: the output is [B, D] too
+  int64_t batch = 0;
+  int64_t tokens = 0;
+
+  TokenBatch Batch() const { return TokenBatch{&hidden, positions, keep, lengths}; }
+};
+
+// An optional [B, S] grid; a [B] vector is accepted when S = 1.
+ArrayView TokenGrid(py::handle object, const std::string& name, int64_t batch, int64_t tokens) {
+  ArrayView view = ViewArray(object, name);
+  if (view.rank() == 1 && tokens == 1) {
+    view.shape.push_back(1);
+    view.strides.push_back(0);
+  }
+  Check(view.shape == Shape{batch, tokens}, ErrorKind::kInvalidArgument,
+        name + ": expected shape " + ShapeToString({batch, tokens}) +
+            " to match hidden_states, got " + ShapeToString(view.shape));
+  return view;
+}
+
+enum class CallKind { kForward, kPrefill, kDecode };
+
+PreparedTokens PrepareTokens(const ModelConfig& config, CallKind kind, py::handle hidden_states,
+                             py::handle position_ids, py::handle attention_mask,
+                             py::handle lengths) {
+  PreparedTokens p;
+  ArrayView x = ViewArray(hidden_states, "hidden_states");
+  p.as_torch = x.from_torch;
+  const int64_t width = config.hidden_size;
+  const std::string d = std::to_string(width);
+  if (kind == CallKind::kDecode) {
+    p.squeeze = x.rank() == 2;
+    if (p.squeeze) {
+      x.shape.insert(x.shape.begin() + 1, 1);
+      x.strides.insert(x.strides.begin() + 1, 0);
+    }
+    Check(x.rank() == 3 && x.shape[0] > 0 && x.shape[1] == 1 && x.shape[2] == width,
+          ErrorKind::kInvalidArgument,
+          "hidden_states: decode takes one token per sequence, shape [B, " + d + "] or [B, 1, " +
+              d + "], got " + ShapeToString(x.shape));
+  } else {
+    Check(x.rank() == 3 && x.shape[0] > 0 && x.shape[1] > 0 && x.shape[2] == width,
+          ErrorKind::kInvalidArgument,
+          "hidden_states: expected shape [B, S, " + d + "], got " + ShapeToString(x.shape));
+  }
+  p.batch = x.shape[0];
+  p.tokens = x.shape[1];
+  p.hidden = ToTensor(x);
+  CheckFinite(p.hidden, "hidden_states");
+  if (!position_ids.is_none()) {
+    p.positions =
+        AsInt64(TokenGrid(position_ids, "position_ids", p.batch, p.tokens), p.positions_holder);
+  }
+  if (!attention_mask.is_none()) {
+    p.keep =
+        AsKeepFlags(TokenGrid(attention_mask, "attention_mask", p.batch, p.tokens), p.keep_holder);
+  }
+  if (!lengths.is_none()) {
+    const ArrayView view = ViewArray(lengths, "lengths");
+    Check(view.shape == Shape{p.batch}, ErrorKind::kInvalidArgument,
+          "lengths: expected shape " + ShapeToString({p.batch}) + ", got " +
+              ShapeToString(view.shape));
+    p.lengths = AsInt64(view, p.lengths_holder);
+  }
+  return p;
+}
+
+py::object WrapOutput(Tensor out, const PreparedTokens& p) {
+  py::object result = WrapTensor(std::move(out), p.as_torch);
+  if (p.squeeze) result = result.attr("reshape")(p.batch, result.attr("shape")[py::int_(2)]);
+  return result;
+}
+
+class PyAttention {
+ public:
+  PyAttention(ModelConfig config, int64_t layer, std::unique_ptr<AttentionLayer> impl)
+      : config_(std::move(config)), layer_(layer), impl_(std::move(impl)) {}
+
+  static std::unique_ptr<PyAttention> FromConfig(py::handle config_arg, py::handle weights,
+                                                 int64_t layer) {
+    ModelConfig config = ResolveConfig(config_arg);
+    CheckLayerIndex(config, layer);
+    std::unique_ptr<AttentionLayer> impl;
+    if (py::isinstance<py::dict>(weights)) {
+      NamedTensors named = WeightsFromDict(weights.cast<py::dict>(), layer);
+      py::gil_scoped_release release;
+      impl = BuildAttentionLayer(config, layer, std::move(named));
+    } else if (py::isinstance<py::str>(weights) || py::hasattr(weights, "__fspath__")) {
+      const std::string path = PathText(weights);
+      py::gil_scoped_release release;
+      const SafetensorsFile file = SafetensorsFile::Open(path);
+      impl = BuildAttentionLayer(config, layer, ReadHfAttentionWeights(file, config, layer));
+    } else {
+      throw py::type_error(
+          "weights: expected a safetensors path or a dict of arrays, got " +
+          py::str(py::type::handle_of(weights).attr("__name__")).cast<std::string>());
+    }
+    return std::make_unique<PyAttention>(std::move(config), layer, std::move(impl));
+  }
+
+  static std::unique_ptr<PyAttention> Random(py::handle config_arg, uint64_t seed, int64_t layer) {
+    ModelConfig config = ResolveConfig(config_arg);
+    CheckLayerIndex(config, layer);
+    py::gil_scoped_release release;
+    std::unique_ptr<AttentionLayer> impl =
+        BuildAttentionLayer(config, layer, RandomAttentionWeights(config, seed));
+    return std::make_unique<PyAttention>(std::move(config), layer, std::move(impl));
+  }
+
+  py::object Forward(py::handle hidden_states, py::handle position_ids, py::handle attention_mask,
+                     const std::string& mla, py::handle lengths) const {
+    const MlaForm form = FormFor(config_, mla);
+    PreparedTokens p = PrepareTokens(config_, CallKind::kForward, hidden_states, position_ids,
+                                     attention_mask, lengths);
+    Tensor out;
+    {
+      py::gil_scoped_release release;
+      out = impl_->Forward(p.Batch(), form);
+    }
+    return WrapOutput(std::move(out), p);
+  }
+
+  py::object PrefillThenDecode(py::handle hidden_states, int64_t prefill_tokens,
+                               py::handle position_ids, py::handle attention_mask,
+                               const std::string& mla, const std::string& cache_dtype) const {
+    const MlaForm form = FormFor(config_, mla);
+    const DType dtype = StorageDTypeFromString(cache_dtype);
+    PreparedTokens p = PrepareTokens(config_, CallKind::kForward, hidden_states, position_ids,
+                                     attention_mask, py::none());
+    Tensor out;
+    {
+      py::gil_scoped_release release;
+      out = impl_->PrefillThenDecode(p.Batch(), prefill_tokens, form, dtype);
+    }
+    return WrapOutput(std::move(out), p);
+  }
+
+  std::unique_ptr<PyCache> NewCache(int64_t batch, int64_t capacity, const std::string& dtype,
+                                    const std::string& mla) const {
+    const MlaForm form = FormFor(config_, mla);
+    Check(batch > 0 && capacity > 0, ErrorKind::kInvalidArgument,
+          "new_cache: batch and capacity must be positive, got batch=" + std::to_string(batch) +
+              ", capacity=" + std::to_string(capacity));
+    return std::make_unique<PyCache>(
+        impl_->NewCache(batch, capacity, StorageDTypeFromString(dtype), form), form,
+        config_.kind == AttentionKind::kMla);
+  }
+
+  py::object Step(CallKind kind, py::handle hidden_states, PyCache& cache, py::handle position_ids,
+                  py::handle attention_mask, py::handle lengths) const {
+    PreparedTokens p =
+        PrepareTokens(config_, kind, hidden_states, position_ids, attention_mask, lengths);
+    Tensor out;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(cache.mutex());
+      out = impl_->Step(p.Batch(), cache.cache(), cache.form());
+    }
+    return WrapOutput(std::move(out), p);
+  }
+
+  size_t KvBytesPerToken(const std::string& dtype, const std::string& mla) const {
+    const MlaForm form = FormFor(config_, mla);
+    const CacheForm cache_form = config_.kind == AttentionKind::kMla && form != MlaForm::kNaive
+                                     ? CacheForm::kLatent
+                                     : CacheForm::kHeads;
+    return CacheBytesPerToken(config_, cache_form, StorageDTypeFromString(dtype));
+  }
+
+  py::dict Config() const { return ConfigDict(config_, layer_); }
+  int64_t layer() const { return layer_; }
+  std::string Repr() const {
+    return "attn.Attention(model_type='" + config_.model_type + "', kind='" +
+           (config_.kind == AttentionKind::kMla ? "mla" : "gqa") +
+           "', hidden_size=" + std::to_string(config_.hidden_size) +
+           ", num_heads=" + std::to_string(config_.num_heads) +
+           ", layer=" + std::to_string(layer_) + ")";
+  }
+
+ private:
+  ModelConfig config_;
+  int64_t layer_;
+  std::unique_ptr<AttentionLayer> impl_;
+};
+
+py::dict RandomWeights(py::handle config_arg, uint64_t seed, int64_t layer) {
+  const ModelConfig config = ResolveConfig(config_arg);
+  CheckLayerIndex(config, layer);
+  NamedTensors weights;
+  {
+    py::gil_scoped_release release;
+    weights = RandomAttentionWeights(config, seed);
+  }
+  const std::string prefix = HfAttentionPrefix(layer);
+  py::dict out;
+  for (auto& [name, tensor] : weights)
+    out[py::str(prefix + name)] = WrapTensor(std::move(tensor), false);
+  return out;
+}
+
+py::dict LoadSafetensors(py::handle path_arg) {
+  const SafetensorsFile file = SafetensorsFile::Open(PathText(path_arg));
+  py::dict out;
+  for (const std::string& name : file.Names()) {
+    const DType dtype = file.Get(name).dtype;
+    if (dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16 ||
+        dtype == DType::kF64) {
+      out[py::str(name)] = WrapTensor(file.ReadF32(name), false);
+    } else {
+      Shape shape;
+      const std::vector<int64_t> values = file.ReadI64(name, &shape);
+      py::array_t<int64_t> array(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+      if (!values.empty()) std::memcpy(array.mutable_data(), values.data(), values.size() * 8);
+      out[py::str(name)] = std::move(array);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+ModelConfig ResolveConfig(py::handle config) {
+  if (py::isinstance<py::dict>(config)) {
+    return ParseHfConfig(py::module_::import("json").attr("dumps")(config).cast<std::string>());
+  }
+  const bool path_like = py::hasattr(config, "__fspath__");
+  if (!py::isinstance<py::str>(config) && !path_like) {
+    throw py::type_error(
+        "config: expected a dict, JSON text, a config.json path or a preset name, got " +
+        py::str(py::type::handle_of(config).attr("__name__")).cast<std::string>());
+  }
+  const std::string text = PathText(config);
+  const size_t first = text.find_first_not_of(" \t\r\n");
+  if (!path_like && first != std::string::npos && text[first] == '{') return ParseHfConfig(text);
+  std::error_code error;
+  if (std::filesystem::is_directory(text, error)) {
+    return LoadHfConfig((std::filesystem::path(text) / "config.json").string());
+  }
+  if (path_like || std::filesystem::exists(text, error) || text.find('/') != std::string::npos ||
+      text.ends_with(".json")) {
+    return LoadHfConfig(text);
+  }
+  return PresetConfig(text);
+}
+
+void BindLayers(py::module_& module) {
+  py::class_<PyCache>(module, "Cache", R"doc(
+A KV cache for one layer: `batch` sequences of up to `capacity` tokens each, stored as
+f32, f16 or bf16, in the layout the layer's form needs (GQA: per-head K/V; MLA naive: per-head
+K/V; MLA absorbed/auto: the latent row of kv_lora_rank + qk_rope_head_dim values per token).
+Made by Attention.new_cache(); filled by Attention.prefill() and Attention.decode().
+Calls from several threads on one cache are serialised.)doc")
+      .def_property_readonly("nbytes", &PyCache::nbytes,
+                             "Bytes of K/V storage (batch * capacity * bytes per token); padding "
+                             "flags and lengths are not counted.")
+      .def_property_readonly("lengths", &PyCache::lengths,
+                             "Tokens held by each sequence: a new int64 array of shape [batch].")
+      .def_property_readonly(
+          "batch", [](PyCache& cache) { return cache.cache().batch(); }, "Number of sequences.")
+      .def_property_readonly(
+          "capacity", [](PyCache& cache) { return cache.cache().capacity(); },
+          "Tokens each sequence can hold.")
+      .def_property_readonly(
+          "dtype", [](PyCache& cache) { return StorageName(cache.cache().dtype()); },
+          "Storage dtype: 'f32', 'f16' or 'bf16'.")
+      .def_property_readonly("mla", &PyCache::MlaName,
+                             "MLA form the cache serves ('naive', 'absorbed', 'auto'); None for "
+                             "GQA-family layers.")
+      .def_property_readonly(
+          "bytes_per_token", [](PyCache& cache) { return cache.cache().bytes_per_token(); },
+          "Bytes of K/V storage per token.")
+      .def("clear", &PyCache::Clear, "Forgets every token; capacity and storage are kept.")
+      .def("__repr__", &PyCache::Repr);
+
+  py::class_<PyAttention>(module, "Attention", R"doc(
+One attention layer of a checkpoint (Llama, Mistral, Qwen2: MHA/GQA/MQA; DeepSeek-V2/V3: MLA),
+computing exactly what the Hugging Face model computes for `self_attn` of that layer.
+
+Make one with Attention.from_config(config, weights, layer) or Attention.random(config, seed).
+Inputs are NumPy arrays or PyTorch CPU tensors; outputs are float32 NumPy arrays, or torch
+tensors when hidden_states is a torch tensor. The GIL is released while a layer computes.
+
+Shapes: hidden_states [B, S, hidden_size] (any float dtype; copied once to float32),
+position_ids [B, S] integers (default: each sequence continues from its cache length),
+attention_mask [B, S] of 0 (padding) / 1 (keep) in any integer, bool or float dtype; it masks
+keys only: a padded token still gets an output row. Non-finite hidden_states raise ValueError.)doc")
+      .def_static("from_config", &PyAttention::FromConfig, py::arg("config"), py::arg("weights"),
+                  py::arg("layer") = 0, R"doc(
+Builds layer `layer` of a checkpoint.
+
+config: a dict (a parsed config.json), JSON text, a path to config.json or to the directory
+    holding it, or a preset name (attn.presets()).
+weights: a safetensors path (tensors under model.layers.{layer}.self_attn.*, any float dtype),
+    or a dict of arrays/tensors keyed by those HF names or by the short names ("q_proj.weight",
+    "kv_b_proj.weight", ...). Other "model.*" / "lm_head.*" keys of a state dict are ignored.
+
+Raises KeyError naming a missing tensor, ValueError for a misshapen or unexpected one (or
+unsupported config values), OSError for files that cannot be read or are corrupt.)doc")
+      .def_static("random", &PyAttention::Random, py::arg("config"), py::arg("seed") = 0,
+                  py::arg("layer") = 0, R"doc(
+A layer with deterministic random weights (the same as `attn random-weights --seed`):
+matrices uniform in +-1/sqrt(in), biases in +-0.1, norm scales in 1 +- 0.25.)doc")
+      .def("forward", &PyAttention::Forward, py::arg("hidden_states"),
+           py::arg("position_ids") = py::none(), py::arg("attention_mask") = py::none(),
+           py::arg("mla") = "auto", py::arg("lengths") = py::none(), R"doc(
+Full prefill of [B, S, hidden_size] hidden states through a fresh float32 cache; returns the
+attention output [B, S, hidden_size].
+
+mla: 'naive', 'absorbed' or 'auto' for MLA layers (same numbers up to rounding); GQA-family
+    layers accept only 'auto'.
+lengths: optional [B] integers, tokens each sequence contributes (ragged batch); rows past a
+    sequence's length give zeros.)doc")
+      .def("prefill_then_decode", &PyAttention::PrefillThenDecode, py::arg("hidden_states"),
+           py::arg("prefill_tokens"), py::arg("position_ids") = py::none(),
+           py::arg("attention_mask") = py::none(), py::arg("mla") = "auto",
+           py::arg("cache_dtype") = "f32", R"doc(
+The first `prefill_tokens` tokens as one prefill, then one decode step per remaining token,
+through a fresh cache of `cache_dtype` ('f32', 'f16', 'bf16'): what `attn forward --prefill N`
+runs. Returns the outputs of all S tokens, equal to forward() up to rounding.)doc")
+      .def("new_cache", &PyAttention::NewCache, py::arg("batch"), py::arg("capacity"),
+           py::arg("dtype") = "bf16", py::arg("mla") = "auto", R"doc(
+An empty KV cache for `batch` sequences of up to `capacity` tokens, stored as `dtype`
+('f32', 'f16', 'bf16'). For MLA layers `mla` picks the form the cache serves: 'naive' caches
+per-head K and V, 'absorbed' and 'auto' the latent row.)doc")
+      .def(
+          "prefill",
+          [](const PyAttention& self, py::handle x, PyCache& cache, py::handle position_ids,
+             py::handle attention_mask, py::handle lengths) {
+            return self.Step(CallKind::kPrefill, x, cache, position_ids, attention_mask, lengths);
+          },
+          py::arg("hidden_states"), py::arg("cache"), py::arg("position_ids") = py::none(),
+          py::arg("attention_mask") = py::none(), py::arg("lengths") = py::none(), R"doc(
+Appends [B, S, hidden_size] tokens to `cache` and returns their attention output
+[B, S, hidden_size]; the tokens attend to everything the cache holds (chunked prefill is just
+several calls). Raises ValueError if a sequence would overflow the cache's capacity (nothing is
+written then).)doc")
+      .def(
+          "decode",
+          [](const PyAttention& self, py::handle x, PyCache& cache, py::handle position_ids,
+             py::handle attention_mask) {
+            return self.Step(CallKind::kDecode, x, cache, position_ids, attention_mask, py::none());
+          },
+          py::arg("hidden_states"), py::arg("cache"), py::arg("position_ids") = py::none(),
+          py::arg("attention_mask") = py::none(), R"doc(
+One decode step: hidden_states [B, hidden_size] or [B, 1, hidden_size], position_ids and
+attention_mask [B] or [B, 1]. Returns the output in the same shape as hidden_states.)doc")
+      .def("kv_bytes_per_token", &PyAttention::KvBytesPerToken, py::arg("dtype") = "bf16",
+           py::arg("mla") = "auto",
+           "Bytes one token occupies in a cache of `dtype` for the form `mla`.")
+      .def_property_readonly("config", &PyAttention::Config,
+                             "The attention-relevant config values (a new dict).")
+      .def_property_readonly("layer", &PyAttention::layer, "The layer index.")
+      .def("__repr__", &PyAttention::Repr);
+
+  module.def("random_weights", &RandomWeights, py::arg("config"), py::arg("seed") = 0,
+             py::arg("layer") = 0, R"doc(
+The random weights Attention.random(config, seed, layer) uses, as a dict of float32 NumPy
+arrays under HF names (model.layers.{layer}.self_attn.*).)doc");
+  module.def("load_safetensors", &LoadSafetensors, py::arg("path"), R"doc(
+Every tensor of a safetensors file, read by attn's validating reader: float tensors
+(F32/F16/BF16/F64) as float32 NumPy arrays, integer and bool tensors as int64.
+Raises OSError for a file that cannot be read or is corrupt.)doc");
+}
+
+}  // namespace attn::python

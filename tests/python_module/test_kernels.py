@@ -1,0 +1,275 @@
+"""attn.attention and attn.mla_attention against softmax(q kᵀ · scale + mask) v computed by torch
+in float64 (no autograd), plus their zero-copy paths and bad inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_unchanged, snapshot
+
+TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+
+
+def reference(q, k, v, causal=True, scale=None, mask=None, window=0):
+    """float64 softmax(q kᵀ·scale + additive mask) v with GQA head sharing; [B, Sq, H, Dv]."""
+    q, k, v = (torch.as_tensor(a).double() for a in (q, k, v))
+    B, Sq, H, D = q.shape
+    T, G = k.shape[1], k.shape[2]
+    k = k.repeat_interleave(H // G, dim=2)
+    v = v.repeat_interleave(H // G, dim=2)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    scores = torch.einsum("bshd,bthd->bhst", q, k) * scale
+    slot = torch.arange(Sq)[:, None] + (T - Sq)
+    t = torch.arange(T)[None, :]
+    visible = torch.ones(Sq, T, dtype=torch.bool)
+    if causal:
+        visible &= t <= slot
+    if window:
+        visible &= t > slot - window
+    visible = visible[None, None].expand(B, H, Sq, T)
+    if mask is not None:
+        visible = visible & (torch.as_tensor(mask) != 0)[:, None, None, :]
+    additive = torch.zeros(visible.shape, dtype=torch.float64).masked_fill(~visible, -math.inf)
+    p = torch.softmax(scores + additive, dim=-1).nan_to_num(0.0)  # no visible key -> zero row
+    return torch.einsum("bhst,bthd->bshd", p, v)
+
+
+def assert_close(got, want, rel=1e-5):
+    got = torch.as_tensor(np.asarray(got) if not isinstance(got, torch.Tensor) else got)
+    assert got.dtype == torch.float32
+    assert tuple(got.shape) == tuple(want.shape)
+    err = (got.double() - want).abs().max().item()
+    assert err <= rel * want.abs().max().item(), f"max error {err:.3e}"
+
+
+def rand(shape, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float32).to(dtype)
+
+
+# NumPy has no bfloat16: bf16 goes through torch only.
+@pytest.mark.parametrize("dtype,frontend", [("f32", "numpy"), ("f16", "numpy"), ("f32", "torch"),
+                                            ("f16", "torch"), ("bf16", "torch")])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2), (6, 1)], ids=["mha", "gqa", "mqa"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("sq,t", [(7, 7), (3, 10), (1, 9)], ids=["prefill", "chunk", "decode"])
+def test_attention_matches_torch(attn, dtype, frontend, heads, kv_heads, causal, sq, t):
+    B, D, Dv = 2, 32, 24
+    tdt = TORCH_DTYPES[dtype]
+    q = rand((B, sq, heads, D), tdt, 1)
+    k = rand((B, t, kv_heads, D), tdt, 2)
+    v = rand((B, t, kv_heads, Dv), tdt, 3)
+    want = reference(q, k, v, causal=causal)
+    if frontend == "numpy":
+        q, k, v = (a.numpy() for a in (q, k, v))
+    got = attn.attention(q, k, v, causal=causal)
+    assert isinstance(got, torch.Tensor if frontend == "torch" else np.ndarray)
+    assert_close(got, want)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+def test_attention_mask_window_scale(attn, dtype):
+    B, Sq, T, H, G, D = 3, 6, 11, 4, 2, 16
+    tdt = TORCH_DTYPES[dtype]
+    q, k, v = rand((B, Sq, H, D), tdt, 4), rand((B, T, G, D), tdt, 5), rand((B, T, G, D), tdt, 6)
+    mask = torch.ones(B, T, dtype=torch.int64)
+    mask[0, :4] = 0
+    mask[1, 5:9] = 0  # with window 3, the query at slot 7 sees only padding -> zero row
+    mask[2, :] = 0
+    got = attn.attention(q, k, v, attention_mask=mask, window=3, scale=0.3)
+    want = reference(q, k, v, mask=mask, window=3, scale=0.3)
+    assert_close(got, want)
+    assert torch.equal(got[2], torch.zeros_like(got[2]))
+    assert torch.equal(got[1, 2], torch.zeros_like(got[1, 2]))
+    for m in (mask.bool(), mask.to(torch.uint8), mask.float(), mask.numpy().astype(np.int32)):
+        assert torch.equal(attn.attention(q, k, v, attention_mask=m, window=3, scale=0.3), got)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_mla_attention_matches_torch(attn, dtype, causal):
+    B, Sq, T, H, rk, dr = 2, 4, 9, 8, 32, 8
+    tdt = TORCH_DTYPES[dtype]
+    q = rand((B, Sq, H, rk + dr), tdt, 7)
+    kv = rand((B, T, rk + dr), tdt, 8)
+    got = attn.mla_attention(q, kv, value_dim=rk, causal=causal, scale=0.125)
+    want = reference(q, kv[:, :, None, :], kv[:, :, None, :rk], causal=causal, scale=0.125)
+    assert_close(got, want)
+
+
+# ============================================================================ zero copy
+
+
+def test_zero_copy_numpy_inputs_and_out(attn, copies):
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((2, 5, 8, 16), dtype=np.float32)
+    k = rng.standard_normal((2, 9, 2, 16), dtype=np.float32)
+    v = rng.standard_normal((2, 9, 2, 16)).astype(np.float16)
+    v32 = v.astype(np.float32)
+    keep = np.ones((2, 9), dtype=np.uint8)
+    before = snapshot(q, k, v, keep)
+    out = np.full((2, 5, 8, 16), np.nan, dtype=np.float32)
+    start = copies()
+    got = attn.attention(q, k, v32, attention_mask=keep, out=out)
+    got16 = attn.attention(q, k.astype(np.float16), v)
+    assert copies() - start == 0
+    assert got is out and np.shares_memory(got, out)
+    assert_close(out, reference(q, k, v32))
+    assert_close(got16, reference(q, k.astype(np.float16), v))
+    assert_unchanged(before, q, k, v, keep)
+
+
+def test_zero_copy_torch_bf16_and_strided_kv(attn, copies):
+    """HF caches are [B, G, T, D]: the transposed view reaches the kernel as strides."""
+    B, G, T, H, D = 2, 2, 12, 4, 16
+    q = rand((B, 3, H, D), torch.float32, 9)
+    k_cache = rand((B, G, 20, D), torch.bfloat16, 10)  # capacity 20, 12 filled
+    v_cache = rand((B, G, 20, D), torch.bfloat16, 11)
+    k = k_cache[:, :, :T].transpose(1, 2)  # [B, T, G, D], not contiguous
+    v = v_cache[:, :, :T].transpose(1, 2)
+    assert not k.is_contiguous()
+    before = snapshot(q, k_cache, v_cache)
+    out = torch.empty(B, 3, H, D)
+    start = copies()
+    got = attn.attention(q, k, v, out=out)
+    assert copies() - start == 0
+    assert got is out
+    assert_close(got, reference(q, k, v))
+    assert_unchanged(before, q, k_cache, v_cache)
+
+
+def test_zero_copy_mla_latent_cache_slice(attn, copies):
+    B, T, H, rk, dr = 2, 7, 4, 32, 8
+    cache = rand((B, 16, rk + dr), torch.bfloat16, 12)  # capacity 16
+    q = rand((B, 1, H, rk + dr), torch.float32, 13)
+    start = copies()
+    got = attn.mla_attention(q, cache[:, :T], value_dim=rk)
+    assert copies() - start == 0
+    assert isinstance(got, torch.Tensor) and got.shape == (B, 1, H, rk)
+    kv = cache[:, :T]
+    assert_close(got, reference(q, kv[:, :, None], kv[:, :, None, :rk]))
+
+
+def test_copies_only_when_layout_demands(attn, copies):
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((2, 8, 4, 16), dtype=np.float32)
+    k = rng.standard_normal((2, 8, 4, 16), dtype=np.float32)
+    v = rng.standard_normal((2, 8, 4, 16), dtype=np.float32)
+    want = reference(q, k, v)
+    cases = [
+        (dict(q=np.ascontiguousarray(q.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)), 1),
+        (dict(q=q.astype(np.float64)), 1),                                    # q float64
+        (dict(k=np.asfortranarray(k)), 1),                                    # k last axis strided
+        (dict(k=np.ascontiguousarray(k[..., ::-1])[..., ::-1]), 1),            # negative stride
+        (dict(v=v.astype(np.float64)), 1),                                    # v to f32
+        (dict(q=q[:, ::-1][:, ::-1]), 0),                                     # same memory, no copy
+    ]
+    for change, expected_copies in cases:
+        args = dict(q=q, k=k, v=v)
+        args.update(change)
+        start = copies()
+        got = attn.attention(args["q"], args["k"], args["v"])
+        assert copies() - start == expected_copies, list(change)
+        assert_close(got, want)
+
+
+def test_requires_grad_tensor_is_read_without_autograd(attn, copies):
+    q = rand((1, 4, 2, 8), torch.float32, 14).requires_grad_()
+    k = rand((1, 4, 2, 8), torch.float32, 15)
+    start = copies()
+    got = attn.attention(q, k, k)
+    assert copies() - start == 0
+    assert not got.requires_grad
+    assert_close(got, reference(q.detach(), k, k))
+
+
+# ============================================================================ bad inputs
+
+
+def _qkv(B=1, Sq=4, T=4, H=4, G=2, D=8):
+    return (np.zeros((B, Sq, H, D), np.float32), np.zeros((B, T, G, D), np.float32),
+            np.zeros((B, T, G, D), np.float32))
+
+
+@pytest.mark.parametrize("change,needle", [
+    (dict(q=np.zeros((4, 4, 8), np.float32)), "q: expected 4 dimensions"),
+    (dict(k=np.zeros((1, 4, 2, 8, 1), np.float32)), "k: expected 4 dimensions"),
+    (dict(v=np.zeros((1, 5, 2, 8), np.float32)), "v: expected shape"),
+    (dict(k=np.zeros((1, 4, 2, 9), np.float32)), "k: head dim 9 differs"),
+    (dict(k=np.zeros((1, 4, 3, 8), np.float32), v=np.zeros((1, 4, 3, 8), np.float32)),
+     "multiple of kv heads"),
+    (dict(k=np.zeros((2, 4, 2, 8), np.float32)), "batch size"),
+    (dict(q=np.zeros((1, 4, 4, 8), np.int32)), "q: expected a floating-point dtype"),
+    (dict(v=np.zeros((1, 4, 2, 8), np.bool_)), "v: expected a floating-point dtype"),
+    (dict(q=np.zeros((1, 4, 4, 8), np.complex64)), "q: unsupported dtype complex64"),
+    (dict(q=np.zeros((1, 4, 4, 8), ">f4")), "q: unsupported dtype"),
+    (dict(k=np.zeros((1, 3, 2, 8), np.float32), v=np.zeros((1, 3, 2, 8), np.float32)),
+     "Sq <= T"),
+], ids=["q-rank3", "k-rank5", "v-length", "k-dim", "heads", "batch", "q-int", "v-bool",
+        "q-complex", "q-big-endian", "causal-more-queries-than-keys"])
+def test_attention_bad_inputs(attn, change, needle):
+    q, k, v = _qkv()
+    args = dict(q=q, k=k, v=v)
+    args.update(change)
+    with pytest.raises(ValueError, match=needle.replace("(", r"\(")):
+        attn.attention(args["q"], args["k"], args["v"])
+
+
+def test_attention_bad_options(attn):
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="attention_mask: expected shape"):
+        attn.attention(q, k, v, attention_mask=np.ones((1, 5)))
+    with pytest.raises(ValueError, match="values must be 0"):
+        attn.attention(q, k, v, attention_mask=np.full((1, 4), 2))
+    with pytest.raises(ValueError, match="window requires causal"):
+        attn.attention(q, k, v, causal=False, window=2)
+    with pytest.raises(ValueError, match="window must be >= 0"):
+        attn.attention(q, k, v, window=-1)
+    with pytest.raises(ValueError, match="value_dim must lie"):
+        attn.mla_attention(q, k[:, :, 0], value_dim=9)
+    with pytest.raises(ValueError, match="kv: expected 3 dimensions"):
+        attn.mla_attention(q, k, value_dim=4)
+
+
+def test_out_must_be_contiguous_float32_and_writable(attn):
+    """out= is the one argument never copied: a wrong one is an error, not a silent copy."""
+    q, k, v = _qkv()
+    good = np.zeros((1, 4, 4, 8), np.float32)
+    for bad, needle in [(np.zeros((1, 4, 4, 8), np.float64), "float64"),
+                        (np.zeros((1, 4, 8, 4), np.float32).transpose(0, 1, 3, 2),
+                         "not contiguous"),
+                        (np.zeros((1, 4, 4, 7), np.float32), r"\[1, 4, 4, 7\]")]:
+        with pytest.raises(ValueError, match=needle):
+            attn.attention(q, k, v, out=bad)
+    good.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        attn.attention(q, k, v, out=good)
+
+
+@pytest.mark.parametrize("which", ["q", "k", "v"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_inputs_raise(attn, which, bad):
+    """Documented: NaN/Inf in q, k or v is a ValueError naming the argument and the index;
+    check_finite=False skips the scan (outputs then unspecified) and must not raise."""
+    rng = np.random.default_rng(2)
+    args = dict(q=rng.standard_normal((1, 4, 4, 8), dtype=np.float32),
+                k=rng.standard_normal((1, 4, 2, 8), dtype=np.float32),
+                v=rng.standard_normal((1, 4, 2, 8), dtype=np.float32))
+    args[which][0, 1, 1, 3] = bad
+    before = snapshot(*args.values())
+    with pytest.raises(ValueError, match=rf"{which}: non-finite value .* at index \[0, 1, 1, 3\]"):
+        attn.attention(**args)
+    out = attn.attention(**args, check_finite=False)
+    assert out.shape == (1, 4, 4, 8)
+    assert_unchanged(before, *args.values())
+
+
+def test_non_finite_bf16_kv_raises(attn):
+    kv = torch.zeros(1, 4, 16, dtype=torch.bfloat16)
+    kv[0, 2, 5] = float("nan")
+    with pytest.raises(ValueError, match="kv: non-finite"):
+        attn.mla_attention(torch.zeros(1, 1, 2, 16), kv, value_dim=8)
