@@ -19,6 +19,13 @@
 #include "attn/kernels.h"
 #include "layers/layer_util.h"
 
+// Sanitizer builds skip the clones: ifunc resolvers run before the sanitizer runtime starts.
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define ATTN_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "default")))
+#else
+#define ATTN_VECTOR_CLONES
+#endif
+
 namespace attn {
 
 struct MlaAttention::Projected {
@@ -32,23 +39,29 @@ namespace {
 
 // W_UK[h] = rows [h·(dn+dv), h·(dn+dv)+dn) of Wkv_b, each rk wide:
 //   absorbed[j] = Σ_i q_nope[i] · W_UK[h][i][j]   (so q_nope·k_nope = absorbed·c)
+// Both helpers stream a slice of Wkv_b per head and token; they are compiled for AVX-512 and for
+// baseline x86-64, and the loader picks the clone this CPU runs (GCC target_clones).
+ATTN_VECTOR_CLONES
 void AbsorbQuery(const float* q_nope, const float* w_uk, int64_t nope_dim, int64_t latent_dim,
                  float* absorbed) {
   std::fill(absorbed, absorbed + latent_dim, 0.0f);
   for (int64_t i = 0; i < nope_dim; ++i) {
     const float qi = q_nope[i];
     const float* w_row = w_uk + i * latent_dim;
+#pragma omp simd
     for (int64_t j = 0; j < latent_dim; ++j) absorbed[j] += qi * w_row[j];
   }
 }
 
 // W_UV[h] = rows [h·(dn+dv)+dn, (h+1)·(dn+dv)) of Wkv_b:
 //   out[m] = Σ_j W_UV[h][m][j] · latent_out[j]   (Σ_t p v[h,t] = W_UV[h] Σ_t p c[t])
+ATTN_VECTOR_CLONES
 void ExpandLatentOutput(const float* latent_out, const float* w_uv, int64_t value_dim,
                         int64_t latent_dim, float* out) {
   for (int64_t m = 0; m < value_dim; ++m) {
     const float* w_row = w_uv + m * latent_dim;
     float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
     for (int64_t j = 0; j < latent_dim; ++j) dot += w_row[j] * latent_out[j];
     out[m] = dot;
   }

@@ -83,16 +83,28 @@ inline __m512 LoadRowChunk(const std::byte* base, int64_t row_stride_bytes, int6
 // In-register transpose of a 16×16 block of 32-bit words. Stage b swaps the off-diagonal b×b
 // sub-blocks of every 2b×2b block (bit b of the row index trades places with bit b of the
 // lane index); the four stages together transpose.
-inline void Transpose16(__m512 r[16]) {
-  for (int b = 8; b >= 1; b /= 2) {
-    alignas(64) int32_t lo[16];
-    alignas(64) int32_t hi[16];
-    for (int j = 0; j < 16; ++j) {
-      lo[j] = (j & b) ? 16 + j - b : j;
-      hi[j] = (j & b) ? 16 + j : j + b;
+// Permutation indices of stage b (b = 8, 4, 2, 1): lane j of the first output takes a[j] or
+// c[j-b]; lane j of the second takes a[j+b] or c[j].
+struct TransposeIndices {
+  alignas(64) int32_t lo[4][16];
+  alignas(64) int32_t hi[4][16];
+  TransposeIndices() {
+    for (int stage = 0; stage < 4; ++stage) {
+      const int b = 8 >> stage;
+      for (int j = 0; j < 16; ++j) {
+        lo[stage][j] = (j & b) ? 16 + j - b : j;
+        hi[stage][j] = (j & b) ? 16 + j : j + b;
+      }
     }
-    const __m512i index_lo = _mm512_load_si512(lo);
-    const __m512i index_hi = _mm512_load_si512(hi);
+  }
+};
+const TransposeIndices kTransposeIndices;
+
+inline void Transpose16(__m512 r[16]) {
+  for (int stage = 0; stage < 4; ++stage) {
+    const int b = 8 >> stage;
+    const __m512i index_lo = _mm512_load_si512(kTransposeIndices.lo[stage]);
+    const __m512i index_hi = _mm512_load_si512(kTransposeIndices.hi[stage]);
     for (int i = 0; i < 16; ++i) {
       if (i & b) continue;
       const __m512 a = r[i];
@@ -117,6 +129,16 @@ void PackKeysTransposed(const std::byte* keys, int64_t stride_bytes, int64_t n, 
       for (int64_t i = 0; i < 16; ++i) {
         _mm512_storeu_ps(kt + (chunk * 16 + i) * kTileKeys + half * 16, r[i]);
       }
+    }
+  }
+}
+
+// Software prefetch of `rows` rows of `row_bytes` bytes each, one request per cache line.
+void PrefetchRows(const std::byte* base, int64_t stride_bytes, int64_t rows, int64_t row_bytes) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const char* row = reinterpret_cast<const char*>(base + r * stride_bytes);
+    for (int64_t offset = 0; offset < row_bytes; offset += 64) {
+      _mm_prefetch(row + offset, _MM_HINT_T0);
     }
   }
 }
@@ -344,6 +366,16 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
       any |= masks[r];
     }
     if (any == 0) continue;  // causal, window or padding hides the whole tile
+
+    // Ask for the next tile's K and V rows now: decode streams them from DRAM, and the
+    // hardware prefetcher alone leaves the loads below waiting on memory.
+    if (t0 + kTileKeys < end) {
+      const int64_t next = std::min(kTileKeys, end - t0 - kTileKeys);
+      PrefetchRows(key_base + (t0 + kTileKeys) * key_stride_bytes, key_stride_bytes, next,
+                   dk * static_cast<int64_t>(eb));
+      PrefetchRows(value_base + (t0 + kTileKeys) * value_stride_bytes, value_stride_bytes, next,
+                   dv * static_cast<int64_t>(eb));
+    }
 
     // S = Q Kᵀ for the tile.
     PackKeysTransposed(key_base + t0 * key_stride_bytes, key_stride_bytes, n, plan.q_words,
