@@ -1,4 +1,5 @@
-// Hugging Face config.json -> ModelConfig for llama, mistral, qwen2, deepseek_v2, deepseek_v3.
+// Hugging Face config.json -> ModelConfig for llama, mistral, qwen2, falcon, deepseek_v2,
+// deepseek_v3 and kimi_k2 (DeepSeek-V3's architecture).
 // Keys that do not concern attention are ignored. A model_type outside that list, or a value
 // that changes attention in a way attn does not implement (an unknown rope scaling type,
 // attention biases on DeepSeek, …) throws Error(kUnsupported) naming the key and value.

@@ -10,6 +10,9 @@ namespace attn::cli {
 int RunRandomWeights(const std::vector<std::string>& args);
 int RunForward(const std::vector<std::string>& args);
 int RunDemo(const std::vector<std::string>& args);
+int RunInfo(const std::vector<std::string>& args);
+int RunCheckScale(const std::vector<std::string>& args);
+int RunConvert(const std::vector<std::string>& args);
 int RunBench(const std::vector<std::string>& args);
 
 }  // namespace attn::cli

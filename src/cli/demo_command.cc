@@ -1,10 +1,13 @@
-// attn demo: MHA, GQA, MQA and MLA at one real model's shape (DeepSeek-V2-Lite: hidden 2048,
-// 16 heads) on random weights. Each layer runs a prefill and a stretch of decode; the table
-// shows what each mechanism stores per token and that decode reproduces a full prefill, and
-// that the three MLA forms agree.
+// attn demo: MHA, GQA, MQA and MLA at one hidden size and head count on random weights —
+// by default a scaled-down DeepSeek-V3 shape, or a preset's. Each layer runs a prefill and a
+// stretch of decode; one table shows parameters, KV bytes per token, prefill tokens/s, decode
+// ms/token, that decode reproduces a full prefill, and that the three MLA forms agree.
+// --plot draws KV-cache bytes against context (exact, from CacheBytesPerToken) and measured
+// decode time against context, per mechanism.
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -13,48 +16,105 @@
 #include "attn/error.h"
 #include "attn/kv_cache.h"
 #include "attn/layer_weights.h"
+#include "attn/model_stats.h"
+#include "attn/presets.h"
 #include "cli/commands.h"
 #include "cli/flags.h"
+#include "cli/png_plot.h"
 
 namespace attn::cli {
 namespace {
 
-constexpr int64_t kHidden = 2048;
-constexpr int64_t kHeads = 16;
+// The four mechanisms at one D and H. The GQA family uses d = D / H; MLA keeps DeepSeek's
+// per-head widths (dn 128, dr 64, dv 128) and latent rank 512.
+struct DemoModels {
+  std::string description;
+  ModelConfig mha;
+  ModelConfig gqa;
+  bool has_gqa = true;  // false when H has no divisor strictly between 1 and H
+  ModelConfig mqa;
+  ModelConfig mla;
+};
 
-ModelConfig GqaShape(int64_t kv_heads) {
+ModelConfig GqaShape(int64_t hidden, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                     double theta) {
   ModelConfig c;
   c.model_type = "llama";
   c.kind = AttentionKind::kGqa;
-  c.hidden_size = kHidden;
-  c.num_heads = kHeads;
-  c.max_position_embeddings = 4096;
+  c.hidden_size = hidden;
+  c.num_heads = heads;
+  c.max_position_embeddings = 131072;
   c.gqa.num_kv_heads = kv_heads;
-  c.gqa.head_dim = 128;
-  c.rope.theta = 10000.0;
-  c.rope.rotary_dim = 128;
+  c.gqa.head_dim = head_dim;
+  c.rope.theta = theta;
+  c.rope.rotary_dim = head_dim - head_dim % 2;
   c.rope.pairing = RopePairing::kRotateHalf;
   return c;
 }
 
-// DeepSeek-V2-Lite attention (reference §6): no q_lora, rk 512, dn 128, dr 64, dv 128, yarn ×40.
-ModelConfig MlaShape() {
-  ModelConfig c;
-  c.model_type = "deepseek_v2";
-  c.kind = AttentionKind::kMla;
-  c.hidden_size = kHidden;
-  c.num_heads = kHeads;
-  c.max_position_embeddings = 163840;
-  c.mla = {0, 512, 128, 64, 128, 1e-6};
-  c.rope.theta = 10000.0;
-  c.rope.rotary_dim = 64;
-  c.rope.pairing = RopePairing::kInterleaved;
-  c.rope.scaling.type = RopeScalingType::kYarn;
-  c.rope.scaling.factor = 40.0;
-  c.rope.scaling.original_max_position_embeddings = 4096;
-  c.rope.scaling.mscale = 0.707;
-  c.rope.scaling.mscale_all_dim = 0.707;
+// DeepSeek-V3's attention with D, H and rq divided by 4 (7168 -> 1792, 128 -> 32 heads,
+// 1536 -> 384) and everything else as released: rk 512, dn 128, dr 64, dv 128, yarn x40 with
+// mscale 1/1.
+ModelConfig ScaledDeepSeekV3Mla() {
+  ModelConfig c = LoadPreset("deepseek-v3");
+  c.hidden_size = 7168 / 4;
+  c.num_heads = 128 / 4;
+  c.mla.q_lora_rank = 1536 / 4;
   return c;
+}
+
+// A kv-head count for the GQA row: the model's own when it is grouped, else H/8, H/4 or the
+// largest proper divisor of H.
+int64_t GroupedKvHeads(const ModelConfig& model) {
+  const int64_t h = model.num_heads;
+  if (model.kind == AttentionKind::kGqa && model.gqa.num_kv_heads > 1 &&
+      model.gqa.num_kv_heads < h) {
+    return model.gqa.num_kv_heads;
+  }
+  for (int64_t ratio : {8, 4, 2}) {
+    if (h % ratio == 0 && h / ratio > 1) return h / ratio;
+  }
+  for (int64_t g = h / 2; g > 1; --g) {
+    if (h % g == 0) return g;
+  }
+  return 0;
+}
+
+DemoModels MakeModels(const std::string& preset) {
+  DemoModels m;
+  ModelConfig base;
+  if (preset.empty()) {
+    m.mla = ScaledDeepSeekV3Mla();
+    base = m.mla;
+    m.description =
+        "a scaled-down DeepSeek-V3 shape (hidden 1792, 32 heads; MLA rq 384, rk 512, "
+        "dn 128, dr 64, dv 128, yarn x40)";
+  } else {
+    base = LoadPreset(preset);
+    m.description = preset + "'s shape (hidden " + std::to_string(base.hidden_size) + ", " +
+                    std::to_string(base.num_heads) + " heads)";
+    if (base.kind == AttentionKind::kMla) {
+      m.mla = base;
+    } else {
+      // MLA at this D and H with DeepSeek-V2-Lite's attention widths (no query compression).
+      m.mla = LoadPreset("deepseek-v2-lite");
+      m.mla.hidden_size = base.hidden_size;
+      m.mla.num_heads = base.num_heads;
+      m.description += "; MLA with DeepSeek-V2-Lite's widths";
+    }
+  }
+  m.mla.num_layers = 1;
+  m.mla.sliding_layers.clear();
+  const int64_t d = base.hidden_size % base.num_heads == 0 ? base.hidden_size / base.num_heads
+                                                           : base.QueryKeyHeadDim();
+  const int64_t gqa_d = base.kind == AttentionKind::kGqa ? base.gqa.head_dim : d;
+  const double theta = base.kind == AttentionKind::kGqa ? base.rope.theta : 10000.0;
+  m.mha = GqaShape(base.hidden_size, base.num_heads, base.num_heads, gqa_d, theta);
+  m.mqa = GqaShape(base.hidden_size, base.num_heads, 1, gqa_d, theta);
+  const int64_t groups = GroupedKvHeads(base);
+  m.has_gqa = groups > 0;
+  if (m.has_gqa) m.gqa = GqaShape(base.hidden_size, base.num_heads, groups, gqa_d, theta);
+  return m;
 }
 
 // max |a - b| / max |b|: the agreement metric used throughout attn's tests.
@@ -74,6 +134,13 @@ int64_t ParameterCount(const NamedTensors& weights) {
   return count;
 }
 
+struct Mechanism {
+  std::string name;
+  const ModelConfig* config;
+  CacheForm cache_form;
+  MlaForm form;
+};
+
 struct Row {
   std::string name;
   std::string kv_heads;
@@ -85,80 +152,154 @@ struct Row {
   std::string forms_agreement;
 };
 
+// Decode ms/token at `points` contexts: one cache is filled by chunked prefill up to each
+// point, then `steps` decode steps are timed there.
+std::vector<double> DecodeCurve(const AttentionLayer& layer, MlaForm form,
+                                const std::vector<int64_t>& points, int64_t steps, uint64_t seed,
+                                bool show_progress, const std::string& name) {
+  const int64_t hidden = layer.config().hidden_size;
+  const int64_t capacity = points.back() + steps * static_cast<int64_t>(points.size());
+  const auto cache = layer.NewCache(1, capacity, DType::kF32, form);
+  std::vector<double> ms;
+  int64_t filled = 0;
+  uint64_t chunk_seed = seed;
+  for (int64_t point : points) {
+    if (show_progress) {
+      std::fprintf(stderr, "\r  plot: %-13s decode at context %lld   ", name.c_str(),
+                   static_cast<long long>(point));
+    }
+    if (point > filled) {
+      const Tensor chunk = RandomUniform({1, point - filled, hidden}, ++chunk_seed, 1.0f);
+      layer.Step({&chunk, {}, {}}, *cache, form);
+    }
+    const Tensor token = RandomUniform({1, 1, hidden}, ++chunk_seed, 1.0f);
+    const auto start = std::chrono::steady_clock::now();
+    for (int64_t s = 0; s < steps; ++s) layer.Step({&token, {}, {}}, *cache, form);
+    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+    ms.push_back(1e3 * elapsed.count() / static_cast<double>(steps));
+    filled = cache->length(0);
+  }
+  return ms;
+}
+
 }  // namespace
 
 int RunDemo(const std::vector<std::string>& args) {
-  const Flags flags(args, {"prefill", "decode", "seed"}, {});
-  const int64_t prefill = flags.GetInt("prefill", 128);
+  const Flags flags(args, {"preset", "context", "prefill", "decode", "seed", "plot"}, {});
+  Check(!(flags.Has("context") && flags.Has("prefill")), ErrorKind::kInvalidArgument,
+        "--prefill is another name for --context; give one");
+  const int64_t prefill = flags.Has("context")
+                              ? ParseTokenCount(flags.Required("context"), "--context")
+                              : flags.GetInt("prefill", 128);
   const int64_t decode = flags.GetInt("decode", 16);
   Check(prefill >= 1 && decode >= 0, ErrorKind::kInvalidArgument,
-        "--prefill must be >= 1 and --decode >= 0");
+        "--context must be >= 1 and --decode >= 0");
   const uint64_t seed = static_cast<uint64_t>(flags.GetInt("seed", 0));
   const int64_t total = prefill + decode;
+  const DemoModels models = MakeModels(flags.Get("preset", ""));
+  const int64_t hidden = models.mha.hidden_size;
 
-  const Tensor hidden = RandomUniform({1, total, kHidden}, seed + 1, 1.0f);
-  const TokenBatch batch{&hidden, {}, {}};
+  std::vector<Mechanism> mechanisms = {{"MHA", &models.mha, CacheForm::kHeads, MlaForm::kAuto}};
+  if (models.has_gqa) {
+    mechanisms.push_back({"GQA", &models.gqa, CacheForm::kHeads, MlaForm::kAuto});
+  }
+  mechanisms.push_back({"MQA", &models.mqa, CacheForm::kHeads, MlaForm::kAuto});
+  mechanisms.push_back({"MLA naive", &models.mla, CacheForm::kHeads, MlaForm::kNaive});
+  mechanisms.push_back({"MLA absorbed", &models.mla, CacheForm::kLatent, MlaForm::kAbsorbed});
+  mechanisms.push_back({"MLA auto", &models.mla, CacheForm::kLatent, MlaForm::kAuto});
+
+  const Tensor hidden_states = RandomUniform({1, total, hidden}, seed + 1, 1.0f);
+  const TokenBatch batch{&hidden_states, {}, {}};
   std::printf(
-      "attn demo: one attention layer at DeepSeek-V2-Lite's shape (hidden %lld, %lld "
-      "heads), random weights,\nprefill %lld tokens then %lld decode steps, fp32 cache.\n\n",
-      static_cast<long long>(kHidden), static_cast<long long>(kHeads),
-      static_cast<long long>(prefill), static_cast<long long>(decode));
+      "attn demo: one attention layer at %s, random weights,\nprefill %lld tokens then "
+      "%lld decode steps, fp32 cache.\n",
+      models.description.c_str(), static_cast<long long>(prefill), static_cast<long long>(decode));
+  if (!models.has_gqa) {
+    std::printf("(no GQA row: %lld heads have no divisor between 1 and %lld)\n",
+                static_cast<long long>(models.mha.num_heads),
+                static_cast<long long>(models.mha.num_heads));
+  }
   std::fflush(stdout);
 
   // Progress lines only on a terminal: piped output stays just the table.
   const bool show_progress = isatty(fileno(stderr)) != 0;
   std::vector<Row> rows;
-  auto run = [&](const std::string& name, const ModelConfig& config, CacheForm cache_form,
-                 MlaForm form, const Tensor* naive_output, Tensor* output) {
-    NamedTensors weights = RandomAttentionWeights(config, seed);
+  Tensor naive_output;
+  for (const Mechanism& m : mechanisms) {
+    if (show_progress) std::fprintf(stderr, "  %s ...\n", m.name.c_str());
+    NamedTensors weights = RandomAttentionWeights(*m.config, seed);
     const int64_t parameters = ParameterCount(weights);
-    const auto layer = BuildAttentionLayer(config, 0, std::move(weights));
-    const Tensor full = layer->Forward(batch, form);
+    const auto layer = BuildAttentionLayer(*m.config, 0, std::move(weights));
+    const Tensor full = layer->Forward(batch, m.form);
     AttentionLayer::Timings timings;
-    Tensor stepped = layer->PrefillThenDecode(batch, prefill, form, DType::kF32, &timings);
+    const Tensor stepped = layer->PrefillThenDecode(batch, prefill, m.form, DType::kF32, &timings);
     Row row;
-    row.name = name;
-    row.kv_heads =
-        config.kind == AttentionKind::kGqa ? std::to_string(config.gqa.num_kv_heads) : "latent";
+    row.name = m.name;
+    row.kv_heads = m.config->kind == AttentionKind::kGqa
+                       ? std::to_string(m.config->gqa.num_kv_heads)
+                       : "latent";
     row.parameters = parameters;
-    row.kv_values = CacheValuesPerToken(config, cache_form);
+    row.kv_values = CacheValuesPerToken(*m.config, m.cache_form);
     row.prefill_tokens_per_s = static_cast<double>(prefill) / timings.prefill_seconds;
     row.decode_ms = timings.decode_steps > 0
                         ? 1e3 * timings.decode_seconds / static_cast<double>(timings.decode_steps)
                         : 0.0;
     row.decode_vs_prefill = RelativeError(stepped, full);
-    char agreement[64] = "-";
-    if (naive_output != nullptr) {
-      std::snprintf(agreement, sizeof(agreement), "%.1e", RelativeError(full, *naive_output));
+    row.forms_agreement = "-";
+    if (m.form == MlaForm::kNaive) {
+      naive_output = full.Copy();
+    } else if (m.config->kind == AttentionKind::kMla) {
+      char agreement[32];
+      std::snprintf(agreement, sizeof(agreement), "%.1e", RelativeError(full, naive_output));
+      row.forms_agreement = agreement;
     }
-    row.forms_agreement = agreement;
     rows.push_back(row);
-    if (output != nullptr) *output = full.Copy();
-    if (show_progress) std::fprintf(stderr, "  %s done\n", name.c_str());
-  };
+  }
 
-  run("MHA", GqaShape(kHeads), CacheForm::kHeads, MlaForm::kAuto, nullptr, nullptr);
-  run("GQA", GqaShape(4), CacheForm::kHeads, MlaForm::kAuto, nullptr, nullptr);
-  run("MQA", GqaShape(1), CacheForm::kHeads, MlaForm::kAuto, nullptr, nullptr);
-  Tensor naive;
-  run("MLA naive", MlaShape(), CacheForm::kHeads, MlaForm::kNaive, nullptr, &naive);
-  run("MLA absorbed", MlaShape(), CacheForm::kLatent, MlaForm::kAbsorbed, &naive, nullptr);
-  run("MLA auto", MlaShape(), CacheForm::kLatent, MlaForm::kAuto, &naive, nullptr);
-
-  std::printf("\n%-13s %6s %11s %10s %10s %12s %10s %14s %14s\n", "mechanism", "kv", "params",
+  std::printf("\n%-13s %6s %11s %10s %10s %13s %10s %14s %14s\n", "mechanism", "kv", "params",
               "KV vals/tok", "KV B/tok", "prefill tok/s", "decode ms", "decode=prefill",
               "form vs naive");
   for (const Row& r : rows) {
-    std::printf("%-13s %6s %11lld %10lld %10lld %12.1f %10.2f %14.1e %14s\n", r.name.c_str(),
+    std::printf("%-13s %6s %11lld %10lld %10lld %13.1f %10.2f %14.1e %14s\n", r.name.c_str(),
                 r.kv_heads.c_str(), static_cast<long long>(r.parameters),
                 static_cast<long long>(r.kv_values), static_cast<long long>(r.kv_values * 2),
                 r.prefill_tokens_per_s, r.decode_ms, r.decode_vs_prefill,
                 r.forms_agreement.c_str());
   }
   std::printf(
-      "\nKV B/tok assumes a bf16 cache (2 bytes per value). decode=prefill and form vs "
-      "naive are max|a-b|/max|b|\nover the layer outputs; fp32 rounding gives ~1e-6. "
-      "Timings use the reference kernels (issue 3 brings the fast ones).\n");
+      "\nKV B/tok assumes a bf16 cache (2 bytes per value); the run itself caches fp32. "
+      "decode=prefill and form vs\nnaive are max|a-b|/max|b| over the layer outputs (fp32 "
+      "rounding gives ~1e-6). Parameters and KV at real\nscale: attn info --preset deepseek-v3.\n");
+
+  if (!flags.Has("plot")) return 0;
+  const std::string plot_path = flags.Required("plot");
+  PlotPanel kv_panel{"KV CACHE PER LAYER (BF16)", "CONTEXT (TOKENS)", "BYTES", true, true, {}};
+  PlotPanel time_panel{
+      "DECODE TIME (MEASURED)", "CONTEXT (TOKENS)", "MS / TOKEN", false, false, {}};
+  std::vector<int64_t> kv_contexts;
+  for (int64_t t = 1024; t <= 131072; t *= 2) kv_contexts.push_back(t);
+  std::vector<int64_t> points;
+  for (int64_t i = 1; i <= 4; ++i) points.push_back(std::max<int64_t>(1, prefill * i / 4));
+  constexpr int64_t kStepsPerPoint = 4;
+  for (const Mechanism& m : mechanisms) {
+    if (m.form == MlaForm::kAuto && m.config->kind == AttentionKind::kMla) continue;
+    PlotSeries kv{m.name, {}, {}};
+    for (int64_t t : kv_contexts) {
+      kv.x.push_back(static_cast<double>(t));
+      kv.y.push_back(
+          static_cast<double>(CacheBytesPerToken(*m.config, m.cache_form, DType::kBF16)) *
+          static_cast<double>(t));
+    }
+    kv_panel.series.push_back(kv);
+    const auto layer = BuildAttentionLayer(*m.config, 0, RandomAttentionWeights(*m.config, seed));
+    PlotSeries time{m.name, {}, {}};
+    time.y = DecodeCurve(*layer, m.form, points, kStepsPerPoint, seed + 7, show_progress, m.name);
+    for (int64_t p : points) time.x.push_back(static_cast<double>(p));
+    time_panel.series.push_back(time);
+  }
+  if (show_progress) std::fprintf(stderr, "\n");
+  WriteLinePlotsPng(plot_path, "ATTN DEMO", {kv_panel, time_panel});
+  std::printf("plot written to %s\n", plot_path.c_str());
   return 0;
 }
 

@@ -4,11 +4,11 @@
 #include <vector>
 
 #include "attn/error.h"
-#include "attn/hf_config.h"
-#include "attn/hf_weights.h"
 #include "attn/layer_weights.h"
+#include "attn/megatron.h"
 #include "attn/safetensors.h"
 #include "cli/commands.h"
+#include "cli/config_flags.h"
 #include "cli/flags.h"
 
 namespace attn::cli {
@@ -30,8 +30,10 @@ std::vector<int64_t> ReadTokenGrid(const SafetensorsFile& input, const std::stri
 
 int RunForward(const std::vector<std::string>& args) {
   const Flags flags(
-      args, {"config", "weights", "input", "output", "layer", "mla", "prefill", "cache-dtype"}, {});
-  const ModelConfig config = LoadHfConfig(flags.Required("config"));
+      args,
+      {"config", "preset", "weights", "input", "output", "layer", "mla", "prefill", "cache-dtype"},
+      {});
+  const ModelConfig config = ConfigFromFlags(flags).config;
   const int64_t layer_index = flags.GetInt("layer", 0);
   Check(layer_index >= 0 && layer_index < config.num_layers, ErrorKind::kInvalidArgument,
         "--layer " + std::to_string(layer_index) + " out of range (model has " +
@@ -43,7 +45,7 @@ int RunForward(const std::vector<std::string>& args) {
 
   const SafetensorsFile weights = SafetensorsFile::Open(flags.Required("weights"));
   const std::unique_ptr<AttentionLayer> layer = BuildAttentionLayer(
-      config, layer_index, ReadHfAttentionWeights(weights, config, layer_index));
+      config, layer_index, ReadAttentionWeightsAnyFormat(weights, config, layer_index));
 
   const SafetensorsFile input = SafetensorsFile::Open(flags.Required("input"));
   const Tensor hidden = input.ReadF32("hidden_states");

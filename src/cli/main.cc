@@ -17,14 +17,25 @@ constexpr const char* kUsage =
     "commands:\n"
     "  bench           measure speed: kernel (one attention call vs this machine's roofs),\n"
     "                  layer (prefill/decode of a config), peak (the roofs), --compare-torch\n"
-    "  demo            MHA, GQA, MQA and MLA side by side on random weights\n"
+    "  check-scale     softmax scale, RoPE attention factor and framework pitfalls of a config:\n"
+    "                  --config C.json (HF or Megatron-Core names) | --preset NAME [--json]\n"
+    "  convert         one layer between HF and Megatron-Core names: --from hf|megatron\n"
+    "                  --to hf|megatron --config C.json|--preset NAME --input W.safetensors\n"
+    "                  --output W2.safetensors [--layer I] [--config-output C2.json]\n"
+    "  demo            MHA, GQA, MQA and MLA side by side on random weights [--preset NAME]\n"
+    "                  [--context N] [--decode M] [--plot FILE.png]\n"
     "  forward         run one attention layer: --config C.json --weights W.safetensors\n"
     "                  --input IN.safetensors --output OUT.safetensors [--layer I]\n"
     "                  [--mla naive|absorbed|auto] [--prefill N] [--cache-dtype f32|f16|bf16]\n"
+    "  info            parameters, KV cache, longest context, FLOPs and intensity of a model:\n"
+    "                  --preset NAME | --config C.json | --compare a,b,c [--context 128k]\n"
+    "                  [--batch B] [--dtype bf16] [--memory 80GiB] [--json]\n"
     "  random-weights  write one layer's weights: --config C.json --output W.safetensors\n"
     "                  [--seed N] [--layer I] [--dtype f32|f16|bf16]\n"
     "\n"
-    "See docs/reference.md for every option.\n";
+    "Wherever --config C.json is accepted, --preset NAME works too: llama-2-7b, llama-3-8b,\n"
+    "llama-3.1-8b, llama-3-70b, mistral-7b-v0.1, qwen2.5-7b, falcon-7b, deepseek-v2-lite,\n"
+    "deepseek-v2, deepseek-v3, kimi-k2. See docs/reference.md for every option.\n";
 
 }  // namespace
 
@@ -38,6 +49,9 @@ int main(int argc, char** argv) {
   const std::vector<std::string> args(argv + 2, argv + argc);
   try {
     if (command == "forward") return attn::cli::RunForward(args);
+    if (command == "info") return attn::cli::RunInfo(args);
+    if (command == "check-scale") return attn::cli::RunCheckScale(args);
+    if (command == "convert") return attn::cli::RunConvert(args);
     if (command == "random-weights") return attn::cli::RunRandomWeights(args);
     if (command == "demo") return attn::cli::RunDemo(args);
     if (command == "bench") return attn::cli::RunBench(args);

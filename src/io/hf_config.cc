@@ -28,7 +28,8 @@ namespace {
 
 using nlohmann::json;
 
-constexpr const char* kSupportedModels = "llama, mistral, qwen2, deepseek_v2, deepseek_v3";
+constexpr const char* kSupportedModels =
+    "llama, mistral, qwen2, deepseek_v2, deepseek_v3, kimi_k2, falcon";
 constexpr const char* kSupportedRopeTypes = "default, linear, llama3, yarn";
 
 // Rope-dict keys that only exist for scaling types attn does not implement (longrope/su
@@ -380,12 +381,54 @@ void ParseMla(const Fields& top, const std::string& model_type, ModelConfig& con
       top.Bool("rope_interleave", true) ? RopePairing::kInterleaved : RopePairing::kRotateHalf;
 }
 
+// An integer under its current HF name or the older spelling FalconConfig still maps to it
+// (attribute_map / RefinedWeb configs: n_embed, n_head, n_layer, n_head_kv).
+int64_t IntOrAlias(const Fields& top, const char* key, const char* alias) {
+  if (top.Has(key)) return top.Int(key);
+  if (top.Has(alias)) return top.Int(alias);
+  top.Fail(ErrorKind::kNotFound,
+           "missing key '" + top.Name(key) + "' (or its older spelling '" + alias + "')");
+}
+
+// Falcon (HF FalconConfig / FalconAttention): one fused query_key_value projection, head_dim =
+// hidden / heads, rotate-half RoPE, biases on both projections iff `bias`. The kv head count:
+//   new_decoder_architecture  -> num_kv_heads (default num_attention_heads): GQA, Falcon-40B
+//   multi_query (the default) -> 1: MQA, Falcon-7B
+//   neither                   -> num_attention_heads: MHA
+void ParseFalcon(const Fields& top, ModelConfig& config) {
+  config.kind = AttentionKind::kGqa;
+  config.rope.pairing = RopePairing::kRotateHalf;
+  config.hidden_size = IntOrAlias(top, "hidden_size", "n_embed");
+  config.num_heads = IntOrAlias(top, "num_attention_heads", "n_head");
+  config.num_layers = IntOrAlias(top, "num_hidden_layers", "n_layer");
+  if (top.Bool("alibi", false)) {
+    top.Fail(ErrorKind::kUnsupported,
+             "alibi=true is not supported for falcon (attn implements RoPE, not ALiBi biases)");
+  }
+  if (config.num_heads > 0 && config.hidden_size % config.num_heads != 0) {
+    top.Fail(ErrorKind::kInvalidArgument, "hidden_size (" + std::to_string(config.hidden_size) +
+                                              ") is not divisible by num_attention_heads (" +
+                                              std::to_string(config.num_heads) +
+                                              "); Falcon's head_dim is their quotient");
+  }
+  config.gqa.head_dim = config.num_heads > 0 ? config.hidden_size / config.num_heads : 0;
+  if (top.Bool("new_decoder_architecture", false)) {
+    config.gqa.num_kv_heads =
+        top.Has("num_kv_heads") ? top.Int("num_kv_heads") : top.Int("n_head_kv", config.num_heads);
+  } else {
+    config.gqa.num_kv_heads = top.Bool("multi_query", true) ? 1 : config.num_heads;
+  }
+  const bool bias = top.Bool("bias", false);
+  config.gqa.qkv_bias = bias;
+  config.gqa.o_bias = bias;
+}
+
 // HF class defaults for max_position_embeddings, used only when a config leaves it out.
 int64_t DefaultMaxPositions(const std::string& model_type) {
   if (model_type == "mistral") return 4096 * 32;
   if (model_type == "qwen2") return 32768;
   if (model_type == "deepseek_v3") return 4096;
-  return 2048;  // llama, deepseek_v2
+  return 2048;  // llama, falcon, deepseek_v2
 }
 
 ModelConfig Parse(const std::string& json_text, const std::string& source) {
@@ -405,20 +448,36 @@ ModelConfig Parse(const std::string& json_text, const std::string& source) {
   std::string model_type = top.String("model_type");
   // Kimi-K2 ships DeepSeek-V3's architecture; some copies of its config say "kimi_k2".
   if (model_type == "kimi_k2") model_type = "deepseek_v3";
+  // Falcon's original remote-code configs call the model RefinedWeb / RefinedWebModel.
+  if (model_type == "RefinedWeb" || model_type == "RefinedWebModel") model_type = "falcon";
+  if (model_type == "minicpm3") {
+    // MiniCPM3 is MLA, but its RoPE is longrope (per-frequency short/long factor lists chosen
+    // by sequence length), which attn does not implement: refusing beats plausible wrong numbers.
+    top.Fail(ErrorKind::kUnsupported,
+             "model_type 'minicpm3' is not supported: its MLA uses longrope RoPE scaling "
+             "(rope_scaling short_factor/long_factor), which attn does not implement");
+  }
+  const bool falcon = model_type == "falcon";
   const bool gqa = model_type == "llama" || model_type == "mistral" || model_type == "qwen2";
   const bool mla = model_type == "deepseek_v2" || model_type == "deepseek_v3";
-  if (!gqa && !mla) {
+  if (!gqa && !mla && !falcon) {
     top.Fail(ErrorKind::kUnsupported,
              "unsupported model_type '" + model_type + "' (supported: " + kSupportedModels + ")");
   }
   config.model_type = model_type;
-  config.hidden_size = top.Int("hidden_size");
-  config.num_heads = top.Int("num_attention_heads");
-  config.num_layers = top.Int("num_hidden_layers");
+  if (falcon) {
+    ParseFalcon(top, config);  // sizes under current or older key spellings
+  } else {
+    config.hidden_size = top.Int("hidden_size");
+    config.num_heads = top.Int("num_attention_heads");
+    config.num_layers = top.Int("num_hidden_layers");
+  }
   config.max_position_embeddings =
       top.Int("max_position_embeddings", DefaultMaxPositions(model_type));
 
-  if (gqa) {
+  if (falcon) {
+    ParseRope(top, source, config.gqa.head_dim, "head_dim", config);
+  } else if (gqa) {
     ParseGqa(top, model_type, config);
     ParseRope(top, source, config.gqa.head_dim, "head_dim", config);
   } else {

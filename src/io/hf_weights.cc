@@ -1,6 +1,9 @@
 #include "attn/hf_weights.h"
 
+#include <utility>
+
 #include "attn/error.h"
+#include "attn/fused_qkv.h"
 
 namespace attn {
 
@@ -8,8 +11,57 @@ std::string HfAttentionPrefix(int64_t layer) {
   return "model.layers." + std::to_string(layer) + ".self_attn.";
 }
 
+namespace {
+
+bool IsFalcon(const ModelConfig& config) { return config.model_type == "falcon"; }
+
+// Reads `name` as fp32 after checking it exists, has `shape` and holds finite values.
+Tensor ReadChecked(const SafetensorsFile& file, const std::string& name, const Shape& shape) {
+  Check(file.Contains(name), ErrorKind::kNotFound,
+        "tensor '" + name + "' not found in " + file.path());
+  Tensor tensor = file.ReadF32(name);
+  CheckShape(tensor, shape, name);
+  CheckFinite(tensor, name);
+  return tensor;
+}
+
+// Falcon keeps q, k and v in one query_key_value projection (layout in fused_qkv.h) and calls
+// o_proj `dense`; the layer itself keeps separate q/k/v/o.
+NamedTensors ReadFalconAttentionWeights(const SafetensorsFile& file, const ModelConfig& config,
+                                        int64_t layer) {
+  const std::string prefix = HfAttentionPrefix(config, layer);
+  const int64_t heads = config.num_heads;
+  const int64_t kv_heads = config.gqa.num_kv_heads;
+  const int64_t d = config.gqa.head_dim;
+  const int64_t fused_rows = (heads + 2 * kv_heads) * d;
+  NamedTensors weights;
+  auto split = [&](const std::string& suffix, const Shape& shape) {
+    const std::string name = prefix + "query_key_value." + suffix;
+    QkvParts parts = SplitGroupedQkv(ReadChecked(file, name, shape), heads, kv_heads, d, name);
+    weights.emplace("q_proj." + suffix, std::move(parts.q));
+    weights.emplace("k_proj." + suffix, std::move(parts.k));
+    weights.emplace("v_proj." + suffix, std::move(parts.v));
+  };
+  split("weight", {fused_rows, config.hidden_size});
+  weights.emplace("o_proj.weight",
+                  ReadChecked(file, prefix + "dense.weight", {config.hidden_size, heads * d}));
+  if (config.gqa.qkv_bias) split("bias", {fused_rows});
+  if (config.gqa.o_bias) {
+    weights.emplace("o_proj.bias", ReadChecked(file, prefix + "dense.bias", {config.hidden_size}));
+  }
+  return weights;
+}
+
+}  // namespace
+
+std::string HfAttentionPrefix(const ModelConfig& config, int64_t layer) {
+  if (IsFalcon(config)) return "transformer.h." + std::to_string(layer) + ".self_attention.";
+  return HfAttentionPrefix(layer);
+}
+
 NamedTensors ReadHfAttentionWeights(const SafetensorsFile& file, const ModelConfig& config,
                                     int64_t layer) {
+  if (IsFalcon(config)) return ReadFalconAttentionWeights(file, config, layer);
   const std::string prefix = HfAttentionPrefix(layer);
   NamedTensors weights;
   for (const WeightSpec& spec : AttentionWeightSpecs(config)) {
@@ -28,6 +80,31 @@ void AddHfAttentionWeights(SafetensorsWriter& writer, const NamedTensors& weight
                            DType dtype) {
   const std::string prefix = HfAttentionPrefix(layer);
   for (const auto& [name, tensor] : weights) writer.AddF32(prefix + name, tensor, dtype);
+}
+
+void AddHfAttentionWeights(SafetensorsWriter& writer, const ModelConfig& config,
+                           const NamedTensors& weights, int64_t layer, DType dtype) {
+  if (!IsFalcon(config)) {
+    AddHfAttentionWeights(writer, weights, layer, dtype);
+    return;
+  }
+  const std::string prefix = HfAttentionPrefix(config, layer);
+  auto get = [&](const std::string& name) -> const Tensor& {
+    auto it = weights.find(name);
+    Check(it != weights.end(), ErrorKind::kNotFound, "missing attention weight '" + name + "'");
+    return it->second;
+  };
+  auto fuse = [&](const std::string& suffix) {
+    writer.AddF32(
+        prefix + "query_key_value." + suffix,
+        FuseGroupedQkv(get("q_proj." + suffix), get("k_proj." + suffix), get("v_proj." + suffix),
+                       config.num_heads, config.gqa.num_kv_heads, config.gqa.head_dim),
+        dtype);
+  };
+  fuse("weight");
+  writer.AddF32(prefix + "dense.weight", get("o_proj.weight"), dtype);
+  if (config.gqa.qkv_bias) fuse("bias");
+  if (config.gqa.o_bias) writer.AddF32(prefix + "dense.bias", get("o_proj.bias"), dtype);
 }
 
 }  // namespace attn

@@ -1,0 +1,43 @@
+#include "cli/config_flags.h"
+
+#include <filesystem>
+
+#include "attn/error.h"
+#include "attn/presets.h"
+
+namespace attn::cli {
+namespace {
+
+LoadedConfig FromPreset(const std::string& name) {
+  LoadedConfig loaded;
+  loaded.config = LoadPreset(name);
+  loaded.format = "hf";
+  loaded.source = "preset " + name;
+  return loaded;
+}
+
+}  // namespace
+
+LoadedConfig ConfigFromFlags(const Flags& flags) {
+  const bool has_config = flags.Has("config");
+  const bool has_preset = flags.Has("preset");
+  Check(has_config != has_preset, ErrorKind::kInvalidArgument,
+        has_config
+            ? "give --config or --preset, not both"
+            : "--config C.json or --preset NAME is required (presets: " + PresetList() + ")");
+  if (has_preset) return FromPreset(flags.Required("preset"));
+  return LoadAnyConfig(flags.Required("config"));
+}
+
+LoadedConfig ConfigFromName(const std::string& name) {
+  std::error_code ec;
+  if (std::filesystem::exists(name, ec)) return LoadAnyConfig(name);
+  return FromPreset(name);  // unknown: the message lists the presets
+}
+
+std::string ModelLabel(const LoadedConfig& loaded) {
+  if (loaded.source.rfind("preset ", 0) == 0) return loaded.source.substr(7);
+  return std::filesystem::path(loaded.source).filename().string();
+}
+
+}  // namespace attn::cli

@@ -1,0 +1,188 @@
+// Presets against the shared reference's table of real models ("attention-semantics.md" §6)
+// and against the public config.json files kept in configs/.
+#include "attn/presets.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "attn/error.h"
+#include "attn/hf_config.h"
+#include "attn/kv_cache.h"
+
+#ifndef ATTN_SOURCE_DIR
+#error "ATTN_SOURCE_DIR must name the repository root"
+#endif
+
+namespace attn {
+namespace {
+
+struct Row {
+  const char* preset;
+  int64_t hidden, heads, kv_heads, head_dim, layers, kv_values;
+};
+
+// §6: D, H, G, d, layers, KV values per token per layer (latent form for MLA).
+constexpr Row kTable[] = {
+    {"llama-2-7b", 4096, 32, 32, 128, 32, 8192},
+    {"llama-3-8b", 4096, 32, 8, 128, 32, 2048},
+    {"llama-3.1-8b", 4096, 32, 8, 128, 32, 2048},
+    {"llama-3-70b", 8192, 64, 8, 128, 80, 2048},
+    {"mistral-7b-v0.1", 4096, 32, 8, 128, 32, 2048},
+    {"qwen2.5-7b", 3584, 28, 4, 128, 28, 1024},
+    {"falcon-7b", 4544, 71, 1, 64, 32, 128},
+    {"deepseek-v2-lite", 2048, 16, 0, 0, 27, 576},
+    {"deepseek-v2", 5120, 128, 0, 0, 60, 576},
+    {"deepseek-v3", 7168, 128, 0, 0, 61, 576},
+    {"kimi-k2", 7168, 64, 0, 0, 61, 576},
+};
+
+TEST(PresetsTest, EveryPresetMatchesTheReferenceTable) {
+  ASSERT_EQ(PresetNames().size(), std::size(kTable));
+  for (const Row& row : kTable) {
+    SCOPED_TRACE(row.preset);
+    const ModelConfig c = LoadPreset(row.preset);
+    EXPECT_EQ(c.hidden_size, row.hidden);
+    EXPECT_EQ(c.num_heads, row.heads);
+    EXPECT_EQ(c.num_layers, row.layers);
+    const bool mla = row.kv_heads == 0;
+    EXPECT_EQ(c.kind, mla ? AttentionKind::kMla : AttentionKind::kGqa);
+    if (mla) {
+      EXPECT_EQ(c.mla.kv_lora_rank, 512);
+      EXPECT_EQ(c.mla.qk_nope_head_dim, 128);
+      EXPECT_EQ(c.mla.qk_rope_head_dim, 64);
+      EXPECT_EQ(c.mla.v_head_dim, 128);
+      EXPECT_EQ(c.rope.pairing, RopePairing::kInterleaved);
+      EXPECT_EQ(c.rope.scaling.type, RopeScalingType::kYarn);
+      EXPECT_EQ(CacheValuesPerToken(c, CacheForm::kLatent), row.kv_values);
+    } else {
+      EXPECT_EQ(c.gqa.num_kv_heads, row.kv_heads);
+      EXPECT_EQ(c.gqa.head_dim, row.head_dim);
+      EXPECT_EQ(c.rope.pairing, RopePairing::kRotateHalf);
+      EXPECT_EQ(CacheValuesPerToken(c, CacheForm::kHeads), row.kv_values);
+    }
+  }
+}
+
+TEST(PresetsTest, RopeDetailsOfSection6) {
+  EXPECT_EQ(LoadPreset("llama-3-8b").rope.theta, 5e5);
+  EXPECT_EQ(LoadPreset("llama-3.1-8b").rope.scaling.type, RopeScalingType::kLlama3);
+  EXPECT_EQ(LoadPreset("llama-3.1-8b").rope.scaling.factor, 8.0);
+  EXPECT_EQ(LoadPreset("mistral-7b-v0.1").sliding_window, 4096);
+  EXPECT_TRUE(LoadPreset("qwen2.5-7b").gqa.qkv_bias);
+  EXPECT_EQ(LoadPreset("qwen2.5-7b").sliding_window, 0);  // use_sliding_window false
+  EXPECT_EQ(LoadPreset("qwen2.5-7b").rope.theta, 1e6);
+  EXPECT_EQ(LoadPreset("deepseek-v2-lite").mla.q_lora_rank, 0);
+  EXPECT_EQ(LoadPreset("deepseek-v2").mla.q_lora_rank, 1536);
+  EXPECT_EQ(LoadPreset("deepseek-v2").rope.scaling.mscale_all_dim, 0.707);
+  EXPECT_EQ(LoadPreset("deepseek-v3").rope.scaling.mscale_all_dim, 1.0);
+  const ModelConfig kimi = LoadPreset("kimi-k2");
+  EXPECT_EQ(kimi.rope.theta, 5e4);
+  EXPECT_EQ(kimi.rope.scaling.factor, 32.0);
+  EXPECT_EQ(kimi.rope.scaling.beta_fast, 1.0);
+  EXPECT_EQ(kimi.rope.scaling.beta_slow, 1.0);
+  EXPECT_EQ(kimi.model_type, "deepseek_v3");
+}
+
+TEST(PresetsTest, PresetsEqualTheCheckedInPublicConfigs) {
+  const std::pair<const char*, const char*> pairs[] = {
+      {"llama-3.1-8b", "llama-3.1-8b.json"}, {"mistral-7b-v0.1", "mistral-7b-v0.1.json"},
+      {"qwen2.5-7b", "qwen2.5-7b.json"},     {"deepseek-v2-lite", "deepseek-v2-lite.json"},
+      {"deepseek-v3", "deepseek-v3.json"},
+  };
+  for (const auto& [preset, file] : pairs) {
+    SCOPED_TRACE(preset);
+    const ModelConfig a = LoadPreset(preset);
+    const ModelConfig b = LoadHfConfig(std::string(ATTN_SOURCE_DIR) + "/configs/" + file);
+    EXPECT_EQ(a.model_type, b.model_type);
+    EXPECT_EQ(a.hidden_size, b.hidden_size);
+    EXPECT_EQ(a.num_heads, b.num_heads);
+    EXPECT_EQ(a.num_layers, b.num_layers);
+    EXPECT_EQ(a.max_position_embeddings, b.max_position_embeddings);
+    EXPECT_EQ(a.gqa.num_kv_heads, b.gqa.num_kv_heads);
+    EXPECT_EQ(a.gqa.head_dim, b.gqa.head_dim);
+    EXPECT_EQ(a.gqa.qkv_bias, b.gqa.qkv_bias);
+    EXPECT_EQ(a.mla.q_lora_rank, b.mla.q_lora_rank);
+    EXPECT_EQ(a.mla.kv_lora_rank, b.mla.kv_lora_rank);
+    EXPECT_EQ(a.rope.theta, b.rope.theta);
+    EXPECT_EQ(a.rope.scaling.type, b.rope.scaling.type);
+    EXPECT_EQ(a.rope.scaling.factor, b.rope.scaling.factor);
+    EXPECT_EQ(a.rope.scaling.mscale_all_dim, b.rope.scaling.mscale_all_dim);
+    EXPECT_EQ(a.sliding_window, b.sliding_window);
+    EXPECT_EQ(SoftmaxScale(a), SoftmaxScale(b));
+  }
+}
+
+TEST(PresetsTest, NamesAreCaseInsensitive) { EXPECT_EQ(LoadPreset("DeepSeek-V3").num_heads, 128); }
+
+TEST(PresetsTest, UnknownPresetListsTheKnownOnes) {
+  try {
+    LoadPreset("llama-4");
+    FAIL() << "expected attn::Error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+    const std::string message = e.what();
+    EXPECT_NE(message.find("'llama-4'"), std::string::npos) << message;
+    for (const std::string& name : PresetNames()) {
+      EXPECT_NE(message.find(name), std::string::npos) << message;
+    }
+  }
+}
+
+// Falcon (HF FalconConfig semantics): the kv head count follows multi_query and
+// new_decoder_architecture; ALiBi and MiniCPM3's longrope are refused with the reason.
+TEST(FalconConfigTest, KvHeadsFollowTheArchitectureFlags) {
+  const ModelConfig falcon7b = LoadPreset("falcon-7b");
+  EXPECT_EQ(falcon7b.model_type, "falcon");
+  EXPECT_EQ(falcon7b.max_position_embeddings, 2048);
+  EXPECT_FALSE(falcon7b.gqa.qkv_bias);
+  EXPECT_EQ(falcon7b.rope.rotary_dim, 64);
+
+  const ModelConfig falcon40b = ParseHfConfig(R"({"model_type": "falcon", "hidden_size": 8192,
+      "num_attention_heads": 128, "num_kv_heads": 8, "num_hidden_layers": 60,
+      "new_decoder_architecture": true, "multi_query": true, "bias": false})");
+  EXPECT_EQ(falcon40b.gqa.num_kv_heads, 8);
+  EXPECT_EQ(falcon40b.gqa.head_dim, 64);
+
+  const ModelConfig mha = ParseHfConfig(R"({"model_type": "falcon", "hidden_size": 64,
+      "num_attention_heads": 4, "num_hidden_layers": 2, "multi_query": false, "bias": true})");
+  EXPECT_EQ(mha.gqa.num_kv_heads, 4);
+  EXPECT_TRUE(mha.gqa.qkv_bias);
+  EXPECT_TRUE(mha.gqa.o_bias);
+
+  // RefinedWeb-era spellings.
+  const ModelConfig old = ParseHfConfig(R"({"model_type": "RefinedWebModel", "n_embed": 4544,
+      "n_head": 71, "n_layer": 32, "multi_query": true})");
+  EXPECT_EQ(old.model_type, "falcon");
+  EXPECT_EQ(old.gqa.num_kv_heads, 1);
+  EXPECT_EQ(old.hidden_size, 4544);
+}
+
+TEST(FalconConfigTest, RefusesWhatItCannotRun) {
+  auto expect = [](const std::string& json, ErrorKind kind, const std::string& needle) {
+    try {
+      ParseHfConfig(json);
+      ADD_FAILURE() << "expected attn::Error for " << json;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), kind) << e.what();
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect(R"({"model_type": "falcon", "hidden_size": 64, "num_attention_heads": 4,
+      "num_hidden_layers": 2, "alibi": true})",
+         ErrorKind::kUnsupported, "alibi");
+  expect(R"({"model_type": "falcon", "hidden_size": 64, "num_attention_heads": 6,
+      "num_hidden_layers": 2})",
+         ErrorKind::kInvalidArgument, "not divisible");
+  expect(R"({"model_type": "falcon", "hidden_size": 64, "num_attention_heads": 4,
+      "num_kv_heads": 3, "new_decoder_architecture": true, "num_hidden_layers": 2})",
+         ErrorKind::kInvalidArgument, "num_key_value_heads (3)");
+  expect(R"({"model_type": "minicpm3", "hidden_size": 2560, "num_attention_heads": 40,
+      "num_hidden_layers": 62, "rope_scaling": {"type": "longrope"}})",
+         ErrorKind::kUnsupported, "longrope");
+}
+
+}  // namespace
+}  // namespace attn
