@@ -6,7 +6,7 @@
 # Idempotent: when everything is already there it changes nothing and needs no network.
 set -euo pipefail
 
-packages=(build-essential cmake libgtest-dev libbenchmark-dev nlohmann-json3-dev
+packages=(build-essential cmake libgtest-dev libbenchmark-dev nlohmann-json3-dev libdnnl-dev
           python3 python3-dev python3-torch python3-numpy python3-pytest python3-pip
           pybind11-dev python3-pybind11
           python3-matplotlib)
