@@ -28,10 +28,19 @@ class Error : public std::runtime_error {
 };
 
 // Throws Error(kind, message) when `condition` is false. Keeps validation one line per rule.
+// The message is built before the call: use ATTN_CHECK on paths that run per token.
 inline void Check(bool condition, ErrorKind kind, const std::string& message) {
   if (!condition) throw Error(kind, message);
 }
 
 }  // namespace attn
+
+// Check() for hot paths (per decode step, per kernel call): a macro so that the message —
+// usually a concatenation of std::strings — is only built when the check fails, and a passing
+// check allocates nothing.
+#define ATTN_CHECK(condition, kind, message)                  \
+  do {                                                        \
+    if (!(condition)) throw ::attn::Error((kind), (message)); \
+  } while (false)
 
 #endif  // ATTN_ERROR_H_

@@ -11,16 +11,16 @@ namespace attn {
 namespace {
 
 void CheckStorageDType(DType dtype) {
-  Check(dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16,
-        ErrorKind::kInvalidArgument,
-        std::string("KV cache dtype must be f32, f16 or bf16, got ") + DTypeName(dtype));
+  ATTN_CHECK(dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16,
+             ErrorKind::kInvalidArgument,
+             std::string("KV cache dtype must be f32, f16 or bf16, got ") + DTypeName(dtype));
 }
 
 // Elements of a [batch][capacity][...] store, with overflow checked before allocating.
 size_t StorageElements(int64_t batch, int64_t capacity, int64_t per_token) {
-  Check(batch > 0 && capacity > 0 && per_token > 0, ErrorKind::kInvalidArgument,
-        "KV cache needs batch > 0 and capacity > 0, got batch " + std::to_string(batch) +
-            ", capacity " + std::to_string(capacity));
+  ATTN_CHECK(batch > 0 && capacity > 0 && per_token > 0, ErrorKind::kInvalidArgument,
+             "KV cache needs batch > 0 and capacity > 0, got batch " + std::to_string(batch) +
+                 ", capacity " + std::to_string(capacity));
   return static_cast<size_t>(NumElements({batch, capacity, per_token}));
 }
 
@@ -28,8 +28,8 @@ size_t StorageElements(int64_t batch, int64_t capacity, int64_t per_token) {
 
 int64_t CacheValuesPerToken(const ModelConfig& config, CacheForm form) {
   if (config.kind == AttentionKind::kGqa) {
-    Check(form == CacheForm::kHeads, ErrorKind::kInvalidArgument,
-          "a latent cache exists only for MLA models, not '" + config.model_type + "'");
+    ATTN_CHECK(form == CacheForm::kHeads, ErrorKind::kInvalidArgument,
+               "a latent cache exists only for MLA models, not '" + config.model_type + "'");
     return 2 * config.gqa.num_kv_heads * config.gqa.head_dim;  // K and V, G heads of d
   }
   const MlaDims& m = config.mla;
@@ -52,23 +52,23 @@ Cache::Cache(int64_t batch, int64_t capacity, DType dtype, size_t bytes_per_toke
 }
 
 int64_t Cache::length(int64_t sequence) const {
-  Check(sequence >= 0 && sequence < batch_, ErrorKind::kInvalidArgument,
-        "sequence " + std::to_string(sequence) + " out of range for a cache of batch " +
-            std::to_string(batch_));
+  ATTN_CHECK(sequence >= 0 && sequence < batch_, ErrorKind::kInvalidArgument,
+             "sequence " + std::to_string(sequence) + " out of range for a cache of batch " +
+                 std::to_string(batch_));
   return lengths_[static_cast<size_t>(sequence)];
 }
 
 void Cache::CheckRoom(std::span<const int64_t> counts) const {
-  Check(
+  ATTN_CHECK(
       static_cast<int64_t>(counts.size()) == batch_, ErrorKind::kInvalidArgument,
       "expected " + std::to_string(batch_) + " token counts, got " + std::to_string(counts.size()));
   for (int64_t b = 0; b < batch_; ++b) {
     const int64_t have = lengths_[static_cast<size_t>(b)];
     const int64_t add = counts[static_cast<size_t>(b)];
-    Check(add >= 0 && have + add <= capacity_, ErrorKind::kCapacity,
-          "KV cache overflow: sequence " + std::to_string(b) + " holds " + std::to_string(have) +
-              " of " + std::to_string(capacity_) + " tokens and cannot take " +
-              std::to_string(add) + " more");
+    ATTN_CHECK(add >= 0 && have + add <= capacity_, ErrorKind::kCapacity,
+               "KV cache overflow: sequence " + std::to_string(b) + " holds " +
+                   std::to_string(have) + " of " + std::to_string(capacity_) +
+                   " tokens and cannot take " + std::to_string(add) + " more");
   }
 }
 
@@ -76,10 +76,10 @@ void Cache::Clear() { std::fill(lengths_.begin(), lengths_.end(), 0); }
 
 int64_t Cache::Advance(int64_t sequence, int64_t count, const uint8_t* keep) {
   const int64_t first = length(sequence);
-  Check(count >= 0 && first + count <= capacity_, ErrorKind::kCapacity,
-        "KV cache overflow: sequence " + std::to_string(sequence) + " holds " +
-            std::to_string(first) + " of " + std::to_string(capacity_) +
-            " tokens and cannot take " + std::to_string(count) + " more");
+  ATTN_CHECK(count >= 0 && first + count <= capacity_, ErrorKind::kCapacity,
+             "KV cache overflow: sequence " + std::to_string(sequence) + " holds " +
+                 std::to_string(first) + " of " + std::to_string(capacity_) +
+                 " tokens and cannot take " + std::to_string(count) + " more");
   uint8_t* flags = keep_.data() + static_cast<size_t>(sequence * capacity_ + first);
   for (int64_t i = 0; i < count; ++i) flags[i] = keep == nullptr || keep[i] != 0 ? 1 : 0;
   lengths_[static_cast<size_t>(sequence)] = first + count;

@@ -13,10 +13,10 @@ namespace attn {
 int64_t NumElements(const Shape& shape) {
   int64_t count = 1;
   for (int64_t extent : shape) {
-    Check(extent >= 0, ErrorKind::kInvalidArgument,
-          "negative extent in shape " + ShapeToString(shape));
-    Check(!__builtin_mul_overflow(count, extent, &count), ErrorKind::kInvalidArgument,
-          "element count of shape " + ShapeToString(shape) + " overflows int64");
+    ATTN_CHECK(extent >= 0, ErrorKind::kInvalidArgument,
+               "negative extent in shape " + ShapeToString(shape));
+    ATTN_CHECK(!__builtin_mul_overflow(count, extent, &count), ErrorKind::kInvalidArgument,
+               "element count of shape " + ShapeToString(shape) + " overflows int64");
   }
   return count;
 }
@@ -36,15 +36,15 @@ Tensor::Tensor(Shape shape)
 Tensor::Tensor(Shape shape, std::vector<float> values)
     : shape_(std::move(shape)), values_(std::move(values)) {
   const int64_t expected = NumElements(shape_);
-  Check(static_cast<int64_t>(values_.size()) == expected, ErrorKind::kInvalidArgument,
-        "tensor of shape " + ShapeToString(shape_) + " needs " + std::to_string(expected) +
-            " values, got " + std::to_string(values_.size()));
+  ATTN_CHECK(static_cast<int64_t>(values_.size()) == expected, ErrorKind::kInvalidArgument,
+             "tensor of shape " + ShapeToString(shape_) + " needs " + std::to_string(expected) +
+                 " values, got " + std::to_string(values_.size()));
 }
 
 void CheckShape(const Tensor& tensor, const Shape& expected, const std::string& what) {
-  Check(tensor.shape() == expected, ErrorKind::kInvalidArgument,
-        what + ": expected shape " + ShapeToString(expected) + ", got " +
-            ShapeToString(tensor.shape()));
+  ATTN_CHECK(tensor.shape() == expected, ErrorKind::kInvalidArgument,
+             what + ": expected shape " + ShapeToString(expected) + ", got " +
+                 ShapeToString(tensor.shape()));
 }
 
 void CheckFinite(const Tensor& tensor, const std::string& what) {

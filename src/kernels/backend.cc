@@ -39,31 +39,33 @@ const KernelBackend& DefaultBackend() {
   return backend;
 }
 
+// Runs once per kernel call: the message is only built on failure.
+#define ATTN_REQUIRE(ok, what) \
+  ATTN_CHECK(ok, ErrorKind::kInvalidArgument, std::string("attention problem: ") + (what))
+
 void ValidateAttentionProblem(const AttentionProblem& p) {
-  auto require = [](bool ok, const std::string& what) {
-    Check(ok, ErrorKind::kInvalidArgument, "attention problem: " + what);
-  };
   const QueryRows& q = p.queries;
   const KVView& kv = p.kv;
-  require(q.tokens >= 0 && q.heads > 0 && q.dim > 0,
-          "queries need tokens >= 0, heads > 0, dim > 0");
-  require(kv.kv_heads > 0 && q.heads % kv.kv_heads == 0, "query heads (" + std::to_string(q.heads) +
-                                                             ") must be a multiple of kv heads (" +
-                                                             std::to_string(kv.kv_heads) + ")");
-  require(kv.key_dim == q.dim, "key dim (" + std::to_string(kv.key_dim) +
-                                   ") differs from query dim (" + std::to_string(q.dim) + ")");
-  require(kv.value_dim > 0, "value dim must be positive");
-  require(kv.dtype == DType::kF32 || kv.dtype == DType::kF16 || kv.dtype == DType::kBF16,
-          std::string("K/V dtype must be F32, F16 or BF16, got ") + DTypeName(kv.dtype));
-  require(kv.length >= 0, "kv length must be >= 0");
-  require(p.visibility.window >= 0, "window must be >= 0");
-  require(
+  ATTN_REQUIRE(q.tokens >= 0 && q.heads > 0 && q.dim > 0,
+               "queries need tokens >= 0, heads > 0, dim > 0");
+  ATTN_REQUIRE(kv.kv_heads > 0 && q.heads % kv.kv_heads == 0,
+               "query heads (" + std::to_string(q.heads) + ") must be a multiple of kv heads (" +
+                   std::to_string(kv.kv_heads) + ")");
+  ATTN_REQUIRE(kv.key_dim == q.dim, "key dim (" + std::to_string(kv.key_dim) +
+                                        ") differs from query dim (" + std::to_string(q.dim) + ")");
+  ATTN_REQUIRE(kv.value_dim > 0, "value dim must be positive");
+  ATTN_REQUIRE(kv.dtype == DType::kF32 || kv.dtype == DType::kF16 || kv.dtype == DType::kBF16,
+               std::string("K/V dtype must be F32, F16 or BF16, got ") + DTypeName(kv.dtype));
+  ATTN_REQUIRE(kv.length >= 0, "kv length must be >= 0");
+  ATTN_REQUIRE(p.visibility.window >= 0, "window must be >= 0");
+  ATTN_REQUIRE(
       p.visibility.first_query_slot >= 0 && p.visibility.first_query_slot + q.tokens <= kv.length,
       "query slots [" + std::to_string(p.visibility.first_query_slot) + ", " +
           std::to_string(p.visibility.first_query_slot + q.tokens) +
           ") must lie within the kv length " + std::to_string(kv.length));
-  require(q.tokens == 0 || (q.data != nullptr && p.out != nullptr), "null query or output");
-  require(kv.length == 0 || (kv.keys != nullptr && kv.values != nullptr), "null keys or values");
+  ATTN_REQUIRE(q.tokens == 0 || (q.data != nullptr && p.out != nullptr), "null query or output");
+  ATTN_REQUIRE(kv.length == 0 || (kv.keys != nullptr && kv.values != nullptr),
+               "null keys or values");
 }
 
 }  // namespace attn

@@ -19,11 +19,11 @@ GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, GqaWeights 
       scale_(0.0f),
       rope_(config_.rope),
       weights_(std::move(weights)) {
-  Check(config.kind == AttentionKind::kGqa, ErrorKind::kInvalidArgument,
-        "GqaAttention needs a GQA-family config, got '" + config.model_type + "'");
-  Check(layer >= 0 && layer < config.num_layers, ErrorKind::kInvalidArgument,
-        "layer " + std::to_string(layer) + " out of range (model has " +
-            std::to_string(config.num_layers) + " layers)");
+  ATTN_CHECK(config.kind == AttentionKind::kGqa, ErrorKind::kInvalidArgument,
+             "GqaAttention needs a GQA-family config, got '" + config.model_type + "'");
+  ATTN_CHECK(layer >= 0 && layer < config.num_layers, ErrorKind::kInvalidArgument,
+             "layer " + std::to_string(layer) + " out of range (model has " +
+                 std::to_string(config.num_layers) + " layers)");
   window_ = config.WindowForLayer(layer);
   scale_ = static_cast<float>(SoftmaxScale(config));
   const int64_t d = config.gqa.head_dim;
@@ -39,14 +39,15 @@ GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, GqaWeights 
     layers::CheckWeight(weights_.k_bias, {kv_width}, "k_proj.bias");
     layers::CheckWeight(weights_.v_bias, {kv_width}, "v_proj.bias");
   } else {
-    Check(weights_.q_bias.size() == 0 && weights_.k_bias.size() == 0 && weights_.v_bias.size() == 0,
-          ErrorKind::kInvalidArgument, "q/k/v biases given but the config has none");
+    ATTN_CHECK(
+        weights_.q_bias.size() == 0 && weights_.k_bias.size() == 0 && weights_.v_bias.size() == 0,
+        ErrorKind::kInvalidArgument, "q/k/v biases given but the config has none");
   }
   if (config.gqa.o_bias) {
     layers::CheckWeight(weights_.o_bias, {hidden}, "o_proj.bias");
   } else {
-    Check(weights_.o_bias.size() == 0, ErrorKind::kInvalidArgument,
-          "o_proj.bias given but the config has none");
+    ATTN_CHECK(weights_.o_bias.size() == 0, ErrorKind::kInvalidArgument,
+               "o_proj.bias given but the config has none");
   }
 }
 
@@ -62,11 +63,12 @@ Tensor GqaAttention::Step(const TokenBatch& batch, Cache& cache, MlaForm /*form*
   const int64_t kv_heads = config_.gqa.num_kv_heads;
   const int64_t d = config_.gqa.head_dim;
   auto* kv = dynamic_cast<KVCache*>(&cache);
-  Check(kv != nullptr && kv->kv_heads() == kv_heads && kv->key_dim() == d && kv->value_dim() == d &&
-            kv->batch() == shape.batch,
-        ErrorKind::kInvalidArgument,
-        "cache does not match this layer (need a KVCache of batch " + std::to_string(shape.batch) +
-            ", " + std::to_string(kv_heads) + " kv heads of " + std::to_string(d) + ")");
+  ATTN_CHECK(kv != nullptr && kv->kv_heads() == kv_heads && kv->key_dim() == d &&
+                 kv->value_dim() == d && kv->batch() == shape.batch,
+             ErrorKind::kInvalidArgument,
+             "cache does not match this layer (need a KVCache of batch " +
+                 std::to_string(shape.batch) + ", " + std::to_string(kv_heads) + " kv heads of " +
+                 std::to_string(d) + ")");
   kv->CheckRoom(shape.counts);
 
   const int64_t rows = shape.batch * shape.tokens;

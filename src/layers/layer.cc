@@ -29,8 +29,8 @@ const char* MlaFormName(MlaForm form) {
 }
 
 Tensor AttentionLayer::Forward(const TokenBatch& batch, MlaForm form) const {
-  Check(batch.hidden_states != nullptr && batch.hidden_states->rank() == 3,
-        ErrorKind::kInvalidArgument, "hidden_states: expected shape [B, S, D]");
+  ATTN_CHECK(batch.hidden_states != nullptr && batch.hidden_states->rank() == 3,
+             ErrorKind::kInvalidArgument, "hidden_states: expected shape [B, S, D]");
   const Tensor& x = *batch.hidden_states;
   std::unique_ptr<Cache> cache = NewCache(x.dim(0), x.dim(1), DType::kF32, form);
   return Step(batch, *cache, form);
@@ -38,17 +38,17 @@ Tensor AttentionLayer::Forward(const TokenBatch& batch, MlaForm form) const {
 
 Tensor AttentionLayer::PrefillThenDecode(const TokenBatch& batch, int64_t prefill_tokens,
                                          MlaForm form, DType cache_dtype, Timings* timings) const {
-  Check(batch.hidden_states != nullptr && batch.hidden_states->rank() == 3,
-        ErrorKind::kInvalidArgument, "hidden_states: expected shape [B, S, D]");
-  Check(batch.lengths.empty(), ErrorKind::kInvalidArgument,
-        "PrefillThenDecode runs whole sequences: lengths must be empty");
+  ATTN_CHECK(batch.hidden_states != nullptr && batch.hidden_states->rank() == 3,
+             ErrorKind::kInvalidArgument, "hidden_states: expected shape [B, S, D]");
+  ATTN_CHECK(batch.lengths.empty(), ErrorKind::kInvalidArgument,
+             "PrefillThenDecode runs whole sequences: lengths must be empty");
   const Tensor& x = *batch.hidden_states;
   const int64_t b_count = x.dim(0);
   const int64_t s_count = x.dim(1);
   const int64_t width = x.dim(2);
-  Check(prefill_tokens >= 1 && prefill_tokens <= s_count, ErrorKind::kInvalidArgument,
-        "prefill length " + std::to_string(prefill_tokens) + " must lie in [1, " +
-            std::to_string(s_count) + "]");
+  ATTN_CHECK(prefill_tokens >= 1 && prefill_tokens <= s_count, ErrorKind::kInvalidArgument,
+             "prefill length " + std::to_string(prefill_tokens) + " must lie in [1, " +
+                 std::to_string(s_count) + "]");
   std::unique_ptr<Cache> cache = NewCache(b_count, s_count, cache_dtype, form);
   Tensor out({b_count, s_count, config().hidden_size});
 

@@ -14,39 +14,42 @@ const ModelConfig& Validated(const ModelConfig& config) {
 }
 
 BatchShape CheckTokenBatch(const TokenBatch& batch, int64_t hidden_size) {
-  Check(batch.hidden_states != nullptr, ErrorKind::kInvalidArgument, "hidden_states is missing");
+  ATTN_CHECK(batch.hidden_states != nullptr, ErrorKind::kInvalidArgument,
+             "hidden_states is missing");
   const Tensor& x = *batch.hidden_states;
-  Check(x.rank() == 3 && x.dim(2) == hidden_size && x.dim(0) > 0 && x.dim(1) > 0,
-        ErrorKind::kInvalidArgument,
-        "hidden_states: expected shape [B, S, " + std::to_string(hidden_size) +
-            "] with B, S > 0, got " + ShapeToString(x.shape()));
+  ATTN_CHECK(x.rank() == 3 && x.dim(2) == hidden_size && x.dim(0) > 0 && x.dim(1) > 0,
+             ErrorKind::kInvalidArgument,
+             "hidden_states: expected shape [B, S, " + std::to_string(hidden_size) +
+                 "] with B, S > 0, got " + ShapeToString(x.shape()));
   BatchShape shape{x.dim(0), x.dim(1), {}};
   const size_t tokens = static_cast<size_t>(shape.batch * shape.tokens);
-  Check(batch.positions.empty() || batch.positions.size() == tokens, ErrorKind::kInvalidArgument,
-        "position_ids: expected " + std::to_string(tokens) + " values ([B, S] = [" +
-            std::to_string(shape.batch) + ", " + std::to_string(shape.tokens) + "]), got " +
-            std::to_string(batch.positions.size()));
+  ATTN_CHECK(batch.positions.empty() || batch.positions.size() == tokens,
+             ErrorKind::kInvalidArgument,
+             "position_ids: expected " + std::to_string(tokens) + " values ([B, S] = [" +
+                 std::to_string(shape.batch) + ", " + std::to_string(shape.tokens) + "]), got " +
+                 std::to_string(batch.positions.size()));
   for (int64_t p : batch.positions) {
-    Check(p >= 0, ErrorKind::kInvalidArgument,
-          "position_ids: positions must be >= 0, got " + std::to_string(p));
+    ATTN_CHECK(p >= 0, ErrorKind::kInvalidArgument,
+               "position_ids: positions must be >= 0, got " + std::to_string(p));
   }
-  Check(batch.keep.empty() || batch.keep.size() == tokens, ErrorKind::kInvalidArgument,
-        "attention_mask: expected " + std::to_string(tokens) + " values ([B, S] = [" +
-            std::to_string(shape.batch) + ", " + std::to_string(shape.tokens) + "]), got " +
-            std::to_string(batch.keep.size()));
+  ATTN_CHECK(batch.keep.empty() || batch.keep.size() == tokens, ErrorKind::kInvalidArgument,
+             "attention_mask: expected " + std::to_string(tokens) + " values ([B, S] = [" +
+                 std::to_string(shape.batch) + ", " + std::to_string(shape.tokens) + "]), got " +
+                 std::to_string(batch.keep.size()));
   for (uint8_t k : batch.keep) {
-    Check(k <= 1, ErrorKind::kInvalidArgument, "attention_mask: values must be 0 or 1");
+    ATTN_CHECK(k <= 1, ErrorKind::kInvalidArgument, "attention_mask: values must be 0 or 1");
   }
   if (batch.lengths.empty()) {
     shape.counts.assign(static_cast<size_t>(shape.batch), shape.tokens);
   } else {
-    Check(static_cast<int64_t>(batch.lengths.size()) == shape.batch, ErrorKind::kInvalidArgument,
-          "lengths: expected " + std::to_string(shape.batch) + " values (one per sequence), got " +
-              std::to_string(batch.lengths.size()));
+    ATTN_CHECK(static_cast<int64_t>(batch.lengths.size()) == shape.batch,
+               ErrorKind::kInvalidArgument,
+               "lengths: expected " + std::to_string(shape.batch) +
+                   " values (one per sequence), got " + std::to_string(batch.lengths.size()));
     for (int64_t n : batch.lengths) {
-      Check(n >= 0 && n <= shape.tokens, ErrorKind::kInvalidArgument,
-            "lengths: each must lie in [0, " + std::to_string(shape.tokens) + "], got " +
-                std::to_string(n));
+      ATTN_CHECK(n >= 0 && n <= shape.tokens, ErrorKind::kInvalidArgument,
+                 "lengths: each must lie in [0, " + std::to_string(shape.tokens) + "], got " +
+                     std::to_string(n));
     }
     shape.counts.assign(batch.lengths.begin(), batch.lengths.end());
   }
@@ -114,9 +117,9 @@ void RmsNormRows(float* x, int64_t rows, int64_t stride, const Tensor& weight, d
 }
 
 void CheckWeight(const Tensor& tensor, const Shape& expected, const std::string& name) {
-  Check(tensor.shape() == expected, ErrorKind::kInvalidArgument,
-        name + ": expected shape " + ShapeToString(expected) + ", got " +
-            ShapeToString(tensor.shape()));
+  ATTN_CHECK(tensor.shape() == expected, ErrorKind::kInvalidArgument,
+             name + ": expected shape " + ShapeToString(expected) + ", got " +
+                 ShapeToString(tensor.shape()));
 }
 
 }  // namespace attn::layers

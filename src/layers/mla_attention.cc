@@ -93,8 +93,8 @@ MlaAttention::MlaAttention(const ModelConfig& config, MlaWeights weights)
       scale_(static_cast<float>(SoftmaxScale(config))),
       rope_(config_.rope),
       weights_(std::move(weights)) {
-  Check(config.kind == AttentionKind::kMla, ErrorKind::kInvalidArgument,
-        "MlaAttention needs an MLA config, got '" + config.model_type + "'");
+  ATTN_CHECK(config.kind == AttentionKind::kMla, ErrorKind::kInvalidArgument,
+             "MlaAttention needs an MLA config, got '" + config.model_type + "'");
   const MlaDims& m = config.mla;
   const int64_t h = config.num_heads;
   const int64_t hidden = config.hidden_size;
@@ -162,22 +162,22 @@ Tensor MlaAttention::Step(const TokenBatch& batch, Cache& cache, MlaForm form) c
   auto* heads_cache = dynamic_cast<KVCache*>(&cache);
   auto* latent_cache = dynamic_cast<LatentKVCache*>(&cache);
   if (form == MlaForm::kNaive) {
-    Check(heads_cache != nullptr && heads_cache->kv_heads() == h &&
-              heads_cache->key_dim() == m.qk_nope_head_dim + m.qk_rope_head_dim &&
-              heads_cache->value_dim() == m.v_head_dim,
-          ErrorKind::kInvalidArgument,
-          "the naive MLA form needs the per-head cache from NewCache(..., MlaForm::kNaive)");
+    ATTN_CHECK(heads_cache != nullptr && heads_cache->kv_heads() == h &&
+                   heads_cache->key_dim() == m.qk_nope_head_dim + m.qk_rope_head_dim &&
+                   heads_cache->value_dim() == m.v_head_dim,
+               ErrorKind::kInvalidArgument,
+               "the naive MLA form needs the per-head cache from NewCache(..., MlaForm::kNaive)");
   } else {
-    Check(latent_cache != nullptr && latent_cache->latent_dim() == m.kv_lora_rank &&
-              latent_cache->rope_dim() == m.qk_rope_head_dim,
-          ErrorKind::kInvalidArgument,
-          std::string("the ") + MlaFormName(form) +
-              " MLA form needs the latent cache from NewCache(..., MlaForm::k" +
-              (form == MlaForm::kAuto ? "Auto" : "Absorbed") + ")");
+    ATTN_CHECK(latent_cache != nullptr && latent_cache->latent_dim() == m.kv_lora_rank &&
+                   latent_cache->rope_dim() == m.qk_rope_head_dim,
+               ErrorKind::kInvalidArgument,
+               std::string("the ") + MlaFormName(form) +
+                   " MLA form needs the latent cache from NewCache(..., MlaForm::k" +
+                   (form == MlaForm::kAuto ? "Auto" : "Absorbed") + ")");
   }
-  Check(cache.batch() == shape.batch, ErrorKind::kInvalidArgument,
-        "cache batch " + std::to_string(cache.batch()) + " differs from the input batch " +
-            std::to_string(shape.batch));
+  ATTN_CHECK(cache.batch() == shape.batch, ErrorKind::kInvalidArgument,
+             "cache batch " + std::to_string(cache.batch()) + " differs from the input batch " +
+                 std::to_string(shape.batch));
   cache.CheckRoom(shape.counts);
 
   const std::vector<int64_t> positions = layers::ResolvePositions(batch, shape, cache);

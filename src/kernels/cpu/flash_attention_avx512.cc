@@ -200,16 +200,26 @@ constexpr ScoresFn kScoresF32[8] = {ScoresF32<1>, ScoresF32<2>, ScoresF32<3>, Sc
 constexpr ScoresFn kScoresBF16[8] = {ScoresBF16<1>, ScoresBF16<2>, ScoresBF16<3>, ScoresBF16<4>,
                                      ScoresBF16<5>, ScoresBF16<6>, ScoresBF16<7>, ScoresBF16<8>};
 
-// o[r][0..16C) += Σ_t p[r][t] v[t][0..16C) for R rows, n keys; o rows `o_stride` apart.
-template <int R, int C>
-void AccumulateValues(const float* p, const float* v, int64_t v_stride, int64_t n, float* o,
+// Sixteen values starting at element `offset` of `v` (stored as L) as fp32.
+template <Load L>
+inline __m512 LoadValues(const void* v, int64_t offset) {
+  if constexpr (L == Load::kWords) return _mm512_loadu_ps(static_cast<const float*>(v) + offset);
+  if constexpr (L == Load::kF16ToF32) return LoadF16(static_cast<const uint16_t*>(v) + offset);
+  if constexpr (L == Load::kBF16ToF32) return LoadBF16(static_cast<const uint16_t*>(v) + offset);
+  return _mm512_setzero_ps();
+}
+
+// o[r][0..16C) += Σ_t p[r][t] v[t][0..16C) for R rows and n keys; v rows `v_stride` elements
+// apart, stored as L; o rows `o_stride` floats apart.
+template <int R, int C, Load L>
+void AccumulateValues(const float* p, const void* v, int64_t v_stride, int64_t n, float* o,
                       int64_t o_stride) {
   __m512 acc[R][C];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_loadu_ps(o + r * o_stride + c * 16);
   for (int64_t t = 0; t < n; ++t) {
     __m512 vv[C];
-    for (int c = 0; c < C; ++c) vv[c] = _mm512_loadu_ps(v + t * v_stride + c * 16);
+    for (int c = 0; c < C; ++c) vv[c] = LoadValues<L>(v, t * v_stride + c * 16);
     for (int r = 0; r < R; ++r) {
       const __m512 pb = _mm512_set1_ps(p[r * kTileKeys + t]);
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(pb, vv[c], acc[r][c]);
@@ -219,21 +229,23 @@ void AccumulateValues(const float* p, const float* v, int64_t v_stride, int64_t 
     for (int c = 0; c < C; ++c) _mm512_storeu_ps(o + r * o_stride + c * 16, acc[r][c]);
 }
 
-using AccumulateFn = void (*)(const float*, const float*, int64_t, int64_t, float*, int64_t);
+using AccumulateFn = void (*)(const float*, const void*, int64_t, int64_t, float*, int64_t);
 constexpr int kValueRows = 6;  // 6 rows × 4 vectors = 24 accumulators of 32 registers
+
+template <Load L>
 constexpr AccumulateFn kAccumulate[kValueRows][4] = {
-    {AccumulateValues<1, 1>, AccumulateValues<1, 2>, AccumulateValues<1, 3>,
-     AccumulateValues<1, 4>},
-    {AccumulateValues<2, 1>, AccumulateValues<2, 2>, AccumulateValues<2, 3>,
-     AccumulateValues<2, 4>},
-    {AccumulateValues<3, 1>, AccumulateValues<3, 2>, AccumulateValues<3, 3>,
-     AccumulateValues<3, 4>},
-    {AccumulateValues<4, 1>, AccumulateValues<4, 2>, AccumulateValues<4, 3>,
-     AccumulateValues<4, 4>},
-    {AccumulateValues<5, 1>, AccumulateValues<5, 2>, AccumulateValues<5, 3>,
-     AccumulateValues<5, 4>},
-    {AccumulateValues<6, 1>, AccumulateValues<6, 2>, AccumulateValues<6, 3>,
-     AccumulateValues<6, 4>},
+    {AccumulateValues<1, 1, L>, AccumulateValues<1, 2, L>, AccumulateValues<1, 3, L>,
+     AccumulateValues<1, 4, L>},
+    {AccumulateValues<2, 1, L>, AccumulateValues<2, 2, L>, AccumulateValues<2, 3, L>,
+     AccumulateValues<2, 4, L>},
+    {AccumulateValues<3, 1, L>, AccumulateValues<3, 2, L>, AccumulateValues<3, 3, L>,
+     AccumulateValues<3, 4, L>},
+    {AccumulateValues<4, 1, L>, AccumulateValues<4, 2, L>, AccumulateValues<4, 3, L>,
+     AccumulateValues<4, 4, L>},
+    {AccumulateValues<5, 1, L>, AccumulateValues<5, 2, L>, AccumulateValues<5, 3, L>,
+     AccumulateValues<5, 4, L>},
+    {AccumulateValues<6, 1, L>, AccumulateValues<6, 2, L>, AccumulateValues<6, 3, L>,
+     AccumulateValues<6, 4, L>},
 };
 
 // Per-thread buffers, grown on first use and then reused: no allocation per call after warm-up.
@@ -419,21 +431,29 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
       m[r] = m_new;
     }
 
-    // O += P V.
-    const float* v = reinterpret_cast<const float*>(value_base + t0 * value_stride_bytes);
+    // O += P V. With one row block each value is read once, so f16/bf16 convert on the fly;
+    // with more rows the tile is converted once up front and reread as fp32.
+    const std::byte* v_tile = value_base + t0 * value_stride_bytes;
+    const void* v = v_tile;
     int64_t v_stride = kv.value_token_stride;
-    if (plan.value_load != Load::kWords) {
-      ConvertValues(value_base + t0 * value_stride_bytes, value_stride_bytes, n, dv,
-                    plan.value_load, vt);
+    Load v_load = plan.value_load;
+    if (v_load != Load::kWords && rows > kValueRows) {
+      ConvertValues(v_tile, value_stride_bytes, n, dv, v_load, vt);
       v = vt;
       v_stride = dv;
+      v_load = Load::kWords;
     }
+    const auto& accumulate = v_load == Load::kWords      ? kAccumulate<Load::kWords>
+                             : v_load == Load::kF16ToF32 ? kAccumulate<Load::kF16ToF32>
+                                                         : kAccumulate<Load::kBF16ToF32>;
+    const size_t v_element = v_load == Load::kWords ? sizeof(float) : sizeof(uint16_t);
     for (int64_t d0 = 0; d0 < dv; d0 += 64) {
       const int64_t vectors = std::min<int64_t>(4, (dv - d0) / 16);
+      const void* v_chunk = static_cast<const std::byte*>(v) + d0 * static_cast<int64_t>(v_element);
       for (int64_t r0 = 0; r0 < rows; r0 += kValueRows) {
         const int64_t count = std::min<int64_t>(kValueRows, rows - r0);
-        kAccumulate[count - 1][vectors - 1](scores + r0 * kTileKeys, v + d0, v_stride, n,
-                                            o + r0 * dv + d0, dv);
+        accumulate[count - 1][vectors - 1](scores + r0 * kTileKeys, v_chunk, v_stride, n,
+                                           o + r0 * dv + d0, dv);
       }
     }
   }
