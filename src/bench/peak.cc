@@ -1,5 +1,7 @@
 #include "bench/peak.h"
 
+#include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -229,7 +231,12 @@ std::atomic<float> g_sink{0.0f};
 
 // Runs body(i) on `threads` threads released together; returns the seconds from the first
 // start to the last finish (the wall time the whole machine needed for the work).
+// Each thread is pinned to its own CPU when there are enough: a trial lasts a tenth of a second,
+// too short for the scheduler to spread freshly created threads over a busy machine, and two
+// threads sharing one core would measure that core twice instead of the machine.
 double RunTogether(int threads, const std::function<float(int)>& body) {
+  const std::vector<int> cpus = AllowedCpus();
+  const bool pin = static_cast<int>(cpus.size()) >= threads;
   std::atomic<int> ready{0};
   std::atomic<bool> go{false};
   std::vector<Clock::time_point> starts(static_cast<size_t>(threads));
@@ -237,6 +244,7 @@ double RunTogether(int threads, const std::function<float(int)>& body) {
   std::vector<std::thread> workers;
   for (int i = 0; i < threads; ++i) {
     workers.emplace_back([&, i] {
+      if (pin) PinCurrentThread(cpus[static_cast<size_t>(i)]);
       ready.fetch_add(1);
       while (!go.load()) std::this_thread::yield();
       starts[static_cast<size_t>(i)] = Clock::now();
@@ -311,6 +319,25 @@ std::string UtcNow() {
 }
 
 }  // namespace
+
+std::vector<int> AllowedCpus() {
+  std::vector<int> cpus;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
+    }
+  }
+  return cpus;
+}
+
+bool PinCurrentThread(int cpu) {
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  return pthread_setaffinity_np(pthread_self(), sizeof(one), &one) == 0;
+}
 
 const PeakPoint* MachinePeak::ForThreads(int threads) const {
   for (const PeakPoint& point : points) {

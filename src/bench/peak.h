@@ -63,6 +63,11 @@ void StorePeak(const std::string& path, const MachinePeak& peak);
 // `options` for sizes, and written back).
 MachinePeak PeakFor(const std::vector<int>& thread_counts, const PeakOptions& options);
 
+// The CPUs this process may run on (its affinity mask), in increasing order.
+std::vector<int> AllowedCpus();
+// Restricts the calling thread to `cpu`; false if the system refused.
+bool PinCurrentThread(int cpu);
+
 }  // namespace attn::bench
 
 #endif  // ATTN_BENCH_PEAK_H_

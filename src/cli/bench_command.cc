@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -15,6 +16,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "attn/error.h"
@@ -46,7 +48,7 @@ constexpr const char* kBenchUsage =
     "                         [--backend default|reference] [--peak-bytes B] [--json]\n"
     "       attn bench layer --config C.json --prefill S --decode N [--context T]\n"
     "                        [--dtype f32|f16|bf16] [--mla naive|absorbed|auto|all]\n"
-    "                        [--threads N] [--seed N] [--json]\n"
+    "                        [--threads N] [--seed N] [--pin] [--json]\n"
     "       attn bench peak [--max-threads N] [--peak-bytes B] [--trials N] [--json]\n"
     "       attn bench --compare-torch [options of scripts/compare_torch.py]\n";
 
@@ -63,6 +65,26 @@ int ApplyThreads(const Flags& flags) {
     SetNumThreads(static_cast<int>(threads));
   }
   return NumThreads();
+}
+
+// --pin: binds each pool thread to its own CPU. Off by default (the library does not pin), but
+// on a machine shared with other work, unpinned threads created moments before a short run can
+// share one core, and a 2-thread run then measures one core.
+// Every pool thread must hold one task at the same moment for the thread indices to be distinct,
+// so each task waits (up to a second) until all have arrived.
+bool PinPoolThreads() {
+  const int threads = NumThreads();
+  const std::vector<int> cpus = bench::AllowedCpus();
+  if (static_cast<int>(cpus.size()) < threads) return false;
+  std::atomic<int> arrived{0};
+  std::atomic<bool> pinned{true};
+  ParallelFor(threads, [&](int64_t, int thread) {
+    arrived.fetch_add(1);
+    const Clock::time_point deadline = Clock::now() + std::chrono::seconds(1);
+    while (arrived.load() < threads && Clock::now() < deadline) std::this_thread::yield();
+    if (!bench::PinCurrentThread(cpus[static_cast<size_t>(thread)])) pinned.store(false);
+  });
+  return pinned.load() && arrived.load() == threads;
 }
 
 bench::PeakOptions PeakOptionsFrom(const Flags& flags) {
@@ -96,7 +118,7 @@ int RunKernelBench(const std::vector<std::string>& args) {
   const Flags flags(args,
                     {"variant", "heads", "kv-heads", "head-dim", "v-head-dim", "q-len", "kv-len",
                      "dtype", "threads", "repeat", "seed", "backend", "peak-bytes"},
-                    {"causal", "json"});
+                    {"causal", "json", "pin"});
   bench::KernelShape shape;
   shape.variant = bench::VariantFromString(flags.Get("variant", "gqa"));
   shape.heads = flags.GetInt("heads", 0);
@@ -120,6 +142,7 @@ int RunKernelBench(const std::vector<std::string>& args) {
   const KernelBackend& backend =
       backend_name == "reference" ? ReferenceBackend() : DefaultBackend();
   const int threads = ApplyThreads(flags);
+  const bool pinned = flags.Has("pin") && PinPoolThreads();
   const bench::PeakOptions peak_options = PeakOptionsFrom(flags);
 
   // Roofs first: the 1 GiB read buffer is freed before the case's K/V are allocated.
@@ -156,6 +179,7 @@ int RunKernelBench(const std::vector<std::string>& args) {
       {"causal", shape.causal},
       {"dtype", flags.Get("dtype", "f32")},
       {"threads", threads},
+      {"pinned", pinned},
       {"repeat", repeat},
       {"median_s", median},
       {"min_s", *std::min_element(times.begin(), times.end())},
@@ -304,7 +328,7 @@ FormResult BenchForm(const AttentionLayer& layer, MlaForm form, const std::strin
 int RunLayerBench(const std::vector<std::string>& args) {
   const Flags flags(args,
                     {"config", "prefill", "decode", "context", "dtype", "mla", "threads", "seed"},
-                    {"json"});
+                    {"json", "pin"});
   const std::string config_path = flags.Required("config");
   const ModelConfig config = LoadHfConfig(config_path);
   const int64_t prefill = flags.GetInt("prefill", 0);
@@ -330,6 +354,7 @@ int RunLayerBench(const std::vector<std::string>& args) {
     forms = {MlaForm::kAuto};  // ignored by GQA-family layers
   }
   const int threads = ApplyThreads(flags);
+  const bool pinned = flags.Has("pin") && PinPoolThreads();
   const uint64_t seed = static_cast<uint64_t>(flags.GetInt("seed", 0));
 
   NamedTensors weights = RandomAttentionWeights(config, seed);
@@ -371,6 +396,7 @@ int RunLayerBench(const std::vector<std::string>& args) {
                  {"prefill", prefill},
                  {"decode", decode},
                  {"threads", threads},
+                 {"pinned", pinned},
                  {"weights_bytes", weight_bytes},
                  {"forms", forms_json}};
   if (naive != nullptr && automatic != nullptr) {
