@@ -31,7 +31,7 @@ class GqaAttention : public AttentionLayer {
   const ModelConfig& config() const override { return config_; }
   std::unique_ptr<Cache> NewCache(int64_t batch, int64_t capacity, DType dtype,
                                   MlaForm form) const override;
-  Tensor Step(const TokenBatch& batch, Cache& cache, MlaForm form) const override;
+  void StepInto(const TokenBatch& batch, Cache& cache, MlaForm form, Tensor& out) const override;
 
  private:
   ModelConfig config_;

@@ -49,10 +49,18 @@ class AttentionLayer {
   // needs (GQA: always per-head K/V).
   virtual std::unique_ptr<Cache> NewCache(int64_t batch, int64_t capacity, DType dtype,
                                           MlaForm form) const = 0;
-  // Appends the batch to `cache` and returns the attention output [B, S, D].
-  // Throws Error(kCapacity) before touching the cache if any sequence would overflow,
-  // and Error(kInvalidArgument) for shapes or a cache made for another form.
-  virtual Tensor Step(const TokenBatch& batch, Cache& cache, MlaForm form) const = 0;
+  // Appends the batch to `cache` and writes the attention output [B, S, D] to `out`, reusing
+  // its storage when it has room: with one `out` kept across steps, a decode step allocates
+  // nothing once warm. Throws Error(kCapacity) before touching the cache if any sequence would
+  // overflow, and Error(kInvalidArgument) for shapes or a cache made for another form.
+  virtual void StepInto(const TokenBatch& batch, Cache& cache, MlaForm form, Tensor& out) const = 0;
+
+  // StepInto() with a fresh output tensor.
+  Tensor Step(const TokenBatch& batch, Cache& cache, MlaForm form) const {
+    Tensor out;
+    StepInto(batch, cache, form, out);
+    return out;
+  }
 
   // Step() on a fresh fp32 cache sized to the batch: a full prefill.
   Tensor Forward(const TokenBatch& batch, MlaForm form) const;

@@ -8,6 +8,9 @@
 #include "attn/rope.h"
 
 namespace attn {
+namespace layers {
+struct BatchShape;
+}  // namespace layers
 
 struct MlaWeights {
   Tensor q_proj;              // [H·(dn+dr), D]   when q_lora_rank == 0
@@ -44,11 +47,12 @@ class MlaAttention : public AttentionLayer {
   // kNaive -> KVCache (H heads, dn+dr / dv); kAbsorbed, kAuto -> LatentKVCache (rk + dr).
   std::unique_ptr<Cache> NewCache(int64_t batch, int64_t capacity, DType dtype,
                                   MlaForm form) const override;
-  Tensor Step(const TokenBatch& batch, Cache& cache, MlaForm form) const override;
+  void StepInto(const TokenBatch& batch, Cache& cache, MlaForm form, Tensor& out) const override;
 
  private:
   struct Projected;  // queries and latent rows of one call
-  Projected Project(const TokenBatch& batch, std::span<const int64_t> positions) const;
+  Projected Project(const TokenBatch& batch, const layers::BatchShape& shape,
+                    std::span<const int64_t> positions) const;
   // [count][rk+dr] rows -> keys [count][H][dn+dr] = [c W_UK[h]ᵀ | k_pe], values
   // [count][H][dv] = c W_UV[h]ᵀ.
   void DecompressLatent(const float* rows, int64_t count, float* keys, float* values) const;

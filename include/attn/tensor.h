@@ -4,6 +4,7 @@
 #define ATTN_TENSOR_H_
 
 #include <cstdint>
+#include <initializer_list>
 #include <span>
 #include <string>
 #include <vector>
@@ -30,6 +31,10 @@ class Tensor {
   Tensor& operator=(const Tensor&) = delete;
 
   Tensor Copy() const { return Tensor(shape_, values_); }
+
+  // Gives the tensor a new shape, keeping its storage when it has room (contents unspecified):
+  // lets a caller reuse one output tensor across decode steps without allocating.
+  void Reshape(std::initializer_list<int64_t> dims);
 
   const Shape& shape() const { return shape_; }
   int rank() const { return static_cast<int>(shape_.size()); }

@@ -41,6 +41,11 @@ Tensor::Tensor(Shape shape, std::vector<float> values)
                  " values, got " + std::to_string(values_.size()));
 }
 
+void Tensor::Reshape(std::initializer_list<int64_t> dims) {
+  shape_.assign(dims);
+  values_.resize(static_cast<size_t>(NumElements(shape_)));
+}
+
 void CheckShape(const Tensor& tensor, const Shape& expected, const std::string& what) {
   ATTN_CHECK(tensor.shape() == expected, ErrorKind::kInvalidArgument,
              what + ": expected shape " + ShapeToString(expected) + ", got " +

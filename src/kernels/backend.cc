@@ -11,6 +11,7 @@ namespace cpu {
 void ReferenceAttend(const AttentionProblem& problem);
 void ReferenceLinear(const LinearProblem& problem);
 void OneDnnLinear(const LinearProblem& problem);
+void SmallBatchLinear(const LinearProblem& problem);
 
 namespace {
 
@@ -26,6 +27,18 @@ void Attend(const AttentionProblem& problem) {
   }
 }
 
+// A few rows (decode) are bound by reading W once: a parallel dot-product kernel does that and
+// allocates nothing. More rows are a real GEMM: oneDNN.
+constexpr int64_t kSmallBatchRows = 4;
+
+void Linear(const LinearProblem& problem) {
+  if (problem.rows <= kSmallBatchRows) {
+    SmallBatchLinear(problem);
+  } else {
+    OneDnnLinear(problem);
+  }
+}
+
 }  // namespace
 }  // namespace cpu
 
@@ -35,7 +48,7 @@ const KernelBackend& ReferenceBackend() {
 }
 
 const KernelBackend& DefaultBackend() {
-  static const KernelBackend backend{"cpu", &cpu::Attend, &cpu::OneDnnLinear};
+  static const KernelBackend backend{"cpu", &cpu::Attend, &cpu::Linear};
   return backend;
 }
 

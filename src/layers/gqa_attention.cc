@@ -57,7 +57,8 @@ std::unique_ptr<Cache> GqaAttention::NewCache(int64_t batch, int64_t capacity, D
                                    config_.gqa.head_dim, dtype);
 }
 
-Tensor GqaAttention::Step(const TokenBatch& batch, Cache& cache, MlaForm /*form*/) const {
+void GqaAttention::StepInto(const TokenBatch& batch, Cache& cache, MlaForm /*form*/,
+                            Tensor& out) const {
   const layers::BatchShape shape = layers::CheckTokenBatch(batch, config_.hidden_size);
   const int64_t heads = config_.num_heads;
   const int64_t kv_heads = config_.gqa.num_kv_heads;
@@ -73,33 +74,36 @@ Tensor GqaAttention::Step(const TokenBatch& batch, Cache& cache, MlaForm /*form*
 
   const int64_t rows = shape.batch * shape.tokens;
   const float* x = batch.hidden_states->data();
-  std::vector<float> q = layers::Project(x, rows, weights_.q_proj, weights_.q_bias);
-  std::vector<float> k = layers::Project(x, rows, weights_.k_proj, weights_.k_bias);
-  std::vector<float> v = layers::Project(x, rows, weights_.v_proj, weights_.v_bias);
+  float* q = layers::Scratch(layers::Slot::kQuery, rows * heads * d);
+  float* k = layers::Scratch(layers::Slot::kKey, rows * kv_heads * d);
+  float* v = layers::Scratch(layers::Slot::kValue, rows * kv_heads * d);
+  layers::Project(x, rows, weights_.q_proj, weights_.q_bias, q);
+  layers::Project(x, rows, weights_.k_proj, weights_.k_bias, k);
+  layers::Project(x, rows, weights_.v_proj, weights_.v_bias, v);
 
-  const std::vector<int64_t> positions = layers::ResolvePositions(batch, shape, *kv);
-  layers::RotateHeads(rope_, positions, q.data(), heads * d, 0, heads, d);
-  layers::RotateHeads(rope_, positions, k.data(), kv_heads * d, 0, kv_heads, d);
+  const std::span<const int64_t> positions = layers::ResolvePositions(batch, shape, *kv);
+  layers::RotateHeads(rope_, positions, q, heads * d, 0, heads, d);
+  layers::RotateHeads(rope_, positions, k, kv_heads * d, 0, kv_heads, d);
 
-  std::vector<float> heads_out(static_cast<size_t>(rows * heads * d));
+  float* heads_out = layers::Scratch(layers::Slot::kHeadsOut, rows * heads * d);
   for (int64_t b = 0; b < shape.batch; ++b) {
     const int64_t first_slot = kv->length(b);
     const int64_t token0 = b * shape.tokens;
     const int64_t count = shape.counts[static_cast<size_t>(b)];
-    kv->Append(b, count, k.data() + token0 * kv_heads * d, v.data() + token0 * kv_heads * d,
+    kv->Append(b, count, k + token0 * kv_heads * d, v + token0 * kv_heads * d,
                layers::KeepFlags(batch, shape, b));
     AttentionProblem problem;
-    problem.queries = {q.data() + token0 * heads * d, count, heads, d};
+    problem.queries = {q + token0 * heads * d, count, heads, d};
     problem.kv = kv->View(b);
     problem.visibility = {first_slot, window_};
     problem.scale = scale_;
-    problem.out = heads_out.data() + token0 * heads * d;
+    problem.out = heads_out + token0 * heads * d;
     DefaultBackend().attend(problem);
   }
 
-  std::vector<float> y = layers::Project(heads_out.data(), rows, weights_.o_proj, weights_.o_bias);
-  layers::ZeroUnusedRows(shape, config_.hidden_size, y.data());
-  return Tensor({shape.batch, shape.tokens, config_.hidden_size}, std::move(y));
+  out.Reshape({shape.batch, shape.tokens, config_.hidden_size});
+  layers::Project(heads_out, rows, weights_.o_proj, weights_.o_bias, out.data());
+  layers::ZeroUnusedRows(shape, config_.hidden_size, out.data());
 }
 
 }  // namespace attn

@@ -39,8 +39,9 @@ BatchShape CheckTokenBatch(const TokenBatch& batch, int64_t hidden_size) {
   for (uint8_t k : batch.keep) {
     ATTN_CHECK(k <= 1, ErrorKind::kInvalidArgument, "attention_mask: values must be 0 or 1");
   }
+  int64_t* counts = IndexScratch(IndexSlot::kCounts, shape.batch);
   if (batch.lengths.empty()) {
-    shape.counts.assign(static_cast<size_t>(shape.batch), shape.tokens);
+    std::fill(counts, counts + shape.batch, shape.tokens);
   } else {
     ATTN_CHECK(static_cast<int64_t>(batch.lengths.size()) == shape.batch,
                ErrorKind::kInvalidArgument,
@@ -51,21 +52,36 @@ BatchShape CheckTokenBatch(const TokenBatch& batch, int64_t hidden_size) {
                  "lengths: each must lie in [0, " + std::to_string(shape.tokens) + "], got " +
                      std::to_string(n));
     }
-    shape.counts.assign(batch.lengths.begin(), batch.lengths.end());
+    std::copy(batch.lengths.begin(), batch.lengths.end(), counts);
   }
+  shape.counts = {counts, static_cast<size_t>(shape.batch)};
   return shape;
 }
 
-std::vector<int64_t> ResolvePositions(const TokenBatch& batch, const BatchShape& shape,
-                                      const Cache& cache) {
-  if (!batch.positions.empty()) return {batch.positions.begin(), batch.positions.end()};
-  std::vector<int64_t> positions(static_cast<size_t>(shape.batch * shape.tokens));
+std::span<const int64_t> ResolvePositions(const TokenBatch& batch, const BatchShape& shape,
+                                          const Cache& cache) {
+  if (!batch.positions.empty()) return batch.positions;
+  const int64_t total = shape.batch * shape.tokens;
+  int64_t* positions = IndexScratch(IndexSlot::kPositions, total);
   for (int64_t b = 0; b < shape.batch; ++b) {
-    for (int64_t s = 0; s < shape.tokens; ++s) {
-      positions[static_cast<size_t>(b * shape.tokens + s)] = cache.length(b) + s;
-    }
+    for (int64_t s = 0; s < shape.tokens; ++s)
+      positions[b * shape.tokens + s] = cache.length(b) + s;
   }
-  return positions;
+  return {positions, static_cast<size_t>(total)};
+}
+
+float* Scratch(Slot slot, int64_t size) {
+  thread_local std::vector<float> buffers[static_cast<int>(Slot::kCount)];
+  std::vector<float>& buffer = buffers[static_cast<int>(slot)];
+  if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(static_cast<size_t>(size));
+  return buffer.data();
+}
+
+int64_t* IndexScratch(IndexSlot slot, int64_t size) {
+  thread_local std::vector<int64_t> buffers[static_cast<int>(IndexSlot::kCount)];
+  std::vector<int64_t>& buffer = buffers[static_cast<int>(slot)];
+  if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(static_cast<size_t>(size));
+  return buffer.data();
 }
 
 const uint8_t* KeepFlags(const TokenBatch& batch, const BatchShape& shape, int64_t sequence) {
@@ -73,8 +89,7 @@ const uint8_t* KeepFlags(const TokenBatch& batch, const BatchShape& shape, int64
   return batch.keep.data() + sequence * shape.tokens;
 }
 
-std::vector<float> Project(const float* x, int64_t rows, const Tensor& w, const Tensor& bias) {
-  std::vector<float> y(static_cast<size_t>(rows * w.dim(0)));
+void Project(const float* x, int64_t rows, const Tensor& w, const Tensor& bias, float* y) {
   LinearProblem problem;
   problem.x = x;
   problem.w = w.data();
@@ -82,9 +97,8 @@ std::vector<float> Project(const float* x, int64_t rows, const Tensor& w, const 
   problem.rows = rows;
   problem.in = w.dim(1);
   problem.out = w.dim(0);
-  problem.y = y.data();
+  problem.y = y;
   DefaultBackend().linear(problem);
-  return y;
 }
 
 void ZeroUnusedRows(const BatchShape& shape, int64_t width, float* out) {
@@ -96,8 +110,9 @@ void ZeroUnusedRows(const BatchShape& shape, int64_t width, float* out) {
 
 void RotateHeads(const RotaryEmbedding& rope, std::span<const int64_t> positions, float* data,
                  int64_t token_stride, int64_t offset, int64_t heads, int64_t stride) {
-  std::vector<float> cos(static_cast<size_t>(rope.rotary_dim() / 2));
-  std::vector<float> sin(cos.size());
+  thread_local std::vector<float> cos, sin;
+  cos.resize(static_cast<size_t>(rope.rotary_dim() / 2));
+  sin.resize(cos.size());
   for (size_t n = 0; n < positions.size(); ++n) {
     rope.Angles(positions[n], cos, sin);
     rope.Rotate(cos, sin, data + static_cast<int64_t>(n) * token_stride + offset, heads, stride);

@@ -22,20 +22,43 @@ const ModelConfig& Validated(const ModelConfig& config);
 // keep, when given, hold B·S entries (keep values 0 or 1).
 struct BatchShape {
   int64_t batch;
-  int64_t tokens;               // S, rows per sequence in the input
-  std::vector<int64_t> counts;  // [B] rows each sequence actually contributes
+  int64_t tokens;                   // S, rows per sequence in the input
+  std::span<const int64_t> counts;  // [B] rows each sequence actually contributes
 };
 BatchShape CheckTokenBatch(const TokenBatch& batch, int64_t hidden_size);
 
 // Positions of every token: the given ones, or cache.length(b) + s when none are given.
-std::vector<int64_t> ResolvePositions(const TokenBatch& batch, const BatchShape& shape,
-                                      const Cache& cache);
+std::span<const int64_t> ResolvePositions(const TokenBatch& batch, const BatchShape& shape,
+                                          const Cache& cache);
+
+// Per-thread scratch buffers for one layer call, one per use, grown on first need and then
+// reused: after warm-up a decode step allocates nothing. A layer call runs on one thread and
+// does not nest, so each slot has one user at a time.
+enum class Slot {
+  kQuery,
+  kKey,
+  kValue,
+  kQueryLatent,
+  kLatent,
+  kHeadsOut,
+  kAbsorbed,
+  kLatentOut,
+  kLatentRows,
+  kDecompressInput,
+  kDecompressOutput,
+  kDecompressedKeys,
+  kDecompressedValues,
+  kCount
+};
+float* Scratch(Slot slot, int64_t size);
+enum class IndexSlot { kCounts, kPositions, kFirstSlots, kCount };
+int64_t* IndexScratch(IndexSlot slot, int64_t size);
 
 // Pointer to sequence b's keep flags, or null when the batch has none.
 const uint8_t* KeepFlags(const TokenBatch& batch, const BatchShape& shape, int64_t sequence);
 
 // y = x Wᵀ (+ b) for `rows` rows of x; w is [out, in], bias empty or [out].
-std::vector<float> Project(const float* x, int64_t rows, const Tensor& w, const Tensor& bias);
+void Project(const float* x, int64_t rows, const Tensor& w, const Tensor& bias, float* y);
 
 // Zeroes rows counts[b] … S-1 of each sequence in out [B][S][width].
 void ZeroUnusedRows(const BatchShape& shape, int64_t width, float* out);

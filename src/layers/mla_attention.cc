@@ -28,11 +28,13 @@
 
 namespace attn {
 
+// One call's projections, in per-thread scratch (layers::Scratch).
 struct MlaAttention::Projected {
   layers::BatchShape shape;
-  std::vector<float> q;              // [B·S][H][dn+dr], q_pe rotated
-  std::vector<float> latent;         // [B·S][rk+dr] = [normalised c | rotated k_pe]
-  std::vector<const uint8_t*> keep;  // per sequence, null = all kept
+  const TokenBatch* batch;
+  float* q;       // [B·S][H][dn+dr], q_pe rotated
+  float* latent;  // [B·S][rk+dr] = [normalised c | rotated k_pe]
+  const uint8_t* keep(int64_t sequence) const { return layers::KeepFlags(*batch, shape, sequence); }
 };
 
 namespace {
@@ -126,36 +128,39 @@ std::unique_ptr<Cache> MlaAttention::NewCache(int64_t batch, int64_t capacity, D
 }
 
 MlaAttention::Projected MlaAttention::Project(const TokenBatch& batch,
+                                              const layers::BatchShape& shape,
                                               std::span<const int64_t> positions) const {
   const MlaDims& m = config_.mla;
   const int64_t h = config_.num_heads;
   const int64_t qk_dim = m.qk_nope_head_dim + m.qk_rope_head_dim;
   const int64_t row_dim = m.kv_lora_rank + m.qk_rope_head_dim;
   Projected p;
-  p.shape = layers::CheckTokenBatch(batch, config_.hidden_size);
-  const int64_t rows = p.shape.batch * p.shape.tokens;
+  p.shape = shape;
+  p.batch = &batch;
+  const int64_t rows = shape.batch * shape.tokens;
   const float* x = batch.hidden_states->data();
   const Tensor no_bias;
 
+  p.q = layers::Scratch(layers::Slot::kQuery, rows * h * qk_dim);
   if (m.q_lora_rank > 0) {
-    std::vector<float> cq = layers::Project(x, rows, weights_.q_a_proj, no_bias);
-    layers::RmsNormRows(cq.data(), rows, m.q_lora_rank, weights_.q_a_layernorm, m.rms_norm_eps);
-    p.q = layers::Project(cq.data(), rows, weights_.q_b_proj, no_bias);
+    float* cq = layers::Scratch(layers::Slot::kQueryLatent, rows * m.q_lora_rank);
+    layers::Project(x, rows, weights_.q_a_proj, no_bias, cq);
+    layers::RmsNormRows(cq, rows, m.q_lora_rank, weights_.q_a_layernorm, m.rms_norm_eps);
+    layers::Project(cq, rows, weights_.q_b_proj, no_bias, p.q);
   } else {
-    p.q = layers::Project(x, rows, weights_.q_proj, no_bias);
+    layers::Project(x, rows, weights_.q_proj, no_bias, p.q);
   }
-  layers::RotateHeads(rope_, positions, p.q.data(), h * qk_dim, m.qk_nope_head_dim, h, qk_dim);
+  layers::RotateHeads(rope_, positions, p.q, h * qk_dim, m.qk_nope_head_dim, h, qk_dim);
 
-  p.latent = layers::Project(x, rows, weights_.kv_a_proj_with_mqa, no_bias);
-  layers::RmsNormRows(p.latent.data(), rows, row_dim, weights_.kv_a_layernorm, m.rms_norm_eps);
-  layers::RotateHeads(rope_, positions, p.latent.data(), row_dim, m.kv_lora_rank, 1, row_dim);
-
-  for (int64_t b = 0; b < p.shape.batch; ++b)
-    p.keep.push_back(layers::KeepFlags(batch, p.shape, b));
+  p.latent = layers::Scratch(layers::Slot::kLatent, rows * row_dim);
+  layers::Project(x, rows, weights_.kv_a_proj_with_mqa, no_bias, p.latent);
+  layers::RmsNormRows(p.latent, rows, row_dim, weights_.kv_a_layernorm, m.rms_norm_eps);
+  layers::RotateHeads(rope_, positions, p.latent, row_dim, m.kv_lora_rank, 1, row_dim);
   return p;
 }
 
-Tensor MlaAttention::Step(const TokenBatch& batch, Cache& cache, MlaForm form) const {
+void MlaAttention::StepInto(const TokenBatch& batch, Cache& cache, MlaForm form,
+                            Tensor& out) const {
   const layers::BatchShape shape = layers::CheckTokenBatch(batch, config_.hidden_size);
   const MlaDims& m = config_.mla;
   const int64_t h = config_.num_heads;
@@ -180,38 +185,37 @@ Tensor MlaAttention::Step(const TokenBatch& batch, Cache& cache, MlaForm form) c
                  std::to_string(shape.batch));
   cache.CheckRoom(shape.counts);
 
-  const std::vector<int64_t> positions = layers::ResolvePositions(batch, shape, cache);
-  const Projected p = Project(batch, positions);
+  const std::span<const int64_t> positions = layers::ResolvePositions(batch, shape, cache);
+  const Projected p = Project(batch, shape, positions);
   const int64_t rows = shape.batch * shape.tokens;
-  std::vector<float> heads_out(static_cast<size_t>(rows * h * m.v_head_dim));
+  float* heads_out = layers::Scratch(layers::Slot::kHeadsOut, rows * h * m.v_head_dim);
 
-  std::vector<int64_t> first_slots;
-  for (int64_t b = 0; b < shape.batch; ++b) first_slots.push_back(cache.length(b));
+  int64_t* first_slots = layers::IndexScratch(layers::IndexSlot::kFirstSlots, shape.batch);
+  for (int64_t b = 0; b < shape.batch; ++b) first_slots[b] = cache.length(b);
   if (form == MlaForm::kNaive) {
-    AttendNaive(p, *heads_cache, first_slots, heads_out.data());
+    AttendNaive(p, *heads_cache, {first_slots, static_cast<size_t>(shape.batch)}, heads_out);
   } else {
     const int64_t row_dim = latent_cache->row_dim();
     for (int64_t b = 0; b < shape.batch; ++b) {
       latent_cache->Append(b, shape.counts[static_cast<size_t>(b)],
-                           p.latent.data() + b * shape.tokens * row_dim,
-                           p.keep[static_cast<size_t>(b)]);
+                           p.latent + b * shape.tokens * row_dim, p.keep(b));
     }
     for (int64_t b = 0; b < shape.batch; ++b) {
-      float* out = heads_out.data() + b * shape.tokens * h * m.v_head_dim;
+      float* sequence_out = heads_out + b * shape.tokens * h * m.v_head_dim;
       const bool decompress = form == MlaForm::kAuto &&
                               AutoPrefersDecompress(config_, shape.counts[static_cast<size_t>(b)],
                                                     latent_cache->length(b));
       if (decompress) {
-        AttendDecompressed(p, b, *latent_cache, first_slots[static_cast<size_t>(b)], out);
+        AttendDecompressed(p, b, *latent_cache, first_slots[b], sequence_out);
       } else {
-        AttendAbsorbed(p, b, *latent_cache, first_slots[static_cast<size_t>(b)], out);
+        AttendAbsorbed(p, b, *latent_cache, first_slots[b], sequence_out);
       }
     }
   }
 
-  std::vector<float> y = layers::Project(heads_out.data(), rows, weights_.o_proj, Tensor());
-  layers::ZeroUnusedRows(shape, config_.hidden_size, y.data());
-  return Tensor({shape.batch, shape.tokens, config_.hidden_size}, std::move(y));
+  out.Reshape({shape.batch, shape.tokens, config_.hidden_size});
+  layers::Project(heads_out, rows, weights_.o_proj, Tensor(), out.data());
+  layers::ZeroUnusedRows(shape, config_.hidden_size, out.data());
 }
 
 void MlaAttention::DecompressLatent(const float* rows, int64_t count, float* keys,
@@ -222,15 +226,16 @@ void MlaAttention::DecompressLatent(const float* rows, int64_t count, float* key
   const int64_t kv_b_dim = m.qk_nope_head_dim + m.v_head_dim;
   const int64_t row_dim = m.kv_lora_rank + m.qk_rope_head_dim;
   // c must be contiguous for the projection: copy it out of the [c | k_pe] rows.
-  std::vector<float> c(static_cast<size_t>(count * m.kv_lora_rank));
+  float* c = layers::Scratch(layers::Slot::kDecompressInput, count * m.kv_lora_rank);
   for (int64_t t = 0; t < count; ++t) {
-    std::copy_n(rows + t * row_dim, m.kv_lora_rank, c.data() + t * m.kv_lora_rank);
+    std::copy_n(rows + t * row_dim, m.kv_lora_rank, c + t * m.kv_lora_rank);
   }
-  const std::vector<float> kv = layers::Project(c.data(), count, weights_.kv_b_proj, Tensor());
+  float* kv = layers::Scratch(layers::Slot::kDecompressOutput, count * h * kv_b_dim);
+  layers::Project(c, count, weights_.kv_b_proj, Tensor(), kv);
   for (int64_t t = 0; t < count; ++t) {
     const float* k_pe = rows + t * row_dim + m.kv_lora_rank;
     for (int64_t head = 0; head < h; ++head) {
-      const float* source = kv.data() + (t * h + head) * kv_b_dim;
+      const float* source = kv + (t * h + head) * kv_b_dim;
       float* key = keys + (t * h + head) * qk_dim;
       std::copy_n(source, m.qk_nope_head_dim, key);
       std::copy_n(k_pe, m.qk_rope_head_dim, key + m.qk_nope_head_dim);  // shared rotated key
@@ -248,17 +253,17 @@ void MlaAttention::AttendNaive(const Projected& p, KVCache& cache,
   const int64_t s_len = p.shape.tokens;
   const int64_t rows = p.shape.batch * s_len;
 
-  std::vector<float> keys(static_cast<size_t>(rows * h * qk_dim));
-  std::vector<float> values(static_cast<size_t>(rows * h * m.v_head_dim));
-  DecompressLatent(p.latent.data(), rows, keys.data(), values.data());
+  float* keys = layers::Scratch(layers::Slot::kDecompressedKeys, rows * h * qk_dim);
+  float* values = layers::Scratch(layers::Slot::kDecompressedValues, rows * h * m.v_head_dim);
+  DecompressLatent(p.latent, rows, keys, values);
 
   for (int64_t b = 0; b < p.shape.batch; ++b) {
     const int64_t token0 = b * s_len;
     const int64_t count = p.shape.counts[static_cast<size_t>(b)];
-    cache.Append(b, count, keys.data() + token0 * h * qk_dim,
-                 values.data() + token0 * h * m.v_head_dim, p.keep[static_cast<size_t>(b)]);
+    cache.Append(b, count, keys + token0 * h * qk_dim, values + token0 * h * m.v_head_dim,
+                 p.keep(b));
     AttentionProblem problem;
-    problem.queries = {p.q.data() + token0 * h * qk_dim, count, h, qk_dim};
+    problem.queries = {p.q + token0 * h * qk_dim, count, h, qk_dim};
     problem.kv = cache.View(b);
     problem.visibility = {first_slots[static_cast<size_t>(b)], 0};
     problem.scale = scale_;
@@ -279,29 +284,29 @@ void MlaAttention::AttendAbsorbed(const Projected& p, int64_t sequence, const La
   const float* w_kv_b = weights_.kv_b_proj.data();
 
   // q'[s,h] = [q_nope W_UK[h] | q_pe]: one MQA query row per head against the latent rows.
-  std::vector<float> absorbed(static_cast<size_t>(s_len * h * row_dim));
+  float* absorbed = layers::Scratch(layers::Slot::kAbsorbed, s_len * h * row_dim);
   for (int64_t s = 0; s < count; ++s) {
     for (int64_t head = 0; head < h; ++head) {
-      const float* q = p.q.data() + ((sequence * s_len + s) * h + head) * qk_dim;
-      float* out = absorbed.data() + (s * h + head) * row_dim;
+      const float* q = p.q + ((sequence * s_len + s) * h + head) * qk_dim;
+      float* out = absorbed + (s * h + head) * row_dim;
       AbsorbQuery(q, w_kv_b + head * kv_b_dim * m.kv_lora_rank, m.qk_nope_head_dim, m.kv_lora_rank,
                   out);
       std::copy_n(q + m.qk_nope_head_dim, m.qk_rope_head_dim, out + m.kv_lora_rank);
     }
   }
 
-  std::vector<float> latent_out(static_cast<size_t>(s_len * h * m.kv_lora_rank));
+  float* latent_out = layers::Scratch(layers::Slot::kLatentOut, s_len * h * m.kv_lora_rank);
   AttentionProblem problem;
-  problem.queries = {absorbed.data(), count, h, row_dim};
+  problem.queries = {absorbed, count, h, row_dim};
   problem.kv = cache.View(sequence);
   problem.visibility = {first_slot, 0};
   problem.scale = scale_;
-  problem.out = latent_out.data();
+  problem.out = latent_out;
   DefaultBackend().attend(problem);
 
   for (int64_t s = 0; s < count; ++s) {
     for (int64_t head = 0; head < h; ++head) {
-      ExpandLatentOutput(latent_out.data() + (s * h + head) * m.kv_lora_rank,
+      ExpandLatentOutput(latent_out + (s * h + head) * m.kv_lora_rank,
                          w_kv_b + (head * kv_b_dim + m.qk_nope_head_dim) * m.kv_lora_rank,
                          m.v_head_dim, m.kv_lora_rank, heads_out + (s * h + head) * m.v_head_dim);
     }
@@ -318,19 +323,19 @@ void MlaAttention::AttendDecompressed(const Projected& p, int64_t sequence,
   const int64_t length = cache.length(sequence);
 
   // Every cached token's [c | k_pe] in fp32, then K = [c W_UKᵀ | k_pe], V = c W_UVᵀ per head.
-  std::vector<float> rows(static_cast<size_t>(length * row_dim));
-  cache.ReadRows(sequence, rows.data());
-  std::vector<float> keys(static_cast<size_t>(length * h * qk_dim));
-  std::vector<float> values(static_cast<size_t>(length * h * m.v_head_dim));
-  DecompressLatent(rows.data(), length, keys.data(), values.data());
+  float* rows = layers::Scratch(layers::Slot::kLatentRows, length * row_dim);
+  cache.ReadRows(sequence, rows);
+  float* keys = layers::Scratch(layers::Slot::kDecompressedKeys, length * h * qk_dim);
+  float* values = layers::Scratch(layers::Slot::kDecompressedValues, length * h * m.v_head_dim);
+  DecompressLatent(rows, length, keys, values);
 
   const KVView latent_view = cache.View(sequence);
   AttentionProblem problem;
-  problem.queries = {p.q.data() + sequence * p.shape.tokens * h * qk_dim,
+  problem.queries = {p.q + sequence * p.shape.tokens * h * qk_dim,
                      p.shape.counts[static_cast<size_t>(sequence)], h, qk_dim};
   problem.kv.dtype = DType::kF32;
-  problem.kv.keys = keys.data();
-  problem.kv.values = values.data();
+  problem.kv.keys = keys;
+  problem.kv.values = values;
   problem.kv.kv_heads = h;
   problem.kv.key_dim = qk_dim;
   problem.kv.value_dim = m.v_head_dim;

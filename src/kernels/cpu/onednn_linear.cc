@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <tuple>
+#include <unordered_map>
 
 #include "attn/kernels.h"
 
@@ -23,9 +24,12 @@ struct MatmulKey {
   }
 };
 
+// A primitive with its memory objects and argument map, built once; a call only swaps the data
+// pointers in, so it allocates nothing.
 struct Matmul {
   dnnl::matmul primitive;
-  dnnl::memory::desc x, w, b, y;
+  dnnl::memory x, w, b, y;
+  std::unordered_map<int, dnnl::memory> args;
 };
 
 dnnl::engine& Engine() {
@@ -40,14 +44,22 @@ const Matmul& MatmulFor(const MatmulKey& key) {
   std::unique_ptr<Matmul>& slot = cache[key];
   if (!slot) {
     auto made = std::make_unique<Matmul>();
-    made->x = dnnl::memory::desc({key.rows, key.in}, DataType::f32, Tag::ab);
-    made->w = dnnl::memory::desc({key.in, key.out}, DataType::f32, Tag::ba);
-    made->y = dnnl::memory::desc({key.rows, key.out}, DataType::f32, Tag::ab);
-    if (key.bias) made->b = dnnl::memory::desc({1, key.out}, DataType::f32, Tag::ab);
-    const dnnl::matmul::desc desc = key.bias
-                                        ? dnnl::matmul::desc(made->x, made->w, made->b, made->y)
-                                        : dnnl::matmul::desc(made->x, made->w, made->y);
+    const dnnl::memory::desc x({key.rows, key.in}, DataType::f32, Tag::ab);
+    const dnnl::memory::desc w({key.in, key.out}, DataType::f32, Tag::ba);
+    const dnnl::memory::desc y({key.rows, key.out}, DataType::f32, Tag::ab);
+    const dnnl::memory::desc b({1, key.out}, DataType::f32, Tag::ab);
+    const dnnl::matmul::desc desc =
+        key.bias ? dnnl::matmul::desc(x, w, b, y) : dnnl::matmul::desc(x, w, y);
     made->primitive = dnnl::matmul(dnnl::matmul::primitive_desc(desc, Engine()));
+    // DNNL_MEMORY_NONE: no buffer is allocated; the handles are set per call.
+    made->x = dnnl::memory(x, Engine(), DNNL_MEMORY_NONE);
+    made->w = dnnl::memory(w, Engine(), DNNL_MEMORY_NONE);
+    made->y = dnnl::memory(y, Engine(), DNNL_MEMORY_NONE);
+    made->args = {{DNNL_ARG_SRC, made->x}, {DNNL_ARG_WEIGHTS, made->w}, {DNNL_ARG_DST, made->y}};
+    if (key.bias) {
+      made->b = dnnl::memory(b, Engine(), DNNL_MEMORY_NONE);
+      made->args.emplace(DNNL_ARG_BIAS, made->b);
+    }
     slot = std::move(made);
   }
   return *slot;
@@ -58,17 +70,13 @@ const Matmul& MatmulFor(const MatmulKey& key) {
 void OneDnnLinear(const LinearProblem& p) {
   if (p.rows == 0) return;
   const Matmul& mm = MatmulFor({p.rows, p.in, p.out, p.bias != nullptr});
-  dnnl::stream stream(Engine());
+  thread_local dnnl::stream stream(Engine());
   // oneDNN takes non-const handles; it only reads x, w and b.
-  dnnl::memory x(mm.x, Engine(), const_cast<float*>(p.x));
-  dnnl::memory w(mm.w, Engine(), const_cast<float*>(p.w));
-  dnnl::memory y(mm.y, Engine(), p.y);
-  std::unordered_map<int, dnnl::memory> args = {
-      {DNNL_ARG_SRC, x}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, y}};
-  if (p.bias != nullptr) {
-    args.emplace(DNNL_ARG_BIAS, dnnl::memory(mm.b, Engine(), const_cast<float*>(p.bias)));
-  }
-  mm.primitive.execute(stream, args);
+  mm.x.set_data_handle(const_cast<float*>(p.x));
+  mm.w.set_data_handle(const_cast<float*>(p.w));
+  mm.y.set_data_handle(p.y);
+  if (p.bias != nullptr) mm.b.set_data_handle(const_cast<float*>(p.bias));
+  mm.primitive.execute(stream, mm.args);
   stream.wait();
 }
 
