@@ -185,7 +185,9 @@ std::vector<double> DecodeCurve(const AttentionLayer& layer, MlaForm form,
 }  // namespace
 
 int RunDemo(const std::vector<std::string>& args) {
-  const Flags flags(args, {"preset", "context", "prefill", "decode", "seed", "plot"}, {});
+  const Flags flags(args, {"preset", "context", "prefill", "decode", "seed", "plot", "threads"},
+                    {});
+  ApplyThreadsFlag(flags);
   Check(!(flags.Has("context") && flags.Has("prefill")), ErrorKind::kInvalidArgument,
         "--prefill is another name for --context; give one");
   const int64_t prefill = flags.Has("context")

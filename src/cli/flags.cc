@@ -3,6 +3,7 @@
 #include <charconv>
 
 #include "attn/error.h"
+#include "attn/threads.h"
 
 namespace attn::cli {
 namespace {
@@ -54,6 +55,16 @@ int64_t Flags::GetInt(const std::string& name, int64_t fallback) const {
   Check(error == std::errc() && end == text.data() + text.size(), ErrorKind::kInvalidArgument,
         Dashed(name) + " expects an integer, got '" + text + "'");
   return value;
+}
+
+int ApplyThreadsFlag(const Flags& flags) {
+  if (flags.Has("threads")) {
+    const int64_t threads = flags.GetInt("threads", 1);
+    Check(threads >= 1 && threads <= 4096, ErrorKind::kInvalidArgument,
+          "--threads must lie in [1, 4096], got " + std::to_string(threads));
+    SetNumThreads(static_cast<int>(threads));
+  }
+  return NumThreads();
 }
 
 }  // namespace attn::cli

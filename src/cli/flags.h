@@ -28,6 +28,10 @@ class Flags {
   std::map<std::string, std::string> values_;
 };
 
+// Applies --threads N (1 … 4096) to the kernel thread pool when given; returns the count in
+// force.
+int ApplyThreadsFlag(const Flags& flags);
+
 }  // namespace attn::cli
 
 #endif  // ATTN_CLI_FLAGS_H_

@@ -31,8 +31,10 @@ std::vector<int64_t> ReadTokenGrid(const SafetensorsFile& input, const std::stri
 int RunForward(const std::vector<std::string>& args) {
   const Flags flags(
       args,
-      {"config", "preset", "weights", "input", "output", "layer", "mla", "prefill", "cache-dtype"},
+      {"config", "preset", "weights", "input", "output", "layer", "mla", "prefill", "cache-dtype",
+       "threads"},
       {});
+  ApplyThreadsFlag(flags);
   const ModelConfig config = ConfigFromFlags(flags).config;
   const int64_t layer_index = flags.GetInt("layer", 0);
   Check(layer_index >= 0 && layer_index < config.num_layers, ErrorKind::kInvalidArgument,

@@ -27,6 +27,7 @@ constexpr const char* kUsage =
     "  forward         run one attention layer: --config C.json --weights W.safetensors\n"
     "                  --input IN.safetensors --output OUT.safetensors [--layer I]\n"
     "                  [--mla naive|absorbed|auto] [--prefill N] [--cache-dtype f32|f16|bf16]\n"
+    "                  [--threads N]\n"
     "  info            parameters, KV cache, longest context, FLOPs and intensity of a model:\n"
     "                  --preset NAME | --config C.json | --compare a,b,c [--context 128k]\n"
     "                  [--batch B] [--dtype bf16] [--memory 80GiB] [--json]\n"
