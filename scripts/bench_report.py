@@ -44,6 +44,10 @@ def kernel_cases(threads: int):
         ("decode MQA G=1", DECODE + ["--kv-heads", "1"]),
         ("decode MHA G=32", DECODE + ["--kv-heads", "32"]),
         ("MLA absorbed decode", MLA),
+        # The attention of naive MLA at the same length: 128 heads of K 192 / V 128 per token.
+        ("MLA naive decode (attention only)",
+         ["--variant", "gqa", "--heads", "128", "--kv-heads", "128", "--head-dim", "192",
+          "--v-head-dim", "128", "--q-len", "1", "--kv-len", "4096", "--dtype", "bf16"]),
     ]
     out = [(label, args + ["--threads", str(threads)]) for label, args in cases]
     if threads > 1:
@@ -86,8 +90,33 @@ def main() -> int:
                         help="use the cached peak instead of measuring it again")
     parser.add_argument("--layer-decode", type=int, default=8)
     parser.add_argument("--skip-layer", action="store_true")
+    parser.add_argument("--pin", action="store_true",
+                        help="pass --pin (one CPU per pool thread) to kernel and layer runs")
+    parser.add_argument("--render-only", action="store_true",
+                        help="measure nothing: print the tables of the files in --out-dir")
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.render_only:
+        meta = json.loads((args.out_dir / "meta.json").read_text())
+        peak = json.loads((args.out_dir / "peak.json").read_text())
+        kernels = [json.loads(line) for line in
+                   (args.out_dir / "kernel.jsonl").read_text().splitlines()]
+        layer_file = args.out_dir / "layer.jsonl"
+        layers = {}
+        if layer_file.exists():
+            for line in layer_file.read_text().splitlines():
+                record = json.loads(line)
+                layers[record["forms"][0]["form"]] = record
+        return render(meta, peak, kernels, layers, args.out_dir)
+    meta, peak, kernels, layers = measure(args)
+    subprocess.run([sys.executable, str(REPO / "scripts" / "roofline_plot.py"), "--cases",
+                    str(args.out_dir / "kernel.jsonl"), "--peak",
+                    str(args.out_dir / "peak.json"), "--out", str(args.plot)], check=True)
+    return render(meta, peak, kernels, layers, args.out_dir)
+
+
+def measure(args):
+    """Runs every case; writes peak.json, kernel.jsonl, layer.jsonl, meta.json."""
     run = Runner(args.attn, args.out_dir / "commands.txt")
     load_before = os.getloadavg()
 
@@ -103,7 +132,8 @@ def main() -> int:
 
     kernels = []
     for label, case_args in kernel_cases(args.threads):
-        record = run.json("bench", "kernel", *case_args, "--repeat", str(args.repeat), "--json")
+        record = run.json("bench", "kernel", *case_args, "--repeat", str(args.repeat), "--json",
+                          *(["--pin"] if args.pin else []))
         record["label"] = label
         kernels.append(record)
     with (args.out_dir / "kernel.jsonl").open("w") as f:
@@ -117,20 +147,26 @@ def main() -> int:
             layers[form] = run.json("bench", "layer", "--config", config, "--dtype", "bf16",
                                     "--context", "4096", "--prefill", "16", "--decode",
                                     str(args.layer_decode), "--mla", form,
-                                    "--threads", str(args.threads), "--json")
+                                    "--threads", str(args.threads), "--json",
+                                    *(["--pin"] if args.pin else []))
         with (args.out_dir / "layer.jsonl").open("w") as f:
             for record in layers.values():
                 f.write(json.dumps(record) + "\n")
     load_after = os.getloadavg()
+    meta = {"threads": args.threads, "repeat": args.repeat, "pin": args.pin,
+            "load_before": load_before[0], "load_after": load_after[0],
+            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    (args.out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta, peak, kernels, layers
 
-    subprocess.run([sys.executable, str(REPO / "scripts" / "roofline_plot.py"), "--cases",
-                    str(args.out_dir / "kernel.jsonl"), "--peak",
-                    str(args.out_dir / "peak.json"), "--out", str(args.plot)], check=True)
 
-    def case(label, threads=args.threads):
+def render(meta, peak, kernels, layers, out_dir: Path) -> int:
+    """Prints (and writes to tables.json) the Markdown tables of docs/performance.md."""
+    n = meta["threads"]
+
+    def case(label, threads=n):
         return next(k for k in kernels if k["label"] == label and k["threads"] == threads)
 
-    n = args.threads
     point = {p["threads"]: p for p in peak["points"]}[n]
     rows = []
     c = case("prefill f32")
@@ -167,6 +203,10 @@ def main() -> int:
                      f"ms/token = {speed:.2f}×; cache {naive['cache_bytes_per_token']} vs "
                      f"{auto['cache_bytes_per_token']} B/token = {shrink:.1f}×",
                      speed >= 5 and shrink >= 71))
+    naive_k, absorbed_k = case("MLA naive decode (attention only)"), case("MLA absorbed decode")
+    rows.append(("(attention kernel alone, same shapes: naive vs absorbed)", "—",
+                 f"{1e3 * naive_k['median_s']:.2f} vs {1e3 * absorbed_k['median_s']:.2f} ms = "
+                 f"{naive_k['median_s'] / absorbed_k['median_s']:.2f}×", True))
     if n > 1:
         one, many = case("prefill f32", 1), case("prefill f32")
         scale = one["median_s"] / many["median_s"]
@@ -174,37 +214,61 @@ def main() -> int:
                      f"{one['median_s']:.3f} s → {many['median_s']:.3f} s = {scale:.2f}×",
                      scale >= 1.8))
 
-    print(f"\nbackend: {kernels[0]['backend']}; {n} thread(s); median of {args.repeat}; "
-          f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}\n")
-    print("| case | target | measured | |")
-    print("| --- | --- | --- | --- |")
-    for name, target, measured, ok in rows:
-        print(f"| {name} | {target} | {measured} | {verdict(ok)} |")
+    sections = {}
+    lines = [f"backend `{kernels[0]['backend']}`, {n} thread(s){' pinned' if meta['pin'] else ''}, "
+             f"median of {meta['repeat']}; load average {meta['load_before']:.2f} before, "
+             f"{meta['load_after']:.2f} after; finished {meta['finished']}", "",
+             "| case | target | measured | |", "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {target} | {measured} | {verdict(ok) if target != '—' else ''} |"
+              for name, target, measured, ok in rows]
+    sections["targets"] = lines
 
-    print("\n| kernel case | threads | median s | GFLOP/s | GB/s (unique KV) | FLOP/B | "
-          "binding roof | % of roof |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for k in kernels:
-        print(f"| {k['label']} | {k['threads']} | {k['median_s']:.4f} | {k['gflops']:.1f} | "
+    lines = ["| kernel case | threads | median s | min s | GFLOP/s | GB/s (unique KV) | FLOP/B | "
+             "binding roof GFLOP/s | % of roof |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {k['label']} | {k['threads']} | {k['median_s']:.4f} | {k['min_s']:.4f} | "
+              f"{k['gflops']:.1f} | "
               f"{k['gbps']:.2f} | {k['arithmetic_intensity']:.0f} | {k['binding_roof']} "
-              f"({k['roof_gflops']:.1f}) | {100 * k['peak_fraction']:.1f}% |")
+              f"{k['roof_gflops']:.1f} | {100 * k['peak_fraction']:.1f}% |" for k in kernels]
+    sections["kernels"] = lines
+
     if layers:
-        print("\n| form | cache B/token | prefill tok/s | decode ms/token | allocs/step "
-              "after warm-up | peak RSS MiB | weights MiB | cache MiB |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        lines = ["| form | cache B/token | cache MiB | prefill tok/s | decode ms/token | "
+                 "allocs/step after warm-up | peak RSS MiB | weights MiB |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for form, record in layers.items():
             f = record["forms"][0]
-            print(f"| {form} | {f['cache_bytes_per_token']} | {f['prefill_tokens_per_s']:.1f} | "
-                  f"{f['decode_ms_per_token']:.2f} | {f['decode_allocations_per_step']:.1f} | "
-                  f"{f['peak_rss_bytes'] / 2**20:.0f} | {record['weights_bytes'] / 2**20:.0f} | "
-                  f"{f['cache_bytes'] / 2**20:.1f} |")
-    print("\n| threads | fp32 FMA GFLOP/s (median) | bf16 dot GFLOP/s (median) | "
-          "DRAM read GB/s (median) |")
-    print("| --- | --- | --- | --- |")
-    for p in peak["points"]:
-        print(f"| {p['threads']} | {p['fp32_gflops']:.1f} ({p['fp32_gflops_median']:.1f}) | "
+            lines.append(f"| {form} | {f['cache_bytes_per_token']} | "
+                         f"{f['cache_bytes'] / 2**20:.1f} | {f['prefill_tokens_per_s']:.1f} | "
+                         f"{f['decode_ms_per_token']:.2f} | "
+                         f"{f['decode_allocations_per_step']:.1f} "
+                         f"({f['decode_allocated_bytes_per_step'] / 1024:.0f} KiB) | "
+                         f"{f['peak_rss_bytes'] / 2**20:.0f} | "
+                         f"{record['weights_bytes'] / 2**20:.0f} |")
+        sections["layer"] = lines
+
+    lines = ["| threads | fp32 FMA GFLOP/s (median) | bf16 dot GFLOP/s (median) | "
+             "DRAM read GB/s (median) |", "| --- | --- | --- | --- |"]
+    lines += [f"| {p['threads']} | {p['fp32_gflops']:.1f} ({p['fp32_gflops_median']:.1f}) | "
               f"{p['bf16_gflops']:.1f} ({p['bf16_gflops_median']:.1f}) | "
-              f"{p['dram_gbps']:.1f} ({p['dram_gbps_median']:.1f}) |")
+              f"{p['dram_gbps']:.1f} ({p['dram_gbps_median']:.1f}) |" for p in peak["points"]]
+    sections["peak"] = lines
+
+    if n > 1:
+        lines = ["| case | 1 thread s | " + f"{n} threads s | speedup | roof speedup |",
+                 "| --- | --- | --- | --- | --- |"]
+        roofs = {p["threads"]: p for p in peak["points"]}
+        for label, key in (("prefill f32", "fp32_gflops"), ("prefill bf16", "bf16_gflops")):
+            one, many = case(label, 1), case(label)
+            lines.append(f"| {label} | {one['median_s']:.3f} | {many['median_s']:.3f} | "
+                         f"{one['median_s'] / many['median_s']:.2f}× | "
+                         f"{roofs[n][key] / roofs[1][key]:.2f}× |")
+        sections["scaling"] = lines
+
+    for name, lines in sections.items():
+        print(f"\n<!-- {name} -->")
+        print("\n".join(lines))
+    (out_dir / "tables.json").write_text(json.dumps(sections, indent=1) + "\n")
     return 0
 
 

@@ -129,6 +129,7 @@ def main() -> int:
     binary = attn_binary(args.attn)
     cases = FULL_CASES if args.cases == "full" else QUICK_CASES
 
+    load_before = os.getloadavg()[0]
     rows = []
     for case in cases:
         attn = run_attn(binary, case, args.threads, args.repeat)
@@ -155,7 +156,8 @@ def main() -> int:
         print(f"{r['case']:<18} {shape:<34} {1e3 * r['attn_s']:>10.3f} {r['attn_gflops']:>8.1f} "
               f"{1e3 * r['torch_s']:>10.3f} {r['torch_gflops']:>8.1f} "
               f"{r['speedup']:>9.2f}x{note}")
-    print("attn/torch > 1 means attn is faster.")
+    print(f"attn/torch > 1 means attn is faster. Load average {load_before:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after (other processes share these CPUs).")
     if args.json_out:
         with open(args.json_out, "w") as out:
             for r in rows:

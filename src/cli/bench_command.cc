@@ -298,12 +298,15 @@ FormResult BenchForm(const AttentionLayer& layer, MlaForm form, const std::strin
   }
   result.prefill_s = Seconds(start, Clock::now());
 
+  // One output tensor kept across steps, as a serving loop would: StepInto reuses its storage.
+  Tensor out;
   std::vector<double> step_ms;
+  step_ms.reserve(static_cast<size_t>(decode));
   bench::AllocationStats after_warmup{};
   for (int64_t i = 0; i < decode; ++i) {
     const TokenBatch batch{&tokens[static_cast<size_t>(i)], {}, {}};
     const Clock::time_point step_start = Clock::now();
-    const Tensor out = layer.Step(batch, *cache, form);
+    layer.StepInto(batch, *cache, form, out);
     step_ms.push_back(1e3 * Seconds(step_start, Clock::now()));
     // The first step is the warm-up: workspaces may grow there once.
     if (i == 0) after_warmup = bench::AllocationsSoFar();
