@@ -11,7 +11,11 @@ Writes into --out-dir:
                      peak RSS is its own)
   commands.txt       every command line run, in order
 and then docs/roofline.png via scripts/roofline_plot.py (--plot PATH to change).
-Prints the issue 3 target table (measured value, target, met or not) in Markdown.
+Prints the issue 3 target table (measured value, target, met or not) and the other tables of
+docs/performance.md in Markdown; --update-doc docs/performance.md rewrites that page's
+<!-- bench:NAME --> blocks with them (with torch.jsonl and gbench.txt from --out-dir when
+present: scripts/compare_torch.py --json-out, attn_benchmark's output).
+--render-only measures nothing and renders the files already in --out-dir.
 """
 
 from __future__ import annotations
@@ -94,6 +98,8 @@ def main() -> int:
                         help="pass --pin (one CPU per pool thread) to kernel and layer runs")
     parser.add_argument("--render-only", action="store_true",
                         help="measure nothing: print the tables of the files in --out-dir")
+    parser.add_argument("--update-doc", type=Path, default=None,
+                        help="rewrite the <!-- bench:NAME --> blocks of this Markdown file")
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.render_only:
@@ -107,12 +113,12 @@ def main() -> int:
             for line in layer_file.read_text().splitlines():
                 record = json.loads(line)
                 layers[record["forms"][0]["form"]] = record
-        return render(meta, peak, kernels, layers, args.out_dir)
+        return render(meta, peak, kernels, layers, args.out_dir, args.update_doc)
     meta, peak, kernels, layers = measure(args)
     subprocess.run([sys.executable, str(REPO / "scripts" / "roofline_plot.py"), "--cases",
                     str(args.out_dir / "kernel.jsonl"), "--peak",
                     str(args.out_dir / "peak.json"), "--out", str(args.plot)], check=True)
-    return render(meta, peak, kernels, layers, args.out_dir)
+    return render(meta, peak, kernels, layers, args.out_dir, args.update_doc)
 
 
 def measure(args):
@@ -160,7 +166,7 @@ def measure(args):
     return meta, peak, kernels, layers
 
 
-def render(meta, peak, kernels, layers, out_dir: Path) -> int:
+def render(meta, peak, kernels, layers, out_dir: Path, update_doc: Path | None = None) -> int:
     """Prints (and writes to tables.json) the Markdown tables of docs/performance.md."""
     n = meta["threads"]
 
@@ -265,10 +271,36 @@ def render(meta, peak, kernels, layers, out_dir: Path) -> int:
                          f"{roofs[n][key] / roofs[1][key]:.2f}× |")
         sections["scaling"] = lines
 
+    torch_file = out_dir / "torch.jsonl"
+    if torch_file.exists():
+        lines = ["| case | attn ms | attn GFLOP/s | torch ms | torch GFLOP/s | attn/torch |",
+                 "| --- | --- | --- | --- | --- | --- |"]
+        for line in torch_file.read_text().splitlines():
+            r = json.loads(line)
+            lines.append(f"| {r['case']} | {1e3 * r['attn_s']:.2f} | {r['attn_gflops']:.1f} | "
+                         f"{1e3 * r['torch_s']:.2f} | {r['torch_gflops']:.1f} | "
+                         f"{r['speedup']:.2f}× |")
+        sections["torch"] = lines
+    gbench_file = out_dir / "gbench.txt"
+    if gbench_file.exists():
+        kept = [line for line in gbench_file.read_text().splitlines()
+                if line.startswith(("BM_", "Benchmark", "load"))]
+        sections["gbench"] = ["```"] + kept + ["```"]
+
     for name, lines in sections.items():
         print(f"\n<!-- {name} -->")
         print("\n".join(lines))
     (out_dir / "tables.json").write_text(json.dumps(sections, indent=1) + "\n")
+    if update_doc is not None:
+        text = update_doc.read_text()
+        for name, lines in sections.items():
+            begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+            if begin in text and end in text:
+                head, rest = text.split(begin, 1)
+                _, tail = rest.split(end, 1)
+                text = head + begin + "\n" + "\n".join(lines) + "\n" + end + tail
+        update_doc.write_text(text)
+        print(f"\nupdated {update_doc}", file=sys.stderr)
     return 0
 
 
