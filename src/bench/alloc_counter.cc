@@ -11,7 +11,7 @@ namespace {
 std::atomic<uint64_t> g_count{0};
 std::atomic<uint64_t> g_bytes{0};
 
-void* Allocate(std::size_t size, std::size_t alignment) {
+[[maybe_unused]] void* Allocate(std::size_t size, std::size_t alignment) {
   g_count.fetch_add(1, std::memory_order_relaxed);
   g_bytes.fetch_add(size, std::memory_order_relaxed);
   if (size == 0) size = 1;
@@ -32,7 +32,15 @@ AllocationStats AllocationsSoFar() {
   return {g_count.load(std::memory_order_relaxed), g_bytes.load(std::memory_order_relaxed)};
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+bool AllocationCountingEnabled() { return false; }
+#else
+bool AllocationCountingEnabled() { return true; }
+#endif
+
 }  // namespace attn::bench
+
+#if !defined(__SANITIZE_ADDRESS__)
 
 // The replaceable global allocation functions. libstdc++'s array and nothrow forms call these,
 // so every `new` in the program is counted.
@@ -44,3 +52,4 @@ void operator delete(void* memory) noexcept { std::free(memory); }
 void operator delete(void* memory, std::size_t) noexcept { std::free(memory); }
 void operator delete(void* memory, std::align_val_t) noexcept { std::free(memory); }
 void operator delete(void* memory, std::size_t, std::align_val_t) noexcept { std::free(memory); }
+#endif  // !defined(__SANITIZE_ADDRESS__)

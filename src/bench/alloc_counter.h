@@ -16,6 +16,8 @@ struct AllocationStats {
 
 // Allocations since the program started, all threads together.
 AllocationStats AllocationsSoFar();
+// False in AddressSanitizer builds, whose allocator must keep operator new: nothing is counted.
+bool AllocationCountingEnabled();
 
 }  // namespace attn::bench
 

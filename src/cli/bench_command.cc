@@ -371,23 +371,27 @@ int RunLayerBench(const std::vector<std::string>& args) {
     results.push_back(BenchForm(*layer, form, name, dtype, context, prefill, decode, seed));
   }
 
+  const bool counting = bench::AllocationCountingEnabled();
   json forms_json = json::array();
   const FormResult* naive = nullptr;
   const FormResult* automatic = nullptr;
   for (const FormResult& r : results) {
     if (r.form == "naive") naive = &r;
     if (r.form == "auto") automatic = &r;
-    forms_json.push_back({{"form", r.form},
-                          {"cache_bytes_per_token", r.cache_bytes_per_token},
-                          {"cache_bytes", r.cache_bytes},
-                          {"prefill_s", r.prefill_s},
-                          {"prefill_tokens_per_s", static_cast<double>(prefill) / r.prefill_s},
-                          {"decode_ms_per_token", r.decode_ms_median},
-                          {"decode_ms_mean", r.decode_ms_mean},
-                          {"decode_allocations_per_step", r.allocations_per_step},
-                          {"decode_allocated_bytes_per_step", r.allocated_bytes_per_step},
-                          {"rss_bytes", r.rss_bytes},
-                          {"peak_rss_bytes", r.peak_rss_bytes}});
+    forms_json.push_back(
+        {{"form", r.form},
+         {"cache_bytes_per_token", r.cache_bytes_per_token},
+         {"cache_bytes", r.cache_bytes},
+         {"prefill_s", r.prefill_s},
+         {"prefill_tokens_per_s", static_cast<double>(prefill) / r.prefill_s},
+         {"decode_ms_per_token", r.decode_ms_median},
+         {"decode_ms_mean", r.decode_ms_mean},
+         // null where the build cannot count (sanitizers)
+         {"decode_allocations_per_step", counting ? json(r.allocations_per_step) : json(nullptr)},
+         {"decode_allocated_bytes_per_step",
+          counting ? json(r.allocated_bytes_per_step) : json(nullptr)},
+         {"rss_bytes", r.rss_bytes},
+         {"peak_rss_bytes", r.peak_rss_bytes}});
   }
   json result = {{"command", "layer"},
                  {"config", config_path},
