@@ -112,7 +112,8 @@ def main() -> int:
         if layer_file.exists():
             for line in layer_file.read_text().splitlines():
                 record = json.loads(line)
-                layers[record["forms"][0]["form"]] = record
+                form, batch = record["forms"][0]["form"], record.get("batch", 1)
+                layers[form if batch == 1 else f"{form}@{batch}"] = record
         return render(meta, peak, kernels, layers, args.out_dir, args.update_doc)
     meta, peak, kernels, layers = measure(args)
     subprocess.run([sys.executable, str(REPO / "scripts" / "roofline_plot.py"), "--cases",
@@ -149,12 +150,15 @@ def measure(args):
     layers = {}
     if not args.skip_layer:
         config = str(REPO / "bench" / "configs" / "deepseek_v3.json")
-        for form in ("naive", "absorbed", "auto"):
-            layers[form] = run.json("bench", "layer", "--config", config, "--dtype", "bf16",
-                                    "--context", "4096", "--prefill", "16", "--decode",
-                                    str(args.layer_decode), "--mla", form,
-                                    "--threads", str(args.threads), "--json",
-                                    *(["--pin"] if args.pin else []))
+        # Batch 1 is the target's case; batch 8 shows the weights' share shrinking per token.
+        for batch, form in ((1, "naive"), (1, "absorbed"), (1, "auto"), (8, "naive"),
+                            (8, "auto")):
+            key = form if batch == 1 else f"{form}@{batch}"
+            layers[key] = run.json("bench", "layer", "--config", config, "--dtype", "bf16",
+                                   "--context", "4096", "--prefill", "16", "--decode",
+                                   str(args.layer_decode), "--mla", form, "--batch", str(batch),
+                                   "--threads", str(args.threads), "--json",
+                                   *(["--pin"] if args.pin else []))
         with (args.out_dir / "layer.jsonl").open("w") as f:
             for record in layers.values():
                 f.write(json.dumps(record) + "\n")
@@ -209,6 +213,12 @@ def render(meta, peak, kernels, layers, out_dir: Path, update_doc: Path | None =
                      f"ms/token = {speed:.2f}×; cache {naive['cache_bytes_per_token']} vs "
                      f"{auto['cache_bytes_per_token']} B/token = {shrink:.1f}×",
                      speed >= 5 and shrink >= 71))
+        if "naive@8" in layers and "auto@8" in layers:
+            n8, a8 = layers["naive@8"]["forms"][0], layers["auto@8"]["forms"][0]
+            rows.append(("(same layer, batch 8: auto vs naive per step)", "—",
+                         f"{n8['decode_ms_per_token']:.1f} vs {a8['decode_ms_per_token']:.1f} "
+                         f"ms/step = {n8['decode_ms_per_token'] / a8['decode_ms_per_token']:.2f}×",
+                         True))
     naive_k, absorbed_k = case("MLA naive decode (attention only)"), case("MLA absorbed decode")
     rows.append(("(attention kernel alone, same shapes: naive vs absorbed)", "—",
                  f"{1e3 * naive_k['median_s']:.2f} vs {1e3 * absorbed_k['median_s']:.2f} ms = "
@@ -239,14 +249,16 @@ def render(meta, peak, kernels, layers, out_dir: Path, update_doc: Path | None =
     sections["kernels"] = lines
 
     if layers:
-        lines = ["| form | cache B/token | cache MiB | prefill tok/s | decode ms/token | "
-                 "allocs/step after warm-up | peak RSS MiB | weights MiB |",
-                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for form, record in layers.items():
+        lines = ["| form | batch | cache B/token | cache MiB | prefill tok/s | decode ms/step | "
+                 "decode tok/s | allocs/step after warm-up | peak RSS MiB | weights MiB |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for record in layers.values():
             f = record["forms"][0]
-            lines.append(f"| {form} | {f['cache_bytes_per_token']} | "
+            tokens_per_s = 1e3 * record.get("batch", 1) / f["decode_ms_per_token"]
+            lines.append(f"| {f['form']} | {record.get('batch', 1)} | "
+                         f"{f['cache_bytes_per_token']} | "
                          f"{f['cache_bytes'] / 2**20:.1f} | {f['prefill_tokens_per_s']:.1f} | "
-                         f"{f['decode_ms_per_token']:.2f} | "
+                         f"{f['decode_ms_per_token']:.2f} | {tokens_per_s:.1f} | "
                          f"{f['decode_allocations_per_step']:.1f} "
                          f"({f['decode_allocated_bytes_per_step'] / 1024:.0f} KiB) | "
                          f"{f['peak_rss_bytes'] / 2**20:.0f} | "

@@ -46,7 +46,7 @@ constexpr const char* kBenchUsage =
     "                         [--v-head-dim DV] --q-len S --kv-len T [--causal]\n"
     "                         [--dtype f32|f16|bf16] [--threads N] [--repeat R]\n"
     "                         [--backend default|reference] [--peak-bytes B] [--json]\n"
-    "       attn bench layer --config C.json --prefill S --decode N [--context T]\n"
+    "       attn bench layer --config C.json --prefill S --decode N [--context T] [--batch B]\n"
     "                        [--dtype f32|f16|bf16] [--mla naive|absorbed|auto|all]\n"
     "                        [--threads N] [--seed N] [--pin] [--json]\n"
     "       attn bench peak [--max-threads N] [--peak-bytes B] [--trials N] [--json]\n"
@@ -243,7 +243,7 @@ int64_t PeakResidentBytes() {
 // Fills `context` tokens of random K/V straight into the cache, without running the layer:
 // decode at a long context is what is being measured, and projecting thousands of tokens just
 // to obtain a cache of the right size would dominate the run.
-void FillContext(Cache& cache, int64_t context, uint64_t seed) {
+void FillContext(Cache& cache, int64_t sequence, int64_t context, uint64_t seed) {
   constexpr int64_t kChunk = 256;  // bounds the fp32 staging buffers
   for (int64_t done = 0; done < context; done += kChunk) {
     const int64_t n = std::min(kChunk, context - done);
@@ -252,10 +252,10 @@ void FillContext(Cache& cache, int64_t context, uint64_t seed) {
       const Tensor keys = RandomUniform({n, heads->kv_heads(), heads->key_dim()}, chunk_seed, 1.0f);
       const Tensor values =
           RandomUniform({n, heads->kv_heads(), heads->value_dim()}, chunk_seed + 1, 1.0f);
-      heads->Append(0, n, keys.data(), values.data(), nullptr);
+      heads->Append(sequence, n, keys.data(), values.data(), nullptr);
     } else if (auto* latent = dynamic_cast<LatentKVCache*>(&cache)) {
       const Tensor rows = RandomUniform({n, latent->row_dim()}, chunk_seed, 1.0f);
-      latent->Append(0, n, rows.data(), nullptr);
+      latent->Append(sequence, n, rows.data(), nullptr);
     } else {
       throw Error(ErrorKind::kUnsupported, "--context: unknown cache type");
     }
@@ -276,15 +276,18 @@ struct FormResult {
 };
 
 FormResult BenchForm(const AttentionLayer& layer, MlaForm form, const std::string& form_name,
-                     DType dtype, int64_t context, int64_t prefill, int64_t decode, uint64_t seed) {
+                     DType dtype, int64_t batch, int64_t context, int64_t prefill, int64_t decode,
+                     uint64_t seed) {
   const int64_t hidden = layer.config().hidden_size;
-  std::unique_ptr<Cache> cache = layer.NewCache(1, context + prefill + decode, dtype, form);
-  if (context > 0) FillContext(*cache, context, seed + 1000);
+  std::unique_ptr<Cache> cache = layer.NewCache(batch, context + prefill + decode, dtype, form);
+  for (int64_t b = 0; b < batch && context > 0; ++b) {
+    FillContext(*cache, b, context, seed + 1000 + static_cast<uint64_t>(b) * 7919);
+  }
 
-  const Tensor prompt = RandomUniform({1, prefill, hidden}, seed + 1, 1.0f);
+  const Tensor prompt = RandomUniform({batch, prefill, hidden}, seed + 1, 1.0f);
   std::vector<Tensor> tokens;
   for (int64_t i = 0; i < decode; ++i) {
-    tokens.push_back(RandomUniform({1, 1, hidden}, seed + 2 + static_cast<uint64_t>(i), 1.0f));
+    tokens.push_back(RandomUniform({batch, 1, hidden}, seed + 2 + static_cast<uint64_t>(i), 1.0f));
   }
 
   FormResult result;
@@ -293,8 +296,8 @@ FormResult BenchForm(const AttentionLayer& layer, MlaForm form, const std::strin
   result.cache_bytes = static_cast<int64_t>(cache->bytes());
   const Clock::time_point start = Clock::now();
   {
-    const TokenBatch batch{&prompt, {}, {}};
-    const Tensor out = layer.Step(batch, *cache, form);
+    const TokenBatch tokens_in{&prompt, {}, {}};
+    const Tensor out = layer.Step(tokens_in, *cache, form);
   }
   result.prefill_s = Seconds(start, Clock::now());
 
@@ -304,9 +307,9 @@ FormResult BenchForm(const AttentionLayer& layer, MlaForm form, const std::strin
   step_ms.reserve(static_cast<size_t>(decode));
   bench::AllocationStats after_warmup{};
   for (int64_t i = 0; i < decode; ++i) {
-    const TokenBatch batch{&tokens[static_cast<size_t>(i)], {}, {}};
+    const TokenBatch tokens_in{&tokens[static_cast<size_t>(i)], {}, {}};
     const Clock::time_point step_start = Clock::now();
-    layer.StepInto(batch, *cache, form, out);
+    layer.StepInto(tokens_in, *cache, form, out);
     step_ms.push_back(1e3 * Seconds(step_start, Clock::now()));
     // The first step is the warm-up: workspaces may grow there once.
     if (i == 0) after_warmup = bench::AllocationsSoFar();
@@ -329,9 +332,9 @@ FormResult BenchForm(const AttentionLayer& layer, MlaForm form, const std::strin
 }
 
 int RunLayerBench(const std::vector<std::string>& args) {
-  const Flags flags(args,
-                    {"config", "prefill", "decode", "context", "dtype", "mla", "threads", "seed"},
-                    {"json", "pin"});
+  const Flags flags(
+      args, {"config", "prefill", "decode", "context", "batch", "dtype", "mla", "threads", "seed"},
+      {"json", "pin"});
   const std::string config_path = flags.Required("config");
   const ModelConfig config = LoadHfConfig(config_path);
   const int64_t prefill = flags.GetInt("prefill", 0);
@@ -342,6 +345,8 @@ int RunLayerBench(const std::vector<std::string>& args) {
         "--decode N (>= 0 steps) is required");
   const int64_t context = flags.GetInt("context", 0);
   Check(context >= 0, ErrorKind::kInvalidArgument, "--context must be >= 0");
+  const int64_t batch = flags.GetInt("batch", 1);
+  Check(batch >= 1 && batch <= 4096, ErrorKind::kInvalidArgument, "--batch must lie in [1, 4096]");
   const DType dtype = StorageDTypeFromString(flags.Get("dtype", "f32"));
   const std::string mla = flags.Get("mla", "all");
   Check(config.kind == AttentionKind::kMla || !flags.Has("mla"), ErrorKind::kInvalidArgument,
@@ -368,7 +373,7 @@ int RunLayerBench(const std::vector<std::string>& args) {
   std::vector<FormResult> results;
   for (MlaForm form : forms) {
     const std::string name = config.kind == AttentionKind::kMla ? MlaFormName(form) : "gqa";
-    results.push_back(BenchForm(*layer, form, name, dtype, context, prefill, decode, seed));
+    results.push_back(BenchForm(*layer, form, name, dtype, batch, context, prefill, decode, seed));
   }
 
   const bool counting = bench::AllocationCountingEnabled();
@@ -383,9 +388,11 @@ int RunLayerBench(const std::vector<std::string>& args) {
          {"cache_bytes_per_token", r.cache_bytes_per_token},
          {"cache_bytes", r.cache_bytes},
          {"prefill_s", r.prefill_s},
-         {"prefill_tokens_per_s", static_cast<double>(prefill) / r.prefill_s},
+         {"prefill_tokens_per_s", static_cast<double>(batch * prefill) / r.prefill_s},
          {"decode_ms_per_token", r.decode_ms_median},
          {"decode_ms_mean", r.decode_ms_mean},
+         {"decode_tokens_per_s",
+          r.decode_ms_median > 0.0 ? 1e3 * static_cast<double>(batch) / r.decode_ms_median : 0.0},
          // null where the build cannot count (sanitizers)
          {"decode_allocations_per_step", counting ? json(r.allocations_per_step) : json(nullptr)},
          {"decode_allocated_bytes_per_step",
@@ -399,6 +406,7 @@ int RunLayerBench(const std::vector<std::string>& args) {
                  {"hidden_size", config.hidden_size},
                  {"heads", config.num_heads},
                  {"dtype", flags.Get("dtype", "f32")},
+                 {"batch", batch},
                  {"context", context},
                  {"prefill", prefill},
                  {"decode", decode},
@@ -418,23 +426,25 @@ int RunLayerBench(const std::vector<std::string>& args) {
     return 0;
   }
   std::printf(
-      "attn bench layer: %s (hidden %lld, %lld heads), %s cache, context %lld + prefill %lld + "
-      "decode %lld, %d thread(s)\nweights %.1f MiB (fp32)\n\n",
+      "attn bench layer: %s (hidden %lld, %lld heads), %s cache, batch %lld, context %lld + "
+      "prefill %lld + decode %lld, %d thread(s)\nweights %.1f MiB (fp32); decode ms/step is the "
+      "time of one step (one token for each sequence)\n\n",
       config.model_type.c_str(), static_cast<long long>(config.hidden_size),
       static_cast<long long>(config.num_heads), flags.Get("dtype", "f32").c_str(),
-      static_cast<long long>(context), static_cast<long long>(prefill),
-      static_cast<long long>(decode), threads, static_cast<double>(weight_bytes) / 1048576.0);
+      static_cast<long long>(batch), static_cast<long long>(context),
+      static_cast<long long>(prefill), static_cast<long long>(decode), threads,
+      static_cast<double>(weight_bytes) / 1048576.0);
   std::printf("%-9s %12s %12s %14s %14s %12s %12s\n", "form", "cache B/tok", "cache MiB",
-              "prefill tok/s", "decode ms/tok", "allocs/step", "peak RSS MiB");
+              "prefill tok/s", "decode ms/step", "allocs/step", "peak RSS MiB");
   for (const FormResult& r : results) {
     std::printf("%-9s %12lld %12.1f %14.1f %14.3f %12.1f %12.1f\n", r.form.c_str(),
                 static_cast<long long>(r.cache_bytes_per_token),
                 static_cast<double>(r.cache_bytes) / 1048576.0,
-                static_cast<double>(prefill) / r.prefill_s, r.decode_ms_median,
+                static_cast<double>(batch * prefill) / r.prefill_s, r.decode_ms_median,
                 r.allocations_per_step, static_cast<double>(r.peak_rss_bytes) / 1048576.0);
   }
   if (result.contains("auto_vs_naive_decode_speedup")) {
-    std::printf("\nauto vs naive: decode %.2fx faster per token, cache %.1fx smaller\n",
+    std::printf("\nauto vs naive: decode %.2fx faster per step, cache %.1fx smaller\n",
                 result["auto_vs_naive_decode_speedup"].get<double>(),
                 result["naive_vs_auto_cache_ratio"].get<double>());
   }

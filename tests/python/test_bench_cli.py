@@ -155,6 +155,21 @@ def test_layer_mla_reports_each_form(attn_bin, env, tmp_path):
     assert r["weights_bytes"] > 0
 
 
+def test_layer_batch_scales_cache_and_tokens(attn_bin, env, tmp_path):
+    config = tmp_path / "mla.json"
+    config.write_text(json.dumps(SMALL_MLA))
+    r = json.loads(run(attn_bin, env, "bench", "layer", "--config", config, "--prefill", 4,
+                       "--decode", 3, "--context", 5, "--batch", 3, "--mla", "auto",
+                       "--json").stdout)
+    assert r["batch"] == 3
+    f = r["forms"][0]
+    assert [x["form"] for x in r["forms"]] == ["auto"]
+    assert f["cache_bytes"] == f["cache_bytes_per_token"] * 3 * (5 + 4 + 3)
+    assert f["decode_tokens_per_s"] == pytest.approx(3e3 / f["decode_ms_per_token"])
+    assert run(attn_bin, env, "bench", "layer", "--config", config, "--prefill", 4, "--decode",
+               1, "--batch", 0, check=False).returncode == 2
+
+
 def test_layer_gqa_and_bad_flags(attn_bin, env, tmp_path):
     config = tmp_path / "gqa.json"
     config.write_text(json.dumps(SMALL_GQA))
