@@ -170,6 +170,12 @@ def measure(args):
     return meta, peak, kernels, layers
 
 
+def share(kernel: dict) -> str:
+    """The fp32 FMA probe run right after the case, as a share of the fp32 roof."""
+    value = kernel.get("machine_share")
+    return f"{100 * value:.0f}%" if value is not None else "—"
+
+
 def render(meta, peak, kernels, layers, out_dir: Path, update_doc: Path | None = None) -> int:
     """Prints (and writes to tables.json) the Markdown tables of docs/performance.md."""
     n = meta["threads"]
@@ -240,12 +246,13 @@ def render(meta, peak, kernels, layers, out_dir: Path, update_doc: Path | None =
     sections["targets"] = lines
 
     lines = ["| kernel case | threads | median s | min s | GFLOP/s | GB/s (unique KV) | FLOP/B | "
-             "binding roof GFLOP/s | % of roof |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "binding roof GFLOP/s | % of roof | machine share |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {k['label']} | {k['threads']} | {k['median_s']:.4f} | {k['min_s']:.4f} | "
               f"{k['gflops']:.1f} | "
               f"{k['gbps']:.2f} | {k['arithmetic_intensity']:.0f} | {k['binding_roof']} "
-              f"{k['roof_gflops']:.1f} | {100 * k['peak_fraction']:.1f}% |" for k in kernels]
+              f"{k['roof_gflops']:.1f} | {100 * k['peak_fraction']:.1f}% | "
+              f"{share(k)} |" for k in kernels]
     sections["kernels"] = lines
 
     if layers:

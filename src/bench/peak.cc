@@ -403,6 +403,50 @@ MachinePeak MeasurePeak(const PeakOptions& options) {
   return peak;
 }
 
+MachinePeak MergePeaks(const MachinePeak& cached, const MachinePeak& fresh) {
+  if (cached.cpu_model != fresh.cpu_model || cached.fp32_isa != fresh.fp32_isa ||
+      cached.bf16_isa != fresh.bf16_isa) {
+    return fresh;
+  }
+  const bool same_buffer = cached.dram_buffer_bytes == fresh.dram_buffer_bytes;
+  MachinePeak merged = fresh;
+  for (PeakPoint& point : merged.points) {
+    const PeakPoint* old = cached.ForThreads(point.threads);
+    if (old == nullptr) continue;
+    auto keep_higher = [](double& best, double& median, double old_best, double old_median) {
+      if (old_best > best) {
+        best = old_best;
+        median = old_median;
+      }
+    };
+    keep_higher(point.fp32_gflops, point.fp32_gflops_median, old->fp32_gflops,
+                old->fp32_gflops_median);
+    keep_higher(point.bf16_gflops, point.bf16_gflops_median, old->bf16_gflops,
+                old->bf16_gflops_median);
+    if (same_buffer) {
+      keep_higher(point.dram_gbps, point.dram_gbps_median, old->dram_gbps, old->dram_gbps_median);
+    }
+  }
+  for (const PeakPoint& point : cached.points) {
+    if (merged.ForThreads(point.threads) == nullptr && same_buffer) merged.points.push_back(point);
+  }
+  std::sort(merged.points.begin(), merged.points.end(),
+            [](const PeakPoint& a, const PeakPoint& b) { return a.threads < b.threads; });
+  return merged;
+}
+
+double ProbeFp32Now(int threads, double seconds) {
+  const ComputeLoop fp32 = Fp32Loop(DetectIsa());
+  const int64_t iterations = Calibrate(fp32, seconds);
+  std::vector<double> rates;
+  for (int trial = 0; trial < 3; ++trial) {
+    const double elapsed = RunTogether(threads, [&](int) { return fp32.run(iterations); });
+    rates.push_back(fp32.flops_per_iteration * static_cast<double>(iterations) * threads / elapsed /
+                    1e9);
+  }
+  return Median(rates);
+}
+
 nlohmann::json PeakToJson(const MachinePeak& peak) {
   nlohmann::json points = nlohmann::json::array();
   for (const PeakPoint& p : peak.points) {
@@ -506,10 +550,8 @@ MachinePeak PeakFor(const std::vector<int>& thread_counts, const PeakOptions& op
   if (missing.empty()) return peak;
   PeakOptions measure = options;
   measure.thread_counts = missing;
-  MachinePeak fresh = MeasurePeak(measure);
-  for (const PeakPoint& point : peak.points) fresh.points.push_back(point);
-  std::sort(fresh.points.begin(), fresh.points.end(),
-            [](const PeakPoint& a, const PeakPoint& b) { return a.threads < b.threads; });
+  if (!peak.points.empty()) measure.dram_buffer_bytes = peak.dram_buffer_bytes;
+  const MachinePeak fresh = MergePeaks(peak, MeasurePeak(measure));
   try {
     StorePeak(path, fresh);
   } catch (const Error& error) {

@@ -47,6 +47,12 @@ struct PeakOptions {
 // Runs the three measurements for each thread count.
 MachinePeak MeasurePeak(const PeakOptions& options);
 
+// `fresh` with, per thread count, the higher of its roofs and those of `cached`: a rate the
+// machine once reached stays a roof when a later measurement ran beside other work. Points only
+// `cached` has are kept. Nothing is merged across CPU models or ISAs, and DRAM rates only when
+// both used the same buffer size (a smaller buffer measures a cache, not DRAM).
+MachinePeak MergePeaks(const MachinePeak& cached, const MachinePeak& fresh);
+
 nlohmann::json PeakToJson(const MachinePeak& peak);
 // Throws Error(kCorruptFile) when fields are missing.
 MachinePeak PeakFromJson(const nlohmann::json& json);
@@ -60,8 +66,12 @@ std::optional<MachinePeak> LoadPeak(const std::string& path);
 void StorePeak(const std::string& path, const MachinePeak& peak);
 
 // The cached peak, extended with the points for `thread_counts` it lacks (measured now, with
-// `options` for sizes, and written back).
+// `options` for sizes, merged and written back).
 MachinePeak PeakFor(const std::vector<int>& thread_counts, const PeakOptions& options);
+
+// fp32 FMA GFLOP/s on `threads` pinned threads right now, median of 3 trials of `seconds`: run
+// beside a benchmark, it shows how much of the machine other processes left it at that moment.
+double ProbeFp32Now(int threads, double seconds);
 
 // The CPUs this process may run on (its affinity mask), in increasing order.
 std::vector<int> AllowedCpus();

@@ -158,6 +158,8 @@ int RunKernelBench(const std::vector<std::string>& args) {
     times.push_back(Seconds(start, Clock::now()));
   }
   const double median = bench::Median(times);
+  // How much of the machine this run had: other processes share these CPUs.
+  const double fp32_now = bench::ProbeFp32Now(threads, 0.02);
   const double flops = bench::KernelFlops(shape);
   const double kv_bytes = bench::KernelKvBytes(shape);
   // bf16 K/V can use the bf16 dot-product units; f32 and f16 (converted on load) run on fp32 FMA.
@@ -196,6 +198,8 @@ int RunKernelBench(const std::vector<std::string>& args) {
       {"binding_roof", point.memory_bound ? "memory" : "compute"},
       {"roof_gflops", point.roof_gflops},
       {"peak_fraction", point.fraction},
+      {"fp32_gflops_now", fp32_now},
+      {"machine_share", roofs.fp32_gflops > 0.0 ? fp32_now / roofs.fp32_gflops : 0.0},
       {"peak_file", bench::PeakCachePath()},
   };
   if (flags.Has("json")) {
@@ -208,7 +212,8 @@ int RunKernelBench(const std::vector<std::string>& args) {
       "  median %.6f s over %lld runs (min %.6f s)\n"
       "  %.4g FLOP -> %.2f GFLOP/s;  %.4g unique K/V bytes -> %.2f GB/s;  %.1f FLOP/byte\n"
       "  roofs: %.1f GFLOP/s (%s, %s), %.1f GB/s DRAM read -> %s-bound, roof %.1f GFLOP/s\n"
-      "  %.1f%% of the binding roof\n",
+      "  %.1f%% of the binding roof; an fp32 FMA probe right after reached %.0f%% of the fp32 "
+      "roof\n",
       bench::VariantName(shape.variant), static_cast<long long>(shape.heads),
       static_cast<long long>(shape.kv_heads), static_cast<long long>(shape.head_dim),
       static_cast<long long>(shape.value_dim), static_cast<long long>(shape.q_len),
@@ -218,7 +223,7 @@ int RunKernelBench(const std::vector<std::string>& args) {
       kv_bytes, kv_bytes / median / 1e9, point.intensity, peak_gflops,
       bf16_roof ? "bf16-dot" : "fp32-fma", result["peak_isa"].get<std::string>().c_str(),
       roofs.dram_gbps, point.memory_bound ? "memory" : "compute", point.roof_gflops,
-      100.0 * point.fraction);
+      100.0 * point.fraction, 100.0 * result["machine_share"].get<double>());
   return 0;
 }
 
@@ -457,7 +462,7 @@ int RunLayerBench(const std::vector<std::string>& args) {
 // ---- peak --------------------------------------------------------------------------------
 
 int RunPeakBench(const std::vector<std::string>& args) {
-  const Flags flags(args, {"max-threads", "peak-bytes", "trials"}, {"json"});
+  const Flags flags(args, {"max-threads", "peak-bytes", "trials"}, {"json", "reset"});
   bench::PeakOptions options = PeakOptionsFrom(flags);
   if (flags.Has("max-threads")) {
     const int64_t max_threads = flags.GetInt("max-threads", 1);
@@ -465,21 +470,26 @@ int RunPeakBench(const std::vector<std::string>& args) {
           "--max-threads must lie in [1, 4096]");
     for (int n = 1; n <= max_threads; ++n) options.thread_counts.push_back(n);
   }
-  const bench::MachinePeak peak = bench::MeasurePeak(options);
+  const bench::MachinePeak fresh = bench::MeasurePeak(options);
   const std::string path = bench::PeakCachePath();
+  const auto cached = flags.Has("reset") ? std::nullopt : bench::LoadPeak(path);
+  const bench::MachinePeak peak = cached ? bench::MergePeaks(*cached, fresh) : fresh;
   bench::StorePeak(path, peak);
   json result = bench::PeakToJson(peak);
   result["command"] = "peak";
   result["peak_file"] = path;
+  result["merged_with_cache"] = cached.has_value();
+  result["this_run"] = bench::PeakToJson(fresh)["points"];
   if (flags.Has("json")) {
     std::printf("%s\n", result.dump().c_str());
     return 0;
   }
   std::printf(
       "attn bench peak: %s, %d logical CPUs; fp32 loop %s, bf16 loop %s;\n"
-      "DRAM read over a %.0f MiB buffer. Best of %d trials (median in brackets).\n\n",
+      "DRAM read over a %.0f MiB buffer. Best of %d trials (median in brackets)%s.\n\n",
       peak.cpu_model.c_str(), peak.logical_cpus, peak.fp32_isa.c_str(), peak.bf16_isa.c_str(),
-      static_cast<double>(peak.dram_buffer_bytes) / 1048576.0, options.trials);
+      static_cast<double>(peak.dram_buffer_bytes) / 1048576.0, options.trials,
+      cached ? ", each the higher of this run and the cached roofs (--reset: this run only)" : "");
   std::printf("%7s %24s %24s %22s\n", "threads", "fp32 FMA GFLOP/s", "bf16 dot GFLOP/s",
               "DRAM read GB/s");
   for (const bench::PeakPoint& p : peak.points) {

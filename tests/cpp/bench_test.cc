@@ -209,5 +209,33 @@ TEST(PeakTest, SmallMeasurementAndJsonRoundTrip) {
   EXPECT_THROW(PeakFromJson(nlohmann::json{{"cpu_model", "x"}}), Error);
 }
 
+TEST(PeakTest, MergeKeepsTheHigherRoof) {
+  MachinePeak cached;
+  cached.cpu_model = "cpu";
+  cached.fp32_isa = "avx512f";
+  cached.bf16_isa = "none";
+  cached.dram_buffer_bytes = 1 << 30;
+  cached.points = {{1, 100.0, 90.0, 0.0, 0.0, 20.0, 19.0}, {2, 200.0, 190.0, 0.0, 0.0, 30.0, 29.0}};
+  MachinePeak fresh = cached;
+  fresh.points = {{2, 150.0, 140.0, 0.0, 0.0, 35.0, 34.0}, {3, 250.0, 240.0, 0.0, 0.0, 31.0, 30.0}};
+  MachinePeak merged = MergePeaks(cached, fresh);
+  ASSERT_EQ(merged.points.size(), 3u);
+  EXPECT_DOUBLE_EQ(merged.ForThreads(1)->fp32_gflops, 100.0);  // kept from the cache
+  EXPECT_DOUBLE_EQ(merged.ForThreads(2)->fp32_gflops, 200.0);  // the cache's was higher
+  EXPECT_DOUBLE_EQ(merged.ForThreads(2)->fp32_gflops_median, 190.0);
+  EXPECT_DOUBLE_EQ(merged.ForThreads(2)->dram_gbps, 35.0);  // this run's was higher
+  EXPECT_DOUBLE_EQ(merged.ForThreads(3)->fp32_gflops, 250.0);
+  // A different buffer size measured something else: its DRAM rate is not compared.
+  fresh.dram_buffer_bytes = 4 << 20;
+  merged = MergePeaks(cached, fresh);
+  EXPECT_DOUBLE_EQ(merged.ForThreads(2)->dram_gbps, 35.0);
+  fresh.points[0].dram_gbps = 1.0;
+  EXPECT_DOUBLE_EQ(MergePeaks(cached, fresh).ForThreads(2)->dram_gbps, 1.0);
+  EXPECT_EQ(MergePeaks(cached, fresh).ForThreads(1), nullptr);
+  // Another CPU: nothing of the cache survives.
+  fresh.cpu_model = "other";
+  EXPECT_DOUBLE_EQ(MergePeaks(cached, fresh).ForThreads(2)->fp32_gflops, 150.0);
+}
+
 }  // namespace
 }  // namespace attn::bench

@@ -61,6 +61,7 @@ def test_kernel_gqa_causal_contract(attn_bin, env):
     assert r["binding_roof"] in ("compute", "memory")
     assert r["threads"] == 1 and r["causal"] is True and r["repeat"] == 1
     assert r["compute_roof"] == "fp32-fma"
+    assert r["fp32_gflops_now"] > 0 and r["machine_share"] > 0
 
 
 def test_kernel_non_causal_counts_every_pair(attn_bin, env):
@@ -120,6 +121,17 @@ def test_peak_json_and_cache(attn_bin, env):
     assert peak["peak_file"] == env["ATTN_PEAK_CACHE"]
     cached = json.loads(Path(env["ATTN_PEAK_CACHE"]).read_text())
     assert cached["points"] == peak["points"]
+    assert peak["merged_with_cache"] is False
+    # A second run keeps, per thread count, the higher of the two measurements.
+    again = json.loads(run(attn_bin, env, "bench", "peak", "--peak-bytes", PEAK_BYTES, "--trials",
+                           1, "--max-threads", 2, "--json").stdout)
+    assert again["merged_with_cache"] is True
+    for merged, first, second in zip(again["points"], peak["points"], again["this_run"]):
+        assert merged["fp32_gflops"] == pytest.approx(max(first["fp32_gflops"],
+                                                          second["fp32_gflops"]))
+    reset = json.loads(run(attn_bin, env, "bench", "peak", "--peak-bytes", PEAK_BYTES, "--trials",
+                           1, "--max-threads", 1, "--reset", "--json").stdout)
+    assert reset["merged_with_cache"] is False and len(reset["points"]) == 1
 
 
 SMALL_MLA = {
