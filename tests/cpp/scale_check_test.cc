@@ -19,6 +19,8 @@ const Pitfall& Find(const ScaleReport& r, const std::string& id) {
   }
   throw std::logic_error("no pitfall " + id);
 }
+// The result points into the report: a temporary report would leave it dangling.
+const Pitfall& Find(ScaleReport&& r, const std::string& id) = delete;
 
 // mscale(40, 1)^2 = (0.1·ln 40 + 1)^2.
 const double kV3MscaleSquared = std::pow(0.1 * std::log(40.0) + 1.0, 2);
@@ -110,7 +112,8 @@ TEST(ScaleCheckTest, HeadDimThatIsNotHiddenOverHeads) {
   const ModelConfig c = ParseHfConfig(R"({"model_type": "llama", "hidden_size": 2048,
       "num_attention_heads": 16, "num_key_value_heads": 4, "head_dim": 256,
       "num_hidden_layers": 2})");
-  const Pitfall& kv = Find(CheckScale(c), "kv-channels");
+  const ScaleReport report = CheckScale(c);  // Find returns a reference into the report
+  const Pitfall& kv = Find(report, "kv-channels");
   EXPECT_TRUE(kv.triggered);
   EXPECT_NEAR(*kv.wrong_value, 1.0 / std::sqrt(128.0), 1e-12);
 }
@@ -120,7 +123,8 @@ TEST(ScaleCheckTest, ExplicitMegatronSoftmaxScale) {
       "num_attention_heads": 8, "num_query_groups": 2, "kv_channels": 64,
       "softmax_scale": 0.1})",
                                                   "gqa.json");
-  const Pitfall& p = Find(CheckScale(loaded.config, loaded.megatron), "explicit-softmax-scale");
+  const ScaleReport report = CheckScale(loaded.config, loaded.megatron);
+  const Pitfall& p = Find(report, "explicit-softmax-scale");
   EXPECT_TRUE(p.triggered);
   EXPECT_EQ(*p.wrong_value, 0.1);
 }
