@@ -237,9 +237,10 @@ int RunDemo(const std::vector<std::string>& args) {
     const Tensor stepped = layer->PrefillThenDecode(batch, prefill, m.form, DType::kF32, &timings);
     Row row;
     row.name = m.name;
-    row.kv_heads = m.config->kind == AttentionKind::kGqa
-                       ? std::to_string(m.config->gqa.num_kv_heads)
-                       : "latent";
+    // What is cached per token: G kv heads, H decompressed heads (naive MLA) or the latent row.
+    row.kv_heads = m.config->kind == AttentionKind::kGqa ? std::to_string(m.config->gqa.num_kv_heads)
+                   : m.cache_form == CacheForm::kHeads   ? std::to_string(m.config->num_heads)
+                                                         : "latent";
     row.parameters = parameters;
     row.kv_values = CacheValuesPerToken(*m.config, m.cache_form);
     row.prefill_tokens_per_s = static_cast<double>(prefill) / timings.prefill_seconds;
