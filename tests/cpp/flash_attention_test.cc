@@ -101,7 +101,14 @@ INSTANTIATE_TEST_SUITE_P(
         FlashCase{4, 2, 64, 64, 2, 2, 0, false, false},
         FlashCase{8, 8, 64, 64, 40, 100, 16, false, false},  // sliding window
         FlashCase{8, 4, 128, 128, 100, 100, 33, true, false},
-        FlashCase{2, 1, 64, 64, 129, 129, 0, true, false}),  // full causal prefill, odd S
+        FlashCase{2, 1, 64, 64, 129, 129, 0, true, false},  // full causal prefill, odd S
+        // widths that are not multiples of 16 (zero-padded): 56 (D/H of a 1792/32 model),
+        // 24, 72/40, and an odd width (bf16 falls back to fp32 products)
+        FlashCase{8, 2, 56, 56, 9, 77, 0, true, false},
+        FlashCase{4, 4, 24, 24, 3, 40, 0, false, false},
+        FlashCase{6, 3, 72, 40, 5, 50, 7, false, false},
+        FlashCase{4, 1, 33, 17, 2, 70, 0, true, false},
+        FlashCase{16, 1, 80, 48, 1, 600, 0, false, true}),  // aliased, split keys
     [](const ::testing::TestParamInfo<FlashCase>& param_info) { return Name(param_info.param); });
 
 // Queries whose visible keys are all padding give zeros, not NaN, on the fast path too.

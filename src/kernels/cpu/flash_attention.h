@@ -10,12 +10,14 @@
 
 namespace attn::cpu {
 
-// Whether FlashAttendAvx512 handles `problem` on `isa`: key and value widths multiples of 16,
-// even strides, K/V in f32, f16 or bf16. Anything else goes to the reference kernel.
+// Whether FlashAttendAvx512 handles `problem` on `isa`: an AVX-512 CPU and K/V in f32, f16 or
+// bf16 (any head widths: widths that are not multiples of 16 are zero-padded in scratch).
+// Anything else goes to the reference kernel.
 bool FlashAttendSupports(const AttentionProblem& problem, const IsaSupport& isa);
 
-// Same contract as ReferenceAttend. With bf16 K/V and `bf16_dot`, Q·Kᵀ runs as bf16 dot
-// products (Q rounded to bf16) with fp32 accumulation; everything else computes in fp32.
+// Same contract as ReferenceAttend. With bf16 K/V of even width and `bf16_dot`, Q·Kᵀ runs as
+// bf16 dot products (Q rounded to bf16) with fp32 accumulation; everything else computes in
+// fp32.
 void FlashAttendAvx512(const AttentionProblem& problem, bool bf16_dot);
 
 }  // namespace attn::cpu

@@ -64,18 +64,36 @@ inline __m512 LoadF16(const uint16_t* src) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
 }
 
-// Sixteen 32-bit words of row `row` (of `rows` valid ones), chunk `chunk`, as one vector.
+// Sixteen 32-bit words of row `row` (of `rows` valid ones), chunk `chunk`, as one vector. Rows
+// are `width` words wide; words past the width read as zeros (head widths that are not a
+// multiple of 16 are zero-padded, which leaves dot products and outputs unchanged).
 inline __m512 LoadRowChunk(const std::byte* base, int64_t row_stride_bytes, int64_t row,
-                           int64_t rows, int64_t chunk, Load load) {
-  if (row >= rows) return _mm512_setzero_ps();
+                           int64_t rows, int64_t chunk, int64_t width, Load load) {
+  const int64_t valid = width - chunk * 16;
+  if (row >= rows || valid <= 0) return _mm512_setzero_ps();
   const std::byte* p = base + row * row_stride_bytes;
+  if (valid >= 16) {
+    switch (load) {
+      case Load::kWords:
+        return _mm512_loadu_ps(reinterpret_cast<const float*>(p) + chunk * 16);
+      case Load::kF16ToF32:
+        return LoadF16(reinterpret_cast<const uint16_t*>(p) + chunk * 16);
+      case Load::kBF16ToF32:
+        return LoadBF16(reinterpret_cast<const uint16_t*>(p) + chunk * 16);
+    }
+  }
+  const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1u);
   switch (load) {
     case Load::kWords:
-      return _mm512_loadu_ps(reinterpret_cast<const float*>(p) + chunk * 16);
+      return _mm512_maskz_loadu_ps(mask, reinterpret_cast<const float*>(p) + chunk * 16);
     case Load::kF16ToF32:
-      return LoadF16(reinterpret_cast<const uint16_t*>(p) + chunk * 16);
-    case Load::kBF16ToF32:
-      return LoadBF16(reinterpret_cast<const uint16_t*>(p) + chunk * 16);
+      return _mm512_cvtph_ps(
+          _mm256_maskz_loadu_epi16(mask, reinterpret_cast<const uint16_t*>(p) + chunk * 16));
+    case Load::kBF16ToF32: {
+      const __m256i raw =
+          _mm256_maskz_loadu_epi16(mask, reinterpret_cast<const uint16_t*>(p) + chunk * 16);
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+    }
   }
   return _mm512_setzero_ps();
 }
@@ -115,16 +133,17 @@ inline void Transpose16(__m512 r[16]) {
   }
 }
 
-// kt[w][key] for w < words, key < 32: the tile's keys transposed (rows >= n are zero).
+// kt[w][key] for w < words (a multiple of 16), key < 32: the tile's keys transposed; rows >= n
+// and words >= width are zero.
 void PackKeysTransposed(const std::byte* keys, int64_t stride_bytes, int64_t n, int64_t words,
-                        Load load, float* kt) {
+                        int64_t width, Load load, float* kt) {
   __m512 r[16];
   for (int64_t half = 0; half < 2; ++half) {
     const std::byte* base = keys + half * 16 * stride_bytes;
     const int64_t rows = std::max<int64_t>(0, std::min<int64_t>(16, n - half * 16));
     for (int64_t chunk = 0; chunk < words / 16; ++chunk) {
       for (int64_t j = 0; j < 16; ++j)
-        r[j] = LoadRowChunk(base, stride_bytes, j, rows, chunk, load);
+        r[j] = LoadRowChunk(base, stride_bytes, j, rows, chunk, width, load);
       Transpose16(r);
       for (int64_t i = 0; i < 16; ++i) {
         _mm512_storeu_ps(kt + (chunk * 16 + i) * kTileKeys + half * 16, r[i]);
@@ -143,13 +162,13 @@ void PrefetchRows(const std::byte* base, int64_t stride_bytes, int64_t rows, int
   }
 }
 
-// vt[t][d] = V[t][d] as fp32 for t < n.
-void ConvertValues(const std::byte* values, int64_t stride_bytes, int64_t n, int64_t dv, Load load,
-                   float* vt) {
+// vt[t][d] = V[t][d] as fp32 for t < n, rows dv_pad wide (zeros past dv).
+void ConvertValues(const std::byte* values, int64_t stride_bytes, int64_t n, int64_t dv,
+                   int64_t dv_pad, Load load, float* vt) {
   for (int64_t t = 0; t < n; ++t) {
-    for (int64_t chunk = 0; chunk < dv / 16; ++chunk) {
-      _mm512_storeu_ps(vt + t * dv + chunk * 16,
-                       LoadRowChunk(values, stride_bytes, t, n, chunk, load));
+    for (int64_t chunk = 0; chunk < dv_pad / 16; ++chunk) {
+      _mm512_storeu_ps(vt + t * dv_pad + chunk * 16,
+                       LoadRowChunk(values, stride_bytes, t, n, chunk, dv, load));
     }
   }
 }
@@ -278,8 +297,10 @@ struct Plan {
   int64_t blocks;
   int64_t splits;  // key-range splits per block (decode)
   int64_t max_rows;
-  bool bf16_dot;    // Q·Kᵀ with vdpbf16ps
-  int64_t q_words;  // 32-bit words per packed query row: Dk, or Dk/2 for bf16 pairs
+  bool bf16_dot;      // Q·Kᵀ with vdpbf16ps
+  int64_t key_words;  // 32-bit words per key row: Dk, or Dk/2 for bf16 pairs
+  int64_t q_words;    // key_words rounded up to 16 (zero padding)
+  int64_t dv_pad;     // Dv rounded up to 16: the width of O and converted V rows
   Load key_load;
   Load value_load;
   size_t element_bytes;
@@ -308,6 +329,7 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
   const int64_t heads = p.queries.heads;
   const int64_t dk = p.queries.dim;
   const int64_t dv = kv.value_dim;
+  const int64_t dv_pad = plan.dv_pad;
   const int64_t g = item % kv.kv_heads;
   const int64_t block = plan.blocks - 1 - item / kv.kv_heads;  // heaviest (latest) blocks first
   const int64_t s0 = block * plan.block_tokens;
@@ -329,9 +351,9 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
   Scratch& scratch = ThreadScratch();
   float* q = Grow(scratch.q, plan.max_rows * plan.q_words);
   float* kt = Grow(scratch.kt, plan.q_words * kTileKeys);
-  float* vt = Grow(scratch.vt, kTileKeys * dv);
+  float* vt = Grow(scratch.vt, kTileKeys * dv_pad);
   float* scores = Grow(scratch.scores, plan.max_rows * kTileKeys);
-  float* o = Grow(scratch.o, plan.max_rows * dv);
+  float* o = Grow(scratch.o, plan.max_rows * dv_pad);
   float* m = Grow(scratch.m, plan.max_rows);
   float* l = Grow(scratch.l, plan.max_rows);
   uint32_t* masks = Grow(scratch.masks, plan.max_rows);
@@ -342,19 +364,21 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
     const int64_t s = s0 + r / plan.group;
     const int64_t h = g * plan.group + r % plan.group;
     const float* src = p.queries.data + (s * heads + h) * dk;
+    float* row = q + r * plan.q_words;
+    std::fill(row, row + plan.q_words, 0.0f);  // zero padding past the key width
     if (plan.bf16_dot) {
-      uint32_t* dst = reinterpret_cast<uint32_t*>(q + r * plan.q_words);
-      for (int64_t i = 0; i < plan.q_words; ++i) {
+      uint32_t* dst = reinterpret_cast<uint32_t*>(row);
+      for (int64_t i = 0; i < plan.key_words; ++i) {
         dst[i] = static_cast<uint32_t>(F32ToBF16(src[2 * i] * q_scale)) |
                  (static_cast<uint32_t>(F32ToBF16(src[2 * i + 1] * q_scale)) << 16);
       }
     } else {
-      for (int64_t i = 0; i < dk; ++i) q[r * dk + i] = src[i] * q_scale;
+      for (int64_t i = 0; i < dk; ++i) row[i] = src[i] * q_scale;
     }
     m[r] = kNegInf;
     l[r] = 0.0f;
   }
-  std::fill(o, o + rows * dv, 0.0f);
+  std::fill(o, o + rows * dv_pad, 0.0f);
 
   const size_t eb = plan.element_bytes;
   const std::byte* key_base = static_cast<const std::byte*>(kv.keys) + g * kv.key_head_stride * eb;
@@ -391,7 +415,7 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
 
     // S = Q Kᵀ for the tile.
     PackKeysTransposed(key_base + t0 * key_stride_bytes, key_stride_bytes, n, plan.q_words,
-                       plan.key_load, kt);
+                       plan.key_words, plan.key_load, kt);
     for (int64_t r0 = 0; r0 < rows; r0 += 8) {
       const int64_t count = std::min<int64_t>(8, rows - r0);
       scores_fns[count - 1](q + r0 * plan.q_words, plan.q_words, kt, scores + r0 * kTileKeys);
@@ -422,8 +446,8 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
       const float correction = std::exp2(m[r] - m_new);  // 0 when m was -inf
       if (correction != 1.0f) {
         const __m512 c = _mm512_set1_ps(correction);
-        float* row = o + r * dv;
-        for (int64_t d = 0; d < dv; d += 16) {
+        float* row = o + r * dv_pad;
+        for (int64_t d = 0; d < dv_pad; d += 16) {
           _mm512_storeu_ps(row + d, _mm512_mul_ps(_mm512_loadu_ps(row + d), c));
         }
       }
@@ -437,23 +461,23 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
     const void* v = v_tile;
     int64_t v_stride = kv.value_token_stride;
     Load v_load = plan.value_load;
-    if (v_load != Load::kWords && rows > kValueRows) {
-      ConvertValues(v_tile, value_stride_bytes, n, dv, v_load, vt);
+    if (dv != dv_pad || (v_load != Load::kWords && rows > kValueRows)) {
+      ConvertValues(v_tile, value_stride_bytes, n, dv, dv_pad, v_load, vt);
       v = vt;
-      v_stride = dv;
+      v_stride = dv_pad;
       v_load = Load::kWords;
     }
     const auto& accumulate = v_load == Load::kWords      ? kAccumulate<Load::kWords>
                              : v_load == Load::kF16ToF32 ? kAccumulate<Load::kF16ToF32>
                                                          : kAccumulate<Load::kBF16ToF32>;
     const size_t v_element = v_load == Load::kWords ? sizeof(float) : sizeof(uint16_t);
-    for (int64_t d0 = 0; d0 < dv; d0 += 64) {
-      const int64_t vectors = std::min<int64_t>(4, (dv - d0) / 16);
+    for (int64_t d0 = 0; d0 < dv_pad; d0 += 64) {
+      const int64_t vectors = std::min<int64_t>(4, (dv_pad - d0) / 16);
       const void* v_chunk = static_cast<const std::byte*>(v) + d0 * static_cast<int64_t>(v_element);
       for (int64_t r0 = 0; r0 < rows; r0 += kValueRows) {
         const int64_t count = std::min<int64_t>(kValueRows, rows - r0);
         accumulate[count - 1][vectors - 1](scores + r0 * kTileKeys, v_chunk, v_stride, n,
-                                           o + r0 * dv + d0, dv);
+                                           o + r0 * dv_pad + d0, dv_pad);
       }
     }
   }
@@ -464,12 +488,12 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
       const int64_t h = g * plan.group + r % plan.group;
       float* out = p.out + (s * heads + h) * dv;
       const float inverse = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;  // no visible key: zeros
-      for (int64_t d = 0; d < dv; ++d) out[d] = o[r * dv + d] * inverse;
+      for (int64_t d = 0; d < dv; ++d) out[d] = o[r * dv_pad + d] * inverse;
     }
     return;
   }
   const int64_t slot_index = item * plan.splits + split;
-  std::copy_n(o, rows * dv, plan.partial_o + slot_index * plan.max_rows * dv);
+  std::copy_n(o, rows * dv_pad, plan.partial_o + slot_index * plan.max_rows * dv_pad);
   std::copy_n(m, rows, plan.partial_m + slot_index * plan.max_rows);
   std::copy_n(l, rows, plan.partial_l + slot_index * plan.max_rows);
 }
@@ -501,7 +525,7 @@ void MergeSplits(const Plan& plan, int64_t item) {
       if (plan.partial_m[index] == kNegInf) continue;
       const float weight = std::exp2(plan.partial_m[index] - m_star);
       total += weight * plan.partial_l[index];
-      const float* o = plan.partial_o + index * dv;
+      const float* o = plan.partial_o + index * plan.dv_pad;
       for (int64_t d = 0; d < dv; ++d) out[d] += weight * o[d];
     }
     const float inverse = 1.0f / total;
@@ -513,7 +537,7 @@ void MergeSplits(const Plan& plan, int64_t item) {
 
 bool FlashAttendSupports(const AttentionProblem& problem, const IsaSupport& isa) {
   const KVView& kv = problem.kv;
-  return isa.isa == Isa::kAvx512 && problem.queries.dim % 16 == 0 && kv.value_dim % 16 == 0 &&
+  return isa.isa == Isa::kAvx512 &&
          (kv.dtype == DType::kF32 || kv.dtype == DType::kF16 || kv.dtype == DType::kBF16);
 }
 
@@ -527,8 +551,10 @@ void FlashAttendAvx512(const AttentionProblem& problem, bool bf16_dot) {
   plan.block_tokens = std::max<int64_t>(1, kTargetRows / plan.group);
   plan.blocks = (q.tokens + plan.block_tokens - 1) / plan.block_tokens;
   plan.max_rows = std::min(plan.block_tokens, q.tokens) * plan.group;
-  plan.bf16_dot = bf16_dot && kv.dtype == DType::kBF16 && q.dim % 32 == 0;
-  plan.q_words = plan.bf16_dot ? q.dim / 2 : q.dim;
+  plan.bf16_dot = bf16_dot && kv.dtype == DType::kBF16 && q.dim % 2 == 0;
+  plan.key_words = plan.bf16_dot ? q.dim / 2 : q.dim;
+  plan.q_words = (plan.key_words + 15) / 16 * 16;
+  plan.dv_pad = (kv.value_dim + 15) / 16 * 16;
   plan.key_load = kv.dtype == DType::kF16    ? Load::kF16ToF32
                   : kv.dtype == DType::kBF16 ? (plan.bf16_dot ? Load::kWords : Load::kBF16ToF32)
                                              : Load::kWords;
@@ -548,9 +574,9 @@ void FlashAttendAvx512(const AttentionProblem& problem, bool bf16_dot) {
   thread_local std::vector<float> partials;
   if (plan.splits > 1) {
     const int64_t states = items * plan.splits * plan.max_rows;
-    float* base = Grow(partials, states * (kv.value_dim + 2));
+    float* base = Grow(partials, states * (plan.dv_pad + 2));
     plan.partial_o = base;
-    plan.partial_m = base + states * kv.value_dim;
+    plan.partial_m = base + states * plan.dv_pad;
     plan.partial_l = plan.partial_m + states;
   }
   const Plan* shared = &plan;
