@@ -93,6 +93,9 @@ def main() -> int:
     parser.add_argument("--keep-peak", action="store_true",
                         help="use the cached peak instead of measuring it again")
     parser.add_argument("--layer-decode", type=int, default=8)
+    parser.add_argument("--attempts", type=int, default=3,
+                        help="runs per kernel case at most; the one with the highest machine "
+                             "share is kept (the machine is shared with other work)")
     parser.add_argument("--skip-layer", action="store_true")
     parser.add_argument("--pin", action="store_true",
                         help="pass --pin (one CPU per pool thread) to kernel and layer runs")
@@ -134,13 +137,29 @@ def measure(args):
                          "--threads", str(args.threads), "--repeat", "1", "--json")
         peak = json.loads(Path(first["peak_file"]).read_text())
     else:
-        peak = run.json("bench", "peak", "--max-threads", str(args.threads), "--json")
+        # The peak file keeps the best roof per thread count across runs; a few runs give the
+        # machine a chance to be free of other work for one of them.
+        for _ in range(args.attempts):
+            peak = run.json("bench", "peak", "--max-threads", str(args.threads), "--json")
+            by_threads = {p["threads"]: p for p in peak["points"]}
+            if by_threads[args.threads]["fp32_gflops"] >= 0.9 * args.threads * by_threads[1][
+                    "fp32_gflops"]:
+                break
     (args.out_dir / "peak.json").write_text(json.dumps(peak, indent=2) + "\n")
 
     kernels = []
     for label, case_args in kernel_cases(args.threads):
-        record = run.json("bench", "kernel", *case_args, "--repeat", str(args.repeat), "--json",
-                          *(["--pin"] if args.pin else []))
+        # Up to --attempts runs; the one that had the most of the machine (machine_share, an FMA
+        # probe right after the timed runs) is kept.
+        record = None
+        for attempt in range(args.attempts):
+            candidate = run.json("bench", "kernel", *case_args, "--repeat", str(args.repeat),
+                                 "--json", *(["--pin"] if args.pin else []))
+            candidate["attempt"] = attempt + 1
+            if record is None or candidate["machine_share"] > record["machine_share"]:
+                record = candidate
+            if record["machine_share"] >= 0.9:
+                break
         record["label"] = label
         kernels.append(record)
     with (args.out_dir / "kernel.jsonl").open("w") as f:
@@ -163,7 +182,10 @@ def measure(args):
             for record in layers.values():
                 f.write(json.dumps(record) + "\n")
     load_after = os.getloadavg()
-    meta = {"threads": args.threads, "repeat": args.repeat, "pin": args.pin,
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    meta = {"threads": args.threads, "repeat": args.repeat, "pin": args.pin, "commit": commit,
+            "attempts": args.attempts,
             "load_before": load_before[0], "load_after": load_after[0],
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (args.out_dir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -237,6 +259,11 @@ def render(meta, peak, kernels, layers, out_dir: Path, update_doc: Path | None =
                      scale >= 1.8))
 
     sections = {}
+    sections["status"] = [
+        f"Measured {meta['finished']} at commit `{meta.get('commit', '?')}` with the `"
+        f"{kernels[0]['backend']}` backend (`DefaultBackend()`), by `scripts/bench_report.py "
+        f"--repeat {meta['repeat']}`{' --pin' if meta['pin'] else ''}. Raw results: "
+        f"`docs/bench/`."]
     lines = [f"backend `{kernels[0]['backend']}`, {n} thread(s){' pinned' if meta['pin'] else ''}, "
              f"median of {meta['repeat']}; load average {meta['load_before']:.2f} before, "
              f"{meta['load_after']:.2f} after; finished {meta['finished']}", "",
