@@ -38,6 +38,11 @@ def reference(q, k, v, causal=True, scale=None, mask=None, window=0):
     return torch.einsum("bhst,bthd->bshd", p, v)
 
 
+# With bf16 K/V on a CPU with avx512_bf16 the kernel forms Q·Kᵀ as bf16 dot products and rounds
+# an fp32 Q to bf16 first (relative 2^-9 per element); outputs then agree to ~1e-3, not 1e-5.
+BF16_PRODUCT_TOL = 1e-2
+
+
 def assert_close(got, want, rel=1e-5):
     got = torch.as_tensor(np.asarray(got) if not isinstance(got, torch.Tensor) else got)
     assert got.dtype == torch.float32
@@ -138,7 +143,7 @@ def test_zero_copy_torch_bf16_and_strided_kv(attn, copies):
     got = attn.attention(q, k, v, out=out)
     assert copies() - start == 0
     assert got is out
-    assert_close(got, reference(q, k, v))
+    assert_close(got, reference(q, k, v), rel=BF16_PRODUCT_TOL)  # fp32 q, bf16 k/v
     assert_unchanged(before, q, k_cache, v_cache)
 
 
@@ -151,7 +156,7 @@ def test_zero_copy_mla_latent_cache_slice(attn, copies):
     assert copies() - start == 0
     assert isinstance(got, torch.Tensor) and got.shape == (B, 1, H, rk)
     kv = cache[:, :T]
-    assert_close(got, reference(q, kv[:, :, None], kv[:, :, None, :rk]))
+    assert_close(got, reference(q, kv[:, :, None], kv[:, :, None, :rk]), rel=BF16_PRODUCT_TOL)
 
 
 def test_copies_only_when_layout_demands(attn, copies):

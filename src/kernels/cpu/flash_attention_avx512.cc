@@ -358,8 +358,11 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
   float* l = Grow(scratch.l, plan.max_rows);
   uint32_t* masks = Grow(scratch.masks, plan.max_rows);
 
-  // Q rows (token-major, then the group's heads), pre-scaled by scale·log2(e).
-  const float q_scale = p.scale * kLog2e;
+  // Q rows (token-major, then the group's heads). fp32 rows are pre-scaled by scale·log2(e);
+  // bf16 rows are rounded unscaled, so that bf16 inputs stay exact, and the scores are scaled
+  // in fp32 instead (plan.score_scale).
+  const float q_scale = plan.bf16_dot ? 1.0f : p.scale * kLog2e;
+  const __m512 score_scale = _mm512_set1_ps(plan.bf16_dot ? p.scale * kLog2e : 1.0f);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t s = s0 + r / plan.group;
     const int64_t h = g * plan.group + r % plan.group;
@@ -432,8 +435,8 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
       }
       const __mmask16 m0 = static_cast<__mmask16>(mask & 0xffffu);
       const __mmask16 m1 = static_cast<__mmask16>(mask >> 16);
-      const __m512 s0v = _mm512_loadu_ps(s);
-      const __m512 s1v = _mm512_loadu_ps(s + 16);
+      const __m512 s0v = _mm512_mul_ps(_mm512_loadu_ps(s), score_scale);
+      const __m512 s1v = _mm512_mul_ps(_mm512_loadu_ps(s + 16), score_scale);
       const __m512 neg_inf = _mm512_set1_ps(kNegInf);
       const float tile_max = _mm512_reduce_max_ps(_mm512_max_ps(
           _mm512_mask_mov_ps(neg_inf, m0, s0v), _mm512_mask_mov_ps(neg_inf, m1, s1v)));
