@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -88,6 +89,7 @@ def main() -> int:
                     label=f"{name} {compute:.0f} GFLOP/s, DRAM {bw:.1f} GB/s ({tag})")
 
     markers = {"f32": "o", "f16": "s", "bf16": "D"}
+    placed = []  # (log10 x, log10 y) of labels so far, to stack labels of nearby points
     for case, intensity in zip(cases, intensities):
         color = "tab:blue" if case["dtype"] != "bf16" else "tab:red"
         filled = case["threads"] == thread_counts[-1]
@@ -95,12 +97,17 @@ def main() -> int:
                    s=60, zorder=3, edgecolors=color, facecolors=color if filled else "none")
         fraction = case.get("peak_fraction")
         note = f" ({100 * fraction:.0f}% of roof)" if fraction is not None else ""
+        here = (math.log10(intensity), math.log10(case["gflops"]))
+        crowd = sum(1 for x, y in placed if abs(x - here[0]) < 0.6 and abs(y - here[1]) < 0.08)
+        placed.append(here)
         ax.annotate(f"{label_of(case)}, {case['threads']}t{note}", (intensity, case["gflops"]),
-                    textcoords="offset points", xytext=(6, -10), fontsize=7.5)
+                    textcoords="offset points", xytext=(6, -10 - 10 * crowd), fontsize=7.5)
 
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(x_lo, x_hi)
+    # Room under the lowest point for its label.
+    ax.set_ylim(bottom=min(c["gflops"] for c in cases) / 2.5)
     ax.set_xlabel("arithmetic intensity (FLOP per unique K/V byte)")
     ax.set_ylabel("GFLOP/s")
     cpu = peak.get("cpu_model", "this machine")
