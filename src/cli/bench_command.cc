@@ -123,6 +123,11 @@ int RunKernelBench(const std::vector<std::string>& args) {
   shape.variant = bench::VariantFromString(flags.Get("variant", "gqa"));
   shape.heads = flags.GetInt("heads", 0);
   Check(flags.Has("heads"), ErrorKind::kInvalidArgument, "--heads is required");
+  // 0 means "the variant's default" inside KernelShape, so an explicit 0 is refused here.
+  for (const char* name : {"kv-heads", "head-dim", "v-head-dim"}) {
+    Check(!flags.Has(name) || flags.GetInt(name, 0) > 0, ErrorKind::kInvalidArgument,
+          std::string("--") + name + " must be positive");
+  }
   shape.kv_heads = flags.GetInt("kv-heads", 0);
   shape.head_dim = flags.GetInt("head-dim", 0);
   shape.value_dim = flags.GetInt("v-head-dim", 0);

@@ -90,6 +90,8 @@ def test_kernel_mla_defaults_share_one_row(attn_bin, env):
     ["--variant", "mqa", "--heads", 8, "--q-len", 1, "--kv-len", 4],
     ["--heads", 0, "--q-len", 1, "--kv-len", 4],
     ["--heads", 8, "--kv-heads", 3, "--q-len", 1, "--kv-len", 4],
+    ["--heads", 8, "--kv-heads", 0, "--q-len", 1, "--kv-len", 4],
+    ["--heads", 8, "--head-dim", 0, "--q-len", 1, "--kv-len", 4],
     ["--heads", 8, "--kv-len", 4],
     ["--heads", 8, "--q-len", 5, "--kv-len", 4],
     ["--heads", 8, "--q-len", 1, "--kv-len", 4, "--threads", 0],
