@@ -152,16 +152,6 @@ void PackKeysTransposed(const std::byte* keys, int64_t stride_bytes, int64_t n, 
   }
 }
 
-// Software prefetch of `rows` rows of `row_bytes` bytes each, one request per cache line.
-void PrefetchRows(const std::byte* base, int64_t stride_bytes, int64_t rows, int64_t row_bytes) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const char* row = reinterpret_cast<const char*>(base + r * stride_bytes);
-    for (int64_t offset = 0; offset < row_bytes; offset += 64) {
-      _mm_prefetch(row + offset, _MM_HINT_T0);
-    }
-  }
-}
-
 // vt[t][d] = V[t][d] as fp32 for t < n, rows dv_pad wide (zeros past dv).
 void ConvertValues(const std::byte* values, int64_t stride_bytes, int64_t n, int64_t dv,
                    int64_t dv_pad, Load load, float* vt) {
@@ -405,16 +395,6 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
       any |= masks[r];
     }
     if (any == 0) continue;  // causal, window or padding hides the whole tile
-
-    // Ask for the next tile's K and V rows now: decode streams them from DRAM, and the
-    // hardware prefetcher alone leaves the loads below waiting on memory.
-    if (t0 + kTileKeys < end) {
-      const int64_t next = std::min(kTileKeys, end - t0 - kTileKeys);
-      PrefetchRows(key_base + (t0 + kTileKeys) * key_stride_bytes, key_stride_bytes, next,
-                   dk * static_cast<int64_t>(eb));
-      PrefetchRows(value_base + (t0 + kTileKeys) * value_stride_bytes, value_stride_bytes, next,
-                   dv * static_cast<int64_t>(eb));
-    }
 
     // S = Q Kᵀ for the tile.
     PackKeysTransposed(key_base + t0 * key_stride_bytes, key_stride_bytes, n, plan.q_words,
