@@ -101,6 +101,7 @@ def main() -> int:
                         help="pass --pin (one CPU per pool thread) to kernel and layer runs")
     parser.add_argument("--render-only", action="store_true",
                         help="measure nothing: print the tables of the files in --out-dir")
+    parser.add_argument("--commit", help="the commit the binary was built from (default: HEAD)")
     parser.add_argument("--update-doc", type=Path, default=None,
                         help="rewrite the <!-- bench:NAME --> blocks of this Markdown file")
     args = parser.parse_args()
@@ -182,8 +183,8 @@ def measure(args):
             for record in layers.values():
                 f.write(json.dumps(record) + "\n")
     load_after = os.getloadavg()
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
+    commit = args.commit or subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short",
+                                            "HEAD"], capture_output=True, text=True).stdout.strip()
     meta = {"threads": args.threads, "repeat": args.repeat, "pin": args.pin, "commit": commit,
             "attempts": args.attempts,
             "load_before": load_before[0], "load_after": load_after[0],
