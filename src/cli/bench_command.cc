@@ -49,7 +49,7 @@ constexpr const char* kBenchUsage =
     "       attn bench layer --config C.json --prefill S --decode N [--context T] [--batch B]\n"
     "                        [--dtype f32|f16|bf16] [--mla naive|absorbed|auto|all]\n"
     "                        [--threads N] [--seed N] [--pin] [--json]\n"
-    "       attn bench peak [--max-threads N] [--peak-bytes B] [--trials N] [--json]\n"
+    "       attn bench peak [--max-threads N] [--peak-bytes B] [--trials N] [--reset] [--json]\n"
     "       attn bench --compare-torch [options of scripts/compare_torch.py]\n";
 
 double Seconds(Clock::time_point start, Clock::time_point end) {
