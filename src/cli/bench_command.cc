@@ -45,7 +45,7 @@ constexpr const char* kBenchUsage =
     "usage: attn bench kernel --variant gqa|mla --heads H [--kv-heads G] [--head-dim D]\n"
     "                         [--v-head-dim DV] --q-len S --kv-len T [--causal]\n"
     "                         [--dtype f32|f16|bf16] [--threads N] [--repeat R]\n"
-    "                         [--backend default|reference] [--peak-bytes B] [--json]\n"
+    "                         [--backend default|reference] [--peak-bytes B] [--pin] [--json]\n"
     "       attn bench layer --config C.json --prefill S --decode N [--context T] [--batch B]\n"
     "                        [--dtype f32|f16|bf16] [--mla naive|absorbed|auto|all]\n"
     "                        [--threads N] [--seed N] [--pin] [--json]\n"
