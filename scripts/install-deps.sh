@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Installs everything attn needs on Debian 12, as root: the C++ toolchain and libraries from
-# Debian, PyTorch (Debian's python3-torch, CPU) and pytest for the oracle tests, matplotlib for
-# the roofline plot (scripts/roofline_plot.py), and the official
-# `safetensors` package from PyPI as a second reader/writer of our files.
+# Debian (oneDNN for the linear layers, GoogleTest, Google Benchmark, nlohmann-json, pybind11),
+# PyTorch (Debian's python3-torch, CPU) and pytest for the oracle tests, matplotlib for the
+# roofline plot (scripts/roofline_plot.py), QEMU's user-mode emulator to run the tests on a CPU
+# without AVX-512, and the official `safetensors` package from PyPI as a second reader/writer
+# of our files.
 # Idempotent: when everything is already there it changes nothing and needs no network.
 set -euo pipefail
 
 packages=(build-essential cmake libgtest-dev libbenchmark-dev nlohmann-json3-dev libdnnl-dev
           python3 python3-dev python3-torch python3-numpy python3-pytest python3-pip
           pybind11-dev python3-pybind11
-          python3-matplotlib)
+          python3-matplotlib qemu-user)
 
 missing=()
 for p in "${packages[@]}"; do

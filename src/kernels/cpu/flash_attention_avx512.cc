@@ -22,6 +22,11 @@
 #include "attn/threads.h"
 #include "kernels/cpu/flash_attention.h"
 
+// Everything defined below is compiled for AVX-512; what the includes above define (std
+// templates, attn inline helpers) stays baseline, so the linker never picks an AVX-512 copy of
+// a function the rest of the library shares.
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")
+
 namespace attn::cpu {
 namespace {
 
@@ -106,17 +111,21 @@ inline __m512 LoadRowChunk(const std::byte* base, int64_t row_stride_bytes, int6
 struct TransposeIndices {
   alignas(64) int32_t lo[4][16];
   alignas(64) int32_t hi[4][16];
-  TransposeIndices() {
-    for (int stage = 0; stage < 4; ++stage) {
-      const int b = 8 >> stage;
-      for (int j = 0; j < 16; ++j) {
-        lo[stage][j] = (j & b) ? 16 + j - b : j;
-        hi[stage][j] = (j & b) ? 16 + j : j + b;
-      }
+};
+// Computed at compile time: a static initialiser here would be AVX-512 code that runs on every
+// CPU at load.
+constexpr TransposeIndices MakeTransposeIndices() {
+  TransposeIndices indices{};
+  for (int stage = 0; stage < 4; ++stage) {
+    const int b = 8 >> stage;
+    for (int j = 0; j < 16; ++j) {
+      indices.lo[stage][j] = (j & b) ? 16 + j - b : j;
+      indices.hi[stage][j] = (j & b) ? 16 + j : j + b;
     }
   }
-};
-const TransposeIndices kTransposeIndices;
+  return indices;
+}
+constexpr TransposeIndices kTransposeIndices = MakeTransposeIndices();
 
 inline void Transpose16(__m512 r[16]) {
   for (int stage = 0; stage < 4; ++stage) {
