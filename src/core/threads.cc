@@ -34,7 +34,11 @@ class ThreadPool {
   void Resize(int threads) {
     Stop();
     stopping_ = false;
-    for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
+    // New workers wait for the next job, not the last one (generation_ survives a resize).
+    const uint64_t current = generation_;
+    for (int i = 1; i < threads; ++i) {
+      workers_.emplace_back([this, i, current] { WorkerLoop(i, current); });
+    }
   }
 
   // Returns false (without running anything) when another job holds the pool.
@@ -45,7 +49,7 @@ class ThreadPool {
       std::lock_guard<std::mutex> lock(mutex_);
       job_ = &fn;
       tasks_ = tasks;
-      next_task_.store(0);
+      next_task_.store(size());  // tasks below size() are the threads' own first tasks
       error_ = nullptr;
       active_ = static_cast<int>(workers_.size());
       ++generation_;
@@ -70,8 +74,7 @@ class ThreadPool {
     workers_.clear();
   }
 
-  void WorkerLoop(int thread) {
-    uint64_t seen = 0;
+  void WorkerLoop(int thread, uint64_t seen) {
     while (true) {
       {
         std::unique_lock<std::mutex> lock(mutex_);
@@ -85,17 +88,25 @@ class ThreadPool {
     }
   }
 
+  // Thread i first runs task i, then takes tasks from the shared counter. Every thread thus
+  // serves every job with at least as many tasks as threads, so per-thread scratch is warm
+  // after one such job (decode steps then allocate nothing), and the rest balances itself.
   void Work(int thread) {
     inside_pool_ = true;
+    if (thread < tasks_) Run(thread, thread);
     for (int64_t task = next_task_.fetch_add(1); task < tasks_; task = next_task_.fetch_add(1)) {
-      try {
-        (*job_)(task, thread);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (!error_) error_ = std::current_exception();
-      }
+      Run(task, thread);
     }
     inside_pool_ = false;
+  }
+
+  void Run(int64_t task, int thread) {
+    try {
+      (*job_)(task, thread);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!error_) error_ = std::current_exception();
+    }
   }
 
  public:
