@@ -56,17 +56,6 @@ double Seconds(Clock::time_point start, Clock::time_point end) {
   return std::chrono::duration<double>(end - start).count();
 }
 
-// --threads N applies to the pool before anything runs; returns the count in force.
-int ApplyThreads(const Flags& flags) {
-  if (flags.Has("threads")) {
-    const int64_t threads = flags.GetInt("threads", 1);
-    Check(threads >= 1 && threads <= 4096, ErrorKind::kInvalidArgument,
-          "--threads must lie in [1, 4096], got " + std::to_string(threads));
-    SetNumThreads(static_cast<int>(threads));
-  }
-  return NumThreads();
-}
-
 // --pin: binds each pool thread to its own CPU. Off by default (the library does not pin), but
 // on a machine shared with other work, unpinned threads created moments before a short run can
 // share one core, and a 2-thread run then measures one core.
@@ -146,7 +135,7 @@ int RunKernelBench(const std::vector<std::string>& args) {
         "--backend must be default or reference, got '" + backend_name + "'");
   const KernelBackend& backend =
       backend_name == "reference" ? ReferenceBackend() : DefaultBackend();
-  const int threads = ApplyThreads(flags);
+  const int threads = ApplyThreadsFlag(flags);
   const bool pinned = flags.Has("pin") && PinPoolThreads();
   const bench::PeakOptions peak_options = PeakOptionsFrom(flags);
 
@@ -371,7 +360,7 @@ int RunLayerBench(const std::vector<std::string>& args) {
   } else {
     forms = {MlaForm::kAuto};  // ignored by GQA-family layers
   }
-  const int threads = ApplyThreads(flags);
+  const int threads = ApplyThreadsFlag(flags);
   const bool pinned = flags.Has("pin") && PinPoolThreads();
   const uint64_t seed = static_cast<uint64_t>(flags.GetInt("seed", 0));
 
