@@ -29,6 +29,7 @@
 #include "bench/kernel_case.h"
 #include "bench/peak.h"
 #include "cli/commands.h"
+#include "cli/config_flags.h"
 #include "cli/flags.h"
 
 #ifndef ATTN_SOURCE_DIR
@@ -46,7 +47,8 @@ constexpr const char* kBenchUsage =
     "                         [--v-head-dim DV] --q-len S --kv-len T [--causal]\n"
     "                         [--dtype f32|f16|bf16] [--threads N] [--repeat R]\n"
     "                         [--backend default|reference] [--peak-bytes B] [--pin] [--json]\n"
-    "       attn bench layer --config C.json --prefill S --decode N [--context T] [--batch B]\n"
+    "       attn bench layer --config C.json | --preset NAME --prefill S --decode N\n"
+    "                        [--context T] [--batch B]\n"
     "                        [--dtype f32|f16|bf16] [--mla naive|absorbed|auto|all]\n"
     "                        [--threads N] [--seed N] [--pin] [--json]\n"
     "       attn bench peak [--max-threads N] [--peak-bytes B] [--trials N] [--reset] [--json]\n"
@@ -331,11 +333,13 @@ FormResult BenchForm(const AttentionLayer& layer, MlaForm form, const std::strin
 }
 
 int RunLayerBench(const std::vector<std::string>& args) {
-  const Flags flags(
-      args, {"config", "prefill", "decode", "context", "batch", "dtype", "mla", "threads", "seed"},
-      {"json", "pin"});
-  const std::string config_path = flags.Required("config");
-  const ModelConfig config = LoadHfConfig(config_path);
+  const Flags flags(args,
+                    {"config", "preset", "prefill", "decode", "context", "batch", "dtype", "mla",
+                     "threads", "seed"},
+                    {"json", "pin"});
+  const std::string config_path =
+      flags.Has("preset") ? "preset:" + flags.Required("preset") : flags.Get("config", "");
+  const ModelConfig config = ConfigFromFlags(flags).config;
   const int64_t prefill = flags.GetInt("prefill", 0);
   Check(flags.Has("prefill") && prefill >= 1, ErrorKind::kInvalidArgument,
         "--prefill N (>= 1 tokens) is required");
