@@ -14,9 +14,13 @@ namespace attn {
 
 // Parses config.json text. Throws Error(kInvalidArgument) for malformed JSON or wrong value
 // types, kNotFound for a required key that is missing, kUnsupported as above.
-ModelConfig ParseHfConfig(const std::string& json_text);
+// `source` names the text in error messages.
+ModelConfig ParseHfConfig(const std::string& json_text, const std::string& source = "config.json");
 // Reads and parses a config.json file (Error(kIo) if it cannot be read).
 ModelConfig LoadHfConfig(const std::string& path);
+// The bytes of a config file; Error(kIo) naming the path if it is missing, a directory or
+// unreadable. Shared by every config reader.
+std::string ReadConfigFile(const std::string& path);
 
 }  // namespace attn
 

@@ -495,9 +495,13 @@ ModelConfig Parse(const std::string& json_text, const std::string& source) {
 
 }  // namespace
 
-ModelConfig ParseHfConfig(const std::string& json_text) { return Parse(json_text, "config.json"); }
+ModelConfig ParseHfConfig(const std::string& json_text, const std::string& source) {
+  return Parse(json_text, source);
+}
 
-ModelConfig LoadHfConfig(const std::string& path) {
+ModelConfig LoadHfConfig(const std::string& path) { return Parse(ReadConfigFile(path), path); }
+
+std::string ReadConfigFile(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) {
     throw Error(ErrorKind::kIo, "cannot read config '" + path + "': is a directory");
@@ -509,7 +513,7 @@ ModelConfig LoadHfConfig(const std::string& path) {
   std::ostringstream text;
   text << in.rdbuf();
   if (in.bad()) throw Error(ErrorKind::kIo, "cannot read config '" + path + "'");
-  return Parse(text.str(), path);
+  return text.str();
 }
 
 }  // namespace attn

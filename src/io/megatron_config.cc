@@ -1,14 +1,9 @@
 // Megatron-Core config names <-> ModelConfig, and ModelConfig -> HF config.json text.
 // Megatron names are those of megatron/core/transformer/transformer_config.py
 // (TransformerConfig, MLATransformerConfig) and the YaRN rotary embedding's arguments.
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 
 #include "attn/error.h"
@@ -285,24 +280,15 @@ LoadedConfig ParseMegatronConfig(const std::string& json_text, const std::string
 }
 
 LoadedConfig LoadAnyConfig(const std::string& path) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) {
-    throw Error(ErrorKind::kIo, "cannot read config '" + path + "': is a directory");
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in.is_open()) {
-    throw Error(ErrorKind::kIo, "cannot open config '" + path + "': " + std::strerror(errno));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  json root = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  const std::string text = ReadConfigFile(path);
+  json root = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (root.is_object() && !root.contains("model_type") &&
       (root.contains("num_layers") || root.contains("multi_latent_attention") ||
        root.contains("num_query_groups") || root.contains("kv_channels"))) {
-    return ParseMegatronConfig(text.str(), path);
+    return ParseMegatronConfig(text, path);
   }
   LoadedConfig loaded;
-  loaded.config = LoadHfConfig(path);
+  loaded.config = ParseHfConfig(text, path);
   loaded.format = "hf";
   loaded.source = path;
   return loaded;
