@@ -8,9 +8,13 @@
 # Idempotent: when everything is already there it changes nothing and needs no network.
 set -euo pipefail
 
-packages=(build-essential cmake libgtest-dev libbenchmark-dev nlohmann-json3-dev libdnnl-dev
-          python3 python3-dev python3-torch python3-numpy python3-pytest python3-pip
-          pybind11-dev python3-pybind11
+# ocl-icd-opencl-dev: Debian's oneDNN CMake package (dnnl-config.cmake) asks for OpenCL even
+# for CPU-only use and fails to configure without it. libcli11-dev parses the CLI's flags;
+# libpng-dev writes `--plot` images; python3-venv builds the pip-install check's venv.
+packages=(build-essential cmake pkg-config libgtest-dev libbenchmark-dev nlohmann-json3-dev
+          libdnnl-dev ocl-icd-opencl-dev libcli11-dev libpng-dev
+          python3 python3-dev python3-venv python3-torch python3-numpy python3-pytest
+          python3-pip pybind11-dev python3-pybind11
           python3-matplotlib qemu-user)
 
 missing=()
