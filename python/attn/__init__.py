@@ -8,13 +8,16 @@ and docs/python.md.
 from attn._attn import (  # noqa: F401  (re-exported API)
     Attention,
     Cache,
+    __version__,
     attention,
     backend,
+    get_num_threads,
     info,
     load_safetensors,
     mla_attention,
     presets,
     random_weights,
+    set_num_threads,
 )
 
 __all__ = [
@@ -22,9 +25,11 @@ __all__ = [
     "Cache",
     "attention",
     "backend",
+    "get_num_threads",
     "info",
     "load_safetensors",
     "mla_attention",
     "presets",
     "random_weights",
+    "set_num_threads",
 ]

@@ -15,6 +15,8 @@ ConfigLike = Union[Mapping[str, Any], str, os.PathLike]
 MlaForm = Literal["naive", "absorbed", "auto"]
 StorageDType = Literal["f32", "f16", "bf16"]
 
+__version__: str
+
 class Cache:
     """A KV cache for one layer, made by Attention.new_cache()."""
 
@@ -112,6 +114,8 @@ def random_weights(
 ) -> Dict[str, npt.NDArray[np.float32]]: ...
 def load_safetensors(path: Union[str, os.PathLike]) -> Dict[str, np.ndarray]: ...
 def backend() -> str: ...
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
 def info(
     config: ConfigLike,
     context: Union[int, str, None] = None,

@@ -1,8 +1,10 @@
 #include "arrays.h"
 
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -163,45 +165,91 @@ std::vector<int64_t> RowMajorStrides(const Shape& shape) {
   return strides;
 }
 
-Element NumpyElement(const py::dtype& dtype, const std::string& what) {
-  const char kind = dtype.kind();
-  const py::ssize_t size = dtype.itemsize();
-  if (dtype.attr("isnative").cast<bool>() || size == 1) {
-    if (kind == 'f' && size == 4) return Element::kF32;
-    if (kind == 'f' && size == 2) return Element::kF16;
-    if (kind == 'f' && size == 8) return Element::kF64;
-    if (kind == 'i' && size == 8) return Element::kI64;
-    if (kind == 'i' && size == 4) return Element::kI32;
-    if (kind == 'i' && size == 2) return Element::kI16;
-    if (kind == 'i' && size == 1) return Element::kI8;
-    if (kind == 'u' && size == 1) return Element::kU8;
-    if (kind == 'b' && size == 1) return Element::kBool;
-  }
-  throw Error(ErrorKind::kInvalidArgument,
-              what + ": unsupported dtype " + dtype.attr("name").cast<std::string>() +
-                  " (supported: float32, float16, bfloat16 (torch), float64, int64, int32, "
-                  "int16, int8, uint8, bool, in native byte order)");
+// NumPy arrays are read through `__array_interface__` (NumPy's documented Python-level
+// description: data pointer, read-only flag, shape, byte strides, and the dtype as a typestr
+// such as "<f4") rather than through pybind11's py::dtype/py::array accessors. Those read the C
+// struct PyArray_Descr, whose layout NumPy 2 changed (the item size moved and widened):
+// pybind11 before 2.12 then reports a wrong item size and every array is refused. The Python
+// interface is the same under NumPy 1.x and 2.x, whichever pybind11 the module was built with.
+struct NumpyInterface {
+  Element element = Element::kF32;
+  size_t item = 0;  // bytes per element
+  std::byte* data = nullptr;
+  bool readonly = true;
+  std::vector<int64_t> shape;
+  std::vector<int64_t> byte_strides;  // empty: C-contiguous
+};
+
+bool IsNativeOrder(char order) {
+  // '|': byte order does not apply (1-byte items); '=': native, spelled explicitly.
+  if (order == '|' || order == '=') return true;
+  return order == (std::endian::native == std::endian::little ? '<' : '>');
 }
 
-ArrayView ViewNumpy(py::array array, const std::string& what) {
-  const Element element = NumpyElement(array.dtype(), what);
-  const py::ssize_t item = array.itemsize();
-  for (py::ssize_t axis = 0; axis < array.ndim(); ++axis) {
-    if (array.strides(axis) % item != 0) {
+// The element of a typestr ("<f4", "|b1", …), or nothing for a dtype attn does not read.
+std::optional<Element> TypestrElement(const std::string& typestr) {
+  if (typestr.size() < 3 || !IsNativeOrder(typestr[0])) return std::nullopt;
+  const char kind = typestr[1];
+  const std::string size = typestr.substr(2);
+  if (kind == 'f' && size == "4") return Element::kF32;
+  if (kind == 'f' && size == "2") return Element::kF16;
+  if (kind == 'f' && size == "8") return Element::kF64;
+  if (kind == 'i' && size == "8") return Element::kI64;
+  if (kind == 'i' && size == "4") return Element::kI32;
+  if (kind == 'i' && size == "2") return Element::kI16;
+  if (kind == 'i' && size == "1") return Element::kI8;
+  if (kind == 'u' && size == "1") return Element::kU8;
+  if (kind == 'b' && size == "1") return Element::kBool;
+  return std::nullopt;
+}
+
+NumpyInterface ReadNumpyInterface(const py::object& array, const std::string& what) {
+  const py::dict interface = array.attr("__array_interface__");
+  const std::string typestr = interface["typestr"].cast<std::string>();
+  const std::optional<Element> element = TypestrElement(typestr);
+  if (!element) {
+    throw Error(ErrorKind::kInvalidArgument,
+                what + ": unsupported dtype " +
+                    array.attr("dtype").attr("name").cast<std::string>() + " ('" + typestr +
+                    "'; supported: float32, float16, bfloat16 (torch), float64, int64, int32, "
+                    "int16, int8, uint8, bool, in native byte order)");
+  }
+  NumpyInterface result;
+  result.element = *element;
+  result.item = ElementSize(*element);
+  const py::tuple data = interface["data"];
+  result.data = reinterpret_cast<std::byte*>(data[0].cast<uintptr_t>());
+  result.readonly = data[1].cast<bool>();
+  for (const py::handle extent : interface["shape"]) result.shape.push_back(extent.cast<int64_t>());
+  const py::object strides = interface["strides"];
+  if (!strides.is_none()) {
+    for (const py::handle stride : strides) result.byte_strides.push_back(stride.cast<int64_t>());
+  }
+  return result;
+}
+
+ArrayView ViewNumpy(py::object array, const std::string& what) {
+  NumpyInterface interface = ReadNumpyInterface(array, what);
+  const auto item = static_cast<int64_t>(interface.item);
+  for (const int64_t stride : interface.byte_strides) {
+    if (stride % item != 0) {
       // Byte strides that are not whole elements (views into record arrays): copy once.
       copies_made.fetch_add(1);
       array = py::module_::import("numpy").attr("ascontiguousarray")(array);
+      interface = ReadNumpyInterface(array, what);
       break;
     }
   }
   ArrayView view;
   view.what = what;
-  view.element = element;
-  view.data = static_cast<std::byte*>(const_cast<void*>(array.data()));
-  view.writable = array.writeable();
-  for (py::ssize_t axis = 0; axis < array.ndim(); ++axis) {
-    view.shape.push_back(array.shape(axis));
-    view.strides.push_back(array.strides(axis) / item);
+  view.element = interface.element;
+  view.data = interface.data;
+  view.writable = !interface.readonly;
+  view.shape = std::move(interface.shape);
+  if (interface.byte_strides.empty()) {
+    view.strides = RowMajorStrides(view.shape);
+  } else {
+    for (const int64_t stride : interface.byte_strides) view.strides.push_back(stride / item);
   }
   view.keepalive = std::move(array);
   return view;
@@ -289,11 +337,23 @@ bool IsTorchTensor(py::handle object) {
 
 ArrayView ViewArray(py::handle object, const std::string& what) {
   if (py::isinstance<py::array>(object)) {
-    return ViewNumpy(py::reinterpret_borrow<py::array>(object), what);
+    return ViewNumpy(py::reinterpret_borrow<py::object>(object), what);
   }
   if (IsTorchTensor(object)) {
     py::object tensor = py::reinterpret_borrow<py::object>(object);
     if (tensor.attr("requires_grad").cast<bool>()) tensor = tensor.attr("detach")();
+    // A tensor with the negative or conjugate bit set is a lazy view whose memory holds the
+    // values before negation/conjugation (z.conj().imag is one). DLPack has no such flag and
+    // torch 1.x exports the memory as it is, so reading it would silently flip signs.
+    // (is_neg/is_conj exist from torch 1.10 on; older tensors have neither bit.)
+    Check(!py::hasattr(tensor, "is_neg") || !tensor.attr("is_neg")().cast<bool>(),
+          ErrorKind::kInvalidArgument,
+          what +
+              ": tensor has the negative bit set (a lazily negated view such as "
+              "z.conj().imag); pass t.resolve_neg()");
+    Check(!py::hasattr(tensor, "is_conj") || !tensor.attr("is_conj")().cast<bool>(),
+          ErrorKind::kInvalidArgument,
+          what + ": tensor has the conjugate bit set; pass t.resolve_conj()");
     const py::module_ torch = py::module_::import("torch");
     // DLPack in torch 1.x cannot export bool; a uint8 view of the same bytes can.
     const bool is_bool = tensor.attr("dtype").is(torch.attr("bool"));

@@ -1,4 +1,4 @@
-// Arrays crossing the Python boundary. Inputs (NumPy arrays through the buffer protocol, PyTorch
+// Arrays crossing the Python boundary. Inputs (NumPy arrays through __array_interface__, PyTorch
 // CPU tensors and other producers through DLPack, anything else through numpy.asarray) become
 // an ArrayView of the caller's memory: no copy. A copy is made only where a consumer needs a
 // layout or dtype the view does not have (ToLayout), and every such copy is counted so tests

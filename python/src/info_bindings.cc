@@ -52,7 +52,7 @@ py::dict Info(py::handle config_arg, py::handle context, int64_t batch, const st
         "memory: the budget must be > 0 bytes");
   ModelStats stats;
   {
-    py::gil_scoped_release release;
+    ComputeScope release;
     stats = ComputeModelStats(config, options);
   }
   py::list forms;

@@ -127,7 +127,7 @@ py::object RunAttention(const ArrayView& q_in, const ArrayView& k_in, const Arra
   const int64_t element_size = static_cast<int64_t>(ElementSize(kv_element));
   const float* q_data = reinterpret_cast<const float*>(q.data);
   {
-    py::gil_scoped_release release;
+    ComputeScope release;
     const KernelBackend& backend = DefaultBackend();
     for (int64_t b = 0; b < batch; ++b) {
       AttentionProblem problem;

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "arrays.h"
 #include "attn/error.h"
@@ -149,7 +150,9 @@ class PyCache {
   py::array_t<int64_t> lengths() {
     std::lock_guard<std::mutex> lock(mutex_);
     const std::span<const int64_t> lengths = cache_->lengths();
-    py::array_t<int64_t> out(static_cast<py::ssize_t>(lengths.size()));
+    // The shape-vector constructor: the count constructor of pybind11 < 2.12 takes the item
+    // size from the NumPy 1.x dtype struct, which is wrong under NumPy 2.
+    py::array_t<int64_t> out(std::vector<py::ssize_t>{static_cast<py::ssize_t>(lengths.size())});
     std::memcpy(out.mutable_data(), lengths.data(), lengths.size_bytes());
     return out;
   }
@@ -273,11 +276,11 @@ class PyAttention {
     std::unique_ptr<AttentionLayer> impl;
     if (py::isinstance<py::dict>(weights)) {
       NamedTensors named = WeightsFromDict(weights.cast<py::dict>(), layer);
-      py::gil_scoped_release release;
+      ComputeScope release;
       impl = BuildAttentionLayer(config, layer, std::move(named));
     } else if (py::isinstance<py::str>(weights) || py::hasattr(weights, "__fspath__")) {
       const std::string path = PathText(weights);
-      py::gil_scoped_release release;
+      ComputeScope release;
       const SafetensorsFile file = SafetensorsFile::Open(path);
       impl = BuildAttentionLayer(config, layer, ReadHfAttentionWeights(file, config, layer));
     } else {
@@ -291,7 +294,7 @@ class PyAttention {
   static std::unique_ptr<PyAttention> Random(py::handle config_arg, uint64_t seed, int64_t layer) {
     ModelConfig config = ResolveConfig(config_arg);
     CheckLayerIndex(config, layer);
-    py::gil_scoped_release release;
+    ComputeScope release;
     std::unique_ptr<AttentionLayer> impl =
         BuildAttentionLayer(config, layer, RandomAttentionWeights(config, seed));
     return std::make_unique<PyAttention>(std::move(config), layer, std::move(impl));
@@ -304,7 +307,7 @@ class PyAttention {
                                      attention_mask, lengths);
     Tensor out;
     {
-      py::gil_scoped_release release;
+      ComputeScope release;
       out = impl_->Forward(p.Batch(), form);
     }
     return WrapOutput(std::move(out), p);
@@ -319,7 +322,7 @@ class PyAttention {
                                      attention_mask, py::none());
     Tensor out;
     {
-      py::gil_scoped_release release;
+      ComputeScope release;
       out = impl_->PrefillThenDecode(p.Batch(), prefill_tokens, form, dtype);
     }
     return WrapOutput(std::move(out), p);
@@ -342,7 +345,7 @@ class PyAttention {
         PrepareTokens(config_, kind, hidden_states, position_ids, attention_mask, lengths);
     Tensor out;
     {
-      py::gil_scoped_release release;
+      ComputeScope release;
       std::lock_guard<std::mutex> lock(cache.mutex());
       out = impl_->Step(p.Batch(), cache.cache(), cache.form());
     }
@@ -378,7 +381,7 @@ py::dict RandomWeights(py::handle config_arg, uint64_t seed, int64_t layer) {
   CheckLayerIndex(config, layer);
   NamedTensors weights;
   {
-    py::gil_scoped_release release;
+    ComputeScope release;
     weights = RandomAttentionWeights(config, seed);
   }
   const std::string prefix = HfAttentionPrefix(layer);

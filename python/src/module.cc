@@ -2,10 +2,14 @@
 #include <pybind11/pybind11.h>
 
 #include <exception>
+#include <mutex>
+#include <shared_mutex>
 
 #include "arrays.h"
 #include "attn/error.h"
 #include "attn/kernels.h"
+#include "attn/threads.h"
+#include "attn/version.h"
 #include "bindings.h"
 
 namespace attn::python {
@@ -36,6 +40,12 @@ void TranslateError(std::exception_ptr error) {
 }
 
 }  // namespace
+
+std::shared_mutex& ThreadCountMutex() {
+  static std::shared_mutex mutex;
+  return mutex;
+}
+
 }  // namespace attn::python
 
 PYBIND11_MODULE(_attn, module) {
@@ -50,6 +60,30 @@ PYBIND11_MODULE(_attn, module) {
   module.def(
       "backend", [] { return attn::DefaultBackend().name; },
       "Name of the kernel backend the layers and attention() use.");
+  // The linked library's version (not the header's macro), so that it always describes the
+  // code that runs; the number itself comes from project(VERSION) in CMakeLists.txt.
+  module.attr("__version__") = attn::Version();
+  module.def(
+      "set_num_threads",
+      [](int n) {
+        // Waits, without the GIL, for running calls to finish before resizing the pool.
+        py::gil_scoped_release release;
+        std::unique_lock<std::shared_mutex> lock(attn::python::ThreadCountMutex());
+        attn::SetNumThreads(n);
+      },
+      py::arg("n"),
+      "Sets the number of threads the kernels and layers use (the calling thread "
+      "included); n >= 1, else ValueError. Applies process-wide, like the "
+      "ATTN_NUM_THREADS environment variable read at start-up. Waits for calls running in "
+      "other threads to finish first.");
+  module.def(
+      "get_num_threads",
+      [] {
+        attn::python::ComputeScope steady;
+        return attn::NumThreads();
+      },
+      "The number of threads the kernels and layers use (the calling thread included): "
+      "the machine's cores, $ATTN_NUM_THREADS, or the last set_num_threads().");
   module.def("_copies_made", &attn::python::CopiesMade,
              "Input copies the binding has made so far (layout or dtype conversions, hidden "
              "states, weights). For tests of the zero-copy paths.");

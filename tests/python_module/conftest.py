@@ -4,6 +4,13 @@ The module is imported from $ATTN_PYTHON_PATH, else from sys.path ($PYTHONPATH: 
 <build>/python), else from <repo>/build/python. When it cannot be imported every test fails
 with a clear message (tests are never skipped). The float64 oracle of the CLI suite
 (tests/python/torch_reference.py) is reused for layer outputs.
+
+Two switches serve scripts/pip-install-check.sh, which tests the pip-installed package in a
+virtual environment that has NumPy 2 but no torch:
+- ATTN_TEST_NUMPY_ONLY=1: test modules that need torch (or the CLI binary) are skipped when it
+  is missing. Without it a missing torch is an error: the full run must not shrink silently.
+- ATTN_REQUIRE_INSTALLED=1: attn must be imported from an installed package, never from the
+  build tree of this checkout.
 """
 
 from __future__ import annotations
@@ -14,12 +21,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+
+NUMPY_ONLY = os.environ.get("ATTN_TEST_NUMPY_ONLY") == "1"
+REQUIRE_INSTALLED = os.environ.get("ATTN_REQUIRE_INSTALLED") == "1"
+
+try:
+    import torch
+except ImportError:
+    if not NUMPY_ONLY:
+        raise ImportError("the attn module tests need torch (Debian: python3-torch); "
+                          "ATTN_TEST_NUMPY_ONLY=1 runs only the tests that need NumPy alone")
+    torch = None
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO / "tests" / "python"))
 sys.path.insert(0, str(HERE))
+
+
+def require_torch():
+    """torch, for test modules that need it: `torch = require_torch()` at the top. Skips the
+    module only in the NumPy-only run (torch's absence is an error otherwise, see above)."""
+    return pytest.importorskip("torch", reason="NumPy-only run (ATTN_TEST_NUMPY_ONLY=1)")
 
 
 def _import_attn():
@@ -30,8 +53,13 @@ def _import_attn():
         sys.path.insert(0, os.environ["ATTN_PYTHON_PATH"])
     try:
         import attn
+        if REQUIRE_INSTALLED and Path(attn.__file__).resolve().is_relative_to(REPO):
+            return None, (f"ATTN_REQUIRE_INSTALLED=1 but attn was imported from this checkout: "
+                          f"{attn.__file__}")
         return attn, None
-    except ImportError:
+    except ImportError as e:
+        if REQUIRE_INSTALLED:
+            return None, f"ATTN_REQUIRE_INSTALLED=1 but attn is not installed: {e}"
         sys.path.insert(0, default)
     try:
         import attn
@@ -64,12 +92,16 @@ def copies(attn):
 
 def snapshot(*arrays):
     """Deep copies, to check that inputs are not mutated."""
-    return [a.clone() if isinstance(a, torch.Tensor) else np.array(a, copy=True) for a in arrays]
+    return [a.clone() if _is_tensor(a) else np.array(a, copy=True) for a in arrays]
+
+
+def _is_tensor(a):
+    return torch is not None and isinstance(a, torch.Tensor)
 
 
 def assert_unchanged(before, *arrays):
     for b, a in zip(before, arrays):
-        if isinstance(a, torch.Tensor):
+        if _is_tensor(a):
             assert torch.equal(a, b), "input was mutated"
         else:
             assert np.array_equal(a, b, equal_nan=True), "input was mutated"

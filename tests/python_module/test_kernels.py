@@ -7,9 +7,10 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import assert_unchanged, snapshot
+from conftest import LLAMA, assert_unchanged, require_torch, snapshot
+
+torch = require_torch()
 
 TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
@@ -222,6 +223,33 @@ def test_attention_bad_inputs(attn, change, needle):
     args.update(change)
     with pytest.raises(ValueError, match=needle.replace("(", r"\(")):
         attn.attention(args["q"], args["k"], args["v"])
+
+
+def test_negative_bit_tensors_rejected(attn):
+    """z.conj().imag is a view whose memory holds +imag with torch's negative bit set; DLPack
+    cannot carry the bit, so reading it would flip every sign. The intake refuses it."""
+    q, k, v = (torch.from_numpy(a) for a in _qkv())
+    z = torch.complex(torch.randn(k.shape), torch.randn(k.shape))
+    negated = z.conj().imag
+    assert negated.is_neg()
+    with pytest.raises(ValueError, match=r"k: tensor has the negative bit set.*resolve_neg"):
+        attn.attention(q, negated, v)
+    layer = attn.Attention.random(LLAMA)
+    x = torch.complex(torch.randn(1, 2, LLAMA["hidden_size"]),
+                      torch.randn(1, 2, LLAMA["hidden_size"]))
+    with pytest.raises(ValueError, match="hidden_states: tensor has the negative bit set"):
+        layer.forward(x.conj().imag)
+    # Resolved, the same values are accepted and read with the right sign.
+    out = attn.attention(q, k, negated.resolve_neg())
+    assert torch.equal(out, attn.attention(q, k, -z.imag)) and out.abs().sum() > 0
+
+
+def test_conjugate_bit_tensors_rejected(attn):
+    q, k, v = _qkv()
+    z = torch.complex(torch.randn(q.shape), torch.randn(q.shape)).conj()
+    assert z.is_conj()
+    with pytest.raises(ValueError, match="q: tensor has the conjugate bit set"):
+        attn.attention(z, k, v)
 
 
 def test_attention_bad_options(attn):

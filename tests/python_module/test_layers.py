@@ -7,11 +7,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from safetensors.torch import save_file
 
-import torch_reference as ref
-from conftest import DSV3, LLAMA, MISTRAL, QWEN2, V2LITE, assert_unchanged, snapshot
+from conftest import (DSV3, LLAMA, MISTRAL, QWEN2, V2LITE, assert_unchanged, require_torch,
+                      snapshot)
+
+torch = require_torch()
+from safetensors.torch import save_file  # noqa: E402  (needs torch)
+import torch_reference as ref  # noqa: E402  (needs torch)
 
 REL_TOL = 1e-4
 CONFIGS = {"llama3": LLAMA, "qwen2-bias": QWEN2, "mistral-window": MISTRAL, "dsv3": DSV3,

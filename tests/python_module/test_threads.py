@@ -7,9 +7,10 @@ import threading
 import time
 
 import numpy as np
-import torch
 
-from conftest import DSV3, LLAMA, MISTRAL, QWEN2
+from conftest import DSV3, LLAMA, MISTRAL, QWEN2, require_torch
+
+torch = require_torch()
 
 
 def test_threads_on_different_layers_match_serial(attn):
