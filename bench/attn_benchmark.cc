@@ -1,14 +1,21 @@
 // Google Benchmark suite over the cases of issue 3's performance table, through the same
 // KernelCase buffers and counting formulas as `attn bench kernel`. Each case runs at 1 thread
 // and at every thread of the machine; counters report GFLOP/s and unique K/V GB/s.
+// The layer decode-step cases also count heap allocations per step: this binary links
+// bench/alloc_counter.cc, which replaces the global operator new (only here, never in libattn
+// or the attn CLI).
 //   build-*/attn_benchmark --benchmark_filter=decode
 #include <benchmark/benchmark.h>
 
+#include <memory>
 #include <string>
 #include <thread>
 
 #include "attn/kernels.h"
+#include "attn/layer_weights.h"
+#include "attn/presets.h"
 #include "attn/threads.h"
+#include "bench/alloc_counter.h"
 #include "bench/kernel_case.h"
 
 namespace attn::bench {
@@ -81,12 +88,53 @@ void BM_DecodeMhaBf16(benchmark::State& state) {
 }
 void BM_DecodeMlaAbsorbedBf16(benchmark::State& state) { RunCase(state, MlaDecode(4096)); }
 
+// One decode step of a whole layer (projections, RoPE, cache append, attention) for a real
+// model's shape at a 4096-token context, batch 1, bf16 cache; reports heap allocations per
+// step after the warm-up step (a serving loop's steady state should allocate nothing).
+void RunLayerDecode(benchmark::State& state, const std::string& preset, MlaForm form) {
+  SetNumThreads(static_cast<int>(state.range(0)));
+  const ModelConfig config = LoadPreset(preset);
+  const std::unique_ptr<AttentionLayer> layer =
+      BuildAttentionLayer(config, 0, RandomAttentionWeights(config, 1));
+  constexpr int64_t kContext = 4096;
+  const int64_t capacity = kContext + 1 + static_cast<int64_t>(state.max_iterations);
+  std::unique_ptr<Cache> cache = layer->NewCache(1, capacity, DType::kBF16, form);
+  {
+    const Tensor prompt = RandomUniform({1, kContext, config.hidden_size}, 2, 1.0f);
+    layer->Step({&prompt, {}, {}}, *cache, form);
+  }
+  const Tensor token = RandomUniform({1, 1, config.hidden_size}, 3, 1.0f);
+  Tensor out;
+  layer->StepInto({&token, {}, {}}, *cache, form, out);  // warm-up: workspaces grow once
+  const AllocationStats before = AllocationsSoFar();
+  for (auto _ : state) {
+    layer->StepInto({&token, {}, {}}, *cache, form, out);
+    benchmark::ClobberMemory();
+  }
+  const AllocationStats after = AllocationsSoFar();
+  if (AllocationCountingEnabled()) {
+    state.counters["allocs/step"] = benchmark::Counter(
+        static_cast<double>(after.count - before.count), benchmark::Counter::kAvgIterations);
+    state.counters["alloc_B/step"] = benchmark::Counter(
+        static_cast<double>(after.bytes - before.bytes), benchmark::Counter::kAvgIterations);
+  }
+}
+
+void BM_LayerDecodeLlama3_8B(benchmark::State& state) {
+  RunLayerDecode(state, "llama-3-8b", MlaForm::kAuto);
+}
+void BM_LayerDecodeDeepSeekV2LiteAbsorbed(benchmark::State& state) {
+  RunLayerDecode(state, "deepseek-v2-lite", MlaForm::kAbsorbed);
+}
+
 BENCHMARK(BM_PrefillGqaF32)->Apply(ThreadArgs);
 BENCHMARK(BM_PrefillGqaBf16)->Apply(ThreadArgs);
 BENCHMARK(BM_DecodeGqaBf16)->Apply(ThreadArgs);
 BENCHMARK(BM_DecodeMqaBf16)->Apply(ThreadArgs);
 BENCHMARK(BM_DecodeMhaBf16)->Apply(ThreadArgs);
 BENCHMARK(BM_DecodeMlaAbsorbedBf16)->Apply(ThreadArgs);
+BENCHMARK(BM_LayerDecodeLlama3_8B)->Apply(ThreadArgs);
+BENCHMARK(BM_LayerDecodeDeepSeekV2LiteAbsorbed)->Apply(ThreadArgs);
 
 }  // namespace
 }  // namespace attn::bench

@@ -285,8 +285,8 @@ def render(meta, peak, kernels, layers, out_dir: Path, update_doc: Path | None =
 
     if layers:
         lines = ["| form | batch | cache B/token | cache MiB | prefill tok/s | decode ms/step | "
-                 "decode tok/s | allocs/step after warm-up | peak RSS MiB | weights MiB |",
-                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                 "decode tok/s | peak RSS MiB | weights MiB |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for record in layers.values():
             f = record["forms"][0]
             tokens_per_s = 1e3 * record.get("batch", 1) / f["decode_ms_per_token"]
@@ -294,8 +294,6 @@ def render(meta, peak, kernels, layers, out_dir: Path, update_doc: Path | None =
                          f"{f['cache_bytes_per_token']} | "
                          f"{f['cache_bytes'] / 2**20:.1f} | {f['prefill_tokens_per_s']:.1f} | "
                          f"{f['decode_ms_per_token']:.2f} | {tokens_per_s:.1f} | "
-                         f"{f['decode_allocations_per_step']:.1f} "
-                         f"({f['decode_allocated_bytes_per_step'] / 1024:.0f} KiB) | "
                          f"{f['peak_rss_bytes'] / 2**20:.0f} | "
                          f"{record['weights_bytes'] / 2**20:.0f} |")
         sections["layer"] = lines

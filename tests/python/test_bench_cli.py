@@ -164,7 +164,7 @@ def test_layer_mla_reports_each_form(attn_bin, env, tmp_path):
     for f in r["forms"]:
         assert f["prefill_tokens_per_s"] > 0 and f["decode_ms_per_token"] > 0
         assert f["cache_bytes"] == f["cache_bytes_per_token"] * (20 + 8 + 4)
-        assert f["peak_rss_bytes"] > 0 and f["decode_allocations_per_step"] >= 0
+        assert f["peak_rss_bytes"] > 0
     assert r["auto_vs_naive_decode_speedup"] > 0
     assert r["weights_bytes"] > 0
 

@@ -1,7 +1,16 @@
 // Linear layers through oneDNN's matmul (measured fastest of the GEMM candidates on this
 // machine kind; see docs/performance.md). y[rows, out] = x[rows, in] · Wᵀ + b with W stored
 // [out, in] row-major, which is oneDNN's "ba" layout of a [in, out] weight: no repacking.
-// Primitives are created once per shape and thread, then reused with new data pointers.
+// Primitives are created once per shape, thread and thread count, then reused with new data
+// pointers.
+//
+// Threads: Debian's oneDNN runs on libgomp's OpenMP pool, not on attn's. So that --threads,
+// ATTN_NUM_THREADS and attn.set_num_threads() govern it too, every call first sets the calling
+// thread's OpenMP thread count to attn's (omp_set_num_threads acts per calling thread, so it is
+// done here, on the thread that runs the matmul, and not once at start-up). A primitive fixes
+// its thread split when it is created, hence the thread count in the cache key.
+#include <omp.h>
+
 #include <dnnl.hpp>
 #include <map>
 #include <memory>
@@ -9,6 +18,7 @@
 #include <unordered_map>
 
 #include "attn/kernels.h"
+#include "attn/threads.h"
 
 namespace attn::cpu {
 namespace {
@@ -19,8 +29,10 @@ using DataType = dnnl::memory::data_type;
 struct MatmulKey {
   int64_t rows, in, out;
   bool bias;
+  int threads;
   bool operator<(const MatmulKey& other) const {
-    return std::tie(rows, in, out, bias) < std::tie(other.rows, other.in, other.out, other.bias);
+    return std::tie(rows, in, out, bias, threads) <
+           std::tie(other.rows, other.in, other.out, other.bias, other.threads);
   }
 };
 
@@ -69,7 +81,9 @@ const Matmul& MatmulFor(const MatmulKey& key) {
 
 void OneDnnLinear(const LinearProblem& p) {
   if (p.rows == 0) return;
-  const Matmul& mm = MatmulFor({p.rows, p.in, p.out, p.bias != nullptr});
+  const int threads = NumThreads();
+  if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
+  const Matmul& mm = MatmulFor({p.rows, p.in, p.out, p.bias != nullptr, threads});
   thread_local dnnl::stream stream(Engine());
   // oneDNN takes non-const handles; it only reads x, w and b.
   mm.x.set_data_handle(const_cast<float*>(p.x));
