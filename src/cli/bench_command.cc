@@ -42,18 +42,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 
-constexpr const char* kBenchUsage =
-    "usage: attn bench kernel --variant gqa|mla --heads H [--kv-heads G] [--head-dim D]\n"
-    "                         [--v-head-dim DV] --q-len S --kv-len T [--causal]\n"
-    "                         [--dtype f32|f16|bf16] [--threads N] [--repeat R]\n"
-    "                         [--backend default|reference] [--peak-bytes B] [--pin] [--json]\n"
-    "       attn bench layer --config C.json | --preset NAME --prefill S --decode N\n"
-    "                        [--context T] [--batch B]\n"
-    "                        [--dtype f32|f16|bf16] [--mla naive|absorbed|auto|all]\n"
-    "                        [--threads N] [--seed N] [--pin] [--json]\n"
-    "       attn bench peak [--max-threads N] [--peak-bytes B] [--trials N] [--reset] [--json]\n"
-    "       attn bench --compare-torch [options of scripts/compare_torch.py]\n";
-
 double Seconds(Clock::time_point start, Clock::time_point end) {
   return std::chrono::duration<double>(end - start).count();
 }
@@ -78,13 +66,19 @@ bool PinPoolThreads() {
   return pinned.load() && arrived.load() == threads;
 }
 
+// --peak-bytes, and (bench peak only) --trials: how the roofs are measured.
+void AddPeakFlags(Flags& flags, bool trials) {
+  flags.Integer("peak-bytes", "B", "DRAM read buffer for measuring the roofs (default 1 GiB)");
+  if (trials) flags.Integer("trials", "N", "measurements per roof, 1 to 100; the best counts", "5");
+}
+
 bench::PeakOptions PeakOptionsFrom(const Flags& flags) {
   bench::PeakOptions options;
   options.dram_buffer_bytes = flags.GetInt("peak-bytes", options.dram_buffer_bytes);
   Check(options.dram_buffer_bytes >= (int64_t{1} << 20), ErrorKind::kInvalidArgument,
         "--peak-bytes must be at least 1048576 (1 MiB)");
   if (flags.Has("trials")) {
-    options.trials = static_cast<int>(flags.GetInt("trials", options.trials));
+    options.trials = static_cast<int>(flags.GetInt("trials"));
     Check(options.trials >= 1 && options.trials <= 100, ErrorKind::kInvalidArgument,
           "--trials must lie in [1, 100]");
   }
@@ -106,14 +100,32 @@ bench::MachinePeak PeakForThreads(int threads, const bench::PeakOptions& options
 // ---- kernel ------------------------------------------------------------------------------
 
 int RunKernelBench(const std::vector<std::string>& args) {
-  const Flags flags(args,
-                    {"variant", "heads", "kv-heads", "head-dim", "v-head-dim", "q-len", "kv-len",
-                     "dtype", "threads", "repeat", "seed", "backend", "peak-bytes"},
-                    {"causal", "json", "pin"});
+  Flags flags("bench kernel",
+              "Times one attention call (the default backend's attend) at a given shape, with "
+              "FLOPs, unique K/V bytes and the fraction of the binding roof it reaches.");
+  flags.Text("variant", "gqa|mla", "gqa (MHA/GQA/MQA) or mla (absorbed, latent rows)", "gqa")
+      .Integer("heads", "H", "query heads")
+      .Mandatory()
+      .Integer("kv-heads", "G", "kv heads (default: H; mla: 1)")
+      .Integer("head-dim", "D", "key width per head (default: 128, mla: 576)")
+      .Integer("v-head-dim", "DV", "value width per head (default: D, mla: 512)")
+      .Integer("q-len", "S", "query tokens")
+      .Mandatory()
+      .Integer("kv-len", "T", "key/value tokens, >= S")
+      .Mandatory()
+      .Switch("causal", "causal mask (query i sees keys up to T - S + i)")
+      .Text("dtype", "DTYPE", "K/V storage: f32, f16 or bf16", "f32");
+  AddThreadsFlag(flags);
+  flags.Integer("repeat", "R", "timed runs after one warm-up, 1 to 100000; the median counts", "5")
+      .Integer("seed", "N", "random seed of the inputs", "1")
+      .Text("backend", "NAME", "default or reference", "default");
+  AddPeakFlags(flags, false);
+  flags.Switch("pin", "bind each pool thread to its own CPU")
+      .Switch("json", "print one JSON object");
+  if (!flags.Parse(args)) return 0;
   bench::KernelShape shape;
-  shape.variant = bench::VariantFromString(flags.Get("variant", "gqa"));
-  shape.heads = flags.GetInt("heads", 0);
-  Check(flags.Has("heads"), ErrorKind::kInvalidArgument, "--heads is required");
+  shape.variant = bench::VariantFromString(flags.Get("variant"));
+  shape.heads = flags.GetInt("heads");
   // 0 means "the variant's default" inside KernelShape, so an explicit 0 is refused here.
   for (const char* name : {"kv-heads", "head-dim", "v-head-dim"}) {
     Check(!flags.Has(name) || flags.GetInt(name, 0) > 0, ErrorKind::kInvalidArgument,
@@ -122,17 +134,15 @@ int RunKernelBench(const std::vector<std::string>& args) {
   shape.kv_heads = flags.GetInt("kv-heads", 0);
   shape.head_dim = flags.GetInt("head-dim", 0);
   shape.value_dim = flags.GetInt("v-head-dim", 0);
-  Check(flags.Has("q-len") && flags.Has("kv-len"), ErrorKind::kInvalidArgument,
-        "--q-len and --kv-len are required");
   shape.q_len = flags.GetInt("q-len", 0);
   shape.kv_len = flags.GetInt("kv-len", 0);
   shape.causal = flags.Has("causal");
-  shape.dtype = StorageDTypeFromString(flags.Get("dtype", "f32"));
+  shape.dtype = StorageDTypeFromString(flags.Get("dtype"));
   shape = bench::NormalizeKernelShape(shape);
-  const int64_t repeat = flags.GetInt("repeat", 5);
+  const int64_t repeat = flags.GetInt("repeat");
   Check(repeat >= 1 && repeat <= 100000, ErrorKind::kInvalidArgument,
         "--repeat must lie in [1, 100000]");
-  const std::string backend_name = flags.Get("backend", "default");
+  const std::string backend_name = flags.Get("backend");
   Check(backend_name == "default" || backend_name == "reference", ErrorKind::kInvalidArgument,
         "--backend must be default or reference, got '" + backend_name + "'");
   const KernelBackend& backend =
@@ -145,7 +155,7 @@ int RunKernelBench(const std::vector<std::string>& args) {
   const bench::MachinePeak peak = PeakForThreads(threads, peak_options);
   const bench::PeakPoint& roofs = *peak.ForThreads(threads);
 
-  const bench::KernelCase kernel_case(shape, static_cast<uint64_t>(flags.GetInt("seed", 1)));
+  const bench::KernelCase kernel_case(shape, static_cast<uint64_t>(flags.GetInt("seed")));
   kernel_case.Run(backend);  // warm-up: first-touch of the output, workspaces, caches
   std::vector<double> times;
   for (int64_t r = 0; r < repeat; ++r) {
@@ -333,25 +343,36 @@ FormResult BenchForm(const AttentionLayer& layer, MlaForm form, const std::strin
 }
 
 int RunLayerBench(const std::vector<std::string>& args) {
-  const Flags flags(args,
-                    {"config", "preset", "prefill", "decode", "context", "batch", "dtype", "mla",
-                     "threads", "seed"},
-                    {"json", "pin"});
+  Flags flags("bench layer",
+              "Prefill tokens/s and decode ms/token of one layer of a config on random weights, "
+              "per MLA form.");
+  AddConfigFlags(flags);
+  flags.Integer("prefill", "S", "prompt tokens per sequence, >= 1")
+      .Mandatory()
+      .Integer("decode", "N", "decode steps after the prefill, >= 0")
+      .Mandatory()
+      .Integer("context", "T", "tokens already in the cache before the prefill", "0")
+      .Integer("batch", "B", "sequences, 1 to 4096", "1")
+      .Text("dtype", "DTYPE", "KV cache storage: f32, f16 or bf16", "f32")
+      .Text("mla", "FORM", "MLA models only: naive, absorbed, auto or all", "all");
+  AddThreadsFlag(flags);
+  flags.Integer("seed", "N", "random seed of weights and tokens", "0")
+      .Switch("pin", "bind each pool thread to its own CPU")
+      .Switch("json", "print one JSON object");
+  if (!flags.Parse(args)) return 0;
   const std::string config_path =
       flags.Has("preset") ? "preset:" + flags.Required("preset") : flags.Get("config", "");
   const ModelConfig config = ConfigFromFlags(flags).config;
-  const int64_t prefill = flags.GetInt("prefill", 0);
-  Check(flags.Has("prefill") && prefill >= 1, ErrorKind::kInvalidArgument,
-        "--prefill N (>= 1 tokens) is required");
-  const int64_t decode = flags.GetInt("decode", 0);
-  Check(flags.Has("decode") && decode >= 0, ErrorKind::kInvalidArgument,
-        "--decode N (>= 0 steps) is required");
-  const int64_t context = flags.GetInt("context", 0);
+  const int64_t prefill = flags.GetInt("prefill");
+  Check(prefill >= 1, ErrorKind::kInvalidArgument, "--prefill must be >= 1 tokens");
+  const int64_t decode = flags.GetInt("decode");
+  Check(decode >= 0, ErrorKind::kInvalidArgument, "--decode must be >= 0 steps");
+  const int64_t context = flags.GetInt("context");
   Check(context >= 0, ErrorKind::kInvalidArgument, "--context must be >= 0");
-  const int64_t batch = flags.GetInt("batch", 1);
+  const int64_t batch = flags.GetInt("batch");
   Check(batch >= 1 && batch <= 4096, ErrorKind::kInvalidArgument, "--batch must lie in [1, 4096]");
-  const DType dtype = StorageDTypeFromString(flags.Get("dtype", "f32"));
-  const std::string mla = flags.Get("mla", "all");
+  const DType dtype = StorageDTypeFromString(flags.Get("dtype"));
+  const std::string mla = flags.Get("mla");
   Check(config.kind == AttentionKind::kMla || !flags.Has("mla"), ErrorKind::kInvalidArgument,
         "--mla applies only to MLA models; '" + config.model_type + "' is GQA-family");
   std::vector<MlaForm> forms;
@@ -366,7 +387,7 @@ int RunLayerBench(const std::vector<std::string>& args) {
   }
   const int threads = ApplyThreadsFlag(flags);
   const bool pinned = flags.Has("pin") && PinPoolThreads();
-  const uint64_t seed = static_cast<uint64_t>(flags.GetInt("seed", 0));
+  const uint64_t seed = static_cast<uint64_t>(flags.GetInt("seed"));
 
   NamedTensors weights = RandomAttentionWeights(config, seed);
   int64_t weight_bytes = 0;
@@ -460,10 +481,17 @@ int RunLayerBench(const std::vector<std::string>& args) {
 // ---- peak --------------------------------------------------------------------------------
 
 int RunPeakBench(const std::vector<std::string>& args) {
-  const Flags flags(args, {"max-threads", "peak-bytes", "trials"}, {"json", "reset"});
+  Flags flags("bench peak",
+              "Measures this machine's roofs (fp32 FMA and bf16-dot GFLOP/s, DRAM read GB/s) per "
+              "thread count and caches them.");
+  flags.Integer("max-threads", "N", "measure 1 to N threads, N <= 4096 (default: every CPU)");
+  AddPeakFlags(flags, true);
+  flags.Switch("reset", "replace the cached roofs instead of keeping the higher of old and new")
+      .Switch("json", "print one JSON object");
+  if (!flags.Parse(args)) return 0;
   bench::PeakOptions options = PeakOptionsFrom(flags);
   if (flags.Has("max-threads")) {
-    const int64_t max_threads = flags.GetInt("max-threads", 1);
+    const int64_t max_threads = flags.GetInt("max-threads");
     Check(max_threads >= 1 && max_threads <= 4096, ErrorKind::kInvalidArgument,
           "--max-threads must lie in [1, 4096]");
     for (int n = 1; n <= max_threads; ++n) options.thread_counts.push_back(n);
@@ -523,17 +551,27 @@ int RunCompareTorch(const std::vector<std::string>& args) {
 }  // namespace
 
 int RunBench(const std::vector<std::string>& args) {
-  if (args.empty() || args[0] == "--help" || args[0] == "-h") {
-    std::fputs(kBenchUsage, args.empty() ? stderr : stdout);
-    return args.empty() ? 2 : 0;
+  const std::vector<Subcommand> modes = {
+      {"kernel", "one attention call at a given shape against this machine's roofs",
+       RunKernelBench},
+      {"layer", "prefill/decode speed of one layer of a config, per MLA form", RunLayerBench},
+      {"peak", "measure the roofs: fp32/bf16 GFLOP/s and DRAM GB/s per thread count", RunPeakBench},
+      {"--compare-torch", "the kernel cases through PyTorch too (scripts/compare_torch.py)",
+       RunCompareTorch},
+  };
+  const std::string usage = SubcommandUsage("attn bench", modes,
+                                            "Run 'attn bench <command> --help' for its options "
+                                            "(--compare-torch --help: the script's).\n");
+  if (!args.empty() && (args[0] == "--help" || args[0] == "-h")) {
+    std::fputs(usage.c_str(), stdout);
+    return 0;
   }
+  if (args.empty()) throw UsageError("which bench command?", usage);
   const std::vector<std::string> rest(args.begin() + 1, args.end());
-  if (args[0] == "kernel") return RunKernelBench(rest);
-  if (args[0] == "layer") return RunLayerBench(rest);
-  if (args[0] == "peak") return RunPeakBench(rest);
-  if (args[0] == "--compare-torch") return RunCompareTorch(rest);
-  throw Error(ErrorKind::kInvalidArgument,
-              "unknown bench mode '" + args[0] + "'\n" + std::string(kBenchUsage));
+  for (const Subcommand& mode : modes) {
+    if (args[0] == mode.name) return mode.run(rest);
+  }
+  throw UsageError("unknown bench command '" + args[0] + "'", usage);
 }
 
 }  // namespace attn::cli

@@ -11,7 +11,11 @@
 namespace attn::cli {
 
 int RunCheckScale(const std::vector<std::string>& args) {
-  const Flags flags(args, {"config", "preset"}, {"json"});
+  Flags flags("check-scale",
+              "The softmax scale, RoPE attention factor and framework pitfalls of a config.");
+  AddConfigFlags(flags);
+  flags.Switch("json", "print JSON instead of text");
+  if (!flags.Parse(args)) return 0;
   const LoadedConfig loaded = ConfigFromFlags(flags);
   const ModelConfig& config = loaded.config;
   const ScaleReport report = CheckScale(config, loaded.megatron);

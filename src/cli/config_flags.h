@@ -9,6 +9,9 @@
 
 namespace attn::cli {
 
+// Declares --config and --preset.
+void AddConfigFlags(Flags& flags);
+
 // Exactly one of --config (a file in HF or Megatron-Core names) and --preset (a built-in
 // model); anything else throws Error(kInvalidArgument) saying so.
 LoadedConfig ConfigFromFlags(const Flags& flags);

@@ -45,10 +45,22 @@ void WriteText(const std::string& path, const std::string& text) {
 }  // namespace
 
 int RunConvert(const std::vector<std::string>& args) {
-  const Flags flags(args,
-                    {"from", "to", "config", "preset", "input", "output", "layer", "dtype",
-                     "norm-names", "config-output"},
-                    {});
+  Flags flags("convert", "Converts one layer between Hugging Face and Megatron-Core names.");
+  flags.Text("from", "NAMES", "the names of --input: hf or megatron")
+      .Mandatory()
+      .Text("to", "NAMES", "the names to write: hf or megatron")
+      .Mandatory();
+  AddConfigFlags(flags);
+  flags.Text("input", "W.safetensors", "the layer's weights to convert (with --output)")
+      .Text("output", "W2.safetensors", "the converted weights (with --input)")
+      .Integer("layer", "I", "which layer", "0")
+      .Text("dtype", "DTYPE", "storage f32, f16 or bf16 (default: the source's)")
+      .Text("norm-names", "STYLE",
+            "Megatron norm names: te (linear_*_up_proj.layer_norm_weight) or local "
+            "(q_layernorm/kv_layernorm)",
+            "te")
+      .Text("config-output", "C2.json", "also write the config in --to names");
+  if (!flags.Parse(args)) return 0;
   const std::string from = flags.Required("from");
   const std::string to = flags.Required("to");
   Check((from == "hf" || from == "megatron") && (to == "hf" || to == "megatron"),
@@ -56,16 +68,15 @@ int RunConvert(const std::vector<std::string>& args) {
         "--from and --to take 'hf' or 'megatron', got '" + from + "' and '" + to + "'");
   const LoadedConfig loaded = ConfigFromFlags(flags);
   const ModelConfig& config = loaded.config;
-  const std::string norm_names = flags.Get("norm-names", "te");
+  const std::string norm_names = flags.Get("norm-names");
   Check(norm_names == "te" || norm_names == "local", ErrorKind::kInvalidArgument,
         "--norm-names takes 'te' (linear_*_up_proj.layer_norm_weight) or 'local' "
         "(q_layernorm/kv_layernorm), got '" +
             norm_names + "'");
-  Check(flags.Has("input") == flags.Has("output"), ErrorKind::kInvalidArgument,
-        "--input and --output go together");
-  Check(flags.Has("input") || flags.Has("config-output"), ErrorKind::kInvalidArgument,
-        "nothing to do: give --input W.safetensors --output W2.safetensors and/or "
-        "--config-output C2.json");
+  flags.Require(flags.Has("input") == flags.Has("output"), "--input and --output go together");
+  flags.Require(flags.Has("input") || flags.Has("config-output"),
+                "nothing to do: give --input W.safetensors --output W2.safetensors and/or "
+                "--config-output C2.json");
 
   if (flags.Has("config-output")) {
     WriteText(flags.Required("config-output"),
@@ -73,7 +84,7 @@ int RunConvert(const std::vector<std::string>& args) {
   }
   if (!flags.Has("input")) return 0;
 
-  const int64_t layer = flags.GetInt("layer", 0);
+  const int64_t layer = flags.GetInt("layer");
   Check(layer >= 0 && layer < config.num_layers, ErrorKind::kInvalidArgument,
         "--layer " + std::to_string(layer) + " out of range (model has " +
             std::to_string(config.num_layers) + " layers)");

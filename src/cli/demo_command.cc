@@ -185,20 +185,29 @@ std::vector<double> DecodeCurve(const AttentionLayer& layer, MlaForm form,
 }  // namespace
 
 int RunDemo(const std::vector<std::string>& args) {
-  const Flags flags(args, {"preset", "context", "prefill", "decode", "seed", "plot", "threads"},
-                    {});
+  Flags flags("demo", "MHA, GQA, MQA and MLA side by side on random weights.");
+  flags
+      .Text("preset", "NAME",
+            "take hidden size and heads (and an MLA preset's attention) from a preset "
+            "(default: scaled-down DeepSeek-V3)")
+      .Text("context", "N", "prefill tokens, 128k style accepted", "128")
+      .Integer("prefill", "N", "the older name of --context")
+      .Integer("decode", "M", "decode steps after the prefill", "16")
+      .Integer("seed", "S", "random seed of weights and tokens", "0")
+      .Text("plot", "FILE.png", "also draw KV bytes and decode time against context");
+  AddThreadsFlag(flags);
+  if (!flags.Parse(args)) return 0;
   ApplyThreadsFlag(flags);
   Check(!(flags.Has("context") && flags.Has("prefill")), ErrorKind::kInvalidArgument,
         "--prefill is another name for --context; give one");
-  const int64_t prefill = flags.Has("context")
-                              ? ParseTokenCount(flags.Required("context"), "--context")
-                              : flags.GetInt("prefill", 128);
-  const int64_t decode = flags.GetInt("decode", 16);
+  const int64_t prefill = flags.Has("prefill") ? flags.GetInt("prefill")
+                                               : ParseTokenCount(flags.Get("context"), "--context");
+  const int64_t decode = flags.GetInt("decode");
   Check(prefill >= 1 && decode >= 0, ErrorKind::kInvalidArgument,
         "--context must be >= 1 and --decode >= 0");
-  const uint64_t seed = static_cast<uint64_t>(flags.GetInt("seed", 0));
+  const uint64_t seed = static_cast<uint64_t>(flags.GetInt("seed"));
   const int64_t total = prefill + decode;
-  const DemoModels models = MakeModels(flags.Get("preset", ""));
+  const DemoModels models = MakeModels(flags.Get("preset"));
   const int64_t hidden = models.mha.hidden_size;
 
   std::vector<Mechanism> mechanisms = {{"MHA", &models.mha, CacheForm::kHeads, MlaForm::kAuto}};

@@ -29,21 +29,31 @@ std::vector<int64_t> ReadTokenGrid(const SafetensorsFile& input, const std::stri
 }  // namespace
 
 int RunForward(const std::vector<std::string>& args) {
-  const Flags flags(
-      args,
-      {"config", "preset", "weights", "input", "output", "layer", "mla", "prefill", "cache-dtype",
-       "threads"},
-      {});
+  Flags flags("forward", "Runs one attention layer over the tokens of an input file.");
+  AddConfigFlags(flags);
+  flags.Text("weights", "W.safetensors", "the layer's weights, HF or Megatron-Core names")
+      .Mandatory()
+      .Text("input", "IN.safetensors",
+            "hidden_states F32 [B,S,D], optional position_ids, attention_mask [B,S]")
+      .Mandatory()
+      .Text("output", "OUT.safetensors", "where attn_output F32 [B,S,D] is written")
+      .Mandatory()
+      .Integer("layer", "I", "which layer of the checkpoint", "0")
+      .Text("mla", "FORM", "MLA models only: naive, absorbed or auto", "auto")
+      .Integer("prefill", "N", "first N tokens as one prefill, then one decode step per token")
+      .Text("cache-dtype", "DTYPE", "KV cache storage with --prefill: f32, f16 or bf16", "f32");
+  AddThreadsFlag(flags);
+  if (!flags.Parse(args)) return 0;
   ApplyThreadsFlag(flags);
   const ModelConfig config = ConfigFromFlags(flags).config;
-  const int64_t layer_index = flags.GetInt("layer", 0);
+  const int64_t layer_index = flags.GetInt("layer");
   Check(layer_index >= 0 && layer_index < config.num_layers, ErrorKind::kInvalidArgument,
         "--layer " + std::to_string(layer_index) + " out of range (model has " +
             std::to_string(config.num_layers) + " layers)");
   Check(!flags.Has("mla") || config.kind == AttentionKind::kMla, ErrorKind::kInvalidArgument,
         "--mla applies only to MLA models; '" + config.model_type + "' is GQA-family");
-  const MlaForm form = MlaFormFromString(flags.Get("mla", "auto"));
-  const DType cache_dtype = StorageDTypeFromString(flags.Get("cache-dtype", "f32"));
+  const MlaForm form = MlaFormFromString(flags.Get("mla"));
+  const DType cache_dtype = StorageDTypeFromString(flags.Get("cache-dtype"));
 
   const SafetensorsFile weights = SafetensorsFile::Open(flags.Required("weights"));
   const std::unique_ptr<AttentionLayer> layer = BuildAttentionLayer(

@@ -268,16 +268,28 @@ void PrintCompare(const std::vector<std::string>& labels, const std::vector<Mode
 }  // namespace
 
 int RunInfo(const std::vector<std::string>& args) {
-  const Flags flags(args,
-                    {"config", "preset", "compare", "context", "batch", "dtype", "memory",
-                     "peak-gflops", "peak-gbps"},
-                    {"json"});
+  Flags flags("info",
+              "Parameters, KV cache, longest context, FLOPs and intensity of a model, next to an "
+              "MHA of its size.");
+  AddConfigFlags(flags);
+  flags.Text("compare", "A,B,C", "one column per model: presets or config paths")
+      .Text("context", "T",
+            "tokens per sequence, 128k style accepted (default: the model's "
+            "max_position_embeddings)")
+      .Integer("batch", "B", "sequences", "1")
+      .Text("dtype", "DTYPE", "KV cache values: f32, f16 or bf16", "bf16")
+      .Text("memory", "BYTES",
+            "a KV-cache budget (80GiB, 512MiB, 1e9): the longest context it holds")
+      .Text("peak-gflops", "X", "machine peak GFLOP/s for the ridge point (default: reference)")
+      .Text("peak-gbps", "Y", "machine DRAM GB/s for the ridge point (default: reference)")
+      .Switch("json", "print every number as JSON");
+  if (!flags.Parse(args)) return 0;
   InfoOptions options;
   if (flags.Has("context"))
     options.context = ParseTokenCount(flags.Required("context"), "--context");
-  options.batch = flags.GetInt("batch", 1);
+  options.batch = flags.GetInt("batch");
   Check(options.batch >= 1, ErrorKind::kInvalidArgument, "--batch must be >= 1");
-  const std::string dtype_name = flags.Get("dtype", "bf16");
+  const std::string dtype_name = flags.Get("dtype");
   options.dtype = StorageDTypeFromString(dtype_name);
   const bool has_budget = flags.Has("memory");
   const std::string budget_text = flags.Get("memory", "");

@@ -1,5 +1,6 @@
 // attn: command-line entry point. Dispatches to a subcommand and maps failures to exit codes:
 // 0 success, 2 bad input (attn::Error, usage), 1 anything unexpected.
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <new>
@@ -7,56 +8,68 @@
 #include <vector>
 
 #include "attn/error.h"
+#include "attn/presets.h"
+#include "attn/version.h"
 #include "cli/commands.h"
+#include "cli/flags.h"
 
 namespace {
 
-constexpr const char* kUsage =
-    "usage: attn <command> [options]\n"
-    "\n"
-    "commands:\n"
-    "  bench           measure speed: kernel (one attention call vs this machine's roofs),\n"
-    "                  layer (prefill/decode of a config), peak (the roofs), --compare-torch\n"
-    "  check-scale     softmax scale, RoPE attention factor and framework pitfalls of a config:\n"
-    "                  --config C.json (HF or Megatron-Core names) | --preset NAME [--json]\n"
-    "  convert         one layer between HF and Megatron-Core names: --from hf|megatron\n"
-    "                  --to hf|megatron --config C.json|--preset NAME --input W.safetensors\n"
-    "                  --output W2.safetensors [--layer I] [--config-output C2.json]\n"
-    "  demo            MHA, GQA, MQA and MLA side by side on random weights [--preset NAME]\n"
-    "                  [--context N] [--decode M] [--plot FILE.png]\n"
-    "  forward         run one attention layer: --config C.json --weights W.safetensors\n"
-    "                  --input IN.safetensors --output OUT.safetensors [--layer I]\n"
-    "                  [--mla naive|absorbed|auto] [--prefill N] [--cache-dtype f32|f16|bf16]\n"
-    "                  [--threads N]\n"
-    "  info            parameters, KV cache, longest context, FLOPs and intensity of a model:\n"
-    "                  --preset NAME | --config C.json | --compare a,b,c [--context 128k]\n"
-    "                  [--batch B] [--dtype bf16] [--memory 80GiB] [--json]\n"
-    "  random-weights  write one layer's weights: --config C.json --output W.safetensors\n"
-    "                  [--seed N] [--layer I] [--dtype f32|f16|bf16]\n"
-    "\n"
-    "Wherever --config C.json is accepted, --preset NAME works too: llama-2-7b, llama-3-8b,\n"
-    "llama-3.1-8b, llama-3-70b, mistral-7b-v0.1, qwen2.5-7b, falcon-7b, deepseek-v2-lite,\n"
-    "deepseek-v2, deepseek-v3, kimi-k2. See docs/reference.md for every option.\n";
+// The one list of commands: dispatch and `attn --help` both read it.
+const std::vector<attn::cli::Subcommand>& Commands() {
+  static const std::vector<attn::cli::Subcommand> commands = {
+      {"bench", "measure speed: kernel, layer, peak (the machine's roofs), --compare-torch",
+       attn::cli::RunBench},
+      {"check-scale", "softmax scale, RoPE attention factor and framework pitfalls of a config",
+       attn::cli::RunCheckScale},
+      {"convert", "one layer between Hugging Face and Megatron-Core names", attn::cli::RunConvert},
+      {"demo", "MHA, GQA, MQA and MLA side by side on random weights", attn::cli::RunDemo},
+      {"forward", "run one attention layer over the tokens of a safetensors file",
+       attn::cli::RunForward},
+      {"info", "parameters, KV cache, longest context, FLOPs and intensity of a model",
+       attn::cli::RunInfo},
+      {"random-weights", "write one layer's random weights under HF names",
+       attn::cli::RunRandomWeights},
+  };
+  return commands;
+}
+
+std::string Usage() {
+  return attn::cli::SubcommandUsage(
+      "attn", Commands(),
+      "options:\n"
+      "  -h, --help      print this list and exit\n"
+      "  --version       print the attn version and exit\n"
+      "\n"
+      "Run 'attn <command> --help' for a command's options; '--flag value' and '--flag=value'\n"
+      "both work. Wherever --config C.json is accepted, --preset NAME works too: " +
+          attn::PresetList() + ". See docs/reference.md.\n");
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
-      std::string(argv[1]) == "help") {
-    std::fputs(kUsage, argc < 2 ? stderr : stdout);
-    return argc < 2 ? 2 : 0;
+  const std::string command = argc < 2 ? "" : argv[1];
+  if (command == "--help" || command == "-h" || command == "help") {
+    std::fputs(Usage().c_str(), stdout);
+    return 0;
   }
-  const std::string command = argv[1];
-  const std::vector<std::string> args(argv + 2, argv + argc);
+  if (command == "--version" || command == "version") {
+    std::printf("attn %s\n", ATTN_VERSION_STRING);
+    return 0;
+  }
+  const std::vector<std::string> args(argv + std::min(argc, 2), argv + argc);
   try {
-    if (command == "forward") return attn::cli::RunForward(args);
-    if (command == "info") return attn::cli::RunInfo(args);
-    if (command == "check-scale") return attn::cli::RunCheckScale(args);
-    if (command == "convert") return attn::cli::RunConvert(args);
-    if (command == "random-weights") return attn::cli::RunRandomWeights(args);
-    if (command == "demo") return attn::cli::RunDemo(args);
-    if (command == "bench") return attn::cli::RunBench(args);
-    std::fprintf(stderr, "attn: unknown command '%s'\n\n%s", command.c_str(), kUsage);
+    for (const attn::cli::Subcommand& entry : Commands()) {
+      if (entry.name == command) return entry.run(args);
+    }
+    const std::string problem =
+        command.empty() ? "which command?" : "unknown command '" + command + "'";
+    std::fprintf(stderr, "attn: %s\n\n%s", problem.c_str(), Usage().c_str());
+    return 2;
+  } catch (const attn::cli::UsageError& error) {
+    std::fprintf(stderr, "attn %s: error: %s\n\n%s", command.c_str(), error.what(),
+                 error.usage().c_str());
     return 2;
   } catch (const attn::Error& error) {
     std::fprintf(stderr, "attn %s: error: %s\n", command.c_str(), error.what());

@@ -10,14 +10,22 @@
 namespace attn::cli {
 
 int RunRandomWeights(const std::vector<std::string>& args) {
-  const Flags flags(args, {"config", "preset", "output", "seed", "layer", "dtype"}, {});
+  Flags flags("random-weights",
+              "Writes one layer's random weights under HF names, deterministic in --seed.");
+  AddConfigFlags(flags);
+  flags.Text("output", "W.safetensors", "the weights file to write")
+      .Mandatory()
+      .Integer("seed", "N", "random seed", "0")
+      .Integer("layer", "I", "the layer index in the tensor names", "0")
+      .Text("dtype", "DTYPE", "storage: f32, f16 or bf16", "f32");
+  if (!flags.Parse(args)) return 0;
   const ModelConfig config = ConfigFromFlags(flags).config;
-  const int64_t layer = flags.GetInt("layer", 0);
+  const int64_t layer = flags.GetInt("layer");
   Check(layer >= 0 && layer < config.num_layers, ErrorKind::kInvalidArgument,
         "--layer " + std::to_string(layer) + " out of range (model has " +
             std::to_string(config.num_layers) + " layers)");
-  const int64_t seed = flags.GetInt("seed", 0);
-  const DType dtype = StorageDTypeFromString(flags.Get("dtype", "f32"));
+  const int64_t seed = flags.GetInt("seed");
+  const DType dtype = StorageDTypeFromString(flags.Get("dtype"));
   const std::string& output = flags.Required("output");
 
   SafetensorsWriter writer;
