@@ -1,11 +1,21 @@
 #include "cli/png_plot.h"
 
+#include <png.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
+#include <cstring>
+#include <new>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "attn/error.h"
 
@@ -72,7 +82,6 @@ constexpr Glyph kFont[] = {
 using Color = std::array<uint8_t, 3>;
 constexpr Color kBlack = {0, 0, 0};
 constexpr Color kGrey = {200, 200, 200};
-constexpr Color kWhite = {255, 255, 255};
 constexpr Color kPalette[] = {{31, 119, 180},  {255, 127, 14}, {44, 160, 44},   {214, 39, 40},
                               {148, 103, 189}, {140, 86, 75},  {227, 119, 194}, {127, 127, 127}};
 
@@ -195,19 +204,37 @@ struct Axis {
   double lo = 0.0;
   double hi = 1.0;
   bool log = false;
+  std::vector<std::pair<double, std::string>> explicit_ticks;
+
   double Map(double v, double pixel_lo, double pixel_hi) const {
     const double a = log ? std::log10(lo) : lo;
     const double b = log ? std::log10(hi) : hi;
     const double t = ((log ? std::log10(v) : v) - a) / (b - a);
     return pixel_lo + t * (pixel_hi - pixel_lo);
   }
-  std::vector<double> Ticks() const {
-    std::vector<double> ticks;
+  std::vector<std::pair<double, std::string>> Ticks() const {
+    if (!explicit_ticks.empty()) return explicit_ticks;
+    std::vector<std::pair<double, std::string>> ticks;
+    auto add = [&](double v) {
+      if (v >= lo * (1 - 1e-9) && v <= hi * (1 + 1e-9)) ticks.emplace_back(v, Short(v));
+    };
     if (log) {
+      // Three decades or less: 1-2-5 ticks, else a decade has too few labels to read values off.
+      const bool fine = std::log10(hi / lo) <= 3.0 + 1e-9;
       for (double p = std::floor(std::log10(lo)); p <= std::ceil(std::log10(hi)); p += 1.0) {
-        const double v = std::pow(10.0, p);
-        if (v >= lo * (1 - 1e-9) && v <= hi * (1 + 1e-9)) ticks.push_back(v);
+        const double decade = std::pow(10.0, p);
+        add(decade);
+        if (fine) {
+          add(2.0 * decade);
+          add(5.0 * decade);
+        }
       }
+      std::sort(ticks.begin(), ticks.end());
+      // Label both ends too when they fall between decades.
+      if (ticks.empty() || ticks.front().first > lo * (1 + 1e-9)) {
+        ticks.insert(ticks.begin(), {lo, Short(lo)});
+      }
+      if (ticks.back().first < hi * (1 - 1e-9)) ticks.emplace_back(hi, Short(hi));
       return ticks;
     }
     const double raw = (hi - lo) / 5.0;
@@ -220,75 +247,127 @@ struct Axis {
       }
     }
     for (double v = std::ceil(lo / step) * step; v <= hi + 1e-9 * step; v += step) {
-      ticks.push_back(v);
+      // -0 and 1e-17 from the loop's rounding print as 0.
+      ticks.emplace_back(v, Short(std::fabs(v) < 1e-9 * step ? 0.0 : v));
     }
     return ticks;
   }
 };
 
-Axis MakeAxis(const std::vector<PlotSeries>& series, bool use_x, bool log) {
+Axis MakeXAxis(const PlotPanel& panel) {
   Axis axis;
-  axis.log = log;
+  axis.log = panel.log_x;
+  if (!panel.x_ticks.empty()) {
+    axis.explicit_ticks = panel.x_ticks;
+    axis.lo = panel.x_ticks.front().first;
+    axis.hi = panel.x_ticks.back().first;
+    if (axis.hi > axis.lo) return axis;
+  }
   double lo = INFINITY;
   double hi = -INFINITY;
-  for (const PlotSeries& s : series) {
-    for (double v : use_x ? s.x : s.y) {
-      if (!std::isfinite(v) || (log && v <= 0.0)) continue;
+  for (const PlotSeries& s : panel.series) {
+    for (double v : s.x) {
+      if (!std::isfinite(v) || (axis.log && v <= 0.0)) continue;
       lo = std::min(lo, v);
       hi = std::max(hi, v);
     }
   }
   if (!std::isfinite(lo)) {
-    lo = log ? 1.0 : 0.0;
-    hi = log ? 10.0 : 1.0;
+    lo = axis.log ? 1.0 : 0.0;
+    hi = axis.log ? 10.0 : 1.0;
   }
-  if (log) {
+  if (axis.log) {
     lo = std::pow(10.0, std::floor(std::log10(lo)));
     hi = std::pow(10.0, std::ceil(std::log10(hi)));
     if (hi <= lo) hi = lo * 10.0;
+  } else if (hi <= lo) {
+    hi = lo + 1.0;
+  }
+  axis.explicit_ticks.clear();
+  axis.lo = lo;
+  axis.hi = hi;
+  return axis;
+}
+
+// The y axis covers every value and every error bar end.
+Axis MakeYAxis(const PlotPanel& panel) {
+  Axis axis;
+  axis.log = panel.log_y;
+  double lo = INFINITY;
+  double hi = -INFINITY;
+  for (const PlotSeries& s : panel.series) {
+    for (const std::vector<double>* values : {&s.y, &s.y_low, &s.y_high}) {
+      for (double v : *values) {
+        if (!std::isfinite(v) || (axis.log && v <= 0.0)) continue;
+        lo = std::min(lo, v);
+        hi = std::max(hi, v);
+      }
+    }
+  }
+  if (!std::isfinite(lo)) {
+    lo = axis.log ? 1.0 : 0.0;
+    hi = axis.log ? 10.0 : 1.0;
+  }
+  if (axis.log) {
+    // End on 1-2-5 values, so the data fills the panel instead of up to a decade of empty
+    // margin at either end.
+    const double decade_lo = std::pow(10.0, std::floor(std::log10(lo)));
+    const double decade_hi = std::pow(10.0, std::ceil(std::log10(hi)));
+    double new_lo = decade_lo;
+    for (double m : {2.0, 5.0}) {
+      if (m * decade_lo <= lo * (1 + 1e-9)) new_lo = m * decade_lo;
+    }
+    double new_hi = decade_hi;
+    for (double m : {0.5, 0.2}) {
+      if (m * decade_hi >= hi * (1 - 1e-9)) new_hi = m * decade_hi;
+    }
+    lo = new_lo;
+    hi = new_hi > lo ? new_hi : lo * 10.0;
   } else {
-    if (!use_x) lo = std::min(lo, 0.0);
+    lo = std::min(lo, 0.0);
     if (hi <= lo) hi = lo + 1.0;
-    if (!use_x) hi *= 1.1;
+    hi *= 1.1;
   }
   axis.lo = lo;
   axis.hi = hi;
   return axis;
 }
 
+constexpr int kScale = 2;        // font pixels per glyph pixel
+constexpr int kTextHeight = 14;  // 7 rows at kScale
+
 void DrawPanel(Canvas& canvas, const PlotPanel& panel, int left, int top, int width, int height) {
-  const int plot_left = left + 90;
-  const int plot_right = left + width - 20;
+  const int plot_left = left + 100;
+  const int plot_right = left + width - 30;
   const int plot_top = top + 40;
   const int plot_bottom = top + height - 60;
-  canvas.Text(left + (width - Canvas::TextWidth(panel.title, 2)) / 2, top + 8, panel.title, kBlack,
-              2);
-  const Axis x_axis = MakeAxis(panel.series, true, panel.log_x);
-  const Axis y_axis = MakeAxis(panel.series, false, panel.log_y);
-  for (double t : x_axis.Ticks()) {
-    const double px = x_axis.Map(t, plot_left, plot_right);
+  canvas.Text(left + (width - Canvas::TextWidth(panel.title, kScale)) / 2, top + 8, panel.title,
+              kBlack, kScale);
+  const Axis x_axis = MakeXAxis(panel);
+  const Axis y_axis = MakeYAxis(panel);
+  for (const auto& [value, label] : x_axis.Ticks()) {
+    const double px = x_axis.Map(value, plot_left, plot_right);
     canvas.Line(px, plot_top, px, plot_bottom, kGrey, 1);
-    const std::string label = Short(t);
-    canvas.Text(static_cast<int>(px) - Canvas::TextWidth(label, 2) / 2, plot_bottom + 8, label,
-                kBlack, 2);
+    canvas.Text(static_cast<int>(px) - Canvas::TextWidth(label, kScale) / 2, plot_bottom + 8, label,
+                kBlack, kScale);
   }
-  for (double t : y_axis.Ticks()) {
-    const double py = y_axis.Map(t, plot_bottom, plot_top);
+  for (const auto& [value, label] : y_axis.Ticks()) {
+    const double py = y_axis.Map(value, plot_bottom, plot_top);
     canvas.Line(plot_left, py, plot_right, py, kGrey, 1);
-    const std::string label = Short(t);
-    canvas.Text(plot_left - 8 - Canvas::TextWidth(label, 2), static_cast<int>(py) - 7, label,
-                kBlack, 2);
+    canvas.Text(plot_left - 8 - Canvas::TextWidth(label, kScale), static_cast<int>(py) - 7, label,
+                kBlack, kScale);
   }
   canvas.Line(plot_left, plot_bottom, plot_right, plot_bottom, kBlack, 2);
   canvas.Line(plot_left, plot_top, plot_left, plot_bottom, kBlack, 2);
-  canvas.Text((plot_left + plot_right - Canvas::TextWidth(panel.x_label, 2)) / 2, plot_bottom + 34,
-              panel.x_label, kBlack, 2);
-  canvas.TextUp(left + 4, (plot_top + plot_bottom + Canvas::TextWidth(panel.y_label, 2)) / 2,
-                panel.y_label, kBlack, 2);
+  canvas.Text((plot_left + plot_right - Canvas::TextWidth(panel.x_label, kScale)) / 2,
+              plot_bottom + 34, panel.x_label, kBlack, kScale);
+  canvas.TextUp(left + 6, (plot_top + plot_bottom + Canvas::TextWidth(panel.y_label, kScale)) / 2,
+                panel.y_label, kBlack, kScale);
 
   for (size_t i = 0; i < panel.series.size(); ++i) {
     const PlotSeries& s = panel.series[i];
     const Color& color = kPalette[i % std::size(kPalette)];
+    const bool has_spread = s.y_low.size() == s.y.size() && s.y_high.size() == s.y.size();
     bool have_previous = false;
     double px0 = 0.0;
     double py0 = 0.0;
@@ -297,115 +376,173 @@ void DrawPanel(Canvas& canvas, const PlotPanel& panel, int left, int top, int wi
       const double px = x_axis.Map(s.x[k], plot_left, plot_right);
       const double py = y_axis.Map(s.y[k], plot_bottom, plot_top);
       if (have_previous) canvas.Line(px0, py0, px, py, color, 3);
+      if (has_spread && (!panel.log_y || s.y_low[k] > 0.0)) {
+        const double low = y_axis.Map(s.y_low[k], plot_bottom, plot_top);
+        const double high = y_axis.Map(s.y_high[k], plot_bottom, plot_top);
+        canvas.Line(px, low, px, high, color, 2);
+        canvas.Line(px - 6, low, px + 6, low, color, 2);
+        canvas.Line(px - 6, high, px + 6, high, color, 2);
+      }
       canvas.Rect(static_cast<int>(px) - 3, static_cast<int>(py) - 3, static_cast<int>(px) + 3,
                   static_cast<int>(py) + 3, color);
       px0 = px;
       py0 = py;
       have_previous = true;
     }
-    // Legend, top-left inside the plot.
-    const int ly = plot_top + 10 + static_cast<int>(i) * 20;
-    canvas.Rect(plot_left + 12, ly + 3, plot_left + 36, ly + 9, color);
-    canvas.Text(plot_left + 44, ly, s.label, kBlack, 2);
   }
 }
 
-uint32_t Crc32(const uint8_t* data, size_t n, uint32_t crc = 0) {
-  static const std::array<uint32_t, 256> table = [] {
-    std::array<uint32_t, 256> t{};
-    for (uint32_t i = 0; i < 256; ++i) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c & 1u) ? 0xedb88320u ^ (c >> 1) : c >> 1;
-      t[i] = c;
-    }
-    return t;
-  }();
-  crc = ~crc;
-  for (size_t i = 0; i < n; ++i) crc = table[(crc ^ data[i]) & 0xffu] ^ (crc >> 8);
-  return ~crc;
+// One row of colour swatches and labels, centred at height `y`.
+void DrawLegend(Canvas& canvas, const std::vector<std::string>& labels, int image_width, int y) {
+  constexpr int kSwatch = 28;
+  constexpr int kGap = 36;
+  int total = 0;
+  for (const std::string& label : labels) {
+    total += kSwatch + 8 + Canvas::TextWidth(label, kScale) + kGap;
+  }
+  int x = (image_width - (total - kGap)) / 2;
+  for (size_t i = 0; i < labels.size(); ++i) {
+    const Color& color = kPalette[i % std::size(kPalette)];
+    canvas.Rect(x, y + kTextHeight / 2 - 2, x + kSwatch - 1, y + kTextHeight / 2 + 2, color);
+    canvas.Rect(x + kSwatch / 2 - 3, y + kTextHeight / 2 - 3, x + kSwatch / 2 + 3,
+                y + kTextHeight / 2 + 3, color);
+    x += kSwatch + 8;
+    canvas.Text(x, y, labels[i], kBlack, kScale);
+    x += Canvas::TextWidth(labels[i], kScale) + kGap;
+  }
 }
 
-void PutU32(std::vector<uint8_t>& out, uint32_t v) {
-  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<uint8_t>(v >> shift));
+// libpng reports errors through a callback that must not return; it longjmps back to
+// EncodeInto(), which keeps no C++ objects alive across the jump. The message is kept here.
+struct PngSink {
+  std::vector<uint8_t>* bytes;
+  char message[256];
+};
+
+void OnPngError(png_structp png, png_const_charp message) {
+  auto* sink = static_cast<PngSink*>(png_get_error_ptr(png));
+  std::snprintf(sink->message, sizeof(sink->message), "%s", message);
+  png_longjmp(png, 1);
 }
 
-void Chunk(std::vector<uint8_t>& png, const char type[4], const std::vector<uint8_t>& data) {
-  PutU32(png, static_cast<uint32_t>(data.size()));
-  const size_t start = png.size();
-  png.insert(png.end(), type, type + 4);
-  png.insert(png.end(), data.begin(), data.end());
-  PutU32(png, Crc32(png.data() + start, png.size() - start));
+void OnPngWarning(png_structp /*png*/, png_const_charp /*message*/) {}
+
+void OnPngWrite(png_structp png, png_bytep data, size_t n) {
+  auto* sink = static_cast<PngSink*>(png_get_io_ptr(png));
+  bool out_of_memory = false;
+  try {
+    sink->bytes->insert(sink->bytes->end(), data, data + n);
+  } catch (const std::bad_alloc&) {
+    out_of_memory = true;  // png_error() longjmps: not from inside the handler
+  }
+  if (out_of_memory) png_error(png, "out of memory");
+}
+
+void OnPngFlush(png_structp /*png*/) {}
+
+// False with sink->message set when libpng fails.
+bool EncodeInto(const Image& image, PngSink* sink) {
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, sink, OnPngError, OnPngWarning);
+  if (png == nullptr) {
+    std::snprintf(sink->message, sizeof(sink->message), "cannot create a libpng writer");
+    return false;
+  }
+  png_infop info = png_create_info_struct(png);
+  if (info == nullptr) {
+    png_destroy_write_struct(&png, nullptr);
+    std::snprintf(sink->message, sizeof(sink->message), "cannot create a libpng writer");
+    return false;
+  }
+  if (setjmp(png_jmpbuf(png)) != 0) {
+    png_destroy_write_struct(&png, &info);
+    return false;
+  }
+  png_set_write_fn(png, sink, OnPngWrite, OnPngFlush);
+  png_set_IHDR(png, info, static_cast<png_uint_32>(image.width),
+               static_cast<png_uint_32>(image.height), 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
+               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  png_set_compression_level(png, 9);
+  png_write_info(png, info);
+  const size_t stride = static_cast<size_t>(image.width) * 3;
+  for (int y = 0; y < image.height; ++y) {
+    png_write_row(png, image.rgb.data() + stride * static_cast<size_t>(y));
+  }
+  png_write_end(png, nullptr);
+  png_destroy_write_struct(&png, &info);
+  return true;
 }
 
 }  // namespace
 
 Image RenderLinePlots(const std::string& title, const std::vector<PlotPanel>& panels) {
-  const int panel_width = 620;
-  const int panel_height = 460;
+  const int panel_width = 640;
+  const int panel_height = 470;
+  const int title_height = 52;
+  const int legend_height = 40;
   const int count = std::max<int>(1, static_cast<int>(panels.size()));
-  Canvas canvas(panel_width * count, panel_height + 40);
-  canvas.Rect(0, 0, panel_width * count - 1, panel_height + 39, kWhite);
-  canvas.Text((panel_width * count - Canvas::TextWidth(title, 2)) / 2, 10, title, kBlack, 2);
+  const int width = panel_width * count;
+  Canvas canvas(width, title_height + panel_height + legend_height);
+  canvas.Text((width - Canvas::TextWidth(title, kScale)) / 2, 14, title, kBlack, kScale);
+  std::vector<std::string> labels;
   for (int i = 0; i < static_cast<int>(panels.size()); ++i) {
-    DrawPanel(canvas, panels[static_cast<size_t>(i)], i * panel_width, 40, panel_width,
-              panel_height);
+    const PlotPanel& panel = panels[static_cast<size_t>(i)];
+    DrawPanel(canvas, panel, i * panel_width, title_height, panel_width, panel_height);
+    for (size_t k = labels.size(); k < panel.series.size(); ++k) {
+      labels.push_back(panel.series[k].label);
+    }
   }
+  DrawLegend(canvas, labels, width, title_height + panel_height + 8);
   return canvas.Take();
 }
 
 std::vector<uint8_t> EncodePng(const Image& image) {
-  std::vector<uint8_t> png = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-  std::vector<uint8_t> header;
-  PutU32(header, static_cast<uint32_t>(image.width));
-  PutU32(header, static_cast<uint32_t>(image.height));
-  header.insert(header.end(), {8, 2, 0, 0, 0});  // 8-bit RGB, deflate, filter 0, no interlace
-  Chunk(png, "IHDR", header);
-
-  // Scanlines, each behind filter type 0 (None).
-  const size_t stride = static_cast<size_t>(image.width) * 3;
-  std::vector<uint8_t> raw;
-  raw.reserve((stride + 1) * static_cast<size_t>(image.height));
-  for (int y = 0; y < image.height; ++y) {
-    raw.push_back(0);
-    const auto row =
-        image.rgb.begin() + static_cast<std::ptrdiff_t>(stride * static_cast<size_t>(y));
-    raw.insert(raw.end(), row, row + static_cast<std::ptrdiff_t>(stride));
+  Check(image.width > 0 && image.height > 0 &&
+            image.rgb.size() ==
+                static_cast<size_t>(image.width) * static_cast<size_t>(image.height) * 3,
+        ErrorKind::kInvalidArgument, "EncodePng: the image has no pixels or a wrong buffer size");
+  std::vector<uint8_t> bytes;
+  PngSink sink{&bytes, {}};
+  // Not inside Check(): its message argument could be built before EncodeInto() has run.
+  if (!EncodeInto(image, &sink)) {
+    throw Error(ErrorKind::kIo, std::string("cannot encode PNG: ") + sink.message);
   }
-  // zlib stream (RFC 1950) of stored deflate blocks (RFC 1951 §3.2.4), Adler-32 trailer.
-  std::vector<uint8_t> z = {0x78, 0x01};
-  size_t offset = 0;
-  do {
-    const size_t n = std::min<size_t>(65535, raw.size() - offset);
-    const bool final = offset + n == raw.size();
-    z.push_back(final ? 1 : 0);
-    z.push_back(static_cast<uint8_t>(n & 0xff));
-    z.push_back(static_cast<uint8_t>(n >> 8));
-    z.push_back(static_cast<uint8_t>(~n & 0xff));
-    z.push_back(static_cast<uint8_t>((~n >> 8) & 0xff));
-    z.insert(z.end(), raw.begin() + static_cast<std::ptrdiff_t>(offset),
-             raw.begin() + static_cast<std::ptrdiff_t>(offset + n));
-    offset += n;
-  } while (offset < raw.size());
-  uint32_t a = 1;
-  uint32_t b = 0;
-  for (uint8_t byte : raw) {
-    a = (a + byte) % 65521u;
-    b = (b + a) % 65521u;
-  }
-  PutU32(z, (b << 16) | a);
-  Chunk(png, "IDAT", z);
-  Chunk(png, "IEND", {});
-  return png;
+  return bytes;
 }
 
 void WriteLinePlotsPng(const std::string& path, const std::string& title,
                        const std::vector<PlotPanel>& panels) {
   const std::vector<uint8_t> png = EncodePng(RenderLinePlots(title, panels));
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  Check(out.is_open(), ErrorKind::kIo, "cannot write plot '" + path + "'");
-  out.write(reinterpret_cast<const char*>(png.data()), static_cast<std::streamsize>(png.size()));
-  out.close();
-  Check(!out.fail(), ErrorKind::kIo, "cannot write plot '" + path + "'");
+  // mkstemp in the target's directory, so that rename() stays on one file system.
+  std::string temp = path + ".tmp.XXXXXX";
+  const int fd = mkstemp(temp.data());
+  Check(fd >= 0, ErrorKind::kIo, "cannot write plot '" + path + "': " + std::strerror(errno));
+  const auto fail = [&](const char* what) {
+    const std::string reason = std::strerror(errno);
+    close(fd);
+    unlink(temp.c_str());
+    throw Error(ErrorKind::kIo, "cannot write plot '" + path + "': " + what + ": " + reason);
+  };
+  // mkstemp makes the file 0600; a plot is an ordinary file: 0666 less the umask.
+  const mode_t mask = umask(0);
+  umask(mask);
+  if (fchmod(fd, 0666 & ~mask) != 0) fail("chmod");
+  size_t written = 0;
+  while (written < png.size()) {
+    const ssize_t n = write(fd, png.data() + written, png.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) fail("write");
+    written += static_cast<size_t>(n);
+  }
+  if (close(fd) != 0) {
+    const std::string reason = std::strerror(errno);
+    unlink(temp.c_str());
+    throw Error(ErrorKind::kIo, "cannot write plot '" + path + "': close: " + reason);
+  }
+  if (rename(temp.c_str(), path.c_str()) != 0) {
+    const std::string reason = std::strerror(errno);
+    unlink(temp.c_str());
+    throw Error(ErrorKind::kIo, "cannot write plot '" + path + "': rename: " + reason);
+  }
 }
 
 }  // namespace attn::cli

@@ -1,95 +1,212 @@
-// The PNG writer against the format itself: signature, chunk CRCs, the IHDR fields, and that
-// the stored deflate blocks and Adler-32 give back exactly the pixels that were drawn.
+// The plot writer read back by libpng's own decoder: the file holds exactly the pixels that were
+// drawn, a demo-sized chart stays small, the file appears whole or not at all, and libpng's
+// failures come back as attn::Error rather than a longjmp out of the program.
 #include "cli/png_plot.h"
 
 #include <gtest/gtest.h>
+#include <png.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 
+#include <array>
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
+
+#include "attn/error.h"
 
 namespace attn::cli {
 namespace {
 
-uint32_t ReadU32(const std::vector<uint8_t>& b, size_t at) {
-  return (uint32_t{b[at]} << 24) | (uint32_t{b[at + 1]} << 16) | (uint32_t{b[at + 2]} << 8) |
-         uint32_t{b[at + 3]};
+namespace fs = std::filesystem;
+
+// Decodes PNG bytes to 8-bit RGB with libpng's simplified reader (no setjmp needed there).
+struct Decoded {
+  bool ok = false;
+  int width = 0;
+  int height = 0;
+  std::vector<uint8_t> rgb;
+};
+
+Decoded DecodePng(const std::vector<uint8_t>& bytes) {
+  Decoded out;
+  png_image image{};
+  image.version = PNG_IMAGE_VERSION;
+  if (png_image_begin_read_from_memory(&image, bytes.data(), bytes.size()) == 0) return out;
+  image.format = PNG_FORMAT_RGB;
+  out.rgb.resize(PNG_IMAGE_SIZE(image));
+  if (png_image_finish_read(&image, nullptr, out.rgb.data(), 0, nullptr) == 0) return out;
+  out.ok = true;
+  out.width = static_cast<int>(image.width);
+  out.height = static_cast<int>(image.height);
+  return out;
 }
 
-// Bitwise CRC-32 (ISO 3309), independent of the writer's table-driven one.
-uint32_t SlowCrc(const uint8_t* data, size_t n) {
-  uint32_t crc = 0xffffffffu;
-  for (size_t i = 0; i < n; ++i) {
-    crc ^= data[i];
-    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (0xedb88320u & (0u - (crc & 1u)));
+std::array<uint8_t, 3> PixelAt(const Decoded& d, int x, int y) {
+  const size_t at =
+      (static_cast<size_t>(y) * static_cast<size_t>(d.width) + static_cast<size_t>(x)) * 3;
+  return {d.rgb[at], d.rgb[at + 1], d.rgb[at + 2]};
+}
+
+std::vector<uint8_t> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// Two panels like `attn demo --plot`: five series, log axes, explicit ticks, error bars.
+std::vector<PlotPanel> DemoSizedPanels() {
+  const std::vector<std::string> names = {"MHA", "GQA", "MQA", "MLA NAIVE", "MLA ABSORBED"};
+  PlotPanel kv{"KV CACHE PER SEQUENCE, ONE LAYER",
+               "CONTEXT (TOKENS)",
+               "KV CACHE (BYTES, BF16)",
+               true,
+               true,
+               {},
+               {}};
+  PlotPanel time{"DECODE TIME PER TOKEN (MEASURED)",
+                 "CONTEXT (TOKENS)",
+                 "MS / TOKEN (MEDIAN, MIN-MAX)",
+                 true,
+                 true,
+                 {},
+                 {}};
+  for (double t = 1024; t <= 131072; t *= 2) {
+    kv.x_ticks.emplace_back(t, std::to_string(static_cast<int>(t / 1024)) + "K");
   }
-  return ~crc;
+  time.x_ticks = {{1024, "1K"}, {4096, "4K"}, {16384, "16K"}, {32768, "32K"}};
+  for (size_t i = 0; i < names.size(); ++i) {
+    const double per_token = 200.0 * static_cast<double>(i + 1);
+    PlotSeries bytes{names[i], {}, {}, {}, {}};
+    for (const auto& tick : kv.x_ticks) {
+      bytes.x.push_back(tick.first);
+      bytes.y.push_back(per_token * tick.first);
+    }
+    kv.series.push_back(bytes);
+    PlotSeries ms{names[i], {}, {}, {}, {}};
+    for (const auto& tick : time.x_ticks) {
+      const double median = 2.0 + per_token * tick.first * 1e-6;
+      ms.x.push_back(tick.first);
+      ms.y.push_back(median);
+      ms.y_low.push_back(0.9 * median);
+      ms.y_high.push_back(1.2 * median);
+    }
+    time.series.push_back(ms);
+  }
+  return {kv, time};
 }
 
-TEST(PngTest, DecodesBackToThePixels) {
-  PlotPanel panel{"T", "X", "Y", true, false, {{"A", {1, 10, 100}, {3, 2, 1}}}};
+TEST(PngPlotTest, LibpngDecodesExactlyThePixelsDrawn) {
+  PlotPanel panel{"T", "X", "Y", true, false, {{"A", {1, 10, 100}, {3, 2, 1}, {}, {}}}, {}};
   const Image image = RenderLinePlots("TITLE 123", {panel, panel});
   ASSERT_GT(image.width, 0);
   const std::vector<uint8_t> png = EncodePng(image);
-  const uint8_t signature[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-  ASSERT_TRUE(std::equal(signature, signature + 8, png.begin()));
+  const Decoded decoded = DecodePng(png);
+  ASSERT_TRUE(decoded.ok);
+  EXPECT_EQ(decoded.width, image.width);
+  EXPECT_EQ(decoded.height, image.height);
+  EXPECT_EQ(decoded.rgb, image.rgb);
+}
 
-  std::vector<uint8_t> zlib;
-  std::vector<std::string> types;
-  size_t at = 8;
-  while (at < png.size()) {
-    const uint32_t length = ReadU32(png, at);
-    const std::string type(png.begin() + static_cast<long>(at) + 4,
-                           png.begin() + static_cast<long>(at) + 8);
-    types.push_back(type);
-    EXPECT_EQ(ReadU32(png, at + 8 + length), SlowCrc(png.data() + at + 4, length + 4)) << type;
-    if (type == "IHDR") {
-      EXPECT_EQ(ReadU32(png, at + 8), static_cast<uint32_t>(image.width));
-      EXPECT_EQ(ReadU32(png, at + 12), static_cast<uint32_t>(image.height));
-      EXPECT_EQ(png[at + 16], 8);  // bit depth
-      EXPECT_EQ(png[at + 17], 2);  // RGB
-    }
-    if (type == "IDAT")
-      zlib.insert(zlib.end(), png.begin() + static_cast<long>(at) + 8,
-                  png.begin() + static_cast<long>(at) + 8 + length);
-    at += 12 + length;
-  }
-  EXPECT_EQ(types, (std::vector<std::string>{"IHDR", "IDAT", "IEND"}));
+TEST(PngPlotTest, DemoSizedChartIsSmallAndDrawsBackgroundInkAndSeries) {
+  const Image image = RenderLinePlots("ATTN DEMO", DemoSizedPanels());
+  const std::vector<uint8_t> png = EncodePng(image);
+  EXPECT_LT(png.size(), 200u * 1024u);
+  // Stored (uncompressed) the same picture is ~1.9 MB: libpng really compressed it.
+  EXPECT_LT(png.size() * 20, image.rgb.size());
 
-  // Inflate stored blocks: [BFINAL|BTYPE=00][LEN][NLEN][bytes].
-  ASSERT_EQ(zlib[0], 0x78);
-  std::vector<uint8_t> raw;
-  size_t z = 2;
-  bool final = false;
-  while (!final) {
-    final = (zlib[z] & 1) != 0;
-    ASSERT_EQ(zlib[z] & 6, 0) << "not a stored block";
-    const size_t len = zlib[z + 1] | (size_t{zlib[z + 2]} << 8);
-    const size_t nlen = zlib[z + 3] | (size_t{zlib[z + 4]} << 8);
-    ASSERT_EQ(len ^ 0xffff, nlen);
-    raw.insert(raw.end(), zlib.begin() + static_cast<long>(z) + 5,
-               zlib.begin() + static_cast<long>(z + 5 + len));
-    z += 5 + len;
-  }
-  uint32_t a = 1, b = 0;
-  for (uint8_t byte : raw) {
-    a = (a + byte) % 65521;
-    b = (b + a) % 65521;
-  }
-  EXPECT_EQ(ReadU32(zlib, z), (b << 16) | a);
-
-  const size_t stride = static_cast<size_t>(image.width) * 3;
-  ASSERT_EQ(raw.size(), (stride + 1) * static_cast<size_t>(image.height));
-  bool any_ink = false;
-  for (int y = 0; y < image.height; ++y) {
-    ASSERT_EQ(raw[static_cast<size_t>(y) * (stride + 1)], 0) << "filter byte of row " << y;
-    for (size_t x = 0; x < stride; ++x) {
-      const uint8_t pixel = raw[static_cast<size_t>(y) * (stride + 1) + 1 + x];
-      ASSERT_EQ(pixel, image.rgb[static_cast<size_t>(y) * stride + x]);
-      any_ink = any_ink || pixel != 255;
+  const Decoded decoded = DecodePng(png);
+  ASSERT_TRUE(decoded.ok);
+  ASSERT_EQ(decoded.rgb, image.rgb);
+  EXPECT_EQ(PixelAt(decoded, 0, 0), (std::array<uint8_t, 3>{255, 255, 255}));
+  EXPECT_EQ(PixelAt(decoded, decoded.width - 1, decoded.height - 1),
+            (std::array<uint8_t, 3>{255, 255, 255}));
+  // Black text and axes, and the first two series' colours (lines, markers, legend swatches).
+  int black = 0;
+  int blue = 0;
+  int orange = 0;
+  for (int y = 0; y < decoded.height; ++y) {
+    for (int x = 0; x < decoded.width; ++x) {
+      const auto p = PixelAt(decoded, x, y);
+      black += p == std::array<uint8_t, 3>{0, 0, 0};
+      blue += p == std::array<uint8_t, 3>{31, 119, 180};
+      orange += p == std::array<uint8_t, 3>{255, 127, 14};
     }
   }
-  EXPECT_TRUE(any_ink);
+  EXPECT_GT(black, 1000);
+  EXPECT_GT(blue, 100);
+  EXPECT_GT(orange, 100);
+}
+
+TEST(PngPlotTest, LibpngErrorsBecomeAttnErrors) {
+  // libpng refuses widths over 1,000,000 pixels by default (png_set_user_limits): its error
+  // callback must surface as Error(kIo), not a crash.
+  Image wide;
+  wide.width = 1000001;
+  wide.height = 1;
+  wide.rgb.assign(static_cast<size_t>(wide.width) * 3, 255);
+  try {
+    EncodePng(wide);
+    FAIL() << "EncodePng accepted a width libpng refuses";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kIo);
+    EXPECT_NE(std::string(e.what()).find("IHDR"), std::string::npos) << e.what();
+  }
+
+  Image empty;
+  try {
+    EncodePng(empty);
+    FAIL() << "EncodePng accepted an empty image";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+  }
+}
+
+class PngPlotFileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern = (fs::temp_directory_path() / "attn_png_XXXXXX").string();
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+    dir_ = pattern;
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  fs::path dir_;
+};
+
+TEST_F(PngPlotFileTest, WritesWholeFileAndLeavesNoTemporary) {
+  const std::string path = (dir_ / "plot.png").string();
+  {
+    std::ofstream old(path);
+    old << "an older file, replaced whole";
+  }
+  WriteLinePlotsPng(path, "ATTN DEMO", DemoSizedPanels());
+  const Decoded decoded = DecodePng(ReadFile(path));
+  ASSERT_TRUE(decoded.ok);
+  EXPECT_EQ(decoded.rgb, RenderLinePlots("ATTN DEMO", DemoSizedPanels()).rgb);
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir_)) {
+    names.push_back(entry.path().filename().string());
+  }
+  EXPECT_EQ(names, std::vector<std::string>{"plot.png"});
+  // An ordinary file's mode (0666 less the umask), not mkstemp's private 0600.
+  const mode_t mask = ::umask(0);
+  ::umask(mask);
+  EXPECT_EQ(static_cast<unsigned>(fs::status(path).permissions()), 0666u & ~mask);
+}
+
+TEST_F(PngPlotFileTest, UnwritableDirectoryIsAnIoErrorNamingThePath) {
+  const std::string path = (dir_ / "missing" / "plot.png").string();
+  try {
+    WriteLinePlotsPng(path, "T", DemoSizedPanels());
+    FAIL() << "wrote into a directory that does not exist";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kIo);
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir_ / "missing"));
 }
 
 }  // namespace
