@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -25,7 +26,6 @@
 #include "attn/kv_cache.h"
 #include "attn/layer_weights.h"
 #include "attn/threads.h"
-#include "bench/alloc_counter.h"
 #include "bench/kernel_case.h"
 #include "bench/peak.h"
 #include "cli/commands.h"
@@ -251,6 +251,18 @@ int64_t PeakResidentBytes() {
   return static_cast<int64_t>(usage.ru_maxrss) * 1024;
 }
 
+// Threads the process has (/proc/self/status "Threads:"), or 0 where that cannot be read. At the
+// end of a run it counts every pool that was ever started, attn's and oneDNN's OpenMP one, so
+// it shows whether --threads reached them all.
+int64_t ProcessThreads() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("Threads:", 0) == 0) return std::atoll(line.c_str() + 8);
+  }
+  return 0;
+}
+
 // Fills `context` tokens of random K/V straight into the cache, without running the layer:
 // decode at a long context is what is being measured, and projecting thousands of tokens just
 // to obtain a cache of the right size would dominate the run.
@@ -280,8 +292,6 @@ struct FormResult {
   double prefill_s = 0.0;
   double decode_ms_median = 0.0;
   double decode_ms_mean = 0.0;
-  double allocations_per_step = 0.0;
-  double allocated_bytes_per_step = 0.0;
   int64_t rss_bytes = 0;
   int64_t peak_rss_bytes = 0;
 };
@@ -316,20 +326,11 @@ FormResult BenchForm(const AttentionLayer& layer, MlaForm form, const std::strin
   Tensor out;
   std::vector<double> step_ms;
   step_ms.reserve(static_cast<size_t>(decode));
-  bench::AllocationStats after_warmup{};
   for (int64_t i = 0; i < decode; ++i) {
     const TokenBatch tokens_in{&tokens[static_cast<size_t>(i)], {}, {}};
     const Clock::time_point step_start = Clock::now();
     layer.StepInto(tokens_in, *cache, form, out);
     step_ms.push_back(1e3 * Seconds(step_start, Clock::now()));
-    // The first step is the warm-up: workspaces may grow there once.
-    if (i == 0) after_warmup = bench::AllocationsSoFar();
-  }
-  if (decode > 1) {
-    const bench::AllocationStats now = bench::AllocationsSoFar();
-    const double steps = static_cast<double>(decode - 1);
-    result.allocations_per_step = static_cast<double>(now.count - after_warmup.count) / steps;
-    result.allocated_bytes_per_step = static_cast<double>(now.bytes - after_warmup.bytes) / steps;
   }
   if (!step_ms.empty()) {
     result.decode_ms_median = bench::Median(step_ms);
@@ -400,7 +401,6 @@ int RunLayerBench(const std::vector<std::string>& args) {
     results.push_back(BenchForm(*layer, form, name, dtype, batch, context, prefill, decode, seed));
   }
 
-  const bool counting = bench::AllocationCountingEnabled();
   json forms_json = json::array();
   const FormResult* naive = nullptr;
   const FormResult* automatic = nullptr;
@@ -417,10 +417,6 @@ int RunLayerBench(const std::vector<std::string>& args) {
          {"decode_ms_mean", r.decode_ms_mean},
          {"decode_tokens_per_s",
           r.decode_ms_median > 0.0 ? 1e3 * static_cast<double>(batch) / r.decode_ms_median : 0.0},
-         // null where the build cannot count (sanitizers)
-         {"decode_allocations_per_step", counting ? json(r.allocations_per_step) : json(nullptr)},
-         {"decode_allocated_bytes_per_step",
-          counting ? json(r.allocated_bytes_per_step) : json(nullptr)},
          {"rss_bytes", r.rss_bytes},
          {"peak_rss_bytes", r.peak_rss_bytes}});
   }
@@ -437,6 +433,7 @@ int RunLayerBench(const std::vector<std::string>& args) {
                  {"threads", threads},
                  {"pinned", pinned},
                  {"weights_bytes", weight_bytes},
+                 {"process_threads", ProcessThreads()},
                  {"forms", forms_json}};
   if (naive != nullptr && automatic != nullptr) {
     result["auto_vs_naive_decode_speedup"] =
@@ -458,14 +455,14 @@ int RunLayerBench(const std::vector<std::string>& args) {
       static_cast<long long>(batch), static_cast<long long>(context),
       static_cast<long long>(prefill), static_cast<long long>(decode), threads,
       static_cast<double>(weight_bytes) / 1048576.0);
-  std::printf("%-9s %12s %12s %14s %14s %12s %12s\n", "form", "cache B/tok", "cache MiB",
-              "prefill tok/s", "decode ms/step", "allocs/step", "peak RSS MiB");
+  std::printf("%-9s %12s %12s %14s %14s %12s\n", "form", "cache B/tok", "cache MiB",
+              "prefill tok/s", "decode ms/step", "peak RSS MiB");
   for (const FormResult& r : results) {
-    std::printf("%-9s %12lld %12.1f %14.1f %14.3f %12.1f %12.1f\n", r.form.c_str(),
+    std::printf("%-9s %12lld %12.1f %14.1f %14.3f %12.1f\n", r.form.c_str(),
                 static_cast<long long>(r.cache_bytes_per_token),
                 static_cast<double>(r.cache_bytes) / 1048576.0,
                 static_cast<double>(batch * prefill) / r.prefill_s, r.decode_ms_median,
-                r.allocations_per_step, static_cast<double>(r.peak_rss_bytes) / 1048576.0);
+                static_cast<double>(r.peak_rss_bytes) / 1048576.0);
   }
   if (result.contains("auto_vs_naive_decode_speedup")) {
     std::printf("\nauto vs naive: decode %.2fx faster per step, cache %.1fx smaller\n",
