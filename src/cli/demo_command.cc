@@ -2,8 +2,8 @@
 // by default a scaled-down DeepSeek-V3 shape, or a preset's. Each layer runs a prefill and a
 // stretch of decode; one table shows parameters, KV bytes per token, prefill tokens/s, decode
 // ms/token, that decode reproduces a full prefill, and that the three MLA forms agree.
-// --plot draws KV-cache bytes against context (exact, from CacheBytesPerToken) and measured
-// decode time against context, per mechanism.
+// --plot draws KV-cache bytes against context (exact, from CacheBytesPerToken) and decode time
+// measured at 1k-32k tokens of context (caches filled with random rows), per mechanism.
 #include <unistd.h>
 
 #include <algorithm>
