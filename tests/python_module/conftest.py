@@ -73,7 +73,8 @@ _ATTN, _IMPORT_ERROR = _import_attn()
 
 
 def pytest_report_header(config):
-    return f"attn module: {_ATTN.__file__ if _ATTN else _IMPORT_ERROR}"
+    return (f"attn module: {_ATTN.__file__ if _ATTN else _IMPORT_ERROR}; numpy {np.__version__}; "
+            f"torch {torch.__version__ if torch is not None else 'absent (NumPy-only run)'}")
 
 
 @pytest.fixture(scope="session")
