@@ -1,7 +1,7 @@
 // What one attention layer is, independent of where its numbers came from.
 // ModelConfig holds every value that changes attention math for a model; everything else
 // in a checkpoint's config.json (vocabulary, MLP, MoE, dtype) is ignored by the parser.
-// See shared reference "attention-semantics.md" §1-§3 for the formulas these feed.
+// See docs/semantics.md §1-§3 for the formulas these feed.
 #ifndef ATTN_CONFIG_H_
 #define ATTN_CONFIG_H_
 
@@ -11,7 +11,7 @@
 
 namespace attn {
 
-// How RoPE pairs the coordinates it rotates (reference §2). The checkpoint decides.
+// How RoPE pairs the coordinates it rotates (docs/semantics.md §2). The checkpoint decides.
 enum class RopePairing {
   kInterleaved,  // (x[2i], x[2i+1]): Meta reference, DeepSeek (HF rope_interleave=true)
   kRotateHalf,   // (x[i], x[i + r/2]): HF Llama, Mistral, Qwen2, GPT-NeoX
@@ -32,7 +32,7 @@ struct RopeScaling {
   double beta_slow = 1.0;
   double mscale = 0.0;            // 0 = absent
   double mscale_all_dim = 0.0;    // 0 = absent
-  double attention_factor = 0.0;  // 0 = absent: derive from mscale keys (reference §2)
+  double attention_factor = 0.0;  // 0 = absent: derive from mscale keys (docs/semantics.md §2)
   bool truncate = true;           // floor/ceil the yarn correction range
 };
 
@@ -48,7 +48,7 @@ enum class AttentionKind {
   kMla,  // DeepSeek-V2/V3 multi-head latent attention
 };
 
-// Fields of the GQA family (reference §1).
+// Fields of the GQA family (docs/semantics.md §1).
 struct GqaDims {
   int64_t num_kv_heads = 0;  // G
   int64_t head_dim = 0;      // d (explicit head_dim, may differ from hidden / heads)
@@ -56,7 +56,7 @@ struct GqaDims {
   bool o_bias = false;       // Llama attention_bias
 };
 
-// Fields of MLA (reference §3).
+// Fields of MLA (docs/semantics.md §3).
 struct MlaDims {
   int64_t q_lora_rank = 0;       // rq; 0 = no query compression (V2-Lite)
   int64_t kv_lora_rank = 0;      // rk
@@ -94,12 +94,12 @@ struct ModelConfig {
 // H % G != 0, odd or too-wide rotary width, negative window, a scaling factor < 1 for yarn, …
 void ValidateConfig(const ModelConfig& config);
 
-// The softmax scale the config implies (reference §3):
+// The softmax scale the config implies (docs/semantics.md §3):
 //   GQA: d^-0.5 (scaled by nothing else; YaRN's factor lives on cos/sin).
 //   MLA: (dn + dr)^-0.5 · mscale(s, mscale_all_dim)^2 for yarn with mscale_all_dim != 0.
 double SoftmaxScale(const ModelConfig& config);
 
-// mscale(s, m) = 1 if s <= 1 else 0.1·m·ln(s) + 1   (reference §2).
+// mscale(s, m) = 1 if s <= 1 else 0.1·m·ln(s) + 1   (docs/semantics.md §2).
 double YarnMscale(double factor, double m);
 
 }  // namespace attn

@@ -1,4 +1,5 @@
-// MHA (G = H), GQA (1 < G < H) and MQA (G = 1): one layer parameterised by G (reference §1).
+// MHA (G = H), GQA (1 < G < H) and MQA (G = 1): one layer parameterised by G (docs/semantics.md
+// §1).
 #ifndef ATTN_GQA_ATTENTION_H_
 #define ATTN_GQA_ATTENTION_H_
 

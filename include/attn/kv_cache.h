@@ -22,7 +22,7 @@
 
 namespace attn {
 
-// What a layer caches per token (reference §1, §3).
+// What a layer caches per token (docs/semantics.md §1, §3).
 enum class CacheForm {
   kHeads,   // 2·G·d values (GQA family) or H·(dn+dr+dv) (naive MLA)
   kLatent,  // rk + dr values (MLA only)

@@ -15,7 +15,7 @@
 
 namespace attn {
 
-// How an MLA layer runs (reference §3). GQA-family layers ignore it.
+// How an MLA layer runs (docs/semantics.md §3). GQA-family layers ignore it.
 enum class MlaForm {
   kNaive,     // per-head K (dn+dr) and V (dv) cached, like HF training code
   kAbsorbed,  // latent cache; queries absorbed through W_UK, outputs through W_UV

@@ -29,7 +29,7 @@ struct WeightSpec {
   Kind kind;
 };
 
-// Every tensor the config's attention layer has, with its shape (reference §5).
+// Every tensor the config's attention layer has, with its shape (docs/semantics.md §5).
 std::vector<WeightSpec> AttentionWeightSpecs(const ModelConfig& config);
 
 // Builds the layer from `weights` (short names; consumed). Throws Error(kNotFound) naming a

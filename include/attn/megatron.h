@@ -1,4 +1,4 @@
-// Megatron-Core names for one attention layer (shared reference "attention-semantics.md" §5):
+// Megatron-Core names for one attention layer (docs/semantics.md §5):
 // its config/argument names and its tensor names, both ways, and format detection.
 //
 // Tensors, prefix "decoder.layers.{i}.self_attention.":

@@ -1,4 +1,4 @@
-// DeepSeek-V2/V3 (and Kimi-K2) multi-head latent attention (reference §3).
+// DeepSeek-V2/V3 (and Kimi-K2) multi-head latent attention (docs/semantics.md §3).
 #ifndef ATTN_MLA_ATTENTION_H_
 #define ATTN_MLA_ATTENTION_H_
 

@@ -18,8 +18,8 @@ namespace attn {
 // Σ over AttentionWeightSpecs of the tensor sizes: one layer's attention parameters.
 int64_t AttentionParameterCount(const ModelConfig& config);
 
-// The MHA a comparison means: same D, H and layers, G = H, d = D / H (reference §6, §7.6:
-// "V3 attention has 0.91x the params of an MHA of the same D and H"), no biases, no window,
+// The MHA a comparison means: same D, H and layers, G = H, d = D / H (docs/semantics.md §6,
+// §7.6: the comparison behind V3's 0.91x parameters of a same-size MHA), no biases, no window,
 // same RoPE. When H does not divide D, d is the model's own query/key head width.
 ModelConfig MhaBaseline(const ModelConfig& config);
 
@@ -59,8 +59,8 @@ struct MachinePeak {
   std::string origin;  // "measured", "given", or "reference anchors, not measured"
   double ridge() const { return gflops / gbytes_per_s; }
 };
-// The dev machine kind's anchors (reference §8): 444 GFLOP/s fp32 FMA or 888 bf16 on 2 threads,
-// ~60 GB/s DRAM.
+// The dev machine kind's anchors (docs/semantics.md §8): 444 GFLOP/s fp32 FMA or 888 bf16 on 2
+// threads, ~60 GB/s DRAM.
 MachinePeak ReferenceAnchors(DType cache_dtype);
 
 struct InfoOptions {

@@ -1,4 +1,4 @@
-// Built-in configurations of real models (shared reference "attention-semantics.md" §6), so
+// Built-in configurations of real models (docs/semantics.md §6), so
 // that `attn info --preset deepseek-v3` needs no file. Each preset is the attention-relevant
 // subset of the model's public config.json, parsed by the same ParseHfConfig as a file would be.
 #ifndef ATTN_PRESETS_H_

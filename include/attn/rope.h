@@ -1,4 +1,4 @@
-// Rotary position embedding (reference §2): scaled inverse frequencies, the YaRN attention
+// Rotary position embedding (docs/semantics.md §2): scaled inverse frequencies, the YaRN attention
 // factor on cos/sin, and rotation with either pairing.
 #ifndef ATTN_ROPE_H_
 #define ATTN_ROPE_H_

@@ -1,5 +1,5 @@
 // The softmax scale and RoPE attention factor a config implies, and the known ways frameworks
-// have got them wrong (shared reference "attention-semantics.md" §3, §7): for each pitfall,
+// have got them wrong (docs/semantics.md §3, §7): for each pitfall,
 // whether this config would trigger it and the number a framework falling into it would use.
 #ifndef ATTN_SCALE_CHECK_H_
 #define ATTN_SCALE_CHECK_H_

@@ -1,5 +1,5 @@
-// ModelConfig queries and validation. The formulas are those of the shared reference
-// "attention-semantics.md": §1 (GQA shapes), §2 (RoPE scaling), §3 (MLA softmax scale).
+// ModelConfig queries and validation. The formulas are those of docs/semantics.md: §1 (GQA shapes),
+// §2 (RoPE scaling), §3 (MLA softmax scale).
 #include "attn/config.h"
 
 #include <cmath>
@@ -32,7 +32,7 @@ void RequirePositive(int64_t value, const char* key) {
 void ValidateGqa(const ModelConfig& config) {
   RequirePositive(config.gqa.num_kv_heads, "num_key_value_heads");
   RequirePositive(config.gqa.head_dim, "head_dim");
-  // Query head h reads kv head h / (H / G) (reference §1), so the groups must be whole.
+  // Query head h reads kv head h / (H / G) (docs/semantics.md §1), so the groups must be whole.
   Require(config.num_heads % config.gqa.num_kv_heads == 0,
           "num_attention_heads (" + Num(config.num_heads) +
               ") is not divisible by num_key_value_heads (" + Num(config.gqa.num_kv_heads) + ")");
@@ -46,7 +46,8 @@ void ValidateMla(const ModelConfig& config) {
   RequirePositive(mla.qk_nope_head_dim, "qk_nope_head_dim");
   RequirePositive(mla.qk_rope_head_dim, "qk_rope_head_dim");
   RequirePositive(mla.v_head_dim, "v_head_dim");
-  // RoPE rotates pairs of coordinates (reference §2), so the decoupled rope part must pair up.
+  // RoPE rotates pairs of coordinates (docs/semantics.md §2), so the decoupled rope part must pair
+  // up.
   Require(mla.qk_rope_head_dim % 2 == 0,
           "qk_rope_head_dim (" + Num(mla.qk_rope_head_dim) + ") must be even");
   Require(mla.rms_norm_eps > 0.0, "rms_norm_eps (" + Num(mla.rms_norm_eps) + ") must be > 0");
@@ -63,7 +64,7 @@ void ValidateScaling(const RopeScaling& scaling) {
       break;
     case RopeScalingType::kLlama3:
       // HF _validate_llama3_parameters: factor >= 1, high_freq_factor > low_freq_factor; the
-      // ramp m = (L/λ - a)/(b - a) divides by b - a and L/a needs a > 0 (reference §2).
+      // ramp m = (L/λ - a)/(b - a) divides by b - a and L/a needs a > 0 (docs/semantics.md §2).
       Require(scaling.factor >= 1.0,
               "rope_scaling factor (" + Num(scaling.factor) + ") must be >= 1 for llama3");
       Require(scaling.low_freq_factor > 0.0,
@@ -162,8 +163,8 @@ double SoftmaxScale(const ModelConfig& config) {
   const double width = static_cast<double>(config.QueryKeyHeadDim());
   const double base = 1.0 / std::sqrt(width);
   if (config.kind != AttentionKind::kMla) return base;
-  // MLA (reference §3): (dn + dr)^-0.5 · mscale(s, mscale_all_dim)^2 for yarn with a nonzero
-  // mscale_all_dim. Never the absorbed width rk + dr nor hidden / heads.
+  // MLA (docs/semantics.md §3): (dn + dr)^-0.5 · mscale(s, mscale_all_dim)^2 for yarn with a
+  // nonzero mscale_all_dim. Never the absorbed width rk + dr nor hidden / heads.
   const RopeScaling& scaling = config.rope.scaling;
   if (scaling.type == RopeScalingType::kYarn && scaling.mscale_all_dim != 0.0) {
     const double m = YarnMscale(scaling.factor, scaling.mscale_all_dim);
@@ -173,7 +174,7 @@ double SoftmaxScale(const ModelConfig& config) {
 }
 
 double YarnMscale(double factor, double m) {
-  // mscale(s, m) = 1 if s <= 1 else 0.1·m·ln(s) + 1 (reference §2).
+  // mscale(s, m) = 1 if s <= 1 else 0.1·m·ln(s) + 1 (docs/semantics.md §2).
   if (factor <= 1.0) return 1.0;
   return 0.1 * m * std::log(factor) + 1.0;
 }

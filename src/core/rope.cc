@@ -9,7 +9,7 @@
 namespace attn {
 namespace {
 
-// llama3 (reference §2): wavelength λ_i = 2π/θ_i; short wavelengths keep θ_i, long ones
+// llama3 (docs/semantics.md §2): wavelength λ_i = 2π/θ_i; short wavelengths keep θ_i, long ones
 // get θ_i/s, and the band between blends with m = (L/λ_i - a)/(b - a).
 double Llama3Frequency(double theta_i, const RopeScaling& s) {
   const double wavelength = 2.0 * std::numbers::pi / theta_i;

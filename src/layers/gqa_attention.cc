@@ -1,4 +1,4 @@
-// One forward call of the GQA family (reference §1), top to bottom:
+// One forward call of the GQA family (docs/semantics.md §1), top to bottom:
 //   q = x Wqᵀ (+bq) -> [B,S,H,d];  k = x Wkᵀ (+bk), v = x Wvᵀ (+bv) -> [B,S,G,d]
 //   q, k <- RoPE(position)
 //   cache[b] += (k, v);  o[b] = Attend(q[b], cache[b]) with head h reading kv head h/(H/G)

@@ -1,4 +1,4 @@
-// One forward call of multi-head latent attention (reference §3), top to bottom:
+// One forward call of multi-head latent attention (docs/semantics.md §3), top to bottom:
 //   query:  cq = RMSNorm(x Wq_aᵀ); q = cq Wq_bᵀ   (or q = x Wqᵀ)  -> [B,S,H, dn | dr]
 //           q_pe <- RoPE(position)
 //   latent: x Wkv_aᵀ -> [c (rk) | k_pe (dr)];  c <- RMSNorm(c);  k_pe <- RoPE(position)

@@ -73,7 +73,7 @@ TEST(GqaAttention, EqualsMhaWithRepeatedKvHeads) {
             1e-6);
 }
 
-// G = H against a plain, loop-by-loop MHA written here from reference §1.
+// G = H against a plain, loop-by-loop MHA written here from docs/semantics.md §1.
 TEST(GqaAttention, MhaEqualsStraightforwardImplementation) {
   const ModelConfig c = testing::SmallGqaConfig(4, 4);
   const NamedTensors w = RandomAttentionWeights(c, 3);

@@ -1,5 +1,5 @@
 // KV caches: byte counts equal the per-token formula × tokens (with real-model numbers from
-// attention-semantics §6), capacity is enforced without partial writes, views point at what
+// docs/semantics.md §6), capacity is enforced without partial writes, views point at what
 // was written.
 #include "attn/kv_cache.h"
 

@@ -1,5 +1,5 @@
-// `attn info`'s arithmetic against values computed by hand for real models (reference §6, §7.6):
-// DeepSeek-V3, Llama-3-70B, Falcon-7B, Mistral-7B (window) and DeepSeek-V2-Lite.
+// `attn info`'s arithmetic against values computed by hand for real models (docs/semantics.md §6,
+// §7.6): DeepSeek-V3, Llama-3-70B, Falcon-7B, Mistral-7B (window) and DeepSeek-V2-Lite.
 #include "attn/model_stats.h"
 
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-// Presets against the shared reference's table of real models ("attention-semantics.md" §6)
+// Presets against the table of real models in docs/semantics.md §6
 // and against the public config.json files kept in configs/.
 #include "attn/presets.h"
 

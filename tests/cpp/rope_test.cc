@@ -1,4 +1,4 @@
-// RoPE: frequencies for each scaling type against the reference formulas (attention-semantics
+// RoPE: frequencies for each scaling type against the reference formulas (docs/semantics.md
 // §2), the pairings, partial rotary width, and the property RoPE exists for: scores depend only
 // on the distance between positions.
 #include "attn/rope.h"
@@ -65,7 +65,8 @@ TEST(RopeFrequencies, Llama3KeepsHighBandScalesLowBandBlendsMiddle) {
   EXPECT_GT(checked, 0);
 }
 
-// DeepSeek-V3: r = 64, L = 4096, βf = 32, βs = 1, base 1e4 -> lo = 10, hi = 23 (reference §2).
+// DeepSeek-V3: r = 64, L = 4096, βf = 32, βs = 1, base 1e4 -> lo = 10, hi = 23 (docs/semantics.md
+// §2).
 TEST(RopeFrequencies, YarnRampMatchesDeepSeekV3Range) {
   RopeConfig rope = Rope(64, 10000.0, RopePairing::kInterleaved);
   rope.scaling.type = RopeScalingType::kYarn;

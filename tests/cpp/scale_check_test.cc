@@ -1,4 +1,4 @@
-// CheckScale on configs that trip each pitfall of reference §7, with hand-computed values.
+// CheckScale on configs that trip each pitfall of docs/semantics.md §7, with hand-computed values.
 #include "attn/scale_check.h"
 
 #include <gtest/gtest.h>
@@ -48,7 +48,7 @@ TEST(ScaleCheckTest, DeepSeekV3) {
 
 TEST(ScaleCheckTest, DeepSeekV2UnderMegatronDefaultKvChannels) {
   // Megatron-style V2: no kv_channels, so a framework defaulting to hidden/heads uses
-  // 1/sqrt(5120/128 = 40) (§3: "Megatron's kv_channels default gave 1/sqrt(40) for V2").
+  // 1/sqrt(5120/128 = 40), the wrong width of docs/semantics.md §7.1.
   const LoadedConfig loaded = ParseMegatronConfig(R"({"num_layers": 60, "hidden_size": 5120,
       "num_attention_heads": 128, "multi_latent_attention": true, "q_lora_rank": 1536,
       "kv_lora_rank": 512, "qk_head_dim": 128, "qk_pos_emb_head_dim": 64, "v_head_dim": 128,

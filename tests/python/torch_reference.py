@@ -1,6 +1,6 @@
 """Independent PyTorch oracle for attn's attention layers.
 
-Written from the formulas in the shared reference page "attention-semantics.md" (§1-§5), NOT
+Written from the formulas in docs/semantics.md (§1-§5), NOT
 from attn's C++ sources, so that a disagreement between the two points at a real bug on one
 side. Everything is computed on the CPU in float64; `forward` returns float32.
 
