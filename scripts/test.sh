@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
 # Every test: install dependencies, build, run the GoogleTest suite and the PyTorch oracle suite
-# (ctest), then rebuild the unit tests with AddressSanitizer + UndefinedBehaviorSanitizer and
-# run them again, and run them once more on an emulated CPU without AVX-512.
+# (ctest), check license lines, install the C++ package and build an outside project against it,
+# pip-install the Python package into a NumPy 2 venv and test it there, then rebuild the unit
+# tests with AddressSanitizer + UndefinedBehaviorSanitizer and run them again, and run them once
+# more on an emulated CPU without AVX-512.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build.sh
 (cd build && ctest --output-on-failure -j "$(nproc)")
+
+echo "== every source file carries its SPDX license line =="
+scripts/spdx.sh
+
+echo "== the C++ package: install into a prefix, use it from an outside CMake and pkg-config project =="
+tests/consumer/run.sh build
+
+echo "== the Python package: pip install . into a NumPy 2 venv (offline), module tests there =="
+scripts/pip-install-check.sh build-venv
 
 echo "== unit tests under AddressSanitizer + UndefinedBehaviorSanitizer =="
 cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTN_SANITIZE=ON \
