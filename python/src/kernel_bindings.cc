@@ -48,16 +48,41 @@ Element KvElement(const ArrayView& k, const ArrayView& v) {
   return storable && k.element == v.element ? k.element : Element::kF32;
 }
 
+// The softmax scale: given, or 1/sqrt(D). A given scale must be a finite positive number: NaN or
+// Inf poisons every output, 0 silently turns attention into a plain mean, and a negative scale
+// inverts which keys attend.
 float ScaleOr(const py::object& scale, int64_t dim) {
-  if (!scale.is_none()) return scale.cast<float>();
-  return static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)));
+  if (scale.is_none()) return static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)));
+  const double value = scale.cast<double>();
+  Check(std::isfinite(value) && value > 0.0 && std::isfinite(static_cast<float>(value)),
+        ErrorKind::kInvalidArgument,
+        "scale must be a finite positive number, got " + py::repr(scale).cast<std::string>());
+  return static_cast<float>(value);
+}
+
+// With check_finite, the output is checked like the inputs: the first NaN/Inf is an error naming
+// its [b, s, h, d] position (finite inputs can still overflow, e.g. huge values in fp32 sums).
+void CheckFiniteOutput(const float* out, const Shape& shape) {
+  const int64_t count = NumElements(shape);
+  for (int64_t i = 0; i < count; ++i) {
+    if (std::isfinite(out[i])) continue;
+    std::string index;
+    int64_t rest = i;
+    for (size_t axis = shape.size(); axis-- > 0;) {
+      index = std::to_string(rest % shape[axis]) + (index.empty() ? "" : ", ") + index;
+      rest /= shape[axis];
+    }
+    throw Error(ErrorKind::kInvalidArgument, "attention output: non-finite value (" +
+                                                 std::to_string(out[i]) + ") at [" + index +
+                                                 "] of shape " + ShapeToString(shape));
+  }
 }
 
 // Checks and runs out[b] = attention(q[b], k[b], v[b]) for every b. q [B, Sq, H, D],
 // k [B, T, G, D], v [B, T, G, Dv] already validated for rank and dtype class.
 py::object RunAttention(const ArrayView& q_in, const ArrayView& k_in, const ArrayView& v_in,
                         bool causal, float scale, int64_t window, py::handle attention_mask,
-                        py::handle out_arg) {
+                        py::handle out_arg, bool check_finite) {
   const int64_t batch = q_in.shape[0];
   const int64_t queries = q_in.shape[1];
   const int64_t heads = q_in.shape[2];
@@ -166,6 +191,7 @@ py::object RunAttention(const ArrayView& q_in, const ArrayView& k_in, const Arra
       }
     }
   }
+  if (check_finite) CheckFiniteOutput(out, out_shape);
   if (out_view) return py::reinterpret_borrow<py::object>(out_arg);
   return WrapTensor(std::move(owned), q_in.from_torch);
 }
@@ -186,7 +212,8 @@ py::object Attention(py::handle q_arg, py::handle k_arg, py::handle v_arg, bool 
       CheckFloating(*view);
     }
   }
-  return RunAttention(q, k, v, causal, ScaleOr(scale, q.shape[3]), window, attention_mask, out);
+  return RunAttention(q, k, v, causal, ScaleOr(scale, q.shape[3]), window, attention_mask, out,
+                      check_finite);
 }
 
 py::object MlaAttention(py::handle q_arg, py::handle kv_arg, int64_t value_dim, bool causal,
@@ -214,7 +241,8 @@ py::object MlaAttention(py::handle q_arg, py::handle kv_arg, int64_t value_dim, 
   keys.strides.insert(keys.strides.begin() + 2, 0);
   ArrayView values = keys;
   values.shape[3] = value_dim;
-  return RunAttention(q, keys, values, causal, ScaleOr(scale, q.shape[3]), 0, attention_mask, out);
+  return RunAttention(q, keys, values, causal, ScaleOr(scale, q.shape[3]), 0, attention_mask, out,
+                      check_finite);
 }
 
 }  // namespace
@@ -236,13 +264,13 @@ k: [B, T, G, D], v: [B, T, G, Dv] float32, float16 or bfloat16 (read in place, a
     a contiguous last axis), or float64 (converted).
 causal: query s is key slot T - Sq + s and sees keys t <= T - Sq + s (bottom-right aligned, as in
     decode; equal to torch's is_causal when Sq == T). False: every query sees every key.
-scale: default 1 / sqrt(D).
+scale: a finite positive number (ValueError otherwise); default 1 / sqrt(D).
 attention_mask: [B, T] of 1 (keep) / 0 (padding key), any integer, bool or float dtype.
 window: > 0 keeps only keys t > slot - window (sliding window; needs causal=True).
 out: optional writable C-contiguous float32 [B, Sq, H, Dv] array or tensor to write into; it is
     returned.
-check_finite: raise ValueError on NaN/Inf in q, k or v (default). With False, non-finite inputs
-    give unspecified outputs.
+check_finite: raise ValueError on NaN/Inf in q, k or v, and on a NaN/Inf in the output (naming
+    its [b, s, h, d] position) (default). With False, non-finite inputs give unspecified outputs.
 
 A query with no visible key gets a zero output row. Returns float32 [B, Sq, H, Dv]: NumPy, or a
 torch tensor when q is one.)doc");

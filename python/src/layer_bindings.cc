@@ -258,7 +258,10 @@ PreparedTokens PrepareTokens(const ModelConfig& config, CallKind kind, py::handl
   return p;
 }
 
-py::object WrapOutput(Tensor out, const PreparedTokens& p) {
+// A non-finite output (from weights or an overflow; the inputs were checked) is an error naming
+// the layer and the first bad token, never a silent NaN handed to the caller.
+py::object WrapOutput(Tensor out, const PreparedTokens& p, int64_t layer) {
+  CheckFinite(out, "layer " + std::to_string(layer) + " output");
   py::object result = WrapTensor(std::move(out), p.as_torch);
   if (p.squeeze) result = result.attr("reshape")(p.batch, result.attr("shape")[py::int_(2)]);
   return result;
@@ -310,7 +313,7 @@ class PyAttention {
       ComputeScope release;
       out = impl_->Forward(p.Batch(), form);
     }
-    return WrapOutput(std::move(out), p);
+    return WrapOutput(std::move(out), p, layer_);
   }
 
   py::object PrefillThenDecode(py::handle hidden_states, int64_t prefill_tokens,
@@ -325,7 +328,7 @@ class PyAttention {
       ComputeScope release;
       out = impl_->PrefillThenDecode(p.Batch(), prefill_tokens, form, dtype);
     }
-    return WrapOutput(std::move(out), p);
+    return WrapOutput(std::move(out), p, layer_);
   }
 
   std::unique_ptr<PyCache> NewCache(int64_t batch, int64_t capacity, const std::string& dtype,
@@ -349,7 +352,7 @@ class PyAttention {
       std::lock_guard<std::mutex> lock(cache.mutex());
       out = impl_->Step(p.Batch(), cache.cache(), cache.form());
     }
-    return WrapOutput(std::move(out), p);
+    return WrapOutput(std::move(out), p, layer_);
   }
 
   size_t KvBytesPerToken(const std::string& dtype, const std::string& mla) const {

@@ -81,6 +81,9 @@ int RunForward(const std::vector<std::string>& args) {
   const int64_t prefill = flags.GetInt("prefill", tokens);
   const TokenBatch token_batch{&hidden, positions, keep};
   const Tensor output = layer->PrefillThenDecode(token_batch, prefill, form, cache_dtype);
+  // Inputs were finite, so a NaN/Inf here comes from the weights or an overflow: refuse to write
+  // it rather than hand on a silent NaN.
+  CheckFinite(output, "layer " + std::to_string(layer_index) + " output attn_output");
 
   SafetensorsWriter writer;
   writer.AddF32("attn_output", output);

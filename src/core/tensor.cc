@@ -55,11 +55,19 @@ void CheckShape(const Tensor& tensor, const Shape& expected, const std::string& 
 void CheckFinite(const Tensor& tensor, const std::string& what) {
   const float* values = tensor.data();
   for (int64_t i = 0; i < tensor.size(); ++i) {
-    if (!std::isfinite(values[i])) {
-      throw Error(ErrorKind::kInvalidArgument, what + ": non-finite value (" +
-                                                   std::to_string(values[i]) + ") at flat index " +
-                                                   std::to_string(i));
+    if (std::isfinite(values[i])) continue;
+    // The first bad element as a row-major index [i0, i1, ...], which names the token for a
+    // [B, S, D] activation.
+    std::string index;
+    int64_t rest = i;
+    for (int axis = tensor.rank() - 1; axis >= 0; --axis) {
+      const int64_t extent = tensor.dim(axis);
+      index = std::to_string(rest % extent) + (index.empty() ? "" : ", ") + index;
+      rest /= extent;
     }
+    throw Error(ErrorKind::kInvalidArgument, what + ": non-finite value (" +
+                                                 std::to_string(values[i]) + ") at [" + index +
+                                                 "] of shape " + ShapeToString(tensor.shape()));
   }
 }
 
