@@ -19,6 +19,7 @@
 
 #include "attn/error.h"
 #include "bench/kernel_case.h"
+#include "io/files.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -516,10 +517,10 @@ std::string PeakCachePath() {
 }
 
 std::optional<MachinePeak> LoadPeak(const std::string& path) {
-  std::ifstream file(path);
-  if (!file) return std::nullopt;
+  // A missing, unreadable, non-regular (e.g. a FIFO: io::ReadWholeFile refuses it without
+  // blocking), oversized or malformed cache is no cache: the roofs are measured again.
   try {
-    return PeakFromJson(nlohmann::json::parse(file));
+    return PeakFromJson(nlohmann::json::parse(io::ReadWholeFile(path, "peak cache", 1 << 20)));
   } catch (const std::exception&) {
     return std::nullopt;
   }
@@ -529,15 +530,8 @@ void StorePeak(const std::string& path, const MachinePeak& peak) {
   std::error_code ignored;
   const std::filesystem::path target(path);
   if (target.has_parent_path()) std::filesystem::create_directories(target.parent_path(), ignored);
-  // Write then rename: a concurrent reader sees the old file or the new one, never half of one.
-  const std::string temporary = path + ".tmp" + std::to_string(::getpid());
-  {
-    std::ofstream file(temporary);
-    file << PeakToJson(peak).dump(2) << "\n";
-    Check(static_cast<bool>(file), ErrorKind::kIo, "cannot write " + temporary);
-  }
-  std::filesystem::rename(temporary, target, ignored);
-  Check(!ignored, ErrorKind::kIo, "cannot write " + path + ": " + ignored.message());
+  // Atomic replacement (io/files.h): a concurrent reader sees the old file or the new one.
+  io::AtomicWriteFile(path, PeakToJson(peak).dump(2) + "\n");
 }
 
 MachinePeak PeakFor(const std::vector<int>& thread_counts, const PeakOptions& options) {

@@ -2,7 +2,6 @@
 // config between the two namings. Values are copied, never recomputed: each tensor is written
 // in the dtype its source had, so HF -> Megatron -> HF gives back the same bytes.
 #include <cstdio>
-#include <fstream>
 #include <string>
 
 #include "attn/error.h"
@@ -12,6 +11,7 @@
 #include "cli/commands.h"
 #include "cli/config_flags.h"
 #include "cli/flags.h"
+#include "io/files.h"
 
 namespace attn::cli {
 namespace {
@@ -32,14 +32,6 @@ DType SourceDType(const SafetensorsFile& file, const std::string& prefix) {
     }
   }
   return shared == DType::kF16 || shared == DType::kBF16 ? shared : DType::kF32;
-}
-
-void WriteText(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  Check(out.is_open(), ErrorKind::kIo, "cannot write '" + path + "'");
-  out << text;
-  out.close();
-  Check(!out.fail(), ErrorKind::kIo, "cannot write '" + path + "'");
 }
 
 }  // namespace
@@ -78,11 +70,14 @@ int RunConvert(const std::vector<std::string>& args) {
                 "nothing to do: give --input W.safetensors --output W2.safetensors and/or "
                 "--config-output C2.json");
 
-  if (flags.Has("config-output")) {
-    WriteText(flags.Required("config-output"),
-              to == "megatron" ? MegatronConfigJson(config) : HfConfigJson(config));
+  // Nothing is written until every input has been read and validated, and each output is
+  // replaced atomically (io/files.h): a run that fails leaves existing outputs as they were.
+  const std::string config_text =
+      to == "megatron" ? MegatronConfigJson(config) : HfConfigJson(config);
+  if (!flags.Has("input")) {
+    io::AtomicWriteFile(flags.Required("config-output"), config_text);
+    return 0;
   }
-  if (!flags.Has("input")) return 0;
 
   const int64_t layer = flags.GetInt("layer");
   Check(layer >= 0 && layer < config.num_layers, ErrorKind::kInvalidArgument,
@@ -106,6 +101,7 @@ int RunConvert(const std::vector<std::string>& args) {
   }
   writer.SetMetadata("format", "pt");
   writer.Write(flags.Required("output"));
+  if (flags.Has("config-output")) io::AtomicWriteFile(flags.Required("config-output"), config_text);
   return 0;
 }
 

@@ -14,10 +14,12 @@
 #include <cstring>
 #include <new>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "attn/error.h"
+#include "io/files.h"
 
 namespace attn::cli {
 namespace {
@@ -512,37 +514,10 @@ std::vector<uint8_t> EncodePng(const Image& image) {
 void WriteLinePlotsPng(const std::string& path, const std::string& title,
                        const std::vector<PlotPanel>& panels) {
   const std::vector<uint8_t> png = EncodePng(RenderLinePlots(title, panels));
-  // mkstemp in the target's directory, so that rename() stays on one file system.
-  std::string temp = path + ".tmp.XXXXXX";
-  const int fd = mkstemp(temp.data());
-  Check(fd >= 0, ErrorKind::kIo, "cannot write plot '" + path + "': " + std::strerror(errno));
-  const auto fail = [&](const char* what) {
-    const std::string reason = std::strerror(errno);
-    close(fd);
-    unlink(temp.c_str());
-    throw Error(ErrorKind::kIo, "cannot write plot '" + path + "': " + what + ": " + reason);
-  };
-  // mkstemp makes the file 0600; a plot is an ordinary file: 0666 less the umask.
-  const mode_t mask = umask(0);
-  umask(mask);
-  if (fchmod(fd, 0666 & ~mask) != 0) fail("chmod");
-  size_t written = 0;
-  while (written < png.size()) {
-    const ssize_t n = write(fd, png.data() + written, png.size() - written);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) fail("write");
-    written += static_cast<size_t>(n);
-  }
-  if (close(fd) != 0) {
-    const std::string reason = std::strerror(errno);
-    unlink(temp.c_str());
-    throw Error(ErrorKind::kIo, "cannot write plot '" + path + "': close: " + reason);
-  }
-  if (rename(temp.c_str(), path.c_str()) != 0) {
-    const std::string reason = std::strerror(errno);
-    unlink(temp.c_str());
-    throw Error(ErrorKind::kIo, "cannot write plot '" + path + "': rename: " + reason);
-  }
+  // The one atomic writer (io/files.h): exclusive temporary beside the target, mode kept, fsync,
+  // rename last; a failure leaves an existing plot untouched.
+  io::AtomicWriteFile(path,
+                      std::string_view(reinterpret_cast<const char*>(png.data()), png.size()));
 }
 
 }  // namespace attn::cli

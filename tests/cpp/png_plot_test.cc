@@ -191,10 +191,11 @@ TEST_F(PngPlotFileTest, WritesWholeFileAndLeavesNoTemporary) {
     names.push_back(entry.path().filename().string());
   }
   EXPECT_EQ(names, std::vector<std::string>{"plot.png"});
-  // An ordinary file's mode (0666 less the umask), not mkstemp's private 0600.
+  // A new file gets io::AtomicWriteFile's mode for new files (0644 less the umask), not mkstemp's
+  // private 0600.
   const mode_t mask = ::umask(0);
   ::umask(mask);
-  EXPECT_EQ(static_cast<unsigned>(fs::status(path).permissions()), 0666u & ~mask);
+  EXPECT_EQ(static_cast<unsigned>(fs::status(path).permissions()), 0644u & ~mask);
 }
 
 TEST_F(PngPlotFileTest, UnwritableDirectoryIsAnIoErrorNamingThePath) {
