@@ -2,8 +2,12 @@
 //   [u64 little-endian N][N bytes of JSON header][data region]
 // The header maps each tensor name to {dtype, shape, data_offsets: [begin, end)} relative to
 // the data region, plus an optional "__metadata__" object of string -> string.
-// Reading memory-maps the file and validates every offset before handing out views, so a
-// corrupt or hostile file yields Error(kCorruptFile) naming the problem, never a crash.
+// Open() reads and validates the header as the official reader does (the tensors, sorted by
+// offset, must tile the data region exactly; no duplicate keys), within the limits listed in
+// docs/reference.md ("Limits and hostile input"); a corrupt or hostile file yields
+// Error(kCorruptFile) naming the problem, never a crash, hang or runaway allocation.
+// Tensor bytes are read with pread when asked for, not memory-mapped: a file truncated by
+// another process while open gives Error(kCorruptFile) on the next read instead of SIGBUS.
 #ifndef ATTN_SAFETENSORS_H_
 #define ATTN_SAFETENSORS_H_
 
@@ -18,19 +22,21 @@
 
 namespace attn {
 
-// A view of one tensor inside a mapped file. Valid while the SafetensorsFile lives.
+// Where one tensor lies in the file.
 struct TensorView {
   std::string name;
   DType dtype;
   Shape shape;
-  const std::byte* data;  // not necessarily aligned
-  size_t nbytes;          // == NumElements(shape) * DTypeSize(dtype), checked at open
+  uint64_t offset;  // of the first byte, from the start of the file
+  size_t nbytes;    // == NumElements(shape) * DTypeSize(dtype), checked at open
 };
 
 class SafetensorsFile {
  public:
-  // Maps `path` read-only. Throws Error(kIo) if it cannot be opened or mapped and
-  // Error(kCorruptFile) if the header or offsets are inconsistent.
+  // Opens `path` and validates its header. Throws Error(kIo) if it cannot be opened or is not a
+  // regular file (a FIFO or device is refused without blocking), Error(kCorruptFile) if the
+  // header or offsets are inconsistent or exceed attn's limits, and Error(kUnsupported) for a
+  // valid file holding a dtype attn does not read (F8_*, I8, U16, ...).
   static SafetensorsFile Open(const std::string& path);
 
   SafetensorsFile(SafetensorsFile&& other) noexcept;
@@ -46,6 +52,11 @@ class SafetensorsFile {
   // Tensor names, sorted.
   std::vector<std::string> Names() const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // The file's size when it was opened.
+  uint64_t size() const { return size_; }
+
+  // The tensor's raw bytes. Throws Error(kCorruptFile) if the file has shrunk since Open.
+  std::vector<std::byte> ReadBytes(const std::string& name) const;
 
   // The tensor converted to fp32. Accepts F32, F16, BF16, F64; other dtypes throw
   // Error(kInvalidArgument) naming the tensor and its dtype.
@@ -55,16 +66,34 @@ class SafetensorsFile {
   std::vector<int64_t> ReadI64(const std::string& name, Shape* shape) const;
 
  private:
+  // Closes a descriptor on destruction; movable.
+  class Fd {
+   public:
+    Fd() = default;
+    Fd& operator=(Fd&& other) noexcept;
+    Fd(Fd&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
+    ~Fd();
+    int get() const { return fd_; }
+
+   private:
+    friend class SafetensorsFile;
+    int fd_ = -1;
+  };
+
   SafetensorsFile() = default;
+  void ReadInto(const TensorView& view, void* destination) const;
+
   std::string path_;
-  void* mapping_ = nullptr;
-  size_t mapping_size_ = 0;
+  Fd fd_;
+  uint64_t size_ = 0;
   std::map<std::string, TensorView> tensors_;
   std::map<std::string, std::string> metadata_;
 };
 
-// Collects tensors, then writes them in one go. Write() goes to a temporary file beside the
-// destination and renames it into place, so a failed write never leaves a truncated file.
+// Collects tensors, then writes them in one go. Write() goes to a fresh temporary file beside
+// the destination (created exclusively, so a planted symlink cannot redirect it), keeps the
+// mode of a file it replaces, fsyncs and renames it into place: a failed write never leaves a
+// truncated file.
 class SafetensorsWriter {
  public:
   // Stores `tensor` as `dtype` (F32, F16 or BF16; values rounded to nearest even).

@@ -5,23 +5,19 @@
 #include "attn/hf_config.h"
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "attn/config.h"
 #include "attn/error.h"
+#include "io/files.h"
+#include "io/json_util.h"
 
 namespace attn {
 namespace {
@@ -38,13 +34,9 @@ constexpr const char* kSupportedRopeTypes = "default, linear, llama3, yarn";
 constexpr const char* kForeignRopeKeys[] = {"short_factor", "long_factor", "short_mscale",
                                             "long_mscale", "mrope_section"};
 
-// A JSON value for an error message, cut short so a stray array cannot flood the message.
-std::string Excerpt(const json& value) {
-  constexpr size_t kMaxChars = 60;
-  std::string text = value.dump();
-  if (text.size() > kMaxChars) text = text.substr(0, kMaxChars) + "...";
-  return text;
-}
+// A JSON value for an error message, cut short so a stray array or a megabyte string cannot
+// flood the message (and a deep value cannot recurse).
+std::string Excerpt(const json& value) { return io::JsonExcerpt(value, 60); }
 
 std::string FormatDouble(double value) {
   char buffer[32];
@@ -111,21 +103,19 @@ class Fields {
 
  private:
   // Integers may be written 4096 or 4096.0 (some exporters emit floats); anything fractional,
-  // out of int64 range, boolean or non-numeric is rejected.
+  // out of int64 range, boolean or non-numeric is rejected. Sizes and counts are also capped
+  // here (io::ConfigKeyLimit), before any caller allocates from them.
   int64_t AsInt(const char* key, const json& value) const {
-    if (value.is_number_unsigned()) {
-      const uint64_t u = value.get<uint64_t>();
-      if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-        WrongType(key, "an integer in int64 range", value);
-      }
-      return static_cast<int64_t>(u);
+    int64_t result;
+    if (!io::JsonToInt64(value, &result)) {
+      WrongType(key, value.is_number() ? "an integer in int64 range" : "an integer", value);
     }
-    if (value.is_number_integer()) return value.get<int64_t>();
-    if (value.is_number_float()) {
-      const double d = value.get<double>();
-      if (std::trunc(d) == d && std::fabs(d) < 9.2e18) return static_cast<int64_t>(d);
+    const int64_t limit = io::ConfigKeyLimit(key);
+    if (result > limit) {
+      Fail(ErrorKind::kInvalidArgument, "key '" + Name(key) + "' (" + std::to_string(result) +
+                                            ") exceeds attn's limit of " + std::to_string(limit));
     }
-    WrongType(key, "an integer", value);
+    return result;
   }
   double AsDouble(const char* key, const json& value) const {
     if (!value.is_number()) WrongType(key, "a number", value);
@@ -146,8 +136,8 @@ const json& RequireObject(const json& value, const std::string& source, const st
   return value;
 }
 
-// Parses one rope_scaling / rope_parameters dict (reference §2). `max_position_embeddings` is
-// the yarn default for the pre-extension length L, as in HF _compute_yarn_parameters.
+// Parses one rope_scaling / rope_parameters dict (docs/semantics.md §2). `max_position_embeddings`
+// is the yarn default for the pre-extension length L, as in HF _compute_yarn_parameters.
 RopeScaling ParseRopeDict(const json& dict, const std::string& source, const std::string& key,
                           int64_t max_position_embeddings) {
   const Fields f(dict, source, key + ".");
@@ -160,8 +150,9 @@ RopeScaling ParseRopeDict(const json& dict, const std::string& source, const std
   if (has_type) {
     const std::string legacy = f.String("type");
     if (has_rope_type && legacy != type) {
-      f.Fail(ErrorKind::kInvalidArgument, "'" + f.Name("rope_type") + "' ('" + type + "') and '" +
-                                              f.Name("type") + "' ('" + legacy + "') disagree");
+      f.Fail(ErrorKind::kInvalidArgument, "'" + f.Name("rope_type") + "' ('" +
+                                              io::TextExcerpt(type) + "') and '" + f.Name("type") +
+                                              "' ('" + io::TextExcerpt(legacy) + "') disagree");
     }
     type = legacy;
   }
@@ -183,15 +174,16 @@ RopeScaling ParseRopeDict(const json& dict, const std::string& source, const std
   } else if (type == "yarn") {
     scaling.type = RopeScalingType::kYarn;
   } else {
-    f.Fail(ErrorKind::kUnsupported, "unsupported rope scaling type '" + type + "' in '" + key +
-                                        "' (supported: " + kSupportedRopeTypes + ")");
+    f.Fail(ErrorKind::kUnsupported, "unsupported rope scaling type '" + io::TextExcerpt(type) +
+                                        "' in '" + key + "' (supported: " + kSupportedRopeTypes +
+                                        ")");
   }
   for (const char* foreign : kForeignRopeKeys) {
     if (f.Has(foreign)) {
       f.Fail(ErrorKind::kUnsupported, "key '" + f.Name(foreign) +
                                           "' belongs to a rope scaling attn does not implement "
                                           "(type is '" +
-                                          type + "')");
+                                          io::TextExcerpt(type) + "')");
     }
   }
 
@@ -307,8 +299,8 @@ std::vector<bool> ParseLayerTypes(const Fields& top) {
     } else if (entry == "full_attention") {
       sliding.push_back(false);
     } else {
-      top.Fail(ErrorKind::kUnsupported, "unsupported layer_types entry '" + entry + "' at index " +
-                                            std::to_string(i) +
+      top.Fail(ErrorKind::kUnsupported, "unsupported layer_types entry '" + io::TextExcerpt(entry) +
+                                            "' at index " + std::to_string(i) +
                                             " (supported: sliding_attention, full_attention)");
     }
   }
@@ -317,7 +309,7 @@ std::vector<bool> ParseLayerTypes(const Fields& top) {
 
 void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& config) {
   config.kind = AttentionKind::kGqa;
-  config.rope.pairing = RopePairing::kRotateHalf;  // HF rotate_half (reference §2)
+  config.rope.pairing = RopePairing::kRotateHalf;  // HF rotate_half (docs/semantics.md §2)
   config.gqa.num_kv_heads = top.Int("num_key_value_heads", config.num_heads);
   if (top.Has("head_dim")) {
     config.gqa.head_dim = top.Int("head_dim");
@@ -368,7 +360,8 @@ void ParseMla(const Fields& top, const std::string& model_type, ModelConfig& con
     top.Fail(ErrorKind::kUnsupported, "attention_bias=true is not supported for " + model_type +
                                           " (attn's MLA projections are bias-free)");
   }
-  // num_key_value_heads is ignored: MLA has one shared latent, not G kv heads (reference §3).
+  // num_key_value_heads is ignored: MLA has one shared latent, not G kv heads (docs/semantics.md
+  // §3).
   config.mla.q_lora_rank = top.Int("q_lora_rank", 0);
   config.mla.kv_lora_rank = top.Int("kv_lora_rank");
   config.mla.qk_nope_head_dim = top.Int("qk_nope_head_dim");
@@ -432,12 +425,9 @@ int64_t DefaultMaxPositions(const std::string& model_type) {
 }
 
 ModelConfig Parse(const std::string& json_text, const std::string& source) {
-  json root;
-  try {
-    root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
-    throw Error(ErrorKind::kInvalidArgument, source + ": malformed JSON: " + e.what());
-  }
+  // Bounded parse: nesting depth capped while parsing, any nlohmann exception (a number out of
+  // double range, bad UTF-8) turned into Error(kInvalidArgument) naming the source and key.
+  const json root = io::ParseJson(json_text, source, ErrorKind::kInvalidArgument);
   if (!root.is_object()) {
     throw Error(ErrorKind::kInvalidArgument,
                 source + ": top level must be a JSON object, got " + root.type_name());
@@ -461,8 +451,8 @@ ModelConfig Parse(const std::string& json_text, const std::string& source) {
   const bool gqa = model_type == "llama" || model_type == "mistral" || model_type == "qwen2";
   const bool mla = model_type == "deepseek_v2" || model_type == "deepseek_v3";
   if (!gqa && !mla && !falcon) {
-    top.Fail(ErrorKind::kUnsupported,
-             "unsupported model_type '" + model_type + "' (supported: " + kSupportedModels + ")");
+    top.Fail(ErrorKind::kUnsupported, "unsupported model_type '" + io::TextExcerpt(model_type) +
+                                          "' (supported: " + kSupportedModels + ")");
   }
   config.model_type = model_type;
   if (falcon) {
@@ -502,18 +492,8 @@ ModelConfig ParseHfConfig(const std::string& json_text, const std::string& sourc
 ModelConfig LoadHfConfig(const std::string& path) { return Parse(ReadConfigFile(path), path); }
 
 std::string ReadConfigFile(const std::string& path) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) {
-    throw Error(ErrorKind::kIo, "cannot read config '" + path + "': is a directory");
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in.is_open()) {
-    throw Error(ErrorKind::kIo, "cannot open config '" + path + "': " + std::strerror(errno));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) throw Error(ErrorKind::kIo, "cannot read config '" + path + "'");
-  return text.str();
+  // Regular files only (a FIFO would block, /dev/zero never end) and at most 16 MiB.
+  return io::ReadWholeFile(path, "config");
 }
 
 }  // namespace attn

@@ -9,6 +9,7 @@
 #include "attn/error.h"
 #include "attn/hf_config.h"
 #include "attn/megatron.h"
+#include "io/json_util.h"
 
 namespace attn {
 namespace {
@@ -37,23 +38,32 @@ class MegatronFields {
     throw Error(kind, source_ + ": " + message);
   }
 
+  // Integral floats (4096.0) are accepted; the range is checked before any cast (1e26 would
+  // be undefined behaviour to convert), and sizes and counts are capped (io::ConfigKeyLimit).
   int64_t Int(const char* key) const {
     if (!Has(key)) Fail(ErrorKind::kNotFound, "missing Megatron key '" + std::string(key) + "'");
     const json& value = object_.at(key);
-    if (value.is_number_integer()) return value.get<int64_t>();
-    if (value.is_number_float() && std::trunc(value.get<double>()) == value.get<double>()) {
-      return static_cast<int64_t>(value.get<double>());
+    int64_t result;
+    if (!io::JsonToInt64(value, &result)) {
+      Fail(ErrorKind::kInvalidArgument, "Megatron key '" + std::string(key) +
+                                            "' must be an integer in int64 range, got " +
+                                            io::JsonExcerpt(value));
     }
-    Fail(ErrorKind::kInvalidArgument,
-         "Megatron key '" + std::string(key) + "' must be an integer, got " + value.dump());
+    const int64_t limit = io::ConfigKeyLimit(key);
+    if (result > limit) {
+      Fail(ErrorKind::kInvalidArgument, "Megatron key '" + std::string(key) + "' (" +
+                                            std::to_string(result) + ") exceeds attn's limit of " +
+                                            std::to_string(limit));
+    }
+    return result;
   }
   int64_t Int(const char* key, int64_t fallback) const { return Has(key) ? Int(key) : fallback; }
   double Double(const char* key) const {
     if (!Has(key)) Fail(ErrorKind::kNotFound, "missing Megatron key '" + std::string(key) + "'");
     const json& value = object_.at(key);
     if (!value.is_number()) {
-      Fail(ErrorKind::kInvalidArgument,
-           "Megatron key '" + std::string(key) + "' must be a number, got " + value.dump());
+      Fail(ErrorKind::kInvalidArgument, "Megatron key '" + std::string(key) +
+                                            "' must be a number, got " + io::JsonExcerpt(value));
     }
     return value.get<double>();
   }
@@ -64,8 +74,8 @@ class MegatronFields {
     if (!Has(key)) return fallback;
     const json& value = object_.at(key);
     if (!value.is_boolean()) {
-      Fail(ErrorKind::kInvalidArgument,
-           "Megatron key '" + std::string(key) + "' must be a boolean, got " + value.dump());
+      Fail(ErrorKind::kInvalidArgument, "Megatron key '" + std::string(key) +
+                                            "' must be a boolean, got " + io::JsonExcerpt(value));
     }
     return value.get<bool>();
   }
@@ -73,8 +83,8 @@ class MegatronFields {
     if (!Has(key)) return fallback;
     const json& value = object_.at(key);
     if (!value.is_string()) {
-      Fail(ErrorKind::kInvalidArgument,
-           "Megatron key '" + std::string(key) + "' must be a string, got " + value.dump());
+      Fail(ErrorKind::kInvalidArgument, "Megatron key '" + std::string(key) +
+                                            "' must be a string, got " + io::JsonExcerpt(value));
     }
     return value.get<std::string>();
   }
@@ -141,8 +151,8 @@ void ParseMegatronGqa(const MegatronFields& f, ModelConfig& c) {
   if (type == "yarn") {
     c.rope.scaling = ParseYarn(f);
   } else if (type != "rope") {
-    f.Fail(ErrorKind::kUnsupported,
-           "position_embedding_type '" + type + "' is not supported (supported: rope, yarn)");
+    f.Fail(ErrorKind::kUnsupported, "position_embedding_type '" + io::TextExcerpt(type) +
+                                        "' is not supported (supported: rope, yarn)");
   } else if (f.Bool("use_rope_scaling", false)) {
     // Megatron's apply_rope_scaling is the llama3 rule with fixed low 1, high 4, L 8192.
     c.rope.scaling.type = RopeScalingType::kLlama3;
@@ -189,7 +199,7 @@ void ParseMegatronMla(const MegatronFields& f, ModelConfig& c) {
     c.rope.scaling = ParseYarn(f);
   } else if (type != "rope") {
     f.Fail(ErrorKind::kUnsupported,
-           "rope_type '" + type + "' is not supported (supported: rope, yarn)");
+           "rope_type '" + io::TextExcerpt(type) + "' is not supported (supported: rope, yarn)");
   }
 }
 
@@ -242,12 +252,7 @@ double RotaryPercent(const ModelConfig& c) {
 }  // namespace
 
 LoadedConfig ParseMegatronConfig(const std::string& json_text, const std::string& source) {
-  json root;
-  try {
-    root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
-    throw Error(ErrorKind::kInvalidArgument, source + ": malformed JSON: " + e.what());
-  }
+  const json root = io::ParseJson(json_text, source, ErrorKind::kInvalidArgument);
   if (!root.is_object()) {
     throw Error(ErrorKind::kInvalidArgument, source + ": top level must be a JSON object");
   }
@@ -281,7 +286,8 @@ LoadedConfig ParseMegatronConfig(const std::string& json_text, const std::string
 
 LoadedConfig LoadAnyConfig(const std::string& path) {
   const std::string text = ReadConfigFile(path);
-  json root = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  // Bounded like every other parse: a hostile file fails here with its path in the message.
+  const json root = io::ParseJson(text, path, ErrorKind::kInvalidArgument);
   if (root.is_object() && !root.contains("model_type") &&
       (root.contains("num_layers") || root.contains("multi_latent_attention") ||
        root.contains("num_query_groups") || root.contains("kv_channels"))) {

@@ -1,23 +1,24 @@
 #include "attn/safetensors.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <bit>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <span>
 #include <string>
+#include <string_view>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "attn/error.h"
+#include "io/files.h"
+#include "io/json_util.h"
+#include "io/safetensors_internal.h"
 
 namespace attn {
 
@@ -29,41 +30,21 @@ namespace {
 using Json = nlohmann::json;
 
 constexpr size_t kLengthPrefixSize = 8;
-// Real headers are kilobytes; a larger claim is a corrupt or hostile file, not a model.
-constexpr uint64_t kMaxHeaderSize = 100u * 1024u * 1024u;
 constexpr const char* kMetadataKey = "__metadata__";
-
-std::string ErrnoText() { return std::strerror(errno); }
 
 Error Corrupt(const std::string& path, const std::string& problem) {
   return Error(ErrorKind::kCorruptFile, path + ": " + problem);
 }
 
 Error CorruptTensor(const std::string& path, const std::string& name, const std::string& problem) {
-  return Corrupt(path, "tensor '" + name + "': " + problem);
+  return Corrupt(path, "tensor '" + io::TextExcerpt(name) + "': " + problem);
 }
-
-// Closes a file descriptor on scope exit; mmap keeps its own reference to the file.
-class FdCloser {
- public:
-  explicit FdCloser(int fd) : fd_(fd) {}
-  ~FdCloser() { ::close(fd_); }
-  FdCloser(const FdCloser&) = delete;
-  FdCloser& operator=(const FdCloser&) = delete;
-
- private:
-  int fd_;
-};
 
 // A JSON value for an error message, shortened so a hostile header cannot bloat the message.
-std::string Brief(const Json& value) {
-  constexpr size_t kMaxLength = 64;
-  std::string text = value.dump();
-  if (text.size() > kMaxLength) text = text.substr(0, kMaxLength) + "...";
-  return text;
-}
+std::string Brief(const Json& value) { return io::JsonExcerpt(value, 64); }
 
-// A JSON value as a non-negative integer that fits in int64, or false.
+// A JSON value as a non-negative integer that fits in int64, or false. The official reader
+// deserialises shapes and offsets as usize, so floats (even 2.0) and negatives are invalid.
 bool AsNonNegativeInt(const Json& value, int64_t* out) {
   if (value.is_number_unsigned()) {
     const uint64_t raw = value.get<uint64_t>();
@@ -78,84 +59,51 @@ bool AsNonNegativeInt(const Json& value, int64_t* out) {
   return false;
 }
 
-struct Mapping {
-  void* address;
-  size_t size;
+// Every dtype name the official format defines (safetensors 0.8 Dtype), with its size in bits.
+// A file may hold any of them; attn reads those DTypeFromName knows and refuses the rest only
+// after the file has been validated, as Error(kUnsupported).
+struct FormatDType {
+  const char* name;
+  uint64_t bits;
+};
+constexpr FormatDType kFormatDTypes[] = {
+    {"BOOL", 8},        {"F4", 4},      {"F6_E2M3", 6}, {"F6_E3M2", 6}, {"U8", 8},
+    {"I8", 8},          {"F8_E5M2", 8}, {"F8_E4M3", 8}, {"F8_E8M0", 8}, {"F8_E4M3FNUZ", 8},
+    {"F8_E5M2FNUZ", 8}, {"I16", 16},    {"U16", 16},    {"F16", 16},    {"BF16", 16},
+    {"I32", 32},        {"U32", 32},    {"F32", 32},    {"C64", 64},    {"F64", 64},
+    {"I64", 64},        {"U64", 64},
 };
 
-// Maps the whole file read-only. Files shorter than the length prefix are rejected first, which
-// also keeps mmap from seeing a zero length (which it refuses with EINVAL).
-Mapping MapReadOnly(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(ErrorKind::kIo, "cannot open " + path + ": " + ErrnoText());
-  FdCloser closer(fd);
-  struct stat info;
-  if (::fstat(fd, &info) != 0) {
-    throw Error(ErrorKind::kIo, "cannot stat " + path + ": " + ErrnoText());
+const FormatDType* FindFormatDType(const std::string& name) {
+  for (const FormatDType& entry : kFormatDTypes) {
+    if (name == entry.name) return &entry;
   }
-  if (!S_ISREG(info.st_mode)) {
-    throw Error(ErrorKind::kIo, "cannot open " + path + ": not a regular file");
-  }
-  const size_t file_size = static_cast<size_t>(info.st_size);
-  if (file_size < kLengthPrefixSize) {
-    throw Corrupt(path, "file is " + std::to_string(file_size) +
-                            " bytes, shorter than the 8-byte header length");
-  }
-  void* address = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
-  if (address == MAP_FAILED) {
-    throw Error(ErrorKind::kIo, "cannot mmap " + path + ": " + ErrnoText());
-  }
-  return {address, file_size};
-}
-
-// The little-endian length prefix, checked against the file size and the sanity cap.
-size_t ReadHeaderSize(const std::string& path, const std::byte* bytes, size_t file_size) {
-  uint64_t header_size;
-  std::memcpy(&header_size, bytes, sizeof(header_size));
-  if (header_size > file_size - kLengthPrefixSize) {
-    throw Corrupt(path, "header length " + std::to_string(header_size) +
-                            " runs past the end of the " + std::to_string(file_size) +
-                            "-byte file");
-  }
-  if (header_size > kMaxHeaderSize) {
-    throw Corrupt(path,
-                  "header length " + std::to_string(header_size) + " exceeds the 100 MB limit");
-  }
-  return static_cast<size_t>(header_size);
-}
-
-Json ParseHeader(const std::string& path, const char* begin, size_t size) {
-  Json header;
-  try {
-    header = Json::parse(begin, begin + size);
-  } catch (const Json::exception& e) {
-    throw Corrupt(path, std::string("header is not valid JSON: ") + e.what());
-  }
-  if (!header.is_object()) throw Corrupt(path, "header is not a JSON object");
-  return header;
+  return nullptr;
 }
 
 std::map<std::string, std::string> ParseMetadata(const std::string& path, const Json& value) {
+  // The official reader reads __metadata__ as Option<HashMap<String, String>>: null is none.
+  if (value.is_null()) return {};
   if (!value.is_object()) throw Corrupt(path, "__metadata__ is not an object");
   std::map<std::string, std::string> metadata;
   for (const auto& [key, item] : value.items()) {
     if (!item.is_string()) {
-      throw Corrupt(path, "__metadata__ key '" + key + "' has a non-string value");
+      throw Corrupt(path, "__metadata__ key '" + io::TextExcerpt(key) + "' has a non-string value");
     }
     metadata[key] = item.get<std::string>();
   }
   return metadata;
 }
 
-DType ParseDType(const std::string& path, const std::string& name, const Json& entry) {
+const FormatDType& ParseDType(const std::string& path, const std::string& name, const Json& entry) {
   const auto it = entry.find("dtype");
   if (it == entry.end()) throw CorruptTensor(path, name, "missing dtype");
   if (!it->is_string()) throw CorruptTensor(path, name, "dtype is not a string");
-  try {
-    return DTypeFromName(it->get<std::string>());
-  } catch (const Error& e) {
-    throw CorruptTensor(path, name, e.what());
+  const FormatDType* dtype = FindFormatDType(it->get<std::string>());
+  if (dtype == nullptr) {
+    throw CorruptTensor(path, name, "dtype " + Brief(*it) + " is not a safetensors dtype");
   }
+  return *dtype;
 }
 
 Shape ParseShape(const std::string& path, const std::string& name, const Json& entry) {
@@ -163,6 +111,7 @@ Shape ParseShape(const std::string& path, const std::string& name, const Json& e
   if (it == entry.end()) throw CorruptTensor(path, name, "missing shape");
   if (!it->is_array()) throw CorruptTensor(path, name, "shape is not an array");
   Shape shape;
+  shape.reserve(it->size());
   for (const Json& extent : *it) {
     int64_t value;
     if (!AsNonNegativeInt(extent, &value)) {
@@ -174,17 +123,22 @@ Shape ParseShape(const std::string& path, const std::string& name, const Json& e
   return shape;
 }
 
-// Byte size of `shape` x `dtype`, throwing when the product overflows.
+// Byte size of `shape` x `bits`-wide elements, throwing when the product overflows or a
+// sub-byte dtype does not fill whole bytes (the official reader refuses both).
 size_t CheckedByteSize(const std::string& path, const std::string& name, const Shape& shape,
-                       DType dtype) {
-  uint64_t bytes = DTypeSize(dtype);
+                       uint64_t bits) {
+  uint64_t total_bits = bits;
   for (int64_t extent : shape) {
-    if (__builtin_mul_overflow(bytes, static_cast<uint64_t>(extent), &bytes)) {
+    if (__builtin_mul_overflow(total_bits, static_cast<uint64_t>(extent), &total_bits)) {
       throw CorruptTensor(path, name, "shape " + ShapeToString(shape) + " overflows");
     }
   }
-  // Capping bytes at int64 also caps the element count (every dtype is at least one byte), so
-  // NumElements(shape) cannot throw later when a reader converts the tensor.
+  if (total_bits % 8 != 0) {
+    throw CorruptTensor(path, name, "shape " + ShapeToString(shape) + " does not fill whole bytes");
+  }
+  const uint64_t bytes = total_bits / 8;
+  // Capping bytes at int64 also caps the element count (every dtype attn reads is at least one
+  // byte), so NumElements(shape) cannot throw later when a reader converts the tensor.
   if (bytes > static_cast<uint64_t>(INT64_MAX)) {
     throw CorruptTensor(path, name, "shape " + ShapeToString(shape) + " overflows");
   }
@@ -211,22 +165,21 @@ Offsets ParseOffsets(const std::string& path, const std::string& name, const Jso
   return {static_cast<uint64_t>(begin), static_cast<uint64_t>(end)};
 }
 
-void CheckKnownKeys(const std::string& path, const std::string& name, const Json& entry) {
-  for (const auto& [key, value] : entry.items()) {
-    if (key != "dtype" && key != "shape" && key != "data_offsets") {
-      throw CorruptTensor(path, name, "unexpected key '" + key + "'");
-    }
-  }
-}
+struct ParsedTensor {
+  TensorView view;
+  const FormatDType* format_dtype;
+  Offsets offsets;
+};
 
-TensorView ParseTensor(const std::string& path, const std::string& name, const Json& entry,
-                       const std::byte* data, size_t data_size) {
+// Keys other than dtype, shape and data_offsets are ignored, as by the official reader (serde
+// ignores unknown fields); a repeated key is refused by the parser before this.
+ParsedTensor ParseTensor(const std::string& path, const std::string& name, const Json& entry,
+                         uint64_t data_size) {
   if (!entry.is_object()) throw CorruptTensor(path, name, "entry is not an object");
-  CheckKnownKeys(path, name, entry);
-  const DType dtype = ParseDType(path, name, entry);
+  const FormatDType& dtype = ParseDType(path, name, entry);
   Shape shape = ParseShape(path, name, entry);
   const Offsets offsets = ParseOffsets(path, name, entry);
-  const size_t nbytes = CheckedByteSize(path, name, shape, dtype);
+  const size_t nbytes = CheckedByteSize(path, name, shape, dtype.bits);
   if (offsets.end > data_size) {
     throw CorruptTensor(path, name,
                         "data_offsets end " + std::to_string(offsets.end) +
@@ -236,25 +189,46 @@ TensorView ParseTensor(const std::string& path, const std::string& name, const J
   if (offsets.end - offsets.begin != nbytes) {
     throw CorruptTensor(path, name,
                         "data_offsets span " + std::to_string(offsets.end - offsets.begin) +
-                            " bytes but shape " + ShapeToString(shape) + " of " + DTypeName(dtype) +
+                            " bytes but shape " + ShapeToString(shape) + " of " + dtype.name +
                             " needs " + std::to_string(nbytes));
   }
-  return TensorView{name, dtype, std::move(shape), data + offsets.begin, nbytes};
+  // The attn DType is filled in once the whole file is known to be valid.
+  return ParsedTensor{TensorView{name, DType::kU8, std::move(shape), offsets.begin, nbytes}, &dtype,
+                      offsets};
 }
 
-// Two tensors sharing bytes would alias; a writer never produces that, so the file is corrupt.
-void CheckNoOverlap(const std::string& path, const std::map<std::string, TensorView>& tensors) {
-  std::vector<const TensorView*> views;
-  for (const auto& [name, view] : tensors) {
-    if (view.nbytes > 0) views.push_back(&view);
-  }
-  std::sort(views.begin(), views.end(),
-            [](const TensorView* a, const TensorView* b) { return a->data < b->data; });
-  for (size_t i = 1; i < views.size(); ++i) {
-    if (views[i]->data < views[i - 1]->data + views[i - 1]->nbytes) {
-      throw Corrupt(path,
-                    "tensors '" + views[i - 1]->name + "' and '" + views[i]->name + "' overlap");
+// The official reader's rule (safetensors Metadata::validate): sorted by data_offsets, each
+// tensor starts where the previous one ended, the first at 0, and the last ends exactly at the
+// end of the file. So no gaps, no overlaps, and no bytes after the last tensor.
+void CheckTiling(const std::string& path, const std::map<std::string, ParsedTensor>& tensors,
+                 uint64_t data_size) {
+  std::vector<const ParsedTensor*> sorted;
+  sorted.reserve(tensors.size());
+  for (const auto& [name, tensor] : tensors) sorted.push_back(&tensor);
+  std::sort(sorted.begin(), sorted.end(), [](const ParsedTensor* a, const ParsedTensor* b) {
+    return std::tie(a->offsets.begin, a->offsets.end) < std::tie(b->offsets.begin, b->offsets.end);
+  });
+  uint64_t expected = 0;
+  const ParsedTensor* previous = nullptr;
+  for (const ParsedTensor* tensor : sorted) {
+    if (tensor->offsets.begin != expected) {
+      const std::string relation =
+          tensor->offsets.begin < expected ? "overlaps" : "leaves a gap after";
+      throw CorruptTensor(
+          path, tensor->view.name,
+          "data_offsets [" + std::to_string(tensor->offsets.begin) + ", " +
+              std::to_string(tensor->offsets.end) + ") " + relation +
+              (previous != nullptr ? " tensor '" + io::TextExcerpt(previous->view.name) + "'"
+                                   : std::string(" the start of the data region")) +
+              " (tensors must tile the data region, which starts at 0)");
     }
+    expected = tensor->offsets.end;
+    previous = tensor;
+  }
+  if (expected != data_size) {
+    throw Corrupt(path, "the data region holds " + std::to_string(data_size) +
+                            " bytes but the tensors cover " + std::to_string(expected) +
+                            " (trailing bytes after the last tensor)");
   }
 }
 
@@ -277,19 +251,19 @@ T LoadElement(const std::byte* data, size_t index) {
 }
 
 // Element `index` of a floating-point view, widened to double.
-double LoadFloat(const TensorView& view, size_t index) {
-  switch (view.dtype) {
+double LoadFloat(DType dtype, const std::byte* data, size_t index) {
+  switch (dtype) {
     case DType::kF32:
-      return LoadElement<float>(view.data, index);
+      return LoadElement<float>(data, index);
     case DType::kF16:
-      return F16ToF32(LoadElement<uint16_t>(view.data, index));
+      return F16ToF32(LoadElement<uint16_t>(data, index));
     case DType::kBF16:
-      return BF16ToF32(LoadElement<uint16_t>(view.data, index));
+      return BF16ToF32(LoadElement<uint16_t>(data, index));
     case DType::kF64:
-      return LoadElement<double>(view.data, index);
+      return LoadElement<double>(data, index);
     default:
       throw Error(ErrorKind::kInvalidArgument,
-                  std::string("LoadFloat on non-float dtype ") + DTypeName(view.dtype));
+                  std::string("LoadFloat on non-float dtype ") + DTypeName(dtype));
   }
 }
 
@@ -314,59 +288,6 @@ int64_t IntegralOrThrow(const std::string& path, const TensorView& view, size_t 
                     " at element " + std::to_string(index) + ", which is not an int64 integer");
   }
   return static_cast<int64_t>(value);
-}
-
-// Writes all of `size` bytes, retrying on partial writes and EINTR.
-bool WriteAll(int fd, const void* data, size_t size) {
-  const char* cursor = static_cast<const char*>(data);
-  while (size > 0) {
-    const ssize_t written = ::write(fd, cursor, size);
-    if (written < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    cursor += written;
-    size -= static_cast<size_t>(written);
-  }
-  return true;
-}
-
-// Removes the temporary file unless released; keeps every failure path in Write() clean.
-class TempFileGuard {
- public:
-  explicit TempFileGuard(std::string path) : path_(std::move(path)) {}
-  ~TempFileGuard() {
-    if (!path_.empty()) ::unlink(path_.c_str());
-  }
-  TempFileGuard(const TempFileGuard&) = delete;
-  TempFileGuard& operator=(const TempFileGuard&) = delete;
-  void Release() { path_.clear(); }
-
- private:
-  std::string path_;
-};
-
-// Writes `chunks` to a temporary file beside `path`, then renames it over `path`.
-void WriteAtomically(const std::string& path,
-                     const std::vector<std::span<const std::byte>>& chunks) {
-  const std::string temp_path = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw Error(ErrorKind::kIo, "cannot write " + path + ": " + ErrnoText());
-  TempFileGuard guard(temp_path);
-  bool ok = true;
-  for (size_t i = 0; ok && i < chunks.size(); ++i) {
-    ok = WriteAll(fd, chunks[i].data(), chunks[i].size());
-  }
-  // fsync before rename so a crash cannot leave a renamed but empty file.
-  ok = ok && ::fsync(fd) == 0;
-  const int saved_errno = errno;
-  const bool closed = ::close(fd) == 0;
-  if (!ok) errno = saved_errno;
-  if (!ok || !closed) throw Error(ErrorKind::kIo, "cannot write " + path + ": " + ErrnoText());
-  if (::rename(temp_path.c_str(), path.c_str()) != 0) {
-    throw Error(ErrorKind::kIo, "cannot rename " + temp_path + " to " + path + ": " + ErrnoText());
-  }
-  guard.Release();
 }
 
 void CheckNewTensorName(const std::string& name, bool already_added) {
@@ -398,53 +319,114 @@ std::vector<std::byte> EncodeFloats(std::span<const float> values, DType dtype) 
 
 }  // namespace
 
+namespace io {
+
+size_t SafetensorsHeaderLength(const std::string& path, const std::byte* prefix,
+                               uint64_t file_size) {
+  if (file_size < kLengthPrefixSize) {
+    throw Corrupt(path, "file is " + std::to_string(file_size) +
+                            " bytes, shorter than the 8-byte header length");
+  }
+  uint64_t header_size;
+  std::memcpy(&header_size, prefix, sizeof(header_size));
+  if (header_size > kMaxSafetensorsHeaderBytes) {
+    throw Corrupt(path, "header length " + std::to_string(header_size) +
+                            " exceeds the 100 MB limit (" +
+                            std::to_string(kMaxSafetensorsHeaderBytes) + " bytes)");
+  }
+  if (header_size > file_size - kLengthPrefixSize) {
+    throw Corrupt(path, "header length " + std::to_string(header_size) +
+                            " runs past the end of the " + std::to_string(file_size) +
+                            "-byte file");
+  }
+  return static_cast<size_t>(header_size);
+}
+
+ParsedSafetensors ParseSafetensorsHeader(const std::string& path, std::string_view header,
+                                         uint64_t data_size) {
+  // nlohmann skips a UTF-8 byte order mark; the official reader (serde_json) does not.
+  if (header.starts_with("\xEF\xBB\xBF"))
+    throw Corrupt(path, "header starts with a byte order mark");
+  JsonLimits limits;
+  limits.reject_duplicate_keys = true;
+  limits.max_top_level_keys = kMaxSafetensorsTensors + 1;  // + __metadata__
+  limits.max_array_length = kMaxSafetensorsRank;
+  limits.max_array_elements_total = kMaxSafetensorsArrayElements;
+  const Json root = ParseJson(header, path + ": header", ErrorKind::kCorruptFile, limits);
+  if (!root.is_object()) throw Corrupt(path, "header is not a JSON object");
+
+  ParsedSafetensors parsed;
+  std::map<std::string, ParsedTensor> tensors;
+  for (const auto& [name, entry] : root.items()) {
+    if (name == kMetadataKey) {
+      parsed.metadata = ParseMetadata(path, entry);
+    } else {
+      tensors.emplace(name, ParseTensor(path, name, entry, data_size));
+    }
+  }
+  CheckTiling(path, tensors, data_size);
+  // The file is valid safetensors; now, whether attn can read every dtype in it.
+  for (auto& [name, tensor] : tensors) {
+    try {
+      tensor.view.dtype = DTypeFromName(tensor.format_dtype->name);
+    } catch (const Error& e) {
+      throw Error(ErrorKind::kUnsupported,
+                  path + ": tensor '" + io::TextExcerpt(name) + "': " + e.what());
+    }
+    parsed.tensors.emplace(name, std::move(tensor.view));
+  }
+  return parsed;
+}
+
+ParsedSafetensors ParseSafetensorsImage(const std::string& label,
+                                        std::span<const std::byte> image) {
+  std::byte prefix[kLengthPrefixSize] = {};
+  std::memcpy(prefix, image.data(), std::min(image.size(), kLengthPrefixSize));
+  const size_t header_size = SafetensorsHeaderLength(label, prefix, image.size());
+  const std::string_view header(reinterpret_cast<const char*>(image.data()) + kLengthPrefixSize,
+                                header_size);
+  return ParseSafetensorsHeader(label, header, image.size() - kLengthPrefixSize - header_size);
+}
+
+}  // namespace io
+
 SafetensorsFile SafetensorsFile::Open(const std::string& path) {
   SafetensorsFile file;
   file.path_ = path;
-  const Mapping mapping = MapReadOnly(path);
-  // From here the destructor unmaps, including when validation below throws.
-  file.mapping_ = mapping.address;
-  file.mapping_size_ = mapping.size;
-
-  const auto* bytes = static_cast<const std::byte*>(mapping.address);
-  const size_t header_size = ReadHeaderSize(path, bytes, mapping.size);
-  const Json header =
-      ParseHeader(path, reinterpret_cast<const char*>(bytes + kLengthPrefixSize), header_size);
-  const std::byte* data = bytes + kLengthPrefixSize + header_size;
-  const size_t data_size = mapping.size - kLengthPrefixSize - header_size;
-  for (const auto& [name, entry] : header.items()) {
-    if (name == kMetadataKey) {
-      file.metadata_ = ParseMetadata(path, entry);
-    } else {
-      file.tensors_.emplace(name, ParseTensor(path, name, entry, data, data_size));
-    }
+  io::RegularFile opened = io::OpenRegularFile(path, "safetensors file");
+  std::byte prefix[kLengthPrefixSize] = {};
+  if (opened.size >= kLengthPrefixSize) {
+    io::ReadExactlyAt(opened.fd.get(), path, 0, prefix, kLengthPrefixSize);
   }
-  CheckNoOverlap(path, file.tensors_);
+  const size_t header_size = io::SafetensorsHeaderLength(path, prefix, opened.size);
+  std::string header(header_size, '\0');
+  io::ReadExactlyAt(opened.fd.get(), path, kLengthPrefixSize, header.data(), header_size);
+  const uint64_t data_start = kLengthPrefixSize + header_size;
+  io::ParsedSafetensors parsed = io::ParseSafetensorsHeader(path, header, opened.size - data_start);
+  for (auto& [name, view] : parsed.tensors) view.offset += data_start;
+  file.tensors_ = std::move(parsed.tensors);
+  file.metadata_ = std::move(parsed.metadata);
+  file.size_ = opened.size;
+  // The descriptor stays open: tensors are read with pread when asked for (ReadBytes).
+  file.fd_.fd_ = opened.fd.release();
   return file;
 }
 
-SafetensorsFile::SafetensorsFile(SafetensorsFile&& other) noexcept
-    : path_(std::move(other.path_)),
-      mapping_(std::exchange(other.mapping_, nullptr)),
-      mapping_size_(std::exchange(other.mapping_size_, 0)),
-      tensors_(std::move(other.tensors_)),
-      metadata_(std::move(other.metadata_)) {}
-
-SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& other) noexcept {
+SafetensorsFile::Fd& SafetensorsFile::Fd::operator=(Fd&& other) noexcept {
   if (this != &other) {
-    if (mapping_ != nullptr) ::munmap(mapping_, mapping_size_);
-    path_ = std::move(other.path_);
-    mapping_ = std::exchange(other.mapping_, nullptr);
-    mapping_size_ = std::exchange(other.mapping_size_, 0);
-    tensors_ = std::move(other.tensors_);
-    metadata_ = std::move(other.metadata_);
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = std::exchange(other.fd_, -1);
   }
   return *this;
 }
 
-SafetensorsFile::~SafetensorsFile() {
-  if (mapping_ != nullptr) ::munmap(mapping_, mapping_size_);
+SafetensorsFile::Fd::~Fd() {
+  if (fd_ >= 0) ::close(fd_);
 }
+
+SafetensorsFile::SafetensorsFile(SafetensorsFile&& other) noexcept = default;
+SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& other) noexcept = default;
+SafetensorsFile::~SafetensorsFile() = default;
 
 bool SafetensorsFile::Contains(const std::string& name) const { return tensors_.contains(name); }
 
@@ -463,15 +445,31 @@ std::vector<std::string> SafetensorsFile::Names() const {
   return names;
 }
 
+void SafetensorsFile::ReadInto(const TensorView& view, void* destination) const {
+  // pread, not a memory map: a file truncated by another process after Open gives a short read
+  // and Error(kCorruptFile), where a mapping would deliver SIGBUS.
+  io::ReadExactlyAt(fd_.get(), path_, view.offset, destination, view.nbytes);
+}
+
+std::vector<std::byte> SafetensorsFile::ReadBytes(const std::string& name) const {
+  const TensorView& view = Get(name);
+  std::vector<std::byte> bytes(view.nbytes);
+  ReadInto(view, bytes.data());
+  return bytes;
+}
+
 Tensor SafetensorsFile::ReadF32(const std::string& name) const {
   const TensorView& view = Get(name);
   if (!IsFloatDType(view.dtype)) throw WrongDType(path_, view, "F32, F16, BF16 or F64");
   const size_t count = static_cast<size_t>(NumElements(view.shape));
   std::vector<float> values(count);
   if (view.dtype == DType::kF32) {
-    CopyBytes(values.data(), view.data, view.nbytes);
+    ReadInto(view, values.data());
   } else {
-    for (size_t i = 0; i < count; ++i) values[i] = static_cast<float>(LoadFloat(view, i));
+    const std::vector<std::byte> bytes = ReadBytes(name);
+    for (size_t i = 0; i < count; ++i) {
+      values[i] = static_cast<float>(LoadFloat(view.dtype, bytes.data(), i));
+    }
   }
   return Tensor(view.shape, std::move(values));
 }
@@ -480,25 +478,31 @@ std::vector<int64_t> SafetensorsFile::ReadI64(const std::string& name, Shape* sh
   const TensorView& view = Get(name);
   const size_t count = static_cast<size_t>(NumElements(view.shape));
   std::vector<int64_t> values(count);
+  if (view.dtype == DType::kI64) {
+    ReadInto(view, values.data());
+    if (shape != nullptr) *shape = view.shape;
+    return values;
+  }
+  const std::vector<std::byte> bytes = ReadBytes(name);
+  const std::byte* data = bytes.data();
   switch (view.dtype) {
     case DType::kI64:
-      CopyBytes(values.data(), view.data, view.nbytes);
       break;
     case DType::kI32:
-      for (size_t i = 0; i < count; ++i) values[i] = LoadElement<int32_t>(view.data, i);
+      for (size_t i = 0; i < count; ++i) values[i] = LoadElement<int32_t>(data, i);
       break;
     case DType::kU8:
-      for (size_t i = 0; i < count; ++i) values[i] = LoadElement<uint8_t>(view.data, i);
+      for (size_t i = 0; i < count; ++i) values[i] = LoadElement<uint8_t>(data, i);
       break;
     case DType::kBool:
-      for (size_t i = 0; i < count; ++i) values[i] = LoadElement<uint8_t>(view.data, i) != 0;
+      for (size_t i = 0; i < count; ++i) values[i] = LoadElement<uint8_t>(data, i) != 0;
       break;
     case DType::kF32:
     case DType::kF16:
     case DType::kBF16:
     case DType::kF64:
       for (size_t i = 0; i < count; ++i) {
-        values[i] = IntegralOrThrow(path_, view, i, LoadFloat(view, i));
+        values[i] = IntegralOrThrow(path_, view, i, LoadFloat(view.dtype, data, i));
       }
       break;
   }
@@ -562,7 +566,7 @@ void SafetensorsWriter::Write(const std::string& path) const {
   chunks.push_back(std::as_bytes(std::span(&header_size, 1)));
   chunks.push_back(std::as_bytes(std::span(header_text)));
   for (const auto& [name, entry] : entries_) chunks.push_back(entry.bytes);
-  WriteAtomically(path, chunks);
+  io::AtomicWriteFile(path, chunks);
 }
 
 }  // namespace attn
