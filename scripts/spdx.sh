@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every source file of attn carries an SPDX license line (Apache-2.0, see LICENSE) in its first
-# lines. `scripts/spdx.sh` lists the tracked files that lack it and fails; `scripts/spdx.sh --fix`
+# lines. `scripts/spdx.sh` lists the source files that lack it and fails; `scripts/spdx.sh --fix`
 # adds it (after a shebang line, in the file's own comment syntax).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,5 +24,6 @@ while IFS= read -r file; do
     echo "no SPDX line: $file"
     missing=1
   fi
-done < <(git ls-files --cached --others --exclude-standard)
+done < <(find src include python tests bench scripts cmake .ci CMakeLists.txt pyproject.toml \
+           -type f -not -path 'tests/fuzz/corpus/*' | sort)
 exit "$missing"

@@ -53,7 +53,11 @@ def _import_attn():
         sys.path.insert(0, os.environ["ATTN_PYTHON_PATH"])
     try:
         import attn
-        if REQUIRE_INSTALLED and Path(attn.__file__).resolve().is_relative_to(REPO):
+        # Installed means: from the running interpreter's own prefix (a venv may well live
+        # inside the checkout, e.g. build-venv/), not from a build tree of the checkout.
+        where = Path(attn.__file__).resolve()
+        if (REQUIRE_INSTALLED and where.is_relative_to(REPO)
+                and not where.is_relative_to(Path(sys.prefix).resolve())):
             return None, (f"ATTN_REQUIRE_INSTALLED=1 but attn was imported from this checkout: "
                           f"{attn.__file__}")
         return attn, None
