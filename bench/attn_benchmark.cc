@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Google Benchmark suite over the cases of issue 3's performance table, through the same
 // KernelCase buffers and counting formulas as `attn bench kernel`. Each case runs at 1 thread
 // and at every thread of the machine; counters report GFLOP/s and unique K/V GB/s.

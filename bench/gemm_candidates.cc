@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The GEMM candidates for attn's projections, y[M, N] = x[M, K] · Wᵀ with W stored [N, K]
 // (PyTorch/safetensors layout): oneDNN matmul (what attn uses for M > 4), OpenBLAS sgemm,
 // Eigen, attn's small-batch dot-product kernel (what attn uses for M <= 4) and the reference

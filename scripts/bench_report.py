@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Runs every measurement behind docs/performance.md and prints its tables.
 
     scripts/bench_report.py --attn build/attn [--out-dir docs/bench] [--repeat 5]

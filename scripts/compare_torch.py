@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """attn vs PyTorch on the same attention shapes, side by side.
 
 For each case this runs `attn bench kernel ... --json` and then the same shape through PyTorch

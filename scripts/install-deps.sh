@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Installs everything attn needs on Debian 12, as root: the C++ toolchain and libraries from
 # Debian (oneDNN for the linear layers, GoogleTest, Google Benchmark, nlohmann-json, pybind11),
 # PyTorch (Debian's python3-torch, CPU) and pytest for the oracle tests, matplotlib for the

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # scripts/make-venv.sh VENV: a virtual environment of Debian's /usr/bin/python3 holding exactly
 # the packages pinned in python/requirements-pip-check.txt (scikit-build-core, pybind11,
 # NumPy 2, pytest), for scripts/pip-install-check.sh. Creates VENV when it is missing or

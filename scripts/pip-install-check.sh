@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # scripts/pip-install-check.sh VENV: installs the attn package into VENV the way a user would
 # (`pip install .`, through pyproject.toml and scikit-build-core over the top-level CMake
 # build) and runs the module tests that need NumPy alone against the installed copy, with

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Roofline plot of `attn bench kernel --json` results against this machine's measured roofs.
 
     scripts/roofline_plot.py --cases cases.jsonl --peak peak.json [--out docs/roofline.png]

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Every source file of attn carries an SPDX license line (Apache-2.0, see LICENSE) in its first
 # lines. `scripts/spdx.sh` lists the source files that lack it and fails; `scripts/spdx.sh --fix`
 # adds it (after a shebang line, in the file's own comment syntax).

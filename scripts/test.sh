@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Every test: install dependencies, build, run the GoogleTest suite and the PyTorch oracle suite
 # (ctest), check license lines, install the C++ package and build an outside project against it,
 # pip-install the Python package into a NumPy 2 venv and test it there, then rebuild the unit

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // What one attention layer is, independent of where its numbers came from.
 // ModelConfig holds every value that changes attention math for a model; everything else
 // in a checkpoint's config.json (vocabulary, MLP, MoE, dtype) is ignored by the parser.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Element types attn reads and writes, and the scalar conversions between them.
 // Compute is always fp32; f16/bf16 exist for storage (files, KV caches).
 #ifndef ATTN_DTYPE_H_

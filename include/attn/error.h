@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Errors raised by attn. Every failure caused by the caller's input (shapes, config values,
 // files) is an attn::Error whose message names the offending thing; the CLI maps them to exit
 // code 2. Anything else escaping the library is a bug.

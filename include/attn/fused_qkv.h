@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The fused query/key/value layout shared by Megatron-Core's `linear_qkv` and Hugging Face
 // Falcon's `query_key_value`: output rows grouped per kv group g = 0 … G-1, each group holding
 // its H/G query heads, then kv head g's key, then its value (d rows per head):

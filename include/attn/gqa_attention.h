@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // MHA (G = H), GQA (1 < G < H) and MQA (G = 1): one layer parameterised by G (docs/semantics.md
 // §1).
 #ifndef ATTN_GQA_ATTENTION_H_

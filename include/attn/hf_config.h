@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Hugging Face config.json -> ModelConfig for llama, mistral, qwen2, falcon, deepseek_v2,
 // deepseek_v3 and kimi_k2 (DeepSeek-V3's architecture).
 // Keys that do not concern attention are ignored. A model_type outside that list, or a value

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // One attention layer's tensors under Hugging Face names: "model.layers.{i}.self_attn." +
 // the short names of layer_weights.h (Falcon: "transformer.h.{i}.self_attention." + its fused
 // query_key_value and dense).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The operator interface between layers and kernels. Every mechanism — MHA, GQA, MQA, naive
 // MLA (G = H, Dk = dn+dr, Dv = dv) and absorbed MLA (G = 1, Dk = rk+dr, Dv = rk, values aliasing
 // keys) — reaches attention through Attend(); layers differ only in how they build queries,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // KV caches. Two layouts, one per thing a layer stores:
 //   KVCache        per-head K and V, head-major [G][capacity][d] per sequence, so one kv head's
 //                  rows stream contiguously for the H/G query heads that share them.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The interface every attention layer implements, and the inputs of one call.
 // A call appends its tokens to a cache and attends over everything the cache holds, so
 // prefill (S tokens), chunked prefill and decode (S = 1) are the same call.

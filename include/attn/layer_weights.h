@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The tensors an attention layer needs, by the short names checkpoints use under
 // "model.layers.{i}.self_attn." (q_proj.weight, kv_b_proj.weight, …), and turning a set of
 // them into a layer. File formats and name prefixes live in io/ (hf_weights.h).

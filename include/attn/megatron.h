@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Megatron-Core names for one attention layer (docs/semantics.md §5):
 // its config/argument names and its tensor names, both ways, and format detection.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // DeepSeek-V2/V3 (and Kimi-K2) multi-head latent attention (docs/semantics.md §3).
 #ifndef ATTN_MLA_ATTENTION_H_
 #define ATTN_MLA_ATTENTION_H_

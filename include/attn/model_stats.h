@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The numbers behind a model's attention: parameters, KV-cache sizes in every form the model
 // can run in, FLOPs per token and decode arithmetic intensity, each next to an MHA with the
 // same hidden size and heads. `attn info` prints them; the tests pin them for real models.

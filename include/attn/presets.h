@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Built-in configurations of real models (docs/semantics.md §6), so
 // that `attn info --preset deepseek-v3` needs no file. Each preset is the attention-relevant
 // subset of the model's public config.json, parsed by the same ParseHfConfig as a file would be.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Rotary position embedding (docs/semantics.md §2): scaled inverse frequencies, the YaRN attention
 // factor on cos/sin, and rotation with either pairing.
 #ifndef ATTN_ROPE_H_

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Reading and writing the safetensors format (https://huggingface.co/docs/safetensors):
 //   [u64 little-endian N][N bytes of JSON header][data region]
 // The header maps each tensor name to {dtype, shape, data_offsets: [begin, end)} relative to

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The softmax scale and RoPE attention factor a config implies, and the known ways frameworks
 // have got them wrong (docs/semantics.md §3, §7): for each pitfall,
 // whether this config would trigger it and the number a framework falling into it would use.

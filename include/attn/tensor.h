@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Tensor: an owning, row-major fp32 array with a shape. Move-only: copying megabytes of
 // activations should be visible in the code, so it is spelled Copy().
 #ifndef ATTN_TENSOR_H_

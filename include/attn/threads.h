@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The worker threads kernels run on. One process-wide pool, sized to the machine's cores by
 // default (ATTN_NUM_THREADS or SetNumThreads() override). Work is split into tasks that the
 // calling thread and the workers take from a shared counter.

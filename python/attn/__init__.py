@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """attn: LLM attention (MHA/GQA/MQA, DeepSeek MLA) exactly as checkpoints define it.
 
 Layers, KV caches and kernels on NumPy arrays and PyTorch CPU tensors, without copying inputs

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Type stubs for the attn package (the extension attn._attn, re-exported). See docs/python.md."""
 
 import os

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Arrays crossing the Python boundary. Inputs (NumPy arrays through __array_interface__, PyTorch
 // CPU tensors and other producers through DLPack, anything else through numpy.asarray) become
 // an ArrayView of the caller's memory: no copy. A copy is made only where a consumer needs a

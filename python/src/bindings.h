@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The pieces of the `attn._attn` extension module, each adding its names to the module.
 #ifndef ATTN_PYTHON_BINDINGS_H_
 #define ATTN_PYTHON_BINDINGS_H_

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The DLPack C ABI (https://dmlc.github.io/dlpack/latest/c_api.html), declared here because
 // Debian ships no header for it. Only what a consumer of `obj.__dlpack__()` reads: the
 // unversioned DLManagedTensor that PyTorch 1.x and NumPy hand out in a "dltensor" capsule.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // attn.info and attn.presets: the numbers of `attn info --json` (attn/model_stats.h) and the
 // built-in configs (attn/presets.h). Key names follow the CLI's JSON; the CLI's presentation
 // fields (description, decode_bound, peak) are not part of the library and are left out.

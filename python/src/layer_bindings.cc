@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // attn.Attention and attn.Cache: one checkpoint layer and its KV cache, thin over
 // attn::AttentionLayer. Hidden states are copied once into an attn::Tensor (the layer API takes
 // an owning fp32 Tensor); positions and padding flags are read in place when they already are

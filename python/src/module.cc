@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The extension module attn._attn, re-exported by the attn package (python/attn/__init__.py).
 #include <pybind11/pybind11.h>
 

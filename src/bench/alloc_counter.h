@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Counts heap allocations made through the global operator new, so `attn bench layer` can report
 // whether a decode step allocates. Linking alloc_counter.cc into a program replaces its global
 // operator new/delete with counting versions on top of malloc/free; memory obtained from malloc

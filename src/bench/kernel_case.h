@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // One attention-kernel benchmark case: its shape, the work it implies (FLOPs, unique K/V bytes),
 // where it sits on a roofline, and the buffers that feed DefaultBackend().attend() exactly the
 // way the library's caches do. Shared by `attn bench kernel`, the Google Benchmark suite and the

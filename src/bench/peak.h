@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // What this machine can do at best: fp32 FMA and bf16 dot-product GFLOP/s and DRAM read GB/s,
 // per thread count. These are the roofs `attn bench kernel` reports its cases against. The
 // measurement takes seconds, so results are cached per machine in a JSON file.

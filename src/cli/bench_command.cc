@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // attn bench: how fast attn runs on this machine, against what the machine can do.
 //   kernel  one attention call (DefaultBackend().attend) at a given shape, with FLOPs, unique
 //           K/V bytes and the fraction of the binding roof it reaches

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // attn check-scale: the softmax scale and RoPE attention factor a config implies, and the
 // known framework pitfalls it would trigger (scale_check.h).
 #include <cstdio>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The attn subcommands. Each returns the process exit code; bad input throws attn::Error.
 #ifndef ATTN_CLI_COMMANDS_H_
 #define ATTN_CLI_COMMANDS_H_

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // `--config C.json` or `--preset NAME`: the one way every attn command gets its model.
 #ifndef ATTN_CLI_CONFIG_FLAGS_H_
 #define ATTN_CLI_CONFIG_FLAGS_H_

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // attn convert: one attention layer between Hugging Face and Megatron-Core names, and the
 // config between the two namings. Values are copied, never recomputed: each tensor is written
 // in the dtype its source had, so HF -> Megatron -> HF gives back the same bytes.

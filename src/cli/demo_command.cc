@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // attn demo: MHA, GQA, MQA and MLA at one hidden size and head count on random weights —
 // by default a scaled-down DeepSeek-V3 shape, or a preset's. Each layer runs a prefill and a
 // stretch of decode; one table shows parameters, KV bytes per token, prefill tokens/s, decode

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Command-line flags of the attn subcommands, parsed by CLI11. Each command declares its flags
 // once, with a one-line description each, and the usage that --help prints and that follows a
 // syntax error is generated from those declarations. "--name value" and "--name=value" both

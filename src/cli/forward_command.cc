@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // attn forward: one attention layer over the tokens in an input safetensors file.
 #include <cmath>
 #include <cstdio>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // attn info: a model's attention parameters, KV-cache sizes per form, the longest context a
 // memory budget holds, FLOPs per token and decode arithmetic intensity against a machine's
 // ridge point, next to an MHA of the same hidden size and heads. Arithmetic in model_stats.h.

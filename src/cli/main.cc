@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // attn: command-line entry point. Dispatches to a subcommand and maps failures to exit codes:
 // 0 success, 2 bad input (attn::Error, usage), 1 anything unexpected.
 #include <algorithm>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Line charts written as PNG: a small RGB canvas and a 5x7 bitmap font draw the picture (no
 // plotting library to install), and libpng encodes it, compressed, into a few tens of KB.
 #ifndef ATTN_CLI_PNG_PLOT_H_

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // attn random-weights: one attention layer's weights, deterministic in --seed, under HF names.
 #include "attn/error.h"
 #include "attn/hf_weights.h"

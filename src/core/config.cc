@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // ModelConfig queries and validation. The formulas are those of docs/semantics.md: §1 (GQA shapes),
 // §2 (RoPE scaling), §3 (MLA softmax scale).
 #include "attn/config.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Parameter, cache, FLOP and intensity arithmetic for `attn info` (formulas in model_stats.h).
 #include "attn/model_stats.h"
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The pitfalls of docs/semantics.md §7 as checks on one config. Each computes the value a framework
 // making that mistake would use, and counts as triggered when that value differs from the
 // math by more than rounding (relative 1e-9).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The one place attn opens files it reads and replaces files it writes (internal header; the
 // CLI and src/bench include it as "io/files.h"). Every reader and writer goes through here so
 // that hostile paths get the same answer everywhere (docs/reference.md, "Limits and hostile

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Hugging Face config.json -> ModelConfig. Defaults follow the HF configuration classes
 // (LlamaConfig, MistralConfig, Qwen2Config, DeepseekV2Config, DeepseekV3Config) so that a key a
 // checkpoint leaves out means what it means to transformers. Every message starts with the

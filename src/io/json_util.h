@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Bounded JSON parsing and short excerpts for error messages (internal header).
 //
 // Every JSON text attn reads (config.json, Megatron configs, safetensors headers) comes from a

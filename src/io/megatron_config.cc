@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Megatron-Core config names <-> ModelConfig, and ModelConfig -> HF config.json text.
 // Megatron names are those of megatron/core/transformer/transformer_config.py
 // (TransformerConfig, MLATransformerConfig) and the YaRN rotary embedding's arguments.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // One attention layer's tensors under Megatron-Core names (table in attn/megatron.h).
 #include <string>
 #include <utility>

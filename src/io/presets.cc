@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The presets: attention-relevant keys of each model's public config.json, copied value by
 // value (MLP, MoE, vocabulary and dtype keys are left out because ParseHfConfig ignores them).
 // Sources: the config.json files of meta-llama/Llama-2-7b-hf, Meta-Llama-3-8B, Llama-3.1-8B,

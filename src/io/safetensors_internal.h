@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The safetensors header parser without the file around it (internal header): SafetensorsFile
 // reads the length prefix and the header with pread and hands them here; the fuzz harness
 // (tests/fuzz/safetensors_fuzzer.cc) and the test program attn_safetensors_check feed it bytes.

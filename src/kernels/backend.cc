@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The backend table and the checks every attention kernel relies on.
 #include <string>
 

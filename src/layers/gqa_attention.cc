@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // One forward call of the GQA family (docs/semantics.md §1), top to bottom:
 //   q = x Wqᵀ (+bq) -> [B,S,H,d];  k = x Wkᵀ (+bk), v = x Wvᵀ (+bv) -> [B,S,G,d]
 //   q, k <- RoPE(position)

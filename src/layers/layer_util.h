@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Pieces shared by the GQA-family and MLA layers: input checks, projections, RoPE over heads,
 // RMSNorm. Internal to the library.
 #ifndef ATTN_LAYERS_LAYER_UTIL_H_

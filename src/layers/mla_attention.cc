@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // One forward call of multi-head latent attention (docs/semantics.md §3), top to bottom:
 //   query:  cq = RMSNorm(x Wq_aᵀ); q = cq Wq_bᵀ   (or q = x Wqᵀ)  -> [B,S,H, dn | dr]
 //           q_pe <- RoPE(position)

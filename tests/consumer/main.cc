@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The consumer check: one GQA and one MLA layer call through the installed attn package, each
 // compared with a value worked out here independently of attn's layer code.
 //

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # Installs attn from BUILD_DIR into a fresh prefix and uses it as an outside project would:
 # CMake (find_package(attn CONFIG) -> attn::attn), pkg-config (attn.pc), the installed CLI, and
 # a request for a component attn does not have (must fail, naming it).

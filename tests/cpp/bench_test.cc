@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The counting behind every number `attn bench` reports: visible pairs, FLOPs and unique K/V
 // bytes checked against values worked out by hand for issue 3's cases, the roofline placement,
 // the benchmark buffers against a brute-force attention, and the peak file format.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // After warm-up, a decode step (StepInto with a reused output) allocates nothing: every
 // operator new during the measured steps, on any thread, is counted. Not built into sanitizer
 // runs, whose allocator must stay in charge of operator new.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The fast attention kernel (DefaultBackend) against its reference twin across head widths,
 // group ratios, kv lengths around tile edges, odd query counts, windows, padding, fully masked
 // rows and every K/V dtype; and the forced portable path.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The GQA-family layer against invariants and against an independent straightforward MHA:
 // decode == prefill, GQA == MHA with duplicated kv heads, G = H == plain MHA, position-shift
 // invariance, padding invariance, fully masked rows, sliding windows, and every bad input.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Regression tests for hostile files and faults (docs/reference.md, "Limits and hostile input"):
 // every reader must answer a hostile file with an attn::Error naming it — no crash, no hang, no
 // runaway memory — and every writer must neither lose nor redirect data.

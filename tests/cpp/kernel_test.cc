@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The reference attention kernel against a brute-force evaluation of the definition in double
 // precision: full score matrix, mask, softmax, weighted sum. Covers the GQA head mapping,
 // causal offsets, sliding windows, padding, fully masked rows, aliased values and f16/bf16 K/V.

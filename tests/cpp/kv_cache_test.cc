@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // KV caches: byte counts equal the per-token formula × tokens (with real-model numbers from
 // docs/semantics.md §6), capacity is enforced without partial writes, views point at what
 // was written.

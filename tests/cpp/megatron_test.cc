@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Megatron-Core and Falcon names: the fused per-group qkv layout row by row, HF <-> Megatron
 // round trips (bit-exact tensors, identical layer outputs), both norm spellings, the config
 // namings both ways, and the messages for missing or misshapen tensors.

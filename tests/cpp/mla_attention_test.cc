@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // MLA: the three execution forms agree, decode reproduces prefill in every form, the auto
 // form's FLOP estimate matches hand-computed values and picks each path where it should, and
 // the latent cache holds rk + dr values per token.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // `attn info`'s arithmetic against values computed by hand for real models (docs/semantics.md §6,
 // §7.6): DeepSeek-V3, Llama-3-70B, Falcon-7B, Mistral-7B (window) and DeepSeek-V2-Lite.
 #include "attn/model_stats.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The plot writer read back by libpng's own decoder: the file holds exactly the pixels that were
 // drawn, a demo-sized chart stays small, the file appears whole or not at all, and libpng's
 // failures come back as attn::Error rather than a longjmp out of the program.

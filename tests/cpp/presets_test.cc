@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Presets against the table of real models in docs/semantics.md §6
 // and against the public config.json files kept in configs/.
 #include "attn/presets.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // RoPE: frequencies for each scaling type against the reference formulas (docs/semantics.md
 // §2), the pairings, partial rotary width, and the property RoPE exists for: scores depend only
 // on the distance between positions.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // attn_safetensors_check FILE...: opens each file with SafetensorsFile::Open (the reader every
 // attn command uses) and reads every tensor attn can convert. For
 // tests/python/test_safetensors_differential.py, which compares the verdicts with the official

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // CheckScale on configs that trip each pitfall of docs/semantics.md §7, with hand-computed values.
 #include "attn/scale_check.h"
 

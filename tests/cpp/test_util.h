@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Helpers shared by the C++ tests: small configs built in code and the agreement metric.
 #ifndef ATTN_TESTS_TEST_UTIL_H_
 #define ATTN_TESTS_TEST_UTIL_H_

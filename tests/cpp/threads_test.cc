@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // The thread pool: every task runs exactly once with a valid thread index, across resizes;
 // each thread serves a job with at least as many tasks as threads; exceptions reach the
 // caller; nested calls run inline.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fixtures for the Python oracle tests of attn.
 
 The attn CLI binary is taken from $ATTN_BIN, default <repo>/build/attn. Tests that need it fail

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The `attn bench` JSON contract (issue 3), checked through the CLI on small cases.
 
 Every run points ATTN_PEAK_CACHE at a temporary file and measures the roofs over a 4 MiB

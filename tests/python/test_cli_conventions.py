@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """CLI conventions (issue 8): every command answers --help/-h with its own usage, generated from
 its flag declarations; --flag=value equals --flag value; syntax errors exit 2 with the problem
 and the usage on stderr; `attn --version` reports project(attn VERSION ...) of CMakeLists.txt.

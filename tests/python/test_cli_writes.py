@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Writing files never loses or redirects data (issue 15, D8/D8b/D9), seen from the CLI:
 outputs are written only after every input was read and validated, atomically, keeping an
 existing file's mode, and a symlink planted where a temporary file could go is never followed."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Issue 4 through the CLI, as a user drives it: Falcon's fused query_key_value against an
 independent float64 oracle, Megatron-Core <-> HF conversion (bit-exact round trips, identical
 `attn forward` outputs, the linear_qkv layout built here from Megatron's own view semantics),

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """attn CLI against the independent torch oracle (torch_reference.py).
 
 Every case writes an HF-style config.json, asks `attn random-weights` for a checkpoint layer,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The CLI checks outputs like inputs (issue 15): weights that make a finite input overflow give
 exit 2 and a message naming the layer and the first bad [b, s, d] position, and no output file;
 a healthy run with the same command line writes one."""

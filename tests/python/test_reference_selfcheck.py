@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Checks of the torch oracle itself (no attn binary needed).
 
 Published numbers (reference page §2, §3) and internal consistency: the oracle must be right

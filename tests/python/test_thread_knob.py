@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One thread knob: `--threads N` and ATTN_NUM_THREADS govern every compute thread of the CLI,
 oneDNN's OpenMP pool included (issue 8).
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Independent PyTorch oracle for attn's attention layers.
 
 Written from the formulas in docs/semantics.md (§1-§5), NOT

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fixtures for the tests of the Python module `attn`.
 
 The module is imported from $ATTN_PYTHON_PATH, else from sys.path ($PYTHONPATH: ctest sets

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The public surface: stubs in step with the module, docstrings present, package layout."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """attn.info gives the numbers of `attn info --json`; presets work wherever a config is taken.
 The CLI binary is $ATTN_BIN, default <repo>/build/attn (ctest passes the one it built)."""
 

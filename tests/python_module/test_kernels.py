@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """attn.attention and attn.mla_attention against softmax(q kᵀ · scale + mask) v computed by torch
 in float64 (no autograd), plus their zero-copy paths and bad inputs."""
 

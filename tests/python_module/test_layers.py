@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """attn.Attention and attn.Cache: loading, outputs against the float64 oracle of the CLI suite
 (tests/python/torch_reference.py), the cache API, zero-copy behaviour and errors."""
 

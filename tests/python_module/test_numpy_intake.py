@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """NumPy arrays in and out, with NumPy alone (no torch), under NumPy 1.x and 2.x alike.
 
 NumPy 2 changed the C layout of dtype objects; the module reads arrays through NumPy's

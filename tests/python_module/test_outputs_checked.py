@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Outputs are checked like inputs (issue 15): a finite input can still overflow inside the
 computation, and the result must then be an error naming where, not a silent NaN. Also the
 softmax scale of the kernels must be a finite positive number. NumPy only, so this runs under

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Package-level API: attn.__version__ and the kernel thread count (NumPy only, no torch)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The GIL is released during compute: calls from several Python threads on different layers
 run concurrently and give the same numbers as the same calls made one after another."""
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Reading stored K/V elements (f32, f16, bf16) as fp32.
 #ifndef ATTN_KERNELS_CPU_ELEMENT_LOAD_H_
 #define ATTN_KERNELS_CPU_ELEMENT_LOAD_H_

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Tiled attention with online softmax for AVX-512 CPUs (FlashAttention's algorithm on a CPU):
 // the S×T score matrix is never materialised, causal tiles past the diagonal are skipped, every
 // query head of a kv group shares each loaded K/V tile, and decode splits the key range across

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // FlashAttention on AVX-512 (this file is compiled with AVX-512 enabled; callers check the CPU
 // first). One work item is a block of query rows — consecutive tokens × the H/G query heads of
 // one kv group — against a range of keys. Per 32-key tile:

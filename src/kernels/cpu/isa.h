@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Which instruction set the fast CPU kernels may use, decided once per process from cpuid and
 // the ATTN_CPU_ISA environment variable ("avx512" or "reference"; tests and users force the
 // portable path with ATTN_CPU_ISA=reference).

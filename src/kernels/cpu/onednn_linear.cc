@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Linear layers through oneDNN's matmul (measured fastest of the GEMM candidates on this
 // machine kind; see docs/performance.md). y[rows, out] = x[rows, in] · Wᵀ + b with W stored
 // [out, in] row-major, which is oneDNN's "ba" layout of a [in, out] weight: no repacking.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Reference attention: one query row at a time, two passes over its visible keys in fp32 —
 // the first finds the largest score, the second recomputes each score and accumulates
 // exp(score - max) · v. Recomputing instead of storing the scores keeps the kernel free of

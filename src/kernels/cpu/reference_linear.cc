@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Reference Linear: y = x Wᵀ + b with W stored [out, in]. Each output is one dot product of two
 // contiguous rows; the weight row stays hot in cache while every input row passes over it.
 #include "attn/kernels.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // Linear for a few rows (decode): y[r, o] = x[r]·w[o] + b[o]. Reading W dominates, so each
 // weight row is read once for all rows, outputs are split across threads, and the dot
 // products are compiled for AVX-512 and for baseline x86-64 (GCC target_clones picks at load).
