@@ -279,9 +279,42 @@ int64_t ConfigKeyLimit(std::string_view key) {
 }
 
 std::string TextExcerpt(std::string_view text, size_t max_chars) {
-  const size_t take = Utf8Prefix(text, max_chars);
-  std::string out(text.substr(0, take));
-  if (take < text.size()) out += kEllipsis;
+  // Printable text is kept as is; control bytes and bytes that are not well-formed UTF-8 are
+  // shown as \xNN, so that a message is always valid UTF-8 and safe on a terminal.
+  std::string out;
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto byte = static_cast<unsigned char>(text[i]);
+    size_t length = byte < 0x80           ? 1
+                    : (byte >> 5) == 0x6  ? 2
+                    : (byte >> 4) == 0xE  ? 3
+                    : (byte >> 3) == 0x1E ? 4
+                                          : 0;
+    bool valid = length > 0 && i + length <= text.size() && !(length == 2 && byte < 0xC2) &&
+                 !(length == 4 && byte > 0xF4);
+    for (size_t k = 1; valid && k < length; ++k) {
+      valid = (static_cast<unsigned char>(text[i + k]) & 0xC0) == 0x80;
+    }
+    if (valid && length == 3) {
+      // No overlong forms and no UTF-16 surrogates.
+      const auto second = static_cast<unsigned char>(text[i + 1]);
+      valid = !(byte == 0xE0 && second < 0xA0) && !(byte == 0xED && second >= 0xA0);
+    }
+    if (valid && length == 4) {
+      const auto second = static_cast<unsigned char>(text[i + 1]);
+      valid = !(byte == 0xF0 && second < 0x90) && !(byte == 0xF4 && second >= 0x90);
+    }
+    std::string_view piece = text.substr(i, valid ? length : 1);
+    char escaped[8];
+    if (!valid || byte < 0x20 || byte == 0x7F) {
+      std::snprintf(escaped, sizeof(escaped), "\\x%02X", byte);
+      piece = escaped;
+    }
+    if (out.size() + piece.size() > max_chars) break;  // never split a character or escape
+    out.append(piece);
+    i += valid ? length : 1;
+  }
+  if (i < text.size()) out += kEllipsis;
   return out;
 }
 
@@ -293,6 +326,11 @@ std::string JsonExcerpt(const json& value, size_t max_chars) {
 
 json ParseJson(std::string_view text, const std::string& source, ErrorKind kind,
                const JsonLimits& limits) {
+  // nlohmann stops at a NUL byte as if the text ended there, so "{}\0garbage" would parse; a raw
+  // NUL is never valid JSON (in a string it must be escaped), and other parsers refuse it.
+  if (const size_t nul = text.find('\0'); nul != std::string_view::npos) {
+    throw Error(kind, source + ": malformed JSON: NUL byte at offset " + std::to_string(nul));
+  }
   BoundedDomBuilder builder(source, kind, limits);
   try {
     json::sax_parse(text.begin(), text.end(), &builder);

@@ -365,6 +365,10 @@ ParsedSafetensors ParseSafetensorsHeader(const std::string& path, std::string_vi
       tensors.emplace(name, ParseTensor(path, name, entry, data_size));
     }
   }
+  // The parser allowed one top-level key more than the cap, for __metadata__.
+  if (tensors.size() > kMaxSafetensorsTensors) {
+    throw Corrupt(path, "more than " + std::to_string(kMaxSafetensorsTensors) + " tensors");
+  }
   CheckTiling(path, tensors, data_size);
   // The file is valid safetensors; now, whether attn can read every dtype in it.
   for (auto& [name, tensor] : tensors) {

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Builds the libFuzzer harnesses of tests/fuzz with clang++ into build-fuzz and runs each for
+# SECONDS (default 60). Fails if any harness finds a crash, sanitizer report, leak, timeout or
+# out-of-memory (reproducers in build-fuzz/findings/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-60}"
+jobs="$(nproc)"
+
+cmake -S tests/fuzz -B build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  > build-fuzz.log 2>&1 || { cat build-fuzz.log; exit 1; }
+cmake --build build-fuzz -j "$jobs" >> build-fuzz.log 2>&1 || { cat build-fuzz.log; exit 1; }
+
+run() {
+  local harness="$1" dict="$2"
+  # The working corpus starts from the committed seeds; the seeds themselves are not modified.
+  mkdir -p "build-fuzz/corpus/$harness" build-fuzz/findings
+  echo "== $harness (${seconds}s) =="
+  ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    "build-fuzz/$harness" "build-fuzz/corpus/$harness" "tests/fuzz/corpus/$harness" \
+      -dict="tests/fuzz/$dict" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+      -max_len=65536 -artifact_prefix="build-fuzz/findings/$harness-" -print_final_stats=1 \
+      2>&1 | tee "build-fuzz/$harness.log" | grep -E "^#[0-9]+ +(INITED|DONE)|ERROR|SUMMARY|stat::number_of_executed_units" || true
+  # tee hides the harness's status: a finding leaves an artifact and a "==ERROR"/"SUMMARY" line.
+  if grep -qE "^==[0-9]+==ERROR|SUMMARY: |deadly signal|Test unit written to" "build-fuzz/$harness.log"; then
+    echo "FINDING in $harness: see build-fuzz/$harness.log and build-fuzz/findings/" >&2
+    return 1
+  fi
+}
+
+status=0
+run safetensors_fuzzer safetensors.dict || status=1
+run hf_config_fuzzer config.dict || status=1
+run megatron_config_fuzzer config.dict || status=1
+exit "$status"
