@@ -13,19 +13,22 @@ cmake -S tests/fuzz -B build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYP
 cmake --build build-fuzz -j "$jobs" >> build-fuzz.log 2>&1 || { cat build-fuzz.log; exit 1; }
 
 run() {
-  local harness="$1" dict="$2"
-  # The working corpus starts from the committed seeds; the seeds themselves are not modified.
+  local harness="$1" dict="$2" seeds="tests/fuzz/corpus/${1%_fuzzer}"
+  # New inputs go to build-fuzz/corpus/<harness>; the committed seeds are only read.
   mkdir -p "build-fuzz/corpus/$harness" build-fuzz/findings
   echo "== $harness (${seconds}s) =="
+  local rc=0
   ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    "build-fuzz/$harness" "build-fuzz/corpus/$harness" "tests/fuzz/corpus/$harness" \
+    "build-fuzz/$harness" "build-fuzz/corpus/$harness" "$seeds" \
       -dict="tests/fuzz/$dict" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
       -max_len=65536 -artifact_prefix="build-fuzz/findings/$harness-" -print_final_stats=1 \
-      2>&1 | tee "build-fuzz/$harness.log" | grep -E "^#[0-9]+ +(INITED|DONE)|ERROR|SUMMARY|stat::number_of_executed_units" || true
-  # tee hides the harness's status: a finding leaves an artifact and a "==ERROR"/"SUMMARY" line.
-  if grep -qE "^==[0-9]+==ERROR|SUMMARY: |deadly signal|Test unit written to" "build-fuzz/$harness.log"; then
-    echo "FINDING in $harness: see build-fuzz/$harness.log and build-fuzz/findings/" >&2
+      > "build-fuzz/$harness.log" 2>&1 || rc=$?
+  grep -E "^#[0-9]+[[:space:]]+(INITED|DONE)|ERROR|SUMMARY|stat::number_of_executed_units|stat::peak_rss_mb" \
+    "build-fuzz/$harness.log" || true
+  # libFuzzer exits non-zero on a crash, sanitizer report, leak, timeout or out-of-memory.
+  if [ "$rc" -ne 0 ]; then
+    echo "FINDING in $harness (exit $rc): see build-fuzz/$harness.log and build-fuzz/findings/" >&2
     return 1
   fi
 }
