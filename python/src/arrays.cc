@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 #include "arrays.h"
 
 #include <atomic>
@@ -205,6 +206,28 @@ std::optional<Element> TypestrElement(const std::string& typestr) {
 
 NumpyInterface ReadNumpyInterface(const py::object& array, const std::string& what) {
   const py::dict interface = array.attr("__array_interface__");
+  // An ndarray subclass can override __array_interface__, so its form is checked before
+  // anything is read: a failed cast would surface as RuntimeError and a short strides tuple
+  // would be indexed past its end. Only the pointer itself is trusted, as NumPy trusts it.
+  const auto malformed = [&](const std::string& why) {
+    return Error(ErrorKind::kInvalidArgument, what + ": malformed __array_interface__: " + why);
+  };
+  for (const char* key : {"typestr", "shape", "data"}) {
+    if (!interface.contains(key)) throw malformed(std::string("no '") + key + "' entry");
+  }
+  if (!py::isinstance<py::str>(interface["typestr"])) throw malformed("'typestr' is not a str");
+  if (!py::isinstance<py::tuple>(interface["shape"])) throw malformed("'shape' is not a tuple");
+  const py::object data_entry = interface["data"];
+  if (!py::isinstance<py::tuple>(data_entry) || py::len(data_entry) != 2 ||
+      !py::isinstance<py::int_>(py::tuple(data_entry)[0])) {
+    throw malformed("'data' is not a (pointer, read-only) tuple");
+  }
+  const py::object strides_entry =
+      interface.contains("strides") ? py::object(interface["strides"]) : py::object(py::none());
+  if (!strides_entry.is_none() && (!py::isinstance<py::tuple>(strides_entry) ||
+                                   py::len(strides_entry) != py::len(interface["shape"]))) {
+    throw malformed("'strides' is not None or a tuple as long as 'shape'");
+  }
   const std::string typestr = interface["typestr"].cast<std::string>();
   const std::optional<Element> element = TypestrElement(typestr);
   if (!element) {
@@ -217,13 +240,21 @@ NumpyInterface ReadNumpyInterface(const py::object& array, const std::string& wh
   NumpyInterface result;
   result.element = *element;
   result.item = ElementSize(*element);
-  const py::tuple data = interface["data"];
-  result.data = reinterpret_cast<std::byte*>(data[0].cast<uintptr_t>());
-  result.readonly = data[1].cast<bool>();
-  for (const py::handle extent : interface["shape"]) result.shape.push_back(extent.cast<int64_t>());
-  const py::object strides = interface["strides"];
-  if (!strides.is_none()) {
-    for (const py::handle stride : strides) result.byte_strides.push_back(stride.cast<int64_t>());
+  const py::tuple data = data_entry;
+  try {
+    result.data = reinterpret_cast<std::byte*>(data[0].cast<uintptr_t>());
+    result.readonly = data[1].cast<bool>();
+    for (const py::handle extent : interface["shape"]) {
+      result.shape.push_back(extent.cast<int64_t>());
+      if (result.shape.back() < 0) throw malformed("negative extent");
+    }
+    if (!strides_entry.is_none()) {
+      for (const py::handle stride : strides_entry) {
+        result.byte_strides.push_back(stride.cast<int64_t>());
+      }
+    }
+  } catch (const py::cast_error&) {
+    throw malformed("a pointer, extent, stride or read-only flag of the wrong type or range");
   }
   return result;
 }
@@ -231,9 +262,11 @@ NumpyInterface ReadNumpyInterface(const py::object& array, const std::string& wh
 ArrayView ViewNumpy(py::object array, const std::string& what) {
   NumpyInterface interface = ReadNumpyInterface(array, what);
   const auto item = static_cast<int64_t>(interface.item);
+  bool copied = false;
   for (const int64_t stride : interface.byte_strides) {
     if (stride % item != 0) {
       // Byte strides that are not whole elements (views into record arrays): copy once.
+      copied = true;
       copies_made.fetch_add(1);
       array = py::module_::import("numpy").attr("ascontiguousarray")(array);
       interface = ReadNumpyInterface(array, what);
@@ -244,7 +277,8 @@ ArrayView ViewNumpy(py::object array, const std::string& what) {
   view.what = what;
   view.element = interface.element;
   view.data = interface.data;
-  view.writable = !interface.readonly;
+  // A copy is never writable: out= written into it would never reach the caller's array.
+  view.writable = !interface.readonly && !copied;
   view.shape = std::move(interface.shape);
   if (interface.byte_strides.empty()) {
     view.strides = RowMajorStrides(view.shape);
@@ -295,6 +329,9 @@ ArrayView ViewDlpack(py::object producer, py::object capsule, const std::string&
   view.what = what;
   view.element = DlpackElement(tensor.dtype, what);
   view.data = static_cast<std::byte*>(tensor.data) + tensor.byte_offset;
+  // Checked before the shape pointer is used: a negative ndim would read before the array.
+  Check(tensor.ndim >= 0, ErrorKind::kInvalidArgument,
+        what + ": DLPack tensor with negative ndim " + std::to_string(tensor.ndim));
   view.shape.assign(tensor.shape, tensor.shape + tensor.ndim);
   if (tensor.strides != nullptr) {
     view.strides.assign(tensor.strides, tensor.strides + tensor.ndim);

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0
 // attn.attention and attn.mla_attention: the kernel interface (attn/kernels.h) on [B, S, H, D]
 // arrays. Queries are passed to the kernel in place when each batch row is a row-major float32
 // [Sq, H, D] block; keys and values in place when their last axis is contiguous and their
@@ -53,7 +54,13 @@ Element KvElement(const ArrayView& k, const ArrayView& v) {
 // inverts which keys attend.
 float ScaleOr(const py::object& scale, int64_t dim) {
   if (scale.is_none()) return static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)));
-  const double value = scale.cast<double>();
+  // A failed cast (a str, a complex, an int beyond double) would surface as RuntimeError.
+  double value = 0.0;
+  try {
+    value = scale.cast<double>();
+  } catch (const py::cast_error&) {
+    throw py::type_error("scale must be a real number, got " + py::repr(scale).cast<std::string>());
+  }
   Check(std::isfinite(value) && value > 0.0 && std::isfinite(static_cast<float>(value)),
         ErrorKind::kInvalidArgument,
         "scale must be a finite positive number, got " + py::repr(scale).cast<std::string>());
