@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # Every test: install dependencies, build, run the GoogleTest suite and the PyTorch oracle suite
 # (ctest), check license lines, install the C++ package and build an outside project against it,
-# pip-install the Python package into a NumPy 2 venv and test it there, then rebuild the unit
+# pip-install the Python package into a NumPy 2 venv and test it there, fuzz each parser and the
+# Python array intake for a minute, then rebuild the unit
 # tests with AddressSanitizer + UndefinedBehaviorSanitizer and run them again, and run them once
 # more on an emulated CPU without AVX-512.
 set -euo pipefail
@@ -19,6 +20,13 @@ tests/consumer/run.sh build
 
 echo "== the Python package: pip install . into a NumPy 2 venv (offline), module tests there =="
 scripts/pip-install-check.sh build-venv
+
+# Coverage-guided fuzzing, a smoke run of each harness (libFuzzer + ASan + UBSan for the
+# safetensors, HF config and Megatron config readers; atheris for the Python array intake).
+# Longer runs: scripts/fuzz.sh SECONDS, scripts/fuzz-python.sh SECONDS.
+echo "== fuzzing: each harness for ${ATTN_FUZZ_SECONDS:-60} s =="
+scripts/fuzz.sh "${ATTN_FUZZ_SECONDS:-60}"
+scripts/fuzz-python.sh "${ATTN_FUZZ_SECONDS:-60}" build-venv build/python
 
 echo "== unit tests under AddressSanitizer + UndefinedBehaviorSanitizer =="
 cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTN_SANITIZE=ON \
