@@ -3,9 +3,9 @@
 # Every test: install dependencies, build, run the GoogleTest suite and the PyTorch oracle suite
 # (ctest), check license lines, install the C++ package and build an outside project against it,
 # pip-install the Python package into a NumPy 2 venv and test it there, fuzz each parser and the
-# Python array intake for a minute, then rebuild the unit
-# tests with AddressSanitizer + UndefinedBehaviorSanitizer and run them again, and run them once
-# more on an emulated CPU without AVX-512.
+# Python array intake for a minute, then rebuild the unit tests with AddressSanitizer +
+# UndefinedBehaviorSanitizer and run them again, and run them once more on an emulated CPU
+# without AVX-512.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
