@@ -8,9 +8,11 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 jobs="$(nproc)"
 
+mkdir -p build-fuzz
+log=build-fuzz/build.log
 cmake -S tests/fuzz -B build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  > build-fuzz.log 2>&1 || { cat build-fuzz.log; exit 1; }
-cmake --build build-fuzz -j "$jobs" >> build-fuzz.log 2>&1 || { cat build-fuzz.log; exit 1; }
+  > "$log" 2>&1 || { cat "$log"; exit 1; }
+cmake --build build-fuzz -j "$jobs" >> "$log" 2>&1 || { cat "$log"; exit 1; }
 
 run() {
   local harness="$1" dict="$2" seeds="tests/fuzz/corpus/${1%_fuzzer}"
