@@ -1,6 +1,7 @@
+// SPDX-License-Identifier: Apache-2.0
 // Tests for ParseHfConfig / LoadHfConfig and the ModelConfig rules (ValidateConfig,
-// SoftmaxScale, YarnMscale). Expected values come from the shared reference
-// "attention-semantics.md" §2, §3 and §6 and from the public config.json files in configs/.
+// SoftmaxScale, YarnMscale). Expected values come from
+// docs/semantics.md §2, §3 and §6 and from the public config.json files in configs/.
 #include "attn/hf_config.h"
 
 #include <gtest/gtest.h>
@@ -92,7 +93,7 @@ void ExpectSameConfig(const ModelConfig& a, const ModelConfig& b) {
   EXPECT_EQ(a.sliding_layers, b.sliding_layers);
 }
 
-// KV-cache values per token per layer (reference §1 and §3): 2·G·d for the GQA family, the
+// KV-cache values per token per layer (docs/semantics.md §1 and §3): 2·G·d for the GQA family, the
 // latent row rk + dr for MLA in its absorbed form.
 int64_t KvValuesPerToken(const ModelConfig& c) {
   if (c.kind == AttentionKind::kMla) return c.mla.kv_lora_rank + c.mla.qk_rope_head_dim;
@@ -240,9 +241,9 @@ TEST(HfConfigReal, DeepSeekV3) {
   EXPECT_TRUE(c.rope.scaling.truncate);
   EXPECT_EQ(c.QueryKeyHeadDim(), 192);
   EXPECT_EQ(c.ValueHeadDim(), 128);
-  // (dn + dr)^-0.5 · mscale(40, 1)^2 = 0.0721688 · 1.873854 (reference §3).
+  // (dn + dr)^-0.5 · mscale(40, 1)^2 = 0.0721688 · 1.873854 (docs/semantics.md §3).
   EXPECT_NEAR(SoftmaxScale(c), 0.135234, 1e-6);
-  // The known wrong scales (reference §7.1) are far from it.
+  // The known wrong scales (docs/semantics.md §7.1) are far from it.
   EXPECT_GT(std::fabs(SoftmaxScale(c) - 1.0 / std::sqrt(576.0)), 0.05);
   EXPECT_GT(std::fabs(SoftmaxScale(c) - 1.0 / std::sqrt(56.0)), 0.0005);
   EXPECT_EQ(KvValuesPerToken(c), 576);
