@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -85,13 +86,19 @@ const attn::Tensor& Weight(const attn::NamedTensors& weights, const std::string&
   return weights.at(name);
 }
 
+// A layer of random weights, and a copy of those weights for the hand computation (building the
+// layer consumes them).
+std::unique_ptr<attn::AttentionLayer> RandomLayer(const attn::ModelConfig& config, uint64_t seed,
+                                                  attn::NamedTensors& kept) {
+  attn::NamedTensors weights = attn::RandomAttentionWeights(config, seed);
+  for (const auto& [name, tensor] : weights) kept.emplace(name, tensor.Copy());
+  return attn::BuildAttentionLayer(config, 0, std::move(weights));
+}
+
 void CheckGqa() {
   const attn::ModelConfig config = attn::ParseHfConfig(kLlamaConfig, "consumer llama config");
-  attn::NamedTensors weights = attn::RandomAttentionWeights(config, 7);
   attn::NamedTensors kept;
-  for (const auto& [name, tensor] : weights) kept.emplace(name, tensor.Copy());
-  const std::unique_ptr<attn::AttentionLayer> layer =
-      attn::BuildAttentionLayer(config, 0, std::move(weights));
+  const std::unique_ptr<attn::AttentionLayer> layer = RandomLayer(config, 7, kept);
 
   const int64_t D = config.hidden_size, H = config.num_heads, G = config.gqa.num_kv_heads;
   const int64_t d = config.gqa.head_dim;
@@ -118,11 +125,8 @@ void CheckGqa() {
 
 void CheckMla() {
   const attn::ModelConfig config = attn::ParseHfConfig(kDeepSeekConfig, "consumer deepseek config");
-  attn::NamedTensors weights = attn::RandomAttentionWeights(config, 8);
   attn::NamedTensors kept;
-  for (const auto& [name, tensor] : weights) kept.emplace(name, tensor.Copy());
-  const std::unique_ptr<attn::AttentionLayer> layer =
-      attn::BuildAttentionLayer(config, 0, std::move(weights));
+  const std::unique_ptr<attn::AttentionLayer> layer = RandomLayer(config, 8, kept);
 
   const int64_t D = config.hidden_size, H = config.num_heads;
   const int64_t rk = config.mla.kv_lora_rank, dn = config.mla.qk_nope_head_dim;
