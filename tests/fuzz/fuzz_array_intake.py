@@ -307,6 +307,9 @@ def forged(fdp, shape):
                  "strides": None if strides is None else tuple(strides)}
     if isinstance(shape, tuple) and any(type(n) is int and n >= 1 << 63 for n in shape):
         malformed = True  # not an int64 extent
+    # Decided here: a bogus int pointer may go only where attn parses the dict itself. NumPy
+    # takes any int as an address, (-1, False) included, and attn then trusts NumPy's array.
+    through_numpy = fdp.ConsumeBool()
     if how == 0:
         del interface[pick(fdp, ["typestr", "shape", "data"])]
         malformed = True
@@ -314,8 +317,8 @@ def forged(fdp, shape):
         del interface["strides"]
     elif how == 2:
         interface["data"] = pick(fdp, [[pointer, readonly], bytes(8), None, (pointer,),
-                                       (pointer, readonly, 0), ("0", False), (-1, False),
-                                       (1 << 64, False), 7])
+                                       (pointer, readonly, 0), ("0", False), (1 << 64, False),
+                                       7] + ([] if through_numpy else [(-1, False)]))
         malformed = True
     elif how == 3:
         interface["version"] = pick(fdp, [2, 4, 0, "3", None])
@@ -329,7 +332,7 @@ def forged(fdp, shape):
         malformed = True
     if fdp.ConsumeIntInRange(0, 15) == 0:
         interface = None  # the property raises
-    if fdp.ConsumeBool():
+    if through_numpy:
         return Iface(interface, buffer), False  # numpy.asarray decides; NumPy is not tested here
     obj = np.zeros(1, np.float32).view(IfaceArray)
     obj._interface = interface
