@@ -44,6 +44,17 @@ mkdir -p "$artifacts"
 # -max_len: room for several arrays' worth of choices. One thread: the kernels are not the
 # subject here, and the machine may be shared.
 echo "fuzz-python: ${seconds}s, module from $python_dir, crashes to $artifacts/"
+# The fuzzer's running commentary goes to a log; the summary lines (and, on a finding, the
+# log's end) are printed.
+log=$artifacts/fuzz-python.log
+rc=0
 ATTN_NUM_THREADS=1 PYTHONPATH=$python_dir "$python" "$repo/tests/fuzz/fuzz_array_intake.py" \
   -max_total_time="$seconds" -timeout=20 -max_len=512 -print_final_stats=1 \
-  -artifact_prefix="$artifacts/" "$corpus"
+  -artifact_prefix="$artifacts/" "$corpus" > "$log" 2>&1 || rc=$?
+grep -E "^#[0-9]+[[:space:]]+(INITED|DONE)|^Done|stat::number_of_executed_units|stat::peak_rss_mb" \
+  "$log" || true
+if ((rc != 0)); then
+  tail -n 60 "$log" >&2
+  echo "fuzz-python: FINDING (exit $rc): see $log and $artifacts/" >&2
+  exit 1
+fi
