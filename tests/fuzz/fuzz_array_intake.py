@@ -268,8 +268,9 @@ def forged(fdp, shape):
             shape[fdp.ConsumeIntInRange(0, len(shape) - 1)] = pick(fdp, [-1, -(1 << 62)])
             malformed = bad_shape = True
         elif how == 1 and strides is not None:
+            # Judged after the loop: dropping the last stride and then appending `item` can give
+            # back a sound claim (a report of exactly that was this harness's own mistake).
             strides = strides[:-1] if strides and fdp.ConsumeBool() else strides + [item]
-            malformed = True
         elif how == 2 and shape:
             # Zero strides make a huge extent legal: overflowing counts must be refused.
             axis = fdp.ConsumeIntInRange(0, len(shape) - 1)
@@ -285,6 +286,8 @@ def forged(fdp, shape):
         elif how == 4 and strides:
             strides[fdp.ConsumeIntInRange(0, len(strides) - 1)] = pick(fdp, [1.5, None, "8"])
             malformed = True
+    if strides is not None and len(strides) != len(shape):
+        malformed = True
     shape = tuple(shape)
     how = fdp.ConsumeIntInRange(0, 9)  # a last change to the dict, made below
     if how == 1:
