@@ -24,6 +24,7 @@
 #include "attn/safetensors.h"
 #include "io/files.h"
 #include "io/json_util.h"
+#include "test_util.h"
 
 #ifndef ATTN_SOURCE_DIR
 #error "ATTN_SOURCE_DIR must name the repository root"
@@ -93,25 +94,7 @@ std::string MegatronText(const std::string& key, const std::string& raw_value) {
   return text;
 }
 
-class HostileInputTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    std::string pattern = (fs::temp_directory_path() / "attn_hostile_XXXXXX").string();
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string PathOf(const std::string& name) const { return (dir_ / name).string(); }
-  std::string WriteFile(const std::string& name, const std::string& bytes) const {
-    const std::string path = PathOf(name);
-    std::ofstream out(path, std::ios::binary);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    return path;
-  }
-
-  fs::path dir_;
-};
+class HostileInputTest : public testing::ScratchDirTest {};
 
 // ---------------------------------------------------------------- D1: nesting and excerpts
 

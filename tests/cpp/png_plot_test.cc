@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "attn/error.h"
+#include "test_util.h"
 
 namespace attn::cli {
 namespace {
@@ -165,17 +166,7 @@ TEST(PngPlotTest, LibpngErrorsBecomeAttnErrors) {
   }
 }
 
-class PngPlotFileTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    std::string pattern = (fs::temp_directory_path() / "attn_png_XXXXXX").string();
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  fs::path dir_;
-};
+class PngPlotFileTest : public testing::ScratchDirTest {};
 
 TEST_F(PngPlotFileTest, WritesWholeFileAndLeavesNoTemporary) {
   const std::string path = (dir_ / "plot.png").string();

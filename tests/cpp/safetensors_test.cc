@@ -18,6 +18,7 @@
 #include "attn/dtype.h"
 #include "attn/error.h"
 #include "attn/tensor.h"
+#include "test_util.h"
 
 namespace attn {
 namespace {
@@ -55,30 +56,12 @@ std::string RawBytes(const std::vector<T>& values) {
   return std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(T));
 }
 
-class SafetensorsTest : public ::testing::Test {
+class SafetensorsTest : public testing::ScratchDirTest {
  protected:
-  void SetUp() override {
-    std::string pattern = (fs::temp_directory_path() / "attn_st_XXXXXX").string();
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
-  std::string PathOf(const std::string& name) const { return (dir_ / name).string(); }
-
-  std::string WriteFile(const std::string& name, const std::string& bytes) const {
-    const std::string path = PathOf(name);
-    std::ofstream out(path, std::ios::binary);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    return path;
-  }
-
   std::string ReadFile(const std::string& path) const {
     std::ifstream in(path, std::ios::binary);
     return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
-
-  fs::path dir_;
 };
 
 TEST_F(SafetensorsTest, F32RoundTripIsExact) {

@@ -3,14 +3,41 @@
 #ifndef ATTN_TESTS_TEST_UTIL_H_
 #define ATTN_TESTS_TEST_UTIL_H_
 
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <string>
 
 #include "attn/config.h"
 #include "attn/tensor.h"
 
 namespace attn::testing {
+
+// A test fixture with a fresh private directory (mkdtemp), removed after each test.
+class ScratchDirTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern = (std::filesystem::temp_directory_path() / "attn_test_XXXXXX").string();
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+    dir_ = pattern;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::string PathOf(const std::string& name) const { return (dir_ / name).string(); }
+  std::string WriteFile(const std::string& name, const std::string& bytes) const {
+    const std::string path = PathOf(name);
+    std::ofstream out(path, std::ios::binary);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    return path;
+  }
+
+  std::filesystem::path dir_;
+};
 
 // max |a - b| / max |b| over all elements (the metric of the oracle suite).
 inline double RelativeError(const float* a, const float* b, int64_t n) {
