@@ -40,12 +40,15 @@ struct KVView {
   const uint8_t* keep = nullptr;  // [T]; keep[t] == 0 hides key t (padding); null = all kept
 };
 
-// Which keys query s may see. Query s sits at slot p = first_query_slot + s and sees key t iff
-//   t <= p (causal), keep[t] != 0, and p - window < t when window > 0 (sliding window).
+// Which keys query s may see. Query s sits at slot p = first_query_slot + s and, when causal,
+// sees key t iff t <= p, keep[t] != 0, and p - window < t when window > 0 (sliding window).
+// Not causal (an encoder, or a prompt whose queries all see the whole context): query s sees
+// every key t with keep[t] != 0; window must be 0 and first_query_slot is not used.
 // A query with no visible key produces an all-zero output row (reference code gives NaN).
 struct Visibility {
   int64_t first_query_slot = 0;
   int64_t window = 0;
+  bool causal = true;
 };
 
 // out[s, h, :] = Σ_t softmax_t(scale · q[s, h]·k[t, g(h)]) v[t, g(h)], over visible t.
@@ -69,9 +72,15 @@ struct LinearProblem {
 };
 
 // One backend: a name and its implementation of each operator.
+//   attend        one sequence
+//   attend_batch  `count` independent sequences in one call (a decode step of a batch, ragged
+//                 lengths welcome): the backend may schedule all of them at once instead of
+//                 parallelising each alone; the same results as attend() on each
+//   linear        one projection
 struct KernelBackend {
   const char* name;
   void (*attend)(const AttentionProblem& problem);
+  void (*attend_batch)(const AttentionProblem* problems, int64_t count);
   void (*linear)(const LinearProblem& problem);
 };
 

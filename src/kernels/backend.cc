@@ -28,6 +28,26 @@ void Attend(const AttentionProblem& problem) {
   }
 }
 
+// A batch goes to the fast kernel in one call when it takes every problem; a mixed batch (which
+// no layer makes: one cache has one dtype) is served problem by problem.
+void AttendBatch(const AttentionProblem* problems, int64_t count) {
+  const IsaSupport& isa = ActiveIsa();
+  bool all_fast = true;
+  for (int64_t i = 0; i < count; ++i) {
+    ValidateAttentionProblem(problems[i]);
+    all_fast = all_fast && FlashAttendSupports(problems[i], isa);
+  }
+  if (all_fast) {
+    FlashAttendBatchAvx512(problems, count, isa.bf16_dot);
+    return;
+  }
+  for (int64_t i = 0; i < count; ++i) Attend(problems[i]);
+}
+
+void ReferenceAttendBatch(const AttentionProblem* problems, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) ReferenceAttend(problems[i]);
+}
+
 // A few rows (decode) are bound by reading W once: a parallel dot-product kernel does that and
 // allocates nothing. More rows are a real GEMM: oneDNN.
 constexpr int64_t kSmallBatchRows = 4;
@@ -44,12 +64,13 @@ void Linear(const LinearProblem& problem) {
 }  // namespace cpu
 
 const KernelBackend& ReferenceBackend() {
-  static const KernelBackend backend{"cpu-reference", &cpu::ReferenceAttend, &cpu::ReferenceLinear};
+  static const KernelBackend backend{"cpu-reference", &cpu::ReferenceAttend,
+                                     &cpu::ReferenceAttendBatch, &cpu::ReferenceLinear};
   return backend;
 }
 
 const KernelBackend& DefaultBackend() {
-  static const KernelBackend backend{"cpu", &cpu::Attend, &cpu::Linear};
+  static const KernelBackend backend{"cpu", &cpu::Attend, &cpu::AttendBatch, &cpu::Linear};
   return backend;
 }
 
@@ -72,11 +93,14 @@ void ValidateAttentionProblem(const AttentionProblem& p) {
                std::string("K/V dtype must be F32, F16 or BF16, got ") + DTypeName(kv.dtype));
   ATTN_REQUIRE(kv.length >= 0, "kv length must be >= 0");
   ATTN_REQUIRE(p.visibility.window >= 0, "window must be >= 0");
-  ATTN_REQUIRE(
-      p.visibility.first_query_slot >= 0 && p.visibility.first_query_slot + q.tokens <= kv.length,
-      "query slots [" + std::to_string(p.visibility.first_query_slot) + ", " +
-          std::to_string(p.visibility.first_query_slot + q.tokens) +
-          ") must lie within the kv length " + std::to_string(kv.length));
+  ATTN_REQUIRE(p.visibility.causal || p.visibility.window == 0,
+               "a sliding window needs causal visibility (it is counted back from each query's "
+               "slot)");
+  ATTN_REQUIRE(!p.visibility.causal || (p.visibility.first_query_slot >= 0 &&
+                                        p.visibility.first_query_slot + q.tokens <= kv.length),
+               "query slots [" + std::to_string(p.visibility.first_query_slot) + ", " +
+                   std::to_string(p.visibility.first_query_slot + q.tokens) +
+                   ") must lie within the kv length " + std::to_string(kv.length));
   ATTN_REQUIRE(q.tokens == 0 || (q.data != nullptr && p.out != nullptr), "null query or output");
   ATTN_REQUIRE(kv.length == 0 || (kv.keys != nullptr && kv.values != nullptr),
                "null keys or values");

@@ -2,7 +2,8 @@
 // Tiled attention with online softmax for AVX-512 CPUs (FlashAttention's algorithm on a CPU):
 // the S×T score matrix is never materialised, causal tiles past the diagonal are skipped, every
 // query head of a kv group shares each loaded K/V tile, and decode splits the key range across
-// threads with an exact merge of the partial softmax states.
+// threads with an exact merge of the partial softmax states. Decode-sized blocks (a few rows per
+// kv head) score keys without transposing them and compute in fp32 whatever the K/V dtype.
 #ifndef ATTN_KERNELS_CPU_FLASH_ATTENTION_H_
 #define ATTN_KERNELS_CPU_FLASH_ATTENTION_H_
 
@@ -16,10 +17,15 @@ namespace attn::cpu {
 // Anything else goes to the reference kernel.
 bool FlashAttendSupports(const AttentionProblem& problem, const IsaSupport& isa);
 
-// Same contract as ReferenceAttend. With bf16 K/V of even width and `bf16_dot`, Q·Kᵀ runs as
-// bf16 dot products (Q rounded to bf16) with fp32 accumulation; everything else computes in
-// fp32.
+// Same contract as ReferenceAttend. With bf16 K/V of even width, `bf16_dot` and many query rows
+// per kv head (prefill, absorbed MLA), Q·Kᵀ runs as bf16 dot products (Q rounded to bf16) with
+// fp32 accumulation; everything else computes in fp32.
 void FlashAttendAvx512(const AttentionProblem& problem, bool bf16_dot);
+
+// The same for `count` problems at once (a batch, ragged lengths welcome): one parallel pass
+// whose tasks cover every problem, so a decode step of a batch keeps all threads busy without
+// one barrier per sequence. Each problem must be supported and valid.
+void FlashAttendBatchAvx512(const AttentionProblem* problems, int64_t count, bool bf16_dot);
 
 }  // namespace attn::cpu
 

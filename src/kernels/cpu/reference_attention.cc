@@ -25,8 +25,9 @@ void ReferenceAttend(const AttentionProblem& problem) {
 
   for (int64_t s = 0; s < q.tokens; ++s) {
     const int64_t slot = problem.visibility.first_query_slot + s;
-    const int64_t last = std::min(slot, kv.length - 1);
-    const int64_t first = problem.visibility.window > 0
+    const bool causal = problem.visibility.causal;
+    const int64_t last = causal ? std::min(slot, kv.length - 1) : kv.length - 1;
+    const int64_t first = causal && problem.visibility.window > 0
                               ? std::max<int64_t>(0, slot - problem.visibility.window + 1)
                               : 0;
     for (int64_t h = 0; h < q.heads; ++h) {

@@ -1,0 +1,356 @@
+// SPDX-License-Identifier: Apache-2.0
+// Building blocks shared by the AVX-512 attention kernels (flash_attention_avx512.cc for
+// prefill-sized blocks, flash_decode_avx512.cc for a few query rows per kv head): element
+// loads that widen f16/bf16 to fp32, 2^x, the P·V accumulation, the visibility mask of a key
+// tile and the online-softmax update of one row (docs/semantics.md §6).
+//
+// Include this header last: it switches the rest of the including file to AVX-512 code
+// generation (`#pragma GCC target`), so that what the standard headers above it define stays
+// baseline x86-64 and the linker never picks an AVX-512 copy of a function the rest of the
+// library shares. Only files that run after the cpuid check (kernels/cpu/isa.cc) include it.
+#ifndef ATTN_KERNELS_CPU_AVX512_COMMON_H_
+#define ATTN_KERNELS_CPU_AVX512_COMMON_H_
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")
+
+namespace attn::cpu::avx512 {
+
+constexpr int64_t kTileKeys = 32;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// How a K/V element is turned into the 32-bit words the kernels consume.
+enum class Load {
+  kWords,      // f32 as is, or bf16 pairs kept packed for bf16 dot products
+  kF16ToF32,   // 16 halves -> 16 floats
+  kBF16ToF32,  // 16 bf16 -> 16 floats
+};
+
+// 2^x, |relative error| < 2e-7 for x in [-126, 0]: x = n + f, f in [-0.5, 0.5],
+// 2^f by its degree-7 Taylor polynomial in f·ln2, then scaled by 2^n exactly.
+inline __m512 Exp2(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(1.5252733804059841e-05f);  // ln2^7/7!
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.5403530393381610e-04f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-02f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __m512 LoadBF16(const uint16_t* src) {
+  const __m512i wide =
+      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+inline __m512 LoadF16(const uint16_t* src) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+}
+
+// Sixteen 32-bit words of row `row` (of `rows` valid ones), chunk `chunk`, as one vector. Rows
+// are `width` words wide; words past the width read as zeros (head widths that are not a
+// multiple of 16 are zero-padded, which leaves dot products and outputs unchanged).
+inline __m512 LoadRowChunk(const std::byte* base, int64_t row_stride_bytes, int64_t row,
+                           int64_t rows, int64_t chunk, int64_t width, Load load) {
+  const int64_t valid = width - chunk * 16;
+  if (row >= rows || valid <= 0) return _mm512_setzero_ps();
+  const std::byte* p = base + row * row_stride_bytes;
+  if (valid >= 16) {
+    switch (load) {
+      case Load::kWords:
+        return _mm512_loadu_ps(reinterpret_cast<const float*>(p) + chunk * 16);
+      case Load::kF16ToF32:
+        return LoadF16(reinterpret_cast<const uint16_t*>(p) + chunk * 16);
+      case Load::kBF16ToF32:
+        return LoadBF16(reinterpret_cast<const uint16_t*>(p) + chunk * 16);
+    }
+  }
+  const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1u);
+  switch (load) {
+    case Load::kWords:
+      return _mm512_maskz_loadu_ps(mask, reinterpret_cast<const float*>(p) + chunk * 16);
+    case Load::kF16ToF32:
+      return _mm512_cvtph_ps(
+          _mm256_maskz_loadu_epi16(mask, reinterpret_cast<const uint16_t*>(p) + chunk * 16));
+    case Load::kBF16ToF32: {
+      const __m256i raw =
+          _mm256_maskz_loadu_epi16(mask, reinterpret_cast<const uint16_t*>(p) + chunk * 16);
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+    }
+  }
+  return _mm512_setzero_ps();
+}
+
+// vt[t][d] = V[t][d] as fp32 for t < n, rows dv_pad wide (zeros past dv).
+inline void ConvertValues(const std::byte* values, int64_t stride_bytes, int64_t n, int64_t dv,
+                          int64_t dv_pad, Load load, float* vt) {
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t chunk = 0; chunk < dv_pad / 16; ++chunk) {
+      _mm512_storeu_ps(vt + t * dv_pad + chunk * 16,
+                       LoadRowChunk(values, stride_bytes, t, n, chunk, dv, load));
+    }
+  }
+}
+
+// Sixteen values starting at element `offset` of `v` (stored as L) as fp32.
+template <Load L>
+inline __m512 LoadValues(const void* v, int64_t offset) {
+  if constexpr (L == Load::kWords) return _mm512_loadu_ps(static_cast<const float*>(v) + offset);
+  if constexpr (L == Load::kF16ToF32) return LoadF16(static_cast<const uint16_t*>(v) + offset);
+  if constexpr (L == Load::kBF16ToF32) return LoadBF16(static_cast<const uint16_t*>(v) + offset);
+  return _mm512_setzero_ps();
+}
+
+// o[r][0..16C) += Σ_t p[r][t] v[t][0..16C) for R rows and n keys; v rows `v_stride` elements
+// apart, stored as L; o rows `o_stride` floats apart.
+template <int R, int C, Load L>
+void AccumulateValues(const float* p, const void* v, int64_t v_stride, int64_t n, float* o,
+                      int64_t o_stride) {
+  __m512 acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_loadu_ps(o + r * o_stride + c * 16);
+  for (int64_t t = 0; t < n; ++t) {
+    __m512 vv[C];
+    for (int c = 0; c < C; ++c) vv[c] = LoadValues<L>(v, t * v_stride + c * 16);
+    for (int r = 0; r < R; ++r) {
+      const __m512 pb = _mm512_set1_ps(p[r * kTileKeys + t]);
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(pb, vv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(o + r * o_stride + c * 16, acc[r][c]);
+}
+
+using AccumulateFn = void (*)(const float*, const void*, int64_t, int64_t, float*, int64_t);
+constexpr int kValueRows = 6;  // 6 rows × 4 vectors = 24 accumulators of 32 registers
+
+template <Load L>
+constexpr AccumulateFn kAccumulate[kValueRows][4] = {
+    {AccumulateValues<1, 1, L>, AccumulateValues<1, 2, L>, AccumulateValues<1, 3, L>,
+     AccumulateValues<1, 4, L>},
+    {AccumulateValues<2, 1, L>, AccumulateValues<2, 2, L>, AccumulateValues<2, 3, L>,
+     AccumulateValues<2, 4, L>},
+    {AccumulateValues<3, 1, L>, AccumulateValues<3, 2, L>, AccumulateValues<3, 3, L>,
+     AccumulateValues<3, 4, L>},
+    {AccumulateValues<4, 1, L>, AccumulateValues<4, 2, L>, AccumulateValues<4, 3, L>,
+     AccumulateValues<4, 4, L>},
+    {AccumulateValues<5, 1, L>, AccumulateValues<5, 2, L>, AccumulateValues<5, 3, L>,
+     AccumulateValues<5, 4, L>},
+    {AccumulateValues<6, 1, L>, AccumulateValues<6, 2, L>, AccumulateValues<6, 3, L>,
+     AccumulateValues<6, 4, L>},
+};
+
+// Sums the lanes of each of a[0..15]: lane k of the result is Σ_i a[k][i]. Four rounds fold
+// pairs of vectors, each halving the lanes a vector spends on one input (8, 4, 2, 1): 15
+// shuffle pairs and 15 adds for 16 sums, against 16 full horizontal reductions.
+struct FoldIndices {
+  alignas(64) int32_t lo[4][16];
+  alignas(64) int32_t hi[4][16];
+};
+// Round with span w (8, 4, 2, 1): output lane j takes, from the first input (j < 8) or the
+// second (j >= 8), lane q·2w + u (lo) or q·2w + w + u (hi), where p = j mod 8 = q·w + u.
+constexpr FoldIndices MakeFoldIndices() {
+  FoldIndices indices{};
+  for (int round = 0; round < 4; ++round) {
+    const int w = 8 >> round;
+    for (int j = 0; j < 16; ++j) {
+      const int p = j % 8;
+      const int base = (j < 8 ? 0 : 16) + (p / w) * 2 * w + p % w;
+      indices.lo[round][j] = base;
+      indices.hi[round][j] = base + w;
+    }
+  }
+  return indices;
+}
+constexpr FoldIndices kFoldIndices = MakeFoldIndices();
+
+inline __m512 SumLanes16(__m512 a[16]) {
+  int count = 16;
+  for (int round = 0; round < 4; ++round) {
+    const __m512i lo = _mm512_load_si512(kFoldIndices.lo[round]);
+    const __m512i hi = _mm512_load_si512(kFoldIndices.hi[round]);
+    for (int i = 0; i < count / 2; ++i) {
+      a[i] = _mm512_add_ps(_mm512_permutex2var_ps(a[2 * i], lo, a[2 * i + 1]),
+                           _mm512_permutex2var_ps(a[2 * i], hi, a[2 * i + 1]));
+    }
+    count /= 2;
+  }
+  return a[0];
+}
+
+// s[r][0..n) = Σ_i q[r][i] k[t][i] for `rows` query rows against the n <= 32 keys of a tile,
+// without transposing K: each of 16 keys accumulates its own vector over the key width, then
+// SumLanes16 turns the 16 vectors into 16 scores. Costs D/16 FMAs per key and row plus ~3
+// shuffles per key and row, where the transposed layout (flash_attention_avx512.cc) pays ~32
+// shuffles per key once for all rows: the better choice for a few rows (decode). Keys are
+// stored as L, `stride_bytes` apart, `width` elements each; q rows are `q_words` floats,
+// zero past `width`. Scores of keys >= n are garbage (they read key 0 again); callers mask
+// them.
+template <Load L>
+void ScoresRowDot(const float* q, int64_t rows, int64_t q_words, const std::byte* keys,
+                  int64_t stride_bytes, int64_t n, int64_t width, float* s) {
+  const int64_t full = width / 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (width % 16)) - 1u);
+  constexpr int64_t kElement = L == Load::kWords ? 4 : 2;
+  for (int64_t k0 = 0; k0 < n; k0 += 16) {
+    const std::byte* key[16];
+    for (int64_t j = 0; j < 16; ++j) {
+      key[j] = keys + (k0 + j < n ? k0 + j : 0) * stride_bytes;
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* q_row = q + r * q_words;
+      __m512 acc[16];
+      for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
+      for (int64_t c = 0; c < full; ++c) {
+        const __m512 qv = _mm512_loadu_ps(q_row + c * 16);
+        for (int j = 0; j < 16; ++j) {
+          acc[j] = _mm512_fmadd_ps(qv, LoadValues<L>(key[j], c * 16), acc[j]);
+        }
+      }
+      if (tail != 0) {
+        const __m512 qv = _mm512_loadu_ps(q_row + full * 16);
+        for (int j = 0; j < 16; ++j) {
+          const std::byte* chunk = key[j] + full * 16 * kElement;
+          __m512 kv;
+          if constexpr (L == Load::kWords) {
+            kv = _mm512_maskz_loadu_ps(tail, chunk);
+          } else {
+            const __m256i raw = _mm256_maskz_loadu_epi16(tail, chunk);
+            kv = L == Load::kF16ToF32
+                     ? _mm512_cvtph_ps(raw)
+                     : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+          }
+          acc[j] = _mm512_fmadd_ps(qv, kv, acc[j]);
+        }
+      }
+      _mm512_storeu_ps(s + r * kTileKeys + k0, SumLanes16(acc));
+    }
+  }
+}
+
+// Asks for the cache lines of rows [0, n) (`row_bytes` each, `stride_bytes` apart) ahead of
+// use: rows of one head in a token-major cache sit a whole token apart, a pattern the hardware
+// prefetchers do not follow across pages.
+inline void PrefetchRows(const std::byte* rows, int64_t stride_bytes, int64_t n,
+                         int64_t row_bytes) {
+  for (int64_t t = 0; t < n; ++t) {
+    const char* row = reinterpret_cast<const char*>(rows + t * stride_bytes);
+    for (int64_t b = 0; b < row_bytes; b += 64) _mm_prefetch(row + b, _MM_HINT_T0);
+    _mm_prefetch(row + row_bytes - 1, _MM_HINT_T0);
+  }
+}
+
+// s[0..31] holds one row's raw scores for a key tile, `mask` its visible keys. Turns them into
+// P = 2^(s·score_scale - m') (zero where hidden) in place, with m' = max(m, visible scores), and
+// rescales the row's running sum l and output accumulator o (dv_pad floats) by 2^(m - m'):
+// the online softmax of FlashAttention in base 2 (docs/semantics.md §6).
+inline void SoftmaxTileRow(float* s, uint32_t mask, __m512 score_scale, float& m, float& l,
+                           float* o, int64_t dv_pad) {
+  if (mask == 0) {
+    _mm512_storeu_ps(s, _mm512_setzero_ps());
+    _mm512_storeu_ps(s + 16, _mm512_setzero_ps());
+    return;
+  }
+  const __mmask16 m0 = static_cast<__mmask16>(mask & 0xffffu);
+  const __mmask16 m1 = static_cast<__mmask16>(mask >> 16);
+  const __m512 s0 = _mm512_mul_ps(_mm512_loadu_ps(s), score_scale);
+  const __m512 s1 = _mm512_mul_ps(_mm512_loadu_ps(s + 16), score_scale);
+  const __m512 neg_inf = _mm512_set1_ps(kNegInf);
+  const float tile_max = _mm512_reduce_max_ps(
+      _mm512_max_ps(_mm512_mask_mov_ps(neg_inf, m0, s0), _mm512_mask_mov_ps(neg_inf, m1, s1)));
+  const float m_new = std::max(m, tile_max);
+  const __m512 shift = _mm512_set1_ps(m_new);
+  const __m512 p0 = _mm512_maskz_mov_ps(m0, Exp2(_mm512_sub_ps(s0, shift)));
+  const __m512 p1 = _mm512_maskz_mov_ps(m1, Exp2(_mm512_sub_ps(s1, shift)));
+  _mm512_storeu_ps(s, p0);
+  _mm512_storeu_ps(s + 16, p1);
+  const float correction = std::exp2(m - m_new);  // 0 when m was -inf
+  if (correction != 1.0f) {
+    const __m512 c = _mm512_set1_ps(correction);
+    for (int64_t d = 0; d < dv_pad; d += 16) {
+      _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(o + d), c));
+    }
+  }
+  l = l * correction + _mm512_reduce_add_ps(_mm512_add_ps(p0, p1));
+  m = m_new;
+}
+
+template <typename T>
+inline T* Grow(std::vector<T>& buffer, int64_t size) {
+  if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(static_cast<size_t>(size));
+  return buffer.data();
+}
+
+// Bit t of the result is set iff key t0 + t is visible to the query at `slot` (causal: t0 + t
+// <= slot; window > 0: t0 + t > slot - window; key_bits: the tile's kept keys). Without
+// `causal` every kept key is visible (a window needs causal; ValidateAttentionProblem).
+inline uint32_t RowMask(int64_t slot, int64_t t0, int64_t window, bool causal, uint32_t key_bits) {
+  if (!causal) return key_bits;
+  const int64_t last = slot - t0;  // highest visible offset (causal)
+  if (last < 0) return 0;
+  uint32_t mask = last >= 31 ? ~0u : ((2u << last) - 1u);
+  if (window > 0) {
+    const int64_t first = slot - window + 1 - t0;  // lowest visible offset
+    if (first >= 32) return 0;
+    if (first > 0) mask &= ~((1u << first) - 1u);
+  }
+  return mask & key_bits;
+}
+
+// Bits 0 … n-1 for the tile's keys t0 … t0+n-1, cleared where keep[t] == 0 (padding).
+inline uint32_t TileKeyBits(const uint8_t* keep, int64_t t0, int64_t n) {
+  uint32_t bits = n == 32 ? ~0u : ((1u << n) - 1u);
+  if (keep != nullptr) {
+    for (int64_t i = 0; i < n; ++i) {
+      if (keep[t0 + i] == 0) bits &= ~(1u << i);
+    }
+  }
+  return bits;
+}
+
+// O[r] += Σ_t P[r][t] V[t] for `rows` rows (P: rows × 32 in `p`, O: rows × dv_pad in `o`) over
+// the n values of one tile, stored as `load` `stride_bytes` apart. With few rows each value is
+// read once, so f16/bf16 widen on the fly; with more rows (or a width that is not a multiple
+// of 16) the tile is widened once into `vt` (32 × dv_pad) and reread as fp32.
+inline void AccumulateTile(const float* p, int64_t rows, const std::byte* v_tile,
+                           int64_t stride_bytes, int64_t n, int64_t dv, int64_t dv_pad, Load load,
+                           float* vt, float* o) {
+  const void* v = v_tile;
+  int64_t v_stride = stride_bytes / static_cast<int64_t>(load == Load::kWords ? 4 : 2);
+  if (dv != dv_pad || (load != Load::kWords && rows > kValueRows)) {
+    ConvertValues(v_tile, stride_bytes, n, dv, dv_pad, load, vt);
+    v = vt;
+    v_stride = dv_pad;
+    load = Load::kWords;
+  }
+  const auto& accumulate = load == Load::kWords      ? kAccumulate<Load::kWords>
+                           : load == Load::kF16ToF32 ? kAccumulate<Load::kF16ToF32>
+                                                     : kAccumulate<Load::kBF16ToF32>;
+  const int64_t v_element = load == Load::kWords ? 4 : 2;
+  for (int64_t d0 = 0; d0 < dv_pad; d0 += 64) {
+    const int64_t vectors = std::min<int64_t>(4, (dv_pad - d0) / 16);
+    const void* v_chunk = static_cast<const std::byte*>(v) + d0 * v_element;
+    for (int64_t r0 = 0; r0 < rows; r0 += kValueRows) {
+      const int64_t count = std::min<int64_t>(kValueRows, rows - r0);
+      accumulate[count - 1][vectors - 1](p + r0 * kTileKeys, v_chunk, v_stride, n,
+                                         o + r0 * dv_pad + d0, dv_pad);
+    }
+  }
+}
+
+}  // namespace attn::cpu::avx512
+
+#endif  // ATTN_KERNELS_CPU_AVX512_COMMON_H_
