@@ -6,6 +6,7 @@
 #ifndef ATTN_KERNELS_H_
 #define ATTN_KERNELS_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -58,6 +59,10 @@ struct AttentionProblem {
   Visibility visibility;
   float scale = 1.0f;
   float* out = nullptr;  // [tokens][heads][value_dim] fp32
+  // When set, a kernel stores true here if any score q·k it computed is NaN or ±Inf: a key row
+  // holding NaN/Inf always gives one, so a caller can vouch for the keys it read without a
+  // second pass over a large cache (values show up in the output instead). Never cleared.
+  std::atomic<bool>* non_finite_scores = nullptr;
 };
 
 // y[r, o] = Σ_i x[r, i] · w[o, i] + bias[o]: a PyTorch Linear with w stored [out, in].

@@ -7,11 +7,13 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <optional>
 #include <span>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "arrays.h"
 #include "attn/error.h"
@@ -65,6 +67,13 @@ float ScaleOr(const py::object& scale, int64_t dim) {
         ErrorKind::kInvalidArgument,
         "scale must be a finite positive number, got " + py::repr(scale).cast<std::string>());
   return static_cast<float>(value);
+}
+
+bool AllFinite(const float* data, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    if (!std::isfinite(data[i])) return false;
+  }
+  return true;
 }
 
 // With check_finite, the output is checked like the inputs: the first NaN/Inf is an error naming
@@ -158,47 +167,46 @@ py::object RunAttention(const ArrayView& q_in, const ArrayView& k_in, const Arra
   const DType dtype = StorageDType(kv_element);
   const int64_t element_size = static_cast<int64_t>(ElementSize(kv_element));
   const float* q_data = reinterpret_cast<const float*>(q.data);
-  {
-    ComputeScope release;
-    const KernelBackend& backend = DefaultBackend();
-    for (int64_t b = 0; b < batch; ++b) {
-      AttentionProblem problem;
-      problem.kv.dtype = dtype;
-      problem.kv.keys = k.data + b * k.strides[0] * element_size;
-      problem.kv.values = v.data + b * v.strides[0] * element_size;
-      problem.kv.kv_heads = kv_heads;
-      problem.kv.key_dim = dim;
-      problem.kv.value_dim = value_dim;
-      problem.kv.key_token_stride = k.strides[1];
-      problem.kv.key_head_stride = k.strides[2];
-      problem.kv.value_token_stride = v.strides[1];
-      problem.kv.value_head_stride = v.strides[2];
-      problem.kv.length = length;
-      problem.kv.keep = keep.empty() ? nullptr : keep.data() + b * length;
-      problem.scale = scale;
-      const float* q_rows = q_data + b * q.strides[0];
-      float* out_rows = out + b * queries * heads * value_dim;
-      if (causal) {
-        problem.queries = QueryRows{q_rows, queries, heads, dim};
-        problem.visibility = Visibility{length - queries, window};
-        problem.out = out_rows;
-        ValidateAttentionProblem(problem);
-        backend.attend(problem);
-      } else if (length == 0) {
-        std::fill(out_rows, out_rows + queries * heads * value_dim, 0.0f);
-      } else {
-        // Full visibility: every query sits at the last slot, one query row per call.
-        for (int64_t s = 0; s < queries; ++s) {
-          problem.queries = QueryRows{q_rows + s * heads * dim, 1, heads, dim};
-          problem.visibility = Visibility{length - 1, 0};
-          problem.out = out_rows + s * heads * value_dim;
-          ValidateAttentionProblem(problem);
-          backend.attend(problem);
-        }
-      }
-    }
+  std::vector<AttentionProblem> problems(static_cast<size_t>(batch));
+  std::atomic<bool> non_finite_scores{false};
+  for (int64_t b = 0; b < batch; ++b) {
+    AttentionProblem& problem = problems[static_cast<size_t>(b)];
+    problem.kv.dtype = dtype;
+    problem.kv.keys = k.data + b * k.strides[0] * element_size;
+    problem.kv.values = v.data + b * v.strides[0] * element_size;
+    problem.kv.kv_heads = kv_heads;
+    problem.kv.key_dim = dim;
+    problem.kv.value_dim = value_dim;
+    problem.kv.key_token_stride = k.strides[1];
+    problem.kv.key_head_stride = k.strides[2];
+    problem.kv.value_token_stride = v.strides[1];
+    problem.kv.value_head_stride = v.strides[2];
+    problem.kv.length = length;
+    problem.kv.keep = keep.empty() ? nullptr : keep.data() + b * length;
+    problem.scale = scale;
+    problem.queries = QueryRows{q_data + b * q.strides[0], queries, heads, dim};
+    // Causal: bottom-right aligned (query s at slot T - Sq + s). Not causal: every key.
+    problem.visibility =
+        causal ? Visibility{length - queries, window, true} : Visibility{0, 0, false};
+    problem.out = out + b * queries * heads * value_dim;
+    problem.non_finite_scores = check_finite ? &non_finite_scores : nullptr;
+    ValidateAttentionProblem(problem);
   }
-  if (check_finite) CheckFiniteOutput(out, out_shape);
+  {
+    // One call for the whole batch: the kernel spreads all sequences over its threads.
+    ComputeScope release;
+    DefaultBackend().attend_batch(problems.data(), batch);
+  }
+  if (check_finite) {
+    // K/V are vouched for by the kernel (a NaN/Inf key gives a NaN/Inf score, a NaN/Inf value a
+    // NaN/Inf output) instead of a second pass over a possibly huge cache; only when it saw
+    // something are they scanned, to name the first bad element.
+    if (non_finite_scores.load() || !AllFinite(out, NumElements(out_shape))) {
+      CheckFiniteView(k_in);
+      CheckFiniteView(v_in);
+    }
+    CheckFiniteOutput(out, out_shape);
+  }
   if (out_view) return py::reinterpret_borrow<py::object>(out_arg);
   return WrapTensor(std::move(owned), q_in.from_torch);
 }
@@ -212,13 +220,15 @@ py::object Attention(py::handle q_arg, py::handle k_arg, py::handle v_arg, bool 
   CheckRank(q, 4, "[B, Sq, H, D]");
   CheckRank(k, 4, "[B, T, G, D]");
   CheckRank(v, 4, "[B, T, G, Dv]");
-  for (const ArrayView* view : {&q, &k, &v}) {
-    if (check_finite) {
-      CheckFiniteView(*view);
-    } else {
-      CheckFloating(*view);
-    }
+  // With check_finite, q is scanned here; k and v, which can be a whole cache, are vouched for
+  // by the kernel as it reads them (RunAttention).
+  if (check_finite) {
+    CheckFiniteView(q);
+  } else {
+    CheckFloating(q);
   }
+  CheckFloating(k);
+  CheckFloating(v);
   return RunAttention(q, k, v, causal, ScaleOr(scale, q.shape[3]), window, attention_mask, out,
                       check_finite);
 }
@@ -232,11 +242,10 @@ py::object MlaAttention(py::handle q_arg, py::handle kv_arg, int64_t value_dim, 
   CheckRank(kv, 3, "[B, T, D] (latent rows: kv_lora_rank values, then the rotated rope part)");
   if (check_finite) {
     CheckFiniteView(q);
-    CheckFiniteView(kv);
   } else {
     CheckFloating(q);
-    CheckFloating(kv);
   }
+  CheckFloating(kv);
   Check(value_dim > 0 && value_dim <= kv.shape[2], ErrorKind::kInvalidArgument,
         "value_dim must lie in [1, " + std::to_string(kv.shape[2]) + "] (the kv row width), got " +
             std::to_string(value_dim));
@@ -276,8 +285,17 @@ attention_mask: [B, T] of 1 (keep) / 0 (padding key), any integer, bool or float
 window: > 0 keeps only keys t > slot - window (sliding window; needs causal=True).
 out: optional writable C-contiguous float32 [B, Sq, H, Dv] array or tensor to write into; it is
     returned.
-check_finite: raise ValueError on NaN/Inf in q, k or v, and on a NaN/Inf in the output (naming
-    its [b, s, h, d] position) (default). With False, non-finite inputs give unspecified outputs.
+check_finite: raise ValueError on NaN/Inf in q, in the keys and values the kernel reads, or in
+    the output, naming the first bad position (default). q is scanned up front; k and v are
+    vouched for by the kernel as it reads them (a NaN/Inf key gives a NaN/Inf score, a NaN/Inf
+    value a NaN/Inf output), so a large cache is not read twice; only then are they scanned to
+    name the element. Keys no query can reach (past the causal diagonal, outside the window)
+    are not examined. With False, non-finite inputs give unspecified outputs.
+
+Copies: q is read in place when float32 with each batch row contiguous; k and v when float32,
+float16 or bfloat16 (both the same) with a contiguous last axis and non-negative strides, any
+batch/token/head strides (torch's [B, T, G, D], a transposed [B, G, T, D] view, a slice of a
+larger cache). Otherwise (float64, mixed dtypes, a strided last axis) they are copied once.
 
 A query with no visible key gets a zero output row. Returns float32 [B, Sq, H, Dv]: NumPy, or a
 torch tensor when q is one.)doc");

@@ -108,6 +108,53 @@ def test_mla_attention_matches_torch(attn, dtype, causal):
     assert_close(got, want)
 
 
+# Decode-sized calls at lengths that split the keys across tasks, in the layouts users hold:
+# torch's token-major [B, T, G, D] and a head-major cache seen through a transposed view.
+# A ragged batch (padding on the left, as HF pads) is one kernel call.
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("layout", ["token-major", "head-major"])
+@pytest.mark.parametrize("heads,kv_heads,sq", [(8, 8, 1), (8, 2, 1), (8, 2, 4), (16, 1, 1)])
+def test_long_ragged_decode_matches_float64(attn, dtype, layout, heads, kv_heads, sq):
+    B, T, D = 3, 3000, 64
+    tdt = TORCH_DTYPES[dtype]
+    q = rand((B, sq, heads, D), tdt, 21)
+    if layout == "token-major":
+        k, v = rand((B, T, kv_heads, D), tdt, 22), rand((B, T, kv_heads, D), tdt, 23)
+    else:
+        k = rand((B, kv_heads, T, D), tdt, 22).transpose(1, 2)
+        v = rand((B, kv_heads, T, D), tdt, 23).transpose(1, 2)
+    mask = torch.ones(B, T, dtype=torch.int64)
+    mask[1, :1000] = 0
+    mask[2, :2999 - sq] = 0  # only the last few keys
+    got = attn.attention(q, k, v, attention_mask=mask)
+    want = reference(q, k, v, mask=mask)
+    # <= 8 query rows per kv head compute in fp32 whatever the storage dtype; MQA's 16 rows
+    # with bf16 keys take bf16 products.
+    rows = sq * heads // kv_heads
+    assert_close(got, want, rel=BF16_PRODUCT_TOL if dtype == "bf16" and rows > 8 else 1e-5)
+
+
+def test_not_causal_with_more_queries_than_keys(attn):
+    q = rand((2, 40, 4, 32), torch.float32, 24)
+    k, v = rand((2, 20, 2, 32), torch.float32, 25), rand((2, 20, 2, 16), torch.float32, 26)
+    assert_close(attn.attention(q, k, v, causal=False), reference(q, k, v, causal=False))
+    with pytest.raises(ValueError, match="Sq <= T"):
+        attn.attention(q, k, v, causal=True)
+
+
+def test_nan_in_a_key_no_query_reaches_is_not_examined(attn):
+    """Documented: keys and values are checked as the kernel reads them; with a window of 4, a
+    decode query never reads key 0, so a NaN there is not an error and changes nothing."""
+    q = rand((1, 1, 4, 32), torch.float32, 27)
+    k, v = rand((1, 100, 4, 32), torch.float32, 28), rand((1, 100, 4, 32), torch.float32, 29)
+    want = attn.attention(q, k, v, window=4)
+    k[0, 0, 2, 7] = float("nan")
+    v[0, 0, 1, 3] = float("inf")
+    assert torch.equal(attn.attention(q, k, v, window=4), want)
+    with pytest.raises(ValueError, match=r"k: non-finite value .* at index \[0, 0, 2, 7\]"):
+        attn.attention(q, k, v)  # no window: key 0 is read
+
+
 # ============================================================================ zero copy
 
 

@@ -309,6 +309,20 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
       }
     }
 
+    if (p.non_finite_scores != nullptr) {
+      // NaN/Inf among the n real scores of a row (lanes past n are stale or repeat key 0).
+      const uint32_t real = n == 32 ? ~0u : ((1u << n) - 1u);
+      uint32_t found = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* s = scores + r * kTileKeys;
+        found |=
+            (static_cast<uint32_t>(_mm512_fpclass_ps_mask(_mm512_loadu_ps(s), 0x99)) |
+             static_cast<uint32_t>(_mm512_fpclass_ps_mask(_mm512_loadu_ps(s + 16), 0x99)) << 16) &
+            real;
+      }
+      if (found != 0) p.non_finite_scores->store(true, std::memory_order_relaxed);
+    }
+
     // Online softmax: scores become P = 2^(S - m'), O and l rescale by 2^(m - m').
     for (int64_t r = 0; r < rows; ++r) {
       SoftmaxTileRow(scores + r * kTileKeys, masks[r], score_scale, m[r], l[r], o + r * dv_pad,

@@ -41,6 +41,9 @@ void ReferenceAttend(const AttentionProblem& problem) {
                 key_row.data());
         float dot = 0.0f;
         for (int64_t i = 0; i < q.dim; ++i) dot += query[i] * key_row[static_cast<size_t>(i)];
+        if (!std::isfinite(dot) && problem.non_finite_scores != nullptr) {
+          problem.non_finite_scores->store(true, std::memory_order_relaxed);
+        }
         return problem.scale * dot;
       };
       auto visible = [&](int64_t t) { return kv.keep == nullptr || kv.keep[t] != 0; };
