@@ -87,20 +87,24 @@ void GqaAttention::StepInto(const TokenBatch& batch, Cache& cache, MlaForm /*for
   layers::RotateHeads(rope_, positions, k, kv_heads * d, 0, kv_heads, d);
 
   float* heads_out = layers::Scratch(layers::Slot::kHeadsOut, rows * heads * d);
+  // Every sequence's new tokens go into the cache first, then one kernel call attends for the
+  // whole batch (ragged lengths and all), so a decode step keeps every thread busy.
+  std::vector<AttentionProblem>& problems = layers::BatchProblems(shape.batch);
   for (int64_t b = 0; b < shape.batch; ++b) {
     const int64_t first_slot = kv->length(b);
     const int64_t token0 = b * shape.tokens;
     const int64_t count = shape.counts[static_cast<size_t>(b)];
     kv->Append(b, count, k + token0 * kv_heads * d, v + token0 * kv_heads * d,
                layers::KeepFlags(batch, shape, b));
-    AttentionProblem problem;
+    AttentionProblem& problem = problems[static_cast<size_t>(b)];
+    problem = AttentionProblem{};
     problem.queries = {q + token0 * heads * d, count, heads, d};
     problem.kv = kv->View(b);
     problem.visibility = {first_slot, window_};
     problem.scale = scale_;
     problem.out = heads_out + token0 * heads * d;
-    DefaultBackend().attend(problem);
   }
+  DefaultBackend().attend_batch(problems.data(), shape.batch);
 
   out.Reshape({shape.batch, shape.tokens, config_.hidden_size});
   layers::Project(heads_out, rows, weights_.o_proj, weights_.o_bias, out.data());

@@ -85,6 +85,12 @@ int64_t* IndexScratch(IndexSlot slot, int64_t size) {
   return buffer.data();
 }
 
+std::vector<AttentionProblem>& BatchProblems(int64_t count) {
+  thread_local std::vector<AttentionProblem> problems;
+  if (static_cast<int64_t>(problems.size()) < count) problems.resize(static_cast<size_t>(count));
+  return problems;
+}
+
 const uint8_t* KeepFlags(const TokenBatch& batch, const BatchShape& shape, int64_t sequence) {
   if (batch.keep.empty()) return nullptr;
   return batch.keep.data() + sequence * shape.tokens;

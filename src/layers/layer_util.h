@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "attn/kernels.h"
 #include "attn/kv_cache.h"
 #include "attn/layer.h"
 #include "attn/rope.h"
@@ -54,6 +55,9 @@ enum class Slot {
 float* Scratch(Slot slot, int64_t size);
 enum class IndexSlot { kCounts, kPositions, kFirstSlots, kCount };
 int64_t* IndexScratch(IndexSlot slot, int64_t size);
+// A per-thread list of at least `count` attention problems for one attend_batch call (grown,
+// never shrunk: no allocation per decode step once warm).
+std::vector<AttentionProblem>& BatchProblems(int64_t count);
 
 // Pointer to sequence b's keep flags, or null when the batch has none.
 const uint8_t* KeepFlags(const TokenBatch& batch, const BatchShape& shape, int64_t sequence);

@@ -258,19 +258,21 @@ void MlaAttention::AttendNaive(const Projected& p, KVCache& cache,
   float* values = layers::Scratch(layers::Slot::kDecompressedValues, rows * h * m.v_head_dim);
   DecompressLatent(p.latent, rows, keys, values);
 
+  std::vector<AttentionProblem>& problems = layers::BatchProblems(p.shape.batch);
   for (int64_t b = 0; b < p.shape.batch; ++b) {
     const int64_t token0 = b * s_len;
     const int64_t count = p.shape.counts[static_cast<size_t>(b)];
     cache.Append(b, count, keys + token0 * h * qk_dim, values + token0 * h * m.v_head_dim,
                  p.keep(b));
-    AttentionProblem problem;
+    AttentionProblem& problem = problems[static_cast<size_t>(b)];
+    problem = AttentionProblem{};
     problem.queries = {p.q + token0 * h * qk_dim, count, h, qk_dim};
     problem.kv = cache.View(b);
     problem.visibility = {first_slots[static_cast<size_t>(b)], 0};
     problem.scale = scale_;
     problem.out = heads_out + token0 * h * m.v_head_dim;
-    DefaultBackend().attend(problem);
   }
+  DefaultBackend().attend_batch(problems.data(), p.shape.batch);
 }
 
 void MlaAttention::AttendAbsorbed(const Projected& p, int64_t sequence, const LatentKVCache& cache,
