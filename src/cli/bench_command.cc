@@ -115,7 +115,14 @@ int RunKernelBench(const std::vector<std::string>& args) {
       .Integer("kv-len", "T", "key/value tokens, >= S")
       .Mandatory()
       .Switch("causal", "causal mask (query i sees keys up to T - S + i)")
-      .Text("dtype", "DTYPE", "K/V storage: f32, f16 or bf16", "f32");
+      .Text("dtype", "DTYPE", "K/V storage: f32, f16 or bf16", "f32")
+      .Integer("batch", "B",
+               "sequences in one batched call, ragged: sequence b has T - floor(b*T/(2B)) keys",
+               "1")
+      .Text("layout", "L",
+            "gqa K/V per sequence: head-major [G][T][D] (as attn's KVCache) or token-major "
+            "[T][G][D] (as PyTorch's [B, T, G, D])",
+            "head-major");
   AddThreadsFlag(flags);
   flags.Integer("repeat", "R", "timed runs after one warm-up, 1 to 100000; the median counts", "5")
       .Integer("seed", "N", "random seed of the inputs", "1")
@@ -139,6 +146,11 @@ int RunKernelBench(const std::vector<std::string>& args) {
   shape.kv_len = flags.GetInt("kv-len", 0);
   shape.causal = flags.Has("causal");
   shape.dtype = StorageDTypeFromString(flags.Get("dtype"));
+  shape.batch = flags.GetInt("batch");
+  const std::string layout = flags.Get("layout");
+  Check(layout == "head-major" || layout == "token-major", ErrorKind::kInvalidArgument,
+        "--layout must be head-major or token-major, got '" + layout + "'");
+  shape.token_major = layout == "token-major";
   shape = bench::NormalizeKernelShape(shape);
   const int64_t repeat = flags.GetInt("repeat");
   Check(repeat >= 1 && repeat <= 100000, ErrorKind::kInvalidArgument,
@@ -187,11 +199,15 @@ int RunKernelBench(const std::vector<std::string>& args) {
       {"kv_len", shape.kv_len},
       {"causal", shape.causal},
       {"dtype", flags.Get("dtype", "f32")},
+      {"batch", shape.batch},
+      {"kv_lens", bench::SequenceLengths(shape)},
+      {"layout", layout},
       {"threads", threads},
       {"pinned", pinned},
       {"repeat", repeat},
       {"median_s", median},
       {"min_s", *std::min_element(times.begin(), times.end())},
+      {"max_s", *std::max_element(times.begin(), times.end())},
       {"times_s", times},
       {"flops", flops},
       {"gflops", flops / median / 1e9},
@@ -214,9 +230,9 @@ int RunKernelBench(const std::vector<std::string>& args) {
     return 0;
   }
   std::printf(
-      "attn bench kernel: %s H=%lld G=%lld D=%lld DV=%lld S=%lld T=%lld%s %s, %d thread(s), "
-      "backend %s\n"
-      "  median %.6f s over %lld runs (min %.6f s)\n"
+      "attn bench kernel: %s H=%lld G=%lld D=%lld DV=%lld S=%lld T=%lld%s %s, batch %lld%s, "
+      "%d thread(s), backend %s\n"
+      "  median %.6f s over %lld runs (min %.6f s, max %.6f s)\n"
       "  %.4g FLOP -> %.2f GFLOP/s;  %.4g unique K/V bytes -> %.2f GB/s;  %.1f FLOP/byte\n"
       "  roofs: %.1f GFLOP/s (%s, %s), %.1f GB/s DRAM read -> %s-bound, roof %.1f GFLOP/s\n"
       "  %.1f%% of the binding roof; an fp32 FMA probe right after reached %.0f%% of the fp32 "
@@ -225,9 +241,10 @@ int RunKernelBench(const std::vector<std::string>& args) {
       static_cast<long long>(shape.kv_heads), static_cast<long long>(shape.head_dim),
       static_cast<long long>(shape.value_dim), static_cast<long long>(shape.q_len),
       static_cast<long long>(shape.kv_len), shape.causal ? " causal" : "",
-      flags.Get("dtype", "f32").c_str(), threads, backend.name, median,
-      static_cast<long long>(repeat), result["min_s"].get<double>(), flops, flops / median / 1e9,
-      kv_bytes, kv_bytes / median / 1e9, point.intensity, peak_gflops,
+      flags.Get("dtype", "f32").c_str(), static_cast<long long>(shape.batch),
+      shape.token_major ? ", token-major K/V" : "", threads, backend.name, median,
+      static_cast<long long>(repeat), result["min_s"].get<double>(), result["max_s"].get<double>(),
+      flops, flops / median / 1e9, kv_bytes, kv_bytes / median / 1e9, point.intensity, peak_gflops,
       bf16_roof ? "bf16-dot" : "fp32-fma", result["peak_isa"].get<std::string>().c_str(),
       roofs.dram_gbps, point.memory_bound ? "memory" : "compute", point.roof_gflops,
       100.0 * point.fraction, 100.0 * result["machine_share"].get<double>());

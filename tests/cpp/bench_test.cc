@@ -12,6 +12,7 @@
 #include "bench/kernel_case.h"
 #include "bench/peak.h"
 #include "kernels/cpu/element_load.h"
+#include "test_util.h"
 
 namespace attn::bench {
 namespace {
@@ -159,11 +160,36 @@ double MaxRelativeError(const std::vector<float>& got, const std::vector<double>
   return diff / ref;
 }
 
-TEST(KernelCaseTest, NonCausalPaddingGivesFullAttention) {
+TEST(KernelCaseTest, NonCausalSeesEveryKey) {
   const KernelCase c(Shape(Variant::kGqa, 4, 2, 8, 3, 7, false, DType::kF32), 7);
-  EXPECT_EQ(c.problem().kv.length, 9);  // 7 keys + 2 hidden slots
+  EXPECT_EQ(c.problem().kv.length, 7);
+  EXPECT_FALSE(c.problem().visibility.causal);
   c.Run(ReferenceBackend());
   EXPECT_LT(MaxRelativeError(c.output(), BruteForce(c)), 1e-5);
+}
+
+// A ragged token-major batch: lengths T - floor(b*T/(2B)), one attend_batch call whose outputs
+// equal each sequence alone through the reference kernel; bytes and FLOPs sum over the batch.
+TEST(KernelCaseTest, RaggedTokenMajorBatch) {
+  KernelShape shape = Shape(Variant::kGqa, 8, 2, 16, 2, 40, true, DType::kF16);
+  shape.batch = 4;
+  shape.token_major = true;
+  const KernelCase c(shape, 9);
+  EXPECT_EQ(SequenceLengths(c.shape()), (std::vector<int64_t>{40, 35, 30, 25}));
+  EXPECT_EQ(c.problem().kv.key_token_stride, 2 * 16);
+  EXPECT_DOUBLE_EQ(KernelKvBytes(c.shape()), 130.0 * 2 * (16 + 16) * 2);
+  EXPECT_EQ(VisiblePairs(c.shape()), 2 * 130 - 4 * 1);
+  c.Run(DefaultBackend());
+  for (size_t b = 0; b < 4; ++b) {
+    std::vector<float> want(c.output(b).size());
+    AttentionProblem alone = c.problems()[b];
+    alone.out = want.data();
+    ReferenceBackend().attend(alone);
+    EXPECT_LT(
+        testing::RelativeError(c.output(b).data(), want.data(), static_cast<int64_t>(want.size())),
+        1e-5)
+        << b;
+  }
 }
 
 TEST(KernelCaseTest, CausalPrefill) {
