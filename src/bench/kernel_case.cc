@@ -88,14 +88,28 @@ KernelShape NormalizeKernelShape(KernelShape s) {
                                    "): the queries are the last S of the T tokens");
   Require(s.dtype == DType::kF32 || s.dtype == DType::kF16 || s.dtype == DType::kBF16,
           "--dtype must be f32, f16 or bf16");
+  Require(s.batch >= 1 && s.batch <= 4096, "--batch must lie in [1, 4096]");
+  Require(s.q_len <= s.kv_len - (s.batch - 1) * s.kv_len / (2 * s.batch),
+          "--q-len must not exceed the shortest sequence of the batch (about T/2)");
+  Require(!s.token_major || s.variant == Variant::kGqa,
+          "--layout token-major applies to gqa (mla has one latent row per token)");
   return s;
 }
 
+std::vector<int64_t> SequenceLengths(const KernelShape& s) {
+  std::vector<int64_t> lengths;
+  for (int64_t b = 0; b < s.batch; ++b) lengths.push_back(s.kv_len - b * s.kv_len / (2 * s.batch));
+  return lengths;
+}
+
 int64_t VisiblePairs(const KernelShape& s) {
-  const int64_t all = s.q_len * s.kv_len;
-  // Query s sees T−S+s+1 keys; summed over s that is S·T minus the triangle S(S−1)/2 of
-  // keys that lie in the future of earlier queries.
-  return s.causal ? all - s.q_len * (s.q_len - 1) / 2 : all;
+  int64_t pairs = 0;
+  for (const int64_t length : SequenceLengths(s)) {
+    // Query s sees T−S+s+1 keys; summed over s that is S·T minus the triangle S(S−1)/2 of
+    // keys that lie in the future of earlier queries.
+    pairs += s.q_len * length - (s.causal ? s.q_len * (s.q_len - 1) / 2 : 0);
+  }
+  return pairs;
 }
 
 double KernelFlops(const KernelShape& s) {
@@ -107,7 +121,9 @@ double KernelKvBytes(const KernelShape& s) {
   const double per_token = s.variant == Variant::kMla
                                ? static_cast<double>(s.head_dim)
                                : static_cast<double>(s.kv_heads * (s.head_dim + s.value_dim));
-  return per_token * static_cast<double>(s.kv_len) * static_cast<double>(DTypeSize(s.dtype));
+  int64_t tokens = 0;
+  for (const int64_t length : SequenceLengths(s)) tokens += length;
+  return per_token * static_cast<double>(tokens) * static_cast<double>(DTypeSize(s.dtype));
 }
 
 RooflinePoint PlaceOnRoofline(double flops, double bytes, double seconds, double peak_gflops,
@@ -126,49 +142,56 @@ KernelCase::KernelCase(const KernelShape& shape, uint64_t seed)
     : shape_(NormalizeKernelShape(shape)) {
   const KernelShape& s = shape_;
   Random random(seed);
-  const int64_t padding = !s.causal && s.q_len > 1 ? s.q_len - 1 : 0;
-  const int64_t slots = s.kv_len + padding;
+  const std::vector<int64_t> lengths = SequenceLengths(s);
+  sequences_.resize(lengths.size());
+  outputs_.resize(lengths.size());
+  problems_.resize(lengths.size());
+  for (size_t b = 0; b < lengths.size(); ++b) {
+    const int64_t slots = lengths[b];
+    Sequence& sequence = sequences_[b];
+    sequence.queries.resize(static_cast<size_t>(s.q_len * s.heads * s.head_dim));
+    for (float& q : sequence.queries) q = random.Next();
+    outputs_[b].assign(static_cast<size_t>(s.q_len * s.heads * s.value_dim), 0.0f);
 
-  queries_.resize(static_cast<size_t>(s.q_len * s.heads * s.head_dim));
-  for (float& q : queries_) q = random.Next();
-  out_.assign(static_cast<size_t>(s.q_len * s.heads * s.value_dim), 0.0f);
-
-  KVView& kv = problem_.kv;
-  kv.dtype = s.dtype;
-  kv.kv_heads = s.kv_heads;
-  kv.key_dim = s.head_dim;
-  kv.value_dim = s.value_dim;
-  kv.length = slots;
-  if (s.variant == Variant::kMla) {
-    // LatentKVCache::View(): one row per token, the value row is the head of the key row.
-    keys_ = RandomStorage(slots * s.head_dim, s.dtype, random);
-    kv.keys = kv.values = keys_.data();
-    kv.key_head_stride = kv.value_head_stride = slots * s.head_dim;
-    kv.key_token_stride = kv.value_token_stride = s.head_dim;
-  } else {
-    // KVCache::View(): head-major [G][T][d] so one kv head's rows stream contiguously.
-    keys_ = RandomStorage(s.kv_heads * slots * s.head_dim, s.dtype, random);
-    values_ = RandomStorage(s.kv_heads * slots * s.value_dim, s.dtype, random);
-    kv.keys = keys_.data();
-    kv.values = values_.data();
-    kv.key_head_stride = slots * s.head_dim;
-    kv.key_token_stride = s.head_dim;
-    kv.value_head_stride = slots * s.value_dim;
-    kv.value_token_stride = s.value_dim;
+    AttentionProblem& problem = problems_[b];
+    KVView& kv = problem.kv;
+    kv.dtype = s.dtype;
+    kv.kv_heads = s.kv_heads;
+    kv.key_dim = s.head_dim;
+    kv.value_dim = s.value_dim;
+    kv.length = slots;
+    if (s.variant == Variant::kMla) {
+      // LatentKVCache::View(): one row per token, the value row is the head of the key row.
+      sequence.keys = RandomStorage(slots * s.head_dim, s.dtype, random);
+      kv.keys = kv.values = sequence.keys.data();
+      kv.key_head_stride = kv.value_head_stride = slots * s.head_dim;
+      kv.key_token_stride = kv.value_token_stride = s.head_dim;
+    } else {
+      sequence.keys = RandomStorage(s.kv_heads * slots * s.head_dim, s.dtype, random);
+      sequence.values = RandomStorage(s.kv_heads * slots * s.value_dim, s.dtype, random);
+      kv.keys = sequence.keys.data();
+      kv.values = sequence.values.data();
+      if (s.token_major) {
+        // [T][G][D]: PyTorch's [B, T, G, D], one kv head's rows a whole token apart.
+        kv.key_head_stride = s.head_dim;
+        kv.key_token_stride = s.kv_heads * s.head_dim;
+        kv.value_head_stride = s.value_dim;
+        kv.value_token_stride = s.kv_heads * s.value_dim;
+      } else {
+        // KVCache::View(): head-major [G][T][d] so one kv head's rows stream contiguously.
+        kv.key_head_stride = slots * s.head_dim;
+        kv.key_token_stride = s.head_dim;
+        kv.value_head_stride = slots * s.value_dim;
+        kv.value_token_stride = s.value_dim;
+      }
+    }
+    problem.queries = QueryRows{sequence.queries.data(), s.q_len, s.heads, s.head_dim};
+    // Causal: the queries are the last S slots. Otherwise every query sees all T_b keys.
+    problem.visibility = s.causal ? Visibility{slots - s.q_len, 0, true} : Visibility{0, 0, false};
+    problem.scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+    problem.out = outputs_[b].data();
+    ValidateAttentionProblem(problem);
   }
-  if (padding > 0) {
-    keep_.assign(static_cast<size_t>(slots), 0);
-    std::fill(keep_.begin(), keep_.begin() + s.kv_len, uint8_t{1});
-    kv.keep = keep_.data();
-  }
-
-  problem_.queries = QueryRows{queries_.data(), s.q_len, s.heads, s.head_dim};
-  // Non-causal: query s at slot T−1+s sees 0 … T−1+s, of which only the T real keys are kept.
-  problem_.visibility.first_query_slot = s.causal ? s.kv_len - s.q_len : s.kv_len - 1;
-  problem_.visibility.window = 0;
-  problem_.scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
-  problem_.out = out_.data();
-  ValidateAttentionProblem(problem_);
 }
 
 double Median(std::vector<double> samples) {

@@ -16,7 +16,7 @@
 namespace attn::bench {
 
 enum class Variant {
-  kGqa,  // MHA/GQA/MQA: per-head K [G][T][D] and V [G][T][DV], head-major like KVCache
+  kGqa,  // MHA/GQA/MQA: per-head K and V, head-major [G][T][D] like KVCache or token-major
   kMla,  // absorbed MLA: one latent row [T][D] per token, values = first DV entries of the row
 };
 // "gqa" | "mla"; anything else throws Error(kInvalidArgument).
@@ -34,18 +34,27 @@ struct KernelShape {
   // Causal: query s (slot T-S+s) sees keys 0 … T-S+s. Otherwise every query sees all T keys.
   bool causal = false;
   DType dtype = DType::kF32;  // K/V storage; queries are always fp32
+  // Sequences attended in one attend_batch call. Sequence b holds T_b = T - ⌊b·T / (2B)⌋ keys
+  // (ragged: from T down to just over T/2, as in a served batch), each with S queries.
+  int64_t batch = 1;
+  // GQA K/V as [T][G][D] per sequence (PyTorch's [B, T, G, D]) instead of KVCache's [G][T][D].
+  bool token_major = false;
 };
+
+// T_b of every sequence of the batch.
+std::vector<int64_t> SequenceLengths(const KernelShape& shape);
 
 // The shape with MLA defaults applied (D 576, DV 512, G 1) and every field checked; throws
 // Error(kInvalidArgument) naming the offending flag.
 KernelShape NormalizeKernelShape(KernelShape shape);
 
-// (query, key) pairs that are visible: S·T, or S·T − S(S−1)/2 when causal.
+// (query, key) pairs that are visible, summed over the batch: S·T_b, or S·T_b − S(S−1)/2 when
+// causal.
 int64_t VisiblePairs(const KernelShape& shape);
 // 2·H·(D+DV) per visible pair: one multiply-add per element of q·k and of p·v.
 double KernelFlops(const KernelShape& shape);
-// K/V bytes the kernel must read at least once: T·G·(D+DV)·size for GQA, T·D·size for MLA
-// (values are the same bytes as the keys).
+// K/V bytes the kernel must read at least once: Σ_b T_b·G·(D+DV)·size for GQA, Σ_b T_b·D·size
+// for MLA (values are the same bytes as the keys).
 double KernelKvBytes(const KernelShape& shape);
 
 // A case's place under the roofs min(compute, intensity · bandwidth).
@@ -58,10 +67,8 @@ struct RooflinePoint {
 RooflinePoint PlaceOnRoofline(double flops, double bytes, double seconds, double peak_gflops,
                               double peak_gbps);
 
-// Owns random queries, K/V storage and the output of one case, and the AttentionProblem that
-// points into them. Non-causal cases with S > 1 append S−1 hidden slots (keep = 0) after the T
-// real keys, so that every query's causal horizon covers all T keys: the kernel interface only
-// knows causal decoders, and this is how a cache with padding would express full attention.
+// Owns random queries, K/V storage and the outputs of one case (every sequence of its batch),
+// and the AttentionProblems that point into them.
 class KernelCase {
  public:
   KernelCase(const KernelShape& shape, uint64_t seed);
@@ -69,19 +76,25 @@ class KernelCase {
   KernelCase& operator=(const KernelCase&) = delete;
 
   const KernelShape& shape() const { return shape_; }
-  const AttentionProblem& problem() const { return problem_; }
-  void Run(const KernelBackend& backend) const { backend.attend(problem_); }
-  // The output of the last Run(), [S][H][DV].
-  const std::vector<float>& output() const { return out_; }
+  // Sequence 0's problem, and all of them.
+  const AttentionProblem& problem() const { return problems_.front(); }
+  const std::vector<AttentionProblem>& problems() const { return problems_; }
+  void Run(const KernelBackend& backend) const {
+    backend.attend_batch(problems_.data(), static_cast<int64_t>(problems_.size()));
+  }
+  // The output of the last Run() for sequence b, [S][H][DV].
+  const std::vector<float>& output(size_t b = 0) const { return outputs_[b]; }
 
  private:
+  struct Sequence {
+    std::vector<float> queries;
+    std::vector<std::byte> keys;
+    std::vector<std::byte> values;  // empty for MLA: values alias keys
+  };
   KernelShape shape_;
-  std::vector<float> queries_;
-  std::vector<std::byte> keys_;
-  std::vector<std::byte> values_;  // empty for MLA: values alias keys
-  std::vector<uint8_t> keep_;
-  mutable std::vector<float> out_;
-  AttentionProblem problem_;
+  std::vector<Sequence> sequences_;
+  mutable std::vector<std::vector<float>> outputs_;
+  std::vector<AttentionProblem> problems_;
 };
 
 // Median of `samples` (which it reorders); 0 for none.
