@@ -7,13 +7,17 @@
 
 #include <algorithm>
 #include <atomic>
+#include <barrier>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -37,6 +41,9 @@ using Clock = std::chrono::steady_clock;
 #define ATTN_REPEAT8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 #define ATTN_REPEAT12(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
 constexpr int kChains = 12;
+// The DRAM loops' unit: 64 doubles, one step of the widest read loop (8 accumulators × 8 lanes).
+constexpr int64_t kReadBlock = 64;
+constexpr double kTriadScalar = 3.0;  // STREAM's
 
 // Every loop below is compiled for its ISA alone (target attribute) and only called after the
 // runtime check says the CPU has it, so the binary still runs on any x86-64.
@@ -113,42 +120,68 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) float Bf16LoopAvx512(int6
   return SumLanes(sum);
 }
 
-// Sums `count` floats (count a multiple of 128) with 8 independent accumulators, so that the
+// Sums `count` doubles (a multiple of kReadBlock) with 8 independent accumulators, so that the
 // adds never limit the rate at which cache lines arrive.
-__attribute__((target("avx512f"))) float ReadSumAvx512(const float* data, int64_t count) {
-#define DECLARE(i) __m512 acc##i = _mm512_setzero_ps();
-  ATTN_REPEAT8(DECLARE)
-#undef DECLARE
-  for (int64_t i = 0; i < count; i += 128) {
-#define STEP(k) acc##k = _mm512_add_ps(acc##k, _mm512_loadu_ps(data + i + 16 * (k)));
-    ATTN_REPEAT8(STEP)
-#undef STEP
-  }
-  __m512 sum = _mm512_setzero_ps();
-#define ADD(i) sum = _mm512_add_ps(sum, acc##i);
-  ATTN_REPEAT8(ADD)
-#undef ADD
-  return SumLanes(sum);
-}
-
-__attribute__((target("avx2"))) float ReadSumAvx2(const float* data, int64_t count) {
-#define DECLARE(i) __m256 acc##i = _mm256_setzero_ps();
+__attribute__((target("avx512f"))) double ReadSumAvx512(const double* data, int64_t count) {
+#define DECLARE(i) __m512d acc##i = _mm512_setzero_pd();
   ATTN_REPEAT8(DECLARE)
 #undef DECLARE
   for (int64_t i = 0; i < count; i += 64) {
-#define STEP(k) acc##k = _mm256_add_ps(acc##k, _mm256_loadu_ps(data + i + 8 * (k)));
+#define STEP(k) acc##k = _mm512_add_pd(acc##k, _mm512_loadu_pd(data + i + 8 * (k)));
     ATTN_REPEAT8(STEP)
 #undef STEP
   }
-  __m256 sum = _mm256_setzero_ps();
-#define ADD(i) sum = _mm256_add_ps(sum, acc##i);
+  __m512d sum = _mm512_setzero_pd();
+#define ADD(i) sum = _mm512_add_pd(sum, acc##i);
   ATTN_REPEAT8(ADD)
 #undef ADD
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, sum);
-  float total = 0.0f;
-  for (float lane : lanes) total += lane;
+  alignas(64) double lanes[8];
+  _mm512_store_pd(lanes, sum);
+  double total = 0.0;
+  for (double lane : lanes) total += lane;
   return total;
+}
+
+__attribute__((target("avx2"))) double ReadSumAvx2(const double* data, int64_t count) {
+#define DECLARE(i) __m256d acc##i = _mm256_setzero_pd();
+  ATTN_REPEAT8(DECLARE)
+#undef DECLARE
+  for (int64_t i = 0; i < count; i += 32) {
+#define STEP(k) acc##k = _mm256_add_pd(acc##k, _mm256_loadu_pd(data + i + 4 * (k)));
+    ATTN_REPEAT8(STEP)
+#undef STEP
+  }
+  __m256d sum = _mm256_setzero_pd();
+#define ADD(i) sum = _mm256_add_pd(sum, acc##i);
+  ATTN_REPEAT8(ADD)
+#undef ADD
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, sum);
+  double total = 0.0;
+  for (double lane : lanes) total += lane;
+  return total;
+}
+
+// STREAM's triad a = b + s·c. Ordinary stores, as STREAM built with GCC and likwid-bench's
+// stream kernels use: the line of `a` is read before it is written (write-allocate), traffic
+// STREAM's byte count leaves out, and attn's kernels write their outputs the same way.
+// Non-temporal stores would report about 40 % more on the development machine.
+__attribute__((target("avx512f"))) void TriadAvx512(double* a, const double* b, const double* c,
+                                                    int64_t count) {
+  const __m512d scalar = _mm512_set1_pd(kTriadScalar);
+  for (int64_t i = 0; i < count; i += 8) {
+    _mm512_storeu_pd(a + i,
+                     _mm512_fmadd_pd(scalar, _mm512_loadu_pd(c + i), _mm512_loadu_pd(b + i)));
+  }
+}
+
+__attribute__((target("avx2,fma"))) void TriadAvx2(double* a, const double* b, const double* c,
+                                                   int64_t count) {
+  const __m256d scalar = _mm256_set1_pd(kTriadScalar);
+  for (int64_t i = 0; i < count; i += 4) {
+    _mm256_storeu_pd(a + i,
+                     _mm256_fmadd_pd(scalar, _mm256_loadu_pd(c + i), _mm256_loadu_pd(b + i)));
+  }
 }
 #endif  // ATTN_PEAK_X86
 
@@ -163,14 +196,18 @@ float Fp32LoopScalar(int64_t iterations) {
   return total;
 }
 
-float ReadSumScalar(const float* data, int64_t count) {
-  float acc[8] = {};
+double ReadSumScalar(const double* data, int64_t count) {
+  double acc[8] = {};
   for (int64_t i = 0; i < count; i += 8) {
     for (int k = 0; k < 8; ++k) acc[k] += data[i + k];
   }
-  float total = 0.0f;
-  for (float a : acc) total += a;
+  double total = 0.0;
+  for (double a : acc) total += a;
   return total;
+}
+
+void TriadScalar(double* a, const double* b, const double* c, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) a[i] = b[i] + kTriadScalar * c[i];
 }
 
 struct Isa {
@@ -219,13 +256,19 @@ ComputeLoop Bf16Loop(const Isa& isa) {
   return {};
 }
 
-float (*ReadLoop(const Isa& isa))(const float*, int64_t) {
+struct DramLoops {
+  double (*read)(const double* data, int64_t count) = &ReadSumScalar;
+  void (*triad)(double* a, const double* b, const double* c, int64_t count) = &TriadScalar;
+};
+
+DramLoops DramLoopsFor(const Isa& isa) {
 #ifdef ATTN_PEAK_X86
-  if (isa.read == "avx512f") return &ReadSumAvx512;
-  if (isa.read == "avx2") return &ReadSumAvx2;
+  if (isa.read == "avx512f") return {&ReadSumAvx512, &TriadAvx512};
+  // The AVX2 triad uses FMA, which every AVX2 CPU attn's fp32 loop accepts also has.
+  if (isa.read == "avx2") return {&ReadSumAvx2, &TriadAvx2};
 #endif
   (void)isa;
-  return &ReadSumScalar;
+  return {};
 }
 
 // Results land here so that no loop can be optimised away.
@@ -290,6 +333,154 @@ std::pair<double, double> MeasureCompute(const ComputeLoop& loop, int64_t iterat
   return {*std::max_element(rates.begin(), rates.end()), Median(rates)};
 }
 
+// Pinned threads that live across every pass of the DRAM measurement, each working on its own
+// contiguous share of the arrays. A pass is timed from the release of all threads to the last
+// finish, as STREAM times a parallel loop. Threads wait in std::barrier (a futex once a brief
+// spin is over), so a waiting thread leaves its CPU to the others.
+class PassTeam {
+ public:
+  explicit PassTeam(int threads) : threads_(threads), start_(threads + 1), finish_(threads + 1) {
+    const std::vector<int> cpus = AllowedCpus();
+    const bool pin = static_cast<int>(cpus.size()) >= threads;
+    for (int i = 0; i < threads; ++i) {
+      workers_.emplace_back([this, i, pin, cpu = pin ? cpus[static_cast<size_t>(i)] : -1] {
+        if (pin) PinCurrentThread(cpu);
+        while (true) {
+          start_.arrive_and_wait();
+          if (pass_ == nullptr) return;
+          (*pass_)(i);
+          finish_.arrive_and_wait();
+        }
+      });
+    }
+  }
+  ~PassTeam() {
+    pass_ = nullptr;
+    start_.arrive_and_wait();
+    for (std::thread& worker : workers_) worker.join();
+  }
+  PassTeam(const PassTeam&) = delete;
+  PassTeam& operator=(const PassTeam&) = delete;
+
+  int threads() const { return threads_; }
+
+  // Runs pass(i) on every thread i; returns the seconds from release to the last finish. The
+  // barriers order the write of pass_ before the workers' reads of it.
+  double Run(const std::function<void(int)>& pass) {
+    pass_ = &pass;
+    const Clock::time_point start = Clock::now();
+    start_.arrive_and_wait();
+    finish_.arrive_and_wait();
+    return std::chrono::duration<double>(Clock::now() - start).count();
+  }
+
+ private:
+  int threads_;
+  std::barrier<> start_;
+  std::barrier<> finish_;
+  const std::function<void(int)>* pass_ = nullptr;
+  std::vector<std::thread> workers_;
+};
+
+struct FreeDeleter {
+  void operator()(double* p) const { std::free(p); }
+};
+using DoubleArray = std::unique_ptr<double[], FreeDeleter>;
+
+// `count` doubles, page-aligned and untouched: no page exists until a team thread writes it, so
+// each page lands on the NUMA node of the thread that will read it (first touch).
+DoubleArray UntouchedArray(int64_t count) {
+  const size_t page = 4096;
+  const size_t bytes = (static_cast<size_t>(count) * sizeof(double) + page - 1) / page * page;
+  auto* data = static_cast<double*>(std::aligned_alloc(page, bytes));
+  Check(data != nullptr, ErrorKind::kIo,
+        "cannot allocate " + std::to_string(bytes) + " bytes for the DRAM measurement");
+  return DoubleArray(data);
+}
+
+struct DramRates {
+  double read_best = 0.0;
+  double read_median = 0.0;
+  double triad_best = 0.0;
+  double triad_median = 0.0;
+};
+
+// STREAM's method on `threads` threads over three arrays of `count` doubles each: every thread
+// first-touches its contiguous share, then `passes` repetitions each run a read of all three
+// arrays (the roof of read-bound kernels) and then the triad a = b + s·c; the first repetition
+// is not counted (STREAM drops it too), and each rate is the best of the rest, with the median.
+// Bytes are counted as STREAM counts them: 3 × 8 per element for both (the triad's
+// write-allocate reads of `a` are not counted).
+DramRates MeasureDram(const DramLoops& loops, int64_t count, int threads, int passes) {
+  const DoubleArray a = UntouchedArray(count);
+  const DoubleArray b = UntouchedArray(count);
+  const DoubleArray c = UntouchedArray(count);
+  const int64_t blocks = count / kReadBlock;
+  auto share = [&](int i) {
+    return std::pair<int64_t, int64_t>{blocks * i / threads * kReadBlock,
+                                       blocks * (i + 1) / threads * kReadBlock};
+  };
+  PassTeam team(threads);
+  team.Run([&](int i) {
+    const auto [begin, end] = share(i);
+    std::fill(a.get() + begin, a.get() + end, 1.0);
+    std::fill(b.get() + begin, b.get() + end, 2.0);
+    std::fill(c.get() + begin, c.get() + end, 0.5);
+  });
+  std::vector<double> sums(static_cast<size_t>(threads));
+  const std::function<void(int)> read = [&](int i) {
+    const auto [begin, end] = share(i);
+    sums[static_cast<size_t>(i)] = loops.read(a.get() + begin, end - begin) +
+                                   loops.read(b.get() + begin, end - begin) +
+                                   loops.read(c.get() + begin, end - begin);
+  };
+  const std::function<void(int)> triad = [&](int i) {
+    const auto [begin, end] = share(i);
+    loops.triad(a.get() + begin, b.get() + begin, c.get() + begin, end - begin);
+  };
+  const double bytes = 3.0 * sizeof(double) * static_cast<double>(count);
+  std::vector<double> read_rates;
+  std::vector<double> triad_rates;
+  for (int pass = 0; pass < passes; ++pass) {
+    const double read_seconds = team.Run(read);
+    const double triad_seconds = team.Run(triad);
+    for (double sum : sums) g_sink.store(g_sink.load() + static_cast<float>(sum));
+    if (pass == 0) continue;
+    read_rates.push_back(bytes / read_seconds / 1e9);
+    triad_rates.push_back(bytes / triad_seconds / 1e9);
+  }
+  DramRates rates;
+  rates.read_best = *std::max_element(read_rates.begin(), read_rates.end());
+  rates.read_median = Median(read_rates);
+  rates.triad_best = *std::max_element(triad_rates.begin(), triad_rates.end());
+  rates.triad_median = Median(triad_rates);
+  return rates;
+}
+
+// "266240K" → 272629760; 0 when unreadable.
+int64_t CacheSizeBytes(const std::string& text) {
+  char* end = nullptr;
+  const long long value = std::strtoll(text.c_str(), &end, 10);
+  if (end == text.c_str() || value <= 0) return 0;
+  switch (*end) {
+    case 'K':
+      return value << 10;
+    case 'M':
+      return value << 20;
+    case 'G':
+      return value << 30;
+    default:
+      return value;
+  }
+}
+
+std::string ReadLine(const std::filesystem::path& path) {
+  std::ifstream file(path);
+  std::string line;
+  std::getline(file, line);
+  return line;
+}
+
 std::string CpuModel() {
   std::ifstream cpuinfo("/proc/cpuinfo");
   std::string line;
@@ -341,6 +532,51 @@ bool PinCurrentThread(int cpu) {
   return pthread_setaffinity_np(pthread_self(), sizeof(one), &one) == 0;
 }
 
+int64_t LastLevelCacheBytes() {
+  // Each instance of the highest cache level once, told apart by the CPUs that share it (one L3
+  // per socket, or per CCX on AMD): STREAM's rule is about all the cache the arrays could sit in.
+  std::map<std::string, int64_t> instances;  // shared_cpu_list → size, for the highest level
+  int top_level = 0;
+  std::error_code error;
+  const std::filesystem::path root("/sys/devices/system/cpu");
+  for (const auto& cpu : std::filesystem::directory_iterator(root, error)) {
+    const std::string name = cpu.path().filename().string();
+    if (name.size() < 4 || name.compare(0, 3, "cpu") != 0 ||
+        name.find_first_not_of("0123456789", 3) != std::string::npos) {
+      continue;
+    }
+    std::error_code cache_error;
+    for (const auto& index :
+         std::filesystem::directory_iterator(cpu.path() / "cache", cache_error)) {
+      if (ReadLine(index.path() / "type") == "Instruction") continue;
+      const int level = std::atoi(ReadLine(index.path() / "level").c_str());
+      const int64_t size = CacheSizeBytes(ReadLine(index.path() / "size"));
+      if (level <= 0 || size <= 0 || level < top_level) continue;
+      if (level > top_level) {
+        top_level = level;
+        instances.clear();
+      }
+      instances[ReadLine(index.path() / "shared_cpu_list")] = size;
+    }
+  }
+  int64_t total = 0;
+  for (const auto& [cpus, size] : instances) total += size;
+  return total;
+}
+
+int64_t DefaultDramBytes() {
+  // STREAM's rule: each of its three arrays at least 4 × the last-level cache, so that no pass
+  // finds the previous one's data still cached. 1 GiB at least, for when sysfs says nothing;
+  // at most a quarter of the RAM, on a machine with a huge cache and little memory.
+  int64_t bytes = std::max<int64_t>(int64_t{1} << 30, 3 * 4 * LastLevelCacheBytes());
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page_size = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page_size > 0) {
+    bytes = std::min<int64_t>(bytes, static_cast<int64_t>(pages) * page_size / 4);
+  }
+  return bytes;
+}
+
 const PeakPoint* MachinePeak::ForThreads(int threads) const {
   for (const PeakPoint& point : points) {
     if (point.threads == threads) return &point;
@@ -350,8 +586,8 @@ const PeakPoint* MachinePeak::ForThreads(int threads) const {
 
 MachinePeak MeasurePeak(const PeakOptions& options) {
   Check(options.trials >= 1, ErrorKind::kInvalidArgument, "peak trials must be >= 1");
-  Check(options.dram_buffer_bytes >= (int64_t{1} << 20), ErrorKind::kInvalidArgument,
-        "--peak-bytes must be at least 1 MiB");
+  Check(options.dram_buffer_bytes == 0 || options.dram_buffer_bytes >= (int64_t{1} << 20),
+        ErrorKind::kInvalidArgument, "--peak-bytes must be at least 1 MiB");
   const Isa isa = DetectIsa();
   MachinePeak peak;
   peak.cpu_model = CpuModel();
@@ -370,12 +606,12 @@ MachinePeak MeasurePeak(const PeakOptions& options) {
   const int64_t bf16_iterations =
       bf16.run != nullptr ? Calibrate(bf16, options.seconds_per_trial) : 0;
 
-  // Whole 128-float blocks (the read loops' stride), split evenly over the threads of a trial.
-  const int64_t block = 128;
-  const int64_t floats = options.dram_buffer_bytes / 4 / block * block;
-  peak.dram_buffer_bytes = floats * 4;
-  std::vector<float> buffer(static_cast<size_t>(floats), 1.0f);  // written: real pages
-  float (*read)(const float*, int64_t) = ReadLoop(isa);
+  // Three arrays of whole read blocks, together about dram_buffer_bytes.
+  const int64_t total_bytes =
+      options.dram_buffer_bytes > 0 ? options.dram_buffer_bytes : DefaultDramBytes();
+  const int64_t count = total_bytes / (3 * int64_t{sizeof(double)}) / kReadBlock * kReadBlock;
+  peak.dram_buffer_bytes = 3 * count * int64_t{sizeof(double)};
+  const DramLoops dram = DramLoopsFor(isa);
 
   for (int threads : counts) {
     Check(threads >= 1, ErrorKind::kInvalidArgument, "thread counts must be >= 1");
@@ -387,19 +623,12 @@ MachinePeak MeasurePeak(const PeakOptions& options) {
       std::tie(point.bf16_gflops, point.bf16_gflops_median) =
           MeasureCompute(bf16, bf16_iterations, threads, options.trials);
     }
-    const int64_t blocks = floats / block;
-    std::vector<double> rates;
-    // One untimed pass first: the pages and the TLB are warm for the timed ones.
-    for (int trial = 0; trial <= options.trials; ++trial) {
-      const double seconds = RunTogether(threads, [&](int i) {
-        const int64_t begin = blocks * i / threads * block;
-        const int64_t end = blocks * (i + 1) / threads * block;
-        return read(buffer.data() + begin, end - begin);
-      });
-      if (trial > 0) rates.push_back(static_cast<double>(floats) * 4.0 / seconds / 1e9);
-    }
-    point.dram_gbps = *std::max_element(rates.begin(), rates.end());
-    point.dram_gbps_median = Median(rates);
+    // Fresh arrays per thread count: each thread first-touches the share it will read.
+    const DramRates rates = MeasureDram(dram, count, threads, options.trials + 1);
+    point.dram_gbps = rates.read_best;
+    point.dram_gbps_median = rates.read_median;
+    point.dram_triad_gbps = rates.triad_best;
+    point.dram_triad_gbps_median = rates.triad_median;
     peak.points.push_back(point);
   }
   return peak;
@@ -427,6 +656,8 @@ MachinePeak MergePeaks(const MachinePeak& cached, const MachinePeak& fresh) {
                 old->bf16_gflops_median);
     if (same_buffer) {
       keep_higher(point.dram_gbps, point.dram_gbps_median, old->dram_gbps, old->dram_gbps_median);
+      keep_higher(point.dram_triad_gbps, point.dram_triad_gbps_median, old->dram_triad_gbps,
+                  old->dram_triad_gbps_median);
     }
   }
   for (const PeakPoint& point : cached.points) {
@@ -458,19 +689,27 @@ nlohmann::json PeakToJson(const MachinePeak& peak) {
                       {"bf16_gflops", p.bf16_gflops},
                       {"bf16_gflops_median", p.bf16_gflops_median},
                       {"dram_gbps", p.dram_gbps},
-                      {"dram_gbps_median", p.dram_gbps_median}});
+                      {"dram_gbps_median", p.dram_gbps_median},
+                      {"dram_triad_gbps", p.dram_triad_gbps},
+                      {"dram_triad_gbps_median", p.dram_triad_gbps_median}});
   }
-  return {{"cpu_model", peak.cpu_model},
-          {"logical_cpus", peak.logical_cpus},
-          {"fp32_isa", peak.fp32_isa},
-          {"bf16_isa", peak.bf16_isa},
-          {"dram_buffer_bytes", peak.dram_buffer_bytes},
-          {"measured_at", peak.measured_at},
-          {"points", points}};
+  return {{"format", kPeakFileFormat},         {"cpu_model", peak.cpu_model},
+          {"logical_cpus", peak.logical_cpus}, {"fp32_isa", peak.fp32_isa},
+          {"bf16_isa", peak.bf16_isa},         {"dram_buffer_bytes", peak.dram_buffer_bytes},
+          {"measured_at", peak.measured_at},   {"points", points}};
 }
 
 MachinePeak PeakFromJson(const nlohmann::json& json) {
   try {
+    // An older format measured DRAM another way (before format 2: one pass over a buffer the
+    // main thread had touched, no triad): refused, so that its figure is measured again rather
+    // than kept by MergePeaks as the higher roof.
+    const int format = json.contains("format") ? json.at("format").get<int>() : 1;
+    if (format != kPeakFileFormat) {
+      throw Error(ErrorKind::kCorruptFile, "peak file: format " + std::to_string(format) +
+                                               ", this attn reads format " +
+                                               std::to_string(kPeakFileFormat));
+    }
     MachinePeak peak;
     peak.cpu_model = json.at("cpu_model").get<std::string>();
     peak.logical_cpus = json.at("logical_cpus").get<int>();
@@ -481,12 +720,23 @@ MachinePeak PeakFromJson(const nlohmann::json& json) {
     for (const auto& p : json.at("points")) {
       PeakPoint point;
       point.threads = p.at("threads").get<int>();
-      point.fp32_gflops = p.at("fp32_gflops").get<double>();
-      point.fp32_gflops_median = p.at("fp32_gflops_median").get<double>();
-      point.bf16_gflops = p.at("bf16_gflops").get<double>();
-      point.bf16_gflops_median = p.at("bf16_gflops_median").get<double>();
-      point.dram_gbps = p.at("dram_gbps").get<double>();
-      point.dram_gbps_median = p.at("dram_gbps_median").get<double>();
+      // A rate is a finite number >= 0 (0: not measured, as bf16 without the instruction).
+      auto rate = [&p](const char* key) {
+        const double value = p.at(key).get<double>();
+        if (!std::isfinite(value) || value < 0.0) {
+          throw Error(ErrorKind::kCorruptFile, std::string("peak file: ") + key + " is " +
+                                                   std::to_string(value) + ", not a rate");
+        }
+        return value;
+      };
+      point.fp32_gflops = rate("fp32_gflops");
+      point.fp32_gflops_median = rate("fp32_gflops_median");
+      point.bf16_gflops = rate("bf16_gflops");
+      point.bf16_gflops_median = rate("bf16_gflops_median");
+      point.dram_gbps = rate("dram_gbps");
+      point.dram_gbps_median = rate("dram_gbps_median");
+      point.dram_triad_gbps = rate("dram_triad_gbps");
+      point.dram_triad_gbps_median = rate("dram_triad_gbps_median");
       peak.points.push_back(point);
     }
     return peak;
@@ -501,7 +751,7 @@ std::string PeakCachePath() {
   }
   const Isa isa = DetectIsa();
   const std::string identity = CpuModel() + "|" + std::to_string(HardwareThreads()) + "|" +
-                               isa.fp32 + "|" + isa.bf16 + "|v1";
+                               isa.fp32 + "|" + isa.bf16 + "|v" + std::to_string(kPeakFileFormat);
   uint64_t hash = 1469598103934665603ull;  // FNV-1a
   for (unsigned char c : identity) hash = (hash ^ c) * 1099511628211ull;
   char name[40];

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// What this machine can do at best: fp32 FMA and bf16 dot-product GFLOP/s and DRAM read GB/s,
-// per thread count. These are the roofs `attn bench kernel` reports its cases against. The
-// measurement takes seconds, so results are cached per machine in a JSON file.
+// What this machine can do at best: fp32 FMA and bf16 dot-product GFLOP/s, and DRAM GB/s
+// measured as STREAM measures it (a read, and STREAM's triad), per thread count. These are the
+// roofs `attn bench kernel` reports its cases against. The measurement takes seconds, so results
+// are cached per machine in a JSON file.
 #ifndef ATTN_BENCH_PEAK_H_
 #define ATTN_BENCH_PEAK_H_
 
@@ -21,17 +22,26 @@ struct PeakPoint {
   double fp32_gflops_median = 0.0;
   double bf16_gflops = 0.0;  // 0 when the CPU has no bf16 dot-product instruction
   double bf16_gflops_median = 0.0;
+  // DRAM read of STREAM's three arrays: the roof of read-bound kernels.
   double dram_gbps = 0.0;
   double dram_gbps_median = 0.0;
+  // STREAM's triad a = b + 3·c, counted as STREAM counts it (24 bytes per element), to compare
+  // with a STREAM or likwid-bench run on the same machine.
+  double dram_triad_gbps = 0.0;
+  double dram_triad_gbps_median = 0.0;
 };
+
+// The peak file's format. 2: DRAM measured STREAM's way (per-thread first touch, best of the
+// repetitions after the first), with the triad. Files of another format are measured again.
+constexpr int kPeakFileFormat = 2;
 
 struct MachinePeak {
   std::string cpu_model;
   int logical_cpus = 0;
-  std::string fp32_isa;  // "avx512f" | "avx2-fma" | "scalar": which FMA loop was measured
-  std::string bf16_isa;  // "avx512bf16" or "none"
-  int64_t dram_buffer_bytes = 0;
-  std::string measured_at;  // UTC, ISO 8601
+  std::string fp32_isa;           // "avx512f" | "avx2-fma" | "scalar": which FMA loop was measured
+  std::string bf16_isa;           // "avx512bf16" or "none"
+  int64_t dram_buffer_bytes = 0;  // the three DRAM arrays together
+  std::string measured_at;        // UTC, ISO 8601
   std::vector<PeakPoint> points;
 
   // The point measured at `threads`, or null.
@@ -39,13 +49,21 @@ struct MachinePeak {
 };
 
 struct PeakOptions {
-  std::vector<int> thread_counts;                // empty = 1 … hardware threads
-  int64_t dram_buffer_bytes = int64_t{1} << 30;  // ≫ L3, so reads come from DRAM
-  int trials = 5;
+  std::vector<int> thread_counts;  // empty = 1 … hardware threads
+  // The three DRAM arrays together; 0 = DefaultDramBytes().
+  int64_t dram_buffer_bytes = 0;
+  int trials = 5;                  // timed repetitions per roof (DRAM: after one untimed)
   double seconds_per_trial = 0.1;  // compute loops
 };
 
-// Runs the three measurements for each thread count.
+// The last-level cache of the whole machine (every instance of the highest level, from sysfs),
+// or 0 where sysfs does not say.
+int64_t LastLevelCacheBytes();
+// STREAM's sizing: three arrays, each at least 4 × LastLevelCacheBytes(); 1 GiB at least and a
+// quarter of the RAM at most.
+int64_t DefaultDramBytes();
+
+// Runs the measurements for each thread count.
 MachinePeak MeasurePeak(const PeakOptions& options);
 
 // `fresh` with, per thread count, the higher of its roofs and those of `cached`: a rate the
@@ -55,7 +73,8 @@ MachinePeak MeasurePeak(const PeakOptions& options);
 MachinePeak MergePeaks(const MachinePeak& cached, const MachinePeak& fresh);
 
 nlohmann::json PeakToJson(const MachinePeak& peak);
-// Throws Error(kCorruptFile) when fields are missing.
+// Throws Error(kCorruptFile) when fields are missing or malformed, or the format is not
+// kPeakFileFormat.
 MachinePeak PeakFromJson(const nlohmann::json& json);
 
 // $ATTN_PEAK_CACHE, else $XDG_CACHE_HOME/attn/peak-<id>.json, else ~/.cache/attn/peak-<id>.json,

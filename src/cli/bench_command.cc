@@ -69,15 +69,19 @@ bool PinPoolThreads() {
 
 // --peak-bytes, and (bench peak only) --trials: how the roofs are measured.
 void AddPeakFlags(Flags& flags, bool trials) {
-  flags.Integer("peak-bytes", "B", "DRAM read buffer for measuring the roofs (default 1 GiB)");
+  flags.Integer("peak-bytes", "B",
+                "DRAM arrays (STREAM's three, together) for measuring the roofs (default: 12 x "
+                "the last-level cache, at least 1 GiB)");
   if (trials) flags.Integer("trials", "N", "measurements per roof, 1 to 100; the best counts", "5");
 }
 
 bench::PeakOptions PeakOptionsFrom(const Flags& flags) {
   bench::PeakOptions options;
-  options.dram_buffer_bytes = flags.GetInt("peak-bytes", options.dram_buffer_bytes);
-  Check(options.dram_buffer_bytes >= (int64_t{1} << 20), ErrorKind::kInvalidArgument,
-        "--peak-bytes must be at least 1048576 (1 MiB)");
+  if (flags.Has("peak-bytes")) {
+    options.dram_buffer_bytes = flags.GetInt("peak-bytes");
+    Check(options.dram_buffer_bytes >= (int64_t{1} << 20), ErrorKind::kInvalidArgument,
+          "--peak-bytes must be at least 1048576 (1 MiB)");
+  }
   if (flags.Has("trials")) {
     options.trials = static_cast<int>(flags.GetInt("trials"));
     Check(options.trials >= 1 && options.trials <= 100, ErrorKind::kInvalidArgument,
@@ -497,8 +501,8 @@ int RunLayerBench(const std::vector<std::string>& args) {
 
 int RunPeakBench(const std::vector<std::string>& args) {
   Flags flags("bench peak",
-              "Measures this machine's roofs (fp32 FMA and bf16-dot GFLOP/s, DRAM read GB/s) per "
-              "thread count and caches them.");
+              "Measures this machine's roofs (fp32 FMA and bf16-dot GFLOP/s, DRAM read GB/s "
+              "and STREAM's triad) per thread count and caches them.");
   flags.Integer("max-threads", "N", "measure 1 to N threads, N <= 4096 (default: every CPU)");
   AddPeakFlags(flags, true);
   flags.Switch("reset", "replace the cached roofs instead of keeping the higher of old and new")
@@ -527,16 +531,17 @@ int RunPeakBench(const std::vector<std::string>& args) {
   }
   std::printf(
       "attn bench peak: %s, %d logical CPUs; fp32 loop %s, bf16 loop %s;\n"
-      "DRAM read over a %.0f MiB buffer. Best of %d trials (median in brackets)%s.\n\n",
+      "DRAM as STREAM measures it: three arrays of %.0f MiB together, read, and triad\n"
+      "a = b + 3c at 24 bytes per element. Best of %d trials (median in brackets)%s.\n\n",
       peak.cpu_model.c_str(), peak.logical_cpus, peak.fp32_isa.c_str(), peak.bf16_isa.c_str(),
       static_cast<double>(peak.dram_buffer_bytes) / 1048576.0, options.trials,
       cached ? ", each the higher of this run and the cached roofs (--reset: this run only)" : "");
-  std::printf("%7s %24s %24s %22s\n", "threads", "fp32 FMA GFLOP/s", "bf16 dot GFLOP/s",
-              "DRAM read GB/s");
+  std::printf("%7s %24s %24s %22s %22s\n", "threads", "fp32 FMA GFLOP/s", "bf16 dot GFLOP/s",
+              "DRAM read GB/s", "DRAM triad GB/s");
   for (const bench::PeakPoint& p : peak.points) {
-    std::printf("%7d %13.1f [%8.1f] %13.1f [%8.1f] %11.1f [%8.1f]\n", p.threads, p.fp32_gflops,
-                p.fp32_gflops_median, p.bf16_gflops, p.bf16_gflops_median, p.dram_gbps,
-                p.dram_gbps_median);
+    std::printf("%7d %13.1f [%8.1f] %13.1f [%8.1f] %11.1f [%8.1f] %11.1f [%8.1f]\n", p.threads,
+                p.fp32_gflops, p.fp32_gflops_median, p.bf16_gflops, p.bf16_gflops_median,
+                p.dram_gbps, p.dram_gbps_median, p.dram_triad_gbps, p.dram_triad_gbps_median);
   }
   std::printf("\ncached in %s\n", path.c_str());
   return 0;

@@ -5,6 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "attn/error.h"
@@ -227,13 +230,108 @@ TEST(PeakTest, SmallMeasurementAndJsonRoundTrip) {
   ASSERT_EQ(peak.points.size(), 1u);
   EXPECT_GT(peak.points[0].fp32_gflops, 0.0);
   EXPECT_GT(peak.points[0].dram_gbps, 0.0);
+  EXPECT_GT(peak.points[0].dram_gbps_median, 0.0);
+  EXPECT_GT(peak.points[0].dram_triad_gbps, 0.0);
+  EXPECT_GT(peak.points[0].dram_triad_gbps_median, 0.0);
   EXPECT_EQ(peak.points[0].bf16_gflops > 0.0, peak.bf16_isa != "none");
-  const MachinePeak back = PeakFromJson(PeakToJson(peak));
+  // Three arrays of whole 64-double blocks, together at most the bytes asked for.
+  EXPECT_LE(peak.dram_buffer_bytes, 1 << 20);
+  EXPECT_GT(peak.dram_buffer_bytes, (1 << 20) - 3 * 64 * 8);
+  EXPECT_EQ(peak.dram_buffer_bytes % (3 * 64 * 8), 0);
+  const nlohmann::json json = PeakToJson(peak);
+  EXPECT_EQ(json.at("format"), kPeakFileFormat);
+  const MachinePeak back = PeakFromJson(json);
   EXPECT_EQ(back.fp32_isa, peak.fp32_isa);
+  EXPECT_EQ(back.dram_buffer_bytes, peak.dram_buffer_bytes);
   ASSERT_NE(back.ForThreads(1), nullptr);
   EXPECT_DOUBLE_EQ(back.ForThreads(1)->dram_gbps, peak.points[0].dram_gbps);
+  EXPECT_DOUBLE_EQ(back.ForThreads(1)->dram_triad_gbps, peak.points[0].dram_triad_gbps);
+  EXPECT_DOUBLE_EQ(back.ForThreads(1)->dram_triad_gbps_median,
+                   peak.points[0].dram_triad_gbps_median);
   EXPECT_EQ(back.ForThreads(2), nullptr);
   EXPECT_THROW(PeakFromJson(nlohmann::json{{"cpu_model", "x"}}), Error);
+}
+
+// The error kind PeakFromJson throws for `json`, or nullopt when it accepts it.
+std::optional<ErrorKind> PeakJsonError(const nlohmann::json& json) {
+  try {
+    PeakFromJson(json);
+  } catch (const Error& error) {
+    return error.kind();
+  }
+  return std::nullopt;
+}
+
+nlohmann::json SmallPeakJson() {
+  MachinePeak peak;
+  peak.cpu_model = "cpu";
+  peak.logical_cpus = 2;
+  peak.fp32_isa = "avx512f";
+  peak.bf16_isa = "none";
+  peak.dram_buffer_bytes = 3 << 20;
+  peak.measured_at = "2026-11-29T00:00:00Z";
+  peak.points = {{1, 100.0, 90.0, 0.0, 0.0, 20.0, 19.0, 18.0, 17.0}};
+  return PeakToJson(peak);
+}
+
+TEST(PeakTest, TriadFieldsAreRequiredAndChecked) {
+  EXPECT_EQ(PeakJsonError(SmallPeakJson()), std::nullopt);
+  for (const char* key : {"dram_triad_gbps", "dram_triad_gbps_median", "dram_gbps"}) {
+    nlohmann::json json = SmallPeakJson();
+    json["points"][0].erase(key);
+    EXPECT_EQ(PeakJsonError(json), ErrorKind::kCorruptFile) << key << " missing";
+    json["points"][0][key] = "fast";
+    EXPECT_EQ(PeakJsonError(json), ErrorKind::kCorruptFile) << key << " a string";
+    json["points"][0][key] = -1.0;
+    EXPECT_EQ(PeakJsonError(json), ErrorKind::kCorruptFile) << key << " negative";
+  }
+  nlohmann::json json = SmallPeakJson();
+  json["format"] = "2";
+  EXPECT_EQ(PeakJsonError(json), ErrorKind::kCorruptFile);
+}
+
+// A file of format 1 (no "format", no triad: DRAM read measured the old way) is no cache at
+// all: its DRAM figure is measured again, not kept as the higher of old and new.
+class PeakCacheTest : public testing::ScratchDirTest {};
+
+TEST_F(PeakCacheTest, OldFormatIsMeasuredAgainNotMerged) {
+  nlohmann::json old = SmallPeakJson();
+  old.erase("format");
+  for (auto& point : old["points"]) {
+    point.erase("dram_triad_gbps");
+    point.erase("dram_triad_gbps_median");
+    point["dram_gbps"] = 1e9;  // a roof no measurement reaches: it must not survive
+  }
+  EXPECT_EQ(PeakJsonError(old), ErrorKind::kCorruptFile);
+  old["format"] = 1;
+  EXPECT_EQ(PeakJsonError(old), ErrorKind::kCorruptFile);
+  const std::string path = WriteFile("peak.json", old.dump());
+  EXPECT_FALSE(LoadPeak(path).has_value());
+
+  // PeakFor on that file, with the same CPU as this machine so a merge would be possible.
+  const MachinePeak here = MeasurePeak({{1}, 1 << 20, 1, 0.002});
+  old["cpu_model"] = here.cpu_model;
+  old["logical_cpus"] = here.logical_cpus;
+  old["fp32_isa"] = here.fp32_isa;
+  old["bf16_isa"] = here.bf16_isa;
+  old["dram_buffer_bytes"] = here.dram_buffer_bytes;
+  old.erase("format");
+  WriteFile("peak.json", old.dump());
+  const char* saved = std::getenv("ATTN_PEAK_CACHE");
+  const std::string saved_value = saved != nullptr ? saved : "";
+  ::setenv("ATTN_PEAK_CACHE", path.c_str(), 1);
+  const MachinePeak peak = PeakFor({1}, {{}, 1 << 20, 1, 0.002});
+  if (saved != nullptr) {
+    ::setenv("ATTN_PEAK_CACHE", saved_value.c_str(), 1);
+  } else {
+    ::unsetenv("ATTN_PEAK_CACHE");
+  }
+  ASSERT_NE(peak.ForThreads(1), nullptr);
+  EXPECT_LT(peak.ForThreads(1)->dram_gbps, 1e9);
+  EXPECT_GT(peak.ForThreads(1)->dram_triad_gbps, 0.0);
+  const std::optional<MachinePeak> stored = LoadPeak(path);
+  ASSERT_TRUE(stored.has_value());  // rewritten in the current format
+  EXPECT_DOUBLE_EQ(stored->ForThreads(1)->dram_gbps, peak.ForThreads(1)->dram_gbps);
 }
 
 TEST(PeakTest, MergeKeepsTheHigherRoof) {
@@ -251,6 +349,11 @@ TEST(PeakTest, MergeKeepsTheHigherRoof) {
   EXPECT_DOUBLE_EQ(merged.ForThreads(2)->fp32_gflops, 200.0);  // the cache's was higher
   EXPECT_DOUBLE_EQ(merged.ForThreads(2)->fp32_gflops_median, 190.0);
   EXPECT_DOUBLE_EQ(merged.ForThreads(2)->dram_gbps, 35.0);  // this run's was higher
+  // The triad is kept the same way, on its own.
+  cached.points[1].dram_triad_gbps = 28.0;
+  fresh.points[0].dram_triad_gbps = 27.0;
+  EXPECT_DOUBLE_EQ(MergePeaks(cached, fresh).ForThreads(2)->dram_triad_gbps, 28.0);
+  EXPECT_DOUBLE_EQ(MergePeaks(cached, fresh).ForThreads(2)->dram_gbps, 35.0);
   EXPECT_DOUBLE_EQ(merged.ForThreads(3)->fp32_gflops, 250.0);
   // A different buffer size measured something else: its DRAM rate is not compared.
   fresh.dram_buffer_bytes = 4 << 20;
