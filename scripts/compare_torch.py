@@ -156,7 +156,12 @@ def venv_dir(args) -> Path | None:
         return None
     chosen = args.venv or os.environ.get("ATTN_TORCH_VENV")
     path = Path(chosen) if chosen else REPO / "torch-venv"
-    return path if (path / "bin" / "python").exists() else None
+    if (path / "bin" / "python").exists():
+        return path
+    if args.venv:
+        sys.exit(f"compare_torch: --venv {args.venv}: no bin/python there "
+                 f"(make it with scripts/make-torch-venv.sh {args.venv})")
+    return None
 
 
 def maybe_reexec(args) -> None:
@@ -519,10 +524,10 @@ def errors(result: dict) -> str:
     return f"{attn_err} / {c['torch_err']:.1e} (tol {c['tolerance']:.1e}){mark}"
 
 
-COLUMNS = ["case", "shape", "dtype", "kernel ms", "module ms, check_finite=False",
-           "module ms (default check)", "torch ms", "torch path", "module/kernel",
-           "module/kernel (check)", "torch/kernel", "torch/module", "K/V GB/s kernel / module / torch",
-           "max abs err attn / torch"]
+COLUMNS = ["case", "shape", "dtype", "kernel ms", "module ms (check_finite=False)",
+           "module ms (check_finite=True)", "torch ms", "torch path", "module/kernel",
+           "module (check)/kernel", "torch/kernel", "torch/module",
+           "K/V GB/s kernel / module / torch", "max abs err attn / torch"]
 
 
 def row(result: dict) -> list[str]:
@@ -607,12 +612,18 @@ def main() -> int:
                         help="torch venv (default $ATTN_TORCH_VENV or torch-venv/)")
     parser.add_argument("--no-venv", action="store_true",
                         help="use this interpreter's torch even where the venv exists")
+    parser.add_argument("--omp-passive", action="store_true",
+                        help="OMP_WAIT_POLICY=PASSIVE for every side: OpenMP workers sleep at "
+                             "once instead of spinning (torch's pool, and oneDNN's inside attn, "
+                             "lose less to other processes on a busy machine)")
     args = parser.parse_args()
     if args.threads < 1 or args.repeat < 1:
         parser.error("--threads and --repeat must be >= 1")
     maybe_reexec(args)
 
     binary = attn_binary(args.attn)
+    if args.omp_passive:  # read by libgomp when it loads: before torch and attn, and inherited
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # by the kernel's processes
     try:
         import torch
     except ImportError:
@@ -639,14 +650,17 @@ def main() -> int:
           f"(from {sys.prefix}, CPU capability "
           f"{cpu_capability(torch)}): "
           f"{side.describe()}")
-    print(f"{args.threads} thread(s) everywhere; {args.repeat} interleaved rounds (kernel, "
-          f"module, module with check, torch), each side's sample per round the median of "
+    omp = os.environ.get("OMP_WAIT_POLICY")
+    omp_note = f" (OMP_WAIT_POLICY={omp})" if omp else ""
+    print(f"{args.threads} thread(s) everywhere{omp_note}; {args.repeat} interleaved rounds "
+          f"(kernel, module, module with check, torch), each side's sample per round the median of "
           f"enough calls for ~{1e3 * ROUND_S:.0f} ms; milliseconds as median (min–max) over "
           f"the rounds.")
     (print_markdown if args.markdown else print_text)(rows)
     print("kernel: `attn bench kernel` in a fresh process per round (Σ: the sum over the "
           "batch's sequences, one run each). module: attn.attention / "
-          "attn.mla_attention on [B, S, H, D] torch tensors. torch path: the SDPA "
+          "attn.mla_attention on [B, S, H, D] torch tensors (\"module\" in ratios and GB/s: "
+          "with check_finite=False). torch path: the SDPA "
           "implementation torch's dispatcher picks. Ratios are of medians: module/kernel is "
           "the cost of the entry point; torch/kernel and torch/module > 1 mean attn is "
           "faster (= the attn/torch speedup). K/V GB/s (S <= 8): unique K/V bytes "
@@ -660,6 +674,7 @@ def main() -> int:
             side.describe(), "attn_binary": binary, "attn_module": module_from,
             "backend": backend, "threads": args.threads, "repeat": args.repeat,
             "cases": args.cases, "load_before": load_before, "load_after": load_after,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "pause_s": PAUSE_S, "round_s": ROUND_S, "max_inner": MAX_INNER,
             "tolerance": TOLERANCE,
             "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
