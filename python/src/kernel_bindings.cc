@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <initializer_list>
 #include <optional>
 #include <span>
 #include <string>
@@ -96,9 +97,11 @@ void CheckFiniteOutput(const float* out, const Shape& shape) {
 
 // Checks and runs out[b] = attention(q[b], k[b], v[b]) for every b. q [B, Sq, H, D],
 // k [B, T, G, D], v [B, T, G, Dv] already validated for rank and dtype class.
+// `sources`: the caller's k/v arrays, scanned to name a NaN/Inf when the kernel reports one.
 py::object RunAttention(const ArrayView& q_in, const ArrayView& k_in, const ArrayView& v_in,
-                        bool causal, float scale, int64_t window, py::handle attention_mask,
-                        py::handle out_arg, bool check_finite) {
+                        std::initializer_list<const ArrayView*> sources, bool causal, float scale,
+                        int64_t window, py::handle attention_mask, py::handle out_arg,
+                        bool check_finite) {
   const int64_t batch = q_in.shape[0];
   const int64_t queries = q_in.shape[1];
   const int64_t heads = q_in.shape[2];
@@ -202,8 +205,7 @@ py::object RunAttention(const ArrayView& q_in, const ArrayView& k_in, const Arra
     // NaN/Inf output) instead of a second pass over a possibly huge cache; only when it saw
     // something are they scanned, to name the first bad element.
     if (non_finite_scores.load() || !AllFinite(out, NumElements(out_shape))) {
-      CheckFiniteView(k_in);
-      CheckFiniteView(v_in);
+      for (const ArrayView* source : sources) CheckFiniteView(*source);
     }
     CheckFiniteOutput(out, out_shape);
   }
@@ -229,36 +231,36 @@ py::object Attention(py::handle q_arg, py::handle k_arg, py::handle v_arg, bool 
   }
   CheckFloating(k);
   CheckFloating(v);
-  return RunAttention(q, k, v, causal, ScaleOr(scale, q.shape[3]), window, attention_mask, out,
-                      check_finite);
+  return RunAttention(q, k, v, {&k, &v}, causal, ScaleOr(scale, q.shape[3]), window, attention_mask,
+                      out, check_finite);
 }
 
 py::object MlaAttention(py::handle q_arg, py::handle kv_arg, int64_t value_dim, bool causal,
                         const py::object& scale, py::handle attention_mask, py::handle out,
                         bool check_finite) {
   const ArrayView q = ViewArray(q_arg, "q");
-  ArrayView kv = ViewArray(kv_arg, "kv");
+  const ArrayView kv_in = ViewArray(kv_arg, "kv");
   CheckRank(q, 4, "[B, Sq, H, D]");
-  CheckRank(kv, 3, "[B, T, D] (latent rows: kv_lora_rank values, then the rotated rope part)");
+  CheckRank(kv_in, 3, "[B, T, D] (latent rows: kv_lora_rank values, then the rotated rope part)");
   if (check_finite) {
     CheckFiniteView(q);
   } else {
     CheckFloating(q);
   }
-  CheckFloating(kv);
-  Check(value_dim > 0 && value_dim <= kv.shape[2], ErrorKind::kInvalidArgument,
-        "value_dim must lie in [1, " + std::to_string(kv.shape[2]) + "] (the kv row width), got " +
-            std::to_string(value_dim));
+  CheckFloating(kv_in);
+  Check(value_dim > 0 && value_dim <= kv_in.shape[2], ErrorKind::kInvalidArgument,
+        "value_dim must lie in [1, " + std::to_string(kv_in.shape[2]) +
+            "] (the kv row width), got " + std::to_string(value_dim));
   // One copy at most, shared by keys and values (a value row is the start of its key row).
-  kv = KvLayout(kv, KvElement(kv, kv));
+  const ArrayView kv = KvLayout(kv_in, KvElement(kv_in, kv_in));
   ArrayView keys = kv;
   keys.what = "kv";
   keys.shape.insert(keys.shape.begin() + 2, 1);  // one shared kv head
   keys.strides.insert(keys.strides.begin() + 2, 0);
   ArrayView values = keys;
   values.shape[3] = value_dim;
-  return RunAttention(q, keys, values, causal, ScaleOr(scale, q.shape[3]), 0, attention_mask, out,
-                      check_finite);
+  return RunAttention(q, keys, values, {&kv_in}, causal, ScaleOr(scale, q.shape[3]), 0,
+                      attention_mask, out, check_finite);
 }
 
 }  // namespace
