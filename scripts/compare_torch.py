@@ -26,8 +26,9 @@ N chosen per side from a probe so that they take about 30 ms (1 for calls that l
 over the rounds. Same thread count everywhere (--threads for the binary, attn.set_num_threads and
 torch.set_num_threads in here). A batch with ragged lengths is left-padded to the longest
 sequence (the padding is masked: attention_mask [B, T] for attn, a boolean attn_mask
-[B, 1, S, T] for torch, which also carries the causal part, bottom-right aligned); its kernel
-column is the sum of one `attn bench kernel` run per sequence (the binary has no batch).
+[B, 1, S, T] for torch, which also carries the causal part, bottom-right aligned); its lengths
+are those of `attn bench kernel --batch B` (T - floor(b*T/(2B))), and its kernel column is that
+one batched call (with a binary that has no --batch: the sum of one run per sequence).
 
 Each case is checked once: the outputs of attn (module) and torch against softmax(q·kᵀ·scale +
 mask)·v computed in float64 from the same (dtype-rounded) inputs; a maximum error over
@@ -122,7 +123,13 @@ def mla(name, h, s, t, dtype, causal=False):
     return Case(name, "mla", h, 1, 576, 512, s, t, causal, dtype)
 
 
-RAGGED_8 = (4096, 3900, 2731, 2048, 1500, 1024, 777, 300)
+
+
+def ragged(batch: int, t: int) -> tuple[int, ...]:
+    """`attn bench kernel --batch`'s lengths: sequence b has T - floor(b*T/(2B)) keys."""
+    return tuple(t - (b * t) // (2 * batch) for b in range(batch))
+
+
 FULL_CASES = [
     gqa("decode mha f32", 32, 32, 1, 16384, "f32"),
     gqa("decode mha f16", 32, 32, 1, 16384, "f16"),
@@ -131,14 +138,14 @@ FULL_CASES = [
     gqa("decode gqa f32", 32, 8, 1, 4096, "f32"),
     mla("decode mla bf16", 128, 1, 4096, "bf16"),
     gqa("spec-decode gqa bf16", 32, 8, 8, 4096, "bf16", causal=True),
-    gqa("ragged b8 gqa bf16", 32, 8, 4, 4096, "bf16", causal=True, lengths=RAGGED_8),
+    gqa("ragged b8 gqa bf16", 32, 8, 4, 4096, "bf16", causal=True, lengths=ragged(8, 4096)),
     gqa("prefill gqa f32", 32, 8, 512, 512, "f32"),
 ]
 # The same mechanisms (ragged batch with mask and causal, non-causal prefill, MLA) at sizes that
 # run in seconds. Three cases: tests/python/test_bench_cli.py counts them.
 QUICK_CASES = [
     gqa("ragged b4 gqa bf16", 8, 2, 2, 512, "bf16", causal=True, d=64,
-        lengths=(512, 300, 129, 64)),
+        lengths=ragged(4, 512)),
     gqa("prefill gqa f32", 8, 2, 128, 128, "f32", d=64),
     mla("decode mla bf16", 16, 1, 256, "bf16"),
 ]
@@ -277,19 +284,32 @@ class Inputs:
 
 # ---- the three sides -------------------------------------------------------------------------
 
-def kernel_commands(binary: str, case: Case, threads: int) -> list[list[str]]:
-    """One `attn bench kernel` command per sequence (one in all for batch 1), without
-    --repeat."""
-    commands = []
-    for length in case.seq_lens:
+def kernel_commands(binary: str, case: Case, threads: int, batch_flag: bool,
+                    layout: str | None) -> list[list[str]]:
+    """The `attn bench kernel` command(s) of a case, without --repeat: one, with --batch for a
+    ragged batch where the binary has it; else one per sequence."""
+    def command(length: int, batch: int) -> list[str]:
         cmd = [binary, "bench", "kernel", "--variant", case.variant, "--heads", str(case.heads),
                "--kv-heads", str(case.kv_heads), "--head-dim", str(case.head_dim),
                "--v-head-dim", str(case.v_head_dim), "--q-len", str(case.q_len), "--kv-len",
                str(length), "--dtype", case.dtype, "--threads", str(threads), "--json"]
+        if batch > 1:
+            cmd += ["--batch", str(batch)]
+        if layout and case.variant == "gqa":
+            cmd += ["--layout", layout]
         if case.causal:
             cmd.append("--causal")
-        commands.append(cmd)
-    return commands
+        return cmd
+
+    if case.batch > 1 and batch_flag and case.lengths == ragged(case.batch, case.kv_len):
+        return [command(case.kv_len, case.batch)]
+    return [command(length, 1) for length in case.seq_lens]
+
+
+def binary_flags(binary: str) -> str:
+    """`attn bench kernel --help`: which flags this binary has."""
+    proc = subprocess.run([binary, "bench", "kernel", "--help"], capture_output=True, text=True)
+    return proc.stdout
 
 
 def run_kernel(commands: list[list[str]], inner: list[int]) -> tuple[float, list[dict]]:
@@ -418,9 +438,9 @@ def stats(samples: list[float]) -> dict:
 
 
 def measure(case: Case, torch, attn, side: TorchSide, binary: str, threads: int,
-            repeat: int) -> dict:
+            repeat: int, batch_flag: bool, layout: str | None) -> dict:
     x = Inputs(torch, case, side.sdpa is not None)
-    commands = kernel_commands(binary, case, threads)
+    commands = kernel_commands(binary, case, threads, batch_flag, layout)
     torch_fn = side.call(x)
     calls = {}
     if attn is not None:
@@ -452,6 +472,9 @@ def measure(case: Case, torch, attn, side: TorchSide, binary: str, threads: int,
     # How many calls make one round's sample (their median) on each side: calls of well under
     # a millisecond are timed several times back to back, as `attn bench kernel --repeat` does.
     _, probe = run_kernel(commands, [3] * len(commands))
+    if len(commands) == 1 and case.batch > 1 and probe[0].get("kv_lens") != list(case.lengths):
+        sys.exit(f"compare_torch: {case.name}: the binary's --batch lengths "
+                 f"{probe[0].get('kv_lens')} are not the case's {list(case.lengths)}")
     inner = {"kernel": [inner_count(r["median_s"]) for r in probe]}
     with torch.inference_mode():
         for name, fn in calls.items():
@@ -531,7 +554,7 @@ COLUMNS = ["case", "shape", "dtype", "kernel ms", "module ms (check_finite=False
 
 
 def row(result: dict) -> list[str]:
-    kernel_note = " Σ" if result["batch"] > 1 else ""
+    kernel_note = " Σ" if len(result["kernel_runs"][0]) > 1 else ""
     torch_path = result["torch_backend"]
     if result["torch_dtype"] != {"f32": "float32", "f16": "float16",
                                  "bf16": "bfloat16"}[result["dtype"]]:
@@ -612,6 +635,9 @@ def main() -> int:
                         help="torch venv (default $ATTN_TORCH_VENV or torch-venv/)")
     parser.add_argument("--no-venv", action="store_true",
                         help="use this interpreter's torch even where the venv exists")
+    parser.add_argument("--kernel-layout", choices=["head-major", "token-major"],
+                        help="`attn bench kernel --layout` for the gqa cases (default: the "
+                             "binary's own, head-major; the module reads token-major)")
     parser.add_argument("--omp-passive", action="store_true",
                         help="OMP_WAIT_POLICY=PASSIVE for every side: OpenMP workers sleep at "
                              "once instead of spinning (torch's pool, and oneDNN's inside attn, "
@@ -634,12 +660,17 @@ def main() -> int:
         attn.set_num_threads(args.threads)
     side = TorchSide(torch)
     cases = CASE_SETS[args.cases]
+    flags = binary_flags(binary)
+    batch_flag = "--batch" in flags
+    if args.kernel_layout and "--layout" not in flags:
+        sys.exit(f"compare_torch: {binary} bench kernel has no --layout")
 
     load_before = os.getloadavg()
     started = time.time()
     results = []
     for case in cases:
-        results.append(measure(case, torch, attn, side, binary, args.threads, args.repeat))
+        results.append(measure(case, torch, attn, side, binary, args.threads, args.repeat,
+                               batch_flag, args.kernel_layout))
         print(f"  {case.name} done ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
 
@@ -657,9 +688,9 @@ def main() -> int:
           f"enough calls for ~{1e3 * ROUND_S:.0f} ms; milliseconds as median (min–max) over "
           f"the rounds.")
     (print_markdown if args.markdown else print_text)(rows)
-    print("kernel: `attn bench kernel` in a fresh process per round (Σ: the sum over the "
-          "batch's sequences, one run each). module: attn.attention / "
-          "attn.mla_attention on [B, S, H, D] torch tensors (\"module\" in ratios and GB/s: "
+    print("kernel: `attn bench kernel` in a fresh process per round (a batch in one --batch "
+          "call; Σ: a binary without --batch, one run per sequence, summed). module: "
+          "attn.attention / attn.mla_attention on [B, S, H, D] torch tensors (\"module\" in ratios and GB/s: "
           "with check_finite=False). torch path: the SDPA "
           "implementation torch's dispatcher picks. Ratios are of medians: module/kernel is "
           "the cost of the entry point; torch/kernel and torch/module > 1 mean attn is "
