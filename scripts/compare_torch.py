@@ -690,8 +690,8 @@ def main() -> int:
     (print_markdown if args.markdown else print_text)(rows)
     print("kernel: `attn bench kernel` in a fresh process per round (a batch in one --batch "
           "call; Σ: a binary without --batch, one run per sequence, summed). module: "
-          "attn.attention / attn.mla_attention on [B, S, H, D] torch tensors (\"module\" in ratios and GB/s: "
-          "with check_finite=False). torch path: the SDPA "
+          "attn.attention / attn.mla_attention on [B, S, H, D] torch tensors (\"module\" in "
+          "ratios and GB/s: with check_finite=False). torch path: the SDPA "
           "implementation torch's dispatcher picks. Ratios are of medians: module/kernel is "
           "the cost of the entry point; torch/kernel and torch/module > 1 mean attn is "
           "faster (= the attn/torch speedup). K/V GB/s (S <= 8): unique K/V bytes "
