@@ -3,6 +3,8 @@
 //   kernel  one attention call (DefaultBackend().attend) at a given shape, with FLOPs, unique
 //           K/V bytes and the fraction of the binding roof it reaches
 //   layer   one layer of a config: prefill tokens/s and decode ms/token, per MLA form
+//   linear  one projection (DefaultBackend().linear), W streamed from DRAM: weight GB/s against
+//           the DRAM read roof
 //   peak    the roofs: fp32 FMA and bf16-dot GFLOP/s and DRAM read GB/s per thread count
 //   --compare-torch  the same kernel shapes through PyTorch, side by side (a Python script)
 #include <sys/resource.h>
@@ -568,6 +570,141 @@ int RunCompareTorch(const std::vector<std::string>& args) {
   throw Error(ErrorKind::kIo, "cannot run /usr/bin/python3 " + script);
 }
 
+// ---- linear ------------------------------------------------------------------------------
+
+// W bytes the rotation must cover for every call to stream W from DRAM: four last-level caches
+// (a copy used again is long evicted), 1 GiB where sysfs does not say.
+int64_t LinearRotationBytes() {
+  const int64_t llc = bench::LastLevelCacheBytes();
+  return llc > 0 ? 4 * llc : int64_t{1} << 30;
+}
+
+int RunLinearBench(const std::vector<std::string>& args) {
+  Flags flags("bench linear",
+              "Times one projection y = x W^T + b (the default backend's linear) with W streamed "
+              "from DRAM (several copies of W are rotated when one would fit in the caches), "
+              "against the DRAM read roof.");
+  flags.Integer("rows", "R", "rows of x (tokens of a decode step), 1 to 4096")
+      .Mandatory()
+      .Integer("in", "I", "input features (W's columns)")
+      .Mandatory()
+      .Integer("out", "O", "output features (W's rows)")
+      .Mandatory()
+      .Switch("bias", "add a bias vector");
+  AddThreadsFlag(flags);
+  flags
+      .Integer("repeat", "N", "timed calls after one warm-up pass, 1 to 100000; the median counts",
+               "50")
+      .Integer("seed", "N", "random seed of the inputs", "1")
+      .Text("backend", "NAME", "default or reference", "default");
+  AddPeakFlags(flags, false);
+  flags.Switch("pin", "bind each pool thread to its own CPU")
+      .Switch("json", "print one JSON object");
+  if (!flags.Parse(args)) return 0;
+  const int64_t rows = flags.GetInt("rows");
+  Check(rows >= 1 && rows <= 4096, ErrorKind::kInvalidArgument, "--rows must lie in [1, 4096]");
+  const int64_t in = flags.GetInt("in");
+  const int64_t out = flags.GetInt("out");
+  Check(in >= 1 && out >= 1 && in <= (int64_t{1} << 20) && out <= (int64_t{1} << 20),
+        ErrorKind::kInvalidArgument, "--in and --out must lie in [1, 1048576]");
+  const int64_t repeat = flags.GetInt("repeat");
+  Check(repeat >= 1 && repeat <= 100000, ErrorKind::kInvalidArgument,
+        "--repeat must lie in [1, 100000]");
+  const std::string backend_name = flags.Get("backend");
+  Check(backend_name == "default" || backend_name == "reference", ErrorKind::kInvalidArgument,
+        "--backend must be default or reference, got '" + backend_name + "'");
+  const KernelBackend& backend =
+      backend_name == "reference" ? ReferenceBackend() : DefaultBackend();
+  const int threads = ApplyThreadsFlag(flags);
+  const bool pinned = flags.Has("pin") && PinPoolThreads();
+  const uint64_t seed = static_cast<uint64_t>(flags.GetInt("seed"));
+
+  // Roofs first: their DRAM buffer is freed before the weights are allocated.
+  const bench::MachinePeak peak = PeakForThreads(threads, PeakOptionsFrom(flags));
+  const bench::PeakPoint& roofs = *peak.ForThreads(threads);
+
+  const int64_t weight_bytes = in * out * static_cast<int64_t>(sizeof(float));
+  const int64_t copies =
+      std::max<int64_t>(1, (LinearRotationBytes() + weight_bytes - 1) / weight_bytes);
+  std::vector<Tensor> weights;
+  for (int64_t c = 0; c < copies; ++c) {
+    weights.push_back(RandomUniform({out, in}, seed + 10 + static_cast<uint64_t>(c), 0.05f));
+  }
+  const Tensor x = RandomUniform({rows, in}, seed, 1.0f);
+  const Tensor bias = RandomUniform({out}, seed + 1, 1.0f);
+  Tensor y = RandomUniform({rows, out}, seed + 2, 1.0f);  // touched before timing
+  LinearProblem problem;
+  problem.x = x.data();
+  problem.bias = flags.Has("bias") ? bias.data() : nullptr;
+  problem.rows = rows;
+  problem.in = in;
+  problem.out = out;
+  problem.y = y.data();
+  // Warm-up: one call per copy (page tables, the backend's primitives and workspaces), leaving
+  // the last copy in cache and the first long evicted.
+  for (const Tensor& w : weights) {
+    problem.w = w.data();
+    backend.linear(problem);
+  }
+  std::vector<double> times;
+  for (int64_t r = 0; r < repeat; ++r) {
+    problem.w = weights[static_cast<size_t>(r % copies)].data();
+    const Clock::time_point start = Clock::now();
+    backend.linear(problem);
+    times.push_back(Seconds(start, Clock::now()));
+  }
+  const double median = bench::Median(times);
+  const double min_s = *std::min_element(times.begin(), times.end());
+  const double max_s = *std::max_element(times.begin(), times.end());
+  const double fp32_now = bench::ProbeFp32Now(threads, 0.02);
+  const double bytes = static_cast<double>(weight_bytes);
+  const double gbps = bytes / median / 1e9;
+  const double fraction = roofs.dram_gbps > 0.0 ? gbps / roofs.dram_gbps : 0.0;
+  const json result = {
+      {"command", "linear"},
+      {"backend", backend.name},
+      {"rows", rows},
+      {"in", in},
+      {"out", out},
+      {"bias", problem.bias != nullptr},
+      {"threads", threads},
+      {"pinned", pinned},
+      {"repeat", repeat},
+      {"weight_bytes", weight_bytes},
+      {"weight_copies", copies},
+      {"median_s", median},
+      {"min_s", min_s},
+      {"max_s", max_s},
+      {"times_s", times},
+      {"flops", 2.0 * static_cast<double>(rows) * bytes / sizeof(float)},
+      {"weight_gbps", gbps},
+      {"weight_gbps_best", bytes / min_s / 1e9},
+      {"weight_gbps_worst", bytes / max_s / 1e9},
+      {"peak_gbps", roofs.dram_gbps},
+      {"peak_fraction", fraction},
+      {"fp32_gflops_now", fp32_now},
+      {"machine_share", roofs.fp32_gflops > 0.0 ? fp32_now / roofs.fp32_gflops : 0.0},
+      {"peak_file", bench::PeakCachePath()},
+  };
+  if (flags.Has("json")) {
+    std::printf("%s\n", result.dump().c_str());
+    return 0;
+  }
+  std::printf(
+      "attn bench linear: rows %lld, in %lld, out %lld%s, fp32 W %.1f MiB (%lld copies rotated), "
+      "%d thread(s), backend %s\n"
+      "  median %.6f s over %lld calls (min %.6f s, max %.6f s)\n"
+      "  W read at %.2f GB/s (min time: %.2f, max time: %.2f)\n"
+      "  DRAM read roof %.1f GB/s -> %.1f%% of the roof; an fp32 FMA probe right after reached "
+      "%.0f%% of the fp32 roof\n",
+      static_cast<long long>(rows), static_cast<long long>(in), static_cast<long long>(out),
+      problem.bias != nullptr ? " + bias" : "", bytes / 1048576.0, static_cast<long long>(copies),
+      threads, backend.name, median, static_cast<long long>(repeat), min_s, max_s, gbps,
+      bytes / min_s / 1e9, bytes / max_s / 1e9, roofs.dram_gbps, 100.0 * fraction,
+      100.0 * result["machine_share"].get<double>());
+  return 0;
+}
+
 }  // namespace
 
 int RunBench(const std::vector<std::string>& args) {
@@ -575,6 +712,8 @@ int RunBench(const std::vector<std::string>& args) {
       {"kernel", "one attention call at a given shape against this machine's roofs",
        RunKernelBench},
       {"layer", "prefill/decode speed of one layer of a config, per MLA form", RunLayerBench},
+      {"linear", "one projection with W streamed from DRAM against the DRAM read roof",
+       RunLinearBench},
       {"peak", "measure the roofs: fp32/bf16 GFLOP/s and DRAM GB/s per thread count", RunPeakBench},
       {"--compare-torch", "the kernel cases through PyTorch too (scripts/compare_torch.py)",
        RunCompareTorch},

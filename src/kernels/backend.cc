@@ -48,9 +48,11 @@ void ReferenceAttendBatch(const AttentionProblem* problems, int64_t count) {
   for (int64_t i = 0; i < count; ++i) ReferenceAttend(problems[i]);
 }
 
-// A few rows (decode) are bound by reading W once: a parallel dot-product kernel does that and
-// allocates nothing. More rows are a real GEMM: oneDNN.
-constexpr int64_t kSmallBatchRows = 4;
+// A few rows (decode, speculative decode) are bound by reading W once: the small-batch kernel
+// reads each weight once for up to 8 rows and allocates nothing. More rows are a real GEMM:
+// oneDNN. At 5 to 8 rows the small-batch kernel measured faster than oneDNN's matmul
+// (docs/performance.md, "Decode projections").
+constexpr int64_t kSmallBatchRows = 8;  // kSmallBatchMaxRows: one pass over W
 
 void Linear(const LinearProblem& problem) {
   if (problem.rows <= kSmallBatchRows) {
