@@ -64,14 +64,23 @@ void SmallBatchLinear(const LinearProblem& p) {
   per_task = std::max(per_task, (kMinTaskBytes + row_bytes - 1) / row_bytes);
   per_task = (per_task + kTaskGranule - 1) / kTaskGranule * kTaskGranule;
   const int64_t tasks = (p.out + per_task - 1) / per_task;
-  const LinearProblem* shared = &p;
-  ParallelFor(tasks, [shared, per_task, vector](int64_t task, int /*thread*/) {
-    const int64_t first = task * per_task;
-    const int64_t last = std::min(shared->out, first + per_task);
-    if (vector) {
-      avx512::SmallBatchLinearRows(*shared, first, last);
+  // One pointer is all the task function captures: std::function keeps a capture of up to two
+  // pointers inline and would allocate for more, and decode must not allocate.
+  struct Plan {
+    const LinearProblem* p;
+    int64_t per_task;
+    bool vector;
+  };
+  const Plan plan{&p, per_task, vector};
+  const Plan* shared = &plan;
+  ParallelFor(tasks, [shared](int64_t task, int /*thread*/) {
+    const LinearProblem& problem = *shared->p;
+    const int64_t first = task * shared->per_task;
+    const int64_t last = std::min(problem.out, first + shared->per_task);
+    if (shared->vector) {
+      avx512::SmallBatchLinearRows(problem, first, last);
     } else {
-      PortableRows(*shared, first, last);
+      PortableRows(problem, first, last);
     }
   });
 }
