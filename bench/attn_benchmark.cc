@@ -2,15 +2,19 @@
 // Google Benchmark suite over the cases of issue 3's performance table, through the same
 // KernelCase buffers and counting formulas as `attn bench kernel`. Each case runs at 1 thread
 // and at every thread of the machine; counters report GFLOP/s and unique K/V GB/s.
+// The decode projection cases (BM_DecodeLinear*) time DefaultBackend().linear with W streamed
+// from DRAM and report the weight bytes read per second, as `attn bench linear` does.
 // The layer decode-step cases also count heap allocations per step: this binary links
 // bench/alloc_counter.cc, which replaces the global operator new (only here, never in libattn
 // or the attn CLI).
 //   build-*/attn_benchmark --benchmark_filter=decode
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "attn/kernels.h"
 #include "attn/layer_weights.h"
@@ -18,6 +22,7 @@
 #include "attn/threads.h"
 #include "bench/alloc_counter.h"
 #include "bench/kernel_case.h"
+#include "bench/peak.h"
 
 namespace attn::bench {
 namespace {
@@ -128,12 +133,69 @@ void BM_LayerDecodeDeepSeekV2LiteAbsorbed(benchmark::State& state) {
   RunLayerDecode(state, "deepseek-v2-lite", MlaForm::kAbsorbed);
 }
 
+// One projection of a decode step, y = x Wᵀ with x [rows, in], W [out, in] fp32; enough copies
+// of W are rotated (four last-level caches' worth) that every call reads W from DRAM.
+// state.range(0) = threads.
+void RunLinear(benchmark::State& state, int64_t rows, int64_t in, int64_t out) {
+  SetNumThreads(static_cast<int>(state.range(0)));
+  const int64_t weight_bytes = in * out * static_cast<int64_t>(sizeof(float));
+  const int64_t llc = LastLevelCacheBytes();
+  const int64_t rotation = llc > 0 ? 4 * llc : int64_t{1} << 30;
+  const int64_t copies = std::max<int64_t>(1, (rotation + weight_bytes - 1) / weight_bytes);
+  std::vector<Tensor> weights;
+  for (int64_t c = 0; c < copies; ++c) {
+    weights.push_back(RandomUniform({out, in}, 10 + static_cast<uint64_t>(c), 0.05f));
+  }
+  const Tensor x = RandomUniform({rows, in}, 1, 1.0f);
+  Tensor y = RandomUniform({rows, out}, 2, 1.0f);
+  LinearProblem problem;
+  problem.x = x.data();
+  problem.rows = rows;
+  problem.in = in;
+  problem.out = out;
+  problem.y = y.data();
+  for (const Tensor& w : weights) {  // warm-up: page tables, workspaces
+    problem.w = w.data();
+    DefaultBackend().linear(problem);
+  }
+  size_t next = 0;
+  for (auto _ : state) {
+    problem.w = weights[next].data();
+    next = (next + 1) % weights.size();
+    DefaultBackend().linear(problem);
+    benchmark::ClobberMemory();
+  }
+  state.counters["W_B/s"] = benchmark::Counter(static_cast<double>(weight_bytes),
+                                               benchmark::Counter::kIsIterationInvariantRate,
+                                               benchmark::Counter::OneK::kIs1000);
+  state.SetLabel(std::string(DefaultBackend().name));
+}
+
+// Llama-3-8B q_proj/o_proj and k_proj/v_proj; DeepSeek-V3 q_b_proj, kv_b_proj and o_proj; one
+// token and eight (batched or speculative decode).
+void BM_DecodeLinearLlamaQ_1(benchmark::State& state) { RunLinear(state, 1, 4096, 4096); }
+void BM_DecodeLinearLlamaQ_8(benchmark::State& state) { RunLinear(state, 8, 4096, 4096); }
+void BM_DecodeLinearLlamaKV_1(benchmark::State& state) { RunLinear(state, 1, 4096, 1024); }
+void BM_DecodeLinearDeepSeekQB_1(benchmark::State& state) { RunLinear(state, 1, 1536, 24576); }
+void BM_DecodeLinearDeepSeekQB_8(benchmark::State& state) { RunLinear(state, 8, 1536, 24576); }
+void BM_DecodeLinearDeepSeekKVB_1(benchmark::State& state) { RunLinear(state, 1, 512, 32768); }
+void BM_DecodeLinearDeepSeekO_1(benchmark::State& state) { RunLinear(state, 1, 16384, 7168); }
+void BM_DecodeLinearDeepSeekO_8(benchmark::State& state) { RunLinear(state, 8, 16384, 7168); }
+
 BENCHMARK(BM_PrefillGqaF32)->Apply(ThreadArgs);
 BENCHMARK(BM_PrefillGqaBf16)->Apply(ThreadArgs);
 BENCHMARK(BM_DecodeGqaBf16)->Apply(ThreadArgs);
 BENCHMARK(BM_DecodeMqaBf16)->Apply(ThreadArgs);
 BENCHMARK(BM_DecodeMhaBf16)->Apply(ThreadArgs);
 BENCHMARK(BM_DecodeMlaAbsorbedBf16)->Apply(ThreadArgs);
+BENCHMARK(BM_DecodeLinearLlamaQ_1)->Apply(ThreadArgs);
+BENCHMARK(BM_DecodeLinearLlamaQ_8)->Apply(ThreadArgs);
+BENCHMARK(BM_DecodeLinearLlamaKV_1)->Apply(ThreadArgs);
+BENCHMARK(BM_DecodeLinearDeepSeekQB_1)->Apply(ThreadArgs);
+BENCHMARK(BM_DecodeLinearDeepSeekQB_8)->Apply(ThreadArgs);
+BENCHMARK(BM_DecodeLinearDeepSeekKVB_1)->Apply(ThreadArgs);
+BENCHMARK(BM_DecodeLinearDeepSeekO_1)->Apply(ThreadArgs);
+BENCHMARK(BM_DecodeLinearDeepSeekO_8)->Apply(ThreadArgs);
 BENCHMARK(BM_LayerDecodeLlama3_8B)->Apply(ThreadArgs);
 BENCHMARK(BM_LayerDecodeDeepSeekV2LiteAbsorbed)->Apply(ThreadArgs);
 
