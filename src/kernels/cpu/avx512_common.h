@@ -191,39 +191,75 @@ inline __m512 SumLanes16(__m512 a[16]) {
   return a[0];
 }
 
+// acc[j] += Σ_c q[c] · k_j[c] over CN 16-wide chunks for the `keys` (<= 16) rows of a key
+// block: q's chunks stay in registers, and each key row is walked once, in address order.
+template <Load L, int CN>
+inline void DotChunks(const __m512* qv, const std::byte* key, int64_t stride_bytes, int64_t keys,
+                      int64_t chunk0, __m512* acc) {
+  constexpr int64_t kElement = L == Load::kWords ? 4 : 2;
+  const std::byte* row = key + chunk0 * 16 * kElement;
+  for (int64_t j = 0; j < keys; ++j, row += stride_bytes) {
+    for (int c = 0; c < CN; ++c)
+      acc[j] = _mm512_fmadd_ps(qv[c], LoadValues<L>(row, c * 16), acc[j]);
+  }
+}
+
 // s[r][0..n) = Σ_i q[r][i] k[t][i] for `rows` query rows against the n <= 32 keys of a tile,
 // without transposing K: each of 16 keys accumulates its own vector over the key width, then
 // SumLanes16 turns the 16 vectors into 16 scores. Costs D/16 FMAs per key and row plus ~3
 // shuffles per key and row, where the transposed layout (flash_attention_avx512.cc) pays ~32
 // shuffles per key once for all rows: the better choice for a few rows (decode). Keys are
 // stored as L, `stride_bytes` apart, `width` elements each; q rows are `q_words` floats,
-// zero past `width`. Scores of keys >= n are garbage (they read key 0 again); callers mask
-// them.
+// zero past `width`. Lanes of keys >= n are zero; callers mask them.
 template <Load L>
 void ScoresRowDot(const float* q, int64_t rows, int64_t q_words, const std::byte* keys,
                   int64_t stride_bytes, int64_t n, int64_t width, float* s) {
+  constexpr int64_t kElement = L == Load::kWords ? 4 : 2;
   const int64_t full = width / 16;
   const __mmask16 tail = static_cast<__mmask16>((1u << (width % 16)) - 1u);
-  constexpr int64_t kElement = L == Load::kWords ? 4 : 2;
   for (int64_t k0 = 0; k0 < n; k0 += 16) {
-    const std::byte* key[16];
-    for (int64_t j = 0; j < 16; ++j) {
-      key[j] = keys + (k0 + j < n ? k0 + j : 0) * stride_bytes;
-    }
+    const int64_t count = std::min<int64_t>(16, n - k0);
+    const std::byte* block = keys + k0 * stride_bytes;
     for (int64_t r = 0; r < rows; ++r) {
       const float* q_row = q + r * q_words;
       __m512 acc[16];
       for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
-      for (int64_t c = 0; c < full; ++c) {
-        const __m512 qv = _mm512_loadu_ps(q_row + c * 16);
-        for (int j = 0; j < 16; ++j) {
-          acc[j] = _mm512_fmadd_ps(qv, LoadValues<L>(key[j], c * 16), acc[j]);
+      // Up to 8 chunks (128 elements) of q in registers per pass over the block's rows.
+      for (int64_t c0 = 0; c0 < full; c0 += 8) {
+        __m512 qv[8];
+        const int64_t chunks = std::min<int64_t>(8, full - c0);
+        for (int64_t c = 0; c < chunks; ++c) qv[c] = _mm512_loadu_ps(q_row + (c0 + c) * 16);
+        switch (chunks) {
+          case 8:
+            DotChunks<L, 8>(qv, block, stride_bytes, count, c0, acc);
+            break;
+          case 7:
+            DotChunks<L, 7>(qv, block, stride_bytes, count, c0, acc);
+            break;
+          case 6:
+            DotChunks<L, 6>(qv, block, stride_bytes, count, c0, acc);
+            break;
+          case 5:
+            DotChunks<L, 5>(qv, block, stride_bytes, count, c0, acc);
+            break;
+          case 4:
+            DotChunks<L, 4>(qv, block, stride_bytes, count, c0, acc);
+            break;
+          case 3:
+            DotChunks<L, 3>(qv, block, stride_bytes, count, c0, acc);
+            break;
+          case 2:
+            DotChunks<L, 2>(qv, block, stride_bytes, count, c0, acc);
+            break;
+          default:
+            DotChunks<L, 1>(qv, block, stride_bytes, count, c0, acc);
+            break;
         }
       }
       if (tail != 0) {
         const __m512 qv = _mm512_loadu_ps(q_row + full * 16);
-        for (int j = 0; j < 16; ++j) {
-          const std::byte* chunk = key[j] + full * 16 * kElement;
+        for (int64_t j = 0; j < count; ++j) {
+          const std::byte* chunk = block + j * stride_bytes + full * 16 * kElement;
           __m512 kv;
           if constexpr (L == Load::kWords) {
             kv = _mm512_maskz_loadu_ps(tail, chunk);
@@ -241,16 +277,32 @@ void ScoresRowDot(const float* q, int64_t rows, int64_t q_words, const std::byte
   }
 }
 
-// Asks for the cache lines of rows [0, n) (`row_bytes` each, `stride_bytes` apart) ahead of
-// use: rows of one head in a token-major cache sit a whole token apart, a pattern the hardware
-// prefetchers do not follow across pages.
-inline void PrefetchRows(const std::byte* rows, int64_t stride_bytes, int64_t n,
-                         int64_t row_bytes) {
-  for (int64_t t = 0; t < n; ++t) {
-    const char* row = reinterpret_cast<const char*>(rows + t * stride_bytes);
-    for (int64_t b = 0; b < row_bytes; b += 64) _mm_prefetch(row + b, _MM_HINT_T0);
-    _mm_prefetch(row + row_bytes - 1, _MM_HINT_T0);
+// O[0..16·C) += Σ_t p[t] v[t] for one query row over n values (stored as L, `v_stride`
+// elements apart), even and odd keys in separate accumulators: one row gives a single FMA
+// chain per output vector, which two sets run at twice the rate of one.
+template <int C, Load L>
+void AccumulateValuesOneRow(const float* p, const void* v, int64_t v_stride, int64_t n, float* o) {
+  __m512 even[C], odd[C];
+  for (int c = 0; c < C; ++c) {
+    even[c] = _mm512_loadu_ps(o + c * 16);
+    odd[c] = _mm512_setzero_ps();
   }
+  int64_t t = 0;
+  for (; t + 1 < n; t += 2) {
+    const __m512 p0 = _mm512_set1_ps(p[t]);
+    const __m512 p1 = _mm512_set1_ps(p[t + 1]);
+    for (int c = 0; c < C; ++c) {
+      even[c] = _mm512_fmadd_ps(p0, LoadValues<L>(v, t * v_stride + c * 16), even[c]);
+      odd[c] = _mm512_fmadd_ps(p1, LoadValues<L>(v, (t + 1) * v_stride + c * 16), odd[c]);
+    }
+  }
+  if (t < n) {
+    const __m512 p0 = _mm512_set1_ps(p[t]);
+    for (int c = 0; c < C; ++c) {
+      even[c] = _mm512_fmadd_ps(p0, LoadValues<L>(v, t * v_stride + c * 16), even[c]);
+    }
+  }
+  for (int c = 0; c < C; ++c) _mm512_storeu_ps(o + c * 16, _mm512_add_ps(even[c], odd[c]));
 }
 
 // s[0..31] holds one row's raw scores for a key tile, `mask` its visible keys. Turns them into
@@ -336,10 +388,37 @@ inline void AccumulateTile(const float* p, int64_t rows, const std::byte* v_tile
     v_stride = dv_pad;
     load = Load::kWords;
   }
+  const int64_t v_element = load == Load::kWords ? 4 : 2;
+  if (rows == 1) {
+    using OneRowFn = void (*)(const float*, const void*, int64_t, int64_t, float*);
+    constexpr OneRowFn kWords[8] = {
+        AccumulateValuesOneRow<1, Load::kWords>, AccumulateValuesOneRow<2, Load::kWords>,
+        AccumulateValuesOneRow<3, Load::kWords>, AccumulateValuesOneRow<4, Load::kWords>,
+        AccumulateValuesOneRow<5, Load::kWords>, AccumulateValuesOneRow<6, Load::kWords>,
+        AccumulateValuesOneRow<7, Load::kWords>, AccumulateValuesOneRow<8, Load::kWords>};
+    constexpr OneRowFn kHalves[8] = {
+        AccumulateValuesOneRow<1, Load::kF16ToF32>, AccumulateValuesOneRow<2, Load::kF16ToF32>,
+        AccumulateValuesOneRow<3, Load::kF16ToF32>, AccumulateValuesOneRow<4, Load::kF16ToF32>,
+        AccumulateValuesOneRow<5, Load::kF16ToF32>, AccumulateValuesOneRow<6, Load::kF16ToF32>,
+        AccumulateValuesOneRow<7, Load::kF16ToF32>, AccumulateValuesOneRow<8, Load::kF16ToF32>};
+    constexpr OneRowFn kBrain[8] = {
+        AccumulateValuesOneRow<1, Load::kBF16ToF32>, AccumulateValuesOneRow<2, Load::kBF16ToF32>,
+        AccumulateValuesOneRow<3, Load::kBF16ToF32>, AccumulateValuesOneRow<4, Load::kBF16ToF32>,
+        AccumulateValuesOneRow<5, Load::kBF16ToF32>, AccumulateValuesOneRow<6, Load::kBF16ToF32>,
+        AccumulateValuesOneRow<7, Load::kBF16ToF32>, AccumulateValuesOneRow<8, Load::kBF16ToF32>};
+    const OneRowFn* one_row = load == Load::kWords      ? kWords
+                              : load == Load::kF16ToF32 ? kHalves
+                                                        : kBrain;
+    for (int64_t d0 = 0; d0 < dv_pad; d0 += 128) {
+      const int64_t vectors = std::min<int64_t>(8, (dv_pad - d0) / 16);
+      one_row[vectors - 1](p, static_cast<const std::byte*>(v) + d0 * v_element, v_stride, n,
+                           o + d0);
+    }
+    return;
+  }
   const auto& accumulate = load == Load::kWords      ? kAccumulate<Load::kWords>
                            : load == Load::kF16ToF32 ? kAccumulate<Load::kF16ToF32>
                                                      : kAccumulate<Load::kBF16ToF32>;
-  const int64_t v_element = load == Load::kWords ? 4 : 2;
   for (int64_t d0 = 0; d0 < dv_pad; d0 += 64) {
     const int64_t vectors = std::min<int64_t>(4, (dv_pad - d0) / 16);
     const void* v_chunk = static_cast<const std::byte*>(v) + d0 * v_element;

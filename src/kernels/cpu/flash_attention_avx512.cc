@@ -12,6 +12,7 @@
 // states are merged exactly: O = Σ_k 2^(m_k - m*) O_k, l = Σ_k 2^(m_k - m*) l_k.
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <vector>
 
 #include "attn/dtype.h"
@@ -152,16 +153,19 @@ Scratch& ThreadScratch() {
 }
 
 // How one problem of a batch is cut into tasks, shared read-only by all threads of one call.
-// A task is a block of query rows (consecutive tokens × the H/G query heads of one kv head)
-// against one split of the keys that block may see.
+// A task is a block of query rows (consecutive tokens × the H/G query heads of each of
+// `item_heads` kv heads) against one split of the keys that block may see.
 struct Plan {
   const AttentionProblem* problem;
   int64_t group;         // H / G query heads per kv head
   int64_t block_tokens;  // query tokens per work item
   int64_t blocks;
-  int64_t items;   // blocks × kv heads
-  int64_t splits;  // key-range splits per item
-  int64_t max_rows;
+  // kv heads per item: 1, or all G of a decode block when a token's heads sit side by side
+  // (token-major [T][G][D]), so that the item walks its keys' memory in order.
+  int64_t item_heads;
+  int64_t items;      // blocks × G / item_heads
+  int64_t splits;     // key-range splits per item
+  int64_t max_rows;   // query rows per kv head of a block
   bool row_dot;       // scores by ScoresRowDot (few rows) rather than a transposed K tile
   bool bf16_dot;      // Q·Kᵀ with vdpbf16ps
   int64_t key_words;  // 32-bit words per key row: Dk, or Dk/2 for bf16 pairs
@@ -171,7 +175,8 @@ struct Plan {
   Load value_load;
   size_t element_bytes;
   int64_t first_task;  // this problem's tasks are first_task … first_task + items·splits - 1
-  // Partial states when splits > 1: [item][split] × (rows × Dv | rows | rows).
+  // Partial states when splits > 1: [item][split] × (item rows × Dv | item rows | item rows),
+  // item rows = item_heads · max_rows.
   float* partial_o = nullptr;
   float* partial_m = nullptr;
   float* partial_l = nullptr;
@@ -181,7 +186,40 @@ struct Plan {
 // tile's fixed ~32 shuffles per key cost less than ~3 per key and row (avx512_common.h).
 constexpr int64_t kRowDotMaxRows = 8;
 // Tiles ahead of use whose K/V lines are prefetched.
-constexpr int64_t kPrefetchTiles = 2;
+
+// Which query rows, kv heads and keys an item covers.
+struct ItemRange {
+  int64_t s0, s1;     // query tokens
+  int64_t rows;       // query rows per kv head: (s1 - s0) · group
+  int64_t g0;         // first kv head; the item has plan.item_heads of them
+  int64_t key_begin;  // keys any row may see
+  int64_t key_end;
+};
+
+ItemRange RangeOf(const Plan& plan, int64_t item) {
+  const AttentionProblem& p = *plan.problem;
+  const int64_t head_groups = p.kv.kv_heads / plan.item_heads;
+  ItemRange range;
+  range.g0 = item % head_groups * plan.item_heads;
+  const int64_t block = plan.blocks - 1 - item / head_groups;  // heaviest (latest) blocks first
+  range.s0 = block * plan.block_tokens;
+  range.s1 = std::min(p.queries.tokens, range.s0 + plan.block_tokens);
+  range.rows = (range.s1 - range.s0) * plan.group;
+  const int64_t first_slot = p.visibility.first_query_slot + range.s0;
+  const int64_t last_slot = p.visibility.first_query_slot + range.s1 - 1;
+  const int64_t window = p.visibility.window;
+  range.key_begin = window > 0 ? std::max<int64_t>(0, first_slot - window + 1) : 0;
+  range.key_end = p.visibility.causal ? std::min(last_slot + 1, p.kv.length) : p.kv.length;
+  return range;
+}
+
+// Output row of query row r (token-major, then the group's heads) of kv head g.
+float* OutputRow(const Plan& plan, const ItemRange& range, int64_t g, int64_t r) {
+  const AttentionProblem& p = *plan.problem;
+  const int64_t s = range.s0 + r / plan.group;
+  const int64_t h = g * plan.group + r % plan.group;
+  return p.out + (s * p.queries.heads + h) * p.kv.value_dim;
+}
 
 void RunItem(const Plan& plan, int64_t item, int64_t split) {
   const AttentionProblem& p = *plan.problem;
@@ -190,84 +228,70 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
   const int64_t dk = p.queries.dim;
   const int64_t dv = kv.value_dim;
   const int64_t dv_pad = plan.dv_pad;
-  const int64_t g = item % kv.kv_heads;
-  const int64_t block = plan.blocks - 1 - item / kv.kv_heads;  // heaviest (latest) blocks first
-  const int64_t s0 = block * plan.block_tokens;
-  const int64_t s1 = std::min(p.queries.tokens, s0 + plan.block_tokens);
-  const int64_t rows = (s1 - s0) * plan.group;
-  const int64_t first_slot = p.visibility.first_query_slot + s0;
-  const int64_t last_slot = p.visibility.first_query_slot + s1 - 1;
+  const ItemRange range = RangeOf(plan, item);
+  const int64_t rows = range.rows;
+  const int64_t item_rows = plan.item_heads * plan.max_rows;  // scratch rows, head-major
+  const int64_t first_slot = p.visibility.first_query_slot + range.s0;
   const int64_t window = p.visibility.window;
   const bool causal = p.visibility.causal;
 
-  // Keys any row of the block may see, then this split's share of them (whole tiles).
-  const int64_t key_begin = window > 0 ? std::max<int64_t>(0, first_slot - window + 1) : 0;
-  const int64_t key_end = causal ? std::min(last_slot + 1, kv.length) : kv.length;
-  const int64_t span = std::max<int64_t>(0, key_end - key_begin);
+  // This split's share of the keys (whole tiles).
+  const int64_t span = std::max<int64_t>(0, range.key_end - range.key_begin);
   const int64_t per_split =
       (span + plan.splits * kTileKeys - 1) / (plan.splits * kTileKeys) * kTileKeys;
-  const int64_t begin = key_begin + split * per_split;
-  const int64_t end = std::min(key_end, begin + per_split);
+  const int64_t begin = range.key_begin + split * per_split;
+  const int64_t end = std::min(range.key_end, begin + per_split);
 
   Scratch& scratch = ThreadScratch();
-  float* q = Grow(scratch.q, plan.max_rows * plan.q_words);
+  float* q = Grow(scratch.q, item_rows * plan.q_words);
   float* kt = Grow(scratch.kt, plan.q_words * kTileKeys);
   float* vt = Grow(scratch.vt, kTileKeys * dv_pad);
-  float* scores = Grow(scratch.scores, plan.max_rows * kTileKeys);
-  float* o = Grow(scratch.o, plan.max_rows * dv_pad);
-  float* m = Grow(scratch.m, plan.max_rows);
-  float* l = Grow(scratch.l, plan.max_rows);
+  float* scores = Grow(scratch.scores, item_rows * kTileKeys);
+  float* o = Grow(scratch.o, item_rows * dv_pad);
+  float* m = Grow(scratch.m, item_rows);
+  float* l = Grow(scratch.l, item_rows);
   uint32_t* masks = Grow(scratch.masks, plan.max_rows);
 
-  // Q rows (token-major, then the group's heads). fp32 rows are pre-scaled by scale·log2(e);
-  // bf16 rows are rounded unscaled, so that bf16 inputs stay exact, and the scores are scaled
-  // in fp32 instead (score_scale).
+  // Q rows per kv head (token-major, then the group's heads). fp32 rows are pre-scaled by
+  // scale·log2(e); bf16 rows are rounded unscaled, so that bf16 inputs stay exact, and the
+  // scores are scaled in fp32 instead (score_scale).
   const float q_scale = plan.bf16_dot ? 1.0f : p.scale * kLog2e;
   const __m512 score_scale = _mm512_set1_ps(plan.bf16_dot ? p.scale * kLog2e : 1.0f);
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t s = s0 + r / plan.group;
-    const int64_t h = g * plan.group + r % plan.group;
-    const float* src = p.queries.data + (s * heads + h) * dk;
-    float* row = q + r * plan.q_words;
-    std::fill(row, row + plan.q_words, 0.0f);  // zero padding past the key width
-    if (plan.bf16_dot) {
-      uint32_t* dst = reinterpret_cast<uint32_t*>(row);
-      for (int64_t i = 0; i < plan.key_words; ++i) {
-        dst[i] = static_cast<uint32_t>(F32ToBF16(src[2 * i] * q_scale)) |
-                 (static_cast<uint32_t>(F32ToBF16(src[2 * i + 1] * q_scale)) << 16);
+  for (int64_t j = 0; j < plan.item_heads; ++j) {
+    const int64_t g = range.g0 + j;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t s = range.s0 + r / plan.group;
+      const int64_t h = g * plan.group + r % plan.group;
+      const float* src = p.queries.data + (s * heads + h) * dk;
+      const int64_t row_index = j * plan.max_rows + r;
+      float* row = q + row_index * plan.q_words;
+      std::fill(row, row + plan.q_words, 0.0f);  // zero padding past the key width
+      if (plan.bf16_dot) {
+        uint32_t* dst = reinterpret_cast<uint32_t*>(row);
+        for (int64_t i = 0; i < plan.key_words; ++i) {
+          dst[i] = static_cast<uint32_t>(F32ToBF16(src[2 * i] * q_scale)) |
+                   (static_cast<uint32_t>(F32ToBF16(src[2 * i + 1] * q_scale)) << 16);
+        }
+      } else {
+        for (int64_t i = 0; i < dk; ++i) row[i] = src[i] * q_scale;
       }
-    } else {
-      for (int64_t i = 0; i < dk; ++i) row[i] = src[i] * q_scale;
+      m[row_index] = kNegInf;
+      l[row_index] = 0.0f;
+      std::fill(o + row_index * dv_pad, o + (row_index + 1) * dv_pad, 0.0f);
     }
-    m[r] = kNegInf;
-    l[r] = 0.0f;
   }
-  std::fill(o, o + rows * dv_pad, 0.0f);
 
   const size_t eb = plan.element_bytes;
-  const std::byte* key_base = static_cast<const std::byte*>(kv.keys) + g * kv.key_head_stride * eb;
-  const std::byte* value_base =
-      static_cast<const std::byte*>(kv.values) + g * kv.value_head_stride * eb;
+  const std::byte* keys = static_cast<const std::byte*>(kv.keys);
+  const std::byte* values = static_cast<const std::byte*>(kv.values);
+  const int64_t key_head_bytes = kv.key_head_stride * static_cast<int64_t>(eb);
+  const int64_t value_head_bytes = kv.value_head_stride * static_cast<int64_t>(eb);
   const int64_t key_stride_bytes = kv.key_token_stride * static_cast<int64_t>(eb);
   const int64_t value_stride_bytes = kv.value_token_stride * static_cast<int64_t>(eb);
-  const int64_t key_row_bytes = dk * static_cast<int64_t>(eb);
-  const int64_t value_row_bytes = dv * static_cast<int64_t>(eb);
-  // Absorbed MLA: a value row is the head of its key row, already fetched with the key.
-  const bool values_in_keys =
-      value_base == key_base && value_stride_bytes == key_stride_bytes && dv <= dk;
   const ScoresFn* scores_fns = plan.bf16_dot ? kScoresBF16 : kScoresF32;
 
   for (int64_t t0 = begin; t0 < end; t0 += kTileKeys) {
     const int64_t n = std::min(kTileKeys, end - t0);
-    const int64_t ahead = t0 + kPrefetchTiles * kTileKeys;
-    if (ahead < end) {
-      const int64_t count = std::min(kTileKeys, end - ahead);
-      PrefetchRows(key_base + ahead * key_stride_bytes, key_stride_bytes, count, key_row_bytes);
-      if (!values_in_keys) {
-        PrefetchRows(value_base + ahead * value_stride_bytes, value_stride_bytes, count,
-                     value_row_bytes);
-      }
-    }
     const uint32_t key_bits = TileKeyBits(kv.keep, t0, n);
     uint32_t any = 0;
     for (int64_t r = 0; r < rows; ++r) {
@@ -276,112 +300,123 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
     }
     if (any == 0) continue;  // causal, window or padding hides the whole tile
 
-    // S = Q Kᵀ for the tile.
-    const std::byte* key_tile = key_base + t0 * key_stride_bytes;
-    if (plan.row_dot) {
-      if (rows == 1 || plan.key_load == Load::kWords) {
-        switch (plan.key_load) {
-          case Load::kWords:
-            ScoresRowDot<Load::kWords>(q, rows, plan.q_words, key_tile, key_stride_bytes, n, dk,
-                                       scores);
-            break;
-          case Load::kF16ToF32:
-            ScoresRowDot<Load::kF16ToF32>(q, rows, plan.q_words, key_tile, key_stride_bytes, n, dk,
-                                          scores);
-            break;
-          case Load::kBF16ToF32:
-            ScoresRowDot<Load::kBF16ToF32>(q, rows, plan.q_words, key_tile, key_stride_bytes, n, dk,
-                                           scores);
-            break;
+    for (int64_t j = 0; j < plan.item_heads; ++j) {
+      const int64_t g = range.g0 + j;
+      const std::byte* key_base = keys + g * key_head_bytes;
+      const std::byte* value_base = values + g * value_head_bytes;
+      float* head_q = q + j * plan.max_rows * plan.q_words;
+      float* head_scores = scores + j * plan.max_rows * kTileKeys;
+      float* head_o = o + j * plan.max_rows * dv_pad;
+      float* head_m = m + j * plan.max_rows;
+      float* head_l = l + j * plan.max_rows;
+
+      // S = Q Kᵀ for the tile.
+      const std::byte* key_tile = key_base + t0 * key_stride_bytes;
+      if (plan.row_dot) {
+        if (rows == 1 || plan.key_load == Load::kWords) {
+          switch (plan.key_load) {
+            case Load::kWords:
+              ScoresRowDot<Load::kWords>(head_q, rows, plan.q_words, key_tile, key_stride_bytes, n,
+                                         dk, head_scores);
+              break;
+            case Load::kF16ToF32:
+              ScoresRowDot<Load::kF16ToF32>(head_q, rows, plan.q_words, key_tile, key_stride_bytes,
+                                            n, dk, head_scores);
+              break;
+            case Load::kBF16ToF32:
+              ScoresRowDot<Load::kBF16ToF32>(head_q, rows, plan.q_words, key_tile, key_stride_bytes,
+                                             n, dk, head_scores);
+              break;
+          }
+        } else {
+          // Several rows reread each key: widen the tile once (zero-padded to q_words).
+          ConvertValues(key_tile, key_stride_bytes, n, dk, plan.q_words, plan.key_load, kt);
+          ScoresRowDot<Load::kWords>(head_q, rows, plan.q_words,
+                                     reinterpret_cast<const std::byte*>(kt), plan.q_words * 4, n,
+                                     plan.q_words, head_scores);
         }
       } else {
-        // Several rows reread each key: widen the tile once (zero-padded to q_words).
-        ConvertValues(key_tile, key_stride_bytes, n, dk, plan.q_words, plan.key_load, kt);
-        ScoresRowDot<Load::kWords>(q, rows, plan.q_words, reinterpret_cast<const std::byte*>(kt),
-                                   plan.q_words * 4, n, plan.q_words, scores);
+        PackKeysTransposed(key_tile, key_stride_bytes, n, plan.q_words, plan.key_words,
+                           plan.key_load, kt);
+        for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+          const int64_t count = std::min<int64_t>(8, rows - r0);
+          scores_fns[count - 1](head_q + r0 * plan.q_words, plan.q_words, kt,
+                                head_scores + r0 * kTileKeys);
+        }
       }
-    } else {
-      PackKeysTransposed(key_tile, key_stride_bytes, n, plan.q_words, plan.key_words, plan.key_load,
-                         kt);
-      for (int64_t r0 = 0; r0 < rows; r0 += 8) {
-        const int64_t count = std::min<int64_t>(8, rows - r0);
-        scores_fns[count - 1](q + r0 * plan.q_words, plan.q_words, kt, scores + r0 * kTileKeys);
-      }
-    }
 
-    if (p.non_finite_scores != nullptr) {
-      // NaN/Inf among the n real scores of a row (lanes past n are stale or repeat key 0).
-      const uint32_t real = n == 32 ? ~0u : ((1u << n) - 1u);
-      uint32_t found = 0;
+      if (p.non_finite_scores != nullptr) {
+        // NaN/Inf among the n real scores of a row (lanes past n are stale or repeat key 0).
+        const uint32_t real = n == 32 ? ~0u : ((1u << n) - 1u);
+        uint32_t found = 0;
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* row = head_scores + r * kTileKeys;
+          found |= (static_cast<uint32_t>(_mm512_fpclass_ps_mask(_mm512_loadu_ps(row), 0x99)) |
+                    static_cast<uint32_t>(_mm512_fpclass_ps_mask(_mm512_loadu_ps(row + 16), 0x99))
+                        << 16) &
+                   real;
+        }
+        if (found != 0) p.non_finite_scores->store(true, std::memory_order_relaxed);
+      }
+
+      // Online softmax: scores become P = 2^(S - m'), O and l rescale by 2^(m - m').
       for (int64_t r = 0; r < rows; ++r) {
-        const float* s = scores + r * kTileKeys;
-        found |=
-            (static_cast<uint32_t>(_mm512_fpclass_ps_mask(_mm512_loadu_ps(s), 0x99)) |
-             static_cast<uint32_t>(_mm512_fpclass_ps_mask(_mm512_loadu_ps(s + 16), 0x99)) << 16) &
-            real;
+        SoftmaxTileRow(head_scores + r * kTileKeys, masks[r], score_scale, head_m[r], head_l[r],
+                       head_o + r * dv_pad, dv_pad);
       }
-      if (found != 0) p.non_finite_scores->store(true, std::memory_order_relaxed);
-    }
 
-    // Online softmax: scores become P = 2^(S - m'), O and l rescale by 2^(m - m').
-    for (int64_t r = 0; r < rows; ++r) {
-      SoftmaxTileRow(scores + r * kTileKeys, masks[r], score_scale, m[r], l[r], o + r * dv_pad,
-                     dv_pad);
+      // O += P V.
+      AccumulateTile(head_scores, rows, value_base + t0 * value_stride_bytes, value_stride_bytes, n,
+                     dv, dv_pad, plan.value_load, vt, head_o);
     }
-
-    // O += P V.
-    AccumulateTile(scores, rows, value_base + t0 * value_stride_bytes, value_stride_bytes, n, dv,
-                   dv_pad, plan.value_load, vt, o);
   }
 
   if (plan.splits == 1) {
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t s = s0 + r / plan.group;
-      const int64_t h = g * plan.group + r % plan.group;
-      float* out = p.out + (s * heads + h) * dv;
-      const float inverse = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;  // no visible key: zeros
-      for (int64_t d = 0; d < dv; ++d) out[d] = o[r * dv_pad + d] * inverse;
+    for (int64_t j = 0; j < plan.item_heads; ++j) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t row_index = j * plan.max_rows + r;
+        float* out = OutputRow(plan, range, range.g0 + j, r);
+        // No visible key: zeros.
+        const float inverse = l[row_index] > 0.0f ? 1.0f / l[row_index] : 0.0f;
+        for (int64_t d = 0; d < dv; ++d) out[d] = o[row_index * dv_pad + d] * inverse;
+      }
     }
     return;
   }
   const int64_t slot_index = item * plan.splits + split;
-  std::copy_n(o, rows * dv_pad, plan.partial_o + slot_index * plan.max_rows * dv_pad);
-  std::copy_n(m, rows, plan.partial_m + slot_index * plan.max_rows);
-  std::copy_n(l, rows, plan.partial_l + slot_index * plan.max_rows);
+  std::copy_n(o, item_rows * dv_pad, plan.partial_o + slot_index * item_rows * dv_pad);
+  std::copy_n(m, item_rows, plan.partial_m + slot_index * item_rows);
+  std::copy_n(l, item_rows, plan.partial_l + slot_index * item_rows);
 }
 
 // Combines the splits of one item: m* = max_k m_k, w_k = 2^(m_k - m*),
 // out = Σ_k w_k O_k / Σ_k w_k l_k.
 void MergeSplits(const Plan& plan, int64_t item) {
-  const AttentionProblem& p = *plan.problem;
-  const int64_t heads = p.queries.heads;
-  const int64_t dv = p.kv.value_dim;
-  const int64_t g = item % p.kv.kv_heads;
-  const int64_t block = plan.blocks - 1 - item / p.kv.kv_heads;
-  const int64_t s0 = block * plan.block_tokens;
-  const int64_t s1 = std::min(p.queries.tokens, s0 + plan.block_tokens);
-  const int64_t rows = (s1 - s0) * plan.group;
-  for (int64_t r = 0; r < rows; ++r) {
-    float m_star = kNegInf;
-    for (int64_t k = 0; k < plan.splits; ++k) {
-      m_star = std::max(m_star, plan.partial_m[(item * plan.splits + k) * plan.max_rows + r]);
+  const int64_t dv = plan.problem->kv.value_dim;
+  const ItemRange range = RangeOf(plan, item);
+  const int64_t item_rows = plan.item_heads * plan.max_rows;
+  for (int64_t j = 0; j < plan.item_heads; ++j) {
+    for (int64_t r = 0; r < range.rows; ++r) {
+      const int64_t row_index = j * plan.max_rows + r;
+      float m_star = kNegInf;
+      for (int64_t k = 0; k < plan.splits; ++k) {
+        m_star = std::max(m_star, plan.partial_m[(item * plan.splits + k) * item_rows + row_index]);
+      }
+      float* out = OutputRow(plan, range, range.g0 + j, r);
+      std::fill(out, out + dv, 0.0f);
+      if (m_star == kNegInf) continue;  // no visible key in any split
+      float total = 0.0f;
+      for (int64_t k = 0; k < plan.splits; ++k) {
+        const int64_t index = (item * plan.splits + k) * item_rows + row_index;
+        if (plan.partial_m[index] == kNegInf) continue;
+        const float weight = std::exp2(plan.partial_m[index] - m_star);
+        total += weight * plan.partial_l[index];
+        const float* o = plan.partial_o + index * plan.dv_pad;
+        for (int64_t d = 0; d < dv; ++d) out[d] += weight * o[d];
+      }
+      const float inverse = 1.0f / total;
+      for (int64_t d = 0; d < dv; ++d) out[d] *= inverse;
     }
-    const int64_t s = s0 + r / plan.group;
-    const int64_t h = g * plan.group + r % plan.group;
-    float* out = p.out + (s * heads + h) * dv;
-    std::fill(out, out + dv, 0.0f);
-    if (m_star == kNegInf) continue;  // no visible key in any split
-    float total = 0.0f;
-    for (int64_t k = 0; k < plan.splits; ++k) {
-      const int64_t index = (item * plan.splits + k) * plan.max_rows + r;
-      if (plan.partial_m[index] == kNegInf) continue;
-      const float weight = std::exp2(plan.partial_m[index] - m_star);
-      total += weight * plan.partial_l[index];
-      const float* o = plan.partial_o + index * plan.dv_pad;
-      for (int64_t d = 0; d < dv; ++d) out[d] += weight * o[d];
-    }
-    const float inverse = 1.0f / total;
-    for (int64_t d = 0; d < dv; ++d) out[d] *= inverse;
   }
 }
 
@@ -393,12 +428,18 @@ Plan PlanProblem(const AttentionProblem& problem, bool bf16_dot) {
   plan.group = q.heads / kv.kv_heads;
   plan.block_tokens = std::max<int64_t>(1, kTargetRows / plan.group);
   plan.blocks = (q.tokens + plan.block_tokens - 1) / plan.block_tokens;
-  plan.items = plan.blocks * kv.kv_heads;
   plan.splits = 1;
   plan.max_rows = std::min(plan.block_tokens, q.tokens) * plan.group;
   // Few rows per kv head read each key once for almost no arithmetic: memory-bound, so fp32
   // products from widened keys cost nothing and keep Q unrounded.
   plan.row_dot = plan.max_rows <= kRowDotMaxRows;
+  // A memory-bound item over one kv head of a token-major cache would read a few hundred bytes
+  // per token a whole token apart: a new page (TLB walk) and DRAM row for every key. Taking all
+  // heads of a token together walks the cache in address order instead.
+  const bool heads_side_by_side =
+      kv.key_head_stride < kv.key_token_stride && kv.value_head_stride < kv.value_token_stride;
+  plan.item_heads = plan.row_dot && heads_side_by_side ? kv.kv_heads : 1;
+  plan.items = plan.blocks * kv.kv_heads / plan.item_heads;
   plan.bf16_dot = bf16_dot && !plan.row_dot && kv.dtype == DType::kBF16 && q.dim % 2 == 0;
   plan.key_words = plan.bf16_dot ? q.dim / 2 : q.dim;
   plan.q_words = (plan.key_words + 15) / 16 * 16;
@@ -461,7 +502,7 @@ void FlashAttendBatchAvx512(const AttentionProblem* problems, int64_t count, boo
   for (Plan& plan : plans) {
     plan.first_task = tasks;
     tasks += plan.items * plan.splits;
-    if (plan.splits > 1) states += plan.items * plan.splits * plan.max_rows;
+    if (plan.splits > 1) states += plan.items * plan.splits * plan.item_heads * plan.max_rows;
   }
   int64_t dv_pad_max = 0;
   for (const Plan& plan : plans) dv_pad_max = std::max(dv_pad_max, plan.dv_pad);
@@ -470,7 +511,7 @@ void FlashAttendBatchAvx512(const AttentionProblem* problems, int64_t count, boo
     float* next = Grow(partials, states * (dv_pad_max + 2));
     for (Plan& plan : plans) {
       if (plan.splits == 1) continue;
-      const int64_t own = plan.items * plan.splits * plan.max_rows;
+      const int64_t own = plan.items * plan.splits * plan.item_heads * plan.max_rows;
       plan.partial_o = next;
       plan.partial_m = next + own * plan.dv_pad;
       plan.partial_l = plan.partial_m + own;
