@@ -191,16 +191,24 @@ inline __m512 SumLanes16(__m512 a[16]) {
   return a[0];
 }
 
-// acc[j] += Σ_c q[c] · k_j[c] over CN 16-wide chunks for the `keys` (<= 16) rows of a key
-// block: q's chunks stay in registers, and each key row is walked once, in address order.
+// acc[j] += Σ_c q[c] · k_j[c] over CN 16-wide chunks for the 16 rows of a key block (rows past
+// `keys` repeat the last real one: finite, and masked by the caller): q's chunks and the 16
+// accumulators stay in registers (fixed trip counts, fully unrolled), and the FMAs of 16
+// independent keys interleave instead of waiting on one chain.
 template <Load L, int CN>
 inline void DotChunks(const __m512* qv, const std::byte* key, int64_t stride_bytes, int64_t keys,
                       int64_t chunk0, __m512* acc) {
   constexpr int64_t kElement = L == Load::kWords ? 4 : 2;
-  const std::byte* row = key + chunk0 * 16 * kElement;
-  for (int64_t j = 0; j < keys; ++j, row += stride_bytes) {
-    for (int c = 0; c < CN; ++c)
-      acc[j] = _mm512_fmadd_ps(qv[c], LoadValues<L>(row, c * 16), acc[j]);
+  const std::byte* rows[16];
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; ++j) {
+    rows[j] = key + std::min<int64_t>(j, keys - 1) * stride_bytes + chunk0 * 16 * kElement;
+  }
+#pragma GCC unroll 8
+  for (int c = 0; c < CN; ++c) {
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; ++j)
+      acc[j] = _mm512_fmadd_ps(qv[c], LoadValues<L>(rows[j], c * 16), acc[j]);
   }
 }
 
@@ -210,7 +218,7 @@ inline void DotChunks(const __m512* qv, const std::byte* key, int64_t stride_byt
 // shuffles per key and row, where the transposed layout (flash_attention_avx512.cc) pays ~32
 // shuffles per key once for all rows: the better choice for a few rows (decode). Keys are
 // stored as L, `stride_bytes` apart, `width` elements each; q rows are `q_words` floats,
-// zero past `width`. Lanes of keys >= n are zero; callers mask them.
+// zero past `width`. Lanes of keys >= n repeat key n-1; callers mask them.
 template <Load L>
 void ScoresRowDot(const float* q, int64_t rows, int64_t q_words, const std::byte* keys,
                   int64_t stride_bytes, int64_t n, int64_t width, float* s) {
