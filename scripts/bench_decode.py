@@ -17,6 +17,10 @@ roofs measured in the same run.
    arithmetic intensity puts them under the compute roof on this machine (MQA and speculative
    GQA, 32 query rows per kv head) are reported against that roof instead, marked as such.
 
+4. With --busy-core, every case runs once more (same rounds) beside a process that spins on one
+   CPU, as a co-tenant would: how much slower the step gets when one of the kernel's cores is
+   shared (ideal with 2 threads: 4/3 of the quiet time, not 2x).
+
 Exit status 0 whether targets are met or not (this is a measurement); 2 on usage errors.
 """
 
@@ -91,6 +95,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--json", metavar="FILE", help="write roofs and every sample here")
+    parser.add_argument("--busy-core", action="store_true",
+                        help="measure the cases again beside a process spinning on one CPU")
     args = parser.parse_args()
     if args.threads < 1 or args.rounds < 1 or args.repeat < 1:
         parser.error("--threads, --rounds and --repeat must be >= 1")
@@ -102,13 +108,25 @@ def main() -> int:
     samples: dict[str, list[float]] = {label: [] for label, _, _ in CASES}
     shares: dict[str, list[float]] = {label: [] for label, _, _ in CASES}
     last: dict[str, dict] = {}
-    for _ in range(args.rounds):
-        for label, case, _ in CASES:
-            result = run_json([args.attn, "bench", "kernel", *case, "--threads",
-                               str(args.threads), "--repeat", str(args.repeat), "--json"])
-            samples[label] += result["times_s"]
-            shares[label].append(result["machine_share"])
-            last[label] = result
+
+    def measure(into: dict[str, list[float]]) -> None:
+        for _ in range(args.rounds):
+            for label, case, _ in CASES:
+                result = run_json([args.attn, "bench", "kernel", *case, "--threads",
+                                   str(args.threads), "--repeat", str(args.repeat), "--json"])
+                into[label] += result["times_s"]
+                shares[label].append(result["machine_share"])
+                last[label] = result
+
+    measure(samples)
+    busy: dict[str, list[float]] = {label: [] for label, _, _ in CASES}
+    if args.busy_core:
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            measure(busy)
+        finally:
+            spinner.kill()
+            spinner.wait()
     after = peak(args.attn, args.threads)
     roofs = {key: max(before[key], after[key])
              for key in ("dram_gbps", "dram_triad_gbps", "fp32_gflops", "bf16_gflops")}
@@ -141,12 +159,16 @@ def main() -> int:
             "machine_share_min": min(shares[label]), "kv_bytes": result["kv_bytes"],
             "flops": result["flops"],
         })
+        if busy[label]:
+            rows[-1]["busy_median_s"] = statistics.median(busy[label])
+            rows[-1]["busy_min_s"] = min(busy[label])
+            rows[-1]["busy_max_s"] = max(busy[label])
 
     if args.json:
         Path(args.json).write_text(json.dumps({
             "started": started, "threads": args.threads, "rounds": args.rounds,
             "repeat": args.repeat, "peak_before": before, "peak_after": after, "roofs": roofs,
-            "cases": rows, "samples": samples}, indent=1))
+            "cases": rows, "samples": samples, "busy_samples": busy}, indent=1))
 
     print(f"roofs ({args.threads} threads, higher of before/after): DRAM read "
           f"{roofs['dram_gbps']:.1f} GB/s (before {before['dram_gbps']:.1f}, after "
@@ -168,6 +190,17 @@ def main() -> int:
             print("| " + " | ".join(cells) + " |")
         else:
             print("  ".join(cells))
+    if args.busy_core:
+        print("\nbeside a process spinning on one CPU:")
+        if args.markdown:
+            print("\n| case | quiet median ms | busy median ms (min–max) | slowdown |")
+            print("|---|---|---|---|")
+        for row in rows:
+            cells = [row["case"], f"{row['median_s'] * 1e3:.2f}",
+                     f"{row['busy_median_s'] * 1e3:.2f} ({row['busy_min_s'] * 1e3:.2f}–"
+                     f"{row['busy_max_s'] * 1e3:.2f})",
+                     f"{row['busy_median_s'] / row['median_s']:.2f}x"]
+            print("| " + " | ".join(cells) + " |" if args.markdown else "  ".join(cells))
     return 0
 
 
