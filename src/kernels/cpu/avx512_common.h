@@ -95,13 +95,45 @@ inline __m512 LoadRowChunk(const std::byte* base, int64_t row_stride_bytes, int6
 }
 
 // vt[t][d] = V[t][d] as fp32 for t < n, rows dv_pad wide (zeros past dv).
+// Full 16-element chunks widened with the load fixed at compile time (the common case: widths
+// that are multiples of 16), the ragged end through LoadRowChunk.
+template <Load L>
+inline void WidenRows(const std::byte* values, int64_t stride_bytes, int64_t n, int64_t dv,
+                      int64_t dv_pad, float* vt) {
+  const int64_t full = dv / 16;
+  for (int64_t t = 0; t < n; ++t) {
+    const std::byte* row = values + t * stride_bytes;
+    float* out = vt + t * dv_pad;
+    for (int64_t chunk = 0; chunk < full; ++chunk) {
+      if constexpr (L == Load::kWords) {
+        _mm512_storeu_ps(out + chunk * 16,
+                         _mm512_loadu_ps(reinterpret_cast<const float*>(row) + chunk * 16));
+      } else if constexpr (L == Load::kF16ToF32) {
+        _mm512_storeu_ps(out + chunk * 16,
+                         LoadF16(reinterpret_cast<const uint16_t*>(row) + chunk * 16));
+      } else {
+        _mm512_storeu_ps(out + chunk * 16,
+                         LoadBF16(reinterpret_cast<const uint16_t*>(row) + chunk * 16));
+      }
+    }
+    for (int64_t chunk = full; chunk < dv_pad / 16; ++chunk) {
+      _mm512_storeu_ps(out + chunk * 16, LoadRowChunk(values, stride_bytes, t, n, chunk, dv, L));
+    }
+  }
+}
+
 inline void ConvertValues(const std::byte* values, int64_t stride_bytes, int64_t n, int64_t dv,
                           int64_t dv_pad, Load load, float* vt) {
-  for (int64_t t = 0; t < n; ++t) {
-    for (int64_t chunk = 0; chunk < dv_pad / 16; ++chunk) {
-      _mm512_storeu_ps(vt + t * dv_pad + chunk * 16,
-                       LoadRowChunk(values, stride_bytes, t, n, chunk, dv, load));
-    }
+  switch (load) {
+    case Load::kWords:
+      WidenRows<Load::kWords>(values, stride_bytes, n, dv, dv_pad, vt);
+      return;
+    case Load::kF16ToF32:
+      WidenRows<Load::kF16ToF32>(values, stride_bytes, n, dv, dv_pad, vt);
+      return;
+    case Load::kBF16ToF32:
+      WidenRows<Load::kBF16ToF32>(values, stride_bytes, n, dv, dv_pad, vt);
+      return;
   }
 }
 
