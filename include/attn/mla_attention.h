@@ -59,8 +59,11 @@ class MlaAttention : public AttentionLayer {
   void DecompressLatent(const float* rows, int64_t count, float* keys, float* values) const;
   void AttendNaive(const Projected& p, KVCache& cache, std::span<const int64_t> first_slots,
                    float* heads_out) const;
-  void AttendAbsorbed(const Projected& p, int64_t sequence, const LatentKVCache& cache,
-                      int64_t first_slot, float* heads_out) const;
+  // The absorbed form for the listed sequences of the batch at once: W_UK/W_UV are read once
+  // per step (heads in parallel), and one attend_batch call covers every sequence.
+  void AttendAbsorbed(const Projected& p, std::span<const int64_t> sequences,
+                      const LatentKVCache& cache, std::span<const int64_t> first_slots,
+                      float* heads_out) const;
   void AttendDecompressed(const Projected& p, int64_t sequence, const LatentKVCache& cache,
                           int64_t first_slot, float* heads_out) const;
 

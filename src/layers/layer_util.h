@@ -53,7 +53,7 @@ enum class Slot {
   kCount
 };
 float* Scratch(Slot slot, int64_t size);
-enum class IndexSlot { kCounts, kPositions, kFirstSlots, kCount };
+enum class IndexSlot { kCounts, kPositions, kFirstSlots, kAbsorbedSequences, kCount };
 int64_t* IndexScratch(IndexSlot slot, int64_t size);
 // A per-thread list of at least `count` attention problems for one attend_batch call (grown,
 // never shrunk: no allocation per decode step once warm).

@@ -18,6 +18,7 @@
 
 #include "attn/error.h"
 #include "attn/kernels.h"
+#include "attn/threads.h"
 #include "layers/layer_util.h"
 
 // Sanitizer builds skip the clones: ifunc resolvers run before the sanitizer runtime starts.
@@ -201,16 +202,24 @@ void MlaAttention::StepInto(const TokenBatch& batch, Cache& cache, MlaForm form,
       latent_cache->Append(b, shape.counts[static_cast<size_t>(b)],
                            p.latent + b * shape.tokens * row_dim, p.keep(b));
     }
+    // Sequences that auto sends to decompress-then-attend go one by one; the absorbed ones
+    // together.
+    int64_t* absorbed = layers::IndexScratch(layers::IndexSlot::kAbsorbedSequences, shape.batch);
+    int64_t absorbed_count = 0;
     for (int64_t b = 0; b < shape.batch; ++b) {
-      float* sequence_out = heads_out + b * shape.tokens * h * m.v_head_dim;
       const bool decompress = form == MlaForm::kAuto &&
                               AutoPrefersDecompress(config_, shape.counts[static_cast<size_t>(b)],
                                                     latent_cache->length(b));
       if (decompress) {
-        AttendDecompressed(p, b, *latent_cache, first_slots[b], sequence_out);
+        AttendDecompressed(p, b, *latent_cache, first_slots[b],
+                           heads_out + b * shape.tokens * h * m.v_head_dim);
       } else {
-        AttendAbsorbed(p, b, *latent_cache, first_slots[b], sequence_out);
+        absorbed[absorbed_count++] = b;
       }
+    }
+    if (absorbed_count > 0) {
+      AttendAbsorbed(p, {absorbed, static_cast<size_t>(absorbed_count)}, *latent_cache,
+                     {first_slots, static_cast<size_t>(shape.batch)}, heads_out);
     }
   }
 
@@ -275,45 +284,90 @@ void MlaAttention::AttendNaive(const Projected& p, KVCache& cache,
   DefaultBackend().attend_batch(problems.data(), p.shape.batch);
 }
 
-void MlaAttention::AttendAbsorbed(const Projected& p, int64_t sequence, const LatentKVCache& cache,
-                                  int64_t first_slot, float* heads_out) const {
+namespace {
+
+// What the per-head absorb/expand tasks read; one pointer is all the task function captures,
+// so the pool's std::function never allocates (decode stays allocation-free).
+struct AbsorbedJob {
+  const MlaDims* m;
+  int64_t heads, qk_dim, kv_b_dim, row_dim, s_len;
+  const float* q;       // projected queries [B][S][H][qk_dim]
+  const float* w_kv_b;  // [H·(dn+dv)][rk]
+  std::span<const int64_t> sequences;
+  std::span<const int64_t> counts;
+  float* absorbed;    // [B][S][H][row_dim]
+  float* latent_out;  // [B][S][H][rk]
+  float* heads_out;   // [B][S][H][dv]
+};
+
+}  // namespace
+
+void MlaAttention::AttendAbsorbed(const Projected& p, std::span<const int64_t> sequences,
+                                  const LatentKVCache& cache, std::span<const int64_t> first_slots,
+                                  float* heads_out) const {
   const MlaDims& m = config_.mla;
   const int64_t h = config_.num_heads;
-  const int64_t qk_dim = m.qk_nope_head_dim + m.qk_rope_head_dim;
-  const int64_t kv_b_dim = m.qk_nope_head_dim + m.v_head_dim;
-  const int64_t row_dim = cache.row_dim();
   const int64_t s_len = p.shape.tokens;
-  const int64_t count = p.shape.counts[static_cast<size_t>(sequence)];
-  const float* w_kv_b = weights_.kv_b_proj.data();
+  const int64_t rows = p.shape.batch * s_len;
+  AbsorbedJob job{&m,
+                  h,
+                  m.qk_nope_head_dim + m.qk_rope_head_dim,
+                  m.qk_nope_head_dim + m.v_head_dim,
+                  cache.row_dim(),
+                  s_len,
+                  p.q,
+                  weights_.kv_b_proj.data(),
+                  sequences,
+                  p.shape.counts,
+                  layers::Scratch(layers::Slot::kAbsorbed, rows * h * cache.row_dim()),
+                  layers::Scratch(layers::Slot::kLatentOut, rows * h * m.kv_lora_rank),
+                  heads_out};
+  const AbsorbedJob* shared = &job;
 
-  // q'[s,h] = [q_nope W_UK[h] | q_pe]: one MQA query row per head against the latent rows.
-  float* absorbed = layers::Scratch(layers::Slot::kAbsorbed, s_len * h * row_dim);
-  for (int64_t s = 0; s < count; ++s) {
-    for (int64_t head = 0; head < h; ++head) {
-      const float* q = p.q + ((sequence * s_len + s) * h + head) * qk_dim;
-      float* out = absorbed + (s * h + head) * row_dim;
-      AbsorbQuery(q, w_kv_b + head * kv_b_dim * m.kv_lora_rank, m.qk_nope_head_dim, m.kv_lora_rank,
-                  out);
-      std::copy_n(q + m.qk_nope_head_dim, m.qk_rope_head_dim, out + m.kv_lora_rank);
+  // q'[b,s,h] = [q_nope W_UK[h] | q_pe]: one MQA query row per head against the latent rows.
+  // A task per head reads its 128 × rk block of W_UK once for every row of the step.
+  ParallelFor(h, [shared](int64_t head, int /*thread*/) {
+    const AbsorbedJob& j = *shared;
+    const float* w_uk = j.w_kv_b + head * j.kv_b_dim * j.m->kv_lora_rank;
+    for (const int64_t b : j.sequences) {
+      for (int64_t s = 0; s < j.counts[static_cast<size_t>(b)]; ++s) {
+        const int64_t row = b * j.s_len + s;
+        const float* q = j.q + (row * j.heads + head) * j.qk_dim;
+        float* out = j.absorbed + (row * j.heads + head) * j.row_dim;
+        AbsorbQuery(q, w_uk, j.m->qk_nope_head_dim, j.m->kv_lora_rank, out);
+        std::copy_n(q + j.m->qk_nope_head_dim, j.m->qk_rope_head_dim, out + j.m->kv_lora_rank);
+      }
     }
+  });
+
+  std::vector<AttentionProblem>& problems =
+      layers::BatchProblems(static_cast<int64_t>(sequences.size()));
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    const int64_t b = sequences[i];
+    AttentionProblem& problem = problems[i];
+    problem = AttentionProblem{};
+    problem.queries = {job.absorbed + b * s_len * h * job.row_dim,
+                       p.shape.counts[static_cast<size_t>(b)], h, job.row_dim};
+    problem.kv = cache.View(b);
+    problem.visibility = {first_slots[static_cast<size_t>(b)], 0};
+    problem.scale = scale_;
+    problem.out = job.latent_out + b * s_len * h * m.kv_lora_rank;
   }
+  DefaultBackend().attend_batch(problems.data(), static_cast<int64_t>(sequences.size()));
 
-  float* latent_out = layers::Scratch(layers::Slot::kLatentOut, s_len * h * m.kv_lora_rank);
-  AttentionProblem problem;
-  problem.queries = {absorbed, count, h, row_dim};
-  problem.kv = cache.View(sequence);
-  problem.visibility = {first_slot, 0};
-  problem.scale = scale_;
-  problem.out = latent_out;
-  DefaultBackend().attend(problem);
-
-  for (int64_t s = 0; s < count; ++s) {
-    for (int64_t head = 0; head < h; ++head) {
-      ExpandLatentOutput(latent_out + (s * h + head) * m.kv_lora_rank,
-                         w_kv_b + (head * kv_b_dim + m.qk_nope_head_dim) * m.kv_lora_rank,
-                         m.v_head_dim, m.kv_lora_rank, heads_out + (s * h + head) * m.v_head_dim);
+  // out[b,s,h] = W_UV[h] latent_out[b,s,h], W_UV[h] read once per step by its head's task.
+  ParallelFor(h, [shared](int64_t head, int /*thread*/) {
+    const AbsorbedJob& j = *shared;
+    const float* w_uv = j.w_kv_b + (head * j.kv_b_dim + j.m->qk_nope_head_dim) * j.m->kv_lora_rank;
+    for (const int64_t b : j.sequences) {
+      for (int64_t s = 0; s < j.counts[static_cast<size_t>(b)]; ++s) {
+        const int64_t row = b * j.s_len + s;
+        ExpandLatentOutput(j.latent_out + (row * j.heads + head) * j.m->kv_lora_rank, w_uv,
+                           j.m->v_head_dim, j.m->kv_lora_rank,
+                           j.heads_out + (row * j.heads + head) * j.m->v_head_dim);
+      }
     }
-  }
+  });
 }
 
 void MlaAttention::AttendDecompressed(const Projected& p, int64_t sequence,
