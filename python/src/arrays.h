@@ -73,6 +73,9 @@ void CheckRank(const ArrayView& view, int rank, const std::string& layout);
 void CheckFloating(const ArrayView& view);
 // Throws Error(kInvalidArgument) naming the first NaN or Inf of a floating view and its index.
 void CheckFiniteView(const ArrayView& view);
+// True when none of `count` floats is NaN or ±Inf; 16 independent lanes, so it vectorises
+// (a plain early-exit loop does not, and costs ~1 ns per element on a prefill-sized array).
+bool AllFiniteFloats(const float* data, int64_t count);
 
 // The view as an owning fp32 attn::Tensor (always a copy: the layer API takes Tensors).
 Tensor ToTensor(const ArrayView& view);

@@ -70,13 +70,6 @@ float ScaleOr(const py::object& scale, int64_t dim) {
   return static_cast<float>(value);
 }
 
-bool AllFinite(const float* data, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) {
-    if (!std::isfinite(data[i])) return false;
-  }
-  return true;
-}
-
 // With check_finite, the output is checked like the inputs: the first NaN/Inf is an error naming
 // its [b, s, h, d] position (finite inputs can still overflow, e.g. huge values in fp32 sums).
 void CheckFiniteOutput(const float* out, const Shape& shape) {
@@ -204,10 +197,11 @@ py::object RunAttention(const ArrayView& q_in, const ArrayView& k_in, const Arra
     // K/V are vouched for by the kernel (a NaN/Inf key gives a NaN/Inf score, a NaN/Inf value a
     // NaN/Inf output) instead of a second pass over a possibly huge cache; only when it saw
     // something are they scanned, to name the first bad element.
-    if (non_finite_scores.load() || !AllFinite(out, NumElements(out_shape))) {
+    const bool output_finite = AllFiniteFloats(out, NumElements(out_shape));
+    if (non_finite_scores.load() || !output_finite) {
       for (const ArrayView* source : sources) CheckFiniteView(*source);
     }
-    CheckFiniteOutput(out, out_shape);
+    if (!output_finite) CheckFiniteOutput(out, out_shape);
   }
   if (out_view) return py::reinterpret_borrow<py::object>(out_arg);
   return WrapTensor(std::move(owned), q_in.from_torch);
