@@ -64,6 +64,10 @@ CASES = [
     ("GQA 32/8 S=4 (speculative) T=4096 bf16",
      GQA + ["--heads", "32", "--kv-heads", "8", "--q-len", "4", "--kv-len", "4096",
             "--dtype", "bf16", "--causal"], "dram"),
+    # The attention of naive MLA: 128 heads of K 192 / V 128 cached per token.
+    ("MLA naive 128/128 K192/V128 T=4096 bf16",
+     ["--variant", "gqa", "--heads", "128", "--head-dim", "192", "--v-head-dim", "128",
+      "--q-len", "1", "--kv-len", "4096", "--dtype", "bf16"], "dram"),
     ("MQA 32/1 T=16384 bf16", GQA + ["--heads", "32", "--kv-heads", "1", "--q-len", "1",
                                      "--kv-len", "16384", "--dtype", "bf16"], "dram"),
     ("MLA absorbed 128 heads 576/512 T=4096 bf16",
