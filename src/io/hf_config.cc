@@ -368,7 +368,12 @@ void ParseMla(const Fields& top, const std::string& model_type, ModelConfig& con
   config.mla.qk_nope_head_dim = top.Int("qk_nope_head_dim");
   config.mla.qk_rope_head_dim = top.Int("qk_rope_head_dim");
   config.mla.v_head_dim = top.Int("v_head_dim");
-  config.mla.rms_norm_eps = top.Double("rms_norm_eps", 1e-6);
+  // q_a_layernorm and kv_a_layernorm: DeepSeek's modeling code and transformers build both with
+  // the RMSNorm default eps 1e-6, whatever `rms_norm_eps` says (that key feeds the decoder's
+  // other norms), so a config with 1e-5 still means 1e-6 here (docs/semantics.md §3). The key is
+  // read for its type only.
+  (void)top.Double("rms_norm_eps", 1e-6);
+  config.mla.rms_norm_eps = 1e-6;
   // HF DeepSeek de-interleaves at run time when rope_interleave (default true), which equals
   // interleaved pairs on the checkpoint's weights; false means plain rotate-half.
   config.rope.pairing =

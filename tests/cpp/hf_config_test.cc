@@ -273,6 +273,18 @@ TEST(HfConfigReal, KimiK2AliasAndValues) {
               1e-12);
 }
 
+// DeepSeek's modeling code and transformers build the latent RMSNorms with eps 1e-6, not with
+// config.rms_norm_eps (docs/semantics.md §3); a Megatron config's layernorm_epsilon is used.
+TEST(HfConfigMla, LatentNormEpsIsTheReferencesNotRmsNormEps) {
+  json j = json::parse(R"({"model_type": "deepseek_v3", "hidden_size": 256, "num_hidden_layers": 2,
+      "num_attention_heads": 4, "q_lora_rank": 96, "kv_lora_rank": 64, "qk_nope_head_dim": 32,
+      "qk_rope_head_dim": 32, "v_head_dim": 32, "rope_theta": 10000,
+      "max_position_embeddings": 1280, "rms_norm_eps": 1e-5})");
+  EXPECT_EQ(Parse(j).mla.rms_norm_eps, 1e-6);
+  j["rms_norm_eps"] = "1e-5";  // still read, so a wrong type is still an error
+  ExpectError([&] { Parse(j); }, ErrorKind::kInvalidArgument, {"rms_norm_eps"});
+}
+
 // ---------------------------------------------------------------- tiny test configurations
 
 TEST(HfConfigTiny, Llama31) {

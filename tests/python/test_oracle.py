@@ -296,6 +296,31 @@ def test_mla_layer_index(cli):
     assert_matches(got, want, "mla --layer 1")
 
 
+@pytest.mark.parametrize("form", ["naive", "absorbed"])
+def test_mla_latent_norm_eps_ignores_rms_norm_eps(cli, form):
+    """DeepSeek's modeling code and transformers build q_a_layernorm / kv_a_layernorm with eps
+    1e-6 whatever config.rms_norm_eps says. With down-projections scaled by 1e-3 the latents'
+    mean square is ~1e-7, where 1e-5 and 1e-6 give outputs tens of percent apart; attn must match
+    the 1e-6 oracle on a config that says 1e-5."""
+    cfg = dict(copy.deepcopy(DSV3), rms_norm_eps=1e-5)
+    _, _, W = cli.random_weights(cfg, seed=29)
+    prefix = ref.layer_prefix(0)
+    for name in ("q_a_proj.weight", "kv_a_proj_with_mqa.weight"):
+        W[prefix + name] = W[prefix + name] * 1e-3
+    wpath = save_tensors(cli.dir / "small_latents.safetensors", W)
+    got, want, _, _ = run_case(cli, cfg, B=1, S=5, seed=29, starts=10, mla=form,
+                               weights=(wpath, W))
+    assert_matches(got, want, f"latent norm eps, --mla {form}")
+    # The check has teeth: the same weights normalised with 1e-5 give a different answer.
+    wrong = ref.parse_config(cfg)
+    wrong.rms_norm_eps = 1e-5
+    x = make_hidden(1, 5, cfg["hidden_size"], 29 + 1000)
+    pos = make_positions(1, 5, 10)
+    other = ref.forward(wrong, W, x, pos, None, layer=0,
+                        mla_form="absorbed" if form == "absorbed" else "naive")
+    assert (other - want).abs().max() > 1e-2 * want.abs().max()
+
+
 @pytest.mark.parametrize("dtype,torch_dtype", [("bf16", torch.bfloat16), ("f16", torch.float16)])
 @pytest.mark.parametrize("cfg,mla", [(QWEN2, None), (DSV3, "absorbed"), (DSV3, "naive")],
                          ids=["qwen2", "dsv3-absorbed", "dsv3-naive"])

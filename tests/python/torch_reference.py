@@ -178,7 +178,9 @@ def parse_config(cfg: Mapping) -> Spec:
                     qk_nope_head_dim=int(cfg["qk_nope_head_dim"]),
                     qk_rope_head_dim=dr,
                     v_head_dim=int(cfg["v_head_dim"]),
-                    rms_norm_eps=float(cfg.get("rms_norm_eps") or 1e-6))
+                    # DeepSeek's modeling code and transformers build q_a_layernorm and
+                    # kv_a_layernorm with RMSNorm's default eps, not config.rms_norm_eps.
+                    rms_norm_eps=1e-6)
     raise ValueError(f"unknown model_type {mt!r}")
 
 
