@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-// Building blocks shared by the AVX-512 attention kernels (flash_attention_avx512.cc for
-// prefill-sized blocks, flash_decode_avx512.cc for a few query rows per kv head): element
-// loads that widen f16/bf16 to fp32, 2^x, the P·V accumulation, the visibility mask of a key
-// tile and the online-softmax update of one row (docs/semantics.md §6).
+// Building blocks of the AVX-512 attention kernel (flash_attention_avx512.cc): element loads
+// that widen f16/bf16 to fp32, 2^x, the row-dot scores of decode blocks and their lane fold,
+// the P·V accumulation, the visibility mask of a key tile and the online-softmax update of one
+// row (docs/semantics.md §1 for the math, §4 for visibility; docs/architecture.md, "The fast
+// CPU kernels", for how they are put together).
 //
 // Include this header last: it switches the rest of the including file to AVX-512 code
 // generation (`#pragma GCC target`), so that what the standard headers above it define stays
@@ -348,7 +349,8 @@ void AccumulateValuesOneRow(const float* p, const void* v, int64_t v_stride, int
 // s[0..31] holds one row's raw scores for a key tile, `mask` its visible keys. Turns them into
 // P = 2^(s·score_scale - m') (zero where hidden) in place, with m' = max(m, visible scores), and
 // rescales the row's running sum l and output accumulator o (dv_pad floats) by 2^(m - m'):
-// the online softmax of FlashAttention in base 2 (docs/semantics.md §6).
+// the online softmax of FlashAttention in base 2 (equal to softmax over all keys, docs/semantics.md
+// §1 and §4).
 inline void SoftmaxTileRow(float* s, uint32_t mask, __m512 score_scale, float& m, float& l,
                            float* o, int64_t dv_pad) {
   if (mask == 0) {

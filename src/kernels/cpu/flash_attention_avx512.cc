@@ -1,18 +1,23 @@
 // SPDX-License-Identifier: Apache-2.0
 // FlashAttention on AVX-512 (this file is compiled with AVX-512 enabled; callers check the CPU
 // first). One work item is a block of query rows — consecutive tokens × the H/G query heads of
-// one kv group — against a range of keys. Per 32-key tile:
-//   Kᵀ tile   packed once, shared by every row of the block (16×16 in-register transposes)
-//   S = Q Kᵀ  rows × 32 scores, Q pre-scaled by scale·log2(e) so that softmax uses 2^x
+// one kv group (of every kv group, for a decode block over a token-major cache) — against a
+// range of keys. Per 32-key tile:
+//   S = Q Kᵀ  rows × 32 scores, Q pre-scaled by scale·log2(e) so that softmax uses 2^x:
+//             more than 8 rows per kv head: Kᵀ packed once and shared by every row (16×16
+//             in-register transposes); at most 8 (decode): each key's dot product accumulated
+//             in its own vector and 16 of them folded into 16 scores (avx512_common.h)
 //   online softmax: m' = max(m, max_t S), l' = l·2^(m-m') + Σ_t 2^(S-m'), O ← O·2^(m-m')
 //   O += P V  with P = 2^(S - m')
 // and at the end out = O / l (rows that saw no key: zeros). Tiles wholly past the causal
-// diagonal, outside the window, or all padding are skipped before any arithmetic. When there
-// are fewer work items than threads (decode), the key range is split and the partial (m, l, O)
-// states are merged exactly: O = Σ_k 2^(m_k - m*) O_k, l = Σ_k 2^(m_k - m*) l_k.
+// diagonal, outside the window, or all padding are skipped before any arithmetic. One call plans
+// every problem of a batch together; with fewer than 8 items per thread (decode), key ranges are
+// split into chunks of about equal length and the partial (m, l, O) states merged exactly:
+// O = Σ_k 2^(m_k - m*) O_k, l = Σ_k 2^(m_k - m*) l_k (docs/architecture.md, "The fast CPU
+// kernels").
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
+#include <utility>
 #include <vector>
 
 #include "attn/dtype.h"
@@ -185,7 +190,6 @@ struct Plan {
 // At most this many query rows per kv head take the row-dot scores: beyond it the transposed
 // tile's fixed ~32 shuffles per key cost less than ~3 per key and row (avx512_common.h).
 constexpr int64_t kRowDotMaxRows = 8;
-// Tiles ahead of use whose K/V lines are prefetched.
 
 // Which query rows, kv heads and keys an item covers.
 struct ItemRange {
