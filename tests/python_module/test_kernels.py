@@ -349,6 +349,18 @@ def test_non_finite_inputs_raise(attn, which, bad):
     assert_unchanged(before, *args.values())
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_non_finite_half_query_is_named(attn, dtype, bad):
+    """16-bit queries are checked by their exponent bits first, then walked to name the index."""
+    q = torch.randn(2, 3, 4, 16).to(dtype)
+    k, v = torch.randn(2, 5, 2, 16).to(dtype), torch.randn(2, 5, 2, 16).to(dtype)
+    attn.attention(q, k, v)  # finite: accepted
+    q[1, 2, 3, 15] = bad
+    with pytest.raises(ValueError, match=r"q: non-finite value .* at index \[1, 2, 3, 15\]"):
+        attn.attention(q, k, v)
+
+
 def test_non_finite_bf16_kv_raises(attn):
     kv = torch.zeros(1, 4, 16, dtype=torch.bfloat16)
     kv[0, 2, 5] = float("nan")
