@@ -19,83 +19,22 @@ if (($# > 1)) || [[ ${1-} == -h || ${1-} == --help ]]; then
 fi
 venv=${1:-$repo/torch-venv}
 requirements=$repo/python/requirements-torch.txt
-# Debian's interpreter explicitly: another python3 may come first on PATH (pyenv, conda). The
-# attn module in build/python is built for it.
-python=/usr/bin/python3
-
-# Prints why VENV is not a usable venv of $python (nothing when it is).
-venv_problem() {
-  [[ -f $venv/pyvenv.cfg ]] || { echo "no pyvenv.cfg"; return; }
-  [[ -x $venv/bin/python ]] || { echo "no bin/python"; return; }
-  local want got
-  want=$("$python" -c 'import sys; print(sys.base_prefix, sys.version_info[:2])')
-  got=$("$venv/bin/python" -c 'import sys; print(sys.base_prefix, sys.version_info[:2])' \
-        2>/dev/null) || { echo "bin/python does not run"; return; }
-  [[ $got == "$want" ]] || { echo "made from another interpreter ($got)"; return; }
-  "$venv/bin/python" -m pip --version >/dev/null 2>&1 || echo "no pip"
-}
-
-# Prints the pins that VENV does not satisfy exactly (nothing when all are there). Reads the
-# installed metadata only: no network.
-missing_pins() {
-  "$venv/bin/python" - "$requirements" <<'PY'
-import sys
+# Each wheel is unpacked once: ~4 GB in the venv, plus the largest wheel (~0.5 GB) in /tmp
+# while it installs. Unless torch is there at its pin already, refuse below ~5 GiB free.
+torch_pin=$(sed -n 's/^torch==//p' "$requirements")
+if ! "$venv/bin/python" -c 'import sys
 from importlib import metadata
-
-for line in open(sys.argv[1]):
-    line = line.split("#", 1)[0].strip()
-    if not line:
-        continue
-    name, _, version = line.partition("==")
-    try:
-        installed = metadata.version(name)
-    except metadata.PackageNotFoundError:
-        installed = None
-    if installed != version:
-        print(f"{line} (installed: {installed})")
-PY
-}
-
-if [[ -e $venv ]]; then
-  problem=$(venv_problem)
-  if [[ -n $problem ]]; then
-    # Recreate only what is recognisably a venv (or an empty folder): never wipe anything else.
-    if [[ -f $venv/pyvenv.cfg || -z $(ls -A "$venv") ]]; then
-      echo "make-torch-venv: $venv is incomplete ($problem): recreating it"
-      "$python" -m venv --clear "$venv"
-    else
-      echo "make-torch-venv: $venv exists and is not a virtual environment; not touching it" >&2
-      exit 1
-    fi
-  fi
-else
-  echo "make-torch-venv: creating $venv"
-  "$python" -m venv "$venv"
-fi
-
-missing=$(missing_pins)
-if [[ -n $missing ]]; then
-  # Each wheel is unpacked once: ~4 GB in the venv, plus the largest wheel (~0.5 GB) in /tmp
-  # while it installs.
-  need_kb=$((5 * 1024 * 1024))
+sys.exit(metadata.version("torch") != sys.argv[1])' "$torch_pin" 2>/dev/null; then
   free_kb=$(df -Pk "$(dirname "$(realpath -m "$venv")")" | awk 'NR == 2 {print $4}')
-  if ((free_kb < need_kb)); then
+  if ((free_kb < 5 * 1024 * 1024)); then
     echo "make-torch-venv: $((free_kb / 1024)) MiB free where $venv goes; it needs ~5 GiB" >&2
     exit 1
   fi
-  echo "make-torch-venv: installing into $venv from PyPI (about 2 GB to download):"
-  while IFS= read -r line; do echo "  $line"; done <<<"$missing"
-  # --no-deps: exactly the pins (torch's own metadata would add triton and more CUDA);
-  # --no-warn-conflicts: pip would otherwise list those deliberately missing dependencies.
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir --no-deps \
-    --no-warn-conflicts -r "$requirements"
-  missing=$(missing_pins)
-  if [[ -n $missing ]]; then
-    echo "make-torch-venv: still not as pinned after installing:" >&2
-    echo "$missing" >&2
-    exit 1
-  fi
 fi
+# The venv itself: scripts/make-venv.sh with these pins. --no-deps: exactly the pins (torch's
+# own metadata would add triton and more CUDA); --no-cache-dir: nothing kept twice;
+# --no-warn-conflicts: pip would otherwise list those deliberately missing dependencies.
+"$repo/scripts/make-venv.sh" "$venv" "$requirements" --no-cache-dir --no-deps --no-warn-conflicts
 
 # The check: SDPA on the CPU in f32 and bf16 against float64 math, GQA through enable_gqa.
 "$venv/bin/python" - <<'PY'

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# scripts/make-venv.sh VENV: a virtual environment of Debian's /usr/bin/python3 holding exactly
-# the packages pinned in python/requirements-pip-check.txt (scikit-build-core, pybind11,
-# NumPy 2, pytest), for scripts/pip-install-check.sh. Creates VENV when it is missing or
-# incomplete and installs the pins from PyPI. Idempotent: when everything is already there it
-# changes nothing and needs no network.
+# scripts/make-venv.sh VENV [REQUIREMENTS [PIP-FLAGS...]]: a virtual environment of Debian's
+# /usr/bin/python3 holding exactly the packages pinned in REQUIREMENTS (default
+# python/requirements-pip-check.txt: scikit-build-core, pybind11, NumPy 2, pytest, atheris, for
+# scripts/pip-install-check.sh and the fuzzers; scripts/make-torch-venv.sh passes its own).
+# Creates VENV when it is missing or incomplete and installs the pins from PyPI, with PIP-FLAGS
+# added to `pip install`. Idempotent: when everything is already there it changes nothing and
+# needs no network.
 set -euo pipefail
-if (($# != 1)); then
-  echo "usage: scripts/make-venv.sh VENV" >&2
+if (($# < 1)); then
+  echo "usage: scripts/make-venv.sh VENV [REQUIREMENTS [PIP-FLAGS...]]" >&2
   exit 2
 fi
 venv=$1
 repo=$(cd "$(dirname "$0")/.." && pwd)
-requirements=$repo/python/requirements-pip-check.txt
+requirements=${2:-$repo/python/requirements-pip-check.txt}
+pip_flags=("${@:3}")
 # Debian's interpreter explicitly: another python3 may come first on PATH (pyenv, conda).
 python=/usr/bin/python3
 
@@ -70,7 +73,8 @@ missing=$(missing_pins)
 if [[ -n $missing ]]; then
   echo "make-venv: installing into $venv from PyPI:"
   while IFS= read -r line; do echo "  $line"; done <<<"$missing"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check ${pip_flags[@]+"${pip_flags[@]}"} \
+    -r "$requirements"
   missing=$(missing_pins)
   if [[ -n $missing ]]; then
     echo "make-venv: still not as pinned after installing:" >&2
