@@ -536,8 +536,6 @@ void FlashAttendBatchAvx512(const AttentionProblem* problems, int64_t count, boo
     RunItem(plan, local / plan.splits, local % plan.splits);
   });
   if (states > 0) {
-    int64_t merges = 0;
-    for (const Plan& plan : plans) merges += plan.splits > 1 ? plan.items : 0;
     thread_local std::vector<std::pair<const Plan*, int64_t>> merge_list;
     merge_list.clear();
     for (const Plan& plan : plans) {
@@ -545,7 +543,7 @@ void FlashAttendBatchAvx512(const AttentionProblem* problems, int64_t count, boo
       for (int64_t item = 0; item < plan.items; ++item) merge_list.emplace_back(&plan, item);
     }
     const auto* list = &merge_list;
-    ParallelFor(merges, [list](int64_t task, int /*thread*/) {
+    ParallelFor(static_cast<int64_t>(merge_list.size()), [list](int64_t task, int /*thread*/) {
       MergeSplits(*(*list)[static_cast<size_t>(task)].first,
                   (*list)[static_cast<size_t>(task)].second);
     });
