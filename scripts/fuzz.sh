@@ -39,4 +39,5 @@ status=0
 run safetensors_fuzzer safetensors.dict || status=1
 run hf_config_fuzzer config.dict || status=1
 run megatron_config_fuzzer config.dict || status=1
+run checkpoint_index_fuzzer config.dict || status=1
 exit "$status"
