@@ -67,6 +67,17 @@ struct MlaDims {
   double rms_norm_eps = 1e-6;    // both latent RMSNorms
 };
 
+// How the checkpoint stores its projection weights beyond their dtype: HF quantization_config
+// with quant_method "fp8" (DeepSeek-V3/R1, Kimi-K2): F8_E4M3 matrices, each with an F32
+// `<name>_scale_inv` of one scale per block of block_rows × block_cols weights
+// (docs/semantics.md §8). Absent from the config: no declared block size; an fp8 weight then
+// gets DeepSeek's 128 × 128, which its scale tensor's shape must agree with.
+struct WeightQuantization {
+  bool fp8_blocks = false;  // quantization_config says fp8 with block scales
+  int64_t block_rows = 128;
+  int64_t block_cols = 128;
+};
+
 struct ModelConfig {
   std::string model_type;  // "llama", "mistral", "qwen2", "deepseek_v2", "deepseek_v3"
   AttentionKind kind = AttentionKind::kGqa;
@@ -77,6 +88,7 @@ struct ModelConfig {
   GqaDims gqa;
   MlaDims mla;
   RopeConfig rope;
+  WeightQuantization quantization;
   // Sliding window W (key t visible to query p iff p - W < t <= p); 0 = none.
   int64_t sliding_window = 0;
   // Which layers use the window: empty = all layers; otherwise one flag per layer

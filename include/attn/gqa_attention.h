@@ -14,10 +14,10 @@ namespace attn {
 // Projection weights stored [out, in] as in PyTorch/safetensors. Biases are empty tensors
 // when the model has none.
 struct GqaWeights {
-  Tensor q_proj;  // [H·d, D]
-  Tensor k_proj;  // [G·d, D]
-  Tensor v_proj;  // [G·d, D]
-  Tensor o_proj;  // [D, H·d]
+  Weight q_proj;  // [H·d, D]
+  Weight k_proj;  // [G·d, D]
+  Weight v_proj;  // [G·d, D]
+  Weight o_proj;  // [D, H·d]
   Tensor q_bias;  // [H·d] (Qwen2, Llama attention_bias)
   Tensor k_bias;  // [G·d]
   Tensor v_bias;  // [G·d]

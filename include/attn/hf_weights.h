@@ -6,8 +6,10 @@
 #define ATTN_HF_WEIGHTS_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
+#include "attn/checkpoint.h"
 #include "attn/layer_weights.h"
 #include "attn/safetensors.h"
 
@@ -24,11 +26,30 @@ std::string HfAttentionPrefix(const ModelConfig& config, int64_t layer);
 NamedTensors ReadHfAttentionWeights(const SafetensorsFile& file, const ModelConfig& config,
                                     int64_t layer);
 
+// The file that holds a tensor, or null: one file, or the shards of a checkpoint.
+using TensorSource = std::function<const SafetensorsFile*(const std::string& name)>;
+
+// Layer `layer`'s attention weights in their stored dtypes, memory-mapped (no copy): F32, BF16,
+// F16, or F8_E4M3 with the block scales of its `<name>_scale_inv` tensor and the config's
+// quantization block size. Biases and norm scales are read in any float dtype. Falcon's fused
+// projection is split into fp32 copies. Throws Error(kNotFound) naming a missing tensor (an fp8
+// weight's scales included) and `where`, Error(kInvalidArgument) naming a misshapen,
+// non-finite or wrongly typed one; nothing is kept from a failed load.
+NamedWeights LoadHfAttentionWeights(const TensorSource& find, const std::string& where,
+                                    const ModelConfig& config, int64_t layer);
+NamedWeights LoadHfAttentionWeights(const SafetensorsFile& file, const ModelConfig& config,
+                                    int64_t layer);
+// From a sharded checkpoint: each tensor from the shard its index names.
+NamedWeights LoadHfAttentionWeights(const Checkpoint& checkpoint, const ModelConfig& config,
+                                    int64_t layer);
+
 // Adds `weights` (short names) to `writer` under layer `layer`'s HF names.
 void AddHfAttentionWeights(SafetensorsWriter& writer, const NamedTensors& weights, int64_t layer,
                            DType dtype = DType::kF32);
 // The same under the config's family names: for Falcon, q/k/v_proj are fused into
-// query_key_value and o_proj written as dense (layout in fused_qkv.h).
+// query_key_value and o_proj written as dense (layout in fused_qkv.h). dtype F8_E4M3 writes
+// DeepSeek's fp8 layout: matrices quantized per block of the config's quantization block size
+// (QuantizeF8E4M3Blocks) with their F32 `<name>_scale_inv`, vectors in BF16 (not for Falcon).
 void AddHfAttentionWeights(SafetensorsWriter& writer, const ModelConfig& config,
                            const NamedTensors& weights, int64_t layer, DType dtype = DType::kF32);
 

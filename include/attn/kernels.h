@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "attn/dtype.h"
+#include "attn/weight.h"
 
 namespace attn {
 
@@ -65,10 +66,17 @@ struct AttentionProblem {
   std::atomic<bool>* non_finite_scores = nullptr;
 };
 
-// y[r, o] = Σ_i x[r, i] · w[o, i] + bias[o]: a PyTorch Linear with w stored [out, in].
+// y[r, o] = Σ_i x[r, i] · w[o, i] + bias[o]: a PyTorch Linear with w stored [out, in] as the
+// checkpoint stores it (attn/weight.h). F32, BF16, F16, or F8_E4M3 with block scales:
+// w[o, i] = fp8[o, i] · w_scales[(o / scale_block_rows) · ⌈in / scale_block_cols⌉ +
+// i / scale_block_cols]. Kernels convert inside their loops and accumulate in fp32.
 struct LinearProblem {
-  const float* x = nullptr;     // [rows][in]
-  const float* w = nullptr;     // [out][in]
+  const float* x = nullptr;  // [rows][in]
+  const void* w = nullptr;   // [out][in] of w_dtype
+  DType w_dtype = DType::kF32;
+  const float* w_scales = nullptr;  // F8_E4M3 only
+  int64_t scale_block_rows = 0;
+  int64_t scale_block_cols = 0;
   const float* bias = nullptr;  // [out] or null
   int64_t rows = 0;
   int64_t in = 0;
@@ -82,11 +90,15 @@ struct LinearProblem {
 //                 lengths welcome): the backend may schedule all of them at once instead of
 //                 parallelising each alone; the same results as attend() on each
 //   linear        one projection
+//   dequantize    rows [first, first + count) of a linear problem's stored W as fp32 into
+//                 out [count][in] (p.x and p.y unused): for layers that use a slice of a weight
+//                 outside a projection (absorbed MLA's per-head W_UK, W_UV)
 struct KernelBackend {
   const char* name;
   void (*attend)(const AttentionProblem& problem);
   void (*attend_batch)(const AttentionProblem* problems, int64_t count);
   void (*linear)(const LinearProblem& problem);
+  void (*dequantize)(const LinearProblem& problem, int64_t first, int64_t count, float* out);
 };
 
 // The plain reference kernels (kernels/cpu/reference_*.cc): the oracle every faster kernel is
@@ -97,6 +109,10 @@ const KernelBackend& DefaultBackend();
 
 // Checks a problem's shapes and pointers; throws Error(kInvalidArgument) naming the field.
 void ValidateAttentionProblem(const AttentionProblem& problem);
+
+// The linear problem y = x Wᵀ + bias for `rows` rows of x, W as stored in `w`.
+LinearProblem MakeLinearProblem(const float* x, int64_t rows, const Weight& w, const float* bias,
+                                float* y);
 
 }  // namespace attn
 

@@ -14,10 +14,13 @@
 #include "attn/config.h"
 #include "attn/layer.h"
 #include "attn/tensor.h"
+#include "attn/weight.h"
 
 namespace attn {
 
 using NamedTensors = std::map<std::string, Tensor>;
+// The same in their stored dtypes (attn/weight.h): what a checkpoint loader hands a layer.
+using NamedWeights = std::map<std::string, Weight>;
 
 struct WeightSpec {
   enum class Kind {
@@ -35,8 +38,14 @@ std::vector<WeightSpec> AttentionWeightSpecs(const ModelConfig& config);
 
 // Builds the layer from `weights` (short names; consumed). Throws Error(kNotFound) naming a
 // missing tensor, Error(kInvalidArgument) naming a misshapen or unexpected one.
+// Projection matrices are kept as stored (F32, BF16, F16, or F8_E4M3 with block scales: an fp8
+// one without them is refused); biases and norm scales are kept in fp32.
+std::unique_ptr<AttentionLayer> BuildAttentionLayer(const ModelConfig& config, int64_t layer,
+                                                    NamedWeights weights);
+// The same from fp32 tensors (moved, not copied).
 std::unique_ptr<AttentionLayer> BuildAttentionLayer(const ModelConfig& config, int64_t layer,
                                                     NamedTensors weights);
+NamedWeights ToNamedWeights(NamedTensors tensors);
 
 // Deterministic random weights for `config`: matrices uniform in ±1/sqrt(in) (PyTorch's
 // Linear init), biases in ±0.1, norm scales in 1 ± 0.25 so that norms are exercised.

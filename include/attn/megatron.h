@@ -23,6 +23,7 @@
 #include <optional>
 #include <string>
 
+#include "attn/checkpoint.h"
 #include "attn/config.h"
 #include "attn/layer_weights.h"
 #include "attn/safetensors.h"
@@ -90,8 +91,15 @@ void AddMegatronAttentionWeights(
 std::string DetectWeightFormat(const SafetensorsFile& file, const ModelConfig& config,
                                int64_t layer);
 
-// Reads the layer's weights in whichever naming the file uses.
+// Reads the layer's weights in whichever naming the file uses, as fp32.
 NamedTensors ReadAttentionWeightsAnyFormat(const SafetensorsFile& file, const ModelConfig& config,
+                                           int64_t layer);
+// The same for running a layer: HF weights in their stored dtypes (LoadHfAttentionWeights),
+// Megatron-Core ones as fp32 (their fused tensors are split into copies).
+NamedWeights LoadAttentionWeightsAnyFormat(const SafetensorsFile& file, const ModelConfig& config,
+                                           int64_t layer);
+// From a checkpoint: a single file in either naming, shards (always HF) through their index.
+NamedWeights LoadAttentionWeightsAnyFormat(const Checkpoint& checkpoint, const ModelConfig& config,
                                            int64_t layer);
 
 }  // namespace attn

@@ -14,14 +14,14 @@ struct BatchShape;
 }  // namespace layers
 
 struct MlaWeights {
-  Tensor q_proj;              // [H·(dn+dr), D]   when q_lora_rank == 0
-  Tensor q_a_proj;            // [rq, D]          when q_lora_rank > 0
+  Weight q_proj;              // [H·(dn+dr), D]   when q_lora_rank == 0
+  Weight q_a_proj;            // [rq, D]          when q_lora_rank > 0
   Tensor q_a_layernorm;       // [rq]
-  Tensor q_b_proj;            // [H·(dn+dr), rq]
-  Tensor kv_a_proj_with_mqa;  // [rk + dr, D]
+  Weight q_b_proj;            // [H·(dn+dr), rq]
+  Weight kv_a_proj_with_mqa;  // [rk + dr, D]
   Tensor kv_a_layernorm;      // [rk]
-  Tensor kv_b_proj;           // [H·(dn+dv), rk]: per head, dn rows of W_UK then dv rows of W_UV
-  Tensor o_proj;              // [D, H·dv]
+  Weight kv_b_proj;           // [H·(dn+dv), rk]: per head, dn rows of W_UK then dv rows of W_UV
+  Weight o_proj;              // [D, H·dv]
 };
 
 // FLOPs of one sequence's attention in each latent-cache form, for `queries` new tokens

@@ -2,8 +2,10 @@
 // attn forward: one attention layer over the tokens in an input safetensors file.
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <vector>
 
+#include "attn/checkpoint.h"
 #include "attn/error.h"
 #include "attn/layer_weights.h"
 #include "attn/megatron.h"
@@ -32,13 +34,19 @@ std::vector<int64_t> ReadTokenGrid(const SafetensorsFile& input, const std::stri
 int RunForward(const std::vector<std::string>& args) {
   Flags flags("forward", "Runs one attention layer over the tokens of an input file.");
   AddConfigFlags(flags);
-  flags.Text("weights", "W.safetensors", "the layer's weights, HF or Megatron-Core names")
+  flags
+      .Text("weights", "W",
+            "the weights: a .safetensors file (HF or Megatron-Core names), a sharded model's "
+            "model.safetensors.index.json, or a model directory holding one (its config.json "
+            "is used when neither --config nor --preset is given)")
       .Mandatory()
       .Text("input", "IN.safetensors",
             "hidden_states F32 [B,S,D], optional position_ids, attention_mask [B,S]")
       .Mandatory()
-      .Text("output", "OUT.safetensors", "where attn_output F32 [B,S,D] is written")
+      .Text("output", "OUT.safetensors", "where attn_output [B,S,D] is written")
       .Mandatory()
+      .Text("output-dtype", "DTYPE",
+            "attn_output's dtype: f32, f16 or bf16 (default: hidden_states' own)")
       .Integer("layer", "I", "which layer of the checkpoint", "0")
       .Text("mla", "FORM", "MLA models only: naive, absorbed or auto", "auto")
       .Integer("prefill", "N", "first N tokens as one prefill, then one decode step per token")
@@ -46,7 +54,11 @@ int RunForward(const std::vector<std::string>& args) {
   AddThreadsFlag(flags);
   if (!flags.Parse(args)) return 0;
   ApplyThreadsFlag(flags);
-  const ModelConfig config = ConfigFromFlags(flags).config;
+  const Checkpoint weights = Checkpoint::Open(flags.Required("weights"));
+  const bool weights_directory = std::filesystem::is_directory(flags.Required("weights"));
+  const ModelConfig config = (weights_directory && !flags.Has("config") && !flags.Has("preset"))
+                                 ? ConfigFromName(weights.directory() + "/config.json").config
+                                 : ConfigFromFlags(flags).config;
   const int64_t layer_index = flags.GetInt("layer");
   Check(layer_index >= 0 && layer_index < config.num_layers, ErrorKind::kInvalidArgument,
         "--layer " + std::to_string(layer_index) + " out of range (model has " +
@@ -56,11 +68,17 @@ int RunForward(const std::vector<std::string>& args) {
   const MlaForm form = MlaFormFromString(flags.Get("mla"));
   const DType cache_dtype = StorageDTypeFromString(flags.Get("cache-dtype"));
 
-  const SafetensorsFile weights = SafetensorsFile::Open(flags.Required("weights"));
   const std::unique_ptr<AttentionLayer> layer = BuildAttentionLayer(
-      config, layer_index, ReadAttentionWeightsAnyFormat(weights, config, layer_index));
+      config, layer_index, LoadAttentionWeightsAnyFormat(weights, config, layer_index));
 
   const SafetensorsFile input = SafetensorsFile::Open(flags.Required("input"));
+  // Activations keep their dtype: computed in fp32 (accumulation included), written back as
+  // hidden_states was given (F64 input gives F32), unless --output-dtype says otherwise.
+  const DType input_dtype = input.Get("hidden_states").dtype;
+  const DType output_dtype =
+      flags.Has("output-dtype") ? WeightDTypeFromString(flags.Get("output-dtype"))
+      : (input_dtype == DType::kF16 || input_dtype == DType::kBF16) ? input_dtype
+                                                                    : DType::kF32;
   const Tensor hidden = input.ReadF32("hidden_states");
   Check(hidden.rank() == 3 && hidden.dim(2) == config.hidden_size && hidden.dim(0) > 0 &&
             hidden.dim(1) > 0,
@@ -85,9 +103,17 @@ int RunForward(const std::vector<std::string>& args) {
   // Inputs were finite, so a NaN/Inf here comes from the weights or an overflow: refuse to write
   // it rather than hand on a silent NaN.
   CheckFinite(output, "layer " + std::to_string(layer_index) + " output attn_output");
+  if (output_dtype == DType::kF16) {
+    // Beyond ±65504 a half is ±inf: refuse rather than write an inf the fp32 result did not have.
+    for (const float value : output.values()) {
+      Check(std::fabs(value) < 65520.0f, ErrorKind::kInvalidArgument,
+            "attn_output: value " + std::to_string(value) +
+                " overflows f16 (largest 65504); use --output-dtype f32 or bf16");
+    }
+  }
 
   SafetensorsWriter writer;
-  writer.AddF32("attn_output", output);
+  writer.AddF32("attn_output", output, output_dtype);
   writer.Write(flags.Required("output"));
   return 0;
 }

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "attn/dtype.h"
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 
 #include "attn/error.h"
@@ -19,7 +21,7 @@ struct DTypeEntry {
 constexpr DTypeEntry kDTypes[] = {
     {DType::kF32, "F32", 4}, {DType::kF16, "F16", 2},   {DType::kBF16, "BF16", 2},
     {DType::kF64, "F64", 8}, {DType::kI64, "I64", 8},   {DType::kI32, "I32", 4},
-    {DType::kU8, "U8", 1},   {DType::kBool, "BOOL", 1},
+    {DType::kU8, "U8", 1},   {DType::kBool, "BOOL", 1}, {DType::kF8E4M3, "F8_E4M3", 1},
 };
 
 const DTypeEntry& Lookup(DType dtype) {
@@ -76,7 +78,7 @@ DType DTypeFromName(const std::string& name) {
   }
   throw Error(ErrorKind::kUnsupported, "unsupported dtype '" + name +
                                            "' (supported: F32, F16, BF16, F64, I64, I32, U8, "
-                                           "BOOL)");
+                                           "BOOL, F8_E4M3)");
 }
 
 DType StorageDTypeFromString(const std::string& name) {
@@ -85,6 +87,15 @@ DType StorageDTypeFromString(const std::string& name) {
   if (name == "bf16") return DType::kBF16;
   throw Error(ErrorKind::kInvalidArgument,
               "invalid storage dtype '" + name + "' (valid: f32, f16, bf16)");
+}
+
+DType WeightDTypeFromString(const std::string& name, bool allow_fp8) {
+  if (name == "fp8" && allow_fp8) return DType::kF8E4M3;
+  if (name == "f32") return DType::kF32;
+  if (name == "f16") return DType::kF16;
+  if (name == "bf16") return DType::kBF16;
+  throw Error(ErrorKind::kInvalidArgument,
+              "invalid dtype '" + name + "' (valid: f32, f16, bf16" + (allow_fp8 ? ", fp8)" : ")"));
 }
 
 float F16ToF32(uint16_t bits) {
@@ -124,6 +135,40 @@ uint16_t F32ToF16(float value) {
   const uint32_t mantissa = (magnitude & 0x7fffffu) | 0x800000u;
   return static_cast<uint16_t>(sign |
                                ShiftRightRoundEven(mantissa, static_cast<int>(126 - exponent)));
+}
+
+float F8E4M3ToF32(uint8_t bits) {
+  const float sign = (bits & 0x80u) != 0 ? -1.0f : 1.0f;
+  const int exponent = (bits >> 3) & 0xf;
+  const int mantissa = bits & 0x7;
+  if (exponent == 0xf && mantissa == 0x7) return std::numeric_limits<float>::quiet_NaN();
+  // Subnormals (exponent 0) are mantissa · 2^-9; normals (1 + mantissa/8) · 2^(exponent - 7).
+  if (exponent == 0) return sign * std::ldexp(static_cast<float>(mantissa), -9);
+  return sign * std::ldexp(static_cast<float>(8 + mantissa), exponent - 10);
+}
+
+uint8_t F32ToF8E4M3(float value) {
+  constexpr uint8_t kNan = 0x7f;
+  const uint32_t bits = FloatBits(value);
+  const uint8_t sign = static_cast<uint8_t>((bits >> 24) & 0x80u);
+  const uint32_t magnitude = bits & kF32AbsMask;
+  if (magnitude > kF32Inf) return static_cast<uint8_t>(sign | kNan);
+  // 464 = 0x43e80000: halfway between 448 (the largest E4M3) and 480 (the next binade step);
+  // the tie rounds to 448, whose mantissa (110) is even.
+  if (magnitude > 0x43e80000u) return static_cast<uint8_t>(sign | kNan);
+  constexpr uint32_t kMinNormal = 121u << 23;  // 2^-6
+  if (magnitude >= kMinNormal) {
+    // Rebias the exponent (127 -> 7) in place; a carry out of the 3-bit mantissa bumps it.
+    const uint32_t rebiased = magnitude - ((127u - 7u) << 23);
+    return static_cast<uint8_t>(sign | ShiftRightRoundEven(rebiased, 20));
+  }
+  // Subnormal result in units of 2^-9: the float is m · 2^(e - 150), so the code is
+  // m >> (141 - e); below 2^-10 (e < 117) it rounds to zero.
+  const uint32_t exponent = magnitude >> 23;
+  if (exponent < 117) return sign;
+  const uint32_t mantissa = (magnitude & 0x7fffffu) | 0x800000u;
+  return static_cast<uint8_t>(sign |
+                              ShiftRightRoundEven(mantissa, static_cast<int>(141 - exponent)));
 }
 
 }  // namespace attn

@@ -422,6 +422,40 @@ void ParseFalcon(const Fields& top, ModelConfig& config) {
   config.gqa.o_bias = bias;
 }
 
+// quantization_config (transformers' FineGrainedFP8Config, DeepSeek's config.json): fp8 E4M3
+// weights with block scales are read in their stored form; any other method (gptq, awq, bnb,
+// compressed-tensors, ...) stores tensors attn does not know, so it is refused rather than
+// ignored.
+void ParseQuantization(const Fields& top, const std::string& source, ModelConfig& config) {
+  const json* value = top.Find("quantization_config");
+  if (value == nullptr) return;
+  RequireObject(*value, source, "quantization_config");
+  const Fields q(*value, source, "quantization_config.");
+  const std::string method = q.String("quant_method");
+  if (method != "fp8") {
+    q.Fail(ErrorKind::kUnsupported,
+           "quant_method '" + io::TextExcerpt(method) +
+               "' is not supported (attn reads fp8 E4M3 weights with block scales)");
+  }
+  if (q.Has("fmt") && q.String("fmt") != "e4m3") {
+    q.Fail(ErrorKind::kUnsupported,
+           "fmt '" + io::TextExcerpt(q.String("fmt")) + "' is not supported (attn reads e4m3)");
+  }
+  config.quantization.fp8_blocks = true;
+  // Absent: transformers' FineGrainedFP8Config default, 128 × 128 (WeightQuantization's).
+  if (const json* block = q.Find("weight_block_size")) {
+    if (!block->is_array() || block->size() != 2 || !(*block)[0].is_number_integer() ||
+        !(*block)[1].is_number_integer() || (*block)[0].get<int64_t>() <= 0 ||
+        (*block)[1].get<int64_t>() <= 0) {
+      q.Fail(ErrorKind::kInvalidArgument, "'" + q.Name("weight_block_size") +
+                                              "' must be two positive integers, got " +
+                                              Excerpt(*block));
+    }
+    config.quantization.block_rows = (*block)[0].get<int64_t>();
+    config.quantization.block_cols = (*block)[1].get<int64_t>();
+  }
+}
+
 // HF class defaults for max_position_embeddings, used only when a config leaves it out.
 int64_t DefaultMaxPositions(const std::string& model_type) {
   if (model_type == "mistral") return 4096 * 32;
@@ -480,6 +514,8 @@ ModelConfig Parse(const std::string& json_text, const std::string& source) {
     ParseMla(top, model_type, config);
     ParseRope(top, source, config.mla.qk_rope_head_dim, "qk_rope_head_dim", config);
   }
+
+  ParseQuantization(top, source, config);
 
   try {
     ValidateConfig(config);

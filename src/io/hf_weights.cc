@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "attn/hf_weights.h"
 
+#include <cstddef>
+#include <functional>
 #include <utility>
+#include <vector>
 
 #include "attn/error.h"
 #include "attn/fused_qkv.h"
@@ -55,6 +58,62 @@ NamedTensors ReadFalconAttentionWeights(const SafetensorsFile& file, const Model
 
 }  // namespace
 
+NamedWeights LoadHfAttentionWeights(const TensorSource& find, const std::string& where,
+                                    const ModelConfig& config, int64_t layer) {
+  if (IsFalcon(config)) {
+    // The fused projection is split row-wise in fp32 (fused_qkv.h), so Falcon's weights are
+    // copies whatever their stored dtype.
+    const SafetensorsFile* file = find(HfAttentionPrefix(config, layer) + "dense.weight");
+    Check(file != nullptr, ErrorKind::kNotFound,
+          "tensor '" + HfAttentionPrefix(config, layer) + "dense.weight' not found in " + where);
+    return ToNamedWeights(ReadFalconAttentionWeights(*file, config, layer));
+  }
+  const std::string prefix = HfAttentionPrefix(layer);
+  NamedWeights weights;
+  for (const WeightSpec& spec : AttentionWeightSpecs(config)) {
+    const std::string name = prefix + spec.name;
+    const SafetensorsFile* file = find(name);
+    Check(file != nullptr, ErrorKind::kNotFound, "tensor '" + name + "' not found in " + where);
+    Weight weight = file->ReadWeight(name);
+    Check(weight.shape() == spec.shape, ErrorKind::kInvalidArgument,
+          name + ": expected shape " + ShapeToString(spec.shape) + ", got " +
+              ShapeToString(weight.shape()));
+    CheckFinite(weight, name);
+    if (weight.dtype() == DType::kF8E4M3) {
+      // DeepSeek's layout: the F32 `<name>_scale_inv` holds one scale per block of the
+      // config's weight_block_size (docs/semantics.md §8).
+      const std::string scale_name = name + "_scale_inv";
+      const SafetensorsFile* scale_file = find(scale_name);
+      Check(scale_file != nullptr, ErrorKind::kNotFound,
+            "F8_E4M3 weight '" + name + "' has no block scales: tensor '" + scale_name +
+                "' not found in " + where);
+      Check(spec.kind == WeightSpec::Kind::kMatrix, ErrorKind::kInvalidArgument,
+            name + ": F8_E4M3 is only read for projection matrices");
+      weight = std::move(weight).WithBlockScales(scale_file->ReadWeight(scale_name),
+                                                 config.quantization.block_rows,
+                                                 config.quantization.block_cols, name);
+    }
+    weights.emplace(spec.name, std::move(weight));
+  }
+  return weights;
+}
+
+NamedWeights LoadHfAttentionWeights(const SafetensorsFile& file, const ModelConfig& config,
+                                    int64_t layer) {
+  return LoadHfAttentionWeights(
+      [&file](const std::string& name) { return file.Contains(name) ? &file : nullptr; },
+      file.path(), config, layer);
+}
+
+NamedWeights LoadHfAttentionWeights(const Checkpoint& checkpoint, const ModelConfig& config,
+                                    int64_t layer) {
+  return LoadHfAttentionWeights(
+      [&checkpoint](const std::string& name) {
+        return checkpoint.Contains(name) ? &checkpoint.FileFor(name) : nullptr;
+      },
+      checkpoint.path(), config, layer);
+}
+
 std::string HfAttentionPrefix(const ModelConfig& config, int64_t layer) {
   if (IsFalcon(config)) return "transformer.h." + std::to_string(layer) + ".self_attention.";
   return HfAttentionPrefix(layer);
@@ -83,8 +142,42 @@ void AddHfAttentionWeights(SafetensorsWriter& writer, const NamedTensors& weight
   for (const auto& [name, tensor] : weights) writer.AddF32(prefix + name, tensor, dtype);
 }
 
+// DeepSeek's fp8 layout: each projection matrix as F8_E4M3 with its F32 `<name>_scale_inv`
+// (blocks of the config's weight_block_size), the norm scales (and any bias) in BF16.
+void AddFp8AttentionWeights(SafetensorsWriter& writer, const ModelConfig& config,
+                            const NamedTensors& weights, int64_t layer) {
+  const std::string prefix = HfAttentionPrefix(layer);
+  for (const WeightSpec& spec : AttentionWeightSpecs(config)) {
+    auto it = weights.find(spec.name);
+    Check(it != weights.end(), ErrorKind::kNotFound,
+          "missing attention weight '" + spec.name + "'");
+    const std::string name = prefix + spec.name;
+    if (spec.kind != WeightSpec::Kind::kMatrix) {
+      writer.AddF32(name, it->second, DType::kBF16);
+      continue;
+    }
+    const Weight fp8 = QuantizeF8E4M3Blocks(it->second, config.quantization.block_rows,
+                                            config.quantization.block_cols);
+    const auto* codes = static_cast<const std::byte*>(fp8.data());
+    writer.AddBytes(name, DType::kF8E4M3, fp8.shape(),
+                    std::vector<std::byte>(codes, codes + fp8.size()));
+    const Shape scale_shape = fp8.block_scale_shape();
+    writer.AddF32(
+        name + "_scale_inv",
+        Tensor(scale_shape, std::vector<float>(fp8.block_scales(),
+                                               fp8.block_scales() + NumElements(scale_shape))));
+  }
+}
+
 void AddHfAttentionWeights(SafetensorsWriter& writer, const ModelConfig& config,
                            const NamedTensors& weights, int64_t layer, DType dtype) {
+  if (dtype == DType::kF8E4M3) {
+    Check(!IsFalcon(config), ErrorKind::kUnsupported,
+          "fp8 weights are written in DeepSeek's layout under HF llama/deepseek names, not for "
+          "falcon's fused query_key_value");
+    AddFp8AttentionWeights(writer, config, weights, layer);
+    return;
+  }
   if (!IsFalcon(config)) {
     AddHfAttentionWeights(writer, weights, layer, dtype);
     return;

@@ -389,6 +389,13 @@ std::string HfConfigJson(const ModelConfig& c) {
   out["rope_scaling"] = ScalingToHf(c.rope.scaling);
   const double percent = RotaryPercent(c);
   if (percent != 1.0) out["partial_rotary_factor"] = percent;
+  if (c.quantization.fp8_blocks) {
+    out["quantization_config"] = {
+        {"quant_method", "fp8"},
+        {"fmt", "e4m3"},
+        {"activation_scheme", "dynamic"},
+        {"weight_block_size", {c.quantization.block_rows, c.quantization.block_cols}}};
+  }
   if (c.kind == AttentionKind::kMla) {
     out["model_type"] = c.model_type == "deepseek_v2" ? "deepseek_v2" : "deepseek_v3";
     out["num_key_value_heads"] = c.num_heads;

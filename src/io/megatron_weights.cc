@@ -172,4 +172,19 @@ NamedTensors ReadAttentionWeightsAnyFormat(const SafetensorsFile& file, const Mo
              : ReadHfAttentionWeights(file, config, layer);
 }
 
+NamedWeights LoadAttentionWeightsAnyFormat(const SafetensorsFile& file, const ModelConfig& config,
+                                           int64_t layer) {
+  return DetectWeightFormat(file, config, layer) == "megatron"
+             ? ToNamedWeights(ReadMegatronAttentionWeights(file, config, layer))
+             : LoadHfAttentionWeights(file, config, layer);
+}
+
+NamedWeights LoadAttentionWeightsAnyFormat(const Checkpoint& checkpoint, const ModelConfig& config,
+                                           int64_t layer) {
+  if (!checkpoint.sharded()) {
+    return LoadAttentionWeightsAnyFormat(*checkpoint.Files().front(), config, layer);
+  }
+  return LoadHfAttentionWeights(checkpoint, config, layer);
+}
+
 }  // namespace attn

@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "attn/safetensors.h"
 
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <bit>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -479,6 +482,65 @@ Tensor SafetensorsFile::ReadF32(const std::string& name) const {
   return Tensor(view.shape, std::move(values));
 }
 
+namespace {
+
+// A read-only private mapping of a whole file, unmapped when the last weight using it goes.
+class FileMapping {
+ public:
+  FileMapping(void* base, size_t size) : base_(base), size_(size) {}
+  FileMapping(const FileMapping&) = delete;
+  FileMapping& operator=(const FileMapping&) = delete;
+  ~FileMapping() {
+    if (base_ != nullptr) ::munmap(base_, size_);
+  }
+  const std::byte* bytes() const { return static_cast<const std::byte*>(base_); }
+
+ private:
+  void* base_;
+  size_t size_;
+};
+
+}  // namespace
+
+std::shared_ptr<const void> SafetensorsFile::Mapping() const {
+  const std::lock_guard<std::mutex> lock(*mapping_mutex_);
+  if (mapping_ != nullptr) return mapping_;
+  struct stat status {};
+  Check(::fstat(fd_.get(), &status) == 0, ErrorKind::kIo,
+        "cannot stat " + path_ + ": " + std::strerror(errno));
+  // Mapping a file that shrank would turn the missing tail into SIGBUS on first touch.
+  Check(static_cast<uint64_t>(status.st_size) == size_, ErrorKind::kCorruptFile,
+        path_ + " changed size since it was opened (" + std::to_string(size_) + " -> " +
+            std::to_string(status.st_size) + " bytes)");
+  if (size_ == 0) {
+    mapping_ = std::make_shared<FileMapping>(nullptr, 0);
+    return mapping_;
+  }
+  void* base = ::mmap(nullptr, static_cast<size_t>(size_), PROT_READ, MAP_PRIVATE, fd_.get(), 0);
+  Check(base != MAP_FAILED, ErrorKind::kIo, "cannot map " + path_ + ": " + std::strerror(errno));
+  mapping_ = std::make_shared<FileMapping>(base, static_cast<size_t>(size_));
+  return mapping_;
+}
+
+Weight SafetensorsFile::ReadWeight(const std::string& name) const {
+  const TensorView& view = Get(name);
+  const bool weight_dtype = view.dtype == DType::kF32 || view.dtype == DType::kBF16 ||
+                            view.dtype == DType::kF16 || view.dtype == DType::kF8E4M3;
+  if (!weight_dtype) throw WrongDType(path_, view, "F32, BF16, F16 or F8_E4M3");
+  if (view.offset % DTypeSize(view.dtype) == 0) {
+    std::shared_ptr<const void> mapping = Mapping();
+    const auto* file = static_cast<const FileMapping*>(mapping.get());
+    const std::byte* data = view.nbytes == 0 ? nullptr : file->bytes() + view.offset;
+    return Weight::View(view.dtype, view.shape, data, std::move(mapping));
+  }
+  // A misaligned tensor (legal in the format, never written by the official writer): its own
+  // buffer, which operator new aligns for any element type.
+  auto bytes = std::make_shared<std::vector<std::byte>>(view.nbytes);
+  ReadInto(view, bytes->data());
+  const void* data = view.nbytes == 0 ? nullptr : bytes->data();
+  return Weight::View(view.dtype, view.shape, data, std::move(bytes));
+}
+
 std::vector<int64_t> SafetensorsFile::ReadI64(const std::string& name, Shape* shape) const {
   const TensorView& view = Get(name);
   const size_t count = static_cast<size_t>(NumElements(view.shape));
@@ -510,6 +572,8 @@ std::vector<int64_t> SafetensorsFile::ReadI64(const std::string& name, Shape* sh
         values[i] = IntegralOrThrow(path_, view, i, LoadFloat(view.dtype, data, i));
       }
       break;
+    case DType::kF8E4M3:
+      throw WrongDType(path_, view, "I64, I32, U8, BOOL or an integral float");
   }
   if (shape != nullptr) *shape = view.shape;
   return values;
@@ -537,6 +601,16 @@ void SafetensorsWriter::AddI64(const std::string& name, const Shape& shape,
   std::vector<std::byte> bytes(values.size() * sizeof(int64_t));
   CopyBytes(bytes.data(), values.data(), bytes.size());
   entries_.emplace(name, Entry{DType::kI64, shape, std::move(bytes)});
+}
+
+void SafetensorsWriter::AddBytes(const std::string& name, DType dtype, const Shape& shape,
+                                 std::vector<std::byte> bytes) {
+  CheckNewTensorName(name, entries_.contains(name));
+  Check(static_cast<uint64_t>(NumElements(shape)) * DTypeSize(dtype) == bytes.size(),
+        ErrorKind::kInvalidArgument,
+        "tensor '" + name + "': shape " + ShapeToString(shape) + " of " + DTypeName(dtype) +
+            " does not match its " + std::to_string(bytes.size()) + " bytes");
+  entries_.emplace(name, Entry{dtype, shape, std::move(bytes)});
 }
 
 void SafetensorsWriter::SetMetadata(const std::string& key, const std::string& value) {

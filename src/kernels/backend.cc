@@ -4,6 +4,7 @@
 
 #include "attn/error.h"
 #include "attn/kernels.h"
+#include "kernels/cpu/dequantize.h"
 #include "kernels/cpu/flash_attention.h"
 #include "kernels/cpu/isa.h"
 
@@ -11,6 +12,7 @@ namespace attn {
 namespace cpu {
 void ReferenceAttend(const AttentionProblem& problem);
 void ReferenceLinear(const LinearProblem& problem);
+void ReferenceDequantize(const LinearProblem& problem, int64_t first, int64_t count, float* out);
 void OneDnnLinear(const LinearProblem& problem);
 void SmallBatchLinear(const LinearProblem& problem);
 
@@ -67,13 +69,32 @@ void Linear(const LinearProblem& problem) {
 
 const KernelBackend& ReferenceBackend() {
   static const KernelBackend backend{"cpu-reference", &cpu::ReferenceAttend,
-                                     &cpu::ReferenceAttendBatch, &cpu::ReferenceLinear};
+                                     &cpu::ReferenceAttendBatch, &cpu::ReferenceLinear,
+                                     &cpu::ReferenceDequantize};
   return backend;
 }
 
 const KernelBackend& DefaultBackend() {
-  static const KernelBackend backend{"cpu", &cpu::Attend, &cpu::AttendBatch, &cpu::Linear};
+  static const KernelBackend backend{"cpu", &cpu::Attend, &cpu::AttendBatch, &cpu::Linear,
+                                     &cpu::DequantizeWeightRows};
   return backend;
+}
+
+LinearProblem MakeLinearProblem(const float* x, int64_t rows, const Weight& w, const float* bias,
+                                float* y) {
+  LinearProblem problem;
+  problem.x = x;
+  problem.w = w.data();
+  problem.w_dtype = w.dtype();
+  problem.w_scales = w.block_scales();
+  problem.scale_block_rows = w.block_rows();
+  problem.scale_block_cols = w.block_cols();
+  problem.bias = bias;
+  problem.rows = rows;
+  problem.in = w.dim(1);
+  problem.out = w.dim(0);
+  problem.y = y;
+  return problem;
 }
 
 // Runs once per kernel call: the message is only built on failure.

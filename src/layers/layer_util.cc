@@ -96,16 +96,9 @@ const uint8_t* KeepFlags(const TokenBatch& batch, const BatchShape& shape, int64
   return batch.keep.data() + sequence * shape.tokens;
 }
 
-void Project(const float* x, int64_t rows, const Tensor& w, const Tensor& bias, float* y) {
-  LinearProblem problem;
-  problem.x = x;
-  problem.w = w.data();
-  problem.bias = bias.size() > 0 ? bias.data() : nullptr;
-  problem.rows = rows;
-  problem.in = w.dim(1);
-  problem.out = w.dim(0);
-  problem.y = y;
-  DefaultBackend().linear(problem);
+void Project(const float* x, int64_t rows, const Weight& w, const Tensor& bias, float* y) {
+  DefaultBackend().linear(
+      MakeLinearProblem(x, rows, w, bias.size() > 0 ? bias.data() : nullptr, y));
 }
 
 void ZeroUnusedRows(const BatchShape& shape, int64_t width, float* out) {
@@ -142,6 +135,15 @@ void CheckWeight(const Tensor& tensor, const Shape& expected, const std::string&
   ATTN_CHECK(tensor.shape() == expected, ErrorKind::kInvalidArgument,
              name + ": expected shape " + ShapeToString(expected) + ", got " +
                  ShapeToString(tensor.shape()));
+}
+
+void CheckWeight(const Weight& weight, const Shape& expected, const std::string& name) {
+  ATTN_CHECK(weight.shape() == expected, ErrorKind::kInvalidArgument,
+             name + ": expected shape " + ShapeToString(expected) + ", got " +
+                 ShapeToString(weight.shape()));
+  // An fp8 matrix means nothing without its scales (docs/semantics.md §8).
+  ATTN_CHECK(weight.dtype() != DType::kF8E4M3 || weight.block_scales() != nullptr,
+             ErrorKind::kInvalidArgument, name + ": F8_E4M3 weight without its block scales");
 }
 
 }  // namespace attn::layers

@@ -14,6 +14,7 @@
 #include "attn/layer.h"
 #include "attn/rope.h"
 #include "attn/tensor.h"
+#include "attn/weight.h"
 
 namespace attn::layers {
 
@@ -50,6 +51,7 @@ enum class Slot {
   kDecompressOutput,
   kDecompressedKeys,
   kDecompressedValues,
+  kHeadWeights,
   kCount
 };
 float* Scratch(Slot slot, int64_t size);
@@ -62,8 +64,8 @@ std::vector<AttentionProblem>& BatchProblems(int64_t count);
 // Pointer to sequence b's keep flags, or null when the batch has none.
 const uint8_t* KeepFlags(const TokenBatch& batch, const BatchShape& shape, int64_t sequence);
 
-// y = x Wᵀ (+ b) for `rows` rows of x; w is [out, in], bias empty or [out].
-void Project(const float* x, int64_t rows, const Tensor& w, const Tensor& bias, float* y);
+// y = x Wᵀ (+ b) for `rows` rows of x; w is [out, in] in its stored dtype, bias empty or [out].
+void Project(const float* x, int64_t rows, const Weight& w, const Tensor& bias, float* y);
 
 // Zeroes rows counts[b] … S-1 of each sequence in out [B][S][width].
 void ZeroUnusedRows(const BatchShape& shape, int64_t width, float* out);
@@ -79,6 +81,8 @@ void RmsNormRows(float* x, int64_t rows, int64_t stride, const Tensor& weight, d
 
 // Throws Error(kInvalidArgument) "<name>: expected shape [..], got [..]" when a weight is off.
 void CheckWeight(const Tensor& tensor, const Shape& expected, const std::string& name);
+// The same for a projection weight; an F8_E4M3 one must also carry its block scales.
+void CheckWeight(const Weight& weight, const Shape& expected, const std::string& name);
 
 }  // namespace attn::layers
 

@@ -52,16 +52,27 @@ std::vector<WeightSpec> MlaSpecs(const ModelConfig& c) {
   return specs;
 }
 
-// Removes and returns weights[name]; an empty tensor when absent and not `required`.
-Tensor Take(NamedTensors& weights, const std::string& name, bool required) {
+// Removes and returns weights[name] as stored; an empty weight when absent and not `required`.
+Weight Take(NamedWeights& weights, const std::string& name, bool required) {
   auto it = weights.find(name);
   if (it == weights.end()) {
     Check(!required, ErrorKind::kNotFound, "missing attention weight '" + name + "'");
-    return Tensor();
+    return Weight();
   }
-  Tensor tensor = std::move(it->second);
+  Weight weight = std::move(it->second);
   weights.erase(it);
-  return tensor;
+  return weight;
+}
+
+// A bias or norm scale: a few thousand values, kept in fp32 whatever the file stores (exact for
+// bf16/f16; the projections are what is worth keeping in the stored dtype).
+Tensor TakeVector(NamedWeights& weights, const std::string& name, bool required) {
+  const Weight weight = Take(weights, name, required);
+  if (weight.empty()) return Tensor();
+  Check(weight.dtype() != DType::kF8E4M3, ErrorKind::kInvalidArgument,
+        name + ": F8_E4M3 is only read for projection matrices, not for a " +
+            ShapeToString(weight.shape()) + " vector");
+  return weight.ToF32();
 }
 
 // splitmix64 (Steele, Lea, Flood 2014): a tiny, well-mixed, portable generator, so the same
@@ -91,14 +102,29 @@ std::vector<WeightSpec> AttentionWeightSpecs(const ModelConfig& config) {
   return config.kind == AttentionKind::kGqa ? GqaSpecs(config) : MlaSpecs(config);
 }
 
+NamedWeights ToNamedWeights(NamedTensors tensors) {
+  NamedWeights weights;
+  for (auto& [name, tensor] : tensors) weights.emplace(name, Weight(std::move(tensor)));
+  return weights;
+}
+
 std::unique_ptr<AttentionLayer> BuildAttentionLayer(const ModelConfig& config, int64_t layer,
                                                     NamedTensors weights) {
+  return BuildAttentionLayer(config, layer, ToNamedWeights(std::move(weights)));
+}
+
+std::unique_ptr<AttentionLayer> BuildAttentionLayer(const ModelConfig& config, int64_t layer,
+                                                    NamedWeights weights) {
   ValidateConfig(config);
   for (const WeightSpec& spec : AttentionWeightSpecs(config)) {
     auto it = weights.find(spec.name);
     Check(it != weights.end(), ErrorKind::kNotFound,
           "missing attention weight '" + spec.name + "'");
-    CheckShape(it->second, spec.shape, spec.name);
+    Check(it->second.shape() == spec.shape, ErrorKind::kInvalidArgument,
+          spec.name + ": expected shape " + ShapeToString(spec.shape) + ", got " +
+              ShapeToString(it->second.shape()));
+    Check(it->second.dtype() != DType::kF8E4M3 || it->second.block_scales() != nullptr,
+          ErrorKind::kInvalidArgument, spec.name + ": F8_E4M3 weight without its block scales");
   }
   std::unique_ptr<AttentionLayer> built;
   if (config.kind == AttentionKind::kGqa) {
@@ -107,10 +133,10 @@ std::unique_ptr<AttentionLayer> BuildAttentionLayer(const ModelConfig& config, i
     w.k_proj = Take(weights, "k_proj.weight", true);
     w.v_proj = Take(weights, "v_proj.weight", true);
     w.o_proj = Take(weights, "o_proj.weight", true);
-    w.q_bias = Take(weights, "q_proj.bias", config.gqa.qkv_bias);
-    w.k_bias = Take(weights, "k_proj.bias", config.gqa.qkv_bias);
-    w.v_bias = Take(weights, "v_proj.bias", config.gqa.qkv_bias);
-    w.o_bias = Take(weights, "o_proj.bias", config.gqa.o_bias);
+    w.q_bias = TakeVector(weights, "q_proj.bias", config.gqa.qkv_bias);
+    w.k_bias = TakeVector(weights, "k_proj.bias", config.gqa.qkv_bias);
+    w.v_bias = TakeVector(weights, "v_proj.bias", config.gqa.qkv_bias);
+    w.o_bias = TakeVector(weights, "o_proj.bias", config.gqa.o_bias);
     Check(weights.empty(), ErrorKind::kInvalidArgument,
           "unexpected attention weight '" + (weights.empty() ? "" : weights.begin()->first) +
               "' for this config");
@@ -123,10 +149,10 @@ std::unique_ptr<AttentionLayer> BuildAttentionLayer(const ModelConfig& config, i
     MlaWeights w;
     w.q_proj = Take(weights, "q_proj.weight", !q_lora);
     w.q_a_proj = Take(weights, "q_a_proj.weight", q_lora);
-    w.q_a_layernorm = Take(weights, "q_a_layernorm.weight", q_lora);
+    w.q_a_layernorm = TakeVector(weights, "q_a_layernorm.weight", q_lora);
     w.q_b_proj = Take(weights, "q_b_proj.weight", q_lora);
     w.kv_a_proj_with_mqa = Take(weights, "kv_a_proj_with_mqa.weight", true);
-    w.kv_a_layernorm = Take(weights, "kv_a_layernorm.weight", true);
+    w.kv_a_layernorm = TakeVector(weights, "kv_a_layernorm.weight", true);
     w.kv_b_proj = Take(weights, "kv_b_proj.weight", true);
     w.o_proj = Take(weights, "o_proj.weight", true);
     Check(weights.empty(), ErrorKind::kInvalidArgument,

@@ -291,14 +291,26 @@ namespace {
 struct AbsorbedJob {
   const MlaDims* m;
   int64_t heads, qk_dim, kv_b_dim, row_dim, s_len;
-  const float* q;       // projected queries [B][S][H][qk_dim]
-  const float* w_kv_b;  // [H·(dn+dv)][rk]
+  const float* q;      // projected queries [B][S][H][qk_dim]
+  LinearProblem kv_b;  // Wkv_b [H·(dn+dv)][rk] as stored (only the weight fields set)
   std::span<const int64_t> sequences;
   std::span<const int64_t> counts;
   float* absorbed;    // [B][S][H][row_dim]
   float* latent_out;  // [B][S][H][rk]
   float* heads_out;   // [B][S][H][dv]
 };
+
+// Rows [first, first + count) of Wkv_b as fp32: the weight itself when it is stored in fp32,
+// else dequantized into this thread's scratch (a head's 128 × rk block: 256 KiB, which stays in
+// L2 for the task that uses it; docs/architecture.md, "Weights").
+const float* KvBRows(const AbsorbedJob& j, int64_t first, int64_t count) {
+  if (j.kv_b.w_dtype == DType::kF32) {
+    return static_cast<const float*>(j.kv_b.w) + first * j.kv_b.in;
+  }
+  float* rows = layers::Scratch(layers::Slot::kHeadWeights, count * j.kv_b.in);
+  DefaultBackend().dequantize(j.kv_b, first, count, rows);
+  return rows;
+}
 
 }  // namespace
 
@@ -316,7 +328,7 @@ void MlaAttention::AttendAbsorbed(const Projected& p, std::span<const int64_t> s
                   cache.row_dim(),
                   s_len,
                   p.q,
-                  weights_.kv_b_proj.data(),
+                  MakeLinearProblem(nullptr, 0, weights_.kv_b_proj, nullptr, nullptr),
                   sequences,
                   p.shape.counts,
                   layers::Scratch(layers::Slot::kAbsorbed, rows * h * cache.row_dim()),
@@ -328,7 +340,7 @@ void MlaAttention::AttendAbsorbed(const Projected& p, std::span<const int64_t> s
   // A task per head reads its 128 × rk block of W_UK once for every row of the step.
   ParallelFor(h, [shared](int64_t head, int /*thread*/) {
     const AbsorbedJob& j = *shared;
-    const float* w_uk = j.w_kv_b + head * j.kv_b_dim * j.m->kv_lora_rank;
+    const float* w_uk = KvBRows(j, head * j.kv_b_dim, j.m->qk_nope_head_dim);
     for (const int64_t b : j.sequences) {
       for (int64_t s = 0; s < j.counts[static_cast<size_t>(b)]; ++s) {
         const int64_t row = b * j.s_len + s;
@@ -358,7 +370,7 @@ void MlaAttention::AttendAbsorbed(const Projected& p, std::span<const int64_t> s
   // out[b,s,h] = W_UV[h] latent_out[b,s,h], W_UV[h] read once per step by its head's task.
   ParallelFor(h, [shared](int64_t head, int /*thread*/) {
     const AbsorbedJob& j = *shared;
-    const float* w_uv = j.w_kv_b + (head * j.kv_b_dim + j.m->qk_nope_head_dim) * j.m->kv_lora_rank;
+    const float* w_uv = KvBRows(j, head * j.kv_b_dim + j.m->qk_nope_head_dim, j.m->v_head_dim);
     for (const int64_t b : j.sequences) {
       for (int64_t s = 0; s < j.counts[static_cast<size_t>(b)]; ++s) {
         const int64_t row = b * j.s_len + s;

@@ -59,9 +59,53 @@ TEST(DTypeTest, SizesAndNames) {
 }
 
 TEST(DTypeTest, UnknownNameIsUnsupported) {
-  ExpectError([] { DTypeFromName("F8_E4M3"); }, ErrorKind::kUnsupported, {"F8_E4M3"});
+  ExpectError([] { DTypeFromName("F8_E5M2"); }, ErrorKind::kUnsupported, {"F8_E5M2"});
   // Spellings are case-sensitive, as in the safetensors format.
   ExpectError([] { DTypeFromName("f32"); }, ErrorKind::kUnsupported, {"'f32'"});
+}
+
+// E4M3 against values read off the OCP 8-bit floating point spec (v1.0, table 2): the extremes,
+// one, and the first subnormal; then every code's round trip and the binary16 bit trick.
+TEST(DTypeTest, F8E4M3Decoding) {
+  EXPECT_EQ(DTypeFromName("F8_E4M3"), DType::kF8E4M3);
+  EXPECT_EQ(DTypeSize(DType::kF8E4M3), 1u);
+  EXPECT_EQ(F8E4M3ToF32(0x00), 0.0f);
+  EXPECT_EQ(F8E4M3ToF32(0x01), 0x1p-9f);      // smallest subnormal
+  EXPECT_EQ(F8E4M3ToF32(0x07), 7 * 0x1p-9f);  // largest subnormal
+  EXPECT_EQ(F8E4M3ToF32(0x08), 0x1p-6f);      // smallest normal
+  EXPECT_EQ(F8E4M3ToF32(0x38), 1.0f);
+  EXPECT_EQ(F8E4M3ToF32(0xb8), -1.0f);
+  EXPECT_EQ(F8E4M3ToF32(0x7e), 448.0f);  // largest finite
+  EXPECT_EQ(F8E4M3ToF32(0xfe), -448.0f);
+  EXPECT_TRUE(std::isnan(F8E4M3ToF32(0x7f)));
+  EXPECT_TRUE(std::isnan(F8E4M3ToF32(0xff)));
+  for (int code = 0; code < 256; ++code) {
+    const uint8_t bits = static_cast<uint8_t>(code);
+    if ((bits & 0x7f) == 0x7f) continue;
+    const float value = F8E4M3ToF32(bits);
+    EXPECT_EQ(F32ToF8E4M3(value), bits) << code;
+    EXPECT_EQ(256.0f * F16ToF32(F8E4M3ToScaledF16Bits(bits)), value) << code;
+  }
+}
+
+// Rounding to nearest even between neighbours, NaN above the top of the range (as PyTorch's
+// float8_e4m3fn cast), signed zero for the tiniest values.
+TEST(DTypeTest, F8E4M3Rounding) {
+  for (int code = 0; code < 0x7e; ++code) {
+    const float low = F8E4M3ToF32(static_cast<uint8_t>(code));
+    const float high = F8E4M3ToF32(static_cast<uint8_t>(code + 1));
+    const float middle = 0.5f * (low + high);
+    const int even = (code % 2 == 0) ? code : code + 1;
+    EXPECT_EQ(F32ToF8E4M3(middle), even) << code;
+    EXPECT_EQ(F32ToF8E4M3(std::nextafter(middle, 0.0f)), code) << code;
+    EXPECT_EQ(F32ToF8E4M3(std::nextafter(middle, 1000.0f)), code + 1) << code;
+  }
+  EXPECT_EQ(F32ToF8E4M3(464.0f), 0x7e);
+  EXPECT_EQ(F32ToF8E4M3(std::nextafter(464.0f, 1000.0f)), 0x7f);
+  EXPECT_EQ(F32ToF8E4M3(-1e9f), 0xff);
+  EXPECT_EQ(F32ToF8E4M3(std::numeric_limits<float>::quiet_NaN()) & 0x7f, 0x7f);
+  EXPECT_EQ(F32ToF8E4M3(0x1p-11f), 0x00);
+  EXPECT_EQ(F32ToF8E4M3(-0x1p-11f), 0x80);
 }
 
 TEST(DTypeTest, StorageDTypeFromString) {

@@ -568,10 +568,39 @@ TEST(HfConfigGqa, LayerTypesDefineSlidingLayers) {
 
 TEST(HfConfigGqa, UnrelatedKeysAreIgnored) {
   json j = ReadJson("tiny-llama31.json");
-  j["quantization_config"] = {{"quant_method", "fp8"}, {"activation_scheme", "dynamic"}};
   j["n_routed_experts"] = "not a number";
   j["some_future_key"] = {{"type", "dynamic"}};
   ExpectSameConfig(Parse(j), LoadHfConfig(ConfigPath("tiny-llama31.json")));
+}
+
+// quantization_config: DeepSeek's fp8 block layout is read (transformers' FineGrainedFP8Config
+// defaults the block to 128 × 128); other methods store tensors attn does not know: refused.
+TEST(HfConfigQuantization, Fp8BlockScales) {
+  json j = ReadJson("tiny-llama31.json");
+  EXPECT_FALSE(Parse(j).quantization.fp8_blocks);
+  j["quantization_config"] = {{"quant_method", "fp8"},
+                              {"fmt", "e4m3"},
+                              {"activation_scheme", "dynamic"},
+                              {"weight_block_size", {64, 32}}};
+  ModelConfig config = Parse(j);
+  EXPECT_TRUE(config.quantization.fp8_blocks);
+  EXPECT_EQ(config.quantization.block_rows, 64);
+  EXPECT_EQ(config.quantization.block_cols, 32);
+  j["quantization_config"].erase("weight_block_size");
+  config = Parse(j);
+  EXPECT_EQ(config.quantization.block_rows, 128);
+  EXPECT_EQ(config.quantization.block_cols, 128);
+  j["quantization_config"]["weight_block_size"] = {128, 0};
+  ExpectError([&] { Parse(j); }, ErrorKind::kInvalidArgument, {"weight_block_size"});
+  j["quantization_config"]["weight_block_size"] = {128};
+  ExpectError([&] { Parse(j); }, ErrorKind::kInvalidArgument, {"weight_block_size"});
+  j["quantization_config"]["weight_block_size"] = {128, 128};
+  j["quantization_config"]["fmt"] = "e5m2";
+  ExpectError([&] { Parse(j); }, ErrorKind::kUnsupported, {"fmt", "e5m2"});
+  j["quantization_config"] = {{"quant_method", "awq"}, {"bits", 4}};
+  ExpectError([&] { Parse(j); }, ErrorKind::kUnsupported, {"quant_method", "awq"});
+  j["quantization_config"] = "fp8";
+  ExpectError([&] { Parse(j); }, ErrorKind::kInvalidArgument, {"quantization_config"});
 }
 
 TEST(HfConfigGqa, IntegralFloatsAreIntegers) {

@@ -484,12 +484,12 @@ TEST_F(SafetensorsTest, UnknownKeysIgnoredAndForeignDTypesUnsupported) {
       "extra", Framed(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":[1]}})", eight));
   EXPECT_EQ(SafetensorsFile::Open(extra).Get("t").shape, (Shape{2}));
   const std::string fp8 = WriteFile(
-      "fp8", Framed(R"({"t":{"dtype":"F8_E4M3","shape":[8],"data_offsets":[0,8]}})", eight));
+      "fp8", Framed(R"({"t":{"dtype":"F8_E5M2","shape":[8],"data_offsets":[0,8]}})", eight));
   ExpectError([&] { SafetensorsFile::Open(fp8); }, ErrorKind::kUnsupported,
-              {fp8, "'t'", "F8_E4M3"});
+              {fp8, "'t'", "F8_E5M2"});
   // ... but only once the file is otherwise valid: bad offsets are still corrupt.
   const std::string bad_fp8 = WriteFile(
-      "bad_fp8", Framed(R"({"t":{"dtype":"F8_E4M3","shape":[9],"data_offsets":[0,8]}})", eight));
+      "bad_fp8", Framed(R"({"t":{"dtype":"F8_E5M2","shape":[9],"data_offsets":[0,8]}})", eight));
   ExpectError([&] { SafetensorsFile::Open(bad_fp8); }, ErrorKind::kCorruptFile, {"needs 9"});
 }
 

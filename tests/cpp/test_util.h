@@ -12,11 +12,28 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "attn/config.h"
+#include "attn/error.h"
 #include "attn/tensor.h"
 
 namespace attn::testing {
+
+// Runs `action`, expecting Error of `kind` whose message contains every entry of `words`.
+template <typename Action>
+void ExpectError(Action action, ErrorKind kind, const std::vector<std::string>& words) {
+  try {
+    action();
+    ADD_FAILURE() << "expected an attn::Error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), kind) << e.what();
+    for (const std::string& word : words) {
+      EXPECT_NE(std::string(e.what()).find(word), std::string::npos)
+          << "message '" << e.what() << "' lacks '" << word << "'";
+    }
+  }
+}
 
 // A test fixture with a fresh private directory (mkdtemp), removed after each test.
 class ScratchDirTest : public ::testing::Test {

@@ -5,6 +5,16 @@
 // Primitives are created once per shape, thread and thread count, then reused with new data
 // pointers.
 //
+// Stored weight dtypes (docs/architecture.md, "Weights"):
+//   F32   an fp32 matmul straight from W.
+//   BF16  a bf16 matmul straight from W (AMX or AVX512-BF16 where the CPU has them), x rounded to
+//         bf16 once per call: the precision a bf16 checkpoint's own code runs at. fp32 results.
+//   F8    tiles of a few hundred rows of W dequantized to bf16 (scale applied; DeepSeek's
+//         reference dequantizes to bf16 the same way), each multiplied as a BF16 weight.
+//   F16   tiles dequantized to fp32 (f16 widens exactly), multiplied in fp32.
+// A tile is about 2 MiB, so W is never copied whole; its dequantization is spread over the same
+// OpenMP threads as the matmul.
+//
 // Threads: Debian's oneDNN runs on libgomp's OpenMP pool, not on attn's. So that --threads,
 // ATTN_NUM_THREADS and attn.set_num_threads() govern it too, every call first sets the calling
 // thread's OpenMP thread count to attn's (omp_set_num_threads acts per calling thread, so it is
@@ -12,14 +22,19 @@
 // its thread split when it is created, hence the thread count in the cache key.
 #include <omp.h>
 
+#include <algorithm>
+#include <cstddef>
 #include <dnnl.hpp>
 #include <map>
 #include <memory>
 #include <tuple>
 #include <unordered_map>
+#include <vector>
 
 #include "attn/kernels.h"
 #include "attn/threads.h"
+#include "kernels/cpu/dequantize.h"
+#include "kernels/cpu/isa.h"
 
 namespace attn::cpu {
 namespace {
@@ -29,11 +44,14 @@ using DataType = dnnl::memory::data_type;
 
 struct MatmulKey {
   int64_t rows, in, out;
+  int64_t y_stride;  // elements between rows of y (> out when a tile writes a slice of y)
   bool bias;
+  bool bf16;  // x and W bf16 (y fp32), else all fp32
   int threads;
   bool operator<(const MatmulKey& other) const {
-    return std::tie(rows, in, out, bias, threads) <
-           std::tie(other.rows, other.in, other.out, other.bias, other.threads);
+    return std::tie(rows, in, out, y_stride, bias, bf16, threads) <
+           std::tie(other.rows, other.in, other.out, other.y_stride, other.bias, other.bf16,
+                    other.threads);
   }
 };
 
@@ -57,9 +75,10 @@ const Matmul& MatmulFor(const MatmulKey& key) {
   std::unique_ptr<Matmul>& slot = cache[key];
   if (!slot) {
     auto made = std::make_unique<Matmul>();
-    const dnnl::memory::desc x({key.rows, key.in}, DataType::f32, Tag::ab);
-    const dnnl::memory::desc w({key.in, key.out}, DataType::f32, Tag::ba);
-    const dnnl::memory::desc y({key.rows, key.out}, DataType::f32, Tag::ab);
+    const DataType in_type = key.bf16 ? DataType::bf16 : DataType::f32;
+    const dnnl::memory::desc x({key.rows, key.in}, in_type, Tag::ab);
+    const dnnl::memory::desc w({key.in, key.out}, in_type, Tag::ba);
+    const dnnl::memory::desc y({key.rows, key.out}, DataType::f32, {key.y_stride, 1});
     const dnnl::memory::desc b({1, key.out}, DataType::f32, Tag::ab);
     const dnnl::matmul::desc desc =
         key.bias ? dnnl::matmul::desc(x, w, b, y) : dnnl::matmul::desc(x, w, y);
@@ -78,21 +97,91 @@ const Matmul& MatmulFor(const MatmulKey& key) {
   return *slot;
 }
 
+// y[:, first : first + out] (row stride y_stride) = x · Wᵀ + b for a W of `out` rows at w.
+void RunMatmul(const void* x, const void* w, const float* bias, float* y, int64_t rows, int64_t in,
+               int64_t out, int64_t y_stride, bool bf16, int threads) {
+  const Matmul& mm = MatmulFor({rows, in, out, y_stride, bias != nullptr, bf16, threads});
+  thread_local dnnl::stream stream(Engine());
+  // oneDNN takes non-const handles; it only reads x, w and b.
+  mm.x.set_data_handle(const_cast<void*>(x));
+  mm.w.set_data_handle(const_cast<void*>(w));
+  mm.y.set_data_handle(y);
+  if (bias != nullptr) mm.b.set_data_handle(const_cast<float*>(bias));
+  mm.primitive.execute(stream, mm.args);
+  stream.wait();
+}
+
+// Whether the bf16 path runs: on the AVX-512 ISA (ATTN_CPU_ISA=reference, or an older CPU, takes
+// fp32 tiles instead) and when this oneDNN builds a bf16 matmul here, asked once with a small one.
+bool Bf16MatmulAvailable() {
+  static const bool built = [] {
+    try {
+      const dnnl::memory::desc x({16, 32}, DataType::bf16, Tag::ab);
+      const dnnl::memory::desc w({32, 16}, DataType::bf16, Tag::ba);
+      const dnnl::memory::desc y({16, 16}, DataType::f32, Tag::ab);
+      dnnl::matmul::primitive_desc(dnnl::matmul::desc(x, w, y), Engine());
+      return true;
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  }();
+  return ActiveIsa().isa == Isa::kAvx512 && built;
+}
+
+// Rows of W per dequantized tile: about 2 MiB of tile (an L2's worth), a multiple of 64.
+int64_t TileRows(int64_t in, size_t element_bytes, int64_t out) {
+  const int64_t row_bytes = std::max<int64_t>(in, 1) * static_cast<int64_t>(element_bytes);
+  int64_t rows = (int64_t{2} << 20) / row_bytes / 64 * 64;
+  rows = std::max<int64_t>(rows, 64);
+  return std::min(rows, out);
+}
+
 }  // namespace
 
 void OneDnnLinear(const LinearProblem& p) {
   if (p.rows == 0) return;
   const int threads = NumThreads();
   if (omp_get_max_threads() != threads) omp_set_num_threads(threads);
-  const Matmul& mm = MatmulFor({p.rows, p.in, p.out, p.bias != nullptr, threads});
-  thread_local dnnl::stream stream(Engine());
-  // oneDNN takes non-const handles; it only reads x, w and b.
-  mm.x.set_data_handle(const_cast<float*>(p.x));
-  mm.w.set_data_handle(const_cast<float*>(p.w));
-  mm.y.set_data_handle(p.y);
-  if (p.bias != nullptr) mm.b.set_data_handle(const_cast<float*>(p.bias));
-  mm.primitive.execute(stream, mm.args);
-  stream.wait();
+  if (p.w_dtype == DType::kF32) {
+    RunMatmul(p.x, p.w, p.bias, p.y, p.rows, p.in, p.out, p.out, false, threads);
+    return;
+  }
+  const bool bf16 = p.w_dtype != DType::kF16 && Bf16MatmulAvailable();
+  const void* x = p.x;
+  thread_local std::vector<uint16_t> x_bf16;
+  if (bf16) {
+    const size_t count = static_cast<size_t>(p.rows * p.in);
+    if (x_bf16.size() < count) x_bf16.resize(count);
+    RoundToBF16(p.x, p.rows * p.in, x_bf16.data());
+    x = x_bf16.data();
+  }
+  if (p.w_dtype == DType::kBF16 && bf16) {
+    RunMatmul(x, p.w, p.bias, p.y, p.rows, p.in, p.out, p.out, true, threads);
+    return;
+  }
+  // F8_E4M3 -> bf16 tiles, F16 (or anything without a bf16 matmul) -> fp32 tiles.
+  const size_t element_bytes = bf16 ? sizeof(uint16_t) : sizeof(float);
+  const int64_t tile_rows = TileRows(p.in, element_bytes, p.out);
+  thread_local std::vector<std::byte> tile;
+  const size_t tile_bytes = static_cast<size_t>(tile_rows * p.in) * element_bytes;
+  if (tile.size() < tile_bytes) tile.resize(tile_bytes);
+  for (int64_t first = 0; first < p.out; first += tile_rows) {
+    const int64_t count = std::min(tile_rows, p.out - first);
+    std::byte* tile_data = tile.data();
+    // Rows in chunks of 8 over the OpenMP threads that run the matmul next.
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < count; r += 8) {
+      const int64_t n = std::min<int64_t>(8, count - r);
+      if (bf16) {
+        DequantizeWeightRowsBF16(p, first + r, n,
+                                 reinterpret_cast<uint16_t*>(tile_data) + r * p.in);
+      } else {
+        DequantizeWeightRows(p, first + r, n, reinterpret_cast<float*>(tile_data) + r * p.in);
+      }
+    }
+    RunMatmul(x, tile_data, p.bias != nullptr ? p.bias + first : nullptr, p.y + first, p.rows, p.in,
+              count, p.out, bf16, threads);
+  }
 }
 
 }  // namespace attn::cpu

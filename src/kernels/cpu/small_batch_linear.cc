@@ -11,17 +11,22 @@
 //     row a few lines ahead into L1;
 //   - the output rows are cut into about 8 tasks per thread, taken from the pool's shared
 //     counter, so a core slowed by another process simply takes fewer of them.
+// W may be F32, BF16, F16 or F8_E4M3 with block scales (LinearProblem): the AVX-512 loop widens
+// each 16 weights to fp32 in registers as it loads them, so a bf16 step reads half the bytes of an
+// fp32 one and an fp8 step a quarter, and nothing is dequantized into memory.
 // AVX-512 runs only after ActiveIsa() said so (ATTN_CPU_ISA=reference forces the portable loop).
-// It allocates nothing, which keeps decode allocation-free.
+// It allocates nothing once warm, which keeps decode allocation-free.
 #include "kernels/cpu/small_batch_linear.h"
 
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "attn/kernels.h"
 #include "attn/threads.h"
+#include "kernels/cpu/dequantize.h"
 #include "kernels/cpu/isa.h"
 
 namespace attn::cpu {
@@ -41,10 +46,16 @@ constexpr int64_t kMinTaskBytes = 64 * 1024;
 constexpr int64_t kTaskGranule = 24;
 
 // Portable C++ (any CPU): one dot product per (output, row), vectorised by the compiler for the
-// baseline ISA.
+// baseline ISA. A stored weight row other than fp32 is dequantized into a per-thread row first.
 void PortableRows(const LinearProblem& p, int64_t first_output, int64_t last_output) {
+  thread_local std::vector<float> row;
   for (int64_t o = first_output; o < last_output; ++o) {
-    const float* w_row = p.w + o * p.in;
+    const float* w_row = static_cast<const float*>(p.w) + o * p.in;
+    if (p.w_dtype != DType::kF32) {
+      if (row.size() < static_cast<size_t>(p.in)) row.resize(static_cast<size_t>(p.in));
+      DequantizeWeightRows(p, o, 1, row.data());
+      w_row = row.data();
+    }
     const float bias = p.bias != nullptr ? p.bias[o] : 0.0f;
     for (int64_t r = 0; r < p.rows; ++r) {
       const float* x_row = p.x + r * p.in;
@@ -60,8 +71,10 @@ void PortableRows(const LinearProblem& p, int64_t first_output, int64_t last_out
 
 void SmallBatchLinear(const LinearProblem& p) {
   if (p.rows <= 0 || p.out <= 0) return;
-  const bool vector = ActiveIsa().isa == Isa::kAvx512;
-  const int64_t row_bytes = std::max<int64_t>(p.in, 1) * static_cast<int64_t>(sizeof(float));
+  // fp8 blocks must not split a 16-column chunk for the vector loop (DeepSeek's are 128 wide).
+  const bool vector = ActiveIsa().isa == Isa::kAvx512 &&
+                      (p.w_dtype != DType::kF8E4M3 || p.scale_block_cols % 16 == 0);
+  const int64_t row_bytes = std::max<int64_t>(p.in, 1) * static_cast<int64_t>(DTypeSize(p.w_dtype));
   int64_t per_task =
       (p.out + NumThreads() * kTasksPerThread - 1) / (NumThreads() * kTasksPerThread);
   per_task = std::max(per_task, (kMinTaskBytes + row_bytes - 1) / row_bytes);
@@ -100,17 +113,67 @@ void SmallBatchLinear(const LinearProblem& p) {
 namespace attn::cpu::avx512 {
 namespace {
 
-// How one weight dtype becomes fp32 vectors: the kernel sees W only through this, so a bf16 or
-// fp8 weight matrix needs one more struct (bf16: widen 16 halves and shift them into the high
-// half of each word; fp8: convert through a table or the AVX-512 FP16 instructions) and no change
-// to the loop. The accumulation stays fp32 whatever the storage. fp32 is the only one today.
+// How one weight dtype becomes fp32 vectors: the kernel sees W only through these, so each
+// dtype is one struct and no change to the loop. The accumulation stays fp32 whatever the storage.
 struct F32Weights {
   using Element = float;
+  static constexpr bool kBlockScaled = false;
   static __m512 Load(const float* w) { return _mm512_loadu_ps(w); }
   static __m512 LoadMasked(const float* w, __mmask16 mask) {
     return _mm512_maskz_loadu_ps(mask, w);
   }
 };
+
+// bf16 is the top half of an fp32: widen the 16 halves and shift them into place.
+struct BF16Weights {
+  using Element = uint16_t;
+  static constexpr bool kBlockScaled = false;
+  static __m512 Widen(__m256i halves) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
+  }
+  static __m512 Load(const uint16_t* w) {
+    return Widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+  }
+  static __m512 LoadMasked(const uint16_t* w, __mmask16 mask) {
+    return Widen(_mm256_maskz_loadu_epi16(mask, w));
+  }
+};
+
+struct F16Weights {
+  using Element = uint16_t;
+  static constexpr bool kBlockScaled = false;
+  static __m512 Load(const uint16_t* w) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+  }
+  static __m512 LoadMasked(const uint16_t* w, __mmask16 mask) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w));
+  }
+};
+
+// E4M3's fields moved into binary16 position give a half of value 2^-8 · w (dtype.h,
+// F8E4M3ToScaledF16Bits), which the F16C convert widens exactly; the 2^8 is folded into x
+// (Rows packs 256·x, exact in fp32) and the block scale is applied per 16 weights.
+struct F8E4M3Weights {
+  using Element = uint8_t;
+  static constexpr bool kBlockScaled = true;
+  static __m512 Widen(__m128i bytes) {
+    const __m256i wide = _mm256_cvtepu8_epi16(bytes);
+    const __m256i sign = _mm256_slli_epi16(_mm256_and_si256(wide, _mm256_set1_epi16(0x80)), 8);
+    const __m256i rest = _mm256_slli_epi16(_mm256_and_si256(wide, _mm256_set1_epi16(0x7f)), 7);
+    return _mm512_cvtph_ps(_mm256_or_si256(sign, rest));
+  }
+  static __m512 Load(const uint8_t* w) {
+    return Widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+  }
+  static __m512 LoadMasked(const uint8_t* w, __mmask16 mask) {
+    return Widen(_mm_maskz_loadu_epi8(mask, w));
+  }
+};
+// What Rows multiplies x by when it packs it: undoes the 2^-8 of F8E4M3Weights::Widen.
+template <class Weights>
+constexpr float PackedXFactor() {
+  return Weights::kBlockScaled ? 256.0f : 1.0f;
+}
 
 // Horizontal sum of 16 lanes. The zero-masked shuffles are the all-lanes ones: GCC 12's unmasked
 // forms start from an "undefined" register that trips -Wuninitialized (GCC bug 105593).
@@ -146,6 +209,20 @@ void Block(const LinearProblem& p, const float* x, int64_t x_stride, float* y, i
   using Element = typename Weights::Element;
   const int64_t in = p.in;
   const Element* w = reinterpret_cast<const Element*>(p.w) + o * in;
+  // Block-scaled weights: each weight row's scales, the block column of chunk i and the columns
+  // left in that block (blocks are a multiple of 16 columns wide, so no chunk straddles two).
+  const float* scale_row[kW];
+  int64_t scale_column = 0;
+  int64_t block_left = 0;
+  if constexpr (Weights::kBlockScaled) {
+    const int64_t scale_cols = (in + p.scale_block_cols - 1) / p.scale_block_cols;
+#pragma GCC unroll 8
+    for (int j = 0; j < kW; ++j) {
+      scale_row[j] = p.w_scales + (o + j) / p.scale_block_rows * scale_cols;
+    }
+    scale_column = begin / p.scale_block_cols;
+    block_left = p.scale_block_cols - begin % p.scale_block_cols;
+  }
   __m512 acc[kW][kR];
 #pragma GCC unroll 8
   for (int j = 0; j < kW; ++j) {
@@ -168,6 +245,17 @@ void Block(const LinearProblem& p, const float* x, int64_t x_stride, float* y, i
     __m512 wv[kW];
 #pragma GCC unroll 8
     for (int j = 0; j < kW; ++j) wv[j] = Weights::Load(w + j * in + i);
+    if constexpr (Weights::kBlockScaled) {
+#pragma GCC unroll 8
+      for (int j = 0; j < kW; ++j) {
+        wv[j] = _mm512_mul_ps(wv[j], _mm512_set1_ps(scale_row[j][scale_column]));
+      }
+      block_left -= 16;
+      if (block_left == 0) {
+        ++scale_column;
+        block_left = p.scale_block_cols;
+      }
+    }
 #pragma GCC unroll 8
     for (int r = 0; r < kR; ++r) {
       __m512 xv = _mm512_load_ps(x + r * x_stride + (i - begin));
@@ -185,6 +273,12 @@ void Block(const LinearProblem& p, const float* x, int64_t x_stride, float* y, i
     __m512 wv[kW];
 #pragma GCC unroll 8
     for (int j = 0; j < kW; ++j) wv[j] = Weights::LoadMasked(w + j * in + i, mask);
+    if constexpr (Weights::kBlockScaled) {
+#pragma GCC unroll 8
+      for (int j = 0; j < kW; ++j) {
+        wv[j] = _mm512_mul_ps(wv[j], _mm512_set1_ps(scale_row[j][scale_column]));
+      }
+    }
 #pragma GCC unroll 8
     for (int r = 0; r < kR; ++r) {
       const __m512 xv = _mm512_maskz_load_ps(mask, x + r * x_stride + (i - begin));
@@ -234,7 +328,7 @@ void Rows(const LinearProblem& p, const float* x, float* y, int64_t first, int64
     for (int r = 0; r < kR; ++r) {
       const float* src = x + r * p.in + begin;
       float* dst = packed + r * kStride;
-      for (int64_t c = 0; c < end - begin; ++c) dst[c] = src[c];
+      for (int64_t c = 0; c < end - begin; ++c) dst[c] = PackedXFactor<Weights>() * src[c];
     }
     int64_t o = first;
     for (; o + kW <= last; o += kW) {
@@ -285,7 +379,22 @@ void SmallBatchLinearRows(const LinearProblem& p, int64_t first_output, int64_t 
   // cache if this task's slice of W fits there).
   for (int64_t r = 0; r < p.rows; r += kSmallBatchMaxRows) {
     const int64_t rows = p.rows - r < kSmallBatchMaxRows ? p.rows - r : kSmallBatchMaxRows;
-    RowGroup<F32Weights>(p, rows, p.x + r * p.in, p.y + r * p.out, first_output, last_output);
+    const float* x = p.x + r * p.in;
+    float* y = p.y + r * p.out;
+    switch (p.w_dtype) {
+      case DType::kBF16:
+        RowGroup<BF16Weights>(p, rows, x, y, first_output, last_output);
+        break;
+      case DType::kF16:
+        RowGroup<F16Weights>(p, rows, x, y, first_output, last_output);
+        break;
+      case DType::kF8E4M3:
+        RowGroup<F8E4M3Weights>(p, rows, x, y, first_output, last_output);
+        break;
+      default:
+        RowGroup<F32Weights>(p, rows, x, y, first_output, last_output);
+        break;
+    }
   }
 }
 
