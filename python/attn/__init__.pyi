@@ -2,7 +2,7 @@
 """Type stubs for the attn package (the extension attn._attn, re-exported). See docs/python.md."""
 
 import os
-from typing import Any, Dict, Literal, Mapping, Optional, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +46,8 @@ class Attention:
         weights: Union[str, os.PathLike, Mapping[str, ArrayLike]],
         layer: int = 0,
     ) -> "Attention": ...
+    @staticmethod
+    def from_pretrained(directory: Union[str, os.PathLike], layer: int = 0) -> "Attention": ...
     @staticmethod
     def random(config: ConfigLike, seed: int = 0, layer: int = 0) -> "Attention": ...
     def forward(
@@ -113,6 +115,9 @@ def mla_attention(
 def random_weights(
     config: ConfigLike, seed: int = 0, layer: int = 0
 ) -> Dict[str, npt.NDArray[np.float32]]: ...
+def load_attention_layers(
+    directory: Union[str, os.PathLike], layers: Optional[Sequence[int]] = None
+) -> List[Attention]: ...
 def load_safetensors(path: Union[str, os.PathLike]) -> Dict[str, np.ndarray]: ...
 def backend() -> str: ...
 def set_num_threads(n: int) -> None: ...

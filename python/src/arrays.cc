@@ -536,6 +536,42 @@ py::object WrapTensor(Tensor tensor, bool as_torch) {
   return py::module_::import("torch").attr("from_numpy")(array);
 }
 
+py::object WrapTensorAs(Tensor tensor, Element element, bool as_torch) {
+  if (element == Element::kF32) return WrapTensor(std::move(tensor), as_torch);
+  std::vector<py::ssize_t> shape(tensor.shape().begin(), tensor.shape().end());
+  const float* values = tensor.data();
+  const int64_t count = tensor.size();
+  switch (element) {
+    case Element::kF64: {
+      py::array_t<double> array(shape);
+      double* out = array.mutable_data();
+      for (int64_t i = 0; i < count; ++i) out[i] = values[i];
+      if (!as_torch) return array;
+      return py::module_::import("torch").attr("from_numpy")(array);
+    }
+    case Element::kF16: {
+      py::array array(py::dtype("float16"), shape);
+      auto* out = static_cast<uint16_t*>(array.mutable_data());
+      for (int64_t i = 0; i < count; ++i) out[i] = F32ToF16(values[i]);
+      if (!as_torch) return array;
+      return py::module_::import("torch").attr("from_numpy")(array);
+    }
+    case Element::kBF16: {
+      // NumPy has no bfloat16: the bits travel as uint16 and torch reinterprets them. A bf16
+      // input that is not a torch tensor (DLPack from elsewhere) gets float32 back.
+      if (!as_torch) return WrapTensor(std::move(tensor), false);
+      // int16, not uint16: older torch.from_numpy refuses uint16 arrays; the bits are the same.
+      py::array_t<int16_t> array(shape);
+      auto* out = reinterpret_cast<uint16_t*>(array.mutable_data());
+      for (int64_t i = 0; i < count; ++i) out[i] = F32ToBF16(values[i]);
+      py::module_ torch = py::module_::import("torch");
+      return torch.attr("from_numpy")(array).attr("view")(torch.attr("bfloat16"));
+    }
+    default:
+      return WrapTensor(std::move(tensor), as_torch);
+  }
+}
+
 uint64_t CopiesMade() { return copies_made.load(); }
 
 DType StorageDType(Element element) {

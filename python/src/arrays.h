@@ -88,6 +88,10 @@ std::span<const uint8_t> AsKeepFlags(const ArrayView& view, ArrayView& holder);
 // A NumPy array owning `tensor` (no copy), turned into a torch tensor sharing that memory when
 // `as_torch`.
 py::object WrapTensor(Tensor tensor, bool as_torch);
+// The fp32 result in the caller's float dtype: float64 and float16 as NumPy arrays (torch tensors
+// when `as_torch`), bfloat16 as a torch tensor (NumPy has none: float32 for other producers),
+// float32 as WrapTensor. Rounds to nearest even; one conversion pass.
+py::object WrapTensorAs(Tensor tensor, Element element, bool as_torch);
 
 // Copies made by ToLayout and ToTensor since the module was loaded (for tests).
 uint64_t CopiesMade();

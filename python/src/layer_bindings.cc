@@ -6,6 +6,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "arrays.h"
+#include "attn/checkpoint.h"
 #include "attn/error.h"
 #include "attn/hf_config.h"
 #include "attn/hf_weights.h"
@@ -192,6 +194,7 @@ struct PreparedTokens {
   std::span<const uint8_t> keep;
   std::span<const int64_t> lengths;
   bool as_torch = false;
+  Element element = Element::kF32;  // hidden_states' dtype, which the output gets
   bool squeeze = false;  // decode input was [B, D]: the output is [B, D] too
   int64_t batch = 0;
   int64_t tokens = 0;
@@ -220,6 +223,7 @@ PreparedTokens PrepareTokens(const ModelConfig& config, CallKind kind, py::handl
   PreparedTokens p;
   ArrayView x = ViewArray(hidden_states, "hidden_states");
   p.as_torch = x.from_torch;
+  p.element = x.element;
   const int64_t width = config.hidden_size;
   const std::string d = std::to_string(width);
   if (kind == CallKind::kDecode) {
@@ -263,7 +267,15 @@ PreparedTokens PrepareTokens(const ModelConfig& config, CallKind kind, py::handl
 // the layer and the first bad token, never a silent NaN handed to the caller.
 py::object WrapOutput(Tensor out, const PreparedTokens& p, int64_t layer) {
   CheckFinite(out, "layer " + std::to_string(layer) + " output");
-  py::object result = WrapTensor(std::move(out), p.as_torch);
+  if (p.element == Element::kF16) {
+    // Beyond ±65504 a half is ±inf: an error, as a non-finite fp32 output is.
+    for (const float value : out.values()) {
+      Check(std::fabs(value) < 65520.0f, ErrorKind::kInvalidArgument,
+            "layer " + std::to_string(layer) + " output: value " + std::to_string(value) +
+                " overflows float16, the dtype of hidden_states (pass float32 to get it)");
+    }
+  }
+  py::object result = WrapTensorAs(std::move(out), p.element, p.as_torch);
   if (p.squeeze) result = result.attr("reshape")(p.batch, result.attr("shape")[py::int_(2)]);
   return result;
 }
@@ -285,14 +297,35 @@ class PyAttention {
     } else if (py::isinstance<py::str>(weights) || py::hasattr(weights, "__fspath__")) {
       const std::string path = PathText(weights);
       ComputeScope release;
-      const SafetensorsFile file = SafetensorsFile::Open(path);
-      impl = BuildAttentionLayer(config, layer, ReadHfAttentionWeights(file, config, layer));
+      const Checkpoint checkpoint = Checkpoint::Open(path);
+      impl = BuildAttentionLayer(config, layer, LoadHfAttentionWeights(checkpoint, config, layer));
     } else {
       throw py::type_error(
           "weights: expected a safetensors path or a dict of arrays, got " +
           py::str(py::type::handle_of(weights).attr("__name__")).cast<std::string>());
     }
     return std::make_unique<PyAttention>(std::move(config), layer, std::move(impl));
+  }
+
+  // Layers `layers` (all when empty) of the model in `directory` (config.json and its
+  // safetensors, sharded or not): the checkpoint is opened once and each file mapped once, the
+  // layers' weights sharing the mappings.
+  static std::vector<std::unique_ptr<PyAttention>> FromPretrained(
+      const std::string& directory, std::vector<int64_t> layers) {
+    const ModelConfig config = LoadHfConfig((std::filesystem::path(directory) / "config.json").string());
+    if (layers.empty()) {
+      for (int64_t i = 0; i < config.num_layers; ++i) layers.push_back(i);
+    }
+    for (const int64_t layer : layers) CheckLayerIndex(config, layer);
+    std::vector<std::unique_ptr<PyAttention>> built;
+    ComputeScope release;
+    const Checkpoint checkpoint = Checkpoint::Open(directory);
+    for (const int64_t layer : layers) {
+      built.push_back(std::make_unique<PyAttention>(
+          config, layer,
+          BuildAttentionLayer(config, layer, LoadHfAttentionWeights(checkpoint, config, layer))));
+    }
+    return built;
   }
 
   static std::unique_ptr<PyAttention> Random(py::handle config_arg, uint64_t seed, int64_t layer) {
@@ -474,8 +507,11 @@ One attention layer of a checkpoint (Llama, Mistral, Qwen2: MHA/GQA/MQA; DeepSee
 computing exactly what the Hugging Face model computes for `self_attn` of that layer.
 
 Make one with Attention.from_config(config, weights, layer) or Attention.random(config, seed).
-Inputs are NumPy arrays or PyTorch CPU tensors; outputs are float32 NumPy arrays, or torch
-tensors when hidden_states is a torch tensor. The GIL is released while a layer computes.
+Inputs are NumPy arrays or PyTorch CPU tensors; outputs have the dtype of hidden_states
+(float32, float64, float16 NumPy arrays, or torch tensors of those and bfloat16 when
+hidden_states is a torch tensor), computed in float32. The GIL is released while a layer
+computes. Projection weights read from files stay in their stored dtype (float32, bfloat16,
+float16, fp8 E4M3 with block scales), memory-mapped.
 
 Shapes: hidden_states [B, S, hidden_size] (any float dtype; copied once to float32),
 position_ids [B, S] integers (default: each sequence continues from its cache length),
@@ -487,12 +523,27 @@ Builds layer `layer` of a checkpoint.
 
 config: a dict (a parsed config.json), JSON text, a path to config.json or to the directory
     holding it, or a preset name (attn.presets()).
-weights: a safetensors path (tensors under model.layers.{layer}.self_attn.*, any float dtype),
-    or a dict of arrays/tensors keyed by those HF names or by the short names ("q_proj.weight",
-    "kv_b_proj.weight", ...). Other "model.*" / "lm_head.*" keys of a state dict are ignored.
+weights: a safetensors path, a sharded model's model.safetensors.index.json or the directory
+    holding it (tensors under model.layers.{layer}.self_attn.*, read in their stored dtype:
+    float32, bfloat16, float16, or fp8 E4M3 with its weight_scale_inv block scales), or a dict of
+    arrays/tensors keyed by those HF names or by the short names ("q_proj.weight",
+    "kv_b_proj.weight", ...; converted to float32). Other "model.*" / "lm_head.*" keys of a
+    state dict are ignored.
 
 Raises KeyError naming a missing tensor, ValueError for a misshapen or unexpected one (or
 unsupported config values), OSError for files that cannot be read or are corrupt.)doc")
+      .def_static(
+          "from_pretrained",
+          [](py::handle directory, int64_t layer) {
+            std::vector<std::unique_ptr<PyAttention>> built =
+                PyAttention::FromPretrained(PathText(directory), {layer});
+            return std::move(built.front());
+          },
+          py::arg("directory"), py::arg("layer") = 0, R"doc(
+Layer `layer` of the Hugging Face model in `directory`: its config.json, and its weights from
+model.safetensors.index.json (sharded) or model.safetensors. Projection weights stay in their
+stored dtype (float32, bfloat16, float16, or DeepSeek's fp8 E4M3 with block scales) and are
+memory-mapped, not copied; the files must not be truncated while the layer lives.)doc")
       .def_static("random", &PyAttention::Random, py::arg("config"), py::arg("seed") = 0,
                   py::arg("layer") = 0, R"doc(
 A layer with deterministic random weights (the same as `attn random-weights --seed`):
@@ -549,6 +600,23 @@ attention_mask [B] or [B, 1]. Returns the output in the same shape as hidden_sta
       .def_property_readonly("layer", &PyAttention::layer, "The layer index.")
       .def("__repr__", &PyAttention::Repr);
 
+  module.def(
+      "load_attention_layers",
+      [](py::handle directory, py::object layers) {
+        std::vector<int64_t> wanted;
+        if (!layers.is_none()) {
+          for (const py::handle item : layers) wanted.push_back(item.cast<int64_t>());
+        }
+        py::list out;
+        for (auto& layer : PyAttention::FromPretrained(PathText(directory), std::move(wanted))) {
+          out.append(py::cast(std::move(layer)));
+        }
+        return out;
+      },
+      py::arg("directory"), py::arg("layers") = py::none(), R"doc(
+Every attention layer of the model in `directory` (or those listed in `layers`), as a list of
+Attention: one checkpoint opened once, each safetensors file mapped once and shared by the
+layers, weights in their stored dtype (see Attention.from_pretrained).)doc");
   module.def("random_weights", &RandomWeights, py::arg("config"), py::arg("seed") = 0,
              py::arg("layer") = 0, R"doc(
 The random weights Attention.random(config, seed, layer) uses, as a dict of float32 NumPy
