@@ -46,6 +46,11 @@ std::unique_ptr<AttentionLayer> BuildAttentionLayer(const ModelConfig& config, i
 std::unique_ptr<AttentionLayer> BuildAttentionLayer(const ModelConfig& config, int64_t layer,
                                                     NamedTensors weights);
 NamedWeights ToNamedWeights(NamedTensors tensors);
+// `weights` with every projection matrix held as `dtype` in memory, as a checkpoint of that
+// dtype stores it: F32 as given, BF16/F16 rounded to nearest even, F8_E4M3 quantized per block of
+// the config's quantization block size (QuantizeF8E4M3Blocks). Biases and norm scales stay fp32.
+// For benchmarks and tests of reduced-precision weights without a file.
+NamedWeights StoreAttentionWeights(const ModelConfig& config, NamedTensors weights, DType dtype);
 
 // Deterministic random weights for `config`: matrices uniform in ±1/sqrt(in) (PyTorch's
 // Linear init), biases in ±0.1, norm scales in 1 ± 0.25 so that norms are exercised.

@@ -83,6 +83,10 @@ class Weight {
 // scales. For random-weights and tests; finite values only.
 Weight QuantizeF8E4M3Blocks(const Tensor& values, int64_t block_rows, int64_t block_cols);
 
+// `values` held as `dtype` in memory, as a checkpoint of that dtype stores them: F32 as given,
+// BF16/F16 rounded to nearest even, F8_E4M3 by QuantizeF8E4M3Blocks with these block sizes.
+Weight StoreMatrix(Tensor values, DType dtype, int64_t block_rows = 128, int64_t block_cols = 128);
+
 // Throws Error(kInvalidArgument) "<what>: non-finite value ... at [..]" when the stored weight
 // holds a NaN or ±Inf (F8_E4M3: a NaN code): one pass at memory speed over the stored bytes.
 void CheckFinite(const Weight& weight, const std::string& what);

@@ -132,7 +132,9 @@ int RunKernelBench(const std::vector<std::string>& args) {
   AddThreadsFlag(flags);
   flags.Integer("repeat", "R", "timed runs after one warm-up, 1 to 100000; the median counts", "5")
       .Integer("seed", "N", "random seed of the inputs", "1")
-      .Text("backend", "NAME", "default or reference", "default");
+      .Text("backend", "NAME", "default or reference", "default")
+      .Text("weights-dtype", "DTYPE",
+            "W held as f32, bf16, f16 or fp8 (E4M3 with 128x128 block scales)", "f32");
   AddPeakFlags(flags, false);
   flags.Switch("pin", "bind each pool thread to its own CPU")
       .Switch("json", "print one JSON object");
@@ -316,6 +318,7 @@ struct FormResult {
   double prefill_s = 0.0;
   double decode_ms_median = 0.0;
   double decode_ms_mean = 0.0;
+  double decode_bytes_per_step = 0.0;
   int64_t rss_bytes = 0;
   int64_t peak_rss_bytes = 0;
 };
@@ -339,6 +342,13 @@ FormResult BenchForm(const AttentionLayer& layer, MlaForm form, const std::strin
   result.form = form_name;
   result.cache_bytes_per_token = static_cast<int64_t>(cache->bytes_per_token());
   result.cache_bytes = static_cast<int64_t>(cache->bytes());
+  {
+    // One untimed prefill through a throwaway cache first: oneDNN builds (JIT-compiles) its
+    // matmul primitives on first use of a shape, which is not what a prefill costs.
+    std::unique_ptr<Cache> warm = layer.NewCache(batch, prefill, dtype, form);
+    const TokenBatch tokens_in{&prompt, {}, {}};
+    const Tensor out = layer.Step(tokens_in, *warm, form);
+  }
   const Clock::time_point start = Clock::now();
   {
     const TokenBatch tokens_in{&prompt, {}, {}};
@@ -379,7 +389,14 @@ int RunLayerBench(const std::vector<std::string>& args) {
       .Integer("context", "T", "tokens already in the cache before the prefill", "0")
       .Integer("batch", "B", "sequences, 1 to 4096", "1")
       .Text("dtype", "DTYPE", "KV cache storage: f32, f16 or bf16", "f32")
-      .Text("mla", "FORM", "MLA models only: naive, absorbed, auto or all", "all");
+      .Text("weights-dtype", "DTYPE",
+            "projection weights held as f32, bf16, f16 or fp8 (DeepSeek's E4M3 with 128x128 "
+            "block scales)",
+            "f32")
+      .Text("mla", "FORM", "MLA models only: naive, absorbed, auto or all", "all")
+      .Switch("roof",
+              "also compare each decode step's weight + cache bytes with the measured DRAM read "
+              "roof (attn bench peak; measured and cached on first use)");
   AddThreadsFlag(flags);
   flags.Integer("seed", "N", "random seed of weights and tokens", "0")
       .Switch("pin", "bind each pool thread to its own CPU")
@@ -414,15 +431,30 @@ int RunLayerBench(const std::vector<std::string>& args) {
   const bool pinned = flags.Has("pin") && PinPoolThreads();
   const uint64_t seed = static_cast<uint64_t>(flags.GetInt("seed"));
 
-  NamedTensors weights = RandomAttentionWeights(config, seed);
+  const DType weights_dtype = WeightDTypeFromString(flags.Get("weights-dtype"), true);
+  // Roofs first (when asked): their DRAM buffers are freed before the weights are allocated.
+  double dram_read_gbps = 0.0;
+  if (flags.Has("roof")) {
+    dram_read_gbps = PeakForThreads(threads, bench::PeakOptions{}).ForThreads(threads)->dram_gbps;
+  }
+  NamedWeights weights =
+      StoreAttentionWeights(config, RandomAttentionWeights(config, seed), weights_dtype);
   int64_t weight_bytes = 0;
-  for (const auto& entry : weights) weight_bytes += entry.second.size() * 4;
+  for (const auto& entry : weights) weight_bytes += static_cast<int64_t>(entry.second.nbytes());
   const std::unique_ptr<AttentionLayer> layer = BuildAttentionLayer(config, 0, std::move(weights));
 
   std::vector<FormResult> results;
   for (MlaForm form : forms) {
     const std::string name = config.kind == AttentionKind::kMla ? MlaFormName(form) : "gqa";
     results.push_back(BenchForm(*layer, form, name, dtype, batch, context, prefill, decode, seed));
+    // A decode step reads every weight once and each sequence's cache (context + prefill + the
+    // steps so far; the mean over the run's steps).
+    FormResult& r = results.back();
+    const double mean_tokens =
+        static_cast<double>(context + prefill) + static_cast<double>(decode + 1) / 2.0;
+    r.decode_bytes_per_step =
+        static_cast<double>(weight_bytes) +
+        static_cast<double>(batch) * mean_tokens * static_cast<double>(r.cache_bytes_per_token);
   }
 
   json forms_json = json::array();
@@ -441,8 +473,15 @@ int RunLayerBench(const std::vector<std::string>& args) {
          {"decode_ms_mean", r.decode_ms_mean},
          {"decode_tokens_per_s",
           r.decode_ms_median > 0.0 ? 1e3 * static_cast<double>(batch) / r.decode_ms_median : 0.0},
+         {"decode_bytes_per_step", r.decode_bytes_per_step},
+         {"decode_gbps",
+          r.decode_ms_median > 0.0 ? r.decode_bytes_per_step / (r.decode_ms_median * 1e6) : 0.0},
          {"rss_bytes", r.rss_bytes},
          {"peak_rss_bytes", r.peak_rss_bytes}});
+    if (dram_read_gbps > 0.0 && r.decode_ms_median > 0.0) {
+      forms_json.back()["decode_dram_roof_fraction"] =
+          r.decode_bytes_per_step / (r.decode_ms_median * 1e6) / dram_read_gbps;
+    }
   }
   json result = {{"command", "layer"},
                  {"config", config_path},
@@ -456,9 +495,11 @@ int RunLayerBench(const std::vector<std::string>& args) {
                  {"decode", decode},
                  {"threads", threads},
                  {"pinned", pinned},
+                 {"weights_dtype", flags.Get("weights-dtype")},
                  {"weights_bytes", weight_bytes},
                  {"process_threads", ProcessThreads()},
                  {"forms", forms_json}};
+  if (dram_read_gbps > 0.0) result["dram_read_gbps"] = dram_read_gbps;
   if (naive != nullptr && automatic != nullptr) {
     result["auto_vs_naive_decode_speedup"] =
         automatic->decode_ms_median > 0.0 ? naive->decode_ms_median / automatic->decode_ms_median
@@ -472,21 +513,29 @@ int RunLayerBench(const std::vector<std::string>& args) {
   }
   std::printf(
       "attn bench layer: %s (hidden %lld, %lld heads), %s cache, batch %lld, context %lld + "
-      "prefill %lld + decode %lld, %d thread(s)\nweights %.1f MiB (fp32); decode ms/step is the "
+      "prefill %lld + decode %lld, %d thread(s)\nweights %.1f MiB (%s); decode ms/step is the "
       "time of one step (one token for each sequence)\n\n",
       config.model_type.c_str(), static_cast<long long>(config.hidden_size),
       static_cast<long long>(config.num_heads), flags.Get("dtype", "f32").c_str(),
       static_cast<long long>(batch), static_cast<long long>(context),
       static_cast<long long>(prefill), static_cast<long long>(decode), threads,
-      static_cast<double>(weight_bytes) / 1048576.0);
-  std::printf("%-9s %12s %12s %14s %14s %12s\n", "form", "cache B/tok", "cache MiB",
-              "prefill tok/s", "decode ms/step", "peak RSS MiB");
+      static_cast<double>(weight_bytes) / 1048576.0, flags.Get("weights-dtype").c_str());
+  std::printf("%-9s %12s %12s %14s %14s %12s %12s\n", "form", "cache B/tok", "cache MiB",
+              "prefill tok/s", "decode ms/step", "decode GB/s", "peak RSS MiB");
   for (const FormResult& r : results) {
-    std::printf("%-9s %12lld %12.1f %14.1f %14.3f %12.1f\n", r.form.c_str(),
-                static_cast<long long>(r.cache_bytes_per_token),
-                static_cast<double>(r.cache_bytes) / 1048576.0,
-                static_cast<double>(batch * prefill) / r.prefill_s, r.decode_ms_median,
-                static_cast<double>(r.peak_rss_bytes) / 1048576.0);
+    std::printf(
+        "%-9s %12lld %12.1f %14.1f %14.3f %12.2f %12.1f\n", r.form.c_str(),
+        static_cast<long long>(r.cache_bytes_per_token),
+        static_cast<double>(r.cache_bytes) / 1048576.0,
+        static_cast<double>(batch * prefill) / r.prefill_s, r.decode_ms_median,
+        r.decode_ms_median > 0.0 ? r.decode_bytes_per_step / (r.decode_ms_median * 1e6) : 0.0,
+        static_cast<double>(r.peak_rss_bytes) / 1048576.0);
+  }
+  if (dram_read_gbps > 0.0) {
+    std::printf(
+        "\ndecode GB/s = (weights + mean cache) bytes per step / median step time; DRAM "
+        "read roof %.1f GB/s\n",
+        dram_read_gbps);
   }
   if (result.contains("auto_vs_naive_decode_speedup")) {
     std::printf("\nauto vs naive: decode %.2fx faster per step, cache %.1fx smaller\n",
@@ -596,7 +645,9 @@ int RunLinearBench(const std::vector<std::string>& args) {
       .Integer("repeat", "N", "timed calls after one warm-up pass, 1 to 100000; the median counts",
                "50")
       .Integer("seed", "N", "random seed of the inputs", "1")
-      .Text("backend", "NAME", "default or reference", "default");
+      .Text("backend", "NAME", "default or reference", "default")
+      .Text("weights-dtype", "DTYPE",
+            "W held as f32, bf16, f16 or fp8 (E4M3 with 128x128 block scales)", "f32");
   AddPeakFlags(flags, false);
   flags.Switch("pin", "bind each pool thread to its own CPU")
       .Switch("json", "print one JSON object");
@@ -623,32 +674,28 @@ int RunLinearBench(const std::vector<std::string>& args) {
   const bench::MachinePeak peak = PeakForThreads(threads, PeakOptionsFrom(flags));
   const bench::PeakPoint& roofs = *peak.ForThreads(threads);
 
-  const int64_t weight_bytes = in * out * static_cast<int64_t>(sizeof(float));
+  const DType weights_dtype = WeightDTypeFromString(flags.Get("weights-dtype"), true);
+  const auto make_weight = [&](uint64_t c) {
+    return StoreMatrix(RandomUniform({out, in}, seed + 10 + c, 0.05f), weights_dtype);
+  };
+  std::vector<Weight> weights;
+  weights.push_back(make_weight(0));
+  const int64_t weight_bytes = static_cast<int64_t>(weights.front().nbytes());
   const int64_t copies =
       std::max<int64_t>(1, (LinearRotationBytes() + weight_bytes - 1) / weight_bytes);
-  std::vector<Tensor> weights;
-  for (int64_t c = 0; c < copies; ++c) {
-    weights.push_back(RandomUniform({out, in}, seed + 10 + static_cast<uint64_t>(c), 0.05f));
-  }
+  for (int64_t c = 1; c < copies; ++c) weights.push_back(make_weight(static_cast<uint64_t>(c)));
   const Tensor x = RandomUniform({rows, in}, seed, 1.0f);
   const Tensor bias = RandomUniform({out}, seed + 1, 1.0f);
   Tensor y = RandomUniform({rows, out}, seed + 2, 1.0f);  // touched before timing
-  LinearProblem problem;
-  problem.x = x.data();
-  problem.bias = flags.Has("bias") ? bias.data() : nullptr;
-  problem.rows = rows;
-  problem.in = in;
-  problem.out = out;
-  problem.y = y.data();
+  const float* bias_data = flags.Has("bias") ? bias.data() : nullptr;
   // Warm-up: one call per copy (page tables, the backend's primitives and workspaces), leaving
   // the last copy in cache and the first long evicted.
-  for (const Tensor& w : weights) {
-    problem.w = w.data();
-    backend.linear(problem);
-  }
+  for (const Weight& w : weights)
+    backend.linear(MakeLinearProblem(x.data(), rows, w, bias_data, y.data()));
   std::vector<double> times;
   for (int64_t r = 0; r < repeat; ++r) {
-    problem.w = weights[static_cast<size_t>(r % copies)].data();
+    const LinearProblem problem = MakeLinearProblem(
+        x.data(), rows, weights[static_cast<size_t>(r % copies)], bias_data, y.data());
     const Clock::time_point start = Clock::now();
     backend.linear(problem);
     times.push_back(Seconds(start, Clock::now()));
@@ -666,7 +713,8 @@ int RunLinearBench(const std::vector<std::string>& args) {
       {"rows", rows},
       {"in", in},
       {"out", out},
-      {"bias", problem.bias != nullptr},
+      {"bias", bias_data != nullptr},
+      {"weights_dtype", flags.Get("weights-dtype")},
       {"threads", threads},
       {"pinned", pinned},
       {"repeat", repeat},
@@ -676,7 +724,7 @@ int RunLinearBench(const std::vector<std::string>& args) {
       {"min_s", min_s},
       {"max_s", max_s},
       {"times_s", times},
-      {"flops", 2.0 * static_cast<double>(rows) * bytes / sizeof(float)},
+      {"flops", 2.0 * static_cast<double>(rows) * static_cast<double>(in * out)},
       {"weight_gbps", gbps},
       {"weight_gbps_best", bytes / min_s / 1e9},
       {"weight_gbps_worst", bytes / max_s / 1e9},
@@ -691,17 +739,17 @@ int RunLinearBench(const std::vector<std::string>& args) {
     return 0;
   }
   std::printf(
-      "attn bench linear: rows %lld, in %lld, out %lld%s, fp32 W %.1f MiB (%lld copies rotated), "
+      "attn bench linear: rows %lld, in %lld, out %lld%s, %s W %.1f MiB (%lld copies rotated), "
       "%d thread(s), backend %s\n"
       "  median %.6f s over %lld calls (min %.6f s, max %.6f s)\n"
       "  W read at %.2f GB/s (min time: %.2f, max time: %.2f)\n"
       "  DRAM read roof %.1f GB/s -> %.1f%% of the roof; an fp32 FMA probe right after reached "
       "%.0f%% of the fp32 roof\n",
       static_cast<long long>(rows), static_cast<long long>(in), static_cast<long long>(out),
-      problem.bias != nullptr ? " + bias" : "", bytes / 1048576.0, static_cast<long long>(copies),
-      threads, backend.name, median, static_cast<long long>(repeat), min_s, max_s, gbps,
-      bytes / min_s / 1e9, bytes / max_s / 1e9, roofs.dram_gbps, 100.0 * fraction,
-      100.0 * result["machine_share"].get<double>());
+      bias_data != nullptr ? " + bias" : "", flags.Get("weights-dtype").c_str(), bytes / 1048576.0,
+      static_cast<long long>(copies), threads, backend.name, median, static_cast<long long>(repeat),
+      min_s, max_s, gbps, bytes / min_s / 1e9, bytes / max_s / 1e9, roofs.dram_gbps,
+      100.0 * fraction, 100.0 * result["machine_share"].get<double>());
   return 0;
 }
 

@@ -187,6 +187,20 @@ Weight QuantizeF8E4M3Blocks(const Tensor& values, int64_t block_rows, int64_t bl
       .WithBlockScales(Weight(std::move(scales)), block_rows, block_cols, "quantized weight");
 }
 
+Weight StoreMatrix(Tensor values, DType dtype, int64_t block_rows, int64_t block_cols) {
+  Check(IsWeightDType(dtype), ErrorKind::kInvalidArgument,
+        std::string("weights cannot be stored as ") + DTypeName(dtype));
+  if (dtype == DType::kF32) return Weight(std::move(values));
+  if (dtype == DType::kF8E4M3) return QuantizeF8E4M3Blocks(values, block_rows, block_cols);
+  auto bits = std::make_shared<std::vector<uint16_t>>(static_cast<size_t>(values.size()));
+  for (int64_t i = 0; i < values.size(); ++i) {
+    const float value = values.data()[i];
+    (*bits)[static_cast<size_t>(i)] = dtype == DType::kBF16 ? F32ToBF16(value) : F32ToF16(value);
+  }
+  const void* data = bits->empty() ? nullptr : bits->data();
+  return Weight::View(dtype, values.shape(), data, std::move(bits));
+}
+
 void Weight::DequantizeRows(int64_t first, int64_t count, float* out) const {
   const int64_t in = rank() == 2 ? dim(1) : size();
   const int64_t scale_cols = block_scales_ != nullptr ? CeilDiv(in, block_cols_) : 0;

@@ -2,6 +2,8 @@
 #include "attn/layer_weights.h"
 
 #include <cmath>
+#include <memory>
+#include <vector>
 
 #include "attn/error.h"
 #include "attn/gqa_attention.h"
@@ -106,6 +108,20 @@ NamedWeights ToNamedWeights(NamedTensors tensors) {
   NamedWeights weights;
   for (auto& [name, tensor] : tensors) weights.emplace(name, Weight(std::move(tensor)));
   return weights;
+}
+
+NamedWeights StoreAttentionWeights(const ModelConfig& config, NamedTensors weights, DType dtype) {
+  std::map<std::string, WeightSpec::Kind> kinds;
+  for (const WeightSpec& spec : AttentionWeightSpecs(config)) kinds[spec.name] = spec.kind;
+  NamedWeights stored;
+  for (auto& [name, tensor] : weights) {
+    const auto kind = kinds.find(name);
+    const bool matrix = kind != kinds.end() && kind->second == WeightSpec::Kind::kMatrix;
+    stored.emplace(name,
+                   StoreMatrix(std::move(tensor), matrix ? dtype : DType::kF32,
+                               config.quantization.block_rows, config.quantization.block_cols));
+  }
+  return stored;
 }
 
 std::unique_ptr<AttentionLayer> BuildAttentionLayer(const ModelConfig& config, int64_t layer,
