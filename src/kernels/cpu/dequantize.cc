@@ -49,10 +49,7 @@ void PortableRows(const LinearProblem& p, int64_t first, int64_t count, float* o
   }
 }
 
-bool VectorPath(const LinearProblem& p) {
-  return ActiveIsa().isa == Isa::kAvx512 &&
-         (p.w_dtype != DType::kF8E4M3 || p.scale_block_cols % 16 == 0);
-}
+bool VectorPath(const LinearProblem&) { return ActiveIsa().isa == Isa::kAvx512; }
 
 }  // namespace
 
@@ -108,11 +105,13 @@ inline __m512 Load16(DType dtype, const void* w, int64_t index, __mmask16 mask) 
       return _mm512_cvtph_ps(
           _mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(w) + index));
     case DType::kF8E4M3: {
+      // Sign-extend, shift into binary16 position, clear the stray sign copy in bit 14
+      // (small_batch_linear.cc, F8E4M3Weights).
       const __m256i wide =
-          _mm256_cvtepu8_epi16(_mm_maskz_loadu_epi8(mask, static_cast<const uint8_t*>(w) + index));
-      const __m256i sign = _mm256_slli_epi16(_mm256_and_si256(wide, _mm256_set1_epi16(0x80)), 8);
-      const __m256i rest = _mm256_slli_epi16(_mm256_and_si256(wide, _mm256_set1_epi16(0x7f)), 7);
-      return _mm512_cvtph_ps(_mm256_or_si256(sign, rest));
+          _mm256_cvtepi8_epi16(_mm_maskz_loadu_epi8(mask, static_cast<const uint8_t*>(w) + index));
+      const __m256i bits = _mm256_and_si256(_mm256_slli_epi16(wide, 7),
+                                            _mm256_set1_epi16(static_cast<short>(0xBFFF)));
+      return _mm512_cvtph_ps(bits);
     }
     default:
       return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(w) + index);

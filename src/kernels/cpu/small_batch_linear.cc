@@ -71,9 +71,7 @@ void PortableRows(const LinearProblem& p, int64_t first_output, int64_t last_out
 
 void SmallBatchLinear(const LinearProblem& p) {
   if (p.rows <= 0 || p.out <= 0) return;
-  // fp8 blocks must not split a 16-column chunk for the vector loop (DeepSeek's are 128 wide).
-  const bool vector = ActiveIsa().isa == Isa::kAvx512 &&
-                      (p.w_dtype != DType::kF8E4M3 || p.scale_block_cols % 16 == 0);
+  const bool vector = ActiveIsa().isa == Isa::kAvx512;
   const int64_t row_bytes = std::max<int64_t>(p.in, 1) * static_cast<int64_t>(DTypeSize(p.w_dtype));
   int64_t per_task =
       (p.out + NumThreads() * kTasksPerThread - 1) / (NumThreads() * kTasksPerThread);
@@ -151,16 +149,17 @@ struct F16Weights {
 };
 
 // E4M3's fields moved into binary16 position give a half of value 2^-8 · w (dtype.h,
-// F8E4M3ToScaledF16Bits), which the F16C convert widens exactly; the 2^8 is folded into x
-// (Rows packs 256·x, exact in fp32) and the block scale is applied per 16 weights.
+// F8E4M3ToScaledF16Bits), which the F16C convert widens exactly. Sign-extending each byte and
+// shifting it left by 7 puts sign, exponent and mantissa in place with one stray copy of the sign
+// in bit 14, which the mask clears: three integer operations per 16 weights. The 2^8 and the
+// block scales are folded into x when Rows packs it.
 struct F8E4M3Weights {
   using Element = uint8_t;
   static constexpr bool kBlockScaled = true;
   static __m512 Widen(__m128i bytes) {
-    const __m256i wide = _mm256_cvtepu8_epi16(bytes);
-    const __m256i sign = _mm256_slli_epi16(_mm256_and_si256(wide, _mm256_set1_epi16(0x80)), 8);
-    const __m256i rest = _mm256_slli_epi16(_mm256_and_si256(wide, _mm256_set1_epi16(0x7f)), 7);
-    return _mm512_cvtph_ps(_mm256_or_si256(sign, rest));
+    const __m256i shifted = _mm256_slli_epi16(_mm256_cvtepi8_epi16(bytes), 7);
+    return _mm512_cvtph_ps(
+        _mm256_and_si256(shifted, _mm256_set1_epi16(static_cast<short>(0xBFFF))));
   }
   static __m512 Load(const uint8_t* w) {
     return Widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
@@ -169,11 +168,6 @@ struct F8E4M3Weights {
     return Widen(_mm_maskz_loadu_epi8(mask, w));
   }
 };
-// What Rows multiplies x by when it packs it: undoes the 2^-8 of F8E4M3Weights::Widen.
-template <class Weights>
-constexpr float PackedXFactor() {
-  return Weights::kBlockScaled ? 256.0f : 1.0f;
-}
 
 // Horizontal sum of 16 lanes. The zero-masked shuffles are the all-lanes ones: GCC 12's unmasked
 // forms start from an "undefined" register that trips -Wuninitialized (GCC bug 105593).
@@ -209,20 +203,6 @@ void Block(const LinearProblem& p, const float* x, int64_t x_stride, float* y, i
   using Element = typename Weights::Element;
   const int64_t in = p.in;
   const Element* w = reinterpret_cast<const Element*>(p.w) + o * in;
-  // Block-scaled weights: each weight row's scales, the block column of chunk i and the columns
-  // left in that block (blocks are a multiple of 16 columns wide, so no chunk straddles two).
-  const float* scale_row[kW];
-  int64_t scale_column = 0;
-  int64_t block_left = 0;
-  if constexpr (Weights::kBlockScaled) {
-    const int64_t scale_cols = (in + p.scale_block_cols - 1) / p.scale_block_cols;
-#pragma GCC unroll 8
-    for (int j = 0; j < kW; ++j) {
-      scale_row[j] = p.w_scales + (o + j) / p.scale_block_rows * scale_cols;
-    }
-    scale_column = begin / p.scale_block_cols;
-    block_left = p.scale_block_cols - begin % p.scale_block_cols;
-  }
   __m512 acc[kW][kR];
 #pragma GCC unroll 8
   for (int j = 0; j < kW; ++j) {
@@ -245,17 +225,6 @@ void Block(const LinearProblem& p, const float* x, int64_t x_stride, float* y, i
     __m512 wv[kW];
 #pragma GCC unroll 8
     for (int j = 0; j < kW; ++j) wv[j] = Weights::Load(w + j * in + i);
-    if constexpr (Weights::kBlockScaled) {
-#pragma GCC unroll 8
-      for (int j = 0; j < kW; ++j) {
-        wv[j] = _mm512_mul_ps(wv[j], _mm512_set1_ps(scale_row[j][scale_column]));
-      }
-      block_left -= 16;
-      if (block_left == 0) {
-        ++scale_column;
-        block_left = p.scale_block_cols;
-      }
-    }
 #pragma GCC unroll 8
     for (int r = 0; r < kR; ++r) {
       __m512 xv = _mm512_load_ps(x + r * x_stride + (i - begin));
@@ -273,12 +242,6 @@ void Block(const LinearProblem& p, const float* x, int64_t x_stride, float* y, i
     __m512 wv[kW];
 #pragma GCC unroll 8
     for (int j = 0; j < kW; ++j) wv[j] = Weights::LoadMasked(w + j * in + i, mask);
-    if constexpr (Weights::kBlockScaled) {
-#pragma GCC unroll 8
-      for (int j = 0; j < kW; ++j) {
-        wv[j] = _mm512_mul_ps(wv[j], _mm512_set1_ps(scale_row[j][scale_column]));
-      }
-    }
 #pragma GCC unroll 8
     for (int r = 0; r < kR; ++r) {
       const __m512 xv = _mm512_maskz_load_ps(mask, x + r * x_stride + (i - begin));
@@ -321,30 +284,58 @@ void Rows(const LinearProblem& p, const float* x, float* y, int64_t first, int64
   // each other, and 64-byte aligned for whole-line loads.
   constexpr int64_t kStride = kPanel + 16;
   alignas(64) float packed[kR * kStride];
+  // Block-scaled weights: the outputs go in segments that stay within one block row of scales,
+  // and x is packed times each column block's scale (and the 2^8 of F8E4M3Weights::Widen), so
+  // the loop multiplies raw widened weights and never touches a scale: Σ_i x_i·s_b(i)·q_i.
+  const int64_t segment_rows = Weights::kBlockScaled ? p.scale_block_rows : last - first;
+  const int64_t scale_cols =
+      Weights::kBlockScaled ? (p.in + p.scale_block_cols - 1) / p.scale_block_cols : 0;
   // One pass even when in == 0, so that y still receives the bias.
   for (int64_t begin = 0; begin == 0 || begin < p.in; begin += kPanel) {
     const int64_t end = begin + kPanel < p.in ? begin + kPanel : p.in;
     const int64_t next_begin = end;  // the first block of the next panel follows the last one
-    for (int r = 0; r < kR; ++r) {
-      const float* src = x + r * p.in + begin;
-      float* dst = packed + r * kStride;
-      for (int64_t c = 0; c < end - begin; ++c) dst[c] = PackedXFactor<Weights>() * src[c];
-    }
-    int64_t o = first;
-    for (; o + kW <= last; o += kW) {
-      // Where the block after this one starts, in this block's column coordinates.
-      const Element* next = w;
-      int64_t next_end = begin;  // nothing to prefetch
-      if (o + 2 * kW <= last) {
-        next = w + (o + kW) * p.in;
-        next_end = end;
-      } else if (next_begin < p.in) {
-        next = w + first * p.in + (next_begin - begin);
-        next_end = begin + (p.in - next_begin < kPanel ? p.in - next_begin : kPanel);
+    for (int64_t s0 = first; s0 < last || s0 == first;) {
+      int64_t s1 = last;
+      if constexpr (Weights::kBlockScaled) {
+        s1 = (s0 / segment_rows + 1) * segment_rows;
+        if (s1 > last) s1 = last;
       }
-      Block<Weights, kW, kR>(p, packed, kStride, y, o, begin, end, next, kW, next_end);
+      for (int r = 0; r < kR; ++r) {
+        const float* src = x + r * p.in + begin;
+        float* dst = packed + r * kStride;
+        if constexpr (Weights::kBlockScaled) {
+          // Column block by column block: one scale each, no division per element.
+          const float* scales = p.w_scales + s0 / p.scale_block_rows * scale_cols;
+          for (int64_t c0 = begin; c0 < end;) {
+            const int64_t block = c0 / p.scale_block_cols;
+            const int64_t block_end = (block + 1) * p.scale_block_cols;
+            const int64_t c1 = block_end < end ? block_end : end;
+            const float factor = 256.0f * scales[block];
+            for (int64_t c = c0; c < c1; ++c) dst[c - begin] = factor * src[c - begin];
+            c0 = c1;
+          }
+        } else {
+          for (int64_t c = 0; c < end - begin; ++c) dst[c] = src[c];
+        }
+      }
+      int64_t o = s0;
+      for (; o + kW <= s1; o += kW) {
+        // Where the block after this one starts, in this block's column coordinates.
+        const Element* next = w;
+        int64_t next_end = begin;  // nothing to prefetch
+        if (o + 2 * kW <= last) {
+          next = w + (o + kW) * p.in;
+          next_end = end;
+        } else if (next_begin < p.in) {
+          next = w + first * p.in + (next_begin - begin);
+          next_end = begin + (p.in - next_begin < kPanel ? p.in - next_begin : kPanel);
+        }
+        Block<Weights, kW, kR>(p, packed, kStride, y, o, begin, end, next, kW, next_end);
+      }
+      for (; o < s1; ++o) Block<Weights, 1, kR>(p, packed, kStride, y, o, begin, end, w, 0, begin);
+      if (s1 == s0) break;  // no outputs at all
+      s0 = s1;
     }
-    for (; o < last; ++o) Block<Weights, 1, kR>(p, packed, kStride, y, o, begin, end, w, 0, begin);
     if (p.in == 0) break;
   }
 }
