@@ -1,0 +1,185 @@
+// SPDX-License-Identifier: Apache-2.0
+// Loading a layer's weights in their stored dtype (LoadHfAttentionWeights): the weights come
+// mapped from the file (one mapping per file, shared by every weight and kept alive by them after
+// the file and checkpoint objects are gone), an fp8 layer computes what a layer built from its
+// dequantized values computes, and every broken fp8 layout is refused naming the tensor.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "attn/checkpoint.h"
+#include "attn/error.h"
+#include "attn/hf_weights.h"
+#include "attn/layer_weights.h"
+#include "attn/safetensors.h"
+#include "test_util.h"
+
+namespace attn {
+namespace {
+
+using testing::ExpectError;
+using testing::RelativeError;
+
+class WeightLoadingTest : public testing::ScratchDirTest {
+ protected:
+  // An MLA config whose matrices span several 32 × 32 blocks, some of them ragged.
+  static ModelConfig Fp8Config() {
+    ModelConfig config = testing::SmallMlaConfig(/*q_lora_rank=*/40);
+    config.quantization.fp8_blocks = true;
+    config.quantization.block_rows = 32;
+    config.quantization.block_cols = 32;
+    return config;
+  }
+
+  std::string WriteLayer(const ModelConfig& config, DType dtype, const std::string& name) {
+    SafetensorsWriter writer;
+    AddHfAttentionWeights(writer, config, RandomAttentionWeights(config, 5), /*layer=*/1, dtype);
+    const std::string path = PathOf(name);
+    writer.Write(path);
+    return path;
+  }
+
+  // Rewrites `path` with `edit` applied to its tensors (raw bytes kept, dtypes kept).
+  void Rewrite(const std::string& path,
+               const std::function<void(std::map<std::string, TensorView>&, SafetensorsWriter&,
+                                        const SafetensorsFile&)>& edit) {
+    const SafetensorsFile file = SafetensorsFile::Open(path);
+    std::map<std::string, TensorView> views;
+    for (const std::string& name : file.Names()) views.emplace(name, file.Get(name));
+    SafetensorsWriter writer;
+    edit(views, writer, file);
+    for (const auto& [name, view] : views) {
+      writer.AddBytes(name, view.dtype, view.shape, file.ReadBytes(name));
+    }
+    writer.Write(path + ".new");
+    std::filesystem::rename(path + ".new", path);
+  }
+
+  static Tensor Hidden(const ModelConfig& config) {
+    return RandomUniform({1, 4, config.hidden_size}, 9, 1.0f);
+  }
+};
+
+const std::string kPrefix = "model.layers.1.self_attn.";
+
+TEST_F(WeightLoadingTest, Fp8LayerEqualsLayerOnDequantizedWeights) {
+  const ModelConfig config = Fp8Config();
+  const std::string path = WriteLayer(config, DType::kF8E4M3, "fp8.safetensors");
+  std::unique_ptr<AttentionLayer> fp8;
+  NamedTensors dequantized;
+  {
+    const Checkpoint checkpoint = Checkpoint::Open(path);
+    NamedWeights weights = LoadHfAttentionWeights(checkpoint, config, 1);
+    const Weight& kv_b = weights.at("kv_b_proj.weight");
+    EXPECT_EQ(kv_b.dtype(), DType::kF8E4M3);
+    EXPECT_EQ(kv_b.block_scale_shape(), (Shape{(4 * (32 + 24) + 31) / 32, 64 / 32}));
+    EXPECT_EQ(weights.at("kv_a_layernorm.weight").dtype(), DType::kBF16);
+    for (const auto& [name, weight] : weights) dequantized.emplace(name, weight.ToF32());
+    fp8 = BuildAttentionLayer(config, 1, std::move(weights));
+  }  // the checkpoint and its files are gone; the layer's weights keep the mapping alive
+  const std::unique_ptr<AttentionLayer> exact =
+      BuildAttentionLayer(config, 1, std::move(dequantized));
+  const Tensor x = Hidden(config);
+  for (const MlaForm form : {MlaForm::kNaive, MlaForm::kAbsorbed}) {
+    // Four rows per projection: the decode path, which widens fp8 exactly.
+    const Tensor got = fp8->Forward({&x, {}, {}}, form);
+    const Tensor want = exact->Forward({&x, {}, {}}, form);
+    EXPECT_LT(RelativeError(got, want), 1e-5) << MlaFormName(form);
+  }
+}
+
+TEST_F(WeightLoadingTest, WeightsOfOneFileShareOneMapping) {
+  const ModelConfig config = testing::SmallGqaConfig(4, 2);
+  const std::string path = WriteLayer(config, DType::kBF16, "bf16.safetensors");
+  const SafetensorsFile file = SafetensorsFile::Open(path);
+  const Weight a = file.ReadWeight(kPrefix + "q_proj.weight");
+  const Weight b = file.ReadWeight(kPrefix + "q_proj.weight");
+  EXPECT_EQ(a.dtype(), DType::kBF16);
+  EXPECT_EQ(a.data(), b.data());  // the same bytes of the same mapping, not two copies
+  const TensorView& view = file.Get(kPrefix + "q_proj.weight");
+  const std::vector<std::byte> bytes = file.ReadBytes(kPrefix + "q_proj.weight");
+  EXPECT_EQ(std::memcmp(a.data(), bytes.data(), view.nbytes), 0);
+}
+
+TEST_F(WeightLoadingTest, Fp8WithoutScalesIsNotFound) {
+  const ModelConfig config = Fp8Config();
+  const std::string path = WriteLayer(config, DType::kF8E4M3, "fp8.safetensors");
+  Rewrite(path,
+          [](auto& views, auto&, auto&) { views.erase(kPrefix + "o_proj.weight_scale_inv"); });
+  const SafetensorsFile file = SafetensorsFile::Open(path);
+  ExpectError([&] { LoadHfAttentionWeights(file, config, 1); }, ErrorKind::kNotFound,
+              {"'" + kPrefix + "o_proj.weight'", "o_proj.weight_scale_inv", path});
+}
+
+TEST_F(WeightLoadingTest, BlockSizeOtherThanTheConfigsIsRefused) {
+  ModelConfig config = Fp8Config();
+  const std::string path = WriteLayer(config, DType::kF8E4M3, "fp8.safetensors");
+  config.quantization.block_rows = 16;
+  const SafetensorsFile file = SafetensorsFile::Open(path);
+  ExpectError([&] { LoadHfAttentionWeights(file, config, 1); }, ErrorKind::kInvalidArgument,
+              {"_scale_inv", "expected shape", "[16, 32]"});
+}
+
+TEST_F(WeightLoadingTest, WrongScaleDTypeOrValuesAreRefused) {
+  const ModelConfig config = Fp8Config();
+  const std::string path = WriteLayer(config, DType::kF8E4M3, "fp8.safetensors");
+  const std::string scale = kPrefix + "q_b_proj.weight_scale_inv";
+  Rewrite(path, [&](auto& views, auto& writer, auto& file) {
+    Tensor values = file.ReadF32(scale);
+    values.data()[1] = 0.0f;  // a zero scale: every weight of that block would vanish
+    writer.AddF32(scale, values);
+    views.erase(scale);
+  });
+  const SafetensorsFile file = SafetensorsFile::Open(path);
+  ExpectError([&] { LoadHfAttentionWeights(file, config, 1); }, ErrorKind::kInvalidArgument,
+              {scale, "finite and positive"});
+}
+
+TEST_F(WeightLoadingTest, NanFp8CodeIsRefused) {
+  const ModelConfig config = Fp8Config();
+  const std::string path = WriteLayer(config, DType::kF8E4M3, "fp8.safetensors");
+  const std::string name = kPrefix + "kv_b_proj.weight";
+  Rewrite(path, [&](auto& views, auto& writer, auto& file) {
+    std::vector<std::byte> bytes = file.ReadBytes(name);
+    bytes[70] = std::byte{0xff};  // row 1, column 6 of [224, 64]
+    writer.AddBytes(name, DType::kF8E4M3, views.at(name).shape, std::move(bytes));
+    views.erase(name);
+  });
+  const SafetensorsFile file = SafetensorsFile::Open(path);
+  ExpectError([&] { LoadHfAttentionWeights(file, config, 1); }, ErrorKind::kInvalidArgument,
+              {name, "non-finite", "[1, 6]", "F8_E4M3"});
+}
+
+TEST_F(WeightLoadingTest, Fp8NormScaleIsRefused) {
+  const ModelConfig config = Fp8Config();
+  const std::string path = WriteLayer(config, DType::kF8E4M3, "fp8.safetensors");
+  const std::string name = kPrefix + "kv_a_layernorm.weight";
+  Rewrite(path, [&](auto& views, auto& writer, auto&) {
+    writer.AddBytes(
+        name, DType::kF8E4M3, views.at(name).shape,
+        std::vector<std::byte>(static_cast<size_t>(views.at(name).shape[0]), std::byte{0x38}));
+    writer.AddF32(name + "_scale_inv", Tensor({1, 1}, {1.0f}));
+    views.erase(name);
+  });
+  const SafetensorsFile file = SafetensorsFile::Open(path);
+  ExpectError([&] { LoadHfAttentionWeights(file, config, 1); }, ErrorKind::kInvalidArgument,
+              {name, "projection matrices"});
+}
+
+TEST_F(WeightLoadingTest, Fp8IsNotReadAsFloats) {
+  // ReadF32 would hand out the codes without their scales: refused.
+  const ModelConfig config = Fp8Config();
+  const std::string path = WriteLayer(config, DType::kF8E4M3, "fp8.safetensors");
+  const SafetensorsFile file = SafetensorsFile::Open(path);
+  ExpectError([&] { file.ReadF32(kPrefix + "o_proj.weight"); }, ErrorKind::kInvalidArgument,
+              {"o_proj.weight", "F8_E4M3"});
+}
+
+}  // namespace
+}  // namespace attn
