@@ -112,18 +112,37 @@ class AttnCli:
             t["attention_mask"] = attention_mask
         return save_tensors(self.path("input", ".safetensors"), t)
 
-    def forward_args(self, config: Path, weights: Path, inp: Path, out: Path,
+    def forward_args(self, config: Optional[Path], weights: Path, inp: Path, out: Path,
                      layer: Optional[int] = None, mla: Optional[str] = None,
-                     prefill: Optional[int] = None) -> list:
-        args = ["forward", "--config", config, "--weights", weights, "--input", inp,
-                "--output", out]
+                     prefill: Optional[int] = None, output_dtype: Optional[str] = None,
+                     cache_dtype: Optional[str] = None) -> list:
+        """`attn forward` arguments; config None leaves --config out (a model directory's
+        config.json is used)."""
+        args = ["forward"]
+        if config is not None:
+            args += ["--config", config]
+        args += ["--weights", weights, "--input", inp, "--output", out]
         if layer is not None:
             args += ["--layer", layer]
         if mla is not None:
             args += ["--mla", mla]
         if prefill is not None:
             args += ["--prefill", prefill]
+        if output_dtype is not None:
+            args += ["--output-dtype", output_dtype]
+        if cache_dtype is not None:
+            args += ["--cache-dtype", cache_dtype]
         return args
+
+    def forward_output(self, config: Optional[Path], weights: Path, inp: Path,
+                       **kw) -> torch.Tensor:
+        """Runs `attn forward` (keyword arguments as forward_args) and returns attn_output in
+        whatever dtype it was written."""
+        out = self.path("output", ".safetensors")
+        self.run_ok(*self.forward_args(config, weights, inp, out, **kw))
+        tensors = load_tensors(out)
+        assert "attn_output" in tensors, f"output keys: {sorted(tensors)}"
+        return tensors["attn_output"]
 
     def forward(self, config: Path, weights: Path, inp: Path, layer: Optional[int] = None,
                 mla: Optional[str] = None, prefill: Optional[int] = None) -> torch.Tensor:

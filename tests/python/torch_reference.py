@@ -4,6 +4,8 @@
 Written from the formulas in docs/semantics.md (§1-§5), NOT
 from attn's C++ sources, so that a disagreement between the two points at a real bug on one
 side. Everything is computed on the CPU in float64; `forward` returns float32.
+`forward(..., compute_dtype=torch.bfloat16)` (or float16, float32) runs the same formulas at a
+lower precision instead (see `Precision`), the baseline for tolerances of narrow-dtype weights.
 
 Public surface:
   parse_config(cfg_dict)            -> Spec (all values that change attention math)
@@ -12,7 +14,9 @@ Public surface:
   rope_cos_sin(spec, position_ids), apply_rope(x, cos, sin, rotary_dim, interleaved)
   visible_mask(B, S, attention_mask, window) -> bool [B, S, T]
   forward(cfg_or_spec, weights, hidden_states, position_ids=None, attention_mask=None,
-          layer=0, mla_form="naive", interleaved=None) -> float32 [B, S, D]
+          layer=0, mla_form="naive", interleaved=None, compute_dtype=float64,
+          out_dtype=float32) -> [B, S, D]
+  Precision(dtype)                  the rounding applied after every op at compute_dtype
 
 Conventions (reference page):
   * linear layers y = x W^T (+ b), W stored [out, in];
@@ -36,6 +40,34 @@ GQA_MODEL_TYPES = ("llama", "mistral", "qwen2")
 MLA_MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
 
 _F64 = torch.float64
+
+
+class Precision:
+    """The precision one run of the oracle computes at.
+
+    float64 (the oracle proper) and float32 run natively. For bfloat16 and float16 every
+    tensor the formulas produce (each projection, norm, RoPE output, score, probability and
+    attention output) is held at that dtype, i.e. rounded to it once per op, while each op
+    itself computes in float32 -- as PyTorch's bf16/f16 matmuls accumulate in fp32 and HF's
+    eager softmax runs in fp32 before `.to(query.dtype)`. (torch 1.13's CPU has no float16
+    matmul, softmax or rsqrt at all, so the ops run on float32 copies and round after.)
+    Calling the object rounds a tensor to the compute dtype and returns it in the working
+    dtype (float64 or float32)."""
+
+    def __init__(self, dtype: torch.dtype = torch.float64):
+        assert dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16), dtype
+        self.dtype = dtype
+        self.work = _F64 if dtype == _F64 else torch.float32
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        if self.dtype == _F64:
+            return t  # the oracle proper: callers hand it float64 already; nothing rounds
+        if self.dtype == self.work:
+            return t.to(self.work)
+        return t.to(self.dtype).to(self.work)
+
+
+EXACT = Precision(torch.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,14 +360,15 @@ def rope_cos_sin(cfg_or_spec, position_ids: torch.Tensor) -> Tuple[torch.Tensor,
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int,
-               interleaved: bool) -> torch.Tensor:
+               interleaved: bool, prec: Precision = EXACT) -> torch.Tensor:
     """x [B, S, heads, w]; cos/sin [B, S, r/2]. Rotates the first r coordinates.
 
     interleaved: pairs (x[2i], x[2i+1]); rotate-half: pairs (x[i], x[i + r/2]).
+    At a lower precision, cos and sin are rounded to it and the rotated part is rounded once.
     """
     r = rotary_dim
-    c = cos[:, :, None, :]
-    s = sin[:, :, None, :]
+    c = prec(cos[:, :, None, :])
+    s = prec(sin[:, :, None, :])
     xr, xp = x[..., :r], x[..., r:]
     if interleaved:
         x1, x2 = xr[..., 0::2], xr[..., 1::2]
@@ -347,7 +380,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim
         y1 = x1 * c - x2 * s
         y2 = x1 * s + x2 * c
         yr = torch.cat((y1, y2), dim=-1)
-    return torch.cat((yr, xp), dim=-1)
+    return torch.cat((prec(yr), xp), dim=-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,29 +404,31 @@ def visible_mask(B: int, S: int, attention_mask: Optional[torch.Tensor] = None,
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: torch.Tensor,
-           scale: float) -> torch.Tensor:
+           scale: float, prec: Precision = EXACT) -> torch.Tensor:
     """q [B,S,H,dk], k [B,T,H,dk], v [B,T,H,dv], vis [B,S,T] -> [B,S,H,dv].
 
     Rows with no visible key give zeros."""
-    scores = torch.einsum("bshd,bthd->bhst", q, k) * scale
+    scores = prec(prec(torch.einsum("bshd,bthd->bhst", q, k)) * scale)
     m = vis[:, None, :, :]
     scores = scores.masked_fill(~m, float("-inf"))
-    p = torch.softmax(scores, dim=-1)
+    p = prec(torch.softmax(scores, dim=-1))
     any_vis = m.any(dim=-1, keepdim=True)
     p = torch.where(any_vis, p, torch.zeros_like(p))
-    return torch.einsum("bhst,bthd->bshd", p, v)
+    return prec(torch.einsum("bhst,bthd->bshd", p, v))
 
 
-def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float,
+             prec: Precision = EXACT) -> torch.Tensor:
     var = x.pow(2).mean(-1, keepdim=True)
-    return x * torch.rsqrt(var + eps) * w
+    return prec(prec(x * torch.rsqrt(var + eps)) * w)
 
 
-def _lin(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _lin(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None,
+         prec: Precision = EXACT) -> torch.Tensor:
     y = x @ w.T
     if b is not None:
         y = y + b
-    return y
+    return prec(y)
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,76 +436,87 @@ def _lin(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None) -> 
 # --------------------------------------------------------------------------------------------
 
 
-def _w(weights: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
+def _w(weights: Mapping[str, torch.Tensor], name: str, prec: Precision = EXACT) -> torch.Tensor:
     if name not in weights:
         raise KeyError(f"oracle: weight {name} missing")
-    return weights[name].to(_F64)
+    return prec(weights[name].to(_F64))
 
 
-def gqa_forward(s: Spec, weights, x, position_ids, attention_mask, layer, interleaved):
+def gqa_forward(s: Spec, weights, x, position_ids, attention_mask, layer, interleaved,
+                prec: Precision = EXACT):
     p = layer_prefix(layer)
     B, S, _ = x.shape
     H, G, d = s.num_heads, s.num_kv_heads, s.head_dim
-    bq = _w(weights, p + "q_proj.bias") if s.qkv_bias else None
-    bk = _w(weights, p + "k_proj.bias") if s.qkv_bias else None
-    bv = _w(weights, p + "v_proj.bias") if s.qkv_bias else None
-    bo = _w(weights, p + "o_proj.bias") if s.o_bias else None
-    q = _lin(x, _w(weights, p + "q_proj.weight"), bq).view(B, S, H, d)
-    k = _lin(x, _w(weights, p + "k_proj.weight"), bk).view(B, S, G, d)
-    v = _lin(x, _w(weights, p + "v_proj.weight"), bv).view(B, S, G, d)
+    P = prec
+
+    def w(name):
+        return _w(weights, p + name, P)
+
+    bq = w("q_proj.bias") if s.qkv_bias else None
+    bk = w("k_proj.bias") if s.qkv_bias else None
+    bv = w("v_proj.bias") if s.qkv_bias else None
+    bo = w("o_proj.bias") if s.o_bias else None
+    q = _lin(x, w("q_proj.weight"), bq, P).view(B, S, H, d)
+    k = _lin(x, w("k_proj.weight"), bk, P).view(B, S, G, d)
+    v = _lin(x, w("v_proj.weight"), bv, P).view(B, S, G, d)
     cos, sin = rope_cos_sin(s, position_ids)
-    q = apply_rope(q, cos, sin, s.rope.rotary_dim, interleaved)
-    k = apply_rope(k, cos, sin, s.rope.rotary_dim, interleaved)
+    q = apply_rope(q, cos, sin, s.rope.rotary_dim, interleaved, P)
+    k = apply_rope(k, cos, sin, s.rope.rotary_dim, interleaved, P)
     rep = H // G
     k = k.repeat_interleave(rep, dim=2)  # head h reads kv head h // rep
     v = v.repeat_interleave(rep, dim=2)
     vis = visible_mask(B, S, attention_mask, s.window_for_layer(layer))
-    o = attend(q, k, v, vis, softmax_scale(s)).reshape(B, S, H * d)
-    return _lin(o, _w(weights, p + "o_proj.weight"), bo)
+    o = attend(q, k, v, vis, softmax_scale(s), P).reshape(B, S, H * d)
+    return _lin(o, w("o_proj.weight"), bo, P)
 
 
-def mla_forward(s: Spec, weights, x, position_ids, attention_mask, layer, interleaved, form):
+def mla_forward(s: Spec, weights, x, position_ids, attention_mask, layer, interleaved, form,
+                prec: Precision = EXACT):
     p = layer_prefix(layer)
     B, S, _ = x.shape
     H, dn, dr, dv, rk = (s.num_heads, s.qk_nope_head_dim, s.qk_rope_head_dim, s.v_head_dim,
                          s.kv_lora_rank)
     eps = s.rms_norm_eps
+    P = prec
+
+    def w(name):
+        return _w(weights, p + name, P)
+
     if s.q_lora_rank:
-        cq = rms_norm(_lin(x, _w(weights, p + "q_a_proj.weight")),
-                      _w(weights, p + "q_a_layernorm.weight"), eps)
-        q = _lin(cq, _w(weights, p + "q_b_proj.weight"))
+        cq = rms_norm(_lin(x, w("q_a_proj.weight"), None, P), w("q_a_layernorm.weight"), eps, P)
+        q = _lin(cq, w("q_b_proj.weight"), None, P)
     else:
-        q = _lin(x, _w(weights, p + "q_proj.weight"))
+        q = _lin(x, w("q_proj.weight"), None, P)
     q = q.view(B, S, H, dn + dr)
     q_nope, q_pe = q[..., :dn], q[..., dn:]
-    kv = _lin(x, _w(weights, p + "kv_a_proj_with_mqa.weight"))
-    c = rms_norm(kv[..., :rk], _w(weights, p + "kv_a_layernorm.weight"), eps)  # [B,S,rk]
+    kv = _lin(x, w("kv_a_proj_with_mqa.weight"), None, P)
+    c = rms_norm(kv[..., :rk], w("kv_a_layernorm.weight"), eps, P)  # [B,S,rk]
     k_pe = kv[..., rk:].reshape(B, S, 1, dr)
     cos, sin = rope_cos_sin(s, position_ids)
-    q_pe = apply_rope(q_pe, cos, sin, s.rope.rotary_dim, interleaved)
-    k_pe = apply_rope(k_pe, cos, sin, s.rope.rotary_dim, interleaved)
+    q_pe = apply_rope(q_pe, cos, sin, s.rope.rotary_dim, interleaved, P)
+    k_pe = apply_rope(k_pe, cos, sin, s.rope.rotary_dim, interleaved, P)
     vis = visible_mask(B, S, attention_mask, 0)
     scale = softmax_scale(s)
-    wkvb = _w(weights, p + "kv_b_proj.weight")  # [H*(dn+dv), rk]
+    wkvb = w("kv_b_proj.weight")  # [H*(dn+dv), rk]
     if form == "naive":
-        kvb = _lin(c, wkvb).view(B, S, H, dn + dv)
+        kvb = _lin(c, wkvb, None, P).view(B, S, H, dn + dv)
         k_nope, v = kvb[..., :dn], kvb[..., dn:]
         k = torch.cat((k_nope, k_pe.expand(B, S, H, dr)), dim=-1)
         qf = torch.cat((q_nope, q_pe), dim=-1)
-        o = attend(qf, k, v, vis, scale)  # [B,S,H,dv]
+        o = attend(qf, k, v, vis, scale, P)  # [B,S,H,dv]
     elif form == "absorbed":
-        w = wkvb.view(H, dn + dv, rk)
-        w_uk, w_uv = w[:, :dn, :], w[:, dn:, :]
-        q_lat = torch.einsum("bshn,hnr->bshr", q_nope, w_uk)  # [B,S,H,rk]
+        wkv = wkvb.view(H, dn + dv, rk)
+        w_uk, w_uv = wkv[:, :dn, :], wkv[:, dn:, :]
+        q_lat = P(torch.einsum("bshn,hnr->bshr", q_nope, w_uk))  # [B,S,H,rk]
         qa = torch.cat((q_lat, q_pe), dim=-1)  # [B,S,H,rk+dr]
         krow = torch.cat((c, k_pe[:, :, 0, :]), dim=-1)  # [B,S,rk+dr] shared by all heads
         ka = krow[:, :, None, :].expand(B, S, H, rk + dr)
         va = c[:, :, None, :].expand(B, S, H, rk)
-        ctx = attend(qa, ka, va, vis, scale)  # [B,S,H,rk]
-        o = torch.einsum("bshr,hvr->bshv", ctx, w_uv)
+        ctx = attend(qa, ka, va, vis, scale, P)  # [B,S,H,rk]
+        o = P(torch.einsum("bshr,hvr->bshv", ctx, w_uv))
     else:
         raise ValueError(form)
-    return _lin(o.reshape(B, S, H * dv), _w(weights, p + "o_proj.weight"))
+    return _lin(o.reshape(B, S, H * dv), w("o_proj.weight"), None, P)
 
 
 def default_position_ids(B: int, S: int) -> torch.Tensor:
@@ -480,22 +526,27 @@ def default_position_ids(B: int, S: int) -> torch.Tensor:
 def forward(cfg_or_spec, weights: Mapping[str, torch.Tensor], hidden_states: torch.Tensor,
             position_ids: Optional[torch.Tensor] = None,
             attention_mask: Optional[torch.Tensor] = None, layer: int = 0,
-            mla_form: str = "naive", interleaved: Optional[bool] = None) -> torch.Tensor:
-    """The attention layer's output [B, S, D] (float32), computed in float64.
+            mla_form: str = "naive", interleaved: Optional[bool] = None,
+            compute_dtype: torch.dtype = torch.float64,
+            out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The attention layer's output [B, S, D] (out_dtype, default float32), computed in float64.
 
-    `interleaved` overrides the config's RoPE pairing (for the pairing-trap test only)."""
+    `interleaved` overrides the config's RoPE pairing (for the pairing-trap test only).
+    `compute_dtype` (float32, bfloat16, float16) computes at that precision instead: the
+    weights and hidden_states are rounded to it and so is every op's result (`Precision`)."""
     s = _as_spec(cfg_or_spec)
-    x = hidden_states.to(_F64)
+    P = Precision(compute_dtype)
+    x = P(hidden_states.to(_F64))
     B, S, D = x.shape
     assert D == s.hidden_size, (D, s.hidden_size)
     if position_ids is None:
         position_ids = default_position_ids(B, S)
     il = s.rope.interleaved if interleaved is None else interleaved
     if s.kind == "gqa":
-        y = gqa_forward(s, weights, x, position_ids, attention_mask, layer, il)
+        y = gqa_forward(s, weights, x, position_ids, attention_mask, layer, il, P)
     else:
-        y = mla_forward(s, weights, x, position_ids, attention_mask, layer, il, mla_form)
-    return y.to(torch.float32)
+        y = mla_forward(s, weights, x, position_ids, attention_mask, layer, il, mla_form, P)
+    return y.to(out_dtype)
 
 
 def with_pairing(spec: Spec, interleaved: bool) -> Spec:
