@@ -70,7 +70,7 @@ struct MlaDims {
 // How the checkpoint stores its projection weights beyond their dtype: HF quantization_config
 // with quant_method "fp8" (DeepSeek-V3/R1, Kimi-K2): F8_E4M3 matrices, each with an F32
 // `<name>_scale_inv` of one scale per block of block_rows × block_cols weights
-// (docs/semantics.md §8). Absent from the config: no declared block size; an fp8 weight then
+// (docs/semantics.md §9). Absent from the config: no declared block size; an fp8 weight then
 // gets DeepSeek's 128 × 128, which its scale tensor's shape must agree with.
 struct WeightQuantization {
   bool fp8_blocks = false;  // quantization_config says fp8 with block scales

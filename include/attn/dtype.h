@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Element types attn reads and writes, and the scalar conversions between them.
 // Compute is always fp32; f16/bf16 exist for storage (files, KV caches, weights) and F8_E4M3
-// for weights stored as DeepSeek's fp8 checkpoints do (with block scales; docs/semantics.md §8).
+// for weights stored as DeepSeek's fp8 checkpoints do (with block scales; docs/semantics.md §9).
 #ifndef ATTN_DTYPE_H_
 #define ATTN_DTYPE_H_
 

@@ -64,6 +64,8 @@ LoadedConfig LoadAnyConfig(const std::string& path);
 // in Megatron names, interleaved RoPE on a GQA model in HF llama names).
 std::string MegatronConfigJson(const ModelConfig& config);
 std::string HfConfigJson(const ModelConfig& config);
+// Writes HfConfigJson(config) to `path` atomically (a temporary beside it, renamed into place).
+void WriteHfConfigFile(const std::string& path, const ModelConfig& config);
 
 std::string MegatronAttentionPrefix(int64_t layer);
 

@@ -60,7 +60,7 @@ struct MachinePeak {
   std::string origin;  // "measured", "given", or "reference anchors, not measured"
   double ridge() const { return gflops / gbytes_per_s; }
 };
-// The dev machine kind's anchors (docs/semantics.md §8): 444 GFLOP/s fp32 FMA or 888 bf16 on 2
+// The dev machine kind's anchors (docs/semantics.md §9): 444 GFLOP/s fp32 FMA or 888 bf16 on 2
 // threads, ~60 GB/s DRAM.
 MachinePeak ReferenceAnchors(DType cache_dtype);
 

@@ -7,7 +7,7 @@
 // Matrices are PyTorch Linear weights [out, in], row-major. dtypes: F32, BF16, F16, and F8_E4M3
 // with DeepSeek's block scales: element (o, i) is
 //     fp8[o, i] · scale[o / block_rows, i / block_cols],   scale: F32 [⌈out/br⌉, ⌈in/bc⌉]
-// (checkpoints name the scale tensor `<weight>_scale_inv`; docs/semantics.md §8). The kernels
+// (checkpoints name the scale tensor `<weight>_scale_inv`; docs/semantics.md §9). The kernels
 // dequantize inside their loops (kernels/cpu/), so the fp8 bytes are all that is ever resident.
 #ifndef ATTN_WEIGHT_H_
 #define ATTN_WEIGHT_H_

@@ -19,6 +19,7 @@ from attn._attn import (  # noqa: F401  (re-exported API)
     mla_attention,
     presets,
     random_weights,
+    save_random_weights,
     set_num_threads,
 )
 
@@ -34,5 +35,6 @@ __all__ = [
     "mla_attention",
     "presets",
     "random_weights",
+    "save_random_weights",
     "set_num_threads",
 ]

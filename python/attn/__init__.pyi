@@ -115,6 +115,14 @@ def mla_attention(
 def random_weights(
     config: ConfigLike, seed: int = 0, layer: int = 0
 ) -> Dict[str, npt.NDArray[np.float32]]: ...
+def save_random_weights(
+    path: Union[str, os.PathLike],
+    config: ConfigLike,
+    seed: int = 0,
+    layer: int = 0,
+    dtype: Literal["f32", "f16", "bf16", "fp8"] = "f32",
+    config_output: Optional[Union[str, os.PathLike]] = None,
+) -> None: ...
 def load_attention_layers(
     directory: Union[str, os.PathLike], layers: Optional[Sequence[int]] = None
 ) -> List[Attention]: ...

@@ -24,6 +24,7 @@
 #include "attn/kv_cache.h"
 #include "attn/layer.h"
 #include "attn/layer_weights.h"
+#include "attn/megatron.h"
 #include "attn/safetensors.h"
 #include "bindings.h"
 
@@ -195,7 +196,7 @@ struct PreparedTokens {
   std::span<const int64_t> lengths;
   bool as_torch = false;
   Element element = Element::kF32;  // hidden_states' dtype, which the output gets
-  bool squeeze = false;  // decode input was [B, D]: the output is [B, D] too
+  bool squeeze = false;             // decode input was [B, D]: the output is [B, D] too
   int64_t batch = 0;
   int64_t tokens = 0;
 
@@ -310,9 +311,10 @@ class PyAttention {
   // Layers `layers` (all when empty) of the model in `directory` (config.json and its
   // safetensors, sharded or not): the checkpoint is opened once and each file mapped once, the
   // layers' weights sharing the mappings.
-  static std::vector<std::unique_ptr<PyAttention>> FromPretrained(
-      const std::string& directory, std::vector<int64_t> layers) {
-    const ModelConfig config = LoadHfConfig((std::filesystem::path(directory) / "config.json").string());
+  static std::vector<std::unique_ptr<PyAttention>> FromPretrained(const std::string& directory,
+                                                                  std::vector<int64_t> layers) {
+    const ModelConfig config =
+        LoadHfConfig((std::filesystem::path(directory) / "config.json").string());
     if (layers.empty()) {
       for (int64_t i = 0; i < config.num_layers; ++i) layers.push_back(i);
     }
@@ -426,6 +428,25 @@ py::dict RandomWeights(py::handle config_arg, uint64_t seed, int64_t layer) {
   for (auto& [name, tensor] : weights)
     out[py::str(prefix + name)] = WrapTensor(std::move(tensor), false);
   return out;
+}
+
+// What `attn random-weights` writes (the same library calls): a layer's random weights stored as
+// `dtype` ("f32", "f16", "bf16", "fp8": DeepSeek's layout), and optionally its config.json.
+void SaveRandomWeights(py::handle path_arg, py::handle config_arg, uint64_t seed, int64_t layer,
+                       const std::string& dtype_name, py::handle config_output) {
+  ModelConfig config = ResolveConfig(config_arg);
+  CheckLayerIndex(config, layer);
+  const DType dtype = WeightDTypeFromString(dtype_name, /*allow_fp8=*/true);
+  if (dtype == DType::kF8E4M3) config.quantization.fp8_blocks = true;
+  const std::string path = PathText(path_arg);
+  const std::string config_path = config_output.is_none() ? "" : PathText(config_output);
+  ComputeScope release;
+  if (!config_path.empty()) HfConfigJson(config);  // a config HF cannot spell fails before writing
+  SafetensorsWriter writer;
+  AddHfAttentionWeights(writer, config, RandomAttentionWeights(config, seed), layer, dtype);
+  writer.SetMetadata("format", "pt");
+  writer.Write(path);
+  if (!config_path.empty()) WriteHfConfigFile(config_path, config);
 }
 
 py::dict LoadSafetensors(py::handle path_arg) {
@@ -621,6 +642,14 @@ layers, weights in their stored dtype (see Attention.from_pretrained).)doc");
              py::arg("layer") = 0, R"doc(
 The random weights Attention.random(config, seed, layer) uses, as a dict of float32 NumPy
 arrays under HF names (model.layers.{layer}.self_attn.*).)doc");
+  module.def("save_random_weights", &SaveRandomWeights, py::arg("path"), py::arg("config"),
+             py::arg("seed") = 0, py::arg("layer") = 0, py::arg("dtype") = "f32",
+             py::arg("config_output") = py::none(), R"doc(
+Writes the layer's random weights (those of random_weights()) to a safetensors file, as
+`attn random-weights` does: stored as dtype 'f32', 'f16', 'bf16', or 'fp8' (DeepSeek's layout:
+F8_E4M3 matrices with F32 weight_scale_inv block scales, norms in bf16). config_output: also
+write the model's config.json there (with its quantization_config for fp8). Files are written
+atomically.)doc");
   module.def("load_safetensors", &LoadSafetensors, py::arg("path"), R"doc(
 Every tensor of a safetensors file, read by attn's validating reader: float tensors
 (F32/F16/BF16/F64) as float32 NumPy arrays, integer and bool tensors as int64.

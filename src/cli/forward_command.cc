@@ -56,9 +56,14 @@ int RunForward(const std::vector<std::string>& args) {
   ApplyThreadsFlag(flags);
   const Checkpoint weights = Checkpoint::Open(flags.Required("weights"));
   const bool weights_directory = std::filesystem::is_directory(flags.Required("weights"));
-  const ModelConfig config = (weights_directory && !flags.Has("config") && !flags.Has("preset"))
-                                 ? ConfigFromName(weights.directory() + "/config.json").config
-                                 : ConfigFromFlags(flags).config;
+  const bool config_from_directory =
+      weights_directory && !flags.Has("config") && !flags.Has("preset");
+  const std::string directory_config = weights.directory() + "/config.json";
+  Check(!config_from_directory || std::filesystem::exists(directory_config), ErrorKind::kNotFound,
+        "model directory '" + flags.Required("weights") +
+            "' has no config.json; pass --config C.json or --preset NAME");
+  const ModelConfig config = config_from_directory ? LoadAnyConfig(directory_config).config
+                                                   : ConfigFromFlags(flags).config;
   const int64_t layer_index = flags.GetInt("layer");
   Check(layer_index >= 0 && layer_index < config.num_layers, ErrorKind::kInvalidArgument,
         "--layer " + std::to_string(layer_index) + " out of range (model has " +

@@ -79,16 +79,23 @@ NamedWeights LoadHfAttentionWeights(const TensorSource& find, const std::string&
           name + ": expected shape " + ShapeToString(spec.shape) + ", got " +
               ShapeToString(weight.shape()));
     CheckFinite(weight, name);
-    if (weight.dtype() == DType::kF8E4M3) {
+    const std::string scale_name = name + "_scale_inv";
+    const SafetensorsFile* scale_file = find(scale_name);
+    if (weight.dtype() != DType::kF8E4M3) {
+      // Scales beside a wider weight mean the file is not what it claims (say, fp8 codes
+      // widened to bf16 with their scales kept): using the weight unscaled would be silently
+      // wrong, so refuse.
+      Check(scale_file == nullptr, ErrorKind::kInvalidArgument,
+            name + " is " + DTypeName(weight.dtype()) + " but has block scales '" + scale_name +
+                "' beside it (scales belong to F8_E4M3 weights)");
+    } else {
       // DeepSeek's layout: the F32 `<name>_scale_inv` holds one scale per block of the
-      // config's weight_block_size (docs/semantics.md §8).
-      const std::string scale_name = name + "_scale_inv";
-      const SafetensorsFile* scale_file = find(scale_name);
+      // config's weight_block_size (docs/semantics.md §9).
+      Check(spec.kind == WeightSpec::Kind::kMatrix, ErrorKind::kInvalidArgument,
+            name + ": F8_E4M3 is only read for projection matrices");
       Check(scale_file != nullptr, ErrorKind::kNotFound,
             "F8_E4M3 weight '" + name + "' has no block scales: tensor '" + scale_name +
                 "' not found in " + where);
-      Check(spec.kind == WeightSpec::Kind::kMatrix, ErrorKind::kInvalidArgument,
-            name + ": F8_E4M3 is only read for projection matrices");
       weight = std::move(weight).WithBlockScales(scale_file->ReadWeight(scale_name),
                                                  config.quantization.block_rows,
                                                  config.quantization.block_cols, name);

@@ -10,6 +10,7 @@
 #include "attn/error.h"
 #include "attn/hf_config.h"
 #include "attn/megatron.h"
+#include "io/files.h"
 #include "io/json_util.h"
 
 namespace attn {
@@ -455,6 +456,10 @@ std::string HfConfigJson(const ModelConfig& c) {
     out["attention_bias"] = c.gqa.qkv_bias;
   }
   return out.dump(2) + "\n";
+}
+
+void WriteHfConfigFile(const std::string& path, const ModelConfig& config) {
+  io::AtomicWriteFile(path, HfConfigJson(config));
 }
 
 }  // namespace attn

@@ -141,7 +141,7 @@ void CheckWeight(const Weight& weight, const Shape& expected, const std::string&
   ATTN_CHECK(weight.shape() == expected, ErrorKind::kInvalidArgument,
              name + ": expected shape " + ShapeToString(expected) + ", got " +
                  ShapeToString(weight.shape()));
-  // An fp8 matrix means nothing without its scales (docs/semantics.md §8).
+  // An fp8 matrix means nothing without its scales (docs/semantics.md §9).
   ATTN_CHECK(weight.dtype() != DType::kF8E4M3 || weight.block_scales() != nullptr,
              ErrorKind::kInvalidArgument, name + ": F8_E4M3 weight without its block scales");
 }

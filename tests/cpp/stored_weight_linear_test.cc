@@ -3,7 +3,7 @@
 // block scales, through every linear path a layer can take — the small-batch kernel (decode rows,
 // AVX-512 and portable), oneDNN (bf16 matmul or dequantized tiles), the backend's dequantize op —
 // against a float64 loop over the weights as the published formulas define them
-// (docs/semantics.md §8), computed here element by element from the raw bytes.
+// (docs/semantics.md §9), computed here element by element from the raw bytes.
 #include <gtest/gtest.h>
 
 #include <cmath>

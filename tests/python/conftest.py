@@ -232,17 +232,28 @@ class AttnModuleCli(AttnCli):
         return CliResult(argv, subprocess.CompletedProcess(argv, 0, "", ""))
 
     def _random_weights(self, flags):
-        weights = self.attn.random_weights(flags["config"], seed=int(flags.get("seed", 0)),
-                                           layer=int(flags.get("layer", 0)))
-        dtype = self.DTYPES[flags.get("dtype", "f32")]
-        save_tensors(flags["output"],
-                     {k: torch.from_numpy(v).to(dtype) for k, v in weights.items()})
+        self.attn.save_random_weights(flags["output"], flags["config"],
+                                      seed=int(flags.get("seed", 0)),
+                                      layer=int(flags.get("layer", 0)),
+                                      dtype=flags.get("dtype", "f32"),
+                                      config_output=flags.get("config-output"))
 
     def _forward(self, flags):
-        layer = self.attn.Attention.from_config(flags["config"], flags["weights"],
-                                                layer=int(flags.get("layer", 0)))
+        layer_index = int(flags.get("layer", 0))
+        if "config" in flags:
+            layer = self.attn.Attention.from_config(flags["config"], flags["weights"],
+                                                    layer=layer_index)
+        else:
+            # `attn forward --weights DIR` without --config: the directory's config.json.
+            layer = self.attn.Attention.from_pretrained(flags["weights"], layer=layer_index)
         inputs = self.attn.load_safetensors(flags["input"])
-        x = inputs["hidden_states"]
+        # hidden_states through torch, so that bf16/f16 reach the module in their own dtype
+        # (load_safetensors widens floats to float32) and the output comes back in it.
+        x = load_tensors(flags["input"])["hidden_states"]
+        if "output-dtype" in flags:
+            # The CLI rounds the fp32 result once to --output-dtype: ask the module for fp32
+            # (the same input values, widened exactly) and round that.
+            x = x.to(torch.float32)
         pos = inputs.get("position_ids")
         mask = inputs.get("attention_mask")
         mla = flags.get("mla", "auto")
@@ -253,12 +264,16 @@ class AttnModuleCli(AttnCli):
             cache_dtype = flags.get("cache-dtype", "f32")
             y = layer.prefill_then_decode(x, n, pos, mask, mla=mla, cache_dtype=cache_dtype)
             steps = self._cache_steps(layer, x, n, pos, mask, mla, cache_dtype)
-            assert (steps == y).all(), "new_cache/prefill/decode differ from prefill_then_decode"
-        save_tensors(flags["output"], {"attn_output": torch.from_numpy(y)})
+            assert torch.equal(steps, y), "new_cache/prefill/decode differ from prefill_then_decode"
+        assert y.dtype == x.dtype, (y.dtype, x.dtype)
+        if "output-dtype" in flags:
+            y = y.to(self.DTYPES[flags["output-dtype"]])
+        elif y.dtype == torch.float64:
+            y = y.to(torch.float32)  # the CLI writes an F64 input's output as F32
+        save_tensors(flags["output"], {"attn_output": y})
 
     @staticmethod
     def _cache_steps(layer, x, n, pos, mask, mla, cache_dtype):
-        import numpy as np
         B, S, _ = x.shape
         cache = layer.new_cache(B, S, dtype=cache_dtype, mla=mla)
         cut = (lambda a, s: None if a is None else a[:, s])
@@ -266,4 +281,4 @@ class AttnModuleCli(AttnCli):
         for s in range(n, S):
             outs.append(layer.decode(x[:, s], cache, cut(pos, s), cut(mask, s))[:, None])
         assert cache.lengths.tolist() == [S] * B, cache.lengths
-        return np.concatenate(outs, axis=1)
+        return torch.cat(outs, dim=1)

@@ -325,10 +325,15 @@ def test_mla_latent_norm_eps_ignores_rms_norm_eps(cli, form):
 @pytest.mark.parametrize("cfg,mla", [(QWEN2, None), (DSV3, "absorbed"), (DSV3, "naive")],
                          ids=["qwen2", "dsv3-absorbed", "dsv3-naive"])
 def test_half_precision_weights(cli, cfg, mla, dtype, torch_dtype):
-    """bf16/f16 checkpoints: the oracle reads the same stored values (upcast exactly)."""
+    """bf16/f16 checkpoints: the oracle reads the same stored values (upcast exactly). f16
+    weights are always widened to fp32, so any call meets the fp32 tolerance; bf16 weights are
+    widened exactly for up to 8 rows per projection (B·S = 8 here), while larger calls run a bf16
+    GEMM on bf16-rounded activations (docs/semantics.md §9), which test_weight_formats.py holds
+    to the same-precision PyTorch rule instead."""
     cpath, wpath, W = cli.random_weights(cfg, seed=13, dtype=dtype)
     assert all(v.dtype == torch_dtype for v in W.values()), {k: v.dtype for k, v in W.items()}
-    got, want, _, _ = run_case(cli, cfg, B=2, S=7, seed=13, starts=[300, 0], mla=mla,
+    S = 7 if dtype == "f16" else 4
+    got, want, _, _ = run_case(cli, cfg, B=2, S=S, seed=13, starts=[300, 0], mla=mla,
                                weights=(wpath, W))
     assert_matches(got, want, f"{dtype} weights")
 

@@ -12,8 +12,8 @@
 //   F8    tiles of a few hundred rows of W dequantized to bf16 (scale applied; DeepSeek's
 //         reference dequantizes to bf16 the same way), each multiplied as a BF16 weight.
 //   F16   tiles dequantized to fp32 (f16 widens exactly), multiplied in fp32.
-// A tile is about 2 MiB, so W is never copied whole; its dequantization is spread over the same
-// OpenMP threads as the matmul.
+// A tile is about 2 MiB, so W is never copied whole; each OpenMP thread dequantizes and
+// multiplies its own tiles.
 //
 // Threads: Debian's oneDNN runs on libgomp's OpenMP pool, not on attn's. So that --threads,
 // ATTN_NUM_THREADS and attn.set_num_threads() govern it too, every call first sets the calling
@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <dnnl.hpp>
+#include <exception>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -159,29 +160,40 @@ void OneDnnLinear(const LinearProblem& p) {
     RunMatmul(x, p.w, p.bias, p.y, p.rows, p.in, p.out, p.out, true, threads);
     return;
   }
-  // F8_E4M3 -> bf16 tiles, F16 (or anything without a bf16 matmul) -> fp32 tiles.
+  // F8_E4M3 -> bf16 tiles, F16 (or anything without a bf16 matmul) -> fp32 tiles. One OpenMP
+  // region for the whole call: each thread takes every n-th tile, dequantizes it into its own
+  // scratch and multiplies it alone (oneDNN runs a primitive sequentially inside a parallel
+  // region). A fork/join per tile instead — a DeepSeek-V3 layer has ~150 tiles — measured 3-9x
+  // slower on 2 threads, the idle team spinning between regions.
   const size_t element_bytes = bf16 ? sizeof(uint16_t) : sizeof(float);
   const int64_t tile_rows = TileRows(p.in, element_bytes, p.out);
-  thread_local std::vector<std::byte> tile;
-  const size_t tile_bytes = static_cast<size_t>(tile_rows * p.in) * element_bytes;
-  if (tile.size() < tile_bytes) tile.resize(tile_bytes);
-  for (int64_t first = 0; first < p.out; first += tile_rows) {
-    const int64_t count = std::min(tile_rows, p.out - first);
-    std::byte* tile_data = tile.data();
-    // Rows in chunks of 8 over the OpenMP threads that run the matmul next.
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < count; r += 8) {
-      const int64_t n = std::min<int64_t>(8, count - r);
-      if (bf16) {
-        DequantizeWeightRowsBF16(p, first + r, n,
-                                 reinterpret_cast<uint16_t*>(tile_data) + r * p.in);
-      } else {
-        DequantizeWeightRows(p, first + r, n, reinterpret_cast<float*>(tile_data) + r * p.in);
+  const int64_t tiles = (p.out + tile_rows - 1) / tile_rows;
+  std::exception_ptr failure;
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t team = omp_get_num_threads();
+    thread_local std::vector<std::byte> tile;
+    try {
+      const size_t tile_bytes = static_cast<size_t>(tile_rows * p.in) * element_bytes;
+      if (tile.size() < tile_bytes) tile.resize(tile_bytes);
+      for (int64_t t = omp_get_thread_num(); t < tiles; t += team) {
+        const int64_t first = t * tile_rows;
+        const int64_t count = std::min(tile_rows, p.out - first);
+        if (bf16) {
+          DequantizeWeightRowsBF16(p, first, count, reinterpret_cast<uint16_t*>(tile.data()));
+        } else {
+          DequantizeWeightRows(p, first, count, reinterpret_cast<float*>(tile.data()));
+        }
+        RunMatmul(x, tile.data(), p.bias != nullptr ? p.bias + first : nullptr, p.y + first, p.rows,
+                  p.in, count, p.out, bf16, /*threads=*/1);
       }
+    } catch (...) {
+      // An exception must not leave an OpenMP region; the first one is rethrown below.
+#pragma omp critical(attn_onednn_linear_failure)
+      if (!failure) failure = std::current_exception();
     }
-    RunMatmul(x, tile_data, p.bias != nullptr ? p.bias + first : nullptr, p.y + first, p.rows, p.in,
-              count, p.out, bf16, threads);
   }
+  if (failure) std::rethrow_exception(failure);
 }
 
 }  // namespace attn::cpu
