@@ -131,7 +131,9 @@ void ExpectLinearMatches(void (*linear)(const LinearProblem&), bool onednn,
           const bool bf16_inputs =
               onednn && format.dtype != DType::kF16 && cpu::ActiveIsa().isa == cpu::Isa::kAvx512;
           const std::vector<float> exact = Float64Linear(x, w, b, bf16_inputs);
-          EXPECT_LT(RelativeError(y.data(), exact.data(), rows * out), 2e-6);
+          // fp32 accumulation: a sequential sum (the unvectorised sanitizer build) of the
+          // 4099-wide rows drifts past 2e-6; the shorter ones stay well inside it.
+          EXPECT_LT(RelativeError(y.data(), exact.data(), rows * out), in > 1000 ? 1e-5 : 2e-6);
         }
       }
     }
