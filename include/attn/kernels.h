@@ -110,6 +110,10 @@ const KernelBackend& DefaultBackend();
 // Checks a problem's shapes and pointers; throws Error(kInvalidArgument) naming the field.
 void ValidateAttentionProblem(const AttentionProblem& problem);
 
+// Checks a linear problem's dtype and fp8 scales; throws Error(kInvalidArgument) naming them.
+// Both backends' `linear` run it first.
+void ValidateLinearProblem(const LinearProblem& problem);
+
 // The linear problem y = x Wᵀ + bias for `rows` rows of x, W as stored in `w`.
 LinearProblem MakeLinearProblem(const float* x, int64_t rows, const Weight& w, const float* bias,
                                 float* y);

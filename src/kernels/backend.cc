@@ -46,6 +46,11 @@ void AttendBatch(const AttentionProblem* problems, int64_t count) {
   for (int64_t i = 0; i < count; ++i) Attend(problems[i]);
 }
 
+void CheckedReferenceLinear(const LinearProblem& problem) {
+  ValidateLinearProblem(problem);
+  ReferenceLinear(problem);
+}
+
 void ReferenceAttendBatch(const AttentionProblem* problems, int64_t count) {
   for (int64_t i = 0; i < count; ++i) ReferenceAttend(problems[i]);
 }
@@ -57,6 +62,7 @@ void ReferenceAttendBatch(const AttentionProblem* problems, int64_t count) {
 constexpr int64_t kSmallBatchRows = 8;  // kSmallBatchMaxRows: one pass over W
 
 void Linear(const LinearProblem& problem) {
+  ValidateLinearProblem(problem);
   if (problem.rows <= kSmallBatchRows) {
     SmallBatchLinear(problem);
   } else {
@@ -69,7 +75,7 @@ void Linear(const LinearProblem& problem) {
 
 const KernelBackend& ReferenceBackend() {
   static const KernelBackend backend{"cpu-reference", &cpu::ReferenceAttend,
-                                     &cpu::ReferenceAttendBatch, &cpu::ReferenceLinear,
+                                     &cpu::ReferenceAttendBatch, &cpu::CheckedReferenceLinear,
                                      &cpu::ReferenceDequantize};
   return backend;
 }
@@ -95,6 +101,20 @@ LinearProblem MakeLinearProblem(const float* x, int64_t rows, const Weight& w, c
   problem.out = w.dim(0);
   problem.y = y;
   return problem;
+}
+
+void ValidateLinearProblem(const LinearProblem& p) {
+  ATTN_CHECK(p.rows >= 0 && p.in >= 0 && p.out >= 0, ErrorKind::kInvalidArgument,
+             "linear problem: rows, in and out must be >= 0");
+  ATTN_CHECK(p.w_dtype == DType::kF32 || p.w_dtype == DType::kBF16 ||
+                 p.w_dtype == DType::kF16 || p.w_dtype == DType::kF8E4M3,
+             ErrorKind::kInvalidArgument,
+             std::string("linear problem: weights must be F32, BF16, F16 or F8_E4M3, got ") +
+                 DTypeName(p.w_dtype));
+  ATTN_CHECK(p.w_dtype != DType::kF8E4M3 ||
+                 (p.w_scales != nullptr && p.scale_block_rows > 0 && p.scale_block_cols > 0),
+             ErrorKind::kInvalidArgument,
+             "linear problem: F8_E4M3 weights need block scales and positive block sizes");
 }
 
 // Runs once per kernel call: the message is only built on failure.

@@ -239,3 +239,31 @@ TEST(StoredWeightLinear, BlockScaleChecks) {
 
 }  // namespace
 }  // namespace attn
+
+namespace attn {
+namespace {
+
+// A linear problem the kernels cannot run is refused by both backends before any arithmetic.
+TEST(StoredWeightLinear, BackendsRefuseFp8WithoutScalesAndOtherDTypes) {
+  const std::vector<uint8_t> codes(16, 0x38);
+  std::vector<float> x(4, 1.0f), y(4, 0.0f);
+  LinearProblem p;
+  p.x = x.data();
+  p.w = codes.data();
+  p.w_dtype = DType::kF8E4M3;
+  p.rows = 1;
+  p.in = 4;
+  p.out = 4;
+  p.y = y.data();
+  for (const KernelBackend* backend : {&DefaultBackend(), &ReferenceBackend()}) {
+    testing::ExpectError([&] { backend->linear(p); }, ErrorKind::kInvalidArgument,
+                         {"F8_E4M3", "block scales"});
+    LinearProblem other = p;
+    other.w_dtype = DType::kI32;
+    testing::ExpectError([&] { backend->linear(other); }, ErrorKind::kInvalidArgument,
+                         {"I32"});
+  }
+}
+
+}  // namespace
+}  // namespace attn
