@@ -25,20 +25,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Runs `action`, expecting Error of `kind` whose message contains every entry of `words`.
-template <typename Action>
-void ExpectError(Action action, ErrorKind kind, const std::vector<std::string>& words) {
-  try {
-    action();
-    ADD_FAILURE() << "expected an attn::Error";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), kind) << e.what();
-    for (const std::string& word : words) {
-      EXPECT_NE(std::string(e.what()).find(word), std::string::npos)
-          << "message '" << e.what() << "' lacks '" << word << "'";
-    }
-  }
-}
+using testing::ExpectError;
 
 std::string LittleEndianU64(uint64_t value) {
   std::string bytes(8, '\0');

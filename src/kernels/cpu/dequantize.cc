@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "attn/dtype.h"
+#include "kernels/cpu/element_load.h"
 #include "kernels/cpu/isa.h"
 
 namespace attn::cpu {
@@ -21,26 +22,13 @@ void RoundToBF16(const float* x, int64_t count, uint16_t* out);
 
 namespace {
 
-float Stored(const LinearProblem& p, int64_t index) {
-  switch (p.w_dtype) {
-    case DType::kBF16:
-      return BF16ToF32(static_cast<const uint16_t*>(p.w)[index]);
-    case DType::kF16:
-      return F16ToF32(static_cast<const uint16_t*>(p.w)[index]);
-    case DType::kF8E4M3:
-      return F8E4M3ToF32(static_cast<const uint8_t*>(p.w)[index]);
-    default:
-      return static_cast<const float*>(p.w)[index];
-  }
-}
-
 void PortableRows(const LinearProblem& p, int64_t first, int64_t count, float* out) {
   const int64_t scale_cols =
       p.w_scales != nullptr ? (p.in + p.scale_block_cols - 1) / p.scale_block_cols : 0;
   for (int64_t r = 0; r < count; ++r) {
     const int64_t o = first + r;
     for (int64_t i = 0; i < p.in; ++i) {
-      float value = Stored(p, o * p.in + i);
+      float value = StoredWeightValue(p.w_dtype, p.w, o * p.in + i);
       if (p.w_scales != nullptr) {
         value *= p.w_scales[o / p.scale_block_rows * scale_cols + i / p.scale_block_cols];
       }

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// Reading stored K/V elements (f32, f16, bf16) as fp32.
+// Reading stored K/V elements (f32, f16, bf16) and weight elements as fp32.
 #ifndef ATTN_KERNELS_CPU_ELEMENT_LOAD_H_
 #define ATTN_KERNELS_CPU_ELEMENT_LOAD_H_
 
@@ -30,6 +30,22 @@ inline void LoadRow(DType dtype, const void* base, int64_t offset, int64_t count
     }
     default:
       return;  // ValidateAttentionProblem rejects other dtypes before any load.
+  }
+}
+
+// Element `index` of a stored weight (F32, BF16, F16, F8_E4M3) as fp32, before any block scale:
+// the scalar conversions of dtype.h, shared by the reference linear kernel and the portable
+// dequantizer.
+inline float StoredWeightValue(DType dtype, const void* base, int64_t index) {
+  switch (dtype) {
+    case DType::kBF16:
+      return BF16ToF32(static_cast<const uint16_t*>(base)[index]);
+    case DType::kF16:
+      return F16ToF32(static_cast<const uint16_t*>(base)[index]);
+    case DType::kF8E4M3:
+      return F8E4M3ToF32(static_cast<const uint8_t*>(base)[index]);
+    default:
+      return static_cast<const float*>(base)[index];
   }
 }
 

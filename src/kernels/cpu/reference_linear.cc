@@ -6,24 +6,9 @@
 #include <vector>
 
 #include "attn/kernels.h"
+#include "kernels/cpu/element_load.h"
 
 namespace attn::cpu {
-namespace {
-
-float StoredWeight(const LinearProblem& p, int64_t index) {
-  switch (p.w_dtype) {
-    case DType::kBF16:
-      return BF16ToF32(static_cast<const uint16_t*>(p.w)[index]);
-    case DType::kF16:
-      return F16ToF32(static_cast<const uint16_t*>(p.w)[index]);
-    case DType::kF8E4M3:
-      return F8E4M3ToF32(static_cast<const uint8_t*>(p.w)[index]);
-    default:
-      return static_cast<const float*>(p.w)[index];
-  }
-}
-
-}  // namespace
 
 // w[o, i] as fp32: the stored value times its block's scale.
 void ReferenceDequantize(const LinearProblem& p, int64_t first, int64_t count, float* out) {
@@ -31,7 +16,7 @@ void ReferenceDequantize(const LinearProblem& p, int64_t first, int64_t count, f
       p.w_scales != nullptr ? (p.in + p.scale_block_cols - 1) / p.scale_block_cols : 0;
   for (int64_t o = first; o < first + count; ++o) {
     for (int64_t i = 0; i < p.in; ++i) {
-      float value = StoredWeight(p, o * p.in + i);
+      float value = StoredWeightValue(p.w_dtype, p.w, o * p.in + i);
       if (p.w_scales != nullptr) {
         value *= p.w_scales[o / p.scale_block_rows * scale_cols + i / p.scale_block_cols];
       }
