@@ -50,11 +50,20 @@ enum class AttentionKind {
 };
 
 // Fields of the GQA family (docs/semantics.md §1).
+// RMSNorm on queries and keys before RoPE (docs/semantics.md §1, "q/k norms").
+enum class QkNorm {
+  kNone,
+  kPerHead,          // Qwen3: q_norm/k_norm of width d, applied to every head's vector
+  kWholeProjection,  // OLMo 2: q_norm of width H·d, k_norm of width G·d, before the head split
+};
+
 struct GqaDims {
   int64_t num_kv_heads = 0;  // G
   int64_t head_dim = 0;      // d (explicit head_dim, may differ from hidden / heads)
   bool qkv_bias = false;     // Qwen2; Llama attention_bias
   bool o_bias = false;       // Llama attention_bias
+  QkNorm qk_norm = QkNorm::kNone;
+  double qk_norm_eps = 1e-6;  // rms_norm_eps of the families with q/k norms
 };
 
 // Fields of MLA (docs/semantics.md §3).
@@ -89,6 +98,8 @@ struct ModelConfig {
   MlaDims mla;
   RopeConfig rope;
   WeightQuantization quantization;
+  // An explicit softmax scale (Granite's attention_multiplier); 0 = the one the dims imply.
+  double softmax_scale = 0.0;
   // Sliding window W (key t visible to query p iff p - W < t <= p); 0 = none.
   int64_t sliding_window = 0;
   // Which layers use the window: empty = all layers; otherwise one flag per layer
@@ -108,6 +119,7 @@ struct ModelConfig {
 void ValidateConfig(const ModelConfig& config);
 
 // The softmax scale the config implies (docs/semantics.md §3):
+//   softmax_scale when set (Granite's attention_multiplier), else
 //   GQA: d^-0.5 (scaled by nothing else; YaRN's factor lives on cos/sin).
 //   MLA: (dn + dr)^-0.5 · mscale(s, mscale_all_dim)^2 for yarn with mscale_all_dim != 0.
 double SoftmaxScale(const ModelConfig& config);

@@ -22,6 +22,8 @@ struct GqaWeights {
   Tensor k_bias;  // [G·d]
   Tensor v_bias;  // [G·d]
   Tensor o_bias;  // [D]   (Llama attention_bias)
+  Tensor q_norm;  // [d] per head (Qwen3) or [H·d] whole projection (OLMo 2); empty = none
+  Tensor k_norm;  // [d] or [G·d]
 };
 
 class GqaAttention : public AttentionLayer {

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "attn/checkpoint.h"
 #include "attn/layer_weights.h"
@@ -35,8 +36,11 @@ using TensorSource = std::function<const SafetensorsFile*(const std::string& nam
 // projection is split into fp32 copies. Throws Error(kNotFound) naming a missing tensor (an fp8
 // weight's scales included) and `where`, Error(kInvalidArgument) naming a misshapen,
 // non-finite or wrongly typed one; nothing is kept from a failed load.
-NamedWeights LoadHfAttentionWeights(const TensorSource& find, const std::string& where,
-                                    const ModelConfig& config, int64_t layer);
+// `names`: every tensor the source holds; one under the layer's prefix that the layer does not
+// use (kIgnoredTensor aside) is Error(kInvalidArgument) naming it.
+NamedWeights LoadHfAttentionWeights(const TensorSource& find, const std::vector<std::string>& names,
+                                    const std::string& where, const ModelConfig& config,
+                                    int64_t layer);
 NamedWeights LoadHfAttentionWeights(const SafetensorsFile& file, const ModelConfig& config,
                                     int64_t layer);
 // From a sharded checkpoint: each tensor from the shard its index names.

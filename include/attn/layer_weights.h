@@ -36,6 +36,12 @@ struct WeightSpec {
 // Every tensor the config's attention layer has, with its shape (docs/semantics.md §5).
 std::vector<WeightSpec> AttentionWeightSpecs(const ModelConfig& config);
 
+// The one tensor a checkpoint may hold under a layer's attention prefix that the layer does not
+// use: older Llama checkpoints saved RoPE's derived inverse frequencies (`rotary_emb.inv_freq`).
+// Any other unused tensor is an error on every loading path (a Qwen3 checkpoint labelled llama
+// would otherwise silently lose its q/k norms).
+extern const char* const kIgnoredTensor;
+
 // Builds the layer from `weights` (short names; consumed). Throws Error(kNotFound) naming a
 // missing tensor, Error(kInvalidArgument) naming a misshapen or unexpected one.
 // Projection matrices are kept as stored (F32, BF16, F16, or F8_E4M3 with block scales: an fp8

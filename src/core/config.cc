@@ -130,6 +130,12 @@ void ValidateConfig(const ModelConfig& config) {
   Require(config.max_position_embeddings >= 0,
           "max_position_embeddings (" + Num(config.max_position_embeddings) + ") must be >= 0");
 
+  Require(std::isfinite(config.softmax_scale) && config.softmax_scale >= 0.0,
+          "softmax scale (" + std::to_string(config.softmax_scale) +
+              ") must be finite and positive (0: derived from the head width)");
+  Require(config.gqa.qk_norm == QkNorm::kNone ||
+              (std::isfinite(config.gqa.qk_norm_eps) && config.gqa.qk_norm_eps > 0.0),
+          "q/k norm eps must be finite and positive");
   const bool mla = config.kind == AttentionKind::kMla;
   if (mla) {
     ValidateMla(config);
@@ -161,6 +167,7 @@ void ValidateConfig(const ModelConfig& config) {
 }
 
 double SoftmaxScale(const ModelConfig& config) {
+  if (config.softmax_scale > 0.0) return config.softmax_scale;
   const double width = static_cast<double>(config.QueryKeyHeadDim());
   const double base = 1.0 / std::sqrt(width);
   if (config.kind != AttentionKind::kMla) return base;

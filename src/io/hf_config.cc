@@ -26,7 +26,8 @@ namespace {
 using nlohmann::json;
 
 constexpr const char* kSupportedModels =
-    "llama, mistral, qwen2, deepseek_v2, deepseek_v3, kimi_k2, falcon";
+    "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, olmo2, granite, deepseek_v2, "
+    "deepseek_v3, kimi_k2, falcon";
 constexpr const char* kSupportedRopeTypes = "default, linear, llama3, yarn";
 
 // Rope-dict keys that only exist for scaling types attn does not implement (longrope/su
@@ -308,6 +309,27 @@ std::vector<bool> ParseLayerTypes(const Fields& top) {
   return sliding;
 }
 
+// The Qwen families' window (Qwen2, Qwen2-MoE, Qwen3): only when use_sliding_window is true
+// (default false), of sliding_window tokens (default 4096), on the layers layer_types marks, or
+// without layer_types on layers >= max_window_layers (default 28) — or, for Qwen2-MoE
+// (`alternate`), on the even layers below max_window_layers.
+void ParseQwenWindow(const Fields& top, ModelConfig& config, bool alternate) {
+  if (top.Bool("use_sliding_window", false)) {
+    config.sliding_window = top.Absent("sliding_window") ? 4096 : top.Int("sliding_window", 0);
+  }
+  if (top.Has("layer_types")) {
+    config.sliding_layers = ParseLayerTypes(top);
+  } else if (config.sliding_window > 0) {
+    const int64_t max_window_layers = top.Int("max_window_layers", 28);
+    config.sliding_layers.resize(static_cast<size_t>(std::max<int64_t>(config.num_layers, 0)));
+    for (size_t i = 0; i < config.sliding_layers.size(); ++i) {
+      const auto layer = static_cast<int64_t>(i);
+      config.sliding_layers[i] =
+          alternate ? (layer % 2 == 0 && layer < max_window_layers) : layer >= max_window_layers;
+    }
+  }
+}
+
 void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& config) {
   config.kind = AttentionKind::kGqa;
   config.rope.pairing = RopePairing::kRotateHalf;  // HF rotate_half (docs/semantics.md §2)
@@ -324,35 +346,61 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
     config.gqa.head_dim = config.hidden_size / config.num_heads;
   }
 
-  if (model_type == "llama") {
-    // LlamaAttention: bias=attention_bias on q, k, v and o; no sliding window.
+  if (model_type == "llama" || model_type == "granite" || model_type == "olmo2") {
+    // LlamaAttention (and Granite's, OLMo 2's): bias=attention_bias on q, k, v and o; no
+    // sliding window.
     const bool bias = top.Bool("attention_bias", false);
     config.gqa.qkv_bias = bias;
     config.gqa.o_bias = bias;
+    if (model_type == "granite") {
+      // GraniteAttention: scaling = attention_multiplier (GraniteConfig default 1.0), not
+      // head_dim^-0.5 (docs/semantics.md §1).
+      config.softmax_scale = top.Double("attention_multiplier", 1.0);
+      if (!(config.softmax_scale > 0.0)) {
+        top.Fail(ErrorKind::kInvalidArgument, "'attention_multiplier' must be positive");
+      }
+    }
+    if (model_type == "olmo2") {
+      // Olmo2Attention: RMSNorm over the whole q and k projections, eps rms_norm_eps
+      // (Olmo2Config default 1e-5).
+      config.gqa.qk_norm = QkNorm::kWholeProjection;
+      config.gqa.qk_norm_eps = top.Double("rms_norm_eps", 1e-5);
+    }
     return;
   }
-  if (model_type == "mistral") {
-    // MistralConfig default sliding_window is 4096; null means full attention.
-    config.sliding_window = top.Absent("sliding_window") ? 4096 : top.Int("sliding_window", 0);
+  if (model_type == "qwen3" || model_type == "qwen3_moe") {
+    // Qwen3Attention: bias=attention_bias on q, k, v and o; RMSNorm of width head_dim on each
+    // q and k head before RoPE, eps rms_norm_eps (Qwen3Config default 1e-6). The window applies
+    // only when use_sliding_window is true: to the layers layer_types marks, else to layers
+    // >= max_window_layers (as Qwen2).
+    const bool bias = top.Bool("attention_bias", false);
+    config.gqa.qkv_bias = bias;
+    config.gqa.o_bias = bias;
+    config.gqa.qk_norm = QkNorm::kPerHead;
+    config.gqa.qk_norm_eps = top.Double("rms_norm_eps", 1e-6);
+    ParseQwenWindow(top, config, /*alternate=*/false);
+    return;
+  }
+  if (model_type == "mistral" || model_type == "mixtral") {
+    // MistralConfig's default sliding_window is 4096, MixtralConfig's none; null means full
+    // attention. Mixtral's attention is Mistral's.
+    const int64_t absent = model_type == "mistral" ? 4096 : 0;
+    config.sliding_window = top.Absent("sliding_window") ? absent : top.Int("sliding_window", 0);
     if (top.Has("layer_types")) config.sliding_layers = ParseLayerTypes(top);
     return;
   }
-  // qwen2: q/k/v biased, o not (Qwen2Attention). The window applies only when
-  // use_sliding_window is true, and then (without layer_types) to layers >= max_window_layers.
+  if (model_type == "qwen2_moe") {
+    // Qwen2MoeAttention: q/k/v bias = qkv_bias (default true), o unbiased. Without
+    // layer_types, Qwen2MoeConfig slides the even layers below max_window_layers.
+    config.gqa.qkv_bias = top.Bool("qkv_bias", true);
+    config.gqa.o_bias = false;
+    ParseQwenWindow(top, config, /*alternate=*/true);
+    return;
+  }
+  // qwen2: q/k/v biased, o not (Qwen2Attention).
   config.gqa.qkv_bias = true;
   config.gqa.o_bias = false;
-  if (top.Bool("use_sliding_window", false)) {
-    config.sliding_window = top.Absent("sliding_window") ? 4096 : top.Int("sliding_window", 0);
-  }
-  if (top.Has("layer_types")) {
-    config.sliding_layers = ParseLayerTypes(top);
-  } else if (config.sliding_window > 0) {
-    const int64_t first_sliding = top.Int("max_window_layers", 28);
-    config.sliding_layers.resize(static_cast<size_t>(std::max<int64_t>(config.num_layers, 0)));
-    for (size_t i = 0; i < config.sliding_layers.size(); ++i) {
-      config.sliding_layers[i] = static_cast<int64_t>(i) >= first_sliding;
-    }
-  }
+  ParseQwenWindow(top, config, /*alternate=*/false);
 }
 
 void ParseMla(const Fields& top, const std::string& model_type, ModelConfig& config) {
@@ -394,7 +442,7 @@ int64_t IntOrAlias(const Fields& top, const char* key, const char* alias) {
 //   new_decoder_architecture  -> num_kv_heads (default num_attention_heads): GQA, Falcon-40B
 //   multi_query (the default) -> 1: MQA, Falcon-7B
 //   neither                   -> num_attention_heads: MHA
-void ParseFalcon(const Fields& top, ModelConfig& config) {
+void ParseFalcon(const Fields& top, ModelConfig& config, bool refined_web) {
   config.kind = AttentionKind::kGqa;
   config.rope.pairing = RopePairing::kRotateHalf;
   config.hidden_size = IntOrAlias(top, "hidden_size", "n_embed");
@@ -411,7 +459,13 @@ void ParseFalcon(const Fields& top, ModelConfig& config) {
                                               "); Falcon's head_dim is their quotient");
   }
   config.gqa.head_dim = config.num_heads > 0 ? config.hidden_size / config.num_heads : 0;
-  if (top.Bool("new_decoder_architecture", false)) {
+  // The original Falcon-40B config (model_type RefinedWeb) predates new_decoder_architecture:
+  // its n_head_kv alone selects the grouped layout, as the original RW code allocates
+  // (2·n_head_kv + n_head)·head_dim fused rows. (RefinedWebModel, Falcon-7B, is multi_query.)
+  const bool new_architecture = top.Has("new_decoder_architecture")
+                                    ? top.Bool("new_decoder_architecture", false)
+                                    : refined_web && top.Has("n_head_kv");
+  if (new_architecture) {
     config.gqa.num_kv_heads =
         top.Has("num_kv_heads") ? top.Int("num_kv_heads") : top.Int("n_head_kv", config.num_heads);
   } else {
@@ -458,10 +512,13 @@ void ParseQuantization(const Fields& top, const std::string& source, ModelConfig
 
 // HF class defaults for max_position_embeddings, used only when a config leaves it out.
 int64_t DefaultMaxPositions(const std::string& model_type) {
-  if (model_type == "mistral") return 4096 * 32;
-  if (model_type == "qwen2") return 32768;
+  if (model_type == "mistral" || model_type == "mixtral") return 4096 * 32;
+  if (model_type == "qwen2" || model_type == "qwen2_moe" || model_type == "qwen3" ||
+      model_type == "qwen3_moe") {
+    return 32768;
+  }
   if (model_type == "deepseek_v3") return 4096;
-  return 2048;  // llama, falcon, deepseek_v2
+  return 2048;  // llama, falcon, deepseek_v2, olmo2, granite
 }
 
 ModelConfig Parse(const std::string& json_text, const std::string& source) {
@@ -479,6 +536,7 @@ ModelConfig Parse(const std::string& json_text, const std::string& source) {
   // Kimi-K2 ships DeepSeek-V3's architecture; some copies of its config say "kimi_k2".
   if (model_type == "kimi_k2") model_type = "deepseek_v3";
   // Falcon's original remote-code configs call the model RefinedWeb / RefinedWebModel.
+  const bool refined_web = model_type == "RefinedWeb";
   if (model_type == "RefinedWeb" || model_type == "RefinedWebModel") model_type = "falcon";
   if (model_type == "minicpm3") {
     // MiniCPM3 is MLA, but its RoPE is longrope (per-frequency short/long factor lists chosen
@@ -488,7 +546,9 @@ ModelConfig Parse(const std::string& json_text, const std::string& source) {
              "(rope_scaling short_factor/long_factor), which attn does not implement");
   }
   const bool falcon = model_type == "falcon";
-  const bool gqa = model_type == "llama" || model_type == "mistral" || model_type == "qwen2";
+  const bool gqa = model_type == "llama" || model_type == "mistral" || model_type == "qwen2" ||
+                   model_type == "mixtral" || model_type == "qwen2_moe" || model_type == "qwen3" ||
+                   model_type == "qwen3_moe" || model_type == "olmo2" || model_type == "granite";
   const bool mla = model_type == "deepseek_v2" || model_type == "deepseek_v3";
   if (!gqa && !mla && !falcon) {
     top.Fail(ErrorKind::kUnsupported, "unsupported model_type '" + io::TextExcerpt(model_type) +
@@ -496,7 +556,7 @@ ModelConfig Parse(const std::string& json_text, const std::string& source) {
   }
   config.model_type = model_type;
   if (falcon) {
-    ParseFalcon(top, config);  // sizes under current or older key spellings
+    ParseFalcon(top, config, refined_web);  // sizes under current or older key spellings
   } else {
     config.hidden_size = top.Int("hidden_size");
     config.num_heads = top.Int("num_attention_heads");

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -18,6 +19,37 @@ std::string HfAttentionPrefix(int64_t layer) {
 namespace {
 
 bool IsFalcon(const ModelConfig& config) { return config.model_type == "falcon"; }
+
+// The short names (after `prefix`) a layer of this config reads from a checkpoint.
+std::set<std::string> UsedNames(const ModelConfig& config) {
+  if (IsFalcon(config)) {
+    return {"query_key_value.weight", "query_key_value.bias", "dense.weight", "dense.bias"};
+  }
+  std::set<std::string> used;
+  for (const WeightSpec& spec : AttentionWeightSpecs(config)) used.insert(spec.name);
+  return used;
+}
+
+// Every tensor under the layer's attention prefix must be one the layer uses (an fp8 weight's
+// `_scale_inv` counts with its weight), or kIgnoredTensor: a checkpoint of another family
+// relabelled (a Qwen3 layer read as llama would silently drop its q/k norms) is an error naming
+// the tensor, never a plausible wrong answer. The same rule as BuildAttentionLayer's for dicts.
+void CheckNoUnusedTensors(const std::vector<std::string>& names, const ModelConfig& config,
+                          int64_t layer, const std::string& where) {
+  const std::string prefix = HfAttentionPrefix(config, layer);
+  const std::set<std::string> used = UsedNames(config);
+  for (const std::string& name : names) {
+    if (!name.starts_with(prefix)) continue;
+    std::string short_name = name.substr(prefix.size());
+    if (short_name == kIgnoredTensor) continue;
+    if (short_name.ends_with("_scale_inv")) {
+      short_name.resize(short_name.size() - std::string("_scale_inv").size());
+    }
+    Check(used.contains(short_name), ErrorKind::kInvalidArgument,
+          "tensor '" + name + "' in " + where + " is not part of a " + config.model_type +
+              " attention layer (is the checkpoint another family than its config says?)");
+  }
+}
 
 // Reads `name` as fp32 after checking it exists, has `shape` and holds finite values.
 Tensor ReadChecked(const SafetensorsFile& file, const std::string& name, const Shape& shape) {
@@ -58,8 +90,10 @@ NamedTensors ReadFalconAttentionWeights(const SafetensorsFile& file, const Model
 
 }  // namespace
 
-NamedWeights LoadHfAttentionWeights(const TensorSource& find, const std::string& where,
-                                    const ModelConfig& config, int64_t layer) {
+NamedWeights LoadHfAttentionWeights(const TensorSource& find, const std::vector<std::string>& names,
+                                    const std::string& where, const ModelConfig& config,
+                                    int64_t layer) {
+  CheckNoUnusedTensors(names, config, layer, where);
   if (IsFalcon(config)) {
     // The fused projection is split row-wise in fp32 (fused_qkv.h), so Falcon's weights are
     // copies whatever their stored dtype.
@@ -109,7 +143,7 @@ NamedWeights LoadHfAttentionWeights(const SafetensorsFile& file, const ModelConf
                                     int64_t layer) {
   return LoadHfAttentionWeights(
       [&file](const std::string& name) { return file.Contains(name) ? &file : nullptr; },
-      file.path(), config, layer);
+      file.Names(), file.path(), config, layer);
 }
 
 NamedWeights LoadHfAttentionWeights(const Checkpoint& checkpoint, const ModelConfig& config,
@@ -118,7 +152,7 @@ NamedWeights LoadHfAttentionWeights(const Checkpoint& checkpoint, const ModelCon
       [&checkpoint](const std::string& name) {
         return checkpoint.Contains(name) ? &checkpoint.FileFor(name) : nullptr;
       },
-      checkpoint.path(), config, layer);
+      checkpoint.Names(), checkpoint.path(), config, layer);
 }
 
 std::string HfAttentionPrefix(const ModelConfig& config, int64_t layer) {
@@ -128,6 +162,7 @@ std::string HfAttentionPrefix(const ModelConfig& config, int64_t layer) {
 
 NamedTensors ReadHfAttentionWeights(const SafetensorsFile& file, const ModelConfig& config,
                                     int64_t layer) {
+  CheckNoUnusedTensors(file.Names(), config, layer, file.path());
   if (IsFalcon(config)) return ReadFalconAttentionWeights(file, config, layer);
   const std::string prefix = HfAttentionPrefix(layer);
   NamedTensors weights;

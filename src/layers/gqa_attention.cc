@@ -50,6 +50,20 @@ GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, GqaWeights 
     ATTN_CHECK(weights_.o_bias.size() == 0, ErrorKind::kInvalidArgument,
                "o_proj.bias given but the config has none");
   }
+  switch (config.gqa.qk_norm) {
+    case QkNorm::kPerHead:
+      layers::CheckWeight(weights_.q_norm, {d}, "q_norm.weight");
+      layers::CheckWeight(weights_.k_norm, {d}, "k_norm.weight");
+      break;
+    case QkNorm::kWholeProjection:
+      layers::CheckWeight(weights_.q_norm, {q_width}, "q_norm.weight");
+      layers::CheckWeight(weights_.k_norm, {kv_width}, "k_norm.weight");
+      break;
+    case QkNorm::kNone:
+      ATTN_CHECK(weights_.q_norm.size() == 0 && weights_.k_norm.size() == 0,
+                 ErrorKind::kInvalidArgument, "q/k norms given but the config has none");
+      break;
+  }
 }
 
 std::unique_ptr<Cache> GqaAttention::NewCache(int64_t batch, int64_t capacity, DType dtype,
@@ -81,6 +95,17 @@ void GqaAttention::StepInto(const TokenBatch& batch, Cache& cache, MlaForm /*for
   layers::Project(x, rows, weights_.q_proj, weights_.q_bias, q);
   layers::Project(x, rows, weights_.k_proj, weights_.k_bias, k);
   layers::Project(x, rows, weights_.v_proj, weights_.v_bias, v);
+
+  // q/k norms (docs/semantics.md §1): RMSNorm of every head's vector (Qwen3), or of each token's
+  // whole projection (OLMo 2), before RoPE.
+  const double eps = config_.gqa.qk_norm_eps;
+  if (config_.gqa.qk_norm == QkNorm::kPerHead) {
+    layers::RmsNormRows(q, rows * heads, d, weights_.q_norm, eps);
+    layers::RmsNormRows(k, rows * kv_heads, d, weights_.k_norm, eps);
+  } else if (config_.gqa.qk_norm == QkNorm::kWholeProjection) {
+    layers::RmsNormRows(q, rows, heads * d, weights_.q_norm, eps);
+    layers::RmsNormRows(k, rows, kv_heads * d, weights_.k_norm, eps);
+  }
 
   const std::span<const int64_t> positions = layers::ResolvePositions(batch, shape, *kv);
   layers::RotateHeads(rope_, positions, q, heads * d, 0, heads, d);

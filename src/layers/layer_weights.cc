@@ -28,6 +28,13 @@ std::vector<WeightSpec> GqaSpecs(const ModelConfig& c) {
     specs.push_back({"v_proj.bias", {kv_width}, K::kBias});
   }
   if (c.gqa.o_bias) specs.push_back({"o_proj.bias", {c.hidden_size}, K::kBias});
+  if (c.gqa.qk_norm == QkNorm::kPerHead) {
+    specs.push_back({"q_norm.weight", {c.gqa.head_dim}, K::kNormScale});
+    specs.push_back({"k_norm.weight", {c.gqa.head_dim}, K::kNormScale});
+  } else if (c.gqa.qk_norm == QkNorm::kWholeProjection) {
+    specs.push_back({"q_norm.weight", {q_width}, K::kNormScale});
+    specs.push_back({"k_norm.weight", {kv_width}, K::kNormScale});
+  }
   return specs;
 }
 
@@ -100,6 +107,8 @@ class SplitMix64 {
 
 }  // namespace
 
+const char* const kIgnoredTensor = "rotary_emb.inv_freq";
+
 std::vector<WeightSpec> AttentionWeightSpecs(const ModelConfig& config) {
   return config.kind == AttentionKind::kGqa ? GqaSpecs(config) : MlaSpecs(config);
 }
@@ -153,6 +162,10 @@ std::unique_ptr<AttentionLayer> BuildAttentionLayer(const ModelConfig& config, i
     w.k_bias = TakeVector(weights, "k_proj.bias", config.gqa.qkv_bias);
     w.v_bias = TakeVector(weights, "v_proj.bias", config.gqa.qkv_bias);
     w.o_bias = TakeVector(weights, "o_proj.bias", config.gqa.o_bias);
+    const bool qk_norm = config.gqa.qk_norm != QkNorm::kNone;
+    w.q_norm = TakeVector(weights, "q_norm.weight", qk_norm);
+    w.k_norm = TakeVector(weights, "k_norm.weight", qk_norm);
+    weights.erase(kIgnoredTensor);
     Check(weights.empty(), ErrorKind::kInvalidArgument,
           "unexpected attention weight '" + (weights.empty() ? "" : weights.begin()->first) +
               "' for this config");
@@ -171,6 +184,7 @@ std::unique_ptr<AttentionLayer> BuildAttentionLayer(const ModelConfig& config, i
     w.kv_a_layernorm = TakeVector(weights, "kv_a_layernorm.weight", true);
     w.kv_b_proj = Take(weights, "kv_b_proj.weight", true);
     w.o_proj = Take(weights, "o_proj.weight", true);
+    weights.erase(kIgnoredTensor);
     Check(weights.empty(), ErrorKind::kInvalidArgument,
           "unexpected attention weight '" + (weights.empty() ? "" : weights.begin()->first) +
               "' for this config");

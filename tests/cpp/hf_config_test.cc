@@ -15,6 +15,7 @@
 
 #include "attn/config.h"
 #include "attn/error.h"
+#include "attn/layer_weights.h"
 
 #ifndef ATTN_SOURCE_DIR
 #error "ATTN_SOURCE_DIR must name the repository root"
@@ -618,8 +619,9 @@ TEST(HfConfigGqa, IntegralFloatsAreIntegers) {
 TEST(HfConfigErrors, UnknownModelType) {
   json j = ReadJson("tiny-llama31.json");
   j["model_type"] = "gpt2";
-  ExpectError([&] { Parse(j); }, ErrorKind::kUnsupported,
-              {"unsupported model_type 'gpt2'", "llama, mistral, qwen2, deepseek_v2, deepseek_v3"});
+  ExpectError(
+      [&] { Parse(j); }, ErrorKind::kUnsupported,
+      {"unsupported model_type 'gpt2'", "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3"});
   j.erase("model_type");
   ExpectError([&] { Parse(j); }, ErrorKind::kNotFound, {"'model_type'"});
   j["model_type"] = 7;
@@ -833,6 +835,70 @@ TEST(ModelConfigRules, YarnMscale) {
   EXPECT_NEAR(YarnMscale(40.0, 1.0) * YarnMscale(40.0, 1.0), 1.873854, 1e-6);
   EXPECT_DOUBLE_EQ(YarnMscale(40.0, 0.707), 0.1 * 0.707 * std::log(40.0) + 1.0);
   EXPECT_EQ(YarnMscale(40.0, 0.0), 1.0);
+}
+
+}  // namespace
+}  // namespace attn
+
+namespace attn {
+namespace {
+
+ModelConfig ParseText(const std::string& text) { return ParseHfConfig(text); }
+
+// The GQA families added with their attention variants (docs/semantics.md §1): the keys that
+// change the math, with the defaults of each family's HF configuration class.
+TEST(HfConfigFamilies, Qwen3AndOlmo2QkNorms) {
+  const std::string dims = R"("hidden_size": 64, "num_attention_heads": 4,
+      "num_key_value_heads": 2, "head_dim": 32, "num_hidden_layers": 4)";
+  const ModelConfig qwen3 = ParseText(R"({"model_type": "qwen3", )" + dims + "}");
+  EXPECT_EQ(qwen3.gqa.qk_norm, QkNorm::kPerHead);
+  EXPECT_EQ(qwen3.gqa.qk_norm_eps, 1e-6);
+  EXPECT_FALSE(qwen3.gqa.qkv_bias);
+  EXPECT_EQ(qwen3.WindowForLayer(3), 0);
+  const ModelConfig moe =
+      ParseText(R"({"model_type": "qwen3_moe", "rms_norm_eps": 1e-5, )" + dims + "}");
+  EXPECT_EQ(moe.gqa.qk_norm, QkNorm::kPerHead);
+  EXPECT_EQ(moe.gqa.qk_norm_eps, 1e-5);
+  const ModelConfig olmo2 = ParseText(R"({"model_type": "olmo2", )" + dims + "}");
+  EXPECT_EQ(olmo2.gqa.qk_norm, QkNorm::kWholeProjection);
+  EXPECT_EQ(olmo2.gqa.qk_norm_eps, 1e-5);  // Olmo2Config's default
+  // The norms' tensors are part of the layer, at their widths.
+  bool q_norm = false;
+  for (const WeightSpec& spec : AttentionWeightSpecs(olmo2)) {
+    if (spec.name == "q_norm.weight") {
+      q_norm = true;
+      EXPECT_EQ(spec.shape, (Shape{4 * 32}));
+    }
+  }
+  EXPECT_TRUE(q_norm);
+}
+
+TEST(HfConfigFamilies, GraniteScaleMixtralAndQwen2MoeWindows) {
+  const std::string dims = R"("hidden_size": 64, "num_attention_heads": 4,
+      "num_key_value_heads": 2, "num_hidden_layers": 6)";
+  const ModelConfig granite =
+      ParseText(R"({"model_type": "granite", "attention_multiplier": 0.0078125, )" + dims + "}");
+  EXPECT_DOUBLE_EQ(SoftmaxScale(granite), 0.0078125);
+  EXPECT_DOUBLE_EQ(SoftmaxScale(ParseText(R"({"model_type": "granite", )" + dims + "}")), 1.0);
+  EXPECT_THROW(ParseText(R"({"model_type": "granite", "attention_multiplier": 0, )" + dims + "}"),
+               Error);
+  EXPECT_EQ(ParseText(R"({"model_type": "mixtral", )" + dims + "}").sliding_window, 0);
+  EXPECT_EQ(ParseText(R"({"model_type": "mixtral", "sliding_window": 64, )" + dims + "}")
+                .WindowForLayer(5),
+            64);
+  const ModelConfig qwen2_moe =
+      ParseText(R"({"model_type": "qwen2_moe", "use_sliding_window": true, "sliding_window": 16,
+                   "max_window_layers": 4, )" +
+                dims + "}");
+  EXPECT_TRUE(qwen2_moe.gqa.qkv_bias);
+  EXPECT_FALSE(qwen2_moe.gqa.o_bias);
+  // Qwen2MoeConfig: even layers below max_window_layers slide.
+  const std::vector<int64_t> windows = {16, 0, 16, 0, 0, 0};
+  for (int64_t layer = 0; layer < 6; ++layer) {
+    EXPECT_EQ(qwen2_moe.WindowForLayer(layer), windows[static_cast<size_t>(layer)]) << layer;
+  }
+  EXPECT_FALSE(
+      ParseText(R"({"model_type": "qwen2_moe", "qkv_bias": false, )" + dims + "}").gqa.qkv_bias);
 }
 
 }  // namespace

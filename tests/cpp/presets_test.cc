@@ -159,6 +159,14 @@ TEST(FalconConfigTest, KvHeadsFollowTheArchitectureFlags) {
   EXPECT_EQ(old.model_type, "falcon");
   EXPECT_EQ(old.gqa.num_kv_heads, 1);
   EXPECT_EQ(old.hidden_size, 4544);
+
+  // The original Falcon-40B config (tiiuae/falcon-40b before its HF port): n_head_kv without
+  // new_decoder_architecture means the grouped layout, (2·8 + 128)·64 = 9216 fused rows.
+  const ModelConfig rw40b = ParseHfConfig(R"({"model_type": "RefinedWeb", "n_embed": 8192,
+      "n_head": 128, "n_head_kv": 8, "n_layer": 60, "bias": false, "parallel_attn": true})");
+  EXPECT_EQ(rw40b.gqa.num_kv_heads, 8);
+  EXPECT_EQ(rw40b.gqa.head_dim, 64);
+  EXPECT_EQ((rw40b.num_heads + 2 * rw40b.gqa.num_kv_heads) * rw40b.gqa.head_dim, 9216);
 }
 
 TEST(FalconConfigTest, RefusesWhatItCannotRun) {

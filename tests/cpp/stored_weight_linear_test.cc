@@ -260,8 +260,7 @@ TEST(StoredWeightLinear, BackendsRefuseFp8WithoutScalesAndOtherDTypes) {
                          {"F8_E4M3", "block scales"});
     LinearProblem other = p;
     other.w_dtype = DType::kI32;
-    testing::ExpectError([&] { backend->linear(other); }, ErrorKind::kInvalidArgument,
-                         {"I32"});
+    testing::ExpectError([&] { backend->linear(other); }, ErrorKind::kInvalidArgument, {"I32"});
   }
 }
 

@@ -181,5 +181,26 @@ TEST_F(WeightLoadingTest, Fp8IsNotReadAsFloats) {
               {"o_proj.weight", "F8_E4M3"});
 }
 
+TEST_F(WeightLoadingTest, TensorsTheLayerDoesNotUseAreRefused) {
+  // A Qwen3-style layer (q/k norms) read with a llama config: every path names the tensor.
+  const ModelConfig config = testing::SmallGqaConfig(4, 2);
+  const std::string path = WriteLayer(config, DType::kBF16, "llama.safetensors");
+  Rewrite(path, [&](auto&, auto& writer, auto&) {
+    writer.AddF32(kPrefix + "q_norm.weight", Tensor({config.gqa.head_dim}));
+    writer.AddF32(kPrefix + "rotary_emb.inv_freq", Tensor({config.gqa.head_dim / 2}));
+  });
+  const SafetensorsFile file = SafetensorsFile::Open(path);
+  ExpectError([&] { LoadHfAttentionWeights(file, config, 1); }, ErrorKind::kInvalidArgument,
+              {kPrefix + "q_norm.weight", "not part of a llama attention layer"});
+  ExpectError([&] { ReadHfAttentionWeights(file, config, 1); }, ErrorKind::kInvalidArgument,
+              {kPrefix + "q_norm.weight"});
+  // rotary_emb.inv_freq (older Llama checkpoints) alone is tolerated, on the dict path too.
+  Rewrite(path, [&](auto& views, auto&, auto&) { views.erase(kPrefix + "q_norm.weight"); });
+  const SafetensorsFile cleaned = SafetensorsFile::Open(path);
+  NamedWeights weights = LoadHfAttentionWeights(cleaned, config, 1);
+  weights.emplace("rotary_emb.inv_freq", Weight(Tensor({config.gqa.head_dim / 2})));
+  EXPECT_NE(BuildAttentionLayer(config, 1, std::move(weights)), nullptr);
+}
+
 }  // namespace
 }  // namespace attn

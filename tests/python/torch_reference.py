@@ -3,7 +3,9 @@
 
 Written from the formulas in docs/semantics.md (§1-§5), NOT
 from attn's C++ sources, so that a disagreement between the two points at a real bug on one
-side. Everything is computed on the CPU in float64; `forward` returns float32.
+side. The families added later (qwen3, qwen3_moe, olmo2, granite, mixtral, qwen2_moe; see
+`_parse_gqa_family`) were written from Hugging Face transformers' own modeling and
+configuration code, whose file and rule each branch cites. Everything is computed on the CPU in float64; `forward` returns float32.
 `forward(..., compute_dtype=torch.bfloat16)` (or float16, float32) runs the same formulas at a
 lower precision instead (see `Precision`), the baseline for tolerances of narrow-dtype weights.
 
@@ -37,6 +39,11 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 
 GQA_MODEL_TYPES = ("llama", "mistral", "qwen2")
+# Families read from transformers' modeling code (see _parse_gqa_family); all are the GQA layer
+# of §1, some with q/k norms (QK_NORM_*) or a softmax scale from the config.
+GQA_FAMILY_TYPES = ("qwen3", "qwen3_moe", "olmo2", "granite", "mixtral", "qwen2_moe")
+QK_NORM_PER_HEAD = "per_head"  # Qwen3: RMSNorm of each head's d-vector, weights [d]
+QK_NORM_FULL = "full"          # OLMo 2: RMSNorm of the whole projection, weights [H·d] / [G·d]
 MLA_MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
 
 _F64 = torch.float64
@@ -115,6 +122,10 @@ class Spec:
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
     rms_norm_eps: float = 1e-6
+    # GQA families with q/k norms and explicit scales (GQA_FAMILY_TYPES)
+    qk_norm: str = ""  # "" (none) | QK_NORM_PER_HEAD | QK_NORM_FULL
+    qk_norm_eps: float = 1e-6
+    scale_override: Optional[float] = None  # Granite's attention_multiplier
 
     def window_for_layer(self, layer: int) -> int:
         if self.kind != "gqa" or not self.sliding_window:
@@ -135,9 +146,10 @@ def _rope_dict(cfg: Mapping) -> Tuple[dict, bool]:
     return {}, False
 
 
-def _parse_rope(cfg: Mapping, width: int, interleaved: bool) -> RopeSpec:
+def _parse_rope(cfg: Mapping, width: int, interleaved: bool,
+                default_theta: float = 10000.0) -> RopeSpec:
     params, _ = _rope_dict(cfg)
-    theta = params.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    theta = params.get("rope_theta", cfg.get("rope_theta", default_theta))
     prf = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
     if prf is None:
         prf = 1.0
@@ -168,12 +180,104 @@ def _parse_rope(cfg: Mapping, width: int, interleaved: bool) -> RopeSpec:
     return rope
 
 
+def _given(cfg: Mapping, key: str, default):
+    """cfg[key] unless absent or null."""
+    v = cfg.get(key)
+    return default if v is None else v
+
+
+def _parse_gqa_family(cfg: Mapping, mt: str, D: int, H: int, L: int) -> Spec:
+    """The GQA families of GQA_FAMILY_TYPES, each as transformers defines it (paths under
+    src/transformers/models/ of huggingface/transformers):
+
+    qwen3 (qwen3/modeling_qwen3.py Qwen3Attention, configuration_qwen3.py Qwen3Config):
+      head_dim = config.head_dim, whose Qwen3Config default is 128 (not D/H); bias =
+      attention_bias (default False) on q, k, v and o; q_norm / k_norm = Qwen3RMSNorm(head_dim,
+      eps=rms_norm_eps (default 1e-6)) applied to q_proj(x).view(..., -1, head_dim), i.e. each
+      head's vector, before RoPE; sliding_window = config.sliding_window on layers whose
+      layer_types entry is "sliding_attention". __post_init__: sliding_window = sliding_window if
+      use_sliding_window else None (default 4096); layer_types default: "sliding_attention" iff
+      sliding_window is not None and i >= max_window_layers (default 28).
+    qwen3_moe (qwen3_moe/modeling_qwen3_moe.py Qwen3MoeAttention, configuration_qwen3_moe.py):
+      as qwen3 except head_dim = getattr(config, "head_dim", D/H) (Qwen3MoeConfig has no
+      head_dim field, so D/H unless config.json gives one) and the window: Qwen3MoeConfig has
+      neither layer_types nor max_window_layers; self.sliding_window = config.sliding_window
+      (None unless use_sliding_window) on every layer.
+    olmo2 (olmo2/modular_olmo2.py Olmo2Attention, configuration_olmo2.py): LlamaAttention
+      (head_dim = D/H unless given, bias = attention_bias on q, k, v and o) with
+      q_norm = Olmo2RMSNorm(H·head_dim), k_norm = Olmo2RMSNorm(G·head_dim), eps rms_norm_eps
+      (default 1e-5), applied to the whole q_proj / k_proj output before the head split and
+      RoPE; no window.
+    granite (granite/modular_granite.py GraniteAttention, configuration_granite.py):
+      LlamaAttention with self.scaling = config.attention_multiplier (GraniteConfig default
+      1.0, not head_dim^-0.5). residual_multiplier / embedding_multiplier / logits_scaling act
+      outside the attention layer.
+    mixtral (mixtral/modular_mixtral.py MixtralAttention = MistralAttention,
+      configuration_mixtral.py): no biases; head_dim = D/H unless given; sliding_window on every
+      layer, MixtralConfig default None (no window); rope_theta default 1e6 (default_theta).
+    qwen2_moe (qwen2_moe/modular_qwen2_moe.py Qwen2MoeAttention, configuration_qwen2_moe.py):
+      LlamaAttention with q/k/v bias = qkv_bias (default True) and no o bias; head_dim = D/H
+      unless given; window config.sliding_window on layers whose layer_types entry is
+      "sliding_attention". __post_init__: sliding_window = sliding_window if use_sliding_window
+      else 0 (default 4096); layer_types default: "sliding_attention" iff (i + 1) % 2 and
+      i < max_window_layers (default 28) and use_sliding_window.
+
+    Not modelled: a layer_types entry "sliding_attention" while use_sliding_window is false. HF
+    then has no window value (qwen3: None, which create_sliding_window_causal_mask refuses;
+    qwen2_moe: 0, a window that hides every key); this oracle uses full attention there."""
+    G = int(_given(cfg, "num_key_value_heads", H))
+    d_default = 128 if mt == "qwen3" else D // H
+    d = int(_given(cfg, "head_dim", d_default))
+    rope = _parse_rope(cfg, d, interleaved=False,
+                       default_theta=1000000.0 if mt == "mixtral" else 10000.0)
+    spec = Spec(model_type=mt, kind="gqa", hidden_size=D, num_heads=H, num_layers=L,
+                rope=rope, num_kv_heads=G, head_dim=d)
+    if mt in ("qwen3", "qwen3_moe", "olmo2", "granite"):
+        ab = bool(_given(cfg, "attention_bias", False))
+        spec.qkv_bias = ab
+        spec.o_bias = ab
+    elif mt == "qwen2_moe":
+        spec.qkv_bias = bool(_given(cfg, "qkv_bias", True))
+        spec.o_bias = False
+    if mt in ("qwen3", "qwen3_moe"):
+        spec.qk_norm = QK_NORM_PER_HEAD
+        spec.qk_norm_eps = float(_given(cfg, "rms_norm_eps", 1e-6))
+    elif mt == "olmo2":
+        spec.qk_norm = QK_NORM_FULL
+        spec.qk_norm_eps = float(_given(cfg, "rms_norm_eps", 1e-5))
+    if mt == "granite":
+        spec.scale_override = float(_given(cfg, "attention_multiplier", 1.0))
+    use_sw = bool(_given(cfg, "use_sliding_window", False))
+    layer_types = cfg.get("layer_types")
+    if mt == "mixtral":
+        spec.sliding_window = int(_given(cfg, "sliding_window", 0))
+    elif mt == "qwen3_moe":
+        if use_sw:
+            spec.sliding_window = int(_given(cfg, "sliding_window", 0) if "sliding_window" in cfg
+                                      else 4096)
+    elif mt in ("qwen3", "qwen2_moe") and use_sw:
+        spec.sliding_window = int(_given(cfg, "sliding_window", 0) if "sliding_window" in cfg
+                                  else 4096)
+        if layer_types is not None:
+            spec.sliding_layers = [t == "sliding_attention" for t in layer_types]
+        elif mt == "qwen3":
+            if spec.sliding_window:  # HF: sliding_window is not None
+                mwl = int(_given(cfg, "max_window_layers", 28))
+                spec.sliding_layers = [i >= mwl for i in range(L)]
+        else:
+            mwl = int(_given(cfg, "max_window_layers", 28))
+            spec.sliding_layers = [bool((i + 1) % 2) and i < mwl for i in range(L)]
+    return spec
+
+
 def parse_config(cfg: Mapping) -> Spec:
     """HF config.json dict -> Spec. Raises ValueError for an unknown model_type."""
     mt = cfg.get("model_type")
     D = int(cfg["hidden_size"])
     H = int(cfg["num_attention_heads"])
     L = int(cfg.get("num_hidden_layers", 1))
+    if mt in GQA_FAMILY_TYPES:
+        return _parse_gqa_family(cfg, mt, D, H, L)
     if mt in GQA_MODEL_TYPES:
         G = int(cfg.get("num_key_value_heads") or H)
         d = int(cfg.get("head_dim") or D // H)
@@ -241,6 +345,12 @@ def expected_weight_shapes(cfg_or_spec, layer: int = 0) -> Dict[str, Tuple[int, 
             out[p + "v_proj.bias"] = (G * d,)
         if s.o_bias:
             out[p + "o_proj.bias"] = (D,)
+        if s.qk_norm == QK_NORM_PER_HEAD:
+            out[p + "q_norm.weight"] = (d,)
+            out[p + "k_norm.weight"] = (d,)
+        elif s.qk_norm == QK_NORM_FULL:
+            out[p + "q_norm.weight"] = (H * d,)
+            out[p + "k_norm.weight"] = (G * d,)
         return out
     dn, dr, dv, rq, rk = (s.qk_nope_head_dim, s.qk_rope_head_dim, s.v_head_dim,
                           s.q_lora_rank, s.kv_lora_rank)
@@ -342,6 +452,8 @@ def attention_factor(cfg_or_spec) -> float:
 
 def softmax_scale(cfg_or_spec) -> float:
     s = _as_spec(cfg_or_spec)
+    if s.kind == "gqa" and s.scale_override is not None:
+        return s.scale_override
     if s.kind == "gqa":
         return s.head_dim ** -0.5
     scale = (s.qk_nope_head_dim + s.qk_rope_head_dim) ** -0.5
@@ -456,8 +568,16 @@ def gqa_forward(s: Spec, weights, x, position_ids, attention_mask, layer, interl
     bk = w("k_proj.bias") if s.qkv_bias else None
     bv = w("v_proj.bias") if s.qkv_bias else None
     bo = w("o_proj.bias") if s.o_bias else None
-    q = _lin(x, w("q_proj.weight"), bq, P).view(B, S, H, d)
-    k = _lin(x, w("k_proj.weight"), bk, P).view(B, S, G, d)
+    q = _lin(x, w("q_proj.weight"), bq, P)
+    k = _lin(x, w("k_proj.weight"), bk, P)
+    if s.qk_norm == QK_NORM_FULL:  # OLMo 2: the whole projection, before the head split
+        q = rms_norm(q, w("q_norm.weight"), s.qk_norm_eps, P)
+        k = rms_norm(k, w("k_norm.weight"), s.qk_norm_eps, P)
+    q = q.view(B, S, H, d)
+    k = k.view(B, S, G, d)
+    if s.qk_norm == QK_NORM_PER_HEAD:  # Qwen3: each head's d-vector
+        q = rms_norm(q, w("q_norm.weight"), s.qk_norm_eps, P)
+        k = rms_norm(k, w("k_norm.weight"), s.qk_norm_eps, P)
     v = _lin(x, w("v_proj.weight"), bv, P).view(B, S, G, d)
     cos, sin = rope_cos_sin(s, position_ids)
     q = apply_rope(q, cos, sin, s.rope.rotary_dim, interleaved, P)
