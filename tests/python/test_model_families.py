@@ -279,12 +279,14 @@ FEATURE_CASES = [
     ("qwen3-moe-window-ignored", QWEN3_MOE, 0, lambda s: replace(s, sliding_window=0)),
     ("mixtral-window-ignored", MIXTRAL, 1, lambda s: replace(s, sliding_window=0)),
     ("qwen2-moe-window-ignored", QWEN2_MOE, 2, lambda s: replace(s, sliding_window=0)),
-    ("qwen3-head-dim", QWEN3, 1, None),  # see below
+    ("qwen2-moe-no-qkv-bias", QWEN2_MOE, 1, lambda s: replace(s, qkv_bias=False)),
+    ("mixtral-theta-1e4", MIXTRAL_DEFAULTS, 0,
+     lambda s: replace(s, rope=replace(s.rope, theta=10000.0))),
 ]
 
 
-@pytest.mark.parametrize("cfg,layer,wrong", [(c, l, w) for _, c, l, w in FEATURE_CASES[:-1]],
-                         ids=[i for i, _, _, _ in FEATURE_CASES[:-1]])
+@pytest.mark.parametrize("cfg,layer,wrong", [(c, l, w) for _, c, l, w in FEATURE_CASES],
+                         ids=[i for i, _, _, _ in FEATURE_CASES])
 def test_oracle_features_matter(cfg, layer, wrong):
     """Each family feature moves the output by far more than the tolerance, so the forward
     tests below can fail when attn leaves it out."""
@@ -401,7 +403,9 @@ FORWARD_CASES = [
 @pytest.mark.parametrize("cfg,layer,kw", [(c, l, k) for _, c, l, k in FORWARD_CASES],
                          ids=[i for i, _, _, _ in FORWARD_CASES])
 def test_forward_matches_oracle(cli, cfg, layer, kw):
-    got, want, _, _ = run_case(cli, cfg, seed=11, layer=layer, **kw)
+    _, wpath, W = cli.random_weights(cfg, seed=11, layer=layer)
+    assert {k: tuple(v.shape) for k, v in W.items()} == ref.expected_weight_shapes(cfg, layer)
+    got, want, _, _ = run_case(cli, cfg, seed=11, layer=layer, weights=(wpath, W), **kw)
     assert_matches(got, want, f"{cfg['model_type']} layer {layer}")
 
 
@@ -440,7 +444,7 @@ def test_left_padding_mask(cli, cfg, layer):
 
 
 PREFILL_CASES = [("qwen3-layer3-window5", QWEN3, 3), ("qwen3-layer1-full", QWEN3, 1),
-                 ("qwen3-moe", QWEN3_MOE, 0), ("olmo2", OLMO2, 1), ("granite", GRANITE, 0),
+                 ("qwen3-moe", QWEN3_MOE, 1), ("olmo2", OLMO2, 1), ("granite", GRANITE, 0),
                  ("mixtral", MIXTRAL, 1), ("qwen2-moe-layer0-window", QWEN2_MOE, 0),
                  ("qwen2-moe-layer3-full", QWEN2_MOE, 3)]
 
@@ -473,8 +477,9 @@ def test_prefill_then_decode(cli, cfg, layer):
 ], ids=["qwen3-default-1e-6", "olmo2-default-1e-5", "qwen3-moe-1e-3", "olmo2-1e-3"])
 def test_qk_norm_eps(cli, cfg, default_eps):
     """The q/k norms' eps is rms_norm_eps, or the config class's default when absent (Qwen3 1e-6,
-    OLMo 2 1e-5). q/k projections scaled by 1e-3 make mean(q²) ~ 1e-7, where the eps decides."""
-    layer = 0
+    OLMo 2 1e-5). q/k projections scaled by 1e-3 make mean(q²) ~ 1e-7, where the eps decides.
+    (Layer 1: windowed in tiny-qwen3-moe under every reading of its window rule.)"""
+    layer = 1
     _, _, W = cli.random_weights(cfg, seed=29, layer=layer)
     p = ref.layer_prefix(layer)
     for name in ("q_proj.weight", "k_proj.weight"):
@@ -531,8 +536,21 @@ LLAMA_SAME_SHAPES = {k: v for k, v in QWEN3.items()
 LLAMA_SAME_SHAPES["model_type"] = "llama"
 
 
-def test_qwen3_weights_with_llama_config_name_q_norm(cli):
+def test_qwen3_weights_with_llama_config_name_a_norm(cli):
+    """A Qwen3 checkpoint run as llama: its q/k norms are not part of a llama layer. The message
+    names one of them (which one first is attn's choice)."""
     _, _, W = cli.random_weights(QWEN3, seed=1, layer=0)
+    res, out = _forward_res(cli, LLAMA_SAME_SHAPES, W)
+    _assert_input_error(res)
+    assert ("model.layers.0.self_attn.q_norm.weight" in res.stderr
+            or "model.layers.0.self_attn.k_norm.weight" in res.stderr), res.describe()
+    assert not out.exists()
+
+
+def test_qwen3_q_norm_with_llama_config_is_named(cli):
+    """With q_norm the only Qwen3 tensor left, the message must name q_norm.weight."""
+    _, _, W = cli.random_weights(QWEN3, seed=1, layer=0)
+    del W["model.layers.0.self_attn.k_norm.weight"]
     res, out = _forward_res(cli, LLAMA_SAME_SHAPES, W)
     _assert_input_error(res, "model.layers.0.self_attn.q_norm.weight")
     assert not out.exists()
