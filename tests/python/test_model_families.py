@@ -713,3 +713,21 @@ def test_refinedweb_forward_matches_oracle(cli, model_type, n_head_kv):
                                q + "v_proj.weight": wv, q + "o_proj.weight": W[p + "dense.weight"]},
                        x, pos, layer=1)
     assert_matches(got, want, f"{model_type} n_head_kv={n_head_kv}")
+
+
+# ============================================================================ real configs
+
+
+@pytest.mark.parametrize("name", ["qwen3-8b", "qwen3-30b-a3b"])
+def test_real_config_layer_shapes_and_forward(cli, name):
+    """Published configs (configs/qwen3-8b.json, configs/qwen3-30b-a3b.json): one layer of real
+    size in bf16 has the shapes transformers builds (Qwen3-30B-A3B: head_dim 128 with hidden/heads
+    = 64), and 3 tokens (at most 8 rows: bf16 weights widened exactly) match the oracle."""
+    cfg = json.loads((REPO / "configs" / f"{name}.json").read_text())
+    layer = 5
+    cpath, wpath, W = cli.random_weights(cfg, seed=17, layer=layer, dtype="bf16")
+    assert {k: tuple(v.shape) for k, v in W.items()} == ref.expected_weight_shapes(cfg, layer)
+    assert all(v.dtype == torch.bfloat16 for v in W.values())
+    got, want, _, _ = run_case(cli, cfg, B=1, S=3, seed=17, starts=30000, layer=layer,
+                               weights=(wpath, W))
+    assert_matches(got, want, name)
