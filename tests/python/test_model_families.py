@@ -16,7 +16,6 @@ Every test that takes `cli` runs through the CLI binary and through the Python m
 
 from __future__ import annotations
 
-import copy
 import json
 import struct
 from dataclasses import replace
@@ -26,7 +25,7 @@ import torch
 
 import torch_reference as ref
 from conftest import REPO, save_tensors
-from test_oracle import (REL_TOL, assert_matches, hf_positions_from_mask, left_pad_mask,
+from test_oracle import (assert_matches, hf_positions_from_mask, left_pad_mask,
                          make_hidden, make_positions, no_visible_key_rows, run_case)
 
 
