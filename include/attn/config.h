@@ -63,7 +63,8 @@ struct GqaDims {
   bool qkv_bias = false;     // Qwen2; Llama attention_bias
   bool o_bias = false;       // Llama attention_bias
   QkNorm qk_norm = QkNorm::kNone;
-  double qk_norm_eps = 1e-6;  // rms_norm_eps of the families with q/k norms
+  double qk_norm_eps = 1e-6;     // rms_norm_eps of the families with q/k norms
+  bool attention_sinks = false;  // GPT-OSS: a learned logit per head in the softmax denominator
 };
 
 // Fields of MLA (docs/semantics.md §3).

@@ -24,6 +24,7 @@ struct GqaWeights {
   Tensor o_bias;  // [D]   (Llama attention_bias)
   Tensor q_norm;  // [d] per head (Qwen3) or [H·d] whole projection (OLMo 2); empty = none
   Tensor k_norm;  // [d] or [G·d]
+  Tensor sinks;   // [H] attention-sink logits (GPT-OSS); empty = none
 };
 
 class GqaAttention : public AttentionLayer {

@@ -59,6 +59,10 @@ struct AttentionProblem {
   KVView kv;
   Visibility visibility;
   float scale = 1.0f;
+  // Attention sinks (GPT-OSS): [heads] logits, one per query head, that join each row's softmax
+  // denominator without a value: p_t = exp(s_t) / (exp(sink[h]) + Σ_u exp(s_u)). Already in logit
+  // units (not multiplied by scale). Null: none.
+  const float* sinks = nullptr;
   float* out = nullptr;  // [tokens][heads][value_dim] fp32
   // When set, a kernel stores true here if any score q·k it computed is NaN or ±Inf: a key row
   // holding NaN/Inf always gives one, so a caller can vouch for the keys it read without a

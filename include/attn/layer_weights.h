@@ -27,6 +27,7 @@ struct WeightSpec {
     kMatrix,     // Linear weight [out, in]
     kBias,       // Linear bias [out]
     kNormScale,  // RMSNorm weight
+    kSink,       // attention-sink logits, one per query head (GPT-OSS `sinks`)
   };
   std::string name;  // short name, e.g. "q_proj.weight"
   Shape shape;
@@ -59,7 +60,8 @@ NamedWeights ToNamedWeights(NamedTensors tensors);
 NamedWeights StoreAttentionWeights(const ModelConfig& config, NamedTensors weights, DType dtype);
 
 // Deterministic random weights for `config`: matrices uniform in ±1/sqrt(in) (PyTorch's
-// Linear init), biases in ±0.1, norm scales in 1 ± 0.25 so that norms are exercised.
+// Linear init), biases in ±0.1, norm scales in 1 ± 0.25 so that norms are exercised, sink
+// logits in ±2.
 NamedTensors RandomAttentionWeights(const ModelConfig& config, uint64_t seed);
 
 // A tensor of values uniform in [-bound, bound), deterministic in `seed` (test inputs, demos).

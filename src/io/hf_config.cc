@@ -26,8 +26,8 @@ namespace {
 using nlohmann::json;
 
 constexpr const char* kSupportedModels =
-    "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, olmo2, granite, deepseek_v2, "
-    "deepseek_v3, kimi_k2, falcon";
+    "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, olmo2, granite, gpt_oss, "
+    "deepseek_v2, deepseek_v3, kimi_k2, falcon";
 constexpr const char* kSupportedRopeTypes = "default, linear, llama3, yarn";
 
 // Rope-dict keys that only exist for scaling types attn does not implement (longrope/su
@@ -336,6 +336,10 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
   config.gqa.num_kv_heads = top.Int("num_key_value_heads", config.num_heads);
   if (top.Has("head_dim")) {
     config.gqa.head_dim = top.Int("head_dim");
+  } else if (model_type == "gpt_oss") {
+    config.gqa.head_dim = 64;  // GptOssConfig's default, not hidden / heads (2880 / 64 = 45)
+  } else if (model_type == "qwen3") {
+    config.gqa.head_dim = 128;  // Qwen3Config's default (Qwen3-MoE has none: hidden / heads)
   } else if (config.num_heads > 0) {
     if (config.hidden_size % config.num_heads != 0) {
       top.Fail(ErrorKind::kInvalidArgument, "head_dim is absent and hidden_size (" +
@@ -370,15 +374,21 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
   }
   if (model_type == "qwen3" || model_type == "qwen3_moe") {
     // Qwen3Attention: bias=attention_bias on q, k, v and o; RMSNorm of width head_dim on each
-    // q and k head before RoPE, eps rms_norm_eps (Qwen3Config default 1e-6). The window applies
-    // only when use_sliding_window is true: to the layers layer_types marks, else to layers
-    // >= max_window_layers (as Qwen2).
+    // q and k head before RoPE, eps rms_norm_eps (Qwen3Config default 1e-6). Qwen3's window
+    // applies only when use_sliding_window is true: to the layers layer_types marks, else to
+    // layers >= max_window_layers (as Qwen2).
     const bool bias = top.Bool("attention_bias", false);
     config.gqa.qkv_bias = bias;
     config.gqa.o_bias = bias;
     config.gqa.qk_norm = QkNorm::kPerHead;
     config.gqa.qk_norm_eps = top.Double("rms_norm_eps", 1e-6);
-    ParseQwenWindow(top, config, /*alternate=*/false);
+    if (model_type == "qwen3") {
+      ParseQwenWindow(top, config, /*alternate=*/false);
+    } else if (top.Bool("use_sliding_window", false)) {
+      // Qwen3MoeConfig has neither layer_types nor max_window_layers, and Qwen3MoeModel builds
+      // one sliding mask for all layers: with use_sliding_window every layer is windowed.
+      config.sliding_window = top.Absent("sliding_window") ? 4096 : top.Int("sliding_window", 0);
+    }
     return;
   }
   if (model_type == "mistral" || model_type == "mixtral") {
@@ -387,6 +397,25 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
     const int64_t absent = model_type == "mistral" ? 4096 : 0;
     config.sliding_window = top.Absent("sliding_window") ? absent : top.Int("sliding_window", 0);
     if (top.Has("layer_types")) config.sliding_layers = ParseLayerTypes(top);
+    return;
+  }
+  if (model_type == "gpt_oss") {
+    // GptOssAttention: q/k/v/o bias = attention_bias (default true), a learned sink logit per
+    // head (`sinks`), a window of sliding_window (default 128) on the layers layer_types marks,
+    // by default the even ones (GptOssConfig).
+    const bool bias = top.Bool("attention_bias", true);
+    config.gqa.qkv_bias = bias;
+    config.gqa.o_bias = bias;
+    config.gqa.attention_sinks = true;
+    config.sliding_window = top.Absent("sliding_window") ? 128 : top.Int("sliding_window", 0);
+    if (top.Has("layer_types")) {
+      config.sliding_layers = ParseLayerTypes(top);
+    } else {
+      config.sliding_layers.resize(static_cast<size_t>(std::max<int64_t>(config.num_layers, 0)));
+      for (size_t i = 0; i < config.sliding_layers.size(); ++i) {
+        config.sliding_layers[i] = i % 2 == 0;
+      }
+    }
     return;
   }
   if (model_type == "qwen2_moe") {
@@ -518,6 +547,7 @@ int64_t DefaultMaxPositions(const std::string& model_type) {
     return 32768;
   }
   if (model_type == "deepseek_v3") return 4096;
+  if (model_type == "gpt_oss") return 131072;
   return 2048;  // llama, falcon, deepseek_v2, olmo2, granite
 }
 
@@ -548,7 +578,8 @@ ModelConfig Parse(const std::string& json_text, const std::string& source) {
   const bool falcon = model_type == "falcon";
   const bool gqa = model_type == "llama" || model_type == "mistral" || model_type == "qwen2" ||
                    model_type == "mixtral" || model_type == "qwen2_moe" || model_type == "qwen3" ||
-                   model_type == "qwen3_moe" || model_type == "olmo2" || model_type == "granite";
+                   model_type == "qwen3_moe" || model_type == "olmo2" || model_type == "granite" ||
+                   model_type == "gpt_oss";
   const bool mla = model_type == "deepseek_v2" || model_type == "deepseek_v3";
   if (!gqa && !mla && !falcon) {
     top.Fail(ErrorKind::kUnsupported, "unsupported model_type '" + io::TextExcerpt(model_type) +
@@ -570,6 +601,21 @@ ModelConfig Parse(const std::string& json_text, const std::string& source) {
   } else if (gqa) {
     ParseGqa(top, model_type, config);
     ParseRope(top, source, config.gqa.head_dim, "head_dim", config);
+    if (model_type == "mixtral" && !top.Has("rope_theta") &&
+        (!top.Has("rope_parameters") || !top.Find("rope_parameters")->contains("rope_theta"))) {
+      config.rope.theta = 1e6;  // MixtralConfig's default_theta
+    }
+    if (model_type == "gpt_oss" && !top.Has("rope_scaling") && !top.Has("rope_parameters")) {
+      // GptOssConfig's RoPE when the config names none: YaRN, factor 32 over 4096 positions,
+      // untruncated correction range, theta 150000.
+      config.rope.scaling.type = RopeScalingType::kYarn;
+      config.rope.scaling.factor = 32.0;
+      config.rope.scaling.beta_fast = 32.0;
+      config.rope.scaling.beta_slow = 1.0;
+      config.rope.scaling.truncate = false;
+      config.rope.scaling.original_max_position_embeddings = 4096;
+      if (!top.Has("rope_theta")) config.rope.theta = 150000.0;
+    }
   } else {
     ParseMla(top, model_type, config);
     ParseRope(top, source, config.mla.qk_rope_head_dim, "qk_rope_head_dim", config);

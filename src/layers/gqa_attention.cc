@@ -50,6 +50,12 @@ GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, GqaWeights 
     ATTN_CHECK(weights_.o_bias.size() == 0, ErrorKind::kInvalidArgument,
                "o_proj.bias given but the config has none");
   }
+  if (config.gqa.attention_sinks) {
+    layers::CheckWeight(weights_.sinks, {config.num_heads}, "sinks");
+  } else {
+    ATTN_CHECK(weights_.sinks.size() == 0, ErrorKind::kInvalidArgument,
+               "sinks given but the config has none");
+  }
   switch (config.gqa.qk_norm) {
     case QkNorm::kPerHead:
       layers::CheckWeight(weights_.q_norm, {d}, "q_norm.weight");
@@ -127,6 +133,7 @@ void GqaAttention::StepInto(const TokenBatch& batch, Cache& cache, MlaForm /*for
     problem.kv = kv->View(b);
     problem.visibility = {first_slot, window_};
     problem.scale = scale_;
+    problem.sinks = weights_.sinks.size() > 0 ? weights_.sinks.data() : nullptr;
     problem.out = heads_out + token0 * heads * d;
   }
   DefaultBackend().attend_batch(problems.data(), shape.batch);

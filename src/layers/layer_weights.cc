@@ -28,6 +28,7 @@ std::vector<WeightSpec> GqaSpecs(const ModelConfig& c) {
     specs.push_back({"v_proj.bias", {kv_width}, K::kBias});
   }
   if (c.gqa.o_bias) specs.push_back({"o_proj.bias", {c.hidden_size}, K::kBias});
+  if (c.gqa.attention_sinks) specs.push_back({"sinks", {c.num_heads}, K::kSink});
   if (c.gqa.qk_norm == QkNorm::kPerHead) {
     specs.push_back({"q_norm.weight", {c.gqa.head_dim}, K::kNormScale});
     specs.push_back({"k_norm.weight", {c.gqa.head_dim}, K::kNormScale});
@@ -165,6 +166,7 @@ std::unique_ptr<AttentionLayer> BuildAttentionLayer(const ModelConfig& config, i
     const bool qk_norm = config.gqa.qk_norm != QkNorm::kNone;
     w.q_norm = TakeVector(weights, "q_norm.weight", qk_norm);
     w.k_norm = TakeVector(weights, "k_norm.weight", qk_norm);
+    w.sinks = TakeVector(weights, "sinks", config.gqa.attention_sinks);
     weights.erase(kIgnoredTensor);
     Check(weights.empty(), ErrorKind::kInvalidArgument,
           "unexpected attention weight '" + (weights.empty() ? "" : weights.begin()->first) +
@@ -206,6 +208,8 @@ NamedTensors RandomAttentionWeights(const ModelConfig& config, uint64_t seed) {
     } else if (spec.kind == WeightSpec::Kind::kNormScale) {
       bound = 0.25f;
       center = 1.0f;
+    } else if (spec.kind == WeightSpec::Kind::kSink) {
+      bound = 2.0f;  // logits of the scores' size, so that a sink visibly takes its share
     }
     for (float& value : tensor.values()) value = center + bound * rng.Symmetric();
     weights.emplace(spec.name, std::move(tensor));

@@ -34,8 +34,11 @@ std::string Name(const FlashCase& c) {
 }
 
 // Runs one backend on the case stored as `dtype`, token-major K/V [T][G][D] (or latent rows).
-std::vector<float> RunCase(const KernelBackend& backend, const FlashCase& c, DType dtype) {
+std::vector<float> RunCase(const KernelBackend& backend, const FlashCase& c, DType dtype,
+                           bool sinks = false) {
   const Tensor q = RandomUniform({c.queries, c.heads, c.key_dim}, 11, 1.0f);
+  // Sink logits around the scores' range (|s| of a few), so they move every row.
+  const Tensor sink_logits = RandomUniform({c.heads}, 14, 3.0f);
   const Tensor k = RandomUniform({c.length, c.kv_heads, c.key_dim}, 12, 1.0f);
   const Tensor v = RandomUniform({c.length, c.kv_heads, c.value_dim}, 13, 1.0f);
   const size_t element = DTypeSize(dtype);
@@ -64,6 +67,7 @@ std::vector<float> RunCase(const KernelBackend& backend, const FlashCase& c, DTy
   p.kv.keep = keep.data();
   p.visibility = {c.causal ? c.length - c.queries : 0, c.window, c.causal};
   p.scale = 1.0f / std::sqrt(static_cast<float>(c.key_dim));
+  if (sinks) p.sinks = sink_logits.data();
   p.out = out.data();
   backend.attend(p);
   return out;
@@ -192,6 +196,30 @@ TEST(FlashAttention, RaggedBatchMatchesReferencePerSequence) {
 }
 
 // Queries whose visible keys are all padding give zeros, not NaN, on the fast path too.
+// Attention sinks (GPT-OSS): one extra logit per head in every row's denominator. The fast
+// kernel (single-pass rows, decode rows, split keys merged afterwards, absorbed-MLA widths,
+// windows, padding) against the reference; and the sinks do change the result.
+TEST(FlashAttention, SinksMatchReference) {
+  const std::vector<FlashCase> cases = {
+      {4, 4, 64, 64, 7, 63, 0, false, false},      {16, 2, 128, 128, 1, 1000, 0, true, false},
+      {8, 2, 128, 128, 2, 777, 0, true, false},    {8, 4, 128, 128, 100, 100, 33, true, false},
+      {128, 1, 576, 512, 1, 4097, 0, false, true}, {8, 2, 64, 64, 7, 50, 0, true, false, false},
+      {4, 4, 64, 64, 5, 5, 3, false, false}};
+  for (const FlashCase& c : cases) {
+    for (DType dtype : {DType::kF32, DType::kBF16}) {
+      SCOPED_TRACE(Name(c) + " " + DTypeName(dtype));
+      const std::vector<float> expected = RunCase(ReferenceBackend(), c, dtype, true);
+      const std::vector<float> got = RunCase(DefaultBackend(), c, dtype, true);
+      const bool decode_block = c.queries * (c.heads / c.kv_heads) <= 8;
+      const double tolerance = dtype == DType::kBF16 && !decode_block ? 2e-2 : 1e-5;
+      const auto n = static_cast<int64_t>(got.size());
+      EXPECT_LT(testing::RelativeError(got.data(), expected.data(), n), tolerance);
+      const std::vector<float> without = RunCase(ReferenceBackend(), c, dtype, false);
+      EXPECT_GT(testing::RelativeError(without.data(), expected.data(), n), 1e-3);
+    }
+  }
+}
+
 TEST(FlashAttention, FullyMaskedRowsAreZero) {
   const FlashCase c{4, 2, 64, 64, 3, 3, 0, true, false};  // keys 0 and 1 are padding
   const std::vector<float> got = RunCase(DefaultBackend(), c, DType::kF32);

@@ -225,6 +225,16 @@ float* OutputRow(const Plan& plan, const ItemRange& range, int64_t g, int64_t r)
   return p.out + (s * p.queries.heads + h) * p.kv.value_dim;
 }
 
+// The sink's share of row r's denominator in the base-2 units of the online softmax, relative to
+// the row's running maximum m (scores carry scale · log2 e): 2^(sink · log2 e − m); 0 without
+// sinks. A sink far above every score gives +inf, hence a zero row, which is its limit.
+float SinkWeight(const Plan& plan, int64_t g, int64_t r, float m) {
+  const AttentionProblem& p = *plan.problem;
+  if (p.sinks == nullptr) return 0.0f;
+  const int64_t h = g * plan.group + r % plan.group;
+  return std::exp2(p.sinks[h] * kLog2e - m);
+}
+
 void RunItem(const Plan& plan, int64_t item, int64_t split) {
   const AttentionProblem& p = *plan.problem;
   const KVView& kv = p.kv;
@@ -381,7 +391,10 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
         const int64_t row_index = j * plan.max_rows + r;
         float* out = OutputRow(plan, range, range.g0 + j, r);
         // No visible key: zeros.
-        const float inverse = l[row_index] > 0.0f ? 1.0f / l[row_index] : 0.0f;
+        const float inverse =
+            l[row_index] > 0.0f
+                ? 1.0f / (l[row_index] + SinkWeight(plan, range.g0 + j, r, m[row_index]))
+                : 0.0f;
         for (int64_t d = 0; d < dv; ++d) out[d] = o[row_index * dv_pad + d] * inverse;
       }
     }
@@ -418,7 +431,7 @@ void MergeSplits(const Plan& plan, int64_t item) {
         const float* o = plan.partial_o + index * plan.dv_pad;
         for (int64_t d = 0; d < dv; ++d) out[d] += weight * o[d];
       }
-      const float inverse = 1.0f / total;
+      const float inverse = 1.0f / (total + SinkWeight(plan, range.g0 + j, r, m_star));
       for (int64_t d = 0; d < dv; ++d) out[d] *= inverse;
     }
   }

@@ -54,9 +54,12 @@ void ReferenceAttend(const AttentionProblem& problem) {
         if (visible(t)) max_score = std::max(max_score, score(t));
       }
       if (max_score == -std::numeric_limits<float>::infinity()) continue;  // no visible key
+      // A sink is one more logit in the denominator, with no value (GPT-OSS).
+      const bool sink = problem.sinks != nullptr;
+      if (sink) max_score = std::max(max_score, problem.sinks[h]);
 
       // Pass 2: p_t = exp(score_t - max) / Σ exp(...); out = Σ p_t v_t.
-      float denominator = 0.0f;
+      float denominator = sink ? std::exp(problem.sinks[h] - max_score) : 0.0f;
       for (int64_t t = first; t <= last; ++t) {
         if (!visible(t)) continue;
         const float weight = std::exp(score(t) - max_score);
