@@ -3,7 +3,10 @@
 // value (MLP, MoE, vocabulary and dtype keys are left out because ParseHfConfig ignores them).
 // Sources: the config.json files of meta-llama/Llama-2-7b-hf, Meta-Llama-3-8B, Llama-3.1-8B,
 // Meta-Llama-3-70B, mistralai/Mistral-7B-v0.1, Qwen/Qwen2.5-7B, tiiuae/falcon-7b,
-// deepseek-ai/DeepSeek-V2-Lite, DeepSeek-V2, DeepSeek-V3 and moonshotai/Kimi-K2-Instruct.
+// deepseek-ai/DeepSeek-V2-Lite, DeepSeek-V2, DeepSeek-V3 and moonshotai/Kimi-K2-Instruct;
+// Qwen/Qwen3-8B and Qwen3-30B-A3B as vendored in configs/qwen3-8b.json and
+// configs/qwen3-30b-a3b.json (copied from citsjtu2020/LLM-Prof, sglang/Model_Config.md, which
+// reproduces the published files), which tests/cpp/presets_test.cc parses and compares.
 #include "attn/presets.h"
 
 #include <algorithm>
@@ -78,6 +81,16 @@ const std::vector<Preset>& Presets() {
         "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0,
                          "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096,
                          "type": "yarn"}})"},
+      {"qwen3-8b", R"({"model_type": "qwen3", "hidden_size": 4096,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+        "num_hidden_layers": 36, "max_position_embeddings": 40960, "max_window_layers": 36,
+        "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 1000000,
+        "sliding_window": null, "use_sliding_window": false, "attention_bias": false})"},
+      {"qwen3-30b-a3b", R"({"model_type": "qwen3_moe", "hidden_size": 2048,
+        "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
+        "num_hidden_layers": 48, "max_position_embeddings": 40960, "max_window_layers": 48,
+        "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 1000000.0,
+        "sliding_window": null, "use_sliding_window": false, "attention_bias": false})"},
       {"kimi-k2", R"({"model_type": "kimi_k2", "hidden_size": 7168,
         "num_attention_heads": 64, "num_key_value_heads": 64, "num_hidden_layers": 61,
         "max_position_embeddings": 131072, "q_lora_rank": 1536, "kv_lora_rank": 512,

@@ -38,7 +38,32 @@ constexpr Row kTable[] = {
     {"deepseek-v2", 5120, 128, 0, 0, 60, 576},
     {"deepseek-v3", 7168, 128, 0, 0, 61, 576},
     {"kimi-k2", 7168, 64, 0, 0, 61, 576},
+    {"qwen3-8b", 4096, 32, 8, 128, 36, 2048},
+    {"qwen3-30b-a3b", 2048, 32, 4, 128, 48, 1024},
 };
+
+// The presets taken from vendored copies of published config.json files equal parsing those
+// files (configs/), so a typo in either shows.
+TEST(PresetsTest, PresetsEqualTheirVendoredConfigFiles) {
+  for (const auto& [preset, file] :
+       {std::pair<const char*, const char*>{"qwen3-8b", "qwen3-8b.json"},
+        {"qwen3-30b-a3b", "qwen3-30b-a3b.json"}}) {
+    SCOPED_TRACE(preset);
+    const ModelConfig a = LoadPreset(preset);
+    const ModelConfig b = LoadHfConfig(std::string(ATTN_SOURCE_DIR "/configs/") + file);
+    EXPECT_EQ(a.model_type, b.model_type);
+    EXPECT_EQ(a.hidden_size, b.hidden_size);
+    EXPECT_EQ(a.num_heads, b.num_heads);
+    EXPECT_EQ(a.num_layers, b.num_layers);
+    EXPECT_EQ(a.gqa.num_kv_heads, b.gqa.num_kv_heads);
+    EXPECT_EQ(a.gqa.head_dim, b.gqa.head_dim);
+    EXPECT_EQ(a.gqa.qk_norm, b.gqa.qk_norm);
+    EXPECT_EQ(a.gqa.qk_norm_eps, b.gqa.qk_norm_eps);
+    EXPECT_EQ(a.max_position_embeddings, b.max_position_embeddings);
+    EXPECT_EQ(a.rope.theta, b.rope.theta);
+    EXPECT_EQ(a.sliding_window, b.sliding_window);
+  }
+}
 
 TEST(PresetsTest, EveryPresetMatchesTheReferenceTable) {
   ASSERT_EQ(PresetNames().size(), std::size(kTable));
