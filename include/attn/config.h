@@ -99,8 +99,11 @@ struct ModelConfig {
   MlaDims mla;
   RopeConfig rope;
   WeightQuantization quantization;
-  // An explicit softmax scale (Granite's attention_multiplier); 0 = the one the dims imply.
+  // An explicit softmax scale (Granite's attention_multiplier, Gemma's
+  // query_pre_attn_scalar^-0.5); 0 = the one the dims imply.
   double softmax_scale = 0.0;
+  // Logit soft-capping c (Gemma 2's attn_logit_softcapping): score ← c·tanh(score / c); 0 = none.
+  double attn_logit_softcapping = 0.0;
   // Sliding window W (key t visible to query p iff p - W < t <= p); 0 = none.
   int64_t sliding_window = 0;
   // Which layers use the window: empty = all layers; otherwise one flag per layer

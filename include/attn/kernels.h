@@ -63,6 +63,9 @@ struct AttentionProblem {
   // denominator without a value: p_t = exp(s_t) / (exp(sink[h]) + Σ_u exp(s_u)). Already in logit
   // units (not multiplied by scale). Null: none.
   const float* sinks = nullptr;
+  // Logit soft-capping (Gemma 2's attn_logit_softcapping): each scaled score becomes
+  // c·tanh(score / c) before masking and softmax. 0: none.
+  float softcap = 0.0f;
   float* out = nullptr;  // [tokens][heads][value_dim] fp32
   // When set, a kernel stores true here if any score q·k it computed is NaN or ±Inf: a key row
   // holding NaN/Inf always gives one, so a caller can vouch for the keys it read without a

@@ -136,7 +136,12 @@ void ValidateConfig(const ModelConfig& config) {
   Require(config.gqa.qk_norm == QkNorm::kNone ||
               (std::isfinite(config.gqa.qk_norm_eps) && config.gqa.qk_norm_eps > 0.0),
           "q/k norm eps must be finite and positive");
+  Require(std::isfinite(config.attn_logit_softcapping) && config.attn_logit_softcapping >= 0.0,
+          "attn_logit_softcapping (" + std::to_string(config.attn_logit_softcapping) +
+              ") must be finite and positive (0: none)");
   const bool mla = config.kind == AttentionKind::kMla;
+  Require(!mla || config.attn_logit_softcapping == 0.0,
+          "logit soft-capping is not implemented for MLA (no MLA model uses it)");
   if (mla) {
     ValidateMla(config);
   } else {

@@ -26,8 +26,8 @@ namespace {
 using nlohmann::json;
 
 constexpr const char* kSupportedModels =
-    "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, olmo2, granite, gpt_oss, "
-    "deepseek_v2, deepseek_v3, kimi_k2, falcon";
+    "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, olmo2, granite, gemma2, "
+    "gpt_oss, deepseek_v2, deepseek_v3, kimi_k2, falcon";
 constexpr const char* kSupportedRopeTypes = "default, linear, llama3, yarn";
 
 // Rope-dict keys that only exist for scaling types attn does not implement (longrope/su
@@ -340,6 +340,8 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
     config.gqa.head_dim = 64;  // GptOssConfig's default, not hidden / heads (2880 / 64 = 45)
   } else if (model_type == "qwen3") {
     config.gqa.head_dim = 128;  // Qwen3Config's default (Qwen3-MoE has none: hidden / heads)
+  } else if (model_type == "gemma2") {
+    config.gqa.head_dim = 256;  // Gemma2Config's default
   } else if (config.num_heads > 0) {
     if (config.hidden_size % config.num_heads != 0) {
       top.Fail(ErrorKind::kInvalidArgument, "head_dim is absent and hidden_size (" +
@@ -399,6 +401,31 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
     if (top.Has("layer_types")) config.sliding_layers = ParseLayerTypes(top);
     return;
   }
+  if (model_type == "gemma2") {
+    // Gemma2Attention: scaling = query_pre_attn_scalar^-0.5 (default 256), scores soft-capped
+    // by attn_logit_softcapping (default 50; null: none) before the mask, bias =
+    // attention_bias (default false), a window of sliding_window (default 4096) on the layers
+    // layer_types marks, by default the even ones (Gemma2Config).
+    const bool bias = top.Bool("attention_bias", false);
+    config.gqa.qkv_bias = bias;
+    config.gqa.o_bias = bias;
+    const double scalar = top.Double("query_pre_attn_scalar", 256.0);
+    if (!(scalar > 0.0))
+      top.Fail(ErrorKind::kInvalidArgument, "'query_pre_attn_scalar' must be positive");
+    config.softmax_scale = 1.0 / std::sqrt(scalar);
+    config.attn_logit_softcapping =
+        top.Absent("attn_logit_softcapping") ? 50.0 : top.Double("attn_logit_softcapping", 0.0);
+    config.sliding_window = top.Absent("sliding_window") ? 4096 : top.Int("sliding_window", 0);
+    if (top.Has("layer_types")) {
+      config.sliding_layers = ParseLayerTypes(top);
+    } else {
+      config.sliding_layers.resize(static_cast<size_t>(std::max<int64_t>(config.num_layers, 0)));
+      for (size_t i = 0; i < config.sliding_layers.size(); ++i) {
+        config.sliding_layers[i] = i % 2 == 0;
+      }
+    }
+    return;
+  }
   if (model_type == "gpt_oss") {
     // GptOssAttention: q/k/v/o bias = attention_bias (default true), a learned sink logit per
     // head (`sinks`), a window of sliding_window (default 128) on the layers layer_types marks,
@@ -437,6 +464,10 @@ void ParseMla(const Fields& top, const std::string& model_type, ModelConfig& con
   if (top.Bool("attention_bias", false)) {
     top.Fail(ErrorKind::kUnsupported, "attention_bias=true is not supported for " + model_type +
                                           " (attn's MLA projections are bias-free)");
+  }
+  if (top.Has("attn_logit_softcapping")) {
+    top.Fail(ErrorKind::kUnsupported, "attn_logit_softcapping is not supported for " + model_type +
+                                          " (attn soft-caps GQA-family scores only)");
   }
   // num_key_value_heads is ignored: MLA has one shared latent, not G kv heads (docs/semantics.md
   // §3).
@@ -548,6 +579,7 @@ int64_t DefaultMaxPositions(const std::string& model_type) {
   }
   if (model_type == "deepseek_v3") return 4096;
   if (model_type == "gpt_oss") return 131072;
+  if (model_type == "gemma2") return 8192;
   return 2048;  // llama, falcon, deepseek_v2, olmo2, granite
 }
 
@@ -579,7 +611,7 @@ ModelConfig Parse(const std::string& json_text, const std::string& source) {
   const bool gqa = model_type == "llama" || model_type == "mistral" || model_type == "qwen2" ||
                    model_type == "mixtral" || model_type == "qwen2_moe" || model_type == "qwen3" ||
                    model_type == "qwen3_moe" || model_type == "olmo2" || model_type == "granite" ||
-                   model_type == "gpt_oss";
+                   model_type == "gpt_oss" || model_type == "gemma2";
   const bool mla = model_type == "deepseek_v2" || model_type == "deepseek_v3";
   if (!gqa && !mla && !falcon) {
     top.Fail(ErrorKind::kUnsupported, "unsupported model_type '" + io::TextExcerpt(model_type) +

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // The backend table and the checks every attention kernel relies on.
+#include <cmath>
 #include <string>
 
 #include "attn/error.h"
@@ -106,8 +107,8 @@ LinearProblem MakeLinearProblem(const float* x, int64_t rows, const Weight& w, c
 void ValidateLinearProblem(const LinearProblem& p) {
   ATTN_CHECK(p.rows >= 0 && p.in >= 0 && p.out >= 0, ErrorKind::kInvalidArgument,
              "linear problem: rows, in and out must be >= 0");
-  ATTN_CHECK(p.w_dtype == DType::kF32 || p.w_dtype == DType::kBF16 ||
-                 p.w_dtype == DType::kF16 || p.w_dtype == DType::kF8E4M3,
+  ATTN_CHECK(p.w_dtype == DType::kF32 || p.w_dtype == DType::kBF16 || p.w_dtype == DType::kF16 ||
+                 p.w_dtype == DType::kF8E4M3,
              ErrorKind::kInvalidArgument,
              std::string("linear problem: weights must be F32, BF16, F16 or F8_E4M3, got ") +
                  DTypeName(p.w_dtype));
@@ -135,6 +136,8 @@ void ValidateAttentionProblem(const AttentionProblem& p) {
   ATTN_REQUIRE(kv.dtype == DType::kF32 || kv.dtype == DType::kF16 || kv.dtype == DType::kBF16,
                std::string("K/V dtype must be F32, F16 or BF16, got ") + DTypeName(kv.dtype));
   ATTN_REQUIRE(kv.length >= 0, "kv length must be >= 0");
+  ATTN_REQUIRE(std::isfinite(p.softcap) && p.softcap >= 0.0f,
+               "softcap must be finite and >= 0 (0: none)");
   ATTN_REQUIRE(p.visibility.window >= 0, "window must be >= 0");
   ATTN_REQUIRE(p.visibility.causal || p.visibility.window == 0,
                "a sliding window needs causal visibility (it is counted back from each query's "

@@ -134,6 +134,7 @@ void GqaAttention::StepInto(const TokenBatch& batch, Cache& cache, MlaForm /*for
     problem.visibility = {first_slot, window_};
     problem.scale = scale_;
     problem.sinks = weights_.sinks.size() > 0 ? weights_.sinks.data() : nullptr;
+    problem.softcap = static_cast<float>(config_.attn_logit_softcapping);
     problem.out = heads_out + token0 * heads * d;
   }
   DefaultBackend().attend_batch(problems.data(), shape.batch);

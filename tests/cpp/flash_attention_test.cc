@@ -35,7 +35,7 @@ std::string Name(const FlashCase& c) {
 
 // Runs one backend on the case stored as `dtype`, token-major K/V [T][G][D] (or latent rows).
 std::vector<float> RunCase(const KernelBackend& backend, const FlashCase& c, DType dtype,
-                           bool sinks = false) {
+                           bool sinks = false, float softcap = 0.0f) {
   const Tensor q = RandomUniform({c.queries, c.heads, c.key_dim}, 11, 1.0f);
   // Sink logits around the scores' range (|s| of a few), so they move every row.
   const Tensor sink_logits = RandomUniform({c.heads}, 14, 3.0f);
@@ -68,6 +68,7 @@ std::vector<float> RunCase(const KernelBackend& backend, const FlashCase& c, DTy
   p.visibility = {c.causal ? c.length - c.queries : 0, c.window, c.causal};
   p.scale = 1.0f / std::sqrt(static_cast<float>(c.key_dim));
   if (sinks) p.sinks = sink_logits.data();
+  p.softcap = softcap;
   p.out = out.data();
   backend.attend(p);
   return out;
@@ -216,6 +217,32 @@ TEST(FlashAttention, SinksMatchReference) {
       EXPECT_LT(testing::RelativeError(got.data(), expected.data(), n), tolerance);
       const std::vector<float> without = RunCase(ReferenceBackend(), c, dtype, false);
       EXPECT_GT(testing::RelativeError(without.data(), expected.data(), n), 1e-3);
+    }
+  }
+}
+
+// Logit soft-capping (Gemma 2): c·tanh(s/c) on every scaled score, in both kernels, with a cap
+// small enough (c = 1.5 on scores of a few units) to move every row; decode rows, split keys,
+// prefill tiles, windows and padding; with sinks too.
+TEST(FlashAttention, SoftCapMatchesReference) {
+  const std::vector<FlashCase> cases = {{4, 4, 64, 64, 7, 63, 0, false, false},
+                                        {16, 2, 128, 128, 1, 1000, 0, true, false},
+                                        {8, 2, 128, 128, 2, 777, 0, true, false},
+                                        {8, 4, 128, 128, 100, 100, 33, true, false},
+                                        {8, 2, 64, 64, 7, 50, 0, true, false, false}};
+  for (const FlashCase& c : cases) {
+    for (DType dtype : {DType::kF32, DType::kBF16}) {
+      for (const bool sinks : {false, true}) {
+        SCOPED_TRACE(Name(c) + " " + DTypeName(dtype) + (sinks ? " sinks" : ""));
+        const std::vector<float> expected = RunCase(ReferenceBackend(), c, dtype, sinks, 1.5f);
+        const std::vector<float> got = RunCase(DefaultBackend(), c, dtype, sinks, 1.5f);
+        const bool decode_block = c.queries * (c.heads / c.kv_heads) <= 8;
+        const double tolerance = dtype == DType::kBF16 && !decode_block ? 2e-2 : 2e-5;
+        const auto n = static_cast<int64_t>(got.size());
+        EXPECT_LT(testing::RelativeError(got.data(), expected.data(), n), tolerance);
+        const std::vector<float> uncapped = RunCase(ReferenceBackend(), c, dtype, sinks, 0.0f);
+        EXPECT_GT(testing::RelativeError(uncapped.data(), expected.data(), n), 1e-3);
+      }
     }
   }
 }

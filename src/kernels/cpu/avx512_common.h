@@ -347,6 +347,28 @@ void AccumulateValuesOneRow(const float* p, const void* v, int64_t v_stride, int
 }
 
 // s[0..31] holds one row's raw scores for a key tile, `mask` its visible keys. Turns them into
+// Logit soft-capping of one row's 32 scores in place (docs/semantics.md §1, Gemma 2): with
+// u = s·score_scale (the score times log2 e), u ← C·tanh(u / C) for C = cap·log2 e, which is
+// the natural-units c·tanh(score / c) times log2 e. tanh(|x|) = (1 − e)/(1 + e) with
+// e = 2^(−2|x|·log2 e) ∈ (0, 1], so Exp2 never overflows; the sign is put back. The caller
+// then hands SoftmaxTileRow a score_scale of 1.
+inline void SoftCapTileRow(float* s, __m512 score_scale, float cap_log2) {
+  const __m512 inverse_cap = _mm512_set1_ps(1.0f / cap_log2);
+  const __m512 cap = _mm512_set1_ps(cap_log2);
+  const __m512 minus_two_log2e = _mm512_set1_ps(-2.0f * kLog2e);
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 sign_bit = _mm512_set1_ps(-0.0f);
+  for (int half = 0; half < 2; ++half) {
+    const __m512 x =
+        _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(s + 16 * half), score_scale), inverse_cap);
+    const __m512 magnitude = _mm512_andnot_ps(sign_bit, x);
+    const __m512 e = Exp2(_mm512_mul_ps(magnitude, minus_two_log2e));
+    const __m512 t = _mm512_div_ps(_mm512_sub_ps(one, e), _mm512_add_ps(one, e));
+    const __m512 signed_t = _mm512_or_ps(t, _mm512_and_ps(sign_bit, x));
+    _mm512_storeu_ps(s + 16 * half, _mm512_mul_ps(signed_t, cap));
+  }
+}
+
 // P = 2^(s·score_scale - m') (zero where hidden) in place, with m' = max(m, visible scores), and
 // rescales the row's running sum l and output accumulator o (dv_pad floats) by 2^(m - m'):
 // the online softmax of FlashAttention in base 2 (equal to softmax over all keys, docs/semantics.md

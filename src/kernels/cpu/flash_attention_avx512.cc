@@ -373,9 +373,17 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
         if (found != 0) p.non_finite_scores->store(true, std::memory_order_relaxed);
       }
 
+      // Soft-capping (Gemma 2) acts on the scaled scores, before the mask and the softmax.
+      __m512 softmax_scale = score_scale;
+      if (p.softcap > 0.0f) {
+        for (int64_t r = 0; r < rows; ++r) {
+          SoftCapTileRow(head_scores + r * kTileKeys, score_scale, p.softcap * kLog2e);
+        }
+        softmax_scale = _mm512_set1_ps(1.0f);
+      }
       // Online softmax: scores become P = 2^(S - m'), O and l rescale by 2^(m - m').
       for (int64_t r = 0; r < rows; ++r) {
-        SoftmaxTileRow(head_scores + r * kTileKeys, masks[r], score_scale, head_m[r], head_l[r],
+        SoftmaxTileRow(head_scores + r * kTileKeys, masks[r], softmax_scale, head_m[r], head_l[r],
                        head_o + r * dv_pad, dv_pad);
       }
 

@@ -44,7 +44,9 @@ void ReferenceAttend(const AttentionProblem& problem) {
         if (!std::isfinite(dot) && problem.non_finite_scores != nullptr) {
           problem.non_finite_scores->store(true, std::memory_order_relaxed);
         }
-        return problem.scale * dot;
+        const float scaled = problem.scale * dot;
+        return problem.softcap > 0.0f ? problem.softcap * std::tanh(scaled / problem.softcap)
+                                      : scaled;
       };
       auto visible = [&](int64_t t) { return kv.keep == nullptr || kv.keep[t] != 0; };
 
