@@ -903,3 +903,46 @@ TEST(HfConfigFamilies, GraniteScaleMixtralAndQwen2MoeWindows) {
 
 }  // namespace
 }  // namespace attn
+
+namespace attn {
+namespace {
+
+TEST(HfConfigFamilies, Gemma2AndGptOss) {
+  const std::string dims = R"("hidden_size": 64, "num_attention_heads": 4,
+      "num_key_value_heads": 2, "num_hidden_layers": 4)";
+  const ModelConfig gemma2 = ParseHfConfig(R"({"model_type": "gemma2", )" + dims + "}");
+  EXPECT_EQ(gemma2.gqa.head_dim, 256);                 // Gemma2Config's default
+  EXPECT_DOUBLE_EQ(SoftmaxScale(gemma2), 1.0 / 16.0);  // query_pre_attn_scalar 256
+  EXPECT_EQ(gemma2.attn_logit_softcapping, 50.0);
+  EXPECT_EQ(gemma2.WindowForLayer(0), 4096);
+  EXPECT_EQ(gemma2.WindowForLayer(1), 0);
+  const ModelConfig uncapped = ParseHfConfig(
+      R"({"model_type": "gemma2", "attn_logit_softcapping": null, "head_dim": 16, )" + dims + "}");
+  EXPECT_EQ(uncapped.attn_logit_softcapping, 0.0);
+
+  const ModelConfig oss = ParseHfConfig(R"({"model_type": "gpt_oss", )" + dims + "}");
+  EXPECT_EQ(oss.gqa.head_dim, 64);
+  EXPECT_TRUE(oss.gqa.attention_sinks);
+  EXPECT_TRUE(oss.gqa.qkv_bias);
+  EXPECT_TRUE(oss.gqa.o_bias);
+  EXPECT_EQ(oss.WindowForLayer(2), 128);
+  EXPECT_EQ(oss.WindowForLayer(3), 0);
+  EXPECT_EQ(oss.rope.scaling.type, RopeScalingType::kYarn);  // GptOssConfig's default RoPE
+  EXPECT_EQ(oss.rope.scaling.factor, 32.0);
+  EXPECT_FALSE(oss.rope.scaling.truncate);
+  EXPECT_EQ(oss.rope.theta, 150000.0);
+  bool sinks = false;
+  for (const WeightSpec& spec : AttentionWeightSpecs(oss)) {
+    if (spec.name == "sinks") sinks = spec.shape == Shape{4};
+  }
+  EXPECT_TRUE(sinks);
+}
+
+TEST(HfConfigFamilies, SoftCappingOnMlaIsRefused) {
+  json j = ReadJson("tiny-deepseek-v3.json");
+  j["attn_logit_softcapping"] = 30.0;
+  ExpectError([&] { Parse(j); }, ErrorKind::kUnsupported, {"attn_logit_softcapping"});
+}
+
+}  // namespace
+}  // namespace attn
