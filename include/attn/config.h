@@ -63,8 +63,9 @@ struct GqaDims {
   bool qkv_bias = false;     // Qwen2; Llama attention_bias
   bool o_bias = false;       // Llama attention_bias
   QkNorm qk_norm = QkNorm::kNone;
-  double qk_norm_eps = 1e-6;     // rms_norm_eps of the families with q/k norms
-  bool attention_sinks = false;  // GPT-OSS: a learned logit per head in the softmax denominator
+  double qk_norm_eps = 1e-6;         // rms_norm_eps of the families with q/k norms
+  bool qk_norm_unit_offset = false;  // Gemma 3: the norms scale by (1 + weight), not weight
+  bool attention_sinks = false;      // GPT-OSS: a learned logit per head in the softmax denominator
 };
 
 // Fields of MLA (docs/semantics.md §3).
@@ -98,6 +99,10 @@ struct ModelConfig {
   GqaDims gqa;
   MlaDims mla;
   RopeConfig rope;
+  // RoPE of the sliding-window layers when it differs from `rope` (Gemma 3: local layers rotate
+  // with rope_local_base_freq and no scaling, global ones with rope_theta and rope_scaling).
+  bool sliding_rope_differs = false;
+  RopeConfig sliding_rope;
   WeightQuantization quantization;
   // An explicit softmax scale (Granite's attention_multiplier, Gemma's
   // query_pre_attn_scalar^-0.5); 0 = the one the dims imply.

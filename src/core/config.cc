@@ -139,6 +139,12 @@ void ValidateConfig(const ModelConfig& config) {
   Require(std::isfinite(config.attn_logit_softcapping) && config.attn_logit_softcapping >= 0.0,
           "attn_logit_softcapping (" + std::to_string(config.attn_logit_softcapping) +
               ") must be finite and positive (0: none)");
+  Require(
+      !config.sliding_rope_differs || (config.sliding_rope.theta > 0.0 &&
+                                       config.sliding_rope.rotary_dim == config.rope.rotary_dim &&
+                                       config.sliding_rope.pairing == config.rope.pairing),
+      "the sliding layers' RoPE must have a positive theta and the global RoPE's width and "
+      "pairing");
   const bool mla = config.kind == AttentionKind::kMla;
   Require(!mla || config.attn_logit_softcapping == 0.0,
           "logit soft-capping is not implemented for MLA (no MLA model uses it)");

@@ -27,7 +27,7 @@ using nlohmann::json;
 
 constexpr const char* kSupportedModels =
     "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, olmo2, granite, gemma2, "
-    "gpt_oss, deepseek_v2, deepseek_v3, kimi_k2, falcon";
+    "gemma3_text, gpt_oss, deepseek_v2, deepseek_v3, kimi_k2, falcon";
 constexpr const char* kSupportedRopeTypes = "default, linear, llama3, yarn";
 
 // Rope-dict keys that only exist for scaling types attn does not implement (longrope/su
@@ -340,8 +340,8 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
     config.gqa.head_dim = 64;  // GptOssConfig's default, not hidden / heads (2880 / 64 = 45)
   } else if (model_type == "qwen3") {
     config.gqa.head_dim = 128;  // Qwen3Config's default (Qwen3-MoE has none: hidden / heads)
-  } else if (model_type == "gemma2") {
-    config.gqa.head_dim = 256;  // Gemma2Config's default
+  } else if (model_type == "gemma2" || model_type == "gemma3_text") {
+    config.gqa.head_dim = 256;  // Gemma2Config's and Gemma3TextConfig's default
   } else if (config.num_heads > 0) {
     if (config.hidden_size % config.num_heads != 0) {
       top.Fail(ErrorKind::kInvalidArgument, "head_dim is absent and hidden_size (" +
@@ -422,6 +422,40 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
       config.sliding_layers.resize(static_cast<size_t>(std::max<int64_t>(config.num_layers, 0)));
       for (size_t i = 0; i < config.sliding_layers.size(); ++i) {
         config.sliding_layers[i] = i % 2 == 0;
+      }
+    }
+    return;
+  }
+  if (model_type == "gemma3_text") {
+    // Gemma3Attention: scaling = query_pre_attn_scalar^-0.5 (default 256); q_norm/k_norm per
+    // head scaling by (1 + w) (Gemma3RMSNorm), eps rms_norm_eps (default 1e-6);
+    // attn_logit_softcapping (default none); bias = attention_bias. Local layers — all but every
+    // sliding_window_pattern-th (default 6), or as layer_types says — window sliding_window
+    // (default 4096) tokens and rotate with rope_local_base_freq (default 10000) unscaled; the
+    // global ones with rope_theta (default 1e6) and rope_scaling. The RoPE is parsed afterwards
+    // (ParseRope); Parse() then derives the local one.
+    const bool bias = top.Bool("attention_bias", false);
+    config.gqa.qkv_bias = bias;
+    config.gqa.o_bias = bias;
+    config.gqa.qk_norm = QkNorm::kPerHead;
+    config.gqa.qk_norm_unit_offset = true;
+    config.gqa.qk_norm_eps = top.Double("rms_norm_eps", 1e-6);
+    const double scalar = top.Double("query_pre_attn_scalar", 256.0);
+    if (!(scalar > 0.0)) {
+      top.Fail(ErrorKind::kInvalidArgument, "'query_pre_attn_scalar' must be positive");
+    }
+    config.softmax_scale = 1.0 / std::sqrt(scalar);
+    config.attn_logit_softcapping = top.Double("attn_logit_softcapping", 0.0);
+    config.sliding_window = top.Absent("sliding_window") ? 4096 : top.Int("sliding_window", 0);
+    if (top.Has("layer_types")) {
+      config.sliding_layers = ParseLayerTypes(top);
+    } else {
+      const int64_t pattern = top.Int("sliding_window_pattern", 6);
+      if (pattern < 1)
+        top.Fail(ErrorKind::kInvalidArgument, "'sliding_window_pattern' must be >= 1");
+      config.sliding_layers.resize(static_cast<size_t>(std::max<int64_t>(config.num_layers, 0)));
+      for (size_t i = 0; i < config.sliding_layers.size(); ++i) {
+        config.sliding_layers[i] = (static_cast<int64_t>(i) + 1) % pattern != 0;
       }
     }
     return;
@@ -580,6 +614,7 @@ int64_t DefaultMaxPositions(const std::string& model_type) {
   if (model_type == "deepseek_v3") return 4096;
   if (model_type == "gpt_oss") return 131072;
   if (model_type == "gemma2") return 8192;
+  if (model_type == "gemma3_text") return 131072;
   return 2048;  // llama, falcon, deepseek_v2, olmo2, granite
 }
 
@@ -611,7 +646,7 @@ ModelConfig Parse(const std::string& json_text, const std::string& source) {
   const bool gqa = model_type == "llama" || model_type == "mistral" || model_type == "qwen2" ||
                    model_type == "mixtral" || model_type == "qwen2_moe" || model_type == "qwen3" ||
                    model_type == "qwen3_moe" || model_type == "olmo2" || model_type == "granite" ||
-                   model_type == "gpt_oss" || model_type == "gemma2";
+                   model_type == "gpt_oss" || model_type == "gemma2" || model_type == "gemma3_text";
   const bool mla = model_type == "deepseek_v2" || model_type == "deepseek_v3";
   if (!gqa && !mla && !falcon) {
     top.Fail(ErrorKind::kUnsupported, "unsupported model_type '" + io::TextExcerpt(model_type) +
@@ -633,6 +668,13 @@ ModelConfig Parse(const std::string& json_text, const std::string& source) {
   } else if (gqa) {
     ParseGqa(top, model_type, config);
     ParseRope(top, source, config.gqa.head_dim, "head_dim", config);
+    if (model_type == "gemma3_text") {
+      if (!top.Has("rope_theta")) config.rope.theta = 1e6;  // Gemma3TextConfig's default
+      config.sliding_rope_differs = true;
+      config.sliding_rope = config.rope;
+      config.sliding_rope.theta = top.Double("rope_local_base_freq", 10000.0);
+      config.sliding_rope.scaling = RopeScaling{};
+    }
     if (model_type == "mixtral" && !top.Has("rope_theta") &&
         (!top.Has("rope_parameters") || !top.Find("rope_parameters")->contains("rope_theta"))) {
       config.rope.theta = 1e6;  // MixtralConfig's default_theta

@@ -18,7 +18,8 @@ GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, GqaWeights 
     : config_(layers::Validated(config)),
       window_(0),
       scale_(0.0f),
-      rope_(config_.rope),
+      rope_(config_.sliding_rope_differs && config_.WindowForLayer(layer) > 0 ? config_.sliding_rope
+                                                                              : config_.rope),
       weights_(std::move(weights)) {
   ATTN_CHECK(config.kind == AttentionKind::kGqa, ErrorKind::kInvalidArgument,
              "GqaAttention needs a GQA-family config, got '" + config.model_type + "'");
@@ -69,6 +70,12 @@ GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, GqaWeights 
       ATTN_CHECK(weights_.q_norm.size() == 0 && weights_.k_norm.size() == 0,
                  ErrorKind::kInvalidArgument, "q/k norms given but the config has none");
       break;
+  }
+  if (config.gqa.qk_norm_unit_offset) {
+    // Gemma's RMSNorm scales by (1 + w): folded into the weights once, so a call runs the same
+    // RmsNormRows as every other family.
+    for (float& value : weights_.q_norm.values()) value += 1.0f;
+    for (float& value : weights_.k_norm.values()) value += 1.0f;
   }
 }
 

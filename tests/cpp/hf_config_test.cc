@@ -946,3 +946,30 @@ TEST(HfConfigFamilies, SoftCappingOnMlaIsRefused) {
 
 }  // namespace
 }  // namespace attn
+
+namespace attn {
+namespace {
+
+TEST(HfConfigFamilies, Gemma3LocalAndGlobalLayers) {
+  const ModelConfig c = ParseHfConfig(R"({"model_type": "gemma3_text", "hidden_size": 64,
+      "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 12,
+      "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "sliding_window": 512})");
+  EXPECT_EQ(c.gqa.head_dim, 256);
+  EXPECT_EQ(c.gqa.qk_norm, QkNorm::kPerHead);
+  EXPECT_TRUE(c.gqa.qk_norm_unit_offset);
+  EXPECT_DOUBLE_EQ(SoftmaxScale(c), 1.0 / 16.0);
+  EXPECT_EQ(c.attn_logit_softcapping, 0.0);
+  // Every sixth layer (5, 11) is global: no window, rope_theta 1e6 with linear scaling; the
+  // others are local: a 512-token window, rope_local_base_freq 10000, no scaling.
+  for (int64_t layer = 0; layer < 12; ++layer) {
+    EXPECT_EQ(c.WindowForLayer(layer), layer % 6 == 5 ? 0 : 512) << layer;
+  }
+  EXPECT_TRUE(c.sliding_rope_differs);
+  EXPECT_EQ(c.rope.theta, 1e6);
+  EXPECT_EQ(c.rope.scaling.type, RopeScalingType::kLinear);
+  EXPECT_EQ(c.sliding_rope.theta, 10000.0);
+  EXPECT_EQ(c.sliding_rope.scaling.type, RopeScalingType::kNone);
+}
+
+}  // namespace
+}  // namespace attn
