@@ -5,7 +5,9 @@ Written from the formulas in docs/semantics.md (§1-§5), NOT
 from attn's C++ sources, so that a disagreement between the two points at a real bug on one
 side. The families added later (qwen3, qwen3_moe, olmo2, granite, mixtral, qwen2_moe; see
 `_parse_gqa_family`) were written from Hugging Face transformers' own modeling and
-configuration code, whose file and rule each branch cites. Everything is computed on the CPU in float64; `forward` returns float32.
+configuration code, whose file and rule each branch cites; so was gpt_oss (OpenAI GPT-OSS,
+`_parse_gpt_oss`: attention sinks, alternating sliding-window layers, YaRN by default).
+Everything is computed on the CPU in float64; `forward` returns float32.
 `forward(..., compute_dtype=torch.bfloat16)` (or float16, float32) runs the same formulas at a
 lower precision instead (see `Precision`), the baseline for tolerances of narrow-dtype weights.
 
@@ -27,7 +29,11 @@ Conventions (reference page):
     position id; key t is visible to the query in slot p iff t <= p and (no window or
     p - W < t); a key padding mask [B, S] (1 keep, 0 pad) hides keys only;
   * a query row that sees no key produces exactly zero attention output (attn's documented
-    behaviour), so the layer output for that row is o_proj(0) = o bias (or 0).
+    behaviour), so the layer output for that row is o_proj(0) = o bias (or 0);
+  * attention sinks (gpt_oss): one learned logit per query head joins each row's softmax and is
+    dropped after it, p_t = exp(s_t) / (exp(sink_h) + sum_u exp(s_u)) over the visible keys u.
+    (HF's eager GPT-OSS attention gives exactly zero for a row with no visible key too: the sink
+    takes all the probability.)
 """
 
 from __future__ import annotations
@@ -39,12 +45,17 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 
 GQA_MODEL_TYPES = ("llama", "mistral", "qwen2")
-# Families read from transformers' modeling code (see _parse_gqa_family); all are the GQA layer
-# of §1, some with q/k norms (QK_NORM_*) or a softmax scale from the config.
-GQA_FAMILY_TYPES = ("qwen3", "qwen3_moe", "olmo2", "granite", "mixtral", "qwen2_moe")
+# Families read from transformers' modeling code (see _parse_gqa_family, _parse_gpt_oss); all are
+# the GQA layer of §1, some with q/k norms (QK_NORM_*), a softmax scale from the config or
+# attention sinks (gpt_oss).
+GQA_FAMILY_TYPES = ("qwen3", "qwen3_moe", "olmo2", "granite", "mixtral", "qwen2_moe", "gpt_oss")
 QK_NORM_PER_HEAD = "per_head"  # Qwen3: RMSNorm of each head's d-vector, weights [d]
 QK_NORM_FULL = "full"          # OLMo 2: RMSNorm of the whole projection, weights [H·d] / [G·d]
 MLA_MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
+# GptOssConfig.__post_init__ (gpt_oss/configuration_gpt_oss.py): the rope parameters when the config
+# gives none (rope_theta: GptOssConfig.default_theta = 150000).
+GPT_OSS_DEFAULT_ROPE = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                        "truncate": False, "original_max_position_embeddings": 4096}
 
 _F64 = torch.float64
 
@@ -126,6 +137,7 @@ class Spec:
     qk_norm: str = ""  # "" (none) | QK_NORM_PER_HEAD | QK_NORM_FULL
     qk_norm_eps: float = 1e-6
     scale_override: Optional[float] = None  # Granite's attention_multiplier
+    attn_sinks: bool = False  # gpt_oss: self_attn.sinks [H], one extra softmax logit per head
 
     def window_for_layer(self, layer: int) -> int:
         if self.kind != "gqa" or not self.sliding_window:
@@ -147,8 +159,13 @@ def _rope_dict(cfg: Mapping) -> Tuple[dict, bool]:
 
 
 def _parse_rope(cfg: Mapping, width: int, interleaved: bool,
-                default_theta: float = 10000.0) -> RopeSpec:
+                default_theta: float = 10000.0,
+                default_params: Optional[Mapping] = None) -> RopeSpec:
+    """default_params: the scaling parameters a config class supplies when the config gives
+    neither rope_parameters nor rope_scaling (gpt_oss), else none (plain RoPE)."""
     params, _ = _rope_dict(cfg)
+    if not params and default_params:
+        params = dict(default_params)
     theta = params.get("rope_theta", cfg.get("rope_theta", default_theta))
     prf = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
     if prf is None:
@@ -270,12 +287,57 @@ def _parse_gqa_family(cfg: Mapping, mt: str, D: int, H: int, L: int) -> Spec:
     return spec
 
 
+def _parse_gpt_oss(cfg: Mapping, D: int, H: int) -> Spec:
+    """gpt_oss, as transformers defines it (src/transformers/models/gpt_oss/ of
+    huggingface/transformers):
+
+    configuration_gpt_oss.py GptOssConfig: field defaults head_dim 64, num_key_value_heads 8,
+      num_hidden_layers 36, sliding_window 128, attention_bias True, rope_parameters None,
+      layer_types None, default_theta 150000. __post_init__: num_key_value_heads None -> H;
+      head_dim None -> D // H; layer_types None -> "sliding_attention" if (i + 1) % 2 else
+      "full_attention" (even layers slide); rope_parameters None -> GPT_OSS_DEFAULT_ROPE (yarn,
+      factor 32, beta_fast 32, beta_slow 1, truncate False, original 4096).
+    modular_gpt_oss.py GptOssAttention(Qwen2Attention): head_dim = config.head_dim, scaling
+      head_dim^-0.5; q/k/v/o Linear with bias = attention_bias; sliding_window =
+      config.sliding_window on layers whose layer_types entry is "sliding_attention"
+      (Qwen2Attention); sinks = Parameter [H]. _apply_rotary_emb: (first half, second half)
+      of each head = the rotate-half pairing (x[i], x[i + d/2]); cos/sin = cos/sin(p·inv_freq)
+      · attention_scaling (GptOssRotaryEmbedding, no cat of the two halves: the same numbers
+      rotate-half uses).
+      eager_attention_forward: logits = q·k^T·scaling + additive mask; cat the head's sink as one
+      more column; subtract the row max; softmax; drop the sink column; probs @ v.
+    YaRN per modeling_rope_utils._compute_yarn_parameters (see inv_freq / attention_factor here):
+      truncate = rope_parameters.get("truncate", True); attention factor 0.1·ln(factor) + 1.
+
+    Not modelled: sliding_window null on a "sliding_attention" layer (HF: no window value); this
+    oracle uses full attention there."""
+    G = cfg.get("num_key_value_heads", 8)
+    G = H if G is None else int(G)
+    d = cfg.get("head_dim", 64)
+    d = D // H if d is None else int(d)
+    L = int(_given(cfg, "num_hidden_layers", 36))
+    rope = _parse_rope(cfg, d, interleaved=False, default_theta=150000.0,
+                       default_params=GPT_OSS_DEFAULT_ROPE)
+    ab = bool(_given(cfg, "attention_bias", True))
+    spec = Spec(model_type="gpt_oss", kind="gqa", hidden_size=D, num_heads=H, num_layers=L,
+                rope=rope, num_kv_heads=G, head_dim=d, qkv_bias=ab, o_bias=ab, attn_sinks=True)
+    spec.sliding_window = int(_given(cfg, "sliding_window", 0) if "sliding_window" in cfg
+                              else 128)
+    layer_types = cfg.get("layer_types")
+    if layer_types is None:
+        layer_types = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(L)]
+    spec.sliding_layers = [t == "sliding_attention" for t in layer_types]
+    return spec
+
+
 def parse_config(cfg: Mapping) -> Spec:
     """HF config.json dict -> Spec. Raises ValueError for an unknown model_type."""
     mt = cfg.get("model_type")
     D = int(cfg["hidden_size"])
     H = int(cfg["num_attention_heads"])
     L = int(cfg.get("num_hidden_layers", 1))
+    if mt == "gpt_oss":
+        return _parse_gpt_oss(cfg, D, H)
     if mt in GQA_FAMILY_TYPES:
         return _parse_gqa_family(cfg, mt, D, H, L)
     if mt in GQA_MODEL_TYPES:
@@ -351,6 +413,8 @@ def expected_weight_shapes(cfg_or_spec, layer: int = 0) -> Dict[str, Tuple[int, 
         elif s.qk_norm == QK_NORM_FULL:
             out[p + "q_norm.weight"] = (H * d,)
             out[p + "k_norm.weight"] = (G * d,)
+        if s.attn_sinks:
+            out[p + "sinks"] = (H,)
         return out
     dn, dr, dv, rq, rk = (s.qk_nope_head_dim, s.qk_rope_head_dim, s.v_head_dim,
                           s.q_lora_rank, s.kv_lora_rank)
@@ -516,14 +580,24 @@ def visible_mask(B: int, S: int, attention_mask: Optional[torch.Tensor] = None,
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: torch.Tensor,
-           scale: float, prec: Precision = EXACT) -> torch.Tensor:
+           scale: float, prec: Precision = EXACT,
+           sinks: Optional[torch.Tensor] = None) -> torch.Tensor:
     """q [B,S,H,dk], k [B,T,H,dk], v [B,T,H,dv], vis [B,S,T] -> [B,S,H,dv].
 
+    sinks [H] (gpt_oss): each head's sink logit joins every row's softmax as one more column,
+    which is then dropped (HF's eager_attention_forward for GPT-OSS, max subtracted first).
     Rows with no visible key give zeros."""
     scores = prec(prec(torch.einsum("bshd,bthd->bhst", q, k)) * scale)
     m = vis[:, None, :, :]
     scores = scores.masked_fill(~m, float("-inf"))
-    p = prec(torch.softmax(scores, dim=-1))
+    if sinks is None:
+        p = prec(torch.softmax(scores, dim=-1))
+    else:
+        B, H, S, _ = scores.shape
+        col = sinks.to(scores.dtype)[None, :, None, None].expand(B, H, S, 1)
+        logits = torch.cat((scores, col), dim=-1)
+        logits = prec(logits - logits.max(dim=-1, keepdim=True).values)
+        p = prec(torch.softmax(logits, dim=-1))[..., :-1]
     any_vis = m.any(dim=-1, keepdim=True)
     p = torch.where(any_vis, p, torch.zeros_like(p))
     return prec(torch.einsum("bhst,bthd->bshd", p, v))
@@ -586,7 +660,8 @@ def gqa_forward(s: Spec, weights, x, position_ids, attention_mask, layer, interl
     k = k.repeat_interleave(rep, dim=2)  # head h reads kv head h // rep
     v = v.repeat_interleave(rep, dim=2)
     vis = visible_mask(B, S, attention_mask, s.window_for_layer(layer))
-    o = attend(q, k, v, vis, softmax_scale(s), P).reshape(B, S, H * d)
+    sinks = w("sinks") if s.attn_sinks else None
+    o = attend(q, k, v, vis, softmax_scale(s), P, sinks).reshape(B, S, H * d)
     return _lin(o, w("o_proj.weight"), bo, P)
 
 
