@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -27,7 +28,11 @@ using nlohmann::json;
 
 constexpr const char* kSupportedModels =
     "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, olmo2, granite, gemma2, "
-    "gemma3_text, gpt_oss, deepseek_v2, deepseek_v3, kimi_k2, falcon";
+    "gemma3_text, gpt_oss, glm, glm4, deepseek_v2, deepseek_v3, kimi_k2, falcon";
+// The model types read by ParseGqa: one GQA-family layer with per-family details.
+const std::string kGqaFamilies[] = {"llama",       "mistral",   "mixtral", "qwen2",   "qwen2_moe",
+                                    "qwen3",       "qwen3_moe", "olmo2",   "granite", "gemma2",
+                                    "gemma3_text", "gpt_oss",   "glm",     "glm4"};
 constexpr const char* kSupportedRopeTypes = "default, linear, llama3, yarn";
 
 // Rope-dict keys that only exist for scaling types attn does not implement (longrope/su
@@ -333,13 +338,19 @@ void ParseQwenWindow(const Fields& top, ModelConfig& config, bool alternate) {
 void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& config) {
   config.kind = AttentionKind::kGqa;
   config.rope.pairing = RopePairing::kRotateHalf;  // HF rotate_half (docs/semantics.md §2)
-  config.gqa.num_kv_heads = top.Int("num_key_value_heads", config.num_heads);
+  // GptOssConfig: an absent num_key_value_heads means 8 and an absent head_dim 64 (its field
+  // defaults), while an explicit null means H and hidden / heads (its __post_init__).
+  const bool oss = model_type == "gpt_oss";
+  config.gqa.num_kv_heads = top.Int(
+      "num_key_value_heads", oss && top.Absent("num_key_value_heads") ? 8 : config.num_heads);
   if (top.Has("head_dim")) {
     config.gqa.head_dim = top.Int("head_dim");
-  } else if (model_type == "gpt_oss") {
-    config.gqa.head_dim = 64;  // GptOssConfig's default, not hidden / heads (2880 / 64 = 45)
+  } else if (oss && top.Absent("head_dim")) {
+    config.gqa.head_dim = 64;
   } else if (model_type == "qwen3") {
     config.gqa.head_dim = 128;  // Qwen3Config's default (Qwen3-MoE has none: hidden / heads)
+  } else if (model_type == "glm" || model_type == "glm4") {
+    config.gqa.head_dim = 128;  // GlmConfig's and Glm4Config's default
   } else if (model_type == "gemma2" || model_type == "gemma3_text") {
     config.gqa.head_dim = 256;  // Gemma2Config's and Gemma3TextConfig's default
   } else if (config.num_heads > 0) {
@@ -399,6 +410,15 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
     const int64_t absent = model_type == "mistral" ? 4096 : 0;
     config.sliding_window = top.Absent("sliding_window") ? absent : top.Int("sliding_window", 0);
     if (top.Has("layer_types")) config.sliding_layers = ParseLayerTypes(top);
+    return;
+  }
+  if (model_type == "glm" || model_type == "glm4") {
+    // GlmAttention (Glm4's is the same): q/k/v bias = attention_bias (default true), o never;
+    // RoPE on the first head_dim · partial_rotary_factor (default 0.5) features only, pairing
+    // neighbours (x[2i], x[2i+1]) — GLM's rotate_half and repeat_interleave'd cos/sin.
+    config.gqa.qkv_bias = top.Bool("attention_bias", true);
+    config.gqa.o_bias = false;
+    config.rope.pairing = RopePairing::kInterleaved;
     return;
   }
   if (model_type == "gemma2") {
@@ -643,10 +663,8 @@ ModelConfig Parse(const std::string& json_text, const std::string& source) {
              "(rope_scaling short_factor/long_factor), which attn does not implement");
   }
   const bool falcon = model_type == "falcon";
-  const bool gqa = model_type == "llama" || model_type == "mistral" || model_type == "qwen2" ||
-                   model_type == "mixtral" || model_type == "qwen2_moe" || model_type == "qwen3" ||
-                   model_type == "qwen3_moe" || model_type == "olmo2" || model_type == "granite" ||
-                   model_type == "gpt_oss" || model_type == "gemma2" || model_type == "gemma3_text";
+  const bool gqa = std::find(std::begin(kGqaFamilies), std::end(kGqaFamilies), model_type) !=
+                   std::end(kGqaFamilies);
   const bool mla = model_type == "deepseek_v2" || model_type == "deepseek_v3";
   if (!gqa && !mla && !falcon) {
     top.Fail(ErrorKind::kUnsupported, "unsupported model_type '" + io::TextExcerpt(model_type) +
@@ -668,6 +686,11 @@ ModelConfig Parse(const std::string& json_text, const std::string& source) {
   } else if (gqa) {
     ParseGqa(top, model_type, config);
     ParseRope(top, source, config.gqa.head_dim, "head_dim", config);
+    if ((model_type == "glm" || model_type == "glm4") && !top.Has("partial_rotary_factor") &&
+        (!top.Has("rope_parameters") ||
+         !top.Find("rope_parameters")->contains("partial_rotary_factor"))) {
+      config.rope.rotary_dim = config.gqa.head_dim / 2;  // GlmConfig's default factor 0.5
+    }
     if (model_type == "gemma3_text") {
       if (!top.Has("rope_theta")) config.rope.theta = 1e6;  // Gemma3TextConfig's default
       config.sliding_rope_differs = true;

@@ -973,3 +973,36 @@ TEST(HfConfigFamilies, Gemma3LocalAndGlobalLayers) {
 
 }  // namespace
 }  // namespace attn
+
+namespace attn {
+namespace {
+
+TEST(HfConfigFamilies, GlmHalfWidthInterleavedRope) {
+  const ModelConfig glm = ParseHfConfig(R"({"model_type": "glm4", "hidden_size": 64,
+      "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2})");
+  EXPECT_EQ(glm.gqa.head_dim, 128);
+  EXPECT_EQ(glm.rope.rotary_dim, 64);  // partial_rotary_factor 0.5 by default
+  EXPECT_EQ(glm.rope.pairing, RopePairing::kInterleaved);
+  EXPECT_TRUE(glm.gqa.qkv_bias);
+  EXPECT_FALSE(glm.gqa.o_bias);
+  const ModelConfig full = ParseHfConfig(R"({"model_type": "glm", "hidden_size": 64,
+      "num_attention_heads": 4, "head_dim": 16, "partial_rotary_factor": 1.0,
+      "attention_bias": false, "num_hidden_layers": 2})");
+  EXPECT_EQ(full.rope.rotary_dim, 16);
+  EXPECT_FALSE(full.gqa.qkv_bias);
+}
+
+TEST(HfConfigFamilies, GptOssAbsentAndNullKeys) {
+  const std::string dims = R"("hidden_size": 96, "num_attention_heads": 16,
+      "num_hidden_layers": 2)";
+  const ModelConfig absent = ParseHfConfig(R"({"model_type": "gpt_oss", )" + dims + "}");
+  EXPECT_EQ(absent.gqa.num_kv_heads, 8);
+  EXPECT_EQ(absent.gqa.head_dim, 64);
+  const ModelConfig null = ParseHfConfig(
+      R"({"model_type": "gpt_oss", "num_key_value_heads": null, "head_dim": null, )" + dims + "}");
+  EXPECT_EQ(null.gqa.num_kv_heads, 16);
+  EXPECT_EQ(null.gqa.head_dim, 6);
+}
+
+}  // namespace
+}  // namespace attn

@@ -694,8 +694,12 @@ def fuzz_layer(fdp):
         return
     check_unchanged(saved)
     xa = plain(x)
-    if not isinstance(result, np.ndarray) or result.dtype != np.float32:
-        raise Finding(f"layer result is not a float32 ndarray: {type(result)}")
+    # The output has the dtype of hidden_states (float16, float32 or float64 for NumPy input).
+    floats = (np.float16, np.float32, np.float64)
+    if not isinstance(result, np.ndarray) or result.dtype not in floats:
+        raise Finding(f"layer result is not a float ndarray: {type(result)}")
+    if xa is not None and xa.dtype in floats and result.dtype != xa.dtype:
+        raise Finding(f"layer result dtype {result.dtype}, hidden_states {xa.dtype}")
     if xa is not None and result.shape != xa.shape:
         raise Finding(f"layer result shape {result.shape}, hidden_states {xa.shape}")
     if not np.all(np.isfinite(result)):
