@@ -2,15 +2,20 @@
 """The GQA model families beyond llama/mistral/qwen2 against the float64 oracle: Qwen3 and
 Qwen3-MoE (per-head q/k RMSNorm), OLMo 2 (RMSNorm over the whole q and k projections), Granite
 (softmax scale = attention_multiplier), Mixtral (Mistral's attention, its own defaults),
-Qwen2-MoE (qkv_bias, its own sliding-window layer pattern) and GPT-OSS (attention sinks,
-alternating 128-token windows, YaRN by default, biases); weight-name checks (unused tensors
-are errors, rotary_emb.inv_freq is not); and the original Falcon-40B ("RefinedWeb") config.
+Qwen2-MoE (qkv_bias, its own sliding-window layer pattern), GPT-OSS (attention sinks,
+alternating 128-token windows, YaRN by default, biases), Gemma 2 (logit soft-capping,
+query_pre_attn_scalar, alternating windows) and Gemma 3 (gemma3_text: (1 + w) q/k norms, local
+layers with their own window and RoPE, global layers with rope_scaling); weight-name checks
+(unused tensors are errors, rotary_emb.inv_freq is not); and the original Falcon-40B
+("RefinedWeb") config.
 
-The oracle (torch_reference.py, `_parse_gqa_family`, `_parse_gpt_oss`) was written from
-transformers' modeling and configuration code for each family; `hf_transcription` below
-re-states transformers' eager attention (rotate_half, repeat_kv, additive masks, [B, H, S, d]
-layout; for GPT-OSS `hf_gpt_oss_transcription`: YaRN, _apply_rotary_emb and the sink column) a
-second time, so the oracle is itself checked against HF's formulation before it judges attn.
+The oracle (torch_reference.py, `_parse_gqa_family`, `_parse_gpt_oss`, `_parse_gemma`) was
+written from transformers' modeling and configuration code for each family; `hf_transcription`
+below re-states transformers' eager attention (rotate_half, repeat_kv, additive masks,
+[B, H, S, d] layout; for GPT-OSS `hf_gpt_oss_transcription`: YaRN, _apply_rotary_emb and the
+sink column; for Gemma `hf_gemma_transcription`: soft-capping, Gemma3RMSNorm, the per-layer-type
+RoPE) a second time, so the oracle is itself checked against HF's formulation before it judges
+attn.
 
 Metric: test_oracle's `assert_matches`, max|attn - ref| <= 1e-4 * max|ref| (fp32 weights).
 Every test that takes `cli` runs through the CLI binary and through the Python module.
@@ -44,9 +49,16 @@ MIXTRAL = _load("mixtral")        # window 6 on every layer, theta 1e6
 QWEN2_MOE = _load("qwen2-moe")    # qkv_bias, window 4 on layers 0 and 2
 GPT_OSS = _load("gpt-oss")        # head_dim 16 != 96/8, G 2 < H 8, window 5 on layers 0 and 2,
 #                                   sinks, biases, YaRN factor 4 over 32 (truncate false)
+GEMMA2 = _load("gemma2")          # head_dim 32 != 64/4, G 2 < H 4, window 5 on layers 0 and 2,
+#                                   soft-capping at 2.0, query_pre_attn_scalar 4 (scale 0.5,
+#                                   so that the cap matters on the weights attn writes)
+GEMMA3 = _load("gemma3")          # head_dim 32, G 2, 6 layers, pattern 3: layers 2 and 5 global;
+#                                   local: window 5, theta 1e4; global: theta 1e6, linear x4;
+#                                   query_pre_attn_scalar 48, (1 + w) q/k norms
 
 FAMILIES = {"qwen3": QWEN3, "qwen3-moe": QWEN3_MOE, "olmo2": OLMO2, "granite": GRANITE,
-            "mixtral": MIXTRAL, "qwen2-moe": QWEN2_MOE, "gpt-oss": GPT_OSS}
+            "mixtral": MIXTRAL, "qwen2-moe": QWEN2_MOE, "gpt-oss": GPT_OSS, "gemma2": GEMMA2,
+            "gemma3": GEMMA3}
 
 # Variants that move the defaults and the layer patterns.
 QWEN3_LAYER_TYPES = dict(QWEN3, layer_types=["sliding_attention", "full_attention",
@@ -89,6 +101,53 @@ GPT_OSS_TRUNCATE_ABSENT = dict(GPT_OSS, rope_scaling=_without(GPT_OSS["rope_scal
 # transformers v5's spelling: rope_parameters carrying rope_theta.
 GPT_OSS_ROPE_PARAMETERS = dict(_without(GPT_OSS, "rope_scaling", "rope_theta"),
                                rope_parameters=dict(GPT_OSS["rope_scaling"], rope_theta=150000.0))
+
+# Gemma2Config (gemma2/configuration_gemma2.py) field defaults: query_pre_attn_scalar 256,
+# attn_logit_softcapping 50.0 (null: none), sliding_window 4096, num_key_value_heads 4 (not H),
+# head_dim 256 (not D/H), rope theta 10000; layer_types None -> even layers slide.
+GEMMA2_DEFAULT_SCALAR = _without(GEMMA2, "query_pre_attn_scalar")   # 256^-0.5, not 4^-0.5
+GEMMA2_DEFAULT_CAP = _without(GEMMA2, "attn_logit_softcapping")     # 50
+GEMMA2_NO_CAP = dict(GEMMA2, attn_logit_softcapping=None)           # none
+GEMMA2_DEFAULT_WINDOW = _without(GEMMA2, "sliding_window")          # 4096
+GEMMA2_DEFAULT_THETA = _without(GEMMA2, "rope_theta")               # 10000
+GEMMA2_DEFAULT_HEAD_DIM = _without(GEMMA2, "head_dim")              # 256, not 64 / 4
+GEMMA2_DEFAULT_KV_HEADS = dict(_without(GEMMA2, "num_key_value_heads"), num_attention_heads=8)
+GEMMA2_LAYER_TYPES = dict(GEMMA2, layer_types=["sliding_attention", "full_attention",
+                                               "sliding_attention", "full_attention"])
+GEMMA2_SWAPPED_LAYER_TYPES = dict(GEMMA2, layer_types=["full_attention", "sliding_attention",
+                                                       "full_attention", "sliding_attention"])
+GEMMA2_BIAS_MQA = dict(GEMMA2, attention_bias=True, num_key_value_heads=1)
+GEMMA2_LINEAR = dict(GEMMA2, rope_scaling={"rope_type": "linear", "factor": 2.0})
+# transformers v5's spelling (flat for Gemma 2): rope_parameters carrying rope_theta.
+GEMMA2_ROPE_PARAMETERS = dict(_without(GEMMA2, "rope_theta"),
+                              rope_parameters={"rope_type": "default", "rope_theta": 500.0})
+# Gemma3TextConfig (gemma3/configuration_gemma3.py): sliding_window_pattern 6 (layer i global iff
+# (i + 1) % 6 == 0) unless layer_types is given; rope_theta 1e6 (global layers, with
+# rope_scaling), rope_local_base_freq 1e4 (local layers, never scaled); query_pre_attn_scalar
+# 256; rms_norm_eps 1e-6; num_key_value_heads 4; head_dim 256; attn_logit_softcapping None, and
+# Gemma3Attention passes no softcap to the attention function whatever the config says.
+GEMMA3_DEFAULT_PATTERN = _without(GEMMA3, "sliding_window_pattern")  # of 6 layers, 5 is global
+GEMMA3_LAYER_TYPES = dict(GEMMA3, layer_types=["full_attention", "sliding_attention"] * 3)
+GEMMA3_DEFAULT_THETAS = _without(GEMMA3, "rope_theta", "rope_local_base_freq")
+GEMMA3_LOCAL_FREQ_500 = dict(GEMMA3, rope_local_base_freq=500.0)
+GEMMA3_DEFAULT_SCALAR = _without(GEMMA3, "query_pre_attn_scalar")
+GEMMA3_DEFAULT_HEAD_DIM = _without(GEMMA3, "head_dim")
+GEMMA3_DEFAULT_KV_HEADS = dict(_without(GEMMA3, "num_key_value_heads"), num_attention_heads=8)
+GEMMA3_NO_SCALING = dict(GEMMA3, rope_scaling=None)
+GEMMA3_BIAS = dict(GEMMA3, attention_bias=True)
+GEMMA3_MQA = dict(GEMMA3, num_key_value_heads=1)
+GEMMA3_SOFTCAP = dict(GEMMA3, attn_logit_softcapping=2.0)  # stored, not applied, by HF
+# transformers v5's spelling, as Gemma3TextConfig.save_pretrained writes tiny-gemma3: rope
+# parameters nested by layer type, no rope_theta / rope_scaling / rope_local_base_freq.
+GEMMA3_ROPE_PARAMETERS = dict(
+    _without(GEMMA3, "rope_scaling", "rope_theta", "rope_local_base_freq"),
+    rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0,
+                                        "rope_theta": 1000000.0},
+                     "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})
+GEMMA3_ROPE_PARAMETERS_LOCAL_500 = dict(
+    GEMMA3_ROPE_PARAMETERS,
+    rope_parameters=dict(GEMMA3_ROPE_PARAMETERS["rope_parameters"],
+                         sliding_attention={"rope_type": "default", "rope_theta": 500.0}))
 
 
 # ============================================================================ oracle self-checks
@@ -133,10 +192,12 @@ def hf_transcription(cfg, W, x, position_ids, attention_mask=None, layer=0, norm
 
     norm_mode overrides where q/k norms go: "per_head" (Qwen3), "full" (OLMo 2), "none", or
     "per_head_full_weights" (a wrong OLMo 2: the [H·d] scales applied head by head).
-    gpt_oss goes to hf_gpt_oss_transcription."""
+    gpt_oss goes to hf_gpt_oss_transcription, gemma2 and gemma3_text to hf_gemma_transcription."""
     mt = cfg["model_type"]
     if mt == "gpt_oss":
         return hf_gpt_oss_transcription(cfg, W, x, position_ids, attention_mask, layer)
+    if mt in ("gemma2", "gemma3_text"):
+        return hf_gemma_transcription(cfg, W, x, position_ids, attention_mask, layer)
     D, H = cfg["hidden_size"], cfg["num_attention_heads"]
     G = cfg.get("num_key_value_heads") or H
     d = cfg.get("head_dim") or (128 if mt == "qwen3" else D // H)
@@ -322,6 +383,97 @@ def hf_gpt_oss_transcription(cfg, W, x, position_ids, attention_mask=None, layer
     return lin("o_proj", o)
 
 
+def _hf_gemma_rope_parameters(cfg, layer_type):
+    """The rope parameters dict of one layer type, as the config classes build it:
+    Gemma2Config through RotaryEmbeddingConfigMixin.convert_rope_params_to_dict (rope_scaling or
+    rope_parameters, rope_theta default 10000); Gemma3TextConfig.convert_rope_params_to_dict
+    (nested by layer type, rope_scaling updating "full_attention", rope_theta default 1e6 for
+    "full_attention" and rope_local_base_freq default 1e4 for "sliding_attention")."""
+    if cfg["model_type"] == "gemma2":
+        rp = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
+        rp.setdefault("rope_theta", cfg.get("rope_theta", 10000.0))
+        rp.setdefault("rope_type", rp.get("type", "default"))
+        return rp
+    rp = cfg.get("rope_parameters") or {"sliding_attention": {"rope_type": "default"},
+                                        "full_attention": {"rope_type": "default"}}
+    rp = {k: dict(v) for k, v in rp.items()}
+    if cfg.get("rope_scaling") is not None:
+        rp["full_attention"].update(cfg["rope_scaling"])
+    rp["full_attention"].setdefault("rope_theta", cfg.get("rope_theta", 1000000.0))
+    rp["sliding_attention"].setdefault("rope_theta", cfg.get("rope_local_base_freq", 10000.0))
+    return rp[layer_type]
+
+
+def hf_gemma_transcription(cfg, W, x, position_ids, attention_mask=None, layer=0):
+    """transformers' Gemma 2 / Gemma 3 attention (gemma2/modeling_gemma2.py Gemma2Attention,
+    Gemma2RotaryEmbedding, eager_attention_forward; gemma3/modeling_gemma3.py Gemma3Attention,
+    Gemma3RMSNorm, Gemma3RotaryEmbedding; their configuration files' defaults), restated in
+    float64 from the model files (v5.25.0), not from torch_reference. Default and linear RoPE."""
+    mt = cfg["model_type"]
+    H = cfg["num_attention_heads"]
+    G = cfg.get("num_key_value_heads", 4)
+    d = cfg.get("head_dim", 256)
+    L = cfg.get("num_hidden_layers", 26)
+    pattern = 2 if mt == "gemma2" else cfg.get("sliding_window_pattern", 6)
+    layer_types = cfg.get("layer_types") or [
+        "sliding_attention" if bool((i + 1) % pattern) else "full_attention" for i in range(L)]
+    layer_type = layer_types[layer]
+    sliding_window = cfg.get("sliding_window", 4096) if layer_type == "sliding_attention" \
+        else None
+    scaling = cfg.get("query_pre_attn_scalar", 256) ** -0.5
+    # Gemma2Attention passes softcap=self.attn_logit_softcapping; Gemma3Attention passes none.
+    softcap = cfg.get("attn_logit_softcapping", 50.0) if mt == "gemma2" else None
+    bias = cfg.get("attention_bias", False)
+    eps = cfg.get("rms_norm_eps", 1e-6)
+    p = ref.layer_prefix(layer)
+    B, S, _ = x.shape
+    x = x.double()
+
+    def lin(name, t):
+        y = t @ W[p + name + ".weight"].double().T
+        return y + W[p + name + ".bias"].double() if bias else y
+
+    def gemma3_rms_norm(t, w):  # Gemma3RMSNorm: _norm(x) * (1.0 + weight)
+        return t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + eps) * (1.0 + w.double())
+
+    q = lin("q_proj", x).view(B, S, -1, d).transpose(1, 2)
+    k = lin("k_proj", x).view(B, S, -1, d).transpose(1, 2)
+    v = lin("v_proj", x).view(B, S, -1, d).transpose(1, 2)
+    if mt == "gemma3_text":
+        q = gemma3_rms_norm(q, W[p + "q_norm.weight"])
+        k = gemma3_rms_norm(k, W[p + "k_norm.weight"])
+    rp = _hf_gemma_rope_parameters(cfg, layer_type)
+    inv_freq = 1.0 / (rp["rope_theta"] ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    if rp["rope_type"] == "linear":  # _compute_linear_scaling_rope_parameters
+        inv_freq = inv_freq / rp["factor"]
+    else:
+        assert rp["rope_type"] == "default", rp
+    freqs = position_ids.double()[..., None] * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos()[:, None], emb.sin()[:, None]
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    k, v = _repeat_kv(k, H // G), _repeat_kv(v, H // G)
+    q_idx = torch.arange(S)[:, None]
+    kv_idx = torch.arange(S)[None, :]
+    allowed = kv_idx <= q_idx
+    if sliding_window:
+        allowed = allowed & (kv_idx > q_idx - sliding_window)
+    allowed = allowed[None, None].expand(B, 1, S, S)
+    if attention_mask is not None:
+        allowed = allowed & (attention_mask[:, None, None, :] != 0)
+    additive = torch.zeros(B, 1, S, S, dtype=torch.float64).masked_fill(
+        ~allowed, torch.finfo(torch.float64).min)
+    attn_weights = q @ k.transpose(2, 3) * scaling
+    if softcap is not None:
+        attn_weights = attn_weights / softcap
+        attn_weights = torch.tanh(attn_weights)
+        attn_weights = attn_weights * softcap
+    attn_weights = torch.softmax(attn_weights + additive, dim=-1)
+    o = (attn_weights @ v).transpose(1, 2).reshape(B, S, -1)
+    return lin("o_proj", o)
+
+
 TRANSCRIPTION_CASES = [
     ("qwen3-layer1-full", QWEN3, 1), ("qwen3-layer3-window", QWEN3, 3),
     ("qwen3-layer-types-layer2", QWEN3_LAYER_TYPES, 2),
@@ -343,6 +495,30 @@ TRANSCRIPTION_CASES = [
     ("gpt-oss-truncate", GPT_OSS_TRUNCATE, 1),
     ("gpt-oss-truncate-absent", GPT_OSS_TRUNCATE_ABSENT, 1),
     ("gpt-oss-rope-parameters", GPT_OSS_ROPE_PARAMETERS, 0),
+    ("gemma2-layer0-window", GEMMA2, 0), ("gemma2-layer1-full", GEMMA2, 1),
+    ("gemma2-default-scalar", GEMMA2_DEFAULT_SCALAR, 1),
+    ("gemma2-default-cap", GEMMA2_DEFAULT_CAP, 0), ("gemma2-no-cap", GEMMA2_NO_CAP, 1),
+    ("gemma2-default-theta", GEMMA2_DEFAULT_THETA, 1),
+    ("gemma2-default-head-dim", GEMMA2_DEFAULT_HEAD_DIM, 0),
+    ("gemma2-default-kv-heads", GEMMA2_DEFAULT_KV_HEADS, 1),
+    ("gemma2-swapped-layer-types-layer1", GEMMA2_SWAPPED_LAYER_TYPES, 1),
+    ("gemma2-bias-mqa", GEMMA2_BIAS_MQA, 0), ("gemma2-linear", GEMMA2_LINEAR, 1),
+    ("gemma2-rope-parameters", GEMMA2_ROPE_PARAMETERS, 1),
+    ("gemma3-layer0-local", GEMMA3, 0), ("gemma3-layer2-global", GEMMA3, 2),
+    ("gemma3-layer5-global", GEMMA3, 5),
+    ("gemma3-default-pattern-layer2-local", GEMMA3_DEFAULT_PATTERN, 2),
+    ("gemma3-default-pattern-layer5-global", GEMMA3_DEFAULT_PATTERN, 5),
+    ("gemma3-layer-types-layer0-global", GEMMA3_LAYER_TYPES, 0),
+    ("gemma3-default-thetas-layer0", GEMMA3_DEFAULT_THETAS, 0),
+    ("gemma3-default-thetas-layer2", GEMMA3_DEFAULT_THETAS, 2),
+    ("gemma3-local-freq-500-layer1", GEMMA3_LOCAL_FREQ_500, 1),
+    ("gemma3-default-scalar", GEMMA3_DEFAULT_SCALAR, 2),
+    ("gemma3-default-head-dim", GEMMA3_DEFAULT_HEAD_DIM, 0),
+    ("gemma3-default-kv-heads", GEMMA3_DEFAULT_KV_HEADS, 2),
+    ("gemma3-no-scaling-layer2", GEMMA3_NO_SCALING, 2), ("gemma3-bias", GEMMA3_BIAS, 0),
+    ("gemma3-softcap-ignored-layer2", GEMMA3_SOFTCAP, 2),
+    ("gemma3-rope-parameters-layer2", GEMMA3_ROPE_PARAMETERS, 2),
+    ("gemma3-rope-parameters-local-500-layer0", GEMMA3_ROPE_PARAMETERS_LOCAL_500, 0),
 ]
 
 
@@ -423,6 +599,89 @@ def test_oracle_gpt_oss_parse_rules():
                       p + "v_proj.weight": (32, 96), p + "o_proj.weight": (96, 128),
                       p + "q_proj.bias": (128,), p + "k_proj.bias": (32,),
                       p + "v_proj.bias": (32,), p + "o_proj.bias": (96,), p + "sinks": (8,)}
+
+
+def test_oracle_gemma_parse_rules():
+    """Gemma2Config's and Gemma3TextConfig's defaults, layer patterns and RoPE per layer type
+    (configuration_gemma2.py, configuration_gemma3.py, modeling_gemma2.py, modeling_gemma3.py)."""
+    s = ref.parse_config(GEMMA2)
+    assert (s.num_heads, s.num_kv_heads, s.head_dim, s.num_layers) == (4, 2, 32, 4)
+    assert (s.qkv_bias, s.o_bias, s.qk_norm, s.softcap, s.sliding_rope) == (False, False, "",
+                                                                             2.0, None)
+    assert ref.softmax_scale(s) == 4 ** -0.5 == 0.5
+    assert [s.window_for_layer(i) for i in range(4)] == [5, 0, 5, 0]
+    assert (s.rope.type, s.rope.theta, s.rope.rotary_dim, s.rope.interleaved) == (
+        "default", 10000.0, 32, False)
+    assert ref.softmax_scale(GEMMA2_DEFAULT_SCALAR) == 256 ** -0.5 == 1 / 16
+    assert ref.parse_config(GEMMA2_DEFAULT_CAP).softcap == 50.0
+    assert ref.parse_config(GEMMA2_NO_CAP).softcap is None
+    assert ref.parse_config(GEMMA2_DEFAULT_WINDOW).window_for_layer(2) == 4096
+    assert ref.parse_config(GEMMA2_DEFAULT_THETA).rope.theta == 10000.0
+    assert ref.parse_config(GEMMA2_DEFAULT_HEAD_DIM).head_dim == 256
+    assert ref.parse_config(GEMMA2_DEFAULT_KV_HEADS).num_kv_heads == 4  # field default, not H
+    assert [ref.parse_config(GEMMA2_LAYER_TYPES).window_for_layer(i) for i in range(4)] == \
+        [5, 0, 5, 0]
+    assert [ref.parse_config(GEMMA2_SWAPPED_LAYER_TYPES).window_for_layer(i)
+            for i in range(4)] == [0, 5, 0, 5]
+    assert ref.parse_config(GEMMA2_ROPE_PARAMETERS).rope.theta == 500.0
+    s = ref.parse_config(GEMMA2_LINEAR)
+    assert (s.rope.type, s.rope.factor) == ("linear", 2.0)
+    s = ref.parse_config(GEMMA2_BIAS_MQA)
+    assert (s.qkv_bias, s.o_bias, s.num_kv_heads) == (True, True, 1)
+    # Every default at once: Gemma2Config() (26 layers, 4096 window on even layers).
+    s = ref.parse_config({"model_type": "gemma2", "hidden_size": 2304,
+                          "num_attention_heads": 8})
+    assert (s.num_layers, s.num_kv_heads, s.head_dim, s.softcap) == (26, 4, 256, 50.0)
+    assert [s.window_for_layer(i) for i in (0, 1, 24, 25)] == [4096, 0, 4096, 0]
+
+    s = ref.parse_config(GEMMA3)
+    assert (s.num_heads, s.num_kv_heads, s.head_dim, s.num_layers) == (4, 2, 32, 6)
+    assert (s.qk_norm, s.qk_norm_eps, s.softcap) == (ref.QK_NORM_PER_HEAD_GEMMA, 1e-6, None)
+    assert ref.softmax_scale(s) == 48 ** -0.5
+    assert [s.window_for_layer(i) for i in range(6)] == [5, 5, 0, 5, 5, 0]
+    assert [s.is_sliding_layer(i) for i in range(6)] == [True, True, False, True, True, False]
+    local, glob = ref.rope_for_layer(s, 0).rope, ref.rope_for_layer(s, 2).rope
+    assert (local.type, local.theta, local.factor) == ("default", 10000.0, 1.0)
+    assert (glob.type, glob.theta, glob.factor) == ("linear", 1000000.0, 4.0)
+    assert [ref.parse_config(GEMMA3_DEFAULT_PATTERN).window_for_layer(i) for i in range(6)] == \
+        [5, 5, 5, 5, 5, 0]
+    assert [ref.parse_config(GEMMA3_LAYER_TYPES).window_for_layer(i) for i in range(6)] == \
+        [0, 5, 0, 5, 0, 5]
+    s = ref.parse_config(GEMMA3_DEFAULT_THETAS)
+    assert (ref.rope_for_layer(s, 0).rope.theta, ref.rope_for_layer(s, 2).rope.theta) == (
+        10000.0, 1000000.0)
+    assert ref.parse_config(GEMMA3_LOCAL_FREQ_500).sliding_rope.theta == 500.0
+    assert ref.parse_config(GEMMA3_NO_SCALING).rope.type == "default"
+    assert ref.softmax_scale(GEMMA3_DEFAULT_SCALAR) == 1 / 16
+    assert ref.parse_config(GEMMA3_DEFAULT_HEAD_DIM).head_dim == 256
+    assert ref.parse_config(GEMMA3_DEFAULT_KV_HEADS).num_kv_heads == 4
+    assert ref.parse_config(_without(GEMMA3, "rms_norm_eps")).qk_norm_eps == 1e-6
+    assert ref.parse_config(GEMMA3_SOFTCAP).softcap is None  # Gemma3Attention passes no softcap
+    for cfg in (GEMMA3_ROPE_PARAMETERS, GEMMA3_ROPE_PARAMETERS_LOCAL_500):
+        s, want = ref.parse_config(cfg), ref.parse_config(GEMMA3)
+        assert s.rope == want.rope
+        assert s.sliding_rope.theta == cfg["rope_parameters"]["sliding_attention"]["rope_theta"]
+    # Every default at once: Gemma3TextConfig() (26 layers; 5, 11, 17, 23 global).
+    s = ref.parse_config({"model_type": "gemma3_text", "hidden_size": 2304,
+                          "num_attention_heads": 8})
+    assert (s.num_layers, s.num_kv_heads, s.head_dim, s.softcap) == (26, 4, 256, None)
+    assert [i for i in range(26) if not s.is_sliding_layer(i)] == [5, 11, 17, 23]
+    assert s.window_for_layer(0) == 4096
+    assert (s.rope.type, s.rope.theta, s.sliding_rope.theta) == ("default", 1e6, 1e4)
+    # Not modelled: bidirectional attention; a flat (v4-style) rope_parameters for gemma3_text.
+    for cfg in (dict(GEMMA2, use_bidirectional_attention=True),
+                dict(GEMMA3, use_bidirectional_attention=True),
+                dict(GEMMA3, rope_parameters={"rope_type": "linear", "factor": 4.0})):
+        with pytest.raises(ValueError):
+            ref.parse_config(cfg)
+    p = ref.layer_prefix(3)
+    assert ref.expected_weight_shapes(GEMMA3, 3) == {
+        p + "q_proj.weight": (128, 64), p + "k_proj.weight": (64, 64),
+        p + "v_proj.weight": (64, 64), p + "o_proj.weight": (64, 128),
+        p + "q_norm.weight": (32,), p + "k_norm.weight": (32,)}
+    assert ref.expected_weight_shapes(GEMMA2, 3) == {
+        p + "q_proj.weight": (128, 64), p + "k_proj.weight": (64, 64),
+        p + "v_proj.weight": (64, 64), p + "o_proj.weight": (64, 128)}
 
 
 def test_oracle_gpt_oss_yarn_truncate_and_pairing():
@@ -527,6 +786,29 @@ FEATURE_CASES = [
     ("gpt-oss-interleaved", GPT_OSS, 1, lambda s: ref.with_pairing(s, True)),
     ("gpt-oss-head-dim-d-over-h-scale", GPT_OSS, 1,
      lambda s: replace(s, scale_override=(96 / 8) ** -0.5)),
+    ("gemma2-no-softcap-full", GEMMA2, 1, lambda s: replace(s, softcap=None)),
+    ("gemma2-no-softcap-window", GEMMA2, 0, lambda s: replace(s, softcap=None)),
+    ("gemma2-head-dim-scale", GEMMA2, 1, lambda s: replace(s, scale_override=None)),
+    ("gemma2-window-ignored", GEMMA2, 2, lambda s: replace(s, sliding_window=0)),
+    ("gemma2-odd-layers-slide", GEMMA2, 1,
+     lambda s: replace(s, sliding_layers=[not t for t in s.sliding_layers])),
+    ("gemma2-default-scalar-256", GEMMA2_DEFAULT_SCALAR, 1,
+     lambda s: replace(s, scale_override=None)),
+    ("gemma3-no-qk-norm", GEMMA3, 2, lambda s: replace(s, qk_norm="")),
+    ("gemma3-qk-norm-scales-by-w", GEMMA3, 0, lambda s: replace(s, qk_norm=ref.QK_NORM_PER_HEAD)),
+    ("gemma3-qk-norm-scales-by-w-global", GEMMA3, 2,
+     lambda s: replace(s, qk_norm=ref.QK_NORM_PER_HEAD)),
+    ("gemma3-head-dim-scale", GEMMA3, 2, lambda s: replace(s, scale_override=None)),
+    ("gemma3-window-ignored", GEMMA3, 0, lambda s: replace(s, sliding_window=0)),
+    ("gemma3-local-layer-global-rope", GEMMA3, 0, lambda s: replace(s, sliding_rope=None)),
+    ("gemma3-global-layer-local-rope", GEMMA3, 2, lambda s: replace(s, rope=s.sliding_rope)),
+    ("gemma3-global-layer-unscaled", GEMMA3, 5,
+     lambda s: replace(s, rope=replace(s.rope, type="default"))),
+    ("gemma3-local-layer-scaled", GEMMA3, 1,
+     lambda s: replace(s, sliding_rope=replace(s.rope, theta=10000.0))),
+    ("gemma3-default-thetas-swapped", GEMMA3_DEFAULT_THETAS, 2,
+     lambda s: replace(s, rope=replace(s.rope, theta=10000.0))),
+    ("gemma3-softcapped", GEMMA3, 2, lambda s: replace(s, softcap=2.0)),
 ]
 
 
@@ -604,6 +886,10 @@ SHAPE_CASES = {
     "gpt-oss-default-head-dim": GPT_OSS_DEFAULT_HEAD_DIM,
     "gpt-oss-default-bias": GPT_OSS_DEFAULT_BIAS,
     "gpt-oss-no-bias-mqa": dict(GPT_OSS_NO_BIAS, num_key_value_heads=1),
+    # Gemma2Config / Gemma3TextConfig: head_dim 256 (not 64/4); q/k norms [head_dim] (Gemma 3).
+    "gemma2-default-head-dim": GEMMA2_DEFAULT_HEAD_DIM, "gemma2-bias-mqa": GEMMA2_BIAS_MQA,
+    "gemma3-default-head-dim": GEMMA3_DEFAULT_HEAD_DIM, "gemma3-bias": GEMMA3_BIAS,
+    "gemma3-mqa": GEMMA3_MQA,
 }
 
 
@@ -688,6 +974,52 @@ FORWARD_CASES = [
     ("gpt-oss-truncate-true", GPT_OSS_TRUNCATE, 1, dict(B=1, S=12, starts=700)),
     ("gpt-oss-truncate-absent", GPT_OSS_TRUNCATE_ABSENT, 1, dict(B=1, S=12, starts=700)),
     ("gpt-oss-rope-parameters", GPT_OSS_ROPE_PARAMETERS, 0, dict(B=1, S=12, starts=700)),
+    # Gemma 2: soft-capping at 2 on every layer, window 5 on the even ones.
+    ("gemma2-layer0-window5", GEMMA2, 0, dict(B=2, S=12, starts=[7000, 3])),
+    ("gemma2-layer1-full", GEMMA2, 1, dict(B=2, S=12, starts=[7000, 3])),
+    ("gemma2-layer2-window5", GEMMA2, 2, dict(B=1, S=12, starts=90000)),
+    ("gemma2-layer3-full", GEMMA2, 3, dict(B=1, S=12, starts=90000)),
+    ("gemma2-layer1-full-S40", GEMMA2, 1, dict(B=1, S=40, starts=500)),
+    ("gemma2-default-cap-50", GEMMA2_DEFAULT_CAP, 1, dict(B=2, S=12, starts=[3000, 0])),
+    ("gemma2-null-cap", GEMMA2_NO_CAP, 1, dict(B=2, S=12, starts=[3000, 0])),
+    ("gemma2-default-scalar-256", GEMMA2_DEFAULT_SCALAR, 0, dict(B=1, S=12, starts=64)),
+    ("gemma2-default-window-4096-layer0", GEMMA2_DEFAULT_WINDOW, 0, dict(B=1, S=40, starts=20)),
+    ("gemma2-default-theta", GEMMA2_DEFAULT_THETA, 1, dict(B=1, S=12, starts=20000)),
+    ("gemma2-default-head-dim-256", GEMMA2_DEFAULT_HEAD_DIM, 1, dict(B=2, S=9,
+                                                                     starts=[2000, 0])),
+    ("gemma2-layer-types-layer2-window", GEMMA2_LAYER_TYPES, 2, dict(B=1, S=12, starts=300)),
+    ("gemma2-swapped-layer-types-layer0-full", GEMMA2_SWAPPED_LAYER_TYPES, 0,
+     dict(B=1, S=12, starts=300)),
+    ("gemma2-swapped-layer-types-layer1-window", GEMMA2_SWAPPED_LAYER_TYPES, 1,
+     dict(B=1, S=12, starts=300)),
+    ("gemma2-bias-mqa", GEMMA2_BIAS_MQA, 0, dict(B=2, S=9, starts=[64, 1])),
+    ("gemma2-linear-rope", GEMMA2_LINEAR, 1, dict(B=1, S=12, starts=5000)),
+    ("gemma2-rope-parameters", GEMMA2_ROPE_PARAMETERS, 1, dict(B=1, S=12, starts=700)),
+    # Gemma 3: layers 2 and 5 global (theta 1e6, linear x4), the others local (window 5, 1e4).
+    ("gemma3-layer0-local", GEMMA3, 0, dict(B=2, S=12, starts=[7000, 3])),
+    ("gemma3-layer1-local", GEMMA3, 1, dict(B=2, S=12, starts=[7000, 3])),
+    ("gemma3-layer2-global", GEMMA3, 2, dict(B=2, S=12, starts=[7000, 3])),
+    ("gemma3-layer4-local", GEMMA3, 4, dict(B=1, S=12, starts=90000)),
+    ("gemma3-layer5-global", GEMMA3, 5, dict(B=1, S=12, starts=90000)),
+    ("gemma3-layer2-global-S40", GEMMA3, 2, dict(B=1, S=40, starts=500)),
+    ("gemma3-layer0-local-start0", GEMMA3, 0, dict(B=1, S=12, starts=0)),
+    ("gemma3-default-pattern-layer2-local", GEMMA3_DEFAULT_PATTERN, 2, dict(B=1, S=12,
+                                                                           starts=4000)),
+    ("gemma3-default-pattern-layer5-global", GEMMA3_DEFAULT_PATTERN, 5, dict(B=1, S=12,
+                                                                            starts=4000)),
+    ("gemma3-layer-types-layer0-global", GEMMA3_LAYER_TYPES, 0, dict(B=1, S=12, starts=4000)),
+    ("gemma3-layer-types-layer1-local", GEMMA3_LAYER_TYPES, 1, dict(B=1, S=12, starts=4000)),
+    ("gemma3-default-thetas-layer0-local", GEMMA3_DEFAULT_THETAS, 0, dict(B=1, S=12,
+                                                                         starts=20000)),
+    ("gemma3-default-thetas-layer2-global", GEMMA3_DEFAULT_THETAS, 2, dict(B=1, S=12,
+                                                                          starts=20000)),
+    ("gemma3-local-freq-500-layer1", GEMMA3_LOCAL_FREQ_500, 1, dict(B=1, S=12, starts=3000)),
+    ("gemma3-no-scaling-layer2", GEMMA3_NO_SCALING, 2, dict(B=1, S=12, starts=3000)),
+    ("gemma3-default-scalar-256", GEMMA3_DEFAULT_SCALAR, 2, dict(B=1, S=12, starts=64)),
+    ("gemma3-default-head-dim-256", GEMMA3_DEFAULT_HEAD_DIM, 0, dict(B=2, S=9,
+                                                                     starts=[2000, 0])),
+    ("gemma3-bias", GEMMA3_BIAS, 0, dict(B=2, S=9, starts=[64, 1])),
+    ("gemma3-mqa-layer2", GEMMA3_MQA, 2, dict(B=2, S=9, starts=[64, 1])),
 ]
 
 
@@ -700,16 +1032,10 @@ def test_forward_matches_oracle(cli, cfg, layer, kw):
     assert_matches(got, want, f"{cfg['model_type']} layer {layer}")
 
 
-_ATTN_GPT_OSS_DEFAULTS_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "attn reads an absent num_key_value_heads as H and a null head_dim as 64; GptOssConfig's "
-    "field default is num_key_value_heads 8 and __post_init__ sets head_dim None -> D // H"))
-
-
 @pytest.mark.parametrize("cfg,layer", [
     pytest.param(dict(_without(GPT_OSS, "num_key_value_heads"), num_attention_heads=16), 1,
-                 marks=_ATTN_GPT_OSS_DEFAULTS_XFAIL, id="kv-heads-absent-H16-is-8"),
-    pytest.param(dict(GPT_OSS, head_dim=None), 1, marks=_ATTN_GPT_OSS_DEFAULTS_XFAIL,
-                 id="head-dim-null-is-D-over-H"),
+                 id="kv-heads-absent-H16-is-8"),
+    pytest.param(dict(GPT_OSS, head_dim=None), 1, id="head-dim-null-is-D-over-H"),
     pytest.param(dict(GPT_OSS, num_key_value_heads=None), 1, id="kv-heads-null-is-H"),
     pytest.param(dict(GPT_OSS, attention_bias=None), 0, id="attention-bias-null"),
     pytest.param(dict(_without(GPT_OSS, "max_position_embeddings"), rope_scaling=None), 1,
@@ -724,6 +1050,96 @@ def test_gpt_oss_absent_or_null_config_keys(cli, cfg, layer):
     assert_matches(got, want, "gpt_oss defaults")
 
 
+_ATTN_GEMMA_KV_HEADS_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "attn reads an absent num_key_value_heads as H for gemma2 and gemma3_text; Gemma2Config's and "
+    "Gemma3TextConfig's field default is num_key_value_heads = 4"))
+
+
+@pytest.mark.parametrize("cfg,layer", [
+    pytest.param(GEMMA2_DEFAULT_KV_HEADS, 1, marks=_ATTN_GEMMA_KV_HEADS_XFAIL,
+                 id="gemma2-kv-heads-absent-H8-is-4"),
+    pytest.param(GEMMA3_DEFAULT_KV_HEADS, 2, marks=_ATTN_GEMMA_KV_HEADS_XFAIL,
+                 id="gemma3-kv-heads-absent-H8-is-4"),
+    pytest.param(dict(GEMMA2, layer_types=None), 2, id="gemma2-layer-types-null"),
+    pytest.param(dict(GEMMA2, rope_scaling=None), 1, id="gemma2-rope-scaling-null"),
+    pytest.param(dict(GEMMA3, layer_types=None), 5, id="gemma3-layer-types-null"),
+    pytest.param(dict(GEMMA3, attn_logit_softcapping=None), 2, id="gemma3-softcap-null"),
+    pytest.param(_without(GEMMA3, "attn_logit_softcapping"), 0, id="gemma3-softcap-absent"),
+    pytest.param(_without(GEMMA3, "sliding_window"), 0, id="gemma3-window-absent-4096"),
+    pytest.param(_without(GEMMA3, "rms_norm_eps"), 1, id="gemma3-eps-absent"),
+    pytest.param(dict(GEMMA3, attention_bias=None), 0, id="gemma3-attention-bias-null"),
+])
+def test_gemma_absent_or_null_config_keys(cli, cfg, layer):
+    """Gemma2Config's and Gemma3TextConfig's field defaults (absent key) and null where the
+    field is optional (layer_types, rope_scaling, attn_logit_softcapping); attention_bias null
+    is no bias as in v4 (nn.Linear(bias=None); v5's strict typing refuses the null)."""
+    _, wpath, W = cli.random_weights(cfg, seed=31, layer=layer)
+    assert {k: tuple(v.shape) for k, v in W.items()} == ref.expected_weight_shapes(cfg, layer)
+    got, want, _, _ = run_case(cli, cfg, B=1, S=9, seed=31, starts=9000, layer=layer,
+                               weights=(wpath, W))
+    assert_matches(got, want, "gemma defaults")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "attn soft-caps gemma3_text scores when attn_logit_softcapping is set; transformers' "
+    "Gemma3Attention (v4.50.0 through v5.25.0) passes no softcap to the attention function, so "
+    "HF ignores the key for Gemma 3 (released Gemma 3 configs have it null)"))
+@pytest.mark.parametrize("layer", [0, 2], ids=["local", "global"])
+def test_gemma3_attn_logit_softcapping_is_not_applied(cli, layer):
+    """The key is stored by Gemma3TextConfig but never used by Gemma3Attention."""
+    got, want, W, paths = run_case(cli, GEMMA3_SOFTCAP, B=2, S=12, seed=37, starts=[3000, 0],
+                                   layer=layer)
+    capped = ref.forward(replace(ref.parse_config(GEMMA3_SOFTCAP), softcap=2.0), W, paths["x"],
+                         paths["pos"], layer=layer)
+    assert _rel(capped, want) > 1e-2  # the cap would matter on these weights
+    assert_matches(got, want, "gemma3 attn_logit_softcapping")
+
+
+_ATTN_GEMMA3_ROPE_PARAMETERS_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "attn ignores gemma3_text's rope_parameters nested by layer type (transformers v5's "
+    "spelling, which Gemma3TextConfig.save_pretrained writes instead of rope_theta / "
+    "rope_scaling / rope_local_base_freq): global layers run unscaled at theta 1e6 instead of "
+    "rope_parameters['full_attention'], local layers at 1e4 instead of "
+    "rope_parameters['sliding_attention']"))
+
+
+@pytest.mark.parametrize("cfg,layer", [
+    pytest.param(GEMMA3_ROPE_PARAMETERS, 2, marks=_ATTN_GEMMA3_ROPE_PARAMETERS_XFAIL,
+                 id="global-linear"),
+    # rope_parameters' sliding_attention theta is 1e4 here, attn's default too.
+    pytest.param(GEMMA3_ROPE_PARAMETERS, 0, id="local-1e4"),
+    pytest.param(GEMMA3_ROPE_PARAMETERS_LOCAL_500, 0, marks=_ATTN_GEMMA3_ROPE_PARAMETERS_XFAIL,
+                 id="local-500"),
+])
+def test_gemma3_rope_parameters_by_layer_type(cli, cfg, layer):
+    """transformers v5 (Gemma3TextConfig.convert_rope_params_to_dict) keeps Gemma 3's two RoPEs
+    as rope_parameters = {"full_attention": {...}, "sliding_attention": {...}}; the same layer
+    as tiny-gemma3's (v4 spelling) except where the local theta differs."""
+    got, want, _, _ = run_case(cli, cfg, B=2, S=12, seed=43, starts=[20000, 5], layer=layer)
+    assert_matches(got, want, "gemma3 rope_parameters")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "attn accepts use_bidirectional_attention true and computes causal attention; transformers v5 "
+    "attends non-causally there (Gemma2Attention / Gemma3Attention is_causal False; Gemma 3's "
+    "sliding layers see |p - t| < sliding_window // 2 + 1), e.g. google/embeddinggemma-300m"))
+@pytest.mark.parametrize("cfg", [dict(GEMMA2, use_bidirectional_attention=True),
+                                 dict(GEMMA3, use_bidirectional_attention=True)],
+                         ids=["gemma2", "gemma3"])
+def test_gemma_bidirectional_attention_is_refused(cli, cfg):
+    """Not modelled by the oracle: attn must refuse it (exit 2, naming the key) rather than run
+    a causal layer."""
+    cpath = cli.write_config(cfg)
+    wpath = cli.path("w", ".safetensors")
+    res = cli.run("random-weights", "--config", cpath, "--output", wpath, "--seed", 1,
+                  "--layer", 0)
+    if res.returncode == 0:
+        inp = cli.write_input(make_hidden(1, 4, cfg["hidden_size"], 3))
+        out = cli.path("out", ".safetensors")
+        res = cli.run(*cli.forward_args(cpath, wpath, inp, out, layer=0))
+    _assert_input_error(res, "use_bidirectional_attention")
+
+
 def _zero_row_value(cfg, W, layer):
     spec = ref.parse_config(cfg)
     if spec.o_bias:
@@ -734,7 +1150,10 @@ def _zero_row_value(cfg, W, layer):
 PADDING_CASES = [("qwen3-layer3-window", QWEN3, 3), ("qwen3-moe", QWEN3_MOE, 1),
                  ("olmo2", OLMO2, 0), ("granite", GRANITE, 0), ("mixtral", MIXTRAL, 1),
                  ("qwen2-moe-layer0-window", QWEN2_MOE, 0), ("qwen2-moe-layer1", QWEN2_MOE, 1),
-                 ("gpt-oss-layer0-window", GPT_OSS, 0), ("gpt-oss-layer1-full", GPT_OSS, 1)]
+                 ("gpt-oss-layer0-window", GPT_OSS, 0), ("gpt-oss-layer1-full", GPT_OSS, 1),
+                 ("gemma2-layer0-window", GEMMA2, 0), ("gemma2-layer1-full", GEMMA2, 1),
+                 ("gemma3-layer0-local", GEMMA3, 0), ("gemma3-layer2-global", GEMMA3, 2),
+                 ("gemma3-bias-layer5-global", GEMMA3_BIAS, 5)]
 
 
 @pytest.mark.parametrize("cfg,layer", [(c, l) for _, c, l in PADDING_CASES],
@@ -765,7 +1184,11 @@ PREFILL_CASES = [("qwen3-layer3-window5", QWEN3, 3), ("qwen3-layer1-full", QWEN3
                  ("qwen2-moe-layer3-full", QWEN2_MOE, 3),
                  ("gpt-oss-layer0-window5", GPT_OSS, 0), ("gpt-oss-layer1-full", GPT_OSS, 1),
                  ("gpt-oss-default-rope-layer2-window", GPT_OSS_DEFAULT_ROPE, 2),
-                 ("gpt-oss-mqa-layer3", GPT_OSS_MQA, 3)]
+                 ("gpt-oss-mqa-layer3", GPT_OSS_MQA, 3),
+                 ("gemma2-layer0-window5", GEMMA2, 0), ("gemma2-layer1-full", GEMMA2, 1),
+                 ("gemma2-bias-mqa-layer2", GEMMA2_BIAS_MQA, 2),
+                 ("gemma3-layer1-local", GEMMA3, 1), ("gemma3-layer2-global", GEMMA3, 2),
+                 ("gemma3-mqa-layer5-global", GEMMA3_MQA, 5)]
 
 
 @pytest.mark.parametrize("cfg,layer", [(c, l) for _, c, l in PREFILL_CASES],
@@ -793,11 +1216,15 @@ def test_prefill_then_decode(cli, cfg, layer):
     ({k: v for k, v in OLMO2.items() if k != "rms_norm_eps"}, 1e-5),
     (dict(QWEN3_MOE, rms_norm_eps=1e-3), None),
     (dict(OLMO2, rms_norm_eps=1e-3), None),
-], ids=["qwen3-default-1e-6", "olmo2-default-1e-5", "qwen3-moe-1e-3", "olmo2-1e-3"])
+    (_without(GEMMA3, "rms_norm_eps"), 1e-6),
+    (dict(GEMMA3, rms_norm_eps=1e-3), None),
+], ids=["qwen3-default-1e-6", "olmo2-default-1e-5", "qwen3-moe-1e-3", "olmo2-1e-3",
+        "gemma3-default-1e-6", "gemma3-1e-3"])
 def test_qk_norm_eps(cli, cfg, default_eps):
     """The q/k norms' eps is rms_norm_eps, or the config class's default when absent (Qwen3 1e-6,
-    OLMo 2 1e-5). q/k projections scaled by 1e-3 make mean(q²) ~ 1e-7, where the eps decides.
-    (Layer 1: windowed in tiny-qwen3-moe under every reading of its window rule.)"""
+    OLMo 2 1e-5, Gemma 3 1e-6). q/k projections scaled by 1e-3 make mean(q²) ~ 1e-7, where the
+    eps decides. (Layer 1: windowed in tiny-qwen3-moe under every reading of its window rule;
+    local in tiny-gemma3.)"""
     layer = 1
     _, _, W = cli.random_weights(cfg, seed=29, layer=layer)
     p = ref.layer_prefix(layer)
@@ -830,6 +1257,64 @@ def test_features_matter_on_attn_weights(cli):
         other = ref.forward(wrong(ref.parse_config(cfg)), W, paths["x"], paths["pos"],
                             layer=layer)
         assert _rel(other, got) > 1e-2, cfg["model_type"]
+
+
+@pytest.mark.parametrize("cfg,layer,wrong", [
+    (GEMMA2, 0, lambda s: replace(s, softcap=None)),
+    (GEMMA2, 1, lambda s: replace(s, softcap=None)),
+    (GEMMA2, 1, lambda s: replace(s, scale_override=None)),
+    (GEMMA3, 0, lambda s: replace(s, qk_norm=ref.QK_NORM_PER_HEAD)),
+    (GEMMA3, 2, lambda s: replace(s, qk_norm=ref.QK_NORM_PER_HEAD)),
+    (GEMMA3, 1, lambda s: replace(s, sliding_rope=None)),
+    (GEMMA3, 5, lambda s: replace(s, rope=s.sliding_rope)),
+], ids=["gemma2-softcap-window", "gemma2-softcap-full", "gemma2-scale", "gemma3-1+w-local",
+        "gemma3-1+w-global", "gemma3-local-rope", "gemma3-global-rope"])
+def test_gemma_features_matter_on_attn_weights(cli, cfg, layer, wrong):
+    """On the weights attn writes (q/k norm scales uniform in 1 +- 0.25, so 1 + w ~ 2), the layer
+    without soft-capping, with d^-0.5 for the scale, with the norm scaling by w instead of
+    1 + w, or with the other layer type's RoPE differs from attn's output by more than 1e-2
+    relative, while attn matches the oracle."""
+    got, want, W, paths = run_case(cli, cfg, B=2, S=12, seed=13, starts=[7000, 0], layer=layer)
+    assert_matches(got, want, f"{cfg['model_type']} layer {layer}")
+    other = ref.forward(wrong(ref.parse_config(cfg)), W, paths["x"], paths["pos"], layer=layer)
+    assert _rel(other, got) > 1e-2
+
+
+def test_gemma2_softcap_reads_the_config(cli):
+    """The same gemma2 weights under caps 1, 2 and none: attn follows each (the cap is read, not
+    fixed), and the three outputs differ from one another by more than 1e-2."""
+    layer = 1
+    _, wpath, W = cli.random_weights(GEMMA2, seed=47, layer=layer)
+    outs = []
+    for cap in (1.0, 2.0, None):
+        cfg = dict(GEMMA2, attn_logit_softcapping=cap)
+        got, want, _, _ = run_case(cli, cfg, B=2, S=12, seed=47, starts=[500, 0], layer=layer,
+                                   weights=(wpath, W))
+        assert_matches(got, want, f"cap {cap}")
+        outs.append(got)
+    assert _rel(outs[0], outs[1]) > 1e-2 and _rel(outs[1], outs[2]) > 1e-2
+
+
+def test_gemma2_default_cap_is_50(cli):
+    """attn_logit_softcapping absent: Gemma2Config's 50. On the weights attn writes the scores
+    stay far below 50, so the q/k projections are scaled by 6 (scores ~ 36x) for the default to
+    show: attn matches the oracle, and no cap or a cap of 30 differ by more than 1e-2."""
+    layer = 1
+    cfg = GEMMA2_DEFAULT_CAP
+    _, _, W = cli.random_weights(cfg, seed=53, layer=layer)
+    p = ref.layer_prefix(layer)
+    for name in ("q_proj.weight", "k_proj.weight"):
+        W[p + name] = W[p + name] * 6
+    wpath = save_tensors(cli.path("big_qk", ".safetensors"), W)
+    got, want, _, paths = run_case(cli, cfg, B=2, S=12, seed=53, starts=[300, 0], layer=layer,
+                                   weights=(wpath, W))
+    assert_matches(got, want, "gemma2 default cap")
+    s = ref.parse_config(cfg)
+    assert s.softcap == 50.0
+    for other_cap in (None, 30.0):
+        other = ref.forward(replace(s, softcap=other_cap), W, paths["x"], paths["pos"],
+                            layer=layer)
+        assert _rel(other, got) > 1e-2, other_cap
 
 
 @pytest.mark.parametrize("layer", [0, 1], ids=["window", "full"])
@@ -995,6 +1480,81 @@ def test_bias_given_to_bias_free_family_is_named(cli):
     W[name] = torch.zeros(MIXTRAL["num_attention_heads"] * 32)
     res, _ = _forward_res(cli, MIXTRAL, W)
     _assert_input_error(res, name)
+
+
+@pytest.mark.parametrize("tensor", ["q_norm.weight", "k_norm.weight"])
+def test_gemma3_missing_norm_is_named(cli, tensor):
+    """A gemma3_text layer without one of its q/k norms: exit 2, naming the tensor."""
+    _, _, W = cli.random_weights(GEMMA3, seed=2, layer=2)
+    name = ref.layer_prefix(2) + tensor
+    del W[name]
+    res, out = _forward_res(cli, GEMMA3, W, layer=2)
+    _assert_input_error(res, name)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("shape", [(128,), (34,), (2, 32)], ids=["full-width", "d+2", "2-D"])
+def test_gemma3_misshapen_norm_is_named(cli, shape):
+    _, _, W = cli.random_weights(GEMMA3, seed=3, layer=0)
+    name = ref.layer_prefix(0) + "k_norm.weight"
+    W[name] = torch.zeros(shape)
+    res, out = _forward_res(cli, GEMMA3, W)
+    _assert_input_error(res, name)
+    assert not out.exists()
+
+
+def test_gemma2_weights_given_q_norm_are_named(cli):
+    """Gemma 2 has no q/k norms: a gemma2 file holding q_norm.weight is refused, naming it (a
+    Gemma 3 layer run as Gemma 2 would otherwise lose its norms)."""
+    _, _, W = cli.random_weights(GEMMA2, seed=4, layer=0)
+    name = ref.layer_prefix(0) + "q_norm.weight"
+    W[name] = torch.zeros(GEMMA2["head_dim"])
+    res, out = _forward_res(cli, GEMMA2, W)
+    _assert_input_error(res, name)
+    assert not out.exists()
+
+
+def test_gemma3_weights_with_gemma2_config_name_a_norm(cli):
+    """A Gemma 3 checkpoint under a gemma2 config of the same shapes: the norms are named."""
+    _, _, W = cli.random_weights(GEMMA3, seed=5, layer=0)
+    cfg = dict(GEMMA2, num_hidden_layers=6)
+    assert set(ref.expected_weight_shapes(cfg, 0)) == {k for k in W if "_norm" not in k}
+    res, out = _forward_res(cli, cfg, W)
+    _assert_input_error(res)
+    assert ("model.layers.0.self_attn.q_norm.weight" in res.stderr
+            or "model.layers.0.self_attn.k_norm.weight" in res.stderr), res.describe()
+    assert not out.exists()
+
+
+def test_gemma_bias_with_no_bias_config_is_named(cli):
+    """attention_bias false (the default): a gemma file holding o_proj.bias is refused."""
+    for cfg in (GEMMA2, GEMMA3):
+        _, _, W = cli.random_weights(cfg, seed=6, layer=0)
+        name = ref.layer_prefix(0) + "o_proj.bias"
+        W[name] = torch.zeros(cfg["hidden_size"])
+        res, _ = _forward_res(cli, cfg, W)
+        _assert_input_error(res, name)
+
+
+MLA_SOFTCAP = dict(json.loads((REPO / "configs" / "tiny-deepseek-v2-lite.json").read_text()),
+                   attn_logit_softcapping=30.0)
+
+
+def test_mla_with_softcapping_is_refused(cli):
+    """Soft-capping belongs to Gemma's GQA layer; an MLA (DeepSeek) config carrying
+    attn_logit_softcapping is refused with exit 2 naming the key, by random-weights and by
+    forward (on weights of the same config without the key), and writes nothing."""
+    cpath = cli.write_config(MLA_SOFTCAP)
+    wpath = cli.path("w", ".safetensors")
+    res = cli.run("random-weights", "--config", cpath, "--output", wpath, "--seed", 1,
+                  "--layer", 0)
+    _assert_input_error(res, "attn_logit_softcapping")
+    assert not wpath.exists()
+    _, _, W = cli.random_weights(_without(MLA_SOFTCAP, "attn_logit_softcapping"), seed=1,
+                                 layer=0)
+    res, out = _forward_res(cli, MLA_SOFTCAP, W)
+    _assert_input_error(res, "attn_logit_softcapping")
+    assert not out.exists()
 
 
 LLAMA = {"model_type": "llama", "hidden_size": 128, "num_attention_heads": 4,

@@ -6,7 +6,9 @@ from attn's C++ sources, so that a disagreement between the two points at a real
 side. The families added later (qwen3, qwen3_moe, olmo2, granite, mixtral, qwen2_moe; see
 `_parse_gqa_family`) were written from Hugging Face transformers' own modeling and
 configuration code, whose file and rule each branch cites; so was gpt_oss (OpenAI GPT-OSS,
-`_parse_gpt_oss`: attention sinks, alternating sliding-window layers, YaRN by default).
+`_parse_gpt_oss`: attention sinks, alternating sliding-window layers, YaRN by default), and so
+were gemma2 and gemma3_text (`_parse_gemma`: logit soft-capping, query_pre_attn_scalar, Gemma's
+(1 + w) q/k norms, local layers with their own RoPE).
 Everything is computed on the CPU in float64; `forward` returns float32.
 `forward(..., compute_dtype=torch.bfloat16)` (or float16, float32) runs the same formulas at a
 lower precision instead (see `Precision`), the baseline for tolerances of narrow-dtype weights.
@@ -16,6 +18,7 @@ Public surface:
   expected_weight_shapes(spec, layer) -> {tensor name: shape} a checkpoint layer must hold
   inv_freq(spec), attention_factor(spec), softmax_scale(spec), yarn_correction_range(...)
   rope_cos_sin(spec, position_ids), apply_rope(x, cos, sin, rotary_dim, interleaved)
+  rope_for_layer(spec, layer)       -> the spec whose .rope rotates that layer (gemma3_text)
   visible_mask(B, S, attention_mask, window) -> bool [B, S, T]
   forward(cfg_or_spec, weights, hidden_states, position_ids=None, attention_mask=None,
           layer=0, mla_form="naive", interleaved=None, compute_dtype=float64,
@@ -34,6 +37,9 @@ Conventions (reference page):
     dropped after it, p_t = exp(s_t) / (exp(sink_h) + sum_u exp(s_u)) over the visible keys u.
     (HF's eager GPT-OSS attention gives exactly zero for a row with no visible key too: the sink
     takes all the probability.)
+  * logit soft-capping (gemma2): each scaled score s becomes c·tanh(s / c) before the mask.
+  * per-layer RoPE (gemma3_text): layers marked sliding rotate with `Spec.sliding_rope`, the
+    others with `Spec.rope` (`rope_for_layer`).
 """
 
 from __future__ import annotations
@@ -49,8 +55,12 @@ GQA_MODEL_TYPES = ("llama", "mistral", "qwen2")
 # the GQA layer of §1, some with q/k norms (QK_NORM_*), a softmax scale from the config or
 # attention sinks (gpt_oss).
 GQA_FAMILY_TYPES = ("qwen3", "qwen3_moe", "olmo2", "granite", "mixtral", "qwen2_moe", "gpt_oss")
+# Gemma 2 and 3 (text), read from transformers' gemma2/ and gemma3/ code (see _parse_gemma).
+GEMMA_MODEL_TYPES = ("gemma2", "gemma3_text")
 QK_NORM_PER_HEAD = "per_head"  # Qwen3: RMSNorm of each head's d-vector, weights [d]
 QK_NORM_FULL = "full"          # OLMo 2: RMSNorm of the whole projection, weights [H·d] / [G·d]
+# Gemma 3: each head's d-vector, weights [d], scaling by (1 + w) (Gemma3RMSNorm)
+QK_NORM_PER_HEAD_GEMMA = "per_head_gemma"
 MLA_MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
 # GptOssConfig.__post_init__ (gpt_oss/configuration_gpt_oss.py): the rope parameters when the config
 # gives none (rope_theta: GptOssConfig.default_theta = 150000).
@@ -136,8 +146,11 @@ class Spec:
     # GQA families with q/k norms and explicit scales (GQA_FAMILY_TYPES)
     qk_norm: str = ""  # "" (none) | QK_NORM_PER_HEAD | QK_NORM_FULL
     qk_norm_eps: float = 1e-6
-    scale_override: Optional[float] = None  # Granite's attention_multiplier
+    scale_override: Optional[float] = None  # Granite's attention_multiplier; Gemma's
+    #                                         query_pre_attn_scalar^-0.5
     attn_sinks: bool = False  # gpt_oss: self_attn.sinks [H], one extra softmax logit per head
+    softcap: Optional[float] = None  # gemma2: attn_logit_softcapping c, score <- c·tanh(score / c)
+    sliding_rope: Optional[RopeSpec] = None  # gemma3_text: the RoPE of the sliding layers
 
     def window_for_layer(self, layer: int) -> int:
         if self.kind != "gqa" or not self.sliding_window:
@@ -145,6 +158,14 @@ class Spec:
         if self.sliding_layers is None:
             return self.sliding_window
         return self.sliding_window if self.sliding_layers[layer] else 0
+
+    def is_sliding_layer(self, layer: int) -> bool:
+        """The layer's type is "sliding_attention" (whatever its window value)."""
+        if self.kind != "gqa":
+            return False
+        if self.sliding_layers is None:
+            return bool(self.sliding_window)
+        return bool(self.sliding_layers[layer])
 
 
 def _rope_dict(cfg: Mapping) -> Tuple[dict, bool]:
@@ -330,6 +351,97 @@ def _parse_gpt_oss(cfg: Mapping, D: int, H: int) -> Spec:
     return spec
 
 
+def _parse_gemma(cfg: Mapping, mt: str, D: int, H: int) -> Spec:
+    """gemma2 and gemma3_text, as transformers defines them (src/transformers/models/ of
+    huggingface/transformers; read at v5.25.0, checked against v4.50.0 and the versions the code
+    index stores):
+
+    gemma2 (configuration_gemma2.py Gemma2Config, modeling_gemma2.py Gemma2Attention):
+      field defaults num_hidden_layers 26, num_key_value_heads 4 (not H), head_dim 256 (not D/H),
+      attention_bias False, query_pre_attn_scalar 256, sliding_window 4096,
+      attn_logit_softcapping 50.0 (null: none), layer_types None, rope theta 10000
+      (RotaryEmbeddingConfigMixin.default_theta; v4: rope_theta=10000.0).
+      __post_init__: layer_types None -> "sliding_attention" if (i + 1) % 2 else
+      "full_attention" (even layers slide; v4.4x: sliding_window if not layer_idx % 2).
+      Gemma2Attention: scaling = query_pre_attn_scalar**-0.5; q/k/v/o Linear with bias =
+      attention_bias; no q/k norms; sliding_window on "sliding_attention" layers;
+      eager_attention_forward: scores = q·k^T·scaling, then if softcap is not None:
+      scores / softcap, tanh, * softcap; THEN + the additive mask; softmax in fp32.
+      Gemma2RotaryEmbedding: rotate-half over the whole head_dim, rope_parameters / rope_scaling
+      as every family (ROPE_INIT_FUNCTIONS).
+    gemma3_text (configuration_gemma3.py Gemma3TextConfig, modeling_gemma3.py Gemma3Attention,
+      Gemma3RMSNorm, Gemma3RotaryEmbedding):
+      field defaults as gemma2 except attn_logit_softcapping None, rope_theta 1e6 (global) and
+      rope_local_base_freq 10000 (default_theta {"global": 1e6, "local": 1e4}), rms_norm_eps
+      1e-6. __post_init__: layer_types None -> "sliding_attention" iff (i + 1) %
+      sliding_window_pattern (default 6; v4.50 had the field sliding_window_pattern and no
+      layer_types). convert_rope_params_to_dict: rope_parameters (v5: nested by layer type)
+      default {"sliding_attention": {"rope_type": "default"}, "full_attention": {"rope_type":
+      "default"}}; rope_scaling (the v4 spelling) updates "full_attention" only;
+      "full_attention".rope_theta defaults to rope_theta (1e6), "sliding_attention".rope_theta
+      to rope_local_base_freq (1e4). (v4.50: a second rotary embedding for local layers made
+      from a config copy with rope_theta = rope_local_base_freq, rope_scaling default.)
+      Gemma3Attention: q_norm / k_norm = Gemma3RMSNorm(head_dim, eps=rms_norm_eps) on
+      q_proj(x).view(..., -1, head_dim), each head's vector, before RoPE:
+      x·rsqrt(mean(x²) + eps)·(1 + w); scaling = query_pre_attn_scalar**-0.5; biases =
+      attention_bias; the window on "sliding_attention" layers. The attention call passes no
+      softcap (v4.50.0 through v5.25.0): attn_logit_softcapping is stored but NOT applied, so
+      this oracle ignores it for gemma3_text (Spec.softcap None).
+
+    Not modelled (ValueError or documented here):
+      use_bidirectional_attention true (v5: non-causal attention, and for gemma3_text a window of
+      sliding_window // 2 + 1 each side) -> ValueError;
+      a flat (not per-layer-type) rope_parameters for gemma3_text (v5 ignores its keys and uses
+      defaults) -> ValueError;
+      null for a key whose HF type is not optional (num_key_value_heads, head_dim,
+      query_pre_attn_scalar, attention_bias, rms_norm_eps: v5's strict dataclass refuses it, v4
+      crashes) is read as absent; sliding_window null on a sliding layer (v5's
+      create_sliding_window_causal_mask refuses it) is read as no window."""
+    if _given(cfg, "use_bidirectional_attention", False):
+        raise ValueError(f"{mt}: use_bidirectional_attention is not modelled by this oracle")
+    G = int(_given(cfg, "num_key_value_heads", 4))
+    d = int(_given(cfg, "head_dim", 256))
+    L = int(_given(cfg, "num_hidden_layers", 26))
+    ab = bool(_given(cfg, "attention_bias", False))
+    if mt == "gemma2":
+        rope = _parse_rope(cfg, d, interleaved=False, default_theta=10000.0)
+        sliding_rope = None
+    else:
+        rp = cfg.get("rope_parameters")
+        rp = dict(rp) if isinstance(rp, dict) and rp else {}
+        if rp and not ({"full_attention", "sliding_attention"} & set(rp)):
+            raise ValueError("gemma3_text: a flat rope_parameters is not modelled (transformers "
+                             "v5 expects it nested by layer type)")
+        full = dict(rp.get("full_attention") or {"rope_type": "default"})
+        local = dict(rp.get("sliding_attention") or {"rope_type": "default"})
+        rs = cfg.get("rope_scaling")
+        if isinstance(rs, dict) and rs:
+            full.update(rs)
+        full.setdefault("rope_theta", _given(cfg, "rope_theta", 1000000.0))
+        local.setdefault("rope_theta", _given(cfg, "rope_local_base_freq", 10000.0))
+        rope = _parse_rope({"rope_parameters": full}, d, interleaved=False)
+        sliding_rope = _parse_rope({"rope_parameters": local}, d, interleaved=False)
+    spec = Spec(model_type=mt, kind="gqa", hidden_size=D, num_heads=H, num_layers=L, rope=rope,
+                num_kv_heads=G, head_dim=d, qkv_bias=ab, o_bias=ab,
+                scale_override=float(_given(cfg, "query_pre_attn_scalar", 256)) ** -0.5,
+                sliding_rope=sliding_rope)
+    if mt == "gemma2":
+        cap = cfg.get("attn_logit_softcapping", 50.0)  # absent: 50; null: no capping
+        spec.softcap = None if cap is None else float(cap)
+    else:
+        spec.qk_norm = QK_NORM_PER_HEAD_GEMMA
+        spec.qk_norm_eps = float(_given(cfg, "rms_norm_eps", 1e-6))
+    spec.sliding_window = int(_given(cfg, "sliding_window", 0) if "sliding_window" in cfg
+                              else 4096)
+    layer_types = cfg.get("layer_types")
+    if layer_types is None:
+        pattern = 2 if mt == "gemma2" else int(_given(cfg, "sliding_window_pattern", 6))
+        layer_types = ["sliding_attention" if (i + 1) % pattern else "full_attention"
+                       for i in range(L)]
+    spec.sliding_layers = [t == "sliding_attention" for t in layer_types]
+    return spec
+
+
 def parse_config(cfg: Mapping) -> Spec:
     """HF config.json dict -> Spec. Raises ValueError for an unknown model_type."""
     mt = cfg.get("model_type")
@@ -338,6 +450,8 @@ def parse_config(cfg: Mapping) -> Spec:
     L = int(cfg.get("num_hidden_layers", 1))
     if mt == "gpt_oss":
         return _parse_gpt_oss(cfg, D, H)
+    if mt in GEMMA_MODEL_TYPES:
+        return _parse_gemma(cfg, mt, D, H)
     if mt in GQA_FAMILY_TYPES:
         return _parse_gqa_family(cfg, mt, D, H, L)
     if mt in GQA_MODEL_TYPES:
@@ -407,7 +521,7 @@ def expected_weight_shapes(cfg_or_spec, layer: int = 0) -> Dict[str, Tuple[int, 
             out[p + "v_proj.bias"] = (G * d,)
         if s.o_bias:
             out[p + "o_proj.bias"] = (D,)
-        if s.qk_norm == QK_NORM_PER_HEAD:
+        if s.qk_norm in (QK_NORM_PER_HEAD, QK_NORM_PER_HEAD_GEMMA):
             out[p + "q_norm.weight"] = (d,)
             out[p + "k_norm.weight"] = (d,)
         elif s.qk_norm == QK_NORM_FULL:
@@ -527,6 +641,15 @@ def softmax_scale(cfg_or_spec) -> float:
     return scale
 
 
+def rope_for_layer(cfg_or_spec, layer: int) -> Spec:
+    """The spec whose `rope` rotates `layer`: gemma3_text's sliding layers use `sliding_rope`
+    (rope_local_base_freq, no scaling), every other layer `rope`."""
+    s = _as_spec(cfg_or_spec)
+    if s.sliding_rope is not None and s.is_sliding_layer(layer):
+        return replace(s, rope=s.sliding_rope)
+    return s
+
+
 def rope_cos_sin(cfg_or_spec, position_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of p·θ'_i times the attention factor: float64 [B, S, r/2]."""
     f = inv_freq(cfg_or_spec)
@@ -581,13 +704,18 @@ def visible_mask(B: int, S: int, attention_mask: Optional[torch.Tensor] = None,
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: torch.Tensor,
            scale: float, prec: Precision = EXACT,
-           sinks: Optional[torch.Tensor] = None) -> torch.Tensor:
+           sinks: Optional[torch.Tensor] = None,
+           softcap: Optional[float] = None) -> torch.Tensor:
     """q [B,S,H,dk], k [B,T,H,dk], v [B,T,H,dv], vis [B,S,T] -> [B,S,H,dv].
 
     sinks [H] (gpt_oss): each head's sink logit joins every row's softmax as one more column,
     which is then dropped (HF's eager_attention_forward for GPT-OSS, max subtracted first).
+    softcap c (gemma2): the scaled scores become c·tanh(score / c) before the mask (HF's
+    eager_attention_forward for Gemma 2: divide, tanh, multiply, then add the mask).
     Rows with no visible key give zeros."""
     scores = prec(prec(torch.einsum("bshd,bthd->bhst", q, k)) * scale)
+    if softcap is not None:
+        scores = prec(prec(torch.tanh(prec(scores / softcap))) * softcap)
     m = vis[:, None, :, :]
     scores = scores.masked_fill(~m, float("-inf"))
     if sinks is None:
@@ -607,6 +735,14 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float,
              prec: Precision = EXACT) -> torch.Tensor:
     var = x.pow(2).mean(-1, keepdim=True)
     return prec(prec(x * torch.rsqrt(var + eps)) * w)
+
+
+def gemma_rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float,
+                   prec: Precision = EXACT) -> torch.Tensor:
+    """Gemma3RMSNorm: x·rsqrt(mean(x²) + eps)·(1 + w), all in the working dtype (HF: float32)
+    and rounded once at the end (`(x * w).to(dtype)`, not Llama's `x.to(dtype) * w`)."""
+    var = x.pow(2).mean(-1, keepdim=True)
+    return prec(x * torch.rsqrt(var + eps) * (1.0 + w))
 
 
 def _lin(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None,
@@ -652,8 +788,11 @@ def gqa_forward(s: Spec, weights, x, position_ids, attention_mask, layer, interl
     if s.qk_norm == QK_NORM_PER_HEAD:  # Qwen3: each head's d-vector
         q = rms_norm(q, w("q_norm.weight"), s.qk_norm_eps, P)
         k = rms_norm(k, w("k_norm.weight"), s.qk_norm_eps, P)
+    elif s.qk_norm == QK_NORM_PER_HEAD_GEMMA:  # Gemma 3: each head's d-vector, (1 + w)
+        q = gemma_rms_norm(q, w("q_norm.weight"), s.qk_norm_eps, P)
+        k = gemma_rms_norm(k, w("k_norm.weight"), s.qk_norm_eps, P)
     v = _lin(x, w("v_proj.weight"), bv, P).view(B, S, G, d)
-    cos, sin = rope_cos_sin(s, position_ids)
+    cos, sin = rope_cos_sin(rope_for_layer(s, layer), position_ids)
     q = apply_rope(q, cos, sin, s.rope.rotary_dim, interleaved, P)
     k = apply_rope(k, cos, sin, s.rope.rotary_dim, interleaved, P)
     rep = H // G
@@ -661,7 +800,7 @@ def gqa_forward(s: Spec, weights, x, position_ids, attention_mask, layer, interl
     v = v.repeat_interleave(rep, dim=2)
     vis = visible_mask(B, S, attention_mask, s.window_for_layer(layer))
     sinks = w("sinks") if s.attn_sinks else None
-    o = attend(q, k, v, vis, softmax_scale(s), P, sinks).reshape(B, S, H * d)
+    o = attend(q, k, v, vis, softmax_scale(s), P, sinks, s.softcap).reshape(B, S, H * d)
     return _lin(o, w("o_proj.weight"), bo, P)
 
 
