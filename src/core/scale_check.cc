@@ -72,6 +72,12 @@ ScaleReport CheckScale(const ModelConfig& config, const MegatronExtras& megatron
       r.formula += " x mscale(" + Num(s.factor) + ", mscale_all_dim " + Num(s.mscale_all_dim) +
                    ")^2 = " + Num(r.mscale_squared);
     }
+  } else if (config.softmax_scale > 0.0) {
+    // Granite's attention_multiplier, Gemma's query_pre_attn_scalar^-0.5 (semantics §1).
+    r.formula =
+        "given by the config (attention_multiplier or query_pre_attn_scalar^-0.5), not "
+        "head_dim " +
+        std::to_string(width) + "^-0.5 = " + Num(r.base_scale);
   } else {
     r.formula = "head_dim " + std::to_string(width) + "^-0.5";
   }

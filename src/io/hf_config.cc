@@ -341,8 +341,17 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
   // GptOssConfig: an absent num_key_value_heads means 8 and an absent head_dim 64 (its field
   // defaults), while an explicit null means H and hidden / heads (its __post_init__).
   const bool oss = model_type == "gpt_oss";
-  config.gqa.num_kv_heads = top.Int(
-      "num_key_value_heads", oss && top.Absent("num_key_value_heads") ? 8 : config.num_heads);
+  const bool gemma = model_type == "gemma2" || model_type == "gemma3_text";
+  // Gemma2Config and Gemma3TextConfig default num_key_value_heads to 4, GptOssConfig to 8.
+  const int64_t absent_kv_heads = oss ? 8 : gemma ? 4 : config.num_heads;
+  config.gqa.num_kv_heads =
+      top.Int("num_key_value_heads",
+              top.Absent("num_key_value_heads") ? absent_kv_heads : config.num_heads);
+  if (top.Bool("use_bidirectional_attention", false)) {
+    // transformers 5's Gemma 3 (EmbeddingGemma) attends without the causal mask.
+    top.Fail(ErrorKind::kUnsupported,
+             "use_bidirectional_attention=true is not supported (attn's layers are causal)");
+  }
   if (top.Has("head_dim")) {
     config.gqa.head_dim = top.Int("head_dim");
   } else if (oss && top.Absent("head_dim")) {
@@ -465,7 +474,9 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
       top.Fail(ErrorKind::kInvalidArgument, "'query_pre_attn_scalar' must be positive");
     }
     config.softmax_scale = 1.0 / std::sqrt(scalar);
-    config.attn_logit_softcapping = top.Double("attn_logit_softcapping", 0.0);
+    // Gemma3Attention passes no soft-cap whatever attn_logit_softcapping says (transformers 4.50
+    // to 5.x; released configs have it null): read for its type only, not applied.
+    (void)top.Double("attn_logit_softcapping", 0.0);
     config.sliding_window = top.Absent("sliding_window") ? 4096 : top.Int("sliding_window", 0);
     if (top.Has("layer_types")) {
       config.sliding_layers = ParseLayerTypes(top);
@@ -624,6 +635,34 @@ void ParseQuantization(const Fields& top, const std::string& source, ModelConfig
   }
 }
 
+// Gemma 3's two RoPEs. transformers 4.5x spells them rope_theta (default 1e6) + rope_scaling for
+// the global layers and rope_local_base_freq (default 1e4, unscaled) for the local ones;
+// transformers 5 nests them by layer type, rope_parameters = {"full_attention": {...},
+// "sliding_attention": {...}}, each a rope dict with its own rope_theta. ParseRope has already
+// read the 4.5x spelling into config.rope.
+void ParseGemma3Ropes(const Fields& top, const std::string& source, ModelConfig& config) {
+  const json* nested = top.Find("rope_parameters");
+  const bool by_layer_type =
+      nested != nullptr && nested->is_object() &&
+      (nested->contains("full_attention") || nested->contains("sliding_attention"));
+  if (!top.Has("rope_theta")) config.rope.theta = 1e6;  // Gemma3TextConfig's default
+  config.sliding_rope_differs = true;
+  config.sliding_rope = config.rope;
+  config.sliding_rope.theta = top.Double("rope_local_base_freq", 10000.0);
+  config.sliding_rope.scaling = RopeScaling{};
+  if (!by_layer_type) return;
+  for (const char* kind : {"full_attention", "sliding_attention"}) {
+    const auto it = nested->find(kind);
+    if (it == nested->end()) continue;
+    const std::string key = std::string("rope_parameters.") + kind;
+    RequireObject(*it, source, key);
+    const Fields dict(*it, source, key + ".");
+    RopeConfig& rope = std::string(kind) == "full_attention" ? config.rope : config.sliding_rope;
+    rope.scaling = ParseRopeDict(*it, source, key, config.max_position_embeddings);
+    rope.theta = dict.Double("rope_theta", std::string(kind) == "full_attention" ? 1e6 : 1e4);
+  }
+}
+
 // HF class defaults for max_position_embeddings, used only when a config leaves it out.
 int64_t DefaultMaxPositions(const std::string& model_type) {
   if (model_type == "mistral" || model_type == "mixtral") return 4096 * 32;
@@ -691,13 +730,7 @@ ModelConfig Parse(const std::string& json_text, const std::string& source) {
          !top.Find("rope_parameters")->contains("partial_rotary_factor"))) {
       config.rope.rotary_dim = config.gqa.head_dim / 2;  // GlmConfig's default factor 0.5
     }
-    if (model_type == "gemma3_text") {
-      if (!top.Has("rope_theta")) config.rope.theta = 1e6;  // Gemma3TextConfig's default
-      config.sliding_rope_differs = true;
-      config.sliding_rope = config.rope;
-      config.sliding_rope.theta = top.Double("rope_local_base_freq", 10000.0);
-      config.sliding_rope.scaling = RopeScaling{};
-    }
+    if (model_type == "gemma3_text") ParseGemma3Ropes(top, source, config);
     if (model_type == "mixtral" && !top.Has("rope_theta") &&
         (!top.Has("rope_parameters") || !top.Find("rope_parameters")->contains("rope_theta"))) {
       config.rope.theta = 1e6;  // MixtralConfig's default_theta

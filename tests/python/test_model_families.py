@@ -1050,16 +1050,9 @@ def test_gpt_oss_absent_or_null_config_keys(cli, cfg, layer):
     assert_matches(got, want, "gpt_oss defaults")
 
 
-_ATTN_GEMMA_KV_HEADS_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "attn reads an absent num_key_value_heads as H for gemma2 and gemma3_text; Gemma2Config's and "
-    "Gemma3TextConfig's field default is num_key_value_heads = 4"))
-
-
 @pytest.mark.parametrize("cfg,layer", [
-    pytest.param(GEMMA2_DEFAULT_KV_HEADS, 1, marks=_ATTN_GEMMA_KV_HEADS_XFAIL,
-                 id="gemma2-kv-heads-absent-H8-is-4"),
-    pytest.param(GEMMA3_DEFAULT_KV_HEADS, 2, marks=_ATTN_GEMMA_KV_HEADS_XFAIL,
-                 id="gemma3-kv-heads-absent-H8-is-4"),
+    pytest.param(GEMMA2_DEFAULT_KV_HEADS, 1, id="gemma2-kv-heads-absent-H8-is-4"),
+    pytest.param(GEMMA3_DEFAULT_KV_HEADS, 2, id="gemma3-kv-heads-absent-H8-is-4"),
     pytest.param(dict(GEMMA2, layer_types=None), 2, id="gemma2-layer-types-null"),
     pytest.param(dict(GEMMA2, rope_scaling=None), 1, id="gemma2-rope-scaling-null"),
     pytest.param(dict(GEMMA3, layer_types=None), 5, id="gemma3-layer-types-null"),
@@ -1080,10 +1073,6 @@ def test_gemma_absent_or_null_config_keys(cli, cfg, layer):
     assert_matches(got, want, "gemma defaults")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "attn soft-caps gemma3_text scores when attn_logit_softcapping is set; transformers' "
-    "Gemma3Attention (v4.50.0 through v5.25.0) passes no softcap to the attention function, so "
-    "HF ignores the key for Gemma 3 (released Gemma 3 configs have it null)"))
 @pytest.mark.parametrize("layer", [0, 2], ids=["local", "global"])
 def test_gemma3_attn_logit_softcapping_is_not_applied(cli, layer):
     """The key is stored by Gemma3TextConfig but never used by Gemma3Attention."""
@@ -1095,21 +1084,11 @@ def test_gemma3_attn_logit_softcapping_is_not_applied(cli, layer):
     assert_matches(got, want, "gemma3 attn_logit_softcapping")
 
 
-_ATTN_GEMMA3_ROPE_PARAMETERS_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "attn ignores gemma3_text's rope_parameters nested by layer type (transformers v5's "
-    "spelling, which Gemma3TextConfig.save_pretrained writes instead of rope_theta / "
-    "rope_scaling / rope_local_base_freq): global layers run unscaled at theta 1e6 instead of "
-    "rope_parameters['full_attention'], local layers at 1e4 instead of "
-    "rope_parameters['sliding_attention']"))
-
-
 @pytest.mark.parametrize("cfg,layer", [
-    pytest.param(GEMMA3_ROPE_PARAMETERS, 2, marks=_ATTN_GEMMA3_ROPE_PARAMETERS_XFAIL,
-                 id="global-linear"),
+    pytest.param(GEMMA3_ROPE_PARAMETERS, 2, id="global-linear"),
     # rope_parameters' sliding_attention theta is 1e4 here, attn's default too.
     pytest.param(GEMMA3_ROPE_PARAMETERS, 0, id="local-1e4"),
-    pytest.param(GEMMA3_ROPE_PARAMETERS_LOCAL_500, 0, marks=_ATTN_GEMMA3_ROPE_PARAMETERS_XFAIL,
-                 id="local-500"),
+    pytest.param(GEMMA3_ROPE_PARAMETERS_LOCAL_500, 0, id="local-500"),
 ])
 def test_gemma3_rope_parameters_by_layer_type(cli, cfg, layer):
     """transformers v5 (Gemma3TextConfig.convert_rope_params_to_dict) keeps Gemma 3's two RoPEs
@@ -1119,10 +1098,6 @@ def test_gemma3_rope_parameters_by_layer_type(cli, cfg, layer):
     assert_matches(got, want, "gemma3 rope_parameters")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "attn accepts use_bidirectional_attention true and computes causal attention; transformers v5 "
-    "attends non-causally there (Gemma2Attention / Gemma3Attention is_causal False; Gemma 3's "
-    "sliding layers see |p - t| < sliding_window // 2 + 1), e.g. google/embeddinggemma-300m"))
 @pytest.mark.parametrize("cfg", [dict(GEMMA2, use_bidirectional_attention=True),
                                  dict(GEMMA3, use_bidirectional_attention=True)],
                          ids=["gemma2", "gemma3"])
