@@ -6,7 +6,9 @@
 // deepseek-ai/DeepSeek-V2-Lite, DeepSeek-V2, DeepSeek-V3 and moonshotai/Kimi-K2-Instruct;
 // Qwen/Qwen3-8B and Qwen3-30B-A3B as vendored in configs/qwen3-8b.json and
 // configs/qwen3-30b-a3b.json (copied from citsjtu2020/LLM-Prof, sglang/Model_Config.md, which
-// reproduces the published files), which tests/cpp/presets_test.cc parses and compares.
+// reproduces the published files), and openai/gpt-oss-20b as vendored in configs/gpt-oss-20b.json
+// (copied from jihengzhang/jihz-gpt-oss-20b, gpt-oss-20b/config.json); tests/cpp/presets_test.cc
+// parses those files and compares.
 #include "attn/presets.h"
 
 #include <algorithm>
@@ -91,6 +93,14 @@ const std::vector<Preset>& Presets() {
         "num_hidden_layers": 48, "max_position_embeddings": 40960, "max_window_layers": 48,
         "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 1000000.0,
         "sliding_window": null, "use_sliding_window": false, "attention_bias": false})"},
+      {"gpt-oss-20b", R"({"model_type": "gpt_oss", "hidden_size": 2880,
+        "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 64,
+        "num_hidden_layers": 24, "max_position_embeddings": 131072, "rms_norm_eps": 1e-05,
+        "rope_theta": 150000, "attention_bias": true, "sliding_window": 128,
+        "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0,
+                         "original_max_position_embeddings": 4096, "rope_type": "yarn",
+                         "truncate": false},
+        "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention"]})"},
       {"kimi-k2", R"({"model_type": "kimi_k2", "hidden_size": 7168,
         "num_attention_heads": 64, "num_key_value_heads": 64, "num_hidden_layers": 61,
         "max_position_embeddings": 131072, "q_lora_rank": 1536, "kv_lora_rank": 512,

@@ -40,6 +40,7 @@ constexpr Row kTable[] = {
     {"kimi-k2", 7168, 64, 0, 0, 61, 576},
     {"qwen3-8b", 4096, 32, 8, 128, 36, 2048},
     {"qwen3-30b-a3b", 2048, 32, 4, 128, 48, 1024},
+    {"gpt-oss-20b", 2880, 64, 8, 64, 24, 1024},
 };
 
 // The presets taken from vendored copies of published config.json files equal parsing those
@@ -47,7 +48,8 @@ constexpr Row kTable[] = {
 TEST(PresetsTest, PresetsEqualTheirVendoredConfigFiles) {
   for (const auto& [preset, file] :
        {std::pair<const char*, const char*>{"qwen3-8b", "qwen3-8b.json"},
-        {"qwen3-30b-a3b", "qwen3-30b-a3b.json"}}) {
+        {"qwen3-30b-a3b", "qwen3-30b-a3b.json"},
+        {"gpt-oss-20b", "gpt-oss-20b.json"}}) {
     SCOPED_TRACE(preset);
     const ModelConfig a = LoadPreset(preset);
     const ModelConfig b = LoadHfConfig(std::string(ATTN_SOURCE_DIR "/configs/") + file);
@@ -62,6 +64,12 @@ TEST(PresetsTest, PresetsEqualTheirVendoredConfigFiles) {
     EXPECT_EQ(a.max_position_embeddings, b.max_position_embeddings);
     EXPECT_EQ(a.rope.theta, b.rope.theta);
     EXPECT_EQ(a.sliding_window, b.sliding_window);
+    EXPECT_EQ(a.sliding_layers, b.sliding_layers);
+    EXPECT_EQ(a.gqa.attention_sinks, b.gqa.attention_sinks);
+    EXPECT_EQ(a.gqa.qkv_bias, b.gqa.qkv_bias);
+    EXPECT_EQ(a.rope.scaling.type, b.rope.scaling.type);
+    EXPECT_EQ(a.rope.scaling.factor, b.rope.scaling.factor);
+    EXPECT_EQ(a.rope.scaling.truncate, b.rope.scaling.truncate);
   }
 }
 
