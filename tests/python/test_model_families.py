@@ -4,18 +4,22 @@ Qwen3-MoE (per-head q/k RMSNorm), OLMo 2 (RMSNorm over the whole q and k project
 (softmax scale = attention_multiplier), Mixtral (Mistral's attention, its own defaults),
 Qwen2-MoE (qkv_bias, its own sliding-window layer pattern), GPT-OSS (attention sinks,
 alternating 128-token windows, YaRN by default, biases), Gemma 2 (logit soft-capping,
-query_pre_attn_scalar, alternating windows) and Gemma 3 (gemma3_text: (1 + w) q/k norms, local
-layers with their own window and RoPE, global layers with rope_scaling); weight-name checks
+query_pre_attn_scalar, alternating windows), Gemma 3 (gemma3_text: (1 + w) q/k norms, local
+layers with their own window and RoPE, global layers with rope_scaling) and GLM / GLM-4 (glm, glm4:
+interleaved RoPE on the first head_dim·partial_rotary_factor features, q/k/v biases without an o
+bias); weight-name checks
 (unused tensors are errors, rotary_emb.inv_freq is not); and the original Falcon-40B
 ("RefinedWeb") config.
 
-The oracle (torch_reference.py, `_parse_gqa_family`, `_parse_gpt_oss`, `_parse_gemma`) was
+The oracle (torch_reference.py, `_parse_gqa_family`, `_parse_gpt_oss`, `_parse_gemma`,
+`_parse_glm`) was
 written from transformers' modeling and configuration code for each family; `hf_transcription`
 below re-states transformers' eager attention (rotate_half, repeat_kv, additive masks,
 [B, H, S, d] layout; for GPT-OSS `hf_gpt_oss_transcription`: YaRN, _apply_rotary_emb and the
 sink column; for Gemma `hf_gemma_transcription`: soft-capping, Gemma3RMSNorm, the per-layer-type
-RoPE) a second time, so the oracle is itself checked against HF's formulation before it judges
-attn.
+RoPE; for GLM `hf_glm_transcription`: GLM's rotate_half, cos/sin repeat_interleave, the partial
+rotary width) a second time, so the oracle is itself checked against HF's formulation before it
+judges attn.
 
 Metric: test_oracle's `assert_matches`, max|attn - ref| <= 1e-4 * max|ref| (fp32 weights).
 Every test that takes `cli` runs through the CLI binary and through the Python module.
@@ -55,10 +59,14 @@ GEMMA2 = _load("gemma2")          # head_dim 32 != 64/4, G 2 < H 4, window 5 on 
 GEMMA3 = _load("gemma3")          # head_dim 32, G 2, 6 layers, pattern 3: layers 2 and 5 global;
 #                                   local: window 5, theta 1e4; global: theta 1e6, linear x4;
 #                                   query_pre_attn_scalar 48, (1 + w) q/k norms
+GLM = _load("glm")                # head_dim 48 != 128/4 and != 128, G 2 < H 4, partial 0.5: the
+#                                   first 24 features rotate, interleaved; q/k/v bias; theta 1e4
+GLM4 = _load("glm4")              # head_dim 32 != 96/6, G 2 < H 6, partial 0.5 (16 of 32);
+#                                   q/k/v bias; theta 1e6
 
 FAMILIES = {"qwen3": QWEN3, "qwen3-moe": QWEN3_MOE, "olmo2": OLMO2, "granite": GRANITE,
             "mixtral": MIXTRAL, "qwen2-moe": QWEN2_MOE, "gpt-oss": GPT_OSS, "gemma2": GEMMA2,
-            "gemma3": GEMMA3}
+            "gemma3": GEMMA3, "glm": GLM, "glm4": GLM4}
 
 # Variants that move the defaults and the layer patterns.
 QWEN3_LAYER_TYPES = dict(QWEN3, layer_types=["sliding_attention", "full_attention",
@@ -148,6 +156,56 @@ GEMMA3_ROPE_PARAMETERS_LOCAL_500 = dict(
     GEMMA3_ROPE_PARAMETERS,
     rope_parameters=dict(GEMMA3_ROPE_PARAMETERS["rope_parameters"],
                          sliding_attention={"rope_type": "default", "rope_theta": 500.0}))
+# GlmConfig / Glm4Config (glm/configuration_glm.py, glm4/configuration_glm4.py) defaults:
+# partial_rotary_factor 0.5, head_dim 128 (not D/H), num_key_value_heads 2 (not H),
+# attention_bias True (q/k/v only: o_proj never has a bias), rope theta 10000.
+GLM_DEFAULT_PRF = _without(GLM, "partial_rotary_factor")            # 0.5: 24 of 48
+GLM4_DEFAULT_PRF = _without(GLM4, "partial_rotary_factor")          # 0.5: 16 of 32
+GLM_PRF_QUARTER = dict(GLM, partial_rotary_factor=0.25)             # 12 of 48
+GLM4_PRF_FULL = dict(GLM4, partial_rotary_factor=1.0)               # all 32, still interleaved
+GLM4_DEFAULT_THETA = _without(GLM4, "rope_theta")                   # 1e4, not tiny-glm4's 1e6
+GLM_DEFAULT_HEAD_DIM = _without(GLM, "head_dim")                    # 128 (64 rotate), not 32
+GLM4_DEFAULT_HEAD_DIM = _without(GLM4, "head_dim")                  # 128, not 16
+GLM_DEFAULT_BIAS = _without(GLM, "attention_bias")                  # q/k/v biased
+GLM_NO_BIAS = dict(GLM, attention_bias=False)
+GLM4_MQA = dict(GLM4, num_key_value_heads=1)
+GLM4_MHA = dict(GLM4, num_key_value_heads=6)
+GLM_LINEAR = dict(GLM, rope_scaling={"rope_type": "linear", "factor": 2.0})
+# YaRN over the 16 rotary features: correction range and mscale from the rotary width.
+GLM4_YARN = dict(GLM4, rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                     "original_max_position_embeddings": 64})
+GLM_ROPE_SCALING_NULL = dict(GLM, rope_scaling=None)
+# transformers v5's spelling, as Glm4Config.save_pretrained writes it: rope_parameters carrying
+# rope_theta and partial_rotary_factor, neither at the top level.
+GLM4_ROPE_PARAMETERS = dict(_without(GLM4, "rope_theta", "partial_rotary_factor"),
+                            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
+                                             "partial_rotary_factor": 0.5})
+GLM4_ROPE_PARAMETERS_075 = dict(GLM4_ROPE_PARAMETERS,  # 24 of 32
+                                rope_parameters=dict(GLM4_ROPE_PARAMETERS["rope_parameters"],
+                                                     partial_rotary_factor=0.75))
+GLM_ROPE_PARAMETERS_NO_PRF = dict(_without(GLM, "rope_theta", "partial_rotary_factor"),  # 0.5
+                                  rope_parameters={"rope_type": "default", "rope_theta": 500.0})
+# The cases where attn and transformers part (strict xfails below):
+# partial_rotary_factor null: v5 full rotation (the null is not copied into rope_parameters).
+GLM_PRF_NULL = dict(GLM, partial_rotary_factor=None)
+GLM4_PRF_NULL = dict(GLM4, partial_rotary_factor=None)
+# num_key_value_heads absent: 2, not H.
+GLM_DEFAULT_KV_HEADS = _without(GLM, "num_key_value_heads")          # H 4 -> 2
+GLM4_DEFAULT_KV_HEADS = _without(GLM4, "num_key_value_heads")        # H 6 -> 2
+# attention_bias null: no bias (v4's nn.Linear(bias=None); v5 refuses the null).
+GLM_NULL_BIAS = dict(GLM, attention_bias=None)
+# v5: a partial_rotary_factor inside rope_scaling / rope_parameters wins over the top level.
+GLM_ROPE_SCALING_PRF = dict(_without(GLM, "partial_rotary_factor"),
+                            rope_scaling={"rope_type": "linear", "factor": 2.0,
+                                          "partial_rotary_factor": 0.25})
+GLM4_ROPE_PARAMETERS_PRF_OVER_TOP = dict(GLM4_ROPE_PARAMETERS, partial_rotary_factor=0.5,
+                                         rope_parameters=dict(
+                                             GLM4_ROPE_PARAMETERS["rope_parameters"],
+                                             partial_rotary_factor=0.25))
+# int(head_dim · partial_rotary_factor): 48 · 0.3 = 14.4 -> 14 features rotate.
+GLM_PRF_TRUNCATED = dict(GLM, partial_rotary_factor=0.3)
+# An odd width: 48 · 0.3125 = 15 -> 16 features rotate, θ_i = base^(-2i/15).
+GLM_PRF_ODD = dict(GLM, partial_rotary_factor=0.3125)
 
 
 # ============================================================================ oracle self-checks
@@ -192,12 +250,15 @@ def hf_transcription(cfg, W, x, position_ids, attention_mask=None, layer=0, norm
 
     norm_mode overrides where q/k norms go: "per_head" (Qwen3), "full" (OLMo 2), "none", or
     "per_head_full_weights" (a wrong OLMo 2: the [H·d] scales applied head by head).
-    gpt_oss goes to hf_gpt_oss_transcription, gemma2 and gemma3_text to hf_gemma_transcription."""
+    gpt_oss goes to hf_gpt_oss_transcription, gemma2 and gemma3_text to hf_gemma_transcription,
+    glm and glm4 to hf_glm_transcription."""
     mt = cfg["model_type"]
     if mt == "gpt_oss":
         return hf_gpt_oss_transcription(cfg, W, x, position_ids, attention_mask, layer)
     if mt in ("gemma2", "gemma3_text"):
         return hf_gemma_transcription(cfg, W, x, position_ids, attention_mask, layer)
+    if mt in ("glm", "glm4"):
+        return hf_glm_transcription(cfg, W, x, position_ids, attention_mask, layer)
     D, H = cfg["hidden_size"], cfg["num_attention_heads"]
     G = cfg.get("num_key_value_heads") or H
     d = cfg.get("head_dim") or (128 if mt == "qwen3" else D // H)
@@ -474,6 +535,90 @@ def hf_gemma_transcription(cfg, W, x, position_ids, attention_mask=None, layer=0
     return lin("o_proj", o)
 
 
+def _hf_glm_rope_parameters(cfg):
+    """The rope_parameters dict GlmConfig / Glm4Config (v5.25.0) build from a config.json:
+    __post_init__ kwargs.setdefault("partial_rotary_factor", 0.5) (an explicit null stays None);
+    RotaryEmbeddingConfigMixin.convert_rope_params_to_dict: rope_parameters = rope_scaling or
+    rope_parameters or {}, setdefault("rope_theta", rope_theta kwarg or default_theta 10000),
+    setdefault("partial_rotary_factor", ...) only when that is not None; standardize_rope_params:
+    rope_type default "default" (or "type"), yarn's original_max_position_embeddings default
+    max_position_embeddings (GlmConfig default 131072)."""
+    prf = cfg.get("partial_rotary_factor", 0.5)
+    rp = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
+    rp.setdefault("rope_theta", cfg.get("rope_theta", 10000.0))
+    if prf is not None:
+        rp.setdefault("partial_rotary_factor", prf)
+    rp.setdefault("rope_type", rp.get("type", "default"))
+    if rp["rope_type"] == "yarn":
+        rp.setdefault("original_max_position_embeddings",
+                      cfg.get("max_position_embeddings", 131072))
+    return rp
+
+
+def _glm_rotate_half(x):
+    """glm/modeling_glm.py rotate_half: (x[2i], x[2i+1]) -> (-x[2i+1], x[2i])."""
+    x1 = x[..., 0::2]
+    x2 = x[..., 1::2]
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+
+def hf_glm_transcription(cfg, W, x, position_ids, attention_mask=None, layer=0):
+    """transformers' GLM / GLM-4 attention (glm/modular_glm.py and modeling_glm.py GlmAttention,
+    GlmRotaryEmbedding.compute_default_rope_parameters, rotate_half, apply_rotary_pos_emb,
+    eager_attention_forward; glm4/modeling_glm4.py Glm4Attention, the same code; the config
+    classes' defaults), restated in float64 from the model files (v5.25.0), not from
+    torch_reference. Default, linear and yarn RoPE."""
+    H = cfg["num_attention_heads"]
+    G = cfg.get("num_key_value_heads", 2)
+    d = cfg.get("head_dim", 128)
+    bias = cfg.get("attention_bias", True)  # nn.Linear(bias=None) has no bias, as False
+    p = ref.layer_prefix(layer)
+    B, S, _ = x.shape
+    x = x.double()
+
+    def lin(name, t, with_bias):
+        y = t @ W[p + name + ".weight"].double().T
+        return y + W[p + name + ".bias"].double() if with_bias else y
+
+    q = lin("q_proj", x, bias).view(B, S, -1, d).transpose(1, 2)
+    k = lin("k_proj", x, bias).view(B, S, -1, d).transpose(1, 2)
+    v = lin("v_proj", x, bias).view(B, S, -1, d).transpose(1, 2)
+    rp = _hf_glm_rope_parameters(cfg)
+    base = rp["rope_theta"]
+    dim = int(d * rp.get("partial_rotary_factor", 1.0))
+    attention_scaling = 1.0
+    if rp["rope_type"] == "yarn":  # _compute_yarn_parameters with the same dim
+        inv_freq, attention_scaling = _hf_yarn(rp, dim, base)
+    else:
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        if rp["rope_type"] == "linear":  # _compute_linear_scaling_rope_parameters
+            inv_freq = inv_freq / rp["factor"]
+        else:
+            assert rp["rope_type"] == "default", rp
+    freqs = position_ids.double()[..., None] * inv_freq  # GlmRotaryEmbedding.forward
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos = (emb.cos() * attention_scaling)[:, None]  # apply_rotary_pos_emb: unsqueeze_dim=1
+    sin = (emb.sin() * attention_scaling)[:, None]
+    cos = cos[..., : cos.shape[-1] // 2].repeat_interleave(2, dim=-1)
+    sin = sin[..., : sin.shape[-1] // 2].repeat_interleave(2, dim=-1)
+    rotary_dim = cos.shape[-1]
+    q_rot, q_pass = q[..., :rotary_dim], q[..., rotary_dim:]
+    k_rot, k_pass = k[..., :rotary_dim], k[..., rotary_dim:]
+    q = torch.cat([q_rot * cos + _glm_rotate_half(q_rot) * sin, q_pass], dim=-1)
+    k = torch.cat([k_rot * cos + _glm_rotate_half(k_rot) * sin, k_pass], dim=-1)
+    k, v = _repeat_kv(k, H // G), _repeat_kv(v, H // G)
+    q_idx = torch.arange(S)[:, None]
+    kv_idx = torch.arange(S)[None, :]
+    allowed = (kv_idx <= q_idx)[None, None].expand(B, 1, S, S)  # no window in GlmAttention
+    if attention_mask is not None:
+        allowed = allowed & (attention_mask[:, None, None, :] != 0)
+    additive = torch.zeros(B, 1, S, S, dtype=torch.float64).masked_fill(
+        ~allowed, torch.finfo(torch.float64).min)
+    attn_weights = torch.softmax(q @ k.transpose(2, 3) * d ** -0.5 + additive, dim=-1)
+    o = (attn_weights @ v).transpose(1, 2).reshape(B, S, -1)
+    return lin("o_proj", o, False)  # o_proj = nn.Linear(..., bias=False)
+
+
 TRANSCRIPTION_CASES = [
     ("qwen3-layer1-full", QWEN3, 1), ("qwen3-layer3-window", QWEN3, 3),
     ("qwen3-layer-types-layer2", QWEN3_LAYER_TYPES, 2),
@@ -519,6 +664,23 @@ TRANSCRIPTION_CASES = [
     ("gemma3-softcap-ignored-layer2", GEMMA3_SOFTCAP, 2),
     ("gemma3-rope-parameters-layer2", GEMMA3_ROPE_PARAMETERS, 2),
     ("gemma3-rope-parameters-local-500-layer0", GEMMA3_ROPE_PARAMETERS_LOCAL_500, 0),
+    ("glm-layer0", GLM, 0), ("glm-layer1", GLM, 1), ("glm4-layer2", GLM4, 2),
+    ("glm-default-prf", GLM_DEFAULT_PRF, 1), ("glm-prf-quarter", GLM_PRF_QUARTER, 0),
+    ("glm4-prf-full", GLM4_PRF_FULL, 1), ("glm4-default-theta", GLM4_DEFAULT_THETA, 0),
+    ("glm-default-head-dim", GLM_DEFAULT_HEAD_DIM, 1),
+    ("glm4-default-head-dim", GLM4_DEFAULT_HEAD_DIM, 0),
+    ("glm-default-bias", GLM_DEFAULT_BIAS, 0), ("glm-no-bias", GLM_NO_BIAS, 1),
+    ("glm4-mqa", GLM4_MQA, 1), ("glm4-mha", GLM4_MHA, 0), ("glm-linear", GLM_LINEAR, 1),
+    ("glm4-yarn", GLM4_YARN, 2), ("glm-rope-scaling-null", GLM_ROPE_SCALING_NULL, 0),
+    ("glm4-rope-parameters", GLM4_ROPE_PARAMETERS, 1),
+    ("glm4-rope-parameters-075", GLM4_ROPE_PARAMETERS_075, 1),
+    ("glm-rope-parameters-no-prf", GLM_ROPE_PARAMETERS_NO_PRF, 0),
+    ("glm-prf-null", GLM_PRF_NULL, 1), ("glm4-prf-null", GLM4_PRF_NULL, 0),
+    ("glm-default-kv-heads", GLM_DEFAULT_KV_HEADS, 0),
+    ("glm4-default-kv-heads", GLM4_DEFAULT_KV_HEADS, 2),
+    ("glm-null-bias", GLM_NULL_BIAS, 1), ("glm-rope-scaling-prf", GLM_ROPE_SCALING_PRF, 1),
+    ("glm4-rope-parameters-prf-over-top", GLM4_ROPE_PARAMETERS_PRF_OVER_TOP, 0),
+    ("glm-prf-truncated", GLM_PRF_TRUNCATED, 1), ("glm-prf-odd", GLM_PRF_ODD, 0),
 ]
 
 
@@ -684,6 +846,74 @@ def test_oracle_gemma_parse_rules():
         p + "v_proj.weight": (64, 64), p + "o_proj.weight": (64, 128)}
 
 
+def test_oracle_glm_parse_rules():
+    """GlmConfig's and Glm4Config's defaults and GlmAttention's layout (configuration_glm.py,
+    configuration_glm4.py, modular_glm.py; v5.25.0, v4.57.1): interleaved RoPE on
+    int(head_dim · partial_rotary_factor) features, q/k/v bias, no o bias, no window."""
+    for cfg, (H, G, d, r, theta) in ((GLM, (4, 2, 48, 24, 1e4)), (GLM4, (6, 2, 32, 16, 1e6))):
+        s = ref.parse_config(cfg)
+        assert (s.num_heads, s.num_kv_heads, s.head_dim, s.rope.rotary_dim, s.rope.theta) == (
+            H, G, d, r, theta)
+        assert (s.rope.interleaved, s.rope.type, s.rope.freq_dim) == (True, "default", 0)
+        assert (s.qkv_bias, s.o_bias, s.qk_norm, s.scale_override, s.attn_sinks) == (
+            True, False, "", None, False)
+        assert [s.window_for_layer(i) for i in range(s.num_layers)] == [0] * s.num_layers
+        assert ref.softmax_scale(s) == d ** -0.5
+    assert ref.parse_config(GLM_DEFAULT_PRF).rope.rotary_dim == 24
+    assert ref.parse_config(GLM4_DEFAULT_PRF).rope.rotary_dim == 16
+    assert ref.parse_config(GLM_PRF_QUARTER).rope.rotary_dim == 12
+    assert ref.parse_config(GLM4_PRF_FULL).rope.rotary_dim == 32
+    assert ref.parse_config(GLM4_DEFAULT_THETA).rope.theta == 10000.0
+    s = ref.parse_config(GLM_DEFAULT_HEAD_DIM)
+    assert (s.head_dim, s.rope.rotary_dim) == (128, 64)
+    assert ref.parse_config(GLM4_DEFAULT_HEAD_DIM).head_dim == 128
+    assert (ref.parse_config(GLM_DEFAULT_BIAS).qkv_bias, ref.parse_config(GLM_NO_BIAS).qkv_bias,
+            ref.parse_config(GLM_NULL_BIAS).qkv_bias) == (True, False, False)
+    assert ref.parse_config(GLM_DEFAULT_KV_HEADS).num_kv_heads == 2  # field default, not H 4
+    assert ref.parse_config(GLM4_DEFAULT_KV_HEADS).num_kv_heads == 2  # not H 6
+    # partial_rotary_factor: null is 1.0 (v5); inside rope_scaling / rope_parameters it wins.
+    assert ref.parse_config(GLM_PRF_NULL).rope.rotary_dim == 48
+    assert ref.parse_config(GLM4_PRF_NULL).rope.rotary_dim == 32
+    assert ref.parse_config(GLM_ROPE_SCALING_PRF).rope.rotary_dim == 12
+    assert ref.parse_config(GLM4_ROPE_PARAMETERS_PRF_OVER_TOP).rope.rotary_dim == 8
+    assert ref.parse_config(GLM4_ROPE_PARAMETERS).rope == ref.parse_config(GLM4).rope
+    assert ref.parse_config(GLM4_ROPE_PARAMETERS_075).rope.rotary_dim == 24
+    s = ref.parse_config(GLM_ROPE_PARAMETERS_NO_PRF)
+    assert (s.rope.rotary_dim, s.rope.theta) == (24, 500.0)
+    assert ref.parse_config(GLM_PRF_TRUNCATED).rope.rotary_dim == 14  # int(14.4)
+    s = ref.parse_config(GLM_PRF_ODD)  # 15: 16 features rotate at base^(-2i/15)
+    assert (s.rope.rotary_dim, s.rope.freq_dim) == (16, 15)
+    hf_inv_freq = 1.0 / (10000.0 ** (torch.arange(0, 15, 2, dtype=torch.float64) / 15))
+    assert torch.allclose(ref.inv_freq(s), hf_inv_freq, rtol=1e-15, atol=0)
+    s = ref.parse_config(GLM4_YARN)
+    assert (s.rope.type, s.rope.rotary_dim, s.rope.original_max_position_embeddings) == (
+        "yarn", 16, 64)
+    inv, af = _hf_yarn(_hf_glm_rope_parameters(GLM4_YARN), 16, 1e6)
+    assert torch.allclose(ref.inv_freq(s), inv, rtol=1e-15, atol=0)
+    assert ref.attention_factor(s) == af
+    # GlmAttention has no window: a sliding_window key is not read.
+    assert ref.parse_config(dict(GLM, sliding_window=4, use_sliding_window=True)
+                            ).window_for_layer(1) == 0
+    # Every default at once: GlmConfig() (glm-4-9b-chat's shapes: 40 layers, G 2, head_dim 128).
+    for mt in ("glm", "glm4"):
+        s = ref.parse_config({"model_type": mt, "hidden_size": 4096, "num_attention_heads": 32})
+        assert (s.num_layers, s.num_kv_heads, s.head_dim, s.rope.rotary_dim, s.rope.theta,
+                s.qkv_bias, s.o_bias) == (40, 2, 128, 64, 10000.0, True, False)
+    # Not modelled: transformers fails on these (GlmAttention: None**-0.5, H // None; Glm4Config
+    # refuses them; base None), on yarn with an odd width, and on a width beyond head_dim.
+    for cfg in (dict(GLM, head_dim=None), dict(GLM4, num_key_value_heads=None),
+                dict(GLM, rope_theta=None),
+                dict(GLM_PRF_ODD, rope_scaling={"rope_type": "yarn", "factor": 2.0}),
+                dict(GLM, head_dim=47, partial_rotary_factor=1.0)):
+        with pytest.raises(ValueError):
+            ref.parse_config(cfg)
+    p = ref.layer_prefix(1)
+    assert ref.expected_weight_shapes(GLM, 1) == {
+        p + "q_proj.weight": (192, 128), p + "k_proj.weight": (96, 128),
+        p + "v_proj.weight": (96, 128), p + "o_proj.weight": (128, 192),
+        p + "q_proj.bias": (192,), p + "k_proj.bias": (96,), p + "v_proj.bias": (96,)}
+
+
 def test_oracle_gpt_oss_yarn_truncate_and_pairing():
     """For the tiny config (d 16, theta 150000, original 32) YaRN's correction range is
     (0, 1.09) without truncation and (0, 2) with it; for the default (d 16, original 4096)
@@ -809,7 +1039,35 @@ FEATURE_CASES = [
     ("gemma3-default-thetas-swapped", GEMMA3_DEFAULT_THETAS, 2,
      lambda s: replace(s, rope=replace(s.rope, theta=10000.0))),
     ("gemma3-softcapped", GEMMA3, 2, lambda s: replace(s, softcap=2.0)),
+    ("glm-rotate-half-pairing", GLM, 1, lambda s: ref.with_pairing(s, False)),
+    ("glm4-rotate-half-pairing", GLM4, 2, lambda s: ref.with_pairing(s, False)),
+    ("glm-full-rotary", GLM, 1, lambda s: replace(s, rope=replace(s.rope, rotary_dim=48))),
+    ("glm4-full-rotary", GLM4, 0, lambda s: replace(s, rope=replace(s.rope, rotary_dim=32))),
+    ("glm-rotate-the-last-half", GLM, 0, None),  # see _glm_rotate_last_half
+    ("glm-no-qkv-bias", GLM, 1, lambda s: replace(s, qkv_bias=False)),
+    ("glm4-theta-1e4", GLM4, 1, lambda s: replace(s, rope=replace(s.rope, theta=10000.0))),
+    ("glm-default-head-dim-partial-half", GLM_DEFAULT_HEAD_DIM, 0,
+     lambda s: replace(s, rope=replace(s.rope, rotary_dim=128))),
+    ("glm-prf-odd-freq-dim-16", GLM_PRF_ODD, 1,
+     lambda s: replace(s, rope=replace(s.rope, freq_dim=0))),
 ]
+
+
+def _glm_rotate_last_half(cfg, W, x, pos, layer):
+    """A wrong GLM layer: the *last* r features rotate (interleaved) and the first pass through,
+    computed by reversing the feature order of each head in the q/k projections (weights and
+    biases), which moves the last r features to the front (reversed, so the pairs are still
+    adjacent), and running the oracle: scores are invariant under one permutation of q and k."""
+    s = ref.parse_config(cfg)
+    p = ref.layer_prefix(layer)
+    d = s.head_dim
+    W2 = dict(W)
+    for name, heads in (("q_proj", s.num_heads), ("k_proj", s.num_kv_heads)):
+        w = W[p + name + ".weight"]
+        W2[p + name + ".weight"] = w.view(heads, d, -1).flip(1).reshape(w.shape)
+        if p + name + ".bias" in W:
+            W2[p + name + ".bias"] = W[p + name + ".bias"].view(heads, d).flip(1).reshape(-1)
+    return ref.forward(s, W2, x, pos, None, layer=layer)
 
 
 @pytest.mark.parametrize("cfg,layer,wrong", [(c, l, w) for _, c, l, w in FEATURE_CASES],
@@ -819,7 +1077,10 @@ def test_oracle_features_matter(cfg, layer, wrong):
     tests below can fail when attn leaves it out."""
     W = _oracle_weights(cfg, layer, seed=5)
     x, pos, want = _variant_outputs(cfg, W, layer)
-    other = ref.forward(wrong(ref.parse_config(cfg)), W, x, pos, None, layer=layer)
+    if wrong is None:
+        other = _glm_rotate_last_half(cfg, W, x, pos, layer)
+    else:
+        other = ref.forward(wrong(ref.parse_config(cfg)), W, x, pos, None, layer=layer)
     assert _rel(other, want) > 1e-2
 
 
@@ -890,6 +1151,10 @@ SHAPE_CASES = {
     "gemma2-default-head-dim": GEMMA2_DEFAULT_HEAD_DIM, "gemma2-bias-mqa": GEMMA2_BIAS_MQA,
     "gemma3-default-head-dim": GEMMA3_DEFAULT_HEAD_DIM, "gemma3-bias": GEMMA3_BIAS,
     "gemma3-mqa": GEMMA3_MQA,
+    # GlmConfig / Glm4Config: head_dim 128 (not D/H); q/k/v biases, never an o bias.
+    "glm-default-head-dim": GLM_DEFAULT_HEAD_DIM, "glm4-default-head-dim": GLM4_DEFAULT_HEAD_DIM,
+    "glm-default-bias": GLM_DEFAULT_BIAS, "glm-no-bias": GLM_NO_BIAS, "glm4-mqa": GLM4_MQA,
+    "glm4-mha": GLM4_MHA,
 }
 
 
@@ -1020,6 +1285,33 @@ FORWARD_CASES = [
                                                                      starts=[2000, 0])),
     ("gemma3-bias", GEMMA3_BIAS, 0, dict(B=2, S=9, starts=[64, 1])),
     ("gemma3-mqa-layer2", GEMMA3_MQA, 2, dict(B=2, S=9, starts=[64, 1])),
+    # GLM / GLM-4: interleaved RoPE on the first half of each head, q/k/v bias, no o bias.
+    ("glm-layer0", GLM, 0, dict(B=2, S=12, starts=[7000, 3])),
+    ("glm-layer1", GLM, 1, dict(B=2, S=12, starts=[90000, 0])),
+    ("glm-layer1-S40", GLM, 1, dict(B=1, S=40, starts=500)),
+    ("glm-layer1-start0", GLM, 1, dict(B=1, S=12, starts=0)),
+    ("glm4-layer0", GLM4, 0, dict(B=2, S=12, starts=[7000, 3])),
+    ("glm4-layer2", GLM4, 2, dict(B=2, S=12, starts=[130000, 17])),
+    ("glm-default-prf-0.5", GLM_DEFAULT_PRF, 1, dict(B=2, S=12, starts=[3000, 0])),
+    ("glm4-default-prf-0.5", GLM4_DEFAULT_PRF, 1, dict(B=2, S=12, starts=[3000, 0])),
+    ("glm-prf-quarter", GLM_PRF_QUARTER, 0, dict(B=1, S=12, starts=5000)),
+    ("glm4-prf-full", GLM4_PRF_FULL, 1, dict(B=1, S=12, starts=5000)),
+    ("glm4-default-theta-1e4", GLM4_DEFAULT_THETA, 2, dict(B=1, S=12, starts=20000)),
+    ("glm-default-head-dim-128", GLM_DEFAULT_HEAD_DIM, 1, dict(B=2, S=9, starts=[2000, 0])),
+    ("glm4-default-head-dim-128", GLM4_DEFAULT_HEAD_DIM, 0, dict(B=2, S=9, starts=[2000, 0])),
+    ("glm-default-bias", GLM_DEFAULT_BIAS, 0, dict(B=1, S=9, starts=64)),
+    ("glm-no-bias", GLM_NO_BIAS, 1, dict(B=2, S=9, starts=[64, 1])),
+    ("glm4-mqa", GLM4_MQA, 1, dict(B=2, S=9, starts=[64, 1])),
+    ("glm4-mha", GLM4_MHA, 2, dict(B=2, S=9, starts=[64, 1])),
+    ("glm-linear-rope", GLM_LINEAR, 1, dict(B=1, S=12, starts=5000)),
+    ("glm4-yarn", GLM4_YARN, 1, dict(B=2, S=12, starts=[40000, 0])),
+    ("glm-rope-scaling-null", GLM_ROPE_SCALING_NULL, 0, dict(B=1, S=12, starts=700)),
+    ("glm4-rope-parameters", GLM4_ROPE_PARAMETERS, 1, dict(B=1, S=12, starts=700)),
+    ("glm4-rope-parameters-prf-0.75", GLM4_ROPE_PARAMETERS_075, 2, dict(B=1, S=12, starts=700)),
+    ("glm-rope-parameters-no-prf", GLM_ROPE_PARAMETERS_NO_PRF, 1, dict(B=1, S=12, starts=700)),
+    # GlmAttention has no window: the key is ignored.
+    ("glm-sliding-window-key-ignored", dict(GLM, sliding_window=4, use_sliding_window=True), 1,
+     dict(B=1, S=12, starts=300)),
 ]
 
 
@@ -1071,6 +1363,67 @@ def test_gemma_absent_or_null_config_keys(cli, cfg, layer):
     got, want, _, _ = run_case(cli, cfg, B=1, S=9, seed=31, starts=9000, layer=layer,
                                weights=(wpath, W))
     assert_matches(got, want, "gemma defaults")
+
+
+_ATTN_GLM_KV_HEADS_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "attn reads an absent num_key_value_heads as H for glm and glm4 (random-weights writes "
+    "[H·d, D] k/v projections); GlmConfig's and Glm4Config's field default is "
+    "num_key_value_heads = 2"))
+_ATTN_GLM_PRF_NULL_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "attn reads partial_rotary_factor null as 0.5 (half the head rotates); transformers v5 "
+    "(GlmConfig/Glm4Config.__post_init__'s setdefault keeps the null, "
+    "convert_rope_params_to_dict does not copy a None into rope_parameters, and the rotary reads "
+    "rope_parameters.get('partial_rotary_factor', 1.0)) rotates the whole head; v4 fails on "
+    "int(head_dim * None)"))
+_ATTN_GLM_NULL_BIAS_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "attn reads attention_bias null as true for glm (q/k/v biased); transformers v4 builds "
+    "nn.Linear(bias=None), i.e. no bias, and v5's strict GlmConfig refuses the null"))
+_ATTN_GLM_INNER_PRF_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "attn ignores a partial_rotary_factor inside rope_scaling and reads the top-level key or its "
+    "0.5 default (as transformers v4 did); transformers v5's convert_rope_params_to_dict keeps "
+    "the value inside rope_scaling / rope_parameters and only setdefaults the top-level one"))
+_ATTN_GLM_PRF_CONFLICT_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "attn refuses (exit 2) a config whose top-level partial_rotary_factor and "
+    "rope_parameters.partial_rotary_factor differ; transformers v5 runs it with the "
+    "rope_parameters value (convert_rope_params_to_dict: setdefault)"))
+_ATTN_GLM_ROTARY_WIDTH_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "attn refuses (exit 2: 'is not an even integer rotary width') a head_dim · "
+    "partial_rotary_factor that is not an even integer; transformers runs it with dim = "
+    "int(head_dim · partial_rotary_factor) (48 · 0.3 -> 14), and an odd dim rotates dim + 1 "
+    "features at base^(-2i/dim) (apply_rotary_pos_emb's rotary_dim = cos.shape[-1]; "
+    "validate_rope: 'An odd partial rotary dim is rounded up')"))
+
+
+@pytest.mark.parametrize("cfg,layer", [
+    pytest.param(GLM_DEFAULT_KV_HEADS, 1, marks=_ATTN_GLM_KV_HEADS_XFAIL,
+                 id="glm-kv-heads-absent-H4-is-2"),
+    pytest.param(GLM4_DEFAULT_KV_HEADS, 2, marks=_ATTN_GLM_KV_HEADS_XFAIL,
+                 id="glm4-kv-heads-absent-H6-is-2"),
+    pytest.param(GLM_PRF_NULL, 1, marks=_ATTN_GLM_PRF_NULL_XFAIL, id="glm-prf-null-is-1"),
+    pytest.param(GLM4_PRF_NULL, 0, marks=_ATTN_GLM_PRF_NULL_XFAIL, id="glm4-prf-null-is-1"),
+    pytest.param(GLM_NULL_BIAS, 0, marks=_ATTN_GLM_NULL_BIAS_XFAIL, id="glm-attention-bias-null"),
+    pytest.param(GLM_ROPE_SCALING_PRF, 1, marks=_ATTN_GLM_INNER_PRF_XFAIL,
+                 id="glm-rope-scaling-prf-0.25"),
+    pytest.param(GLM4_ROPE_PARAMETERS_PRF_OVER_TOP, 2, marks=_ATTN_GLM_PRF_CONFLICT_XFAIL,
+                 id="glm4-rope-parameters-prf-over-top-level"),
+    pytest.param(GLM_PRF_TRUNCATED, 1, marks=_ATTN_GLM_ROTARY_WIDTH_XFAIL,
+                 id="glm-prf-0.3-width-14"),
+    pytest.param(GLM_PRF_ODD, 0, marks=_ATTN_GLM_ROTARY_WIDTH_XFAIL, id="glm-prf-odd-width-15"),
+    pytest.param(GLM4_DEFAULT_PRF, 1, id="glm4-prf-absent-0.5"),
+    pytest.param(GLM4_DEFAULT_THETA, 0, id="glm4-theta-absent-1e4"),
+    pytest.param(GLM_DEFAULT_HEAD_DIM, 0, id="glm-head-dim-absent-128"),
+    pytest.param(GLM_DEFAULT_BIAS, 1, id="glm-attention-bias-absent-true"),
+    pytest.param(GLM_ROPE_SCALING_NULL, 1, id="glm-rope-scaling-null"),
+    pytest.param(dict(GLM4, rope_parameters=None), 1, id="glm4-rope-parameters-null"),
+])
+def test_glm_absent_or_null_config_keys(cli, cfg, layer):
+    """GlmConfig's and Glm4Config's field defaults (absent key), null where transformers gives
+    it a meaning, and where partial_rotary_factor comes from (see _parse_glm)."""
+    _, wpath, W = cli.random_weights(cfg, seed=31, layer=layer)
+    assert {k: tuple(v.shape) for k, v in W.items()} == ref.expected_weight_shapes(cfg, layer)
+    got, want, _, _ = run_case(cli, cfg, B=2, S=9, seed=31, starts=[9000, 2], layer=layer,
+                               weights=(wpath, W))
+    assert_matches(got, want, "glm defaults")
 
 
 @pytest.mark.parametrize("layer", [0, 2], ids=["local", "global"])
@@ -1128,7 +1481,9 @@ PADDING_CASES = [("qwen3-layer3-window", QWEN3, 3), ("qwen3-moe", QWEN3_MOE, 1),
                  ("gpt-oss-layer0-window", GPT_OSS, 0), ("gpt-oss-layer1-full", GPT_OSS, 1),
                  ("gemma2-layer0-window", GEMMA2, 0), ("gemma2-layer1-full", GEMMA2, 1),
                  ("gemma3-layer0-local", GEMMA3, 0), ("gemma3-layer2-global", GEMMA3, 2),
-                 ("gemma3-bias-layer5-global", GEMMA3_BIAS, 5)]
+                 ("gemma3-bias-layer5-global", GEMMA3_BIAS, 5),
+                 ("glm-layer1", GLM, 1), ("glm4-layer0", GLM4, 0),
+                 ("glm4-mqa-layer2", GLM4_MQA, 2)]
 
 
 @pytest.mark.parametrize("cfg,layer", [(c, l) for _, c, l in PADDING_CASES],
@@ -1163,7 +1518,10 @@ PREFILL_CASES = [("qwen3-layer3-window5", QWEN3, 3), ("qwen3-layer1-full", QWEN3
                  ("gemma2-layer0-window5", GEMMA2, 0), ("gemma2-layer1-full", GEMMA2, 1),
                  ("gemma2-bias-mqa-layer2", GEMMA2_BIAS_MQA, 2),
                  ("gemma3-layer1-local", GEMMA3, 1), ("gemma3-layer2-global", GEMMA3, 2),
-                 ("gemma3-mqa-layer5-global", GEMMA3_MQA, 5)]
+                 ("gemma3-mqa-layer5-global", GEMMA3_MQA, 5),
+                 ("glm-layer0", GLM, 0), ("glm-layer1", GLM, 1), ("glm4-layer2", GLM4, 2),
+                 ("glm4-mqa-layer1", GLM4_MQA, 1), ("glm-no-bias-layer1", GLM_NO_BIAS, 1),
+                 ("glm4-yarn-layer0", GLM4_YARN, 0)]
 
 
 @pytest.mark.parametrize("cfg,layer", [(c, l) for _, c, l in PREFILL_CASES],
@@ -1253,6 +1611,45 @@ def test_gemma_features_matter_on_attn_weights(cli, cfg, layer, wrong):
     assert_matches(got, want, f"{cfg['model_type']} layer {layer}")
     other = ref.forward(wrong(ref.parse_config(cfg)), W, paths["x"], paths["pos"], layer=layer)
     assert _rel(other, got) > 1e-2
+
+
+@pytest.mark.parametrize("cfg,layer,wrong", [
+    (GLM, 1, lambda s: ref.with_pairing(s, False)),
+    (GLM4, 2, lambda s: ref.with_pairing(s, False)),
+    (GLM, 0, lambda s: replace(s, rope=replace(s.rope, rotary_dim=s.head_dim))),
+    (GLM4, 1, lambda s: replace(s, rope=replace(s.rope, rotary_dim=s.head_dim))),
+    (GLM, 1, None),
+    (GLM4, 0, lambda s: replace(s, qkv_bias=False)),
+], ids=["glm-rotate-half", "glm4-rotate-half", "glm-full-rotary", "glm4-full-rotary",
+        "glm-last-half-rotates", "glm4-no-qkv-bias"])
+def test_glm_features_matter_on_attn_weights(cli, cfg, layer, wrong):
+    """On the weights attn writes, the GLM layer with rotate-half pairing instead of GLM's
+    interleaved pairs, with RoPE over the whole head instead of its first
+    head_dim·partial_rotary_factor features, with the last features rotating instead of the
+    first, or without the q/k/v biases differs from attn's output by more than 1e-2 relative,
+    while attn matches the oracle (far positions, so the rotation is not near identity)."""
+    got, want, W, paths = run_case(cli, cfg, B=2, S=12, seed=13, starts=[7000, 0], layer=layer)
+    assert_matches(got, want, f"{cfg['model_type']} layer {layer}")
+    if wrong is None:
+        other = _glm_rotate_last_half(cfg, W, paths["x"], paths["pos"], layer)
+    else:
+        other = ref.forward(wrong(ref.parse_config(cfg)), W, paths["x"], paths["pos"],
+                            layer=layer)
+    assert _rel(other, got) > 1e-2
+
+
+def test_glm_partial_rotary_factor_is_read(cli):
+    """The same glm weights under partial_rotary_factor 0.25, 0.5 (absent) and 1.0: attn follows
+    each (the width is read, not fixed), and the three outputs differ by more than 1e-2."""
+    layer = 1
+    _, wpath, W = cli.random_weights(GLM, seed=59, layer=layer)
+    outs = []
+    for cfg in (GLM_PRF_QUARTER, GLM_DEFAULT_PRF, dict(GLM, partial_rotary_factor=1.0)):
+        got, want, _, _ = run_case(cli, cfg, B=2, S=12, seed=59, starts=[3000, 0], layer=layer,
+                                   weights=(wpath, W))
+        assert_matches(got, want, f"partial_rotary_factor {cfg.get('partial_rotary_factor')}")
+        outs.append(got)
+    assert _rel(outs[0], outs[1]) > 1e-2 and _rel(outs[1], outs[2]) > 1e-2
 
 
 def test_gemma2_softcap_reads_the_config(cli):
@@ -1509,6 +1906,54 @@ def test_gemma_bias_with_no_bias_config_is_named(cli):
         W[name] = torch.zeros(cfg["hidden_size"])
         res, _ = _forward_res(cli, cfg, W)
         _assert_input_error(res, name)
+
+
+def test_glm_o_proj_bias_is_named(cli):
+    """GlmAttention's o_proj never has a bias (whatever attention_bias says): a glm/glm4 file
+    holding o_proj.bias is refused, exit 2, naming it, and nothing is written."""
+    for cfg in (GLM, GLM4, GLM_NO_BIAS):
+        _, _, W = cli.random_weights(cfg, seed=61, layer=1)
+        name = ref.layer_prefix(1) + "o_proj.bias"
+        W[name] = torch.zeros(cfg["hidden_size"])
+        res, out = _forward_res(cli, cfg, W, layer=1)
+        _assert_input_error(res, name)
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("cfg,tensor", [(GLM, "q_proj.bias"), (GLM, "k_proj.bias"),
+                                        (GLM4, "v_proj.bias"), (GLM_DEFAULT_BIAS, "q_proj.bias")],
+                         ids=["glm-q", "glm-k", "glm4-v", "glm-default-bias-q"])
+def test_glm_missing_bias_is_named(cli, cfg, tensor):
+    """attention_bias true (the default): a glm layer without one of its q/k/v biases is an
+    error naming it, not a layer run without that bias."""
+    _, _, W = cli.random_weights(cfg, seed=62, layer=0)
+    name = ref.layer_prefix(0) + tensor
+    del W[name]
+    res, out = _forward_res(cli, cfg, W)
+    _assert_input_error(res, name)
+    assert not out.exists()
+
+
+def test_glm_bias_with_no_bias_config_is_named(cli):
+    """attention_bias false: a glm file still holding q_proj.bias is refused, naming it."""
+    _, _, W = cli.random_weights(GLM_NO_BIAS, seed=63, layer=0)
+    name = ref.layer_prefix(0) + "q_proj.bias"
+    W[name] = torch.zeros(GLM["num_attention_heads"] * GLM["head_dim"])
+    res, out = _forward_res(cli, GLM_NO_BIAS, W)
+    _assert_input_error(res, name)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("tensor,shape", [("q_proj.bias", (191,)), ("k_proj.bias", (192,)),
+                                          ("v_proj.bias", (2, 48))],
+                         ids=["q-short", "k-q-width", "v-2d"])
+def test_glm_misshapen_bias_is_named(cli, tensor, shape):
+    _, _, W = cli.random_weights(GLM, seed=64, layer=0)
+    name = ref.layer_prefix(0) + tensor
+    W[name] = torch.zeros(shape)
+    res, out = _forward_res(cli, GLM, W)
+    _assert_input_error(res, name)
+    assert not out.exists()
 
 
 MLA_SOFTCAP = dict(json.loads((REPO / "configs" / "tiny-deepseek-v2-lite.json").read_text()),

@@ -8,7 +8,8 @@ side. The families added later (qwen3, qwen3_moe, olmo2, granite, mixtral, qwen2
 configuration code, whose file and rule each branch cites; so was gpt_oss (OpenAI GPT-OSS,
 `_parse_gpt_oss`: attention sinks, alternating sliding-window layers, YaRN by default), and so
 were gemma2 and gemma3_text (`_parse_gemma`: logit soft-capping, query_pre_attn_scalar, Gemma's
-(1 + w) q/k norms, local layers with their own RoPE).
+(1 + w) q/k norms, local layers with their own RoPE), and glm and glm4 (`_parse_glm`: interleaved
+RoPE on the first head_dim·partial_rotary_factor features, q/k/v biases, no o bias).
 Everything is computed on the CPU in float64; `forward` returns float32.
 `forward(..., compute_dtype=torch.bfloat16)` (or float16, float32) runs the same formulas at a
 lower precision instead (see `Precision`), the baseline for tolerances of narrow-dtype weights.
@@ -40,6 +41,9 @@ Conventions (reference page):
   * logit soft-capping (gemma2): each scaled score s becomes c·tanh(s / c) before the mask.
   * per-layer RoPE (gemma3_text): layers marked sliding rotate with `Spec.sliding_rope`, the
     others with `Spec.rope` (`rope_for_layer`).
+  * partial interleaved RoPE (glm, glm4): the first r = int(head_dim·partial_rotary_factor)
+    features rotate in pairs (x[2i], x[2i+1]) with θ_i = base^(-2i/r); the rest pass through. An
+    odd r rotates r + 1 features, still with θ_i = base^(-2i/r) (`RopeSpec.freq_dim`).
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ GQA_MODEL_TYPES = ("llama", "mistral", "qwen2")
 GQA_FAMILY_TYPES = ("qwen3", "qwen3_moe", "olmo2", "granite", "mixtral", "qwen2_moe", "gpt_oss")
 # Gemma 2 and 3 (text), read from transformers' gemma2/ and gemma3/ code (see _parse_gemma).
 GEMMA_MODEL_TYPES = ("gemma2", "gemma3_text")
+# GLM and GLM-4, read from transformers' glm/ and glm4/ code (see _parse_glm).
+GLM_MODEL_TYPES = ("glm", "glm4")
 QK_NORM_PER_HEAD = "per_head"  # Qwen3: RMSNorm of each head's d-vector, weights [d]
 QK_NORM_FULL = "full"          # OLMo 2: RMSNorm of the whole projection, weights [H·d] / [G·d]
 # Gemma 3: each head's d-vector, weights [d], scaling by (1 + w) (Gemma3RMSNorm)
@@ -119,6 +125,9 @@ class RopeSpec:
     mscale_all_dim: Optional[float] = None
     attention_factor: Optional[float] = None
     truncate: bool = True
+    # The d of θ_i = base^(-2i/d) where it is not rotary_dim: GLM with an odd
+    # d = int(head_dim·partial_rotary_factor) rotates d + 1 features (0 = rotary_dim).
+    freq_dim: int = 0
 
 
 @dataclass
@@ -442,6 +451,64 @@ def _parse_gemma(cfg: Mapping, mt: str, D: int, H: int) -> Spec:
     return spec
 
 
+def _parse_glm(cfg: Mapping, mt: str, D: int, H: int) -> Spec:
+    """glm and glm4, as transformers defines them (src/transformers/models/ of
+    huggingface/transformers; read at v5.25.0, checked against v4.50.0 (glm) and v4.57.1 (glm,
+    glm4)):
+
+    configuration_glm.py GlmConfig / configuration_glm4.py Glm4Config (the same fields): field
+      defaults num_key_value_heads 2 (not H), head_dim 128 (not D/H), attention_bias True,
+      num_hidden_layers 40, max_position_embeddings 131072, rope theta 10000
+      (RotaryEmbeddingConfigMixin.default_theta; v4: rope_theta=10000.0); partial_rotary_factor
+      0.5 (v5 __post_init__: kwargs.setdefault("partial_rotary_factor", 0.5); v4: __init__
+      argument). v5 convert_rope_params_to_dict: rope_parameters = rope_scaling or
+      rope_parameters or {}; setdefault rope_theta (config.json's rope_theta, else 10000) and,
+      when not None, partial_rotary_factor (config.json's, else 0.5): a value inside
+      rope_parameters / rope_scaling wins over the top-level key.
+    modular_glm.py / modeling_glm.py GlmAttention (LlamaAttention with o_proj bias=False;
+      Glm4Attention in modeling_glm4.py is the same code): head_dim = getattr(config, "head_dim",
+      D/H); scaling head_dim^-0.5; q/k/v Linear with bias = attention_bias, o_proj without;
+      no window, no q/k norms.
+    GlmRotaryEmbedding.compute_default_rope_parameters: dim = int(head_dim ·
+      rope_parameters.get("partial_rotary_factor", 1.0)); inv_freq = 1 / base^(arange(0, dim, 2)
+      / dim); forward: emb = cat(freqs, freqs). apply_rotary_pos_emb: cos = cos[..., :half]
+      .repeat_interleave(2), rotary_dim = cos.shape[-1] (= dim, or dim + 1 for an odd dim), the
+      first rotary_dim features rotate with GLM's rotate_half (stack(-x[1::2], x[0::2])
+      .flatten(-2)): the interleaved pairing (x[2i], x[2i+1]) at θ_i; the rest pass through. Other
+      rope types (linear, llama3, yarn) through ROPE_INIT_FUNCTIONS with the same dim.
+
+    Null values: partial_rotary_factor null is full rotation (v5: setdefault keeps the null, which
+      convert_rope_params_to_dict does not copy, so rope_parameters has none and the rotary reads
+      1.0; v4 fails on int(head_dim * None)); rope_scaling / rope_parameters null: default RoPE;
+      attention_bias null: no bias (v4: nn.Linear(bias=None); v5's strict dataclass refuses it).
+    Not modelled (ValueError): head_dim or num_key_value_heads null (GlmAttention fails on
+      None**-0.5 / H // None; Glm4Config refuses them), rope_theta null (base None), an odd dim
+      with yarn (HF's ramp has dim // 2 entries against (dim + 1) // 2 frequencies) and a rotary
+      width beyond head_dim."""
+    for key in ("head_dim", "num_key_value_heads"):
+        if key in cfg and cfg[key] is None:
+            raise ValueError(f"{mt}: {key} null is not modelled (transformers fails on it)")
+    if _rope_dict(cfg)[0].get("rope_theta", cfg.get("rope_theta", 10000.0)) is None:
+        raise ValueError(f"{mt}: rope_theta null is not modelled (transformers fails on it)")
+    G = int(cfg.get("num_key_value_heads", 2))
+    d = int(cfg.get("head_dim", 128))
+    L = int(_given(cfg, "num_hidden_layers", 40))
+    rope_cfg = dict(cfg)
+    rope_cfg.setdefault("partial_rotary_factor", 0.5)
+    rope_cfg.setdefault("max_position_embeddings", 131072)
+    rope = _parse_rope(rope_cfg, d, interleaved=True, default_theta=10000.0)
+    if rope.rotary_dim % 2:
+        if rope.type == "yarn":
+            raise ValueError(f"{mt}: an odd rotary width with yarn is not modelled")
+        rope.freq_dim = rope.rotary_dim
+        rope.rotary_dim += 1
+    if rope.rotary_dim > d:
+        raise ValueError(f"{mt}: rotary width {rope.rotary_dim} > head_dim {d}")
+    ab = bool(cfg.get("attention_bias", True))  # null: no bias (v4's nn.Linear(bias=None))
+    return Spec(model_type=mt, kind="gqa", hidden_size=D, num_heads=H, num_layers=L, rope=rope,
+                num_kv_heads=G, head_dim=d, qkv_bias=ab, o_bias=False)
+
+
 def parse_config(cfg: Mapping) -> Spec:
     """HF config.json dict -> Spec. Raises ValueError for an unknown model_type."""
     mt = cfg.get("model_type")
@@ -452,6 +519,8 @@ def parse_config(cfg: Mapping) -> Spec:
         return _parse_gpt_oss(cfg, D, H)
     if mt in GEMMA_MODEL_TYPES:
         return _parse_gemma(cfg, mt, D, H)
+    if mt in GLM_MODEL_TYPES:
+        return _parse_glm(cfg, mt, D, H)
     if mt in GQA_FAMILY_TYPES:
         return _parse_gqa_family(cfg, mt, D, H, L)
     if mt in GQA_MODEL_TYPES:
@@ -576,16 +645,17 @@ def yarn_correction_range(r: int, base: float, L: int, beta_fast: float = 32.0,
     return lo, hi
 
 
-def base_inv_freq(theta: float, r: int) -> torch.Tensor:
-    """θ_i = base^(-2i/r), i = 0..r/2-1 (float64)."""
+def base_inv_freq(theta: float, r: int, freq_dim: int = 0) -> torch.Tensor:
+    """θ_i = base^(-2i/r), i = 0..r/2-1 (float64); base^(-2i/freq_dim) when freq_dim is given
+    (GLM's odd rotary dim, see RopeSpec.freq_dim)."""
     i = torch.arange(r // 2, dtype=_F64)
-    return torch.tensor(theta, dtype=_F64) ** (-2.0 * i / r)
+    return torch.tensor(theta, dtype=_F64) ** (-2.0 * i / (freq_dim or r))
 
 
 def inv_freq(cfg_or_spec) -> torch.Tensor:
     rope = _as_spec(cfg_or_spec).rope
     r = rope.rotary_dim
-    th = base_inv_freq(rope.theta, r)
+    th = base_inv_freq(rope.theta, r, rope.freq_dim)
     if rope.type == "default":
         return th
     s = rope.factor
