@@ -343,7 +343,9 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
   const bool oss = model_type == "gpt_oss";
   const bool gemma = model_type == "gemma2" || model_type == "gemma3_text";
   // Gemma2Config and Gemma3TextConfig default num_key_value_heads to 4, GptOssConfig to 8.
-  const int64_t absent_kv_heads = oss ? 8 : gemma ? 4 : config.num_heads;
+  const bool glm = model_type == "glm" || model_type == "glm4";
+  // GlmConfig and Glm4Config default it to 2.
+  const int64_t absent_kv_heads = oss ? 8 : gemma ? 4 : glm ? 2 : config.num_heads;
   config.gqa.num_kv_heads =
       top.Int("num_key_value_heads",
               top.Absent("num_key_value_heads") ? absent_kv_heads : config.num_heads);
@@ -425,7 +427,8 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
     // GlmAttention (Glm4's is the same): q/k/v bias = attention_bias (default true), o never;
     // RoPE on the first head_dim · partial_rotary_factor (default 0.5) features only, pairing
     // neighbours (x[2i], x[2i+1]) — GLM's rotate_half and repeat_interleave'd cos/sin.
-    config.gqa.qkv_bias = top.Bool("attention_bias", true);
+    // An explicit null is no bias (transformers 4's nn.Linear(bias=None)).
+    config.gqa.qkv_bias = top.Absent("attention_bias") || top.Bool("attention_bias", false);
     config.gqa.o_bias = false;
     config.rope.pairing = RopePairing::kInterleaved;
     return;
@@ -725,7 +728,9 @@ ModelConfig Parse(const std::string& json_text, const std::string& source) {
   } else if (gqa) {
     ParseGqa(top, model_type, config);
     ParseRope(top, source, config.gqa.head_dim, "head_dim", config);
-    if ((model_type == "glm" || model_type == "glm4") && !top.Has("partial_rotary_factor") &&
+    // An absent partial_rotary_factor is GlmConfig's 0.5; an explicit null rotates the whole
+    // head (transformers 5 copies no null into rope_parameters, whose default is 1.0).
+    if ((model_type == "glm" || model_type == "glm4") && top.Absent("partial_rotary_factor") &&
         (!top.Has("rope_parameters") ||
          !top.Find("rope_parameters")->contains("partial_rotary_factor"))) {
       config.rope.rotary_dim = config.gqa.head_dim / 2;  // GlmConfig's default factor 0.5

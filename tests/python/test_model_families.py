@@ -185,7 +185,7 @@ GLM4_ROPE_PARAMETERS_075 = dict(GLM4_ROPE_PARAMETERS,  # 24 of 32
                                                      partial_rotary_factor=0.75))
 GLM_ROPE_PARAMETERS_NO_PRF = dict(_without(GLM, "rope_theta", "partial_rotary_factor"),  # 0.5
                                   rope_parameters={"rope_type": "default", "rope_theta": 500.0})
-# The cases where attn and transformers part (strict xfails below):
+# Config-reading edge cases (three of them strict xfails below: see their reasons):
 # partial_rotary_factor null: v5 full rotation (the null is not copied into rope_parameters).
 GLM_PRF_NULL = dict(GLM, partial_rotary_factor=None)
 GLM4_PRF_NULL = dict(GLM4, partial_rotary_factor=None)
@@ -1365,19 +1365,6 @@ def test_gemma_absent_or_null_config_keys(cli, cfg, layer):
     assert_matches(got, want, "gemma defaults")
 
 
-_ATTN_GLM_KV_HEADS_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "attn reads an absent num_key_value_heads as H for glm and glm4 (random-weights writes "
-    "[H·d, D] k/v projections); GlmConfig's and Glm4Config's field default is "
-    "num_key_value_heads = 2"))
-_ATTN_GLM_PRF_NULL_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "attn reads partial_rotary_factor null as 0.5 (half the head rotates); transformers v5 "
-    "(GlmConfig/Glm4Config.__post_init__'s setdefault keeps the null, "
-    "convert_rope_params_to_dict does not copy a None into rope_parameters, and the rotary reads "
-    "rope_parameters.get('partial_rotary_factor', 1.0)) rotates the whole head; v4 fails on "
-    "int(head_dim * None)"))
-_ATTN_GLM_NULL_BIAS_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "attn reads attention_bias null as true for glm (q/k/v biased); transformers v4 builds "
-    "nn.Linear(bias=None), i.e. no bias, and v5's strict GlmConfig refuses the null"))
 _ATTN_GLM_INNER_PRF_XFAIL = pytest.mark.xfail(strict=True, reason=(
     "attn ignores a partial_rotary_factor inside rope_scaling and reads the top-level key or its "
     "0.5 default (as transformers v4 did); transformers v5's convert_rope_params_to_dict keeps "
@@ -1395,13 +1382,11 @@ _ATTN_GLM_ROTARY_WIDTH_XFAIL = pytest.mark.xfail(strict=True, reason=(
 
 
 @pytest.mark.parametrize("cfg,layer", [
-    pytest.param(GLM_DEFAULT_KV_HEADS, 1, marks=_ATTN_GLM_KV_HEADS_XFAIL,
-                 id="glm-kv-heads-absent-H4-is-2"),
-    pytest.param(GLM4_DEFAULT_KV_HEADS, 2, marks=_ATTN_GLM_KV_HEADS_XFAIL,
-                 id="glm4-kv-heads-absent-H6-is-2"),
-    pytest.param(GLM_PRF_NULL, 1, marks=_ATTN_GLM_PRF_NULL_XFAIL, id="glm-prf-null-is-1"),
-    pytest.param(GLM4_PRF_NULL, 0, marks=_ATTN_GLM_PRF_NULL_XFAIL, id="glm4-prf-null-is-1"),
-    pytest.param(GLM_NULL_BIAS, 0, marks=_ATTN_GLM_NULL_BIAS_XFAIL, id="glm-attention-bias-null"),
+    pytest.param(GLM_DEFAULT_KV_HEADS, 1, id="glm-kv-heads-absent-H4-is-2"),
+    pytest.param(GLM4_DEFAULT_KV_HEADS, 2, id="glm4-kv-heads-absent-H6-is-2"),
+    pytest.param(GLM_PRF_NULL, 1, id="glm-prf-null-is-1"),
+    pytest.param(GLM4_PRF_NULL, 0, id="glm4-prf-null-is-1"),
+    pytest.param(GLM_NULL_BIAS, 0, id="glm-attention-bias-null"),
     pytest.param(GLM_ROPE_SCALING_PRF, 1, marks=_ATTN_GLM_INNER_PRF_XFAIL,
                  id="glm-rope-scaling-prf-0.25"),
     pytest.param(GLM4_ROPE_PARAMETERS_PRF_OVER_TOP, 2, marks=_ATTN_GLM_PRF_CONFLICT_XFAIL,
