@@ -335,6 +335,33 @@ void ParseQwenWindow(const Fields& top, ModelConfig& config, bool alternate) {
   }
 }
 
+// The window of the Gemma and GPT-OSS families: sliding_window tokens (`default_window` when the
+// key is absent, none when null) on the layers layer_types marks, or without layer_types on
+// every layer but each `global_every`-th (Gemma 2, GPT-OSS: 2, the even layers slide; Gemma 3:
+// sliding_window_pattern).
+void ParsePatternedWindow(const Fields& top, ModelConfig& config, int64_t default_window,
+                          int64_t global_every) {
+  config.sliding_window =
+      top.Absent("sliding_window") ? default_window : top.Int("sliding_window", 0);
+  if (top.Has("layer_types")) {
+    config.sliding_layers = ParseLayerTypes(top);
+    return;
+  }
+  config.sliding_layers.resize(static_cast<size_t>(std::max<int64_t>(config.num_layers, 0)));
+  for (size_t i = 0; i < config.sliding_layers.size(); ++i) {
+    config.sliding_layers[i] = (static_cast<int64_t>(i) + 1) % global_every != 0;
+  }
+}
+
+// Gemma's softmax scale, query_pre_attn_scalar^-0.5 (default 256).
+double QueryPreAttnScale(const Fields& top) {
+  const double scalar = top.Double("query_pre_attn_scalar", 256.0);
+  if (!(scalar > 0.0)) {
+    top.Fail(ErrorKind::kInvalidArgument, "'query_pre_attn_scalar' must be positive");
+  }
+  return 1.0 / std::sqrt(scalar);
+}
+
 void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& config) {
   config.kind = AttentionKind::kGqa;
   config.rope.pairing = RopePairing::kRotateHalf;  // HF rotate_half (docs/semantics.md §2)
@@ -441,21 +468,10 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
     const bool bias = top.Bool("attention_bias", false);
     config.gqa.qkv_bias = bias;
     config.gqa.o_bias = bias;
-    const double scalar = top.Double("query_pre_attn_scalar", 256.0);
-    if (!(scalar > 0.0))
-      top.Fail(ErrorKind::kInvalidArgument, "'query_pre_attn_scalar' must be positive");
-    config.softmax_scale = 1.0 / std::sqrt(scalar);
+    config.softmax_scale = QueryPreAttnScale(top);
     config.attn_logit_softcapping =
         top.Absent("attn_logit_softcapping") ? 50.0 : top.Double("attn_logit_softcapping", 0.0);
-    config.sliding_window = top.Absent("sliding_window") ? 4096 : top.Int("sliding_window", 0);
-    if (top.Has("layer_types")) {
-      config.sliding_layers = ParseLayerTypes(top);
-    } else {
-      config.sliding_layers.resize(static_cast<size_t>(std::max<int64_t>(config.num_layers, 0)));
-      for (size_t i = 0; i < config.sliding_layers.size(); ++i) {
-        config.sliding_layers[i] = i % 2 == 0;
-      }
-    }
+    ParsePatternedWindow(top, config, /*default_window=*/4096, /*global_every=*/2);
     return;
   }
   if (model_type == "gemma3_text") {
@@ -472,26 +488,13 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
     config.gqa.qk_norm = QkNorm::kPerHead;
     config.gqa.qk_norm_unit_offset = true;
     config.gqa.qk_norm_eps = top.Double("rms_norm_eps", 1e-6);
-    const double scalar = top.Double("query_pre_attn_scalar", 256.0);
-    if (!(scalar > 0.0)) {
-      top.Fail(ErrorKind::kInvalidArgument, "'query_pre_attn_scalar' must be positive");
-    }
-    config.softmax_scale = 1.0 / std::sqrt(scalar);
+    config.softmax_scale = QueryPreAttnScale(top);
     // Gemma3Attention passes no soft-cap whatever attn_logit_softcapping says (transformers 4.50
     // to 5.x; released configs have it null): read for its type only, not applied.
     (void)top.Double("attn_logit_softcapping", 0.0);
-    config.sliding_window = top.Absent("sliding_window") ? 4096 : top.Int("sliding_window", 0);
-    if (top.Has("layer_types")) {
-      config.sliding_layers = ParseLayerTypes(top);
-    } else {
-      const int64_t pattern = top.Int("sliding_window_pattern", 6);
-      if (pattern < 1)
-        top.Fail(ErrorKind::kInvalidArgument, "'sliding_window_pattern' must be >= 1");
-      config.sliding_layers.resize(static_cast<size_t>(std::max<int64_t>(config.num_layers, 0)));
-      for (size_t i = 0; i < config.sliding_layers.size(); ++i) {
-        config.sliding_layers[i] = (static_cast<int64_t>(i) + 1) % pattern != 0;
-      }
-    }
+    const int64_t pattern = top.Int("sliding_window_pattern", 6);
+    if (pattern < 1) top.Fail(ErrorKind::kInvalidArgument, "'sliding_window_pattern' must be >= 1");
+    ParsePatternedWindow(top, config, /*default_window=*/4096, pattern);
     return;
   }
   if (model_type == "gpt_oss") {
@@ -502,15 +505,7 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
     config.gqa.qkv_bias = bias;
     config.gqa.o_bias = bias;
     config.gqa.attention_sinks = true;
-    config.sliding_window = top.Absent("sliding_window") ? 128 : top.Int("sliding_window", 0);
-    if (top.Has("layer_types")) {
-      config.sliding_layers = ParseLayerTypes(top);
-    } else {
-      config.sliding_layers.resize(static_cast<size_t>(std::max<int64_t>(config.num_layers, 0)));
-      for (size_t i = 0; i < config.sliding_layers.size(); ++i) {
-        config.sliding_layers[i] = i % 2 == 0;
-      }
-    }
+    ParsePatternedWindow(top, config, /*default_window=*/128, /*global_every=*/2);
     return;
   }
   if (model_type == "qwen2_moe") {
