@@ -302,8 +302,31 @@ LoadedConfig LoadAnyConfig(const std::string& path) {
   return loaded;
 }
 
+namespace {
+
+// The config writers spell the families attn has converted since its start (Llama, Mistral,
+// Qwen2, Falcon, DeepSeek MLA); a config with a later family's attention features would be
+// written as one of those and silently lose them, so it is refused, naming the feature.
+void CheckWritable(const ModelConfig& c, const char* format) {
+  const char* feature = c.gqa.qk_norm != QkNorm::kNone ? "q/k norms"
+                        : c.gqa.attention_sinks        ? "attention sinks"
+                        : c.attn_logit_softcapping > 0 ? "logit soft-capping"
+                        : c.softmax_scale > 0          ? "a softmax scale given by the config"
+                        : c.sliding_rope_differs       ? "a second RoPE for sliding layers"
+                                                       : nullptr;
+  if (feature != nullptr) {
+    throw Error(ErrorKind::kUnsupported,
+                std::string("cannot write a ") + format + " config for model_type '" +
+                    c.model_type + "': its " + feature +
+                    " have no spelling in attn's config writer (use the model's own config.json)");
+  }
+}
+
+}  // namespace
+
 std::string MegatronConfigJson(const ModelConfig& c) {
   ValidateConfig(c);
+  CheckWritable(c, "Megatron-Core");
   json out;
   out["num_layers"] = c.num_layers;
   out["hidden_size"] = c.hidden_size;
@@ -381,6 +404,7 @@ std::string MegatronConfigJson(const ModelConfig& c) {
 
 std::string HfConfigJson(const ModelConfig& c) {
   ValidateConfig(c);
+  CheckWritable(c, "Hugging Face");
   json out;
   out["hidden_size"] = c.hidden_size;
   out["num_attention_heads"] = c.num_heads;

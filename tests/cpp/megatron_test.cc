@@ -292,3 +292,25 @@ TEST(FalconWeightsTest, FusedQueryKeyValueRoundTrip) {
 
 }  // namespace
 }  // namespace attn
+
+namespace attn {
+namespace {
+
+// Configs with a later family's attention features are not written as an older family's.
+TEST(ConfigWriters, RefuseFeaturesTheyCannotSpell) {
+  ModelConfig qwen3 = testing::SmallGqaConfig(4, 2);
+  qwen3.model_type = "qwen3";
+  qwen3.gqa.qk_norm = QkNorm::kPerHead;
+  for (auto writer : {&HfConfigJson, &MegatronConfigJson}) {
+    try {
+      writer(qwen3);
+      ADD_FAILURE() << "expected attn::Error";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
+      EXPECT_NE(std::string(e.what()).find("q/k norms"), std::string::npos) << e.what();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace attn
