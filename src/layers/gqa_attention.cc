@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 // One forward call of the GQA family (docs/semantics.md §1), top to bottom:
 //   q = x Wqᵀ (+bq) -> [B,S,H,d];  k = x Wkᵀ (+bk), v = x Wvᵀ (+bv) -> [B,S,G,d]
-//   q, k <- RoPE(position)
-//   cache[b] += (k, v);  o[b] = Attend(q[b], cache[b]) with head h reading kv head h/(H/G)
+//   q, k <- RMSNorm per head (Qwen3, Gemma 3) or per projection (OLMo 2), where the family has it
+//   q, k <- RoPE(position), the sliding layers' own RoPE where the family has two (Gemma 3)
+//   cache[b] += (k, v);  o[b] = Attend(q[b], cache[b]) with head h reading kv head h/(H/G),
+//                        soft-capped scores (Gemma 2) and sink logits (GPT-OSS) where configured
 //   y = o Woᵀ (+bo), o flattened to [B,S,H·d]
 #include "attn/gqa_attention.h"
 
