@@ -365,13 +365,13 @@ double QueryPreAttnScale(const Fields& top) {
 void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& config) {
   config.kind = AttentionKind::kGqa;
   config.rope.pairing = RopePairing::kRotateHalf;  // HF rotate_half (docs/semantics.md §2)
-  // GptOssConfig: an absent num_key_value_heads means 8 and an absent head_dim 64 (its field
-  // defaults), while an explicit null means H and hidden / heads (its __post_init__).
+  // An absent num_key_value_heads is the config class's field default (GptOssConfig 8,
+  // Gemma2Config and Gemma3TextConfig 4, GlmConfig and Glm4Config 2, the others H); an explicit
+  // null is H (GptOssConfig's __post_init__, and HF's general rule). GPT-OSS likewise reads an
+  // absent head_dim as 64 and a null one as hidden / heads.
   const bool oss = model_type == "gpt_oss";
   const bool gemma = model_type == "gemma2" || model_type == "gemma3_text";
-  // Gemma2Config and Gemma3TextConfig default num_key_value_heads to 4, GptOssConfig to 8.
   const bool glm = model_type == "glm" || model_type == "glm4";
-  // GlmConfig and Glm4Config default it to 2.
   const int64_t absent_kv_heads = oss ? 8 : gemma ? 4 : glm ? 2 : config.num_heads;
   config.gqa.num_kv_heads =
       top.Int("num_key_value_heads",
@@ -387,9 +387,9 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
     config.gqa.head_dim = 64;
   } else if (model_type == "qwen3") {
     config.gqa.head_dim = 128;  // Qwen3Config's default (Qwen3-MoE has none: hidden / heads)
-  } else if (model_type == "glm" || model_type == "glm4") {
+  } else if (glm) {
     config.gqa.head_dim = 128;  // GlmConfig's and Glm4Config's default
-  } else if (model_type == "gemma2" || model_type == "gemma3_text") {
+  } else if (gemma) {
     config.gqa.head_dim = 256;  // Gemma2Config's and Gemma3TextConfig's default
   } else if (config.num_heads > 0) {
     if (config.hidden_size % config.num_heads != 0) {
@@ -476,8 +476,8 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
   }
   if (model_type == "gemma3_text") {
     // Gemma3Attention: scaling = query_pre_attn_scalar^-0.5 (default 256); q_norm/k_norm per
-    // head scaling by (1 + w) (Gemma3RMSNorm), eps rms_norm_eps (default 1e-6);
-    // attn_logit_softcapping (default none); bias = attention_bias. Local layers — all but every
+    // head scaling by (1 + w) (Gemma3RMSNorm), eps rms_norm_eps (default 1e-6); no soft-capping
+    // (below); bias = attention_bias. Local layers — all but every
     // sliding_window_pattern-th (default 6), or as layer_types says — window sliding_window
     // (default 4096) tokens and rotate with rope_local_base_freq (default 10000) unscaled; the
     // global ones with rope_theta (default 1e6) and rope_scaling. The RoPE is parsed afterwards
