@@ -12,6 +12,7 @@
 
 #include "attn/error.h"
 #include "attn/tensor.h"
+#include "test_util.h"
 
 namespace attn {
 namespace {
@@ -28,20 +29,7 @@ uint32_t ToBits(float value) {
   return bits;
 }
 
-// Runs `action`, expecting Error of `kind` whose message contains every entry of `words`.
-template <typename Action>
-void ExpectError(Action action, ErrorKind kind, const std::vector<std::string>& words) {
-  try {
-    action();
-    ADD_FAILURE() << "expected an attn::Error";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), kind) << e.what();
-    for (const std::string& word : words) {
-      EXPECT_NE(std::string(e.what()).find(word), std::string::npos)
-          << "message '" << e.what() << "' lacks '" << word << "'";
-    }
-  }
-}
+using testing::ExpectError;
 
 TEST(DTypeTest, SizesAndNames) {
   const struct {

@@ -5,12 +5,16 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -19,6 +23,29 @@
 #include "attn/tensor.h"
 
 namespace attn::testing {
+
+// Runs `action` in a forked child with a 10 s alarm, so that a blocking open fails the test
+// instead of hanging it; the child exits 0 only on Error(kIo) whose message holds every word.
+inline void ExpectRefusedWithoutBlocking(const std::function<void()>& action,
+                                         const std::vector<std::string>& words) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        ::alarm(10);
+        try {
+          action();
+        } catch (const Error& e) {
+          bool ok = e.kind() == ErrorKind::kIo;
+          for (const std::string& word : words) {
+            ok = ok && std::string(e.what()).find(word) != std::string::npos;
+          }
+          std::fprintf(stderr, "%s\n", e.what());
+          std::_Exit(ok ? 0 : 3);
+        }
+        std::_Exit(4);
+      },
+      ::testing::ExitedWithCode(0), "not a regular file");
+}
 
 // Runs `action`, expecting Error of `kind` whose message contains every entry of `words`.
 template <typename Action>
