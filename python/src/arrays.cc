@@ -372,6 +372,24 @@ bool IsTorchTensor(py::handle object) {
   return py::isinstance(object, modules["torch"].attr("Tensor"));
 }
 
+// An object's own __array_interface__ whose typestr attn does not read is refused before NumPy
+// builds an array from it: NumPy 2.4 builds an object-dtype array from such a dict without a
+// 'data' entry and then crashes in garbage collection (found by tests/fuzz/fuzz_array_intake.py).
+// The dict is otherwise left to NumPy, which also accepts forms attn's own reader does not
+// (no 'data': the object's buffer; 'descr').
+void RefuseUnreadableInterface(py::handle object, const std::string& what) {
+  if (!py::hasattr(object, "__array_interface__")) return;
+  const py::object interface = object.attr("__array_interface__");
+  if (!py::isinstance<py::dict>(interface)) return;
+  const py::dict entries = interface;
+  if (!entries.contains("typestr") || !py::isinstance<py::str>(entries["typestr"])) return;
+  const std::string typestr = entries["typestr"].cast<std::string>();
+  Check(TypestrElement(typestr).has_value(), ErrorKind::kInvalidArgument,
+        what + ": unsupported dtype in __array_interface__ ('" + typestr +
+            "'; supported: float32, float16, float64, int64, int32, int16, int8, uint8, bool, "
+            "in native byte order)");
+}
+
 ArrayView ViewArray(py::handle object, const std::string& what) {
   if (py::isinstance<py::array>(object)) {
     return ViewNumpy(py::reinterpret_borrow<py::object>(object), what);
@@ -406,6 +424,7 @@ ArrayView ViewArray(py::handle object, const std::string& what) {
     return ViewDlpack(producer, producer.attr("__dlpack__")(), what);
   }
   // Lists, scalars, other array-likes: NumPy builds the array (that is not a copy of an array).
+  RefuseUnreadableInterface(object, what);
   return ViewNumpy(py::module_::import("numpy").attr("asarray")(object), what);
 }
 

@@ -98,3 +98,34 @@ def test_out_record_field_view_is_refused(attn):
     with pytest.raises(ValueError, match="out: expected a writable C-contiguous float32"):
         attn.attention(q, k, v, out=out)
     assert not out.any()
+
+
+class PlainInterface:
+    """Not an ndarray: an object exposing only __array_interface__, which NumPy builds from."""
+
+    def __init__(self, interface):
+        self.__array_interface__ = interface
+
+
+@pytest.mark.parametrize("typestr", ["|O", "<c8", ">f4", "|V8"])
+def test_plain_interface_of_unread_dtype_is_refused_before_numpy(attn, typestr):
+    """An object-dtype dict without 'data' made NumPy 2.4 build an array that crashed the
+    interpreter in garbage collection (fuzzing found it): attn refuses a typestr it does not
+    read before NumPy sees the dict. Repeated, because the crash came at a later collection."""
+    import gc
+    q, k, v = qkv()
+    for _ in range(50):
+        obj = PlainInterface({"version": 3, "typestr": typestr, "shape": (1, 0, 2, 4),
+                              "strides": (160, 160, 40, 8)})
+        with pytest.raises(ValueError, match="unsupported dtype in __array_interface__"):
+            attn.attention(obj, k, v)
+    gc.collect()
+
+
+def test_plain_interface_of_read_dtype_goes_through_numpy(attn):
+    """The control: a sound dict on a plain object is read like the array it describes."""
+    q, k, v = qkv()
+    obj = PlainInterface({"version": 3, "typestr": "<f4", "shape": q.shape,
+                          "data": (q.ctypes.data, False)})
+    obj.keep = q
+    np.testing.assert_array_equal(attn.attention(obj, k, v), attn.attention(q, k, v))
