@@ -43,14 +43,19 @@ struct KVView {
 };
 
 // Which keys query s may see. Query s sits at slot p = first_query_slot + s and, when causal,
-// sees key t iff t <= p, keep[t] != 0, and p - window < t when window > 0 (sliding window).
+// sees key t iff t <= p, keep[t] != 0, p - window < t when window > 0 (sliding window), and
+// t / chunk == p / chunk when chunk > 0 (chunked, block-local attention: Llama 4's
+// attention_chunk_size; the slots are cut into blocks of `chunk` and a query sees only its own
+// block's keys, so decode at p reads keys [p - p % chunk, p]; docs/semantics.md §1).
 // Not causal (an encoder, or a prompt whose queries all see the whole context): query s sees
-// every key t with keep[t] != 0; window must be 0 and first_query_slot is not used.
+// every key t with keep[t] != 0; window and chunk must be 0 (ALiBi alone still reads
+// first_query_slot, where it only adds a per-row constant).
 // A query with no visible key produces an all-zero output row (reference code gives NaN).
 struct Visibility {
   int64_t first_query_slot = 0;
   int64_t window = 0;
   bool causal = true;
+  int64_t chunk = 0;  // > 0: block-local attention within blocks of `chunk` slots (causal only)
 };
 
 // out[s, h, :] = Σ_t softmax_t(scale · q[s, h]·k[t, g(h)]) v[t, g(h)], over visible t.
@@ -66,6 +71,15 @@ struct AttentionProblem {
   // Logit soft-capping (Gemma 2's attn_logit_softcapping): each scaled score becomes
   // c·tanh(score / c) before masking and softmax. 0: none.
   float softcap = 0.0f;
+  // ALiBi (BLOOM, Falcon's alibi, MPT): [heads] finite slopes m_h, already in logit units. Each
+  // visible score becomes softcap(scale · q·k) + m_h · (t − p), t the key's slot and p =
+  // first_query_slot + s the query's (not causal too: the same formula, which differs from
+  // m_h · t by a per-row constant that softmax ignores). Slots, not token positions: BLOOM and
+  // Falcon count positions by a cumulative sum of the attention mask, which differs from the
+  // slot by the number of padding keys before it — the same for every key a row sees whenever
+  // padding sits only at the ends of the sequence, hence again a per-row constant and the same
+  // softmax (docs/semantics.md §1). Null: none.
+  const float* alibi_slopes = nullptr;
   float* out = nullptr;  // [tokens][heads][value_dim] fp32
   // When set, a kernel stores true here if any score q·k it computed is NaN or ±Inf: a key row
   // holding NaN/Inf always gives one, so a caller can vouch for the keys it read without a

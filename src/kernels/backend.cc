@@ -142,6 +142,18 @@ void ValidateAttentionProblem(const AttentionProblem& p) {
   ATTN_REQUIRE(p.visibility.causal || p.visibility.window == 0,
                "a sliding window needs causal visibility (it is counted back from each query's "
                "slot)");
+  ATTN_REQUIRE(p.visibility.chunk >= 0,
+               "chunk must be >= 0 (0: none), got " + std::to_string(p.visibility.chunk));
+  ATTN_REQUIRE(p.visibility.causal || p.visibility.chunk == 0,
+               "chunk (block-local attention) needs causal visibility (blocks are counted in "
+               "query slots)");
+  if (p.alibi_slopes != nullptr) {
+    for (int64_t h = 0; h < q.heads; ++h) {
+      ATTN_REQUIRE(std::isfinite(p.alibi_slopes[h]), "alibi_slopes[" + std::to_string(h) +
+                                                         "] must be finite, got " +
+                                                         std::to_string(p.alibi_slopes[h]));
+    }
+  }
   ATTN_REQUIRE(!p.visibility.causal || (p.visibility.first_query_slot >= 0 &&
                                         p.visibility.first_query_slot + q.tokens <= kv.length),
                "query slots [" + std::to_string(p.visibility.first_query_slot) + ", " +

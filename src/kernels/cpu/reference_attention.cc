@@ -27,15 +27,21 @@ void ReferenceAttend(const AttentionProblem& problem) {
     const int64_t slot = problem.visibility.first_query_slot + s;
     const bool causal = problem.visibility.causal;
     const int64_t last = causal ? std::min(slot, kv.length - 1) : kv.length - 1;
-    const int64_t first = causal && problem.visibility.window > 0
-                              ? std::max<int64_t>(0, slot - problem.visibility.window + 1)
-                              : 0;
+    int64_t first = causal && problem.visibility.window > 0
+                        ? std::max<int64_t>(0, slot - problem.visibility.window + 1)
+                        : 0;
+    // Chunked attention: only the keys of the query's own block of `chunk` slots.
+    if (causal && problem.visibility.chunk > 0) {
+      first = std::max(first, slot - slot % problem.visibility.chunk);
+    }
     for (int64_t h = 0; h < q.heads; ++h) {
       const int64_t g = h / group_size;
       const float* query = q.data + (s * q.heads + h) * q.dim;
       float* out = problem.out + (s * q.heads + h) * kv.value_dim;
       std::fill(out, out + kv.value_dim, 0.0f);
-      // score_t = scale · q·k_t
+      // ALiBi: a bias linear in the distance from the query's slot (docs/semantics.md §1).
+      const float slope = problem.alibi_slopes != nullptr ? problem.alibi_slopes[h] : 0.0f;
+      // score_t = softcap(scale · q·k_t) + slope · (t − slot)
       auto score = [&](int64_t t) {
         LoadRow(kv.dtype, kv.keys, g * kv.key_head_stride + t * kv.key_token_stride, kv.key_dim,
                 key_row.data());
@@ -45,8 +51,10 @@ void ReferenceAttend(const AttentionProblem& problem) {
           problem.non_finite_scores->store(true, std::memory_order_relaxed);
         }
         const float scaled = problem.scale * dot;
-        return problem.softcap > 0.0f ? problem.softcap * std::tanh(scaled / problem.softcap)
-                                      : scaled;
+        const float capped =
+            problem.softcap > 0.0f ? problem.softcap * std::tanh(scaled / problem.softcap) : scaled;
+        return problem.alibi_slopes != nullptr ? capped + slope * static_cast<float>(t - slot)
+                                               : capped;
       };
       auto visible = [&](int64_t t) { return kv.keep == nullptr || kv.keep[t] != 0; };
 
