@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // Building blocks of the AVX-512 attention kernel (flash_attention_avx512.cc): element loads
 // that widen f16/bf16 to fp32, 2^x, the row-dot scores of decode blocks and their lane fold,
-// the P·V accumulation, the visibility mask of a key tile and the online-softmax update of one
-// row (docs/semantics.md §1 for the math, §4 for visibility; docs/architecture.md, "The fast
-// CPU kernels", for how they are put together).
+// the P·V accumulation, the visibility mask of a key tile, soft-capping and ALiBi of a tile's
+// scores and the online-softmax update of one row (docs/semantics.md §1 for the math, §4 for
+// visibility; docs/architecture.md, "The fast CPU kernels", for how they are put together).
 //
 // Include this header last: it switches the rest of the including file to AVX-512 code
 // generation (`#pragma GCC target`), so that what the standard headers above it define stays
@@ -369,6 +369,23 @@ inline void SoftCapTileRow(float* s, __m512 score_scale, float cap_log2) {
   }
 }
 
+// ALiBi on one row's 32 scores in place (docs/semantics.md §1): s[i] ← s[i]·score_scale +
+// slope_log2 · (distance + i), where distance = t0 − slot is the first key's distance from the
+// query and slope_log2 = m_h · log2 e puts the natural-units bias m_h·(t − p) in the base-2 units
+// of the scores. distance + i is an exact float for |t − p| < 2^24. The caller then hands
+// SoftmaxTileRow a score_scale of 1.
+inline void AlibiTileRow(float* s, __m512 score_scale, float slope_log2, float distance) {
+  const __m512 slope = _mm512_set1_ps(slope_log2);
+  const __m512 base =
+      _mm512_add_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                    _mm512_set1_ps(distance));
+  for (int half = 0; half < 2; ++half) {
+    const __m512 offsets = _mm512_add_ps(base, _mm512_set1_ps(16.0f * static_cast<float>(half)));
+    const __m512 scaled = _mm512_mul_ps(_mm512_loadu_ps(s + 16 * half), score_scale);
+    _mm512_storeu_ps(s + 16 * half, _mm512_fmadd_ps(slope, offsets, scaled));
+  }
+}
+
 // P = 2^(s·score_scale - m') (zero where hidden) in place, with m' = max(m, visible scores), and
 // rescales the row's running sum l and output accumulator o (dv_pad floats) by 2^(m - m'):
 // the online softmax of FlashAttention in base 2 (equal to softmax over all keys, docs/semantics.md
@@ -410,19 +427,28 @@ inline T* Grow(std::vector<T>& buffer, int64_t size) {
   return buffer.data();
 }
 
-// Bit t of the result is set iff key t0 + t is visible to the query at `slot` (causal: t0 + t
-// <= slot; window > 0: t0 + t > slot - window; key_bits: the tile's kept keys). Without
-// `causal` every kept key is visible (a window needs causal; ValidateAttentionProblem).
-inline uint32_t RowMask(int64_t slot, int64_t t0, int64_t window, bool causal, uint32_t key_bits) {
+// The lowest key slot a causal query at `slot` may see: 0, raised by a sliding window
+// (slot − window + 1) and by chunked attention to the start of the query's block of `chunk`
+// slots (docs/semantics.md §1). Keys below it are never read.
+inline int64_t LowestVisibleKey(int64_t slot, int64_t window, int64_t chunk) {
+  int64_t lowest = 0;
+  if (window > 0) lowest = std::max<int64_t>(lowest, slot - window + 1);
+  if (chunk > 0) lowest = std::max<int64_t>(lowest, slot - slot % chunk);
+  return lowest;
+}
+
+// Bit t of the result is set iff key t0 + t is visible to the query at `slot` (causal:
+// lowest <= t0 + t <= slot, `lowest` from LowestVisibleKey; key_bits: the tile's kept keys).
+// Without `causal` every kept key is visible (window and chunk need causal;
+// ValidateAttentionProblem).
+inline uint32_t RowMask(int64_t slot, int64_t lowest, int64_t t0, bool causal, uint32_t key_bits) {
   if (!causal) return key_bits;
-  const int64_t last = slot - t0;  // highest visible offset (causal)
+  const int64_t last = slot - t0;  // highest visible offset
   if (last < 0) return 0;
   uint32_t mask = last >= 31 ? ~0u : ((2u << last) - 1u);
-  if (window > 0) {
-    const int64_t first = slot - window + 1 - t0;  // lowest visible offset
-    if (first >= 32) return 0;
-    if (first > 0) mask &= ~((1u << first) - 1u);
-  }
+  const int64_t first = lowest - t0;  // lowest visible offset
+  if (first >= 32) return 0;
+  if (first > 0) mask &= ~((1u << first) - 1u);
   return mask & key_bits;
 }
 

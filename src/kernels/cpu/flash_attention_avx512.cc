@@ -9,10 +9,13 @@
 //             in its own vector and 16 of them folded into 16 scores (avx512_common.h)
 //   online softmax: m' = max(m, max_t S), l' = l·2^(m-m') + Σ_t 2^(S-m'), O ← O·2^(m-m')
 //   O += P V  with P = 2^(S - m')
-// and at the end out = O / l (rows that saw no key: zeros). Tiles wholly past the causal
-// diagonal, outside the window, or all padding are skipped before any arithmetic. One call plans
-// every problem of a batch together; with fewer than 8 items per thread (decode), key ranges are
-// split into chunks of about equal length and the partial (m, l, O) states merged exactly:
+// and at the end out = O / l (rows that saw no key: zeros). Soft-capping and ALiBi rewrite S
+// before the softmax. An item's key range starts at the lowest key its first row may see (window,
+// chunk), so keys before a window or outside a decode row's chunk are never visited; within the
+// range, tiles wholly past the causal diagonal, outside every row's window or chunk, or all
+// padding are skipped before any arithmetic. One call plans every problem of a batch together;
+// with fewer than 8 items per thread (decode), key ranges are split into pieces of about equal
+// length and the partial (m, l, O) states merged exactly:
 // O = Σ_k 2^(m_k - m*) O_k, l = Σ_k 2^(m_k - m*) l_k (docs/architecture.md, "The fast CPU
 // kernels").
 #include <algorithm>
@@ -150,6 +153,7 @@ struct Scratch {
   std::vector<float> o;       // rows × Dv
   std::vector<float> m, l;    // rows
   std::vector<uint32_t> masks;
+  std::vector<int64_t> lowest;  // rows: the lowest key each may see (window, chunk)
 };
 
 Scratch& ThreadScratch() {
@@ -211,8 +215,10 @@ ItemRange RangeOf(const Plan& plan, int64_t item) {
   range.rows = (range.s1 - range.s0) * plan.group;
   const int64_t first_slot = p.visibility.first_query_slot + range.s0;
   const int64_t last_slot = p.visibility.first_query_slot + range.s1 - 1;
-  const int64_t window = p.visibility.window;
-  range.key_begin = window > 0 ? std::max<int64_t>(0, first_slot - window + 1) : 0;
+  // Causal rows see no key below their window or chunk start, and the first row's is the lowest.
+  range.key_begin = p.visibility.causal
+                        ? LowestVisibleKey(first_slot, p.visibility.window, p.visibility.chunk)
+                        : 0;
   range.key_end = p.visibility.causal ? std::min(last_slot + 1, p.kv.length) : p.kv.length;
   return range;
 }
@@ -246,7 +252,6 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
   const int64_t rows = range.rows;
   const int64_t item_rows = plan.item_heads * plan.max_rows;  // scratch rows, head-major
   const int64_t first_slot = p.visibility.first_query_slot + range.s0;
-  const int64_t window = p.visibility.window;
   const bool causal = p.visibility.causal;
 
   // This split's share of the keys (whole tiles).
@@ -265,6 +270,11 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
   float* m = Grow(scratch.m, item_rows);
   float* l = Grow(scratch.l, item_rows);
   uint32_t* masks = Grow(scratch.masks, plan.max_rows);
+  int64_t* lowest = Grow(scratch.lowest, plan.max_rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    lowest[r] =
+        LowestVisibleKey(first_slot + r / plan.group, p.visibility.window, p.visibility.chunk);
+  }
 
   // Q rows per kv head (token-major, then the group's heads). fp32 rows are pre-scaled by
   // scale·log2(e); bf16 rows are rounded unscaled, so that bf16 inputs stay exact, and the
@@ -309,10 +319,10 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
     const uint32_t key_bits = TileKeyBits(kv.keep, t0, n);
     uint32_t any = 0;
     for (int64_t r = 0; r < rows; ++r) {
-      masks[r] = RowMask(first_slot + r / plan.group, t0, window, causal, key_bits);
+      masks[r] = RowMask(first_slot + r / plan.group, lowest[r], t0, causal, key_bits);
       any |= masks[r];
     }
-    if (any == 0) continue;  // causal, window or padding hides the whole tile
+    if (any == 0) continue;  // causal, window, chunk or padding hides the whole tile
 
     for (int64_t j = 0; j < plan.item_heads; ++j) {
       const int64_t g = range.g0 + j;
@@ -378,6 +388,16 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
       if (p.softcap > 0.0f) {
         for (int64_t r = 0; r < rows; ++r) {
           SoftCapTileRow(head_scores + r * kTileKeys, score_scale, p.softcap * kLog2e);
+        }
+        softmax_scale = _mm512_set1_ps(1.0f);
+      }
+      // ALiBi adds m_h·(t − p) to the (capped) score of every key, in base-2 units.
+      if (p.alibi_slopes != nullptr) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t h = g * plan.group + r % plan.group;
+          const int64_t slot = first_slot + r / plan.group;
+          AlibiTileRow(head_scores + r * kTileKeys, softmax_scale, p.alibi_slopes[h] * kLog2e,
+                       static_cast<float>(t0 - slot));
         }
         softmax_scale = _mm512_set1_ps(1.0f);
       }
@@ -479,13 +499,13 @@ Plan PlanProblem(const AttentionProblem& problem, bool bf16_dot) {
   return plan;
 }
 
-// Keys the latest block of a problem may see: the split decision's measure of its length.
+// Keys the last query of a problem may see (window, chunk): the split decision's measure of the
+// latest block's length.
 int64_t VisibleSpan(const AttentionProblem& p) {
   if (!p.visibility.causal) return p.kv.length;
   const int64_t last = std::min(p.visibility.first_query_slot + p.queries.tokens, p.kv.length);
-  const int64_t first =
-      p.visibility.window > 0 ? std::max<int64_t>(0, last - p.visibility.window) : 0;
-  return last - first;
+  if (last <= 0) return 0;
+  return last - LowestVisibleKey(last - 1, p.visibility.window, p.visibility.chunk);
 }
 
 }  // namespace
