@@ -18,23 +18,29 @@ enum class RopePairing {
   kRotateHalf,   // (x[i], x[i + r/2]): HF Llama, Mistral, Qwen2, GPT-NeoX
 };
 
-enum class RopeScalingType { kNone, kLinear, kLlama3, kYarn };
+// kDynamic and kLongrope choose their frequencies per call, from the largest position the call
+// rotates (docs/semantics.md §2): RotaryEmbedding::ForCall.
+enum class RopeScalingType { kNone, kLinear, kLlama3, kYarn, kDynamic, kLongrope };
 
 struct RopeScaling {
   RopeScalingType type = RopeScalingType::kNone;
-  double factor = 1.0;
+  double factor = 1.0;  // longrope: the context ratio its default attention factor uses
   // llama3
   double low_freq_factor = 1.0;
   double high_freq_factor = 4.0;
-  // llama3 and yarn: the pre-extension context length L.
+  // llama3, yarn, dynamic and longrope: the pre-extension context length L.
   int64_t original_max_position_embeddings = 0;
   // yarn
   double beta_fast = 32.0;
   double beta_slow = 1.0;
   double mscale = 0.0;            // 0 = absent
   double mscale_all_dim = 0.0;    // 0 = absent
-  double attention_factor = 0.0;  // 0 = absent: derive from mscale keys (docs/semantics.md §2)
+  double attention_factor = 0.0;  // yarn, longrope; 0 = absent: derived (docs/semantics.md §2)
   bool truncate = true;           // floor/ceil the yarn correction range
+  // longrope (Phi-3, MiniCPM3): per-frequency divisors, r/2 each; `short_factor` while the
+  // call's sequence fits in L, `long_factor` beyond it.
+  std::vector<double> short_factor;
+  std::vector<double> long_factor;
 };
 
 struct RopeConfig {

@@ -12,12 +12,18 @@
 
 namespace attn {
 
-// θ'_i for i = 0 … r/2-1 after the config's scaling (none, linear, llama3, yarn), in double.
+// θ'_i for i = 0 … r/2-1 after the config's scaling, in double, for a call whose sequence
+// stays within the scaling's L (dynamic: the unscaled base; longrope: the short factors).
 std::vector<double> RopeInverseFrequencies(const RopeConfig& rope);
+// The same for a call whose largest position is sequence_length - 1: dynamic NTK grows its base
+// for n = max(sequence_length, L), longrope takes its long factors when sequence_length > L
+// (docs/semantics.md §2). Other scalings ignore sequence_length.
+std::vector<double> RopeInverseFrequencies(const RopeConfig& rope, int64_t sequence_length);
 
-// The factor YaRN multiplies cos and sin by (1 for every other scaling type):
+// The factor cos and sin are multiplied by (1 for the scalings without one). YaRN:
 // attention_factor if given, else mscale(s, mscale)/mscale(s, mscale_all_dim) when both are
-// nonzero, else mscale(s, 1).
+// nonzero, else mscale(s, 1). LongRoPE: attention_factor if given, else sqrt(1 + ln s / ln L)
+// for s > 1, else 1.
 double RopeAttentionFactor(const RopeScaling& scaling);
 
 // Applies RoPE at explicit positions. Angles p·θ_i are formed in double: in fp32 they drift
@@ -27,6 +33,13 @@ class RotaryEmbedding {
   explicit RotaryEmbedding(const RopeConfig& rope);
 
   int64_t rotary_dim() const { return rotary_dim_; }
+
+  // Whether the frequencies depend on the call (dynamic, longrope). The reference code picks
+  // them from the largest position in the whole call (max(position_ids) + 1 over the batch),
+  // and so does attn: a layer rotates a call's queries and new keys with ForCall(largest), and
+  // keys cached by earlier calls keep the rotation they were stored with (docs/semantics.md §2).
+  bool varies_per_call() const;
+  RotaryEmbedding ForCall(int64_t largest_position) const;
 
   // Fills cos/sin (r/2 values each, attention factor included) for `position`.
   void Angles(int64_t position, std::span<float> cos, std::span<float> sin) const;
@@ -39,6 +52,9 @@ class RotaryEmbedding {
               int64_t stride) const;
 
  private:
+  RotaryEmbedding(const RopeConfig& rope, std::vector<double> inverse_frequencies);
+
+  RopeConfig rope_;
   int64_t rotary_dim_;
   RopePairing pairing_;
   double attention_factor_;

@@ -38,6 +38,12 @@ class Weight {
   Weight WithBlockScales(Weight scales, int64_t block_rows, int64_t block_cols,
                          const std::string& name) &&;
 
+  // Rows [first, first + count) of a matrix: a view sharing this weight's bytes and owner, no
+  // copy (Phi-3's fused qkv_proj is three row blocks). An F8_E4M3 matrix is cut only at
+  // block-row boundaries, so each piece keeps whole scale blocks. Throws Error(kInvalidArgument)
+  // for a range outside the matrix or a cut inside a block.
+  Weight RowSlice(int64_t first, int64_t count) const;
+
   bool empty() const { return size() == 0; }
   DType dtype() const { return dtype_; }
   const Shape& shape() const { return shape_; }

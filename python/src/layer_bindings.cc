@@ -58,6 +58,10 @@ const char* RopeScalingName(RopeScalingType type) {
       return "llama3";
     case RopeScalingType::kYarn:
       return "yarn";
+    case RopeScalingType::kDynamic:
+      return "dynamic";
+    case RopeScalingType::kLongrope:
+      return "longrope";
   }
   return "?";
 }

@@ -97,6 +97,29 @@ void ValidateScaling(const RopeScaling& scaling) {
       Require(scaling.attention_factor >= 0.0,
               "rope_scaling attention_factor (" + Num(scaling.attention_factor) + ") must be >= 0");
       break;
+    case RopeScalingType::kDynamic:
+      // base·(s·n/L - (s - 1))^(r/(r-2)) must stay positive for every n >= L: s >= 1 does it.
+      Require(scaling.factor >= 1.0,
+              "rope_scaling factor (" + Num(scaling.factor) + ") must be >= 1 for dynamic");
+      Require(scaling.original_max_position_embeddings > 0,
+              original_key + " (" + Num(scaling.original_max_position_embeddings) +
+                  ") must be positive for dynamic");
+      break;
+    case RopeScalingType::kLongrope:
+      Require(scaling.original_max_position_embeddings > 1,
+              original_key + " (" + Num(scaling.original_max_position_embeddings) +
+                  ") must be > 1 for longrope (its attention factor divides by ln L)");
+      Require(scaling.attention_factor >= 0.0 && std::isfinite(scaling.attention_factor),
+              "rope_scaling attention_factor (" + Num(scaling.attention_factor) + ") must be >= 0");
+      for (const auto* list : {&scaling.short_factor, &scaling.long_factor}) {
+        const char* name = list == &scaling.short_factor ? "short_factor" : "long_factor";
+        for (const double value : *list) {
+          Require(std::isfinite(value) && value > 0.0, std::string("rope_scaling ") + name +
+                                                           " entries must be finite and > 0, got " +
+                                                           Num(value));
+        }
+      }
+      break;
   }
 }
 
@@ -167,6 +190,21 @@ void ValidateConfig(const ModelConfig& config) {
   Require(std::isfinite(config.rope.theta) && config.rope.theta > 0.0,
           "rope_theta (" + Num(config.rope.theta) + ") must be > 0");
   ValidateScaling(config.rope.scaling);
+  if (config.rope.scaling.type == RopeScalingType::kDynamic) {
+    Require(r > 2, "rotary_dim (" + Num(r) +
+                       ") must be > 2 for dynamic scaling (its base grows as "
+                       "a power r/(r-2))");
+  }
+  if (config.rope.scaling.type == RopeScalingType::kLongrope) {
+    // One divisor per rotated pair (HF: ext_factors · base^(2i/r), elementwise).
+    const auto pairs = static_cast<size_t>(r / 2);
+    Require(config.rope.scaling.short_factor.size() == pairs &&
+                config.rope.scaling.long_factor.size() == pairs,
+            "rope_scaling short_factor and long_factor need rotary_dim / 2 = " + Num(r / 2) +
+                " entries each, got " +
+                Num(static_cast<int64_t>(config.rope.scaling.short_factor.size())) + " and " +
+                Num(static_cast<int64_t>(config.rope.scaling.long_factor.size())));
+  }
 
   Require(config.sliding_window >= 0,
           "sliding_window (" + Num(config.sliding_window) + ") must be >= 0 (0 = none)");

@@ -49,17 +49,36 @@ void ApplyYarn(const RopeConfig& rope, std::vector<double>& theta) {
   }
 }
 
+// Whether a scaling type picks its frequencies per call (docs/semantics.md §2).
+bool VariesPerCall(RopeScalingType type) {
+  return type == RopeScalingType::kDynamic || type == RopeScalingType::kLongrope;
+}
+
 }  // namespace
 
 std::vector<double> RopeInverseFrequencies(const RopeConfig& rope) {
+  // The frequencies of a call that stays within L: dynamic's base is then unchanged
+  // (s·L/L - (s - 1) = 1) and longrope uses its short factors.
+  return RopeInverseFrequencies(rope, 0);
+}
+
+std::vector<double> RopeInverseFrequencies(const RopeConfig& rope, int64_t sequence_length) {
   Check(rope.rotary_dim > 0 && rope.rotary_dim % 2 == 0, ErrorKind::kInvalidArgument,
         "rotary dimension must be positive and even, got " + std::to_string(rope.rotary_dim));
   const int64_t half = rope.rotary_dim / 2;
+  const RopeScaling& scaling = rope.scaling;
+  const auto length = static_cast<double>(scaling.original_max_position_embeddings);
+  const auto r = static_cast<double>(rope.rotary_dim);
+  double base = rope.theta;
+  if (scaling.type == RopeScalingType::kDynamic) {
+    // Dynamic NTK: n = max(sequence length, L); base' = base·(s·n/L - (s - 1))^(r/(r - 2)).
+    const double n = std::max(static_cast<double>(sequence_length), length);
+    base *= std::pow(scaling.factor * n / length - (scaling.factor - 1.0), r / (r - 2.0));
+  }
   std::vector<double> theta(static_cast<size_t>(half));
   // θ_i = base^(-2i/r)
   for (int64_t i = 0; i < half; ++i) {
-    theta[static_cast<size_t>(i)] =
-        std::pow(rope.theta, -2.0 * static_cast<double>(i) / static_cast<double>(rope.rotary_dim));
+    theta[static_cast<size_t>(i)] = std::pow(base, -2.0 * static_cast<double>(i) / r);
   }
   switch (rope.scaling.type) {
     case RopeScalingType::kNone:
@@ -73,11 +92,32 @@ std::vector<double> RopeInverseFrequencies(const RopeConfig& rope) {
     case RopeScalingType::kYarn:
       ApplyYarn(rope, theta);
       break;
+    case RopeScalingType::kDynamic:
+      break;  // the base above
+    case RopeScalingType::kLongrope: {
+      // θ_i / f_i, with the long factors once the call's sequence is longer than L.
+      const std::vector<double>& factors = static_cast<double>(sequence_length) > length
+                                               ? scaling.long_factor
+                                               : scaling.short_factor;
+      Check(factors.size() == theta.size(), ErrorKind::kInvalidArgument,
+            "longrope needs rotary_dim / 2 = " + std::to_string(half) + " factors, got " +
+                std::to_string(factors.size()));
+      for (size_t i = 0; i < theta.size(); ++i) theta[i] /= factors[i];
+      break;
+    }
   }
   return theta;
 }
 
 double RopeAttentionFactor(const RopeScaling& scaling) {
+  if (scaling.type == RopeScalingType::kLongrope) {
+    // LongRoPE: sqrt(1 + ln s / ln L) for a context ratio s > 1, unless given.
+    if (scaling.attention_factor != 0.0) return scaling.attention_factor;
+    if (scaling.factor <= 1.0) return 1.0;
+    return std::sqrt(1.0 +
+                     std::log(scaling.factor) /
+                         std::log(static_cast<double>(scaling.original_max_position_embeddings)));
+  }
   if (scaling.type != RopeScalingType::kYarn) return 1.0;
   if (scaling.attention_factor != 0.0) return scaling.attention_factor;
   if (scaling.mscale != 0.0 && scaling.mscale_all_dim != 0.0) {
@@ -88,10 +128,22 @@ double RopeAttentionFactor(const RopeScaling& scaling) {
 }
 
 RotaryEmbedding::RotaryEmbedding(const RopeConfig& rope)
-    : rotary_dim_(rope.rotary_dim),
+    : RotaryEmbedding(rope, RopeInverseFrequencies(rope)) {}
+
+RotaryEmbedding::RotaryEmbedding(const RopeConfig& rope, std::vector<double> inverse_frequencies)
+    : rope_(rope),
+      rotary_dim_(rope.rotary_dim),
       pairing_(rope.pairing),
       attention_factor_(RopeAttentionFactor(rope.scaling)),
-      inverse_frequencies_(RopeInverseFrequencies(rope)) {}
+      inverse_frequencies_(std::move(inverse_frequencies)) {}
+
+bool RotaryEmbedding::varies_per_call() const { return VariesPerCall(rope_.scaling.type); }
+
+RotaryEmbedding RotaryEmbedding::ForCall(int64_t largest_position) const {
+  // HF's dynamic_rope_update: seq_len = max(position_ids) + 1.
+  const int64_t sequence_length = largest_position < 0 ? 0 : largest_position + 1;
+  return RotaryEmbedding(rope_, RopeInverseFrequencies(rope_, sequence_length));
+}
 
 void RotaryEmbedding::Angles(int64_t position, std::span<float> cos, std::span<float> sin) const {
   const double p = static_cast<double>(position);

@@ -111,6 +111,26 @@ Weight Weight::View(DType dtype, Shape shape, const void* data, std::shared_ptr<
   return weight;
 }
 
+Weight Weight::RowSlice(int64_t first, int64_t count) const {
+  Check(rank() == 2, ErrorKind::kInvalidArgument, "RowSlice needs a 2-D weight");
+  Check(first >= 0 && count >= 0 && first <= dim(0) - count, ErrorKind::kInvalidArgument,
+        "rows [" + std::to_string(first) + ", " + std::to_string(first + count) +
+            ") are outside a matrix of " + std::to_string(dim(0)) + " rows");
+  Weight slice = *this;
+  slice.shape_ = {count, dim(1)};
+  slice.data_ = static_cast<const std::byte*>(data_) +
+                static_cast<size_t>(first * dim(1)) * DTypeSize(dtype_);
+  if (block_scales_ != nullptr) {
+    const bool whole_blocks =
+        first % block_rows_ == 0 && (count % block_rows_ == 0 || first + count == dim(0));
+    Check(whole_blocks, ErrorKind::kInvalidArgument,
+          "rows [" + std::to_string(first) + ", " + std::to_string(first + count) +
+              ") cut through fp8 scale blocks of " + std::to_string(block_rows_) + " rows");
+    slice.block_scales_ = block_scales_ + (first / block_rows_) * CeilDiv(dim(1), block_cols_);
+  }
+  return slice;
+}
+
 Weight Weight::WithBlockScales(Weight scales, int64_t block_rows, int64_t block_cols,
                                const std::string& name) && {
   Check(dtype_ == DType::kF8E4M3 && rank() == 2, ErrorKind::kInvalidArgument,

@@ -28,16 +28,17 @@ using nlohmann::json;
 
 constexpr const char* kSupportedModels =
     "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, olmo2, granite, gemma2, "
-    "gemma3_text, gpt_oss, glm, glm4, deepseek_v2, deepseek_v3, kimi_k2, falcon";
+    "gemma3_text, gpt_oss, glm, glm4, phi3, deepseek_v2, deepseek_v3, kimi_k2, minicpm3, falcon";
 // The model types read by ParseGqa: one GQA-family layer with per-family details.
 const std::string kGqaFamilies[] = {"llama",       "mistral",   "mixtral", "qwen2",   "qwen2_moe",
                                     "qwen3",       "qwen3_moe", "olmo2",   "granite", "gemma2",
-                                    "gemma3_text", "gpt_oss",   "glm",     "glm4"};
-constexpr const char* kSupportedRopeTypes = "default, linear, llama3, yarn";
+                                    "gemma3_text", "gpt_oss",   "glm",     "glm4",    "phi3"};
+constexpr const char* kSupportedRopeTypes = "default, linear, dynamic, llama3, yarn, longrope";
 
-// Rope-dict keys that only exist for scaling types attn does not implement (longrope/su
-// short/long factor lists, Qwen2-VL mrope sections). Finding one means the checkpoint's RoPE is
-// not the one its `type` names, so ignoring it would give plausible wrong numbers.
+// Rope-dict keys that only exist for scaling types attn does not implement (Phi-3-small's
+// su short/long mscale, Qwen2-VL mrope sections), or for longrope when the type is another.
+// Finding one means the checkpoint's RoPE is not the one its `type` names, so ignoring it would
+// give plausible wrong numbers.
 constexpr const char* kForeignRopeKeys[] = {"short_factor", "long_factor", "short_mscale",
                                             "long_mscale", "mrope_section"};
 
@@ -102,6 +103,17 @@ class Fields {
     return value->get<bool>();
   }
   std::string String(const char* key) const { return AsString(key, Required(key)); }
+  // A required non-empty array of numbers (longrope's factor lists), capped at 4096 entries.
+  std::vector<double> Numbers(const char* key) const {
+    const json& list = Required(key);
+    if (!list.is_array() || list.empty() || list.size() > 4096) {
+      WrongType(key, "a non-empty array of at most 4096 numbers", list);
+    }
+    std::vector<double> values;
+    values.reserve(list.size());
+    for (const json& entry : list) values.push_back(AsDouble(key, entry));
+    return values;
+  }
 
   std::string AsString(const char* key, const json& value) const {
     if (!value.is_string()) WrongType(key, "a string", value);
@@ -180,13 +192,20 @@ RopeScaling ParseRopeDict(const json& dict, const std::string& source, const std
     scaling.type = RopeScalingType::kLlama3;
   } else if (type == "yarn") {
     scaling.type = RopeScalingType::kYarn;
+  } else if (type == "dynamic") {
+    scaling.type = RopeScalingType::kDynamic;
+  } else if (type == "longrope") {
+    scaling.type = RopeScalingType::kLongrope;
   } else {
     f.Fail(ErrorKind::kUnsupported, "unsupported rope scaling type '" + io::TextExcerpt(type) +
                                         "' in '" + key + "' (supported: " + kSupportedRopeTypes +
                                         ")");
   }
   for (const char* foreign : kForeignRopeKeys) {
-    if (f.Has(foreign)) {
+    const bool own =
+        scaling.type == RopeScalingType::kLongrope &&
+        (std::string(foreign) == "short_factor" || std::string(foreign) == "long_factor");
+    if (!own && f.Has(foreign)) {
       f.Fail(ErrorKind::kUnsupported, "key '" + f.Name(foreign) +
                                           "' belongs to a rope scaling attn does not implement "
                                           "(type is '" +
@@ -194,7 +213,12 @@ RopeScaling ParseRopeDict(const json& dict, const std::string& source, const std
     }
   }
 
-  scaling.factor = f.Double("factor");
+  if (scaling.type == RopeScalingType::kLongrope) {
+    // Phi-3 and MiniCPM3 write no factor (ParseRope derives it); 0 marks "absent" until then.
+    scaling.factor = f.Double("factor", 0.0);
+  } else {
+    scaling.factor = f.Double("factor");
+  }
   switch (scaling.type) {
     case RopeScalingType::kNone:
     case RopeScalingType::kLinear:
@@ -215,6 +239,25 @@ RopeScaling ParseRopeDict(const json& dict, const std::string& source, const std
       scaling.attention_factor = f.Double("attention_factor", 0.0);
       scaling.truncate = f.Bool("truncate", true);
       break;
+    case RopeScalingType::kDynamic:
+      // HF's dynamic NTK grows the base from config.max_position_embeddings, never from an
+      // original_max_position_embeddings key: one that disagrees is ambiguous, so refused.
+      scaling.original_max_position_embeddings = max_position_embeddings;
+      if (f.Int("original_max_position_embeddings", max_position_embeddings) !=
+          max_position_embeddings) {
+        f.Fail(ErrorKind::kInvalidArgument,
+               "'" + f.Name("original_max_position_embeddings") +
+                   "' differs from max_position_embeddings, which dynamic NTK scaling uses as its "
+                   "original length (transformers ignores the key): ambiguous");
+      }
+      break;
+    case RopeScalingType::kLongrope:
+      // L: here, or at the top level (ParseRope reconciles the two).
+      scaling.original_max_position_embeddings = f.Int("original_max_position_embeddings", 0);
+      scaling.short_factor = f.Numbers("short_factor");
+      scaling.long_factor = f.Numbers("long_factor");
+      scaling.attention_factor = f.Double("attention_factor", 0.0);
+      break;
   }
   return scaling;
 }
@@ -225,7 +268,8 @@ bool SameScaling(const RopeScaling& a, const RopeScaling& b) {
          a.original_max_position_embeddings == b.original_max_position_embeddings &&
          a.beta_fast == b.beta_fast && a.beta_slow == b.beta_slow && a.mscale == b.mscale &&
          a.mscale_all_dim == b.mscale_all_dim && a.attention_factor == b.attention_factor &&
-         a.truncate == b.truncate;
+         a.truncate == b.truncate && a.short_factor == b.short_factor &&
+         a.long_factor == b.long_factor;
 }
 
 // A value that may sit at the top level (older configs) or inside rope_parameters (newer
@@ -241,6 +285,38 @@ double TopLevelOrRopeParam(const Fields& top, const Fields* params, const char* 
   }
   if (in_params) return params->Double(key);
   return top.Double(key, fallback);
+}
+
+// longrope's L and context ratio s (docs/semantics.md §2). L: the rope dict's
+// original_max_position_embeddings or the top-level one (Phi-3), else max_position_embeddings.
+// s, which only feeds the default attention factor: the dict's factor, else
+// max_position_embeddings / L. transformers 4 takes max / L whenever the top-level key exists
+// and transformers 5 the dict's factor, so a config where the two differ is refused.
+void ResolveLongrope(const Fields& top, ModelConfig& config) {
+  RopeScaling& scaling = config.rope.scaling;
+  const int64_t in_dict = scaling.original_max_position_embeddings;
+  const int64_t at_top = top.Int("original_max_position_embeddings", 0);
+  if (in_dict > 0 && at_top > 0 && in_dict != at_top) {
+    top.Fail(ErrorKind::kInvalidArgument, "rope scaling original_max_position_embeddings (" +
+                                              std::to_string(in_dict) +
+                                              ") and top-level original_max_position_embeddings (" +
+                                              std::to_string(at_top) + ") disagree");
+  }
+  const int64_t length =
+      in_dict > 0 ? in_dict : (at_top > 0 ? at_top : config.max_position_embeddings);
+  scaling.original_max_position_embeddings = length;
+  const double ratio =
+      length > 0 ? static_cast<double>(config.max_position_embeddings) / static_cast<double>(length)
+                 : 0.0;
+  if (scaling.factor == 0.0) {
+    scaling.factor = ratio;
+  } else if (at_top > 0 && scaling.factor != ratio && scaling.attention_factor == 0.0) {
+    top.Fail(ErrorKind::kInvalidArgument,
+             "longrope factor (" + FormatDouble(scaling.factor) +
+                 ") differs from max_position_embeddings / original_max_position_embeddings (" +
+                 FormatDouble(ratio) +
+                 "); transformers versions disagree on which sets the attention factor");
+  }
 }
 
 void ParseRope(const Fields& top, const std::string& source, int64_t rope_width,
@@ -268,6 +344,9 @@ void ParseRope(const Fields& top, const std::string& source, int64_t rope_width,
   }
 
   config.rope.theta = TopLevelOrRopeParam(top, params ? &*params : nullptr, "rope_theta", 10000.0);
+  if (config.rope.scaling.type == RopeScalingType::kLongrope) {
+    ResolveLongrope(top, config);
+  }
 
   // HF: dim = int(head_dim · partial_rotary_factor). attn insists the product is an even integer
   // instead of truncating, because a truncated or odd width cannot be what the checkpoint meant.
@@ -508,6 +587,15 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
     ParsePatternedWindow(top, config, /*default_window=*/128, /*global_every=*/2);
     return;
   }
+  if (model_type == "phi3") {
+    // Phi3Attention: one stacked qkv_proj (read by hf_weights.cc) and o_proj, no biases;
+    // sliding_window (Phi3Config default none) masks every layer (Phi3Model builds one sliding
+    // mask). partial_rotary_factor (Phi-4-mini) and longrope are ParseRope's.
+    config.gqa.qkv_bias = false;
+    config.gqa.o_bias = false;
+    config.sliding_window = top.Int("sliding_window", 0);
+    return;
+  }
   if (model_type == "qwen2_moe") {
     // Qwen2MoeAttention: q/k/v bias = qkv_bias (default true), o unbiased. Without
     // layer_types, Qwen2MoeConfig slides the even layers below max_window_layers.
@@ -538,7 +626,29 @@ void ParseMla(const Fields& top, const std::string& model_type, ModelConfig& con
   config.mla.kv_lora_rank = top.Int("kv_lora_rank");
   config.mla.qk_nope_head_dim = top.Int("qk_nope_head_dim");
   config.mla.qk_rope_head_dim = top.Int("qk_rope_head_dim");
-  config.mla.v_head_dim = top.Int("v_head_dim");
+  if (model_type == "minicpm3") {
+    // MiniCPMAttention: v_head_dim = hidden_size / num_attention_heads (the config has no key
+    // of its own; one that disagrees would be ignored by the reference code, so it is refused),
+    // and the query is always compressed (q_a_proj).
+    if (config.num_heads <= 0 || config.hidden_size % config.num_heads != 0) {
+      top.Fail(ErrorKind::kInvalidArgument,
+               "minicpm3's v_head_dim is hidden_size / num_attention_heads, which is not an "
+               "integer here");
+    }
+    config.mla.v_head_dim = config.hidden_size / config.num_heads;
+    if (top.Has("v_head_dim") && top.Int("v_head_dim") != config.mla.v_head_dim) {
+      top.Fail(ErrorKind::kInvalidArgument,
+               "'v_head_dim' (" + std::to_string(top.Int("v_head_dim")) +
+                   ") differs from hidden_size / num_attention_heads (" +
+                   std::to_string(config.mla.v_head_dim) + "), which MiniCPM3's code uses");
+    }
+    config.mla.q_lora_rank = top.Int("q_lora_rank");
+    if (config.mla.q_lora_rank <= 0) {
+      top.Fail(ErrorKind::kInvalidArgument, "minicpm3 needs a positive q_lora_rank");
+    }
+  } else {
+    config.mla.v_head_dim = top.Int("v_head_dim");
+  }
   // q_a_layernorm and kv_a_layernorm: DeepSeek's modeling code and transformers build both with
   // the RMSNorm default eps 1e-6, whatever `rms_norm_eps` says (that key feeds the decoder's
   // other norms), so a config with 1e-5 still means 1e-6 here (docs/semantics.md §3). The key is
@@ -549,6 +659,40 @@ void ParseMla(const Fields& top, const std::string& model_type, ModelConfig& con
   // interleaved pairs on the checkpoint's weights; false means plain rotate-half.
   config.rope.pairing =
       top.Bool("rope_interleave", true) ? RopePairing::kInterleaved : RopePairing::kRotateHalf;
+  // MiniCPM3's apply_rotary_pos_emb is plain rotate-half, with no de-interleaving step.
+  if (model_type == "minicpm3") config.rope.pairing = RopePairing::kRotateHalf;
+}
+
+// MiniCPMLongRoPE (MiniCPM3's remote code) differs from transformers' longrope in two ways
+// (docs/semantics.md §2): cos and sin are scaled by sqrt(1 + ln(max/L) / ln L) whatever the
+// ratio (no floor at 1, attention_factor ignored), and the factors are chosen by the length of
+// its cos/sin table, which is at least max_position_embeddings: long ones from the start when
+// max_position_embeddings > L. Both are expressed in the common RopeScaling here.
+void AdjustMiniCpm3Rope(const Fields& top, ModelConfig& config) {
+  RopeScaling& scaling = config.rope.scaling;
+  if (scaling.type == RopeScalingType::kNone) return;
+  if (scaling.type != RopeScalingType::kLongrope) {
+    // Its linear and dynamic variants scale the position table rather than the frequencies
+    // (MiniCPMLinearScalingRotaryEmbedding / ...DynamicNTK...); attn implements them as
+    // transformers does, which is not checked against MiniCPM3's code.
+    top.Fail(ErrorKind::kUnsupported,
+             "minicpm3 with rope scaling other than longrope is not supported");
+  }
+  if (scaling.attention_factor != 0.0) {
+    top.Fail(ErrorKind::kInvalidArgument,
+             "rope_scaling attention_factor is ignored by MiniCPM3's code; remove it");
+  }
+  const auto length = static_cast<double>(scaling.original_max_position_embeddings);
+  const double ratio = static_cast<double>(config.max_position_embeddings) / length;
+  if (!(ratio > 0.0 && length > 1.0)) {
+    top.Fail(ErrorKind::kInvalidArgument,
+             "minicpm3 longrope needs positive max_position_embeddings and "
+             "original_max_position_embeddings > 1");
+  }
+  scaling.attention_factor = std::sqrt(1.0 + std::log(ratio) / std::log(length));
+  if (config.max_position_embeddings > scaling.original_max_position_embeddings) {
+    scaling.short_factor = scaling.long_factor;
+  }
 }
 
 // An integer under its current HF name or the older spelling FalconConfig still maps to it
@@ -672,6 +816,7 @@ int64_t DefaultMaxPositions(const std::string& model_type) {
   if (model_type == "gpt_oss") return 131072;
   if (model_type == "gemma2") return 8192;
   if (model_type == "gemma3_text") return 131072;
+  if (model_type == "phi3") return 4096;
   return 2048;  // llama, falcon, deepseek_v2, olmo2, granite
 }
 
@@ -692,17 +837,11 @@ ModelConfig Parse(const std::string& json_text, const std::string& source) {
   // Falcon's original remote-code configs call the model RefinedWeb / RefinedWebModel.
   const bool refined_web = model_type == "RefinedWeb";
   if (model_type == "RefinedWeb" || model_type == "RefinedWebModel") model_type = "falcon";
-  if (model_type == "minicpm3") {
-    // MiniCPM3 is MLA, but its RoPE is longrope (per-frequency short/long factor lists chosen
-    // by sequence length), which attn does not implement: refusing beats plausible wrong numbers.
-    top.Fail(ErrorKind::kUnsupported,
-             "model_type 'minicpm3' is not supported: its MLA uses longrope RoPE scaling "
-             "(rope_scaling short_factor/long_factor), which attn does not implement");
-  }
   const bool falcon = model_type == "falcon";
   const bool gqa = std::find(std::begin(kGqaFamilies), std::end(kGqaFamilies), model_type) !=
                    std::end(kGqaFamilies);
-  const bool mla = model_type == "deepseek_v2" || model_type == "deepseek_v3";
+  const bool mla =
+      model_type == "deepseek_v2" || model_type == "deepseek_v3" || model_type == "minicpm3";
   if (!gqa && !mla && !falcon) {
     top.Fail(ErrorKind::kUnsupported, "unsupported model_type '" + io::TextExcerpt(model_type) +
                                           "' (supported: " + kSupportedModels + ")");
@@ -749,6 +888,7 @@ ModelConfig Parse(const std::string& json_text, const std::string& source) {
   } else {
     ParseMla(top, model_type, config);
     ParseRope(top, source, config.mla.qk_rope_head_dim, "qk_rope_head_dim", config);
+    if (model_type == "minicpm3") AdjustMiniCpm3Rope(top, config);
   }
 
   ParseQuantization(top, source, config);

@@ -20,11 +20,23 @@ namespace {
 
 bool IsFalcon(const ModelConfig& config) { return config.model_type == "falcon"; }
 
+// Phi-3 keeps q, k and v stacked in one qkv_proj: rows [0, H·d) are q, then G·d rows of k, then
+// G·d of v (Phi3Attention slices its output so); no biases.
+bool HasStackedQkv(const ModelConfig& config) { return config.model_type == "phi3"; }
+
+struct StackedRows {
+  int64_t q_rows, kv_rows;
+};
+StackedRows StackedQkvRows(const ModelConfig& config) {
+  return {config.num_heads * config.gqa.head_dim, config.gqa.num_kv_heads * config.gqa.head_dim};
+}
+
 // The short names (after `prefix`) a layer of this config reads from a checkpoint.
 std::set<std::string> UsedNames(const ModelConfig& config) {
   if (IsFalcon(config)) {
     return {"query_key_value.weight", "query_key_value.bias", "dense.weight", "dense.bias"};
   }
+  if (HasStackedQkv(config)) return {"qkv_proj.weight", "o_proj.weight"};
   std::set<std::string> used;
   for (const WeightSpec& spec : AttentionWeightSpecs(config)) used.insert(spec.name);
   return used;
@@ -104,7 +116,30 @@ NamedWeights LoadHfAttentionWeights(const TensorSource& find, const std::vector<
   }
   const std::string prefix = HfAttentionPrefix(layer);
   NamedWeights weights;
+  if (HasStackedQkv(config)) {
+    // Phi-3: q, k and v become row views of the stored qkv_proj (no copy, its own dtype); the
+    // loop below then reads o_proj only.
+    const std::string name = prefix + "qkv_proj.weight";
+    const SafetensorsFile* file = find(name);
+    Check(file != nullptr, ErrorKind::kNotFound, "tensor '" + name + "' not found in " + where);
+    const Weight stacked = file->ReadWeight(name);
+    const StackedRows rows = StackedQkvRows(config);
+    const Shape expected = {rows.q_rows + 2 * rows.kv_rows, config.hidden_size};
+    Check(stacked.shape() == expected, ErrorKind::kInvalidArgument,
+          name + ": expected shape " + ShapeToString(expected) + " (q " +
+              std::to_string(rows.q_rows) + " + k " + std::to_string(rows.kv_rows) + " + v " +
+              std::to_string(rows.kv_rows) + " rows), got " + ShapeToString(stacked.shape()));
+    Check(stacked.dtype() != DType::kF8E4M3, ErrorKind::kUnsupported,
+          name + ": F8_E4M3 is read for DeepSeek's layout only, not a stacked qkv_proj");
+    Check(find(name + "_scale_inv") == nullptr, ErrorKind::kInvalidArgument,
+          name + " has block scales beside it (scales belong to F8_E4M3 weights)");
+    CheckFinite(stacked, name);
+    weights.emplace("q_proj.weight", stacked.RowSlice(0, rows.q_rows));
+    weights.emplace("k_proj.weight", stacked.RowSlice(rows.q_rows, rows.kv_rows));
+    weights.emplace("v_proj.weight", stacked.RowSlice(rows.q_rows + rows.kv_rows, rows.kv_rows));
+  }
   for (const WeightSpec& spec : AttentionWeightSpecs(config)) {
+    if (weights.contains(spec.name)) continue;
     const std::string name = prefix + spec.name;
     const SafetensorsFile* file = find(name);
     Check(file != nullptr, ErrorKind::kNotFound, "tensor '" + name + "' not found in " + where);
@@ -166,7 +201,21 @@ NamedTensors ReadHfAttentionWeights(const SafetensorsFile& file, const ModelConf
   if (IsFalcon(config)) return ReadFalconAttentionWeights(file, config, layer);
   const std::string prefix = HfAttentionPrefix(layer);
   NamedTensors weights;
+  if (HasStackedQkv(config)) {
+    const StackedRows rows = StackedQkvRows(config);
+    const Tensor stacked = ReadChecked(file, prefix + "qkv_proj.weight",
+                                       {rows.q_rows + 2 * rows.kv_rows, config.hidden_size});
+    const int64_t in = config.hidden_size;
+    auto rows_of = [&](int64_t first, int64_t count) {
+      const float* begin = stacked.data() + first * in;
+      return Tensor({count, in}, std::vector<float>(begin, begin + count * in));
+    };
+    weights.emplace("q_proj.weight", rows_of(0, rows.q_rows));
+    weights.emplace("k_proj.weight", rows_of(rows.q_rows, rows.kv_rows));
+    weights.emplace("v_proj.weight", rows_of(rows.q_rows + rows.kv_rows, rows.kv_rows));
+  }
   for (const WeightSpec& spec : AttentionWeightSpecs(config)) {
+    if (weights.contains(spec.name)) continue;
     const std::string name = prefix + spec.name;
     Check(file.Contains(name), ErrorKind::kNotFound,
           "tensor '" + name + "' not found in " + file.path());
@@ -214,14 +263,10 @@ void AddFp8AttentionWeights(SafetensorsWriter& writer, const ModelConfig& config
 void AddHfAttentionWeights(SafetensorsWriter& writer, const ModelConfig& config,
                            const NamedTensors& weights, int64_t layer, DType dtype) {
   if (dtype == DType::kF8E4M3) {
-    Check(!IsFalcon(config), ErrorKind::kUnsupported,
-          "fp8 weights are written in DeepSeek's layout under HF llama/deepseek names, not for "
-          "falcon's fused query_key_value");
+    Check(!IsFalcon(config) && !HasStackedQkv(config), ErrorKind::kUnsupported,
+          "fp8 weights are written in DeepSeek's layout under HF llama/deepseek names, not for " +
+              config.model_type + "'s fused q/k/v projection");
     AddFp8AttentionWeights(writer, config, weights, layer);
-    return;
-  }
-  if (!IsFalcon(config)) {
-    AddHfAttentionWeights(writer, weights, layer, dtype);
     return;
   }
   const std::string prefix = HfAttentionPrefix(config, layer);
@@ -230,6 +275,23 @@ void AddHfAttentionWeights(SafetensorsWriter& writer, const ModelConfig& config,
     Check(it != weights.end(), ErrorKind::kNotFound, "missing attention weight '" + name + "'");
     return it->second;
   };
+  if (HasStackedQkv(config)) {
+    // Phi-3's qkv_proj: the q, k and v rows one after another.
+    std::vector<float> stacked;
+    for (const char* part : {"q_proj.weight", "k_proj.weight", "v_proj.weight"}) {
+      const Tensor& rows = get(part);
+      stacked.insert(stacked.end(), rows.data(), rows.data() + rows.size());
+    }
+    const int64_t in = config.hidden_size;
+    const auto count = static_cast<int64_t>(stacked.size()) / in;
+    writer.AddF32(prefix + "qkv_proj.weight", Tensor({count, in}, std::move(stacked)), dtype);
+    writer.AddF32(prefix + "o_proj.weight", get("o_proj.weight"), dtype);
+    return;
+  }
+  if (!IsFalcon(config)) {
+    AddHfAttentionWeights(writer, weights, layer, dtype);
+    return;
+  }
   auto fuse = [&](const std::string& suffix) {
     writer.AddF32(
         prefix + "query_key_value." + suffix,

@@ -211,6 +211,10 @@ json ScalingToHf(const RopeScaling& s) {
       return nullptr;
     case RopeScalingType::kLinear:
       return {{"rope_type", "linear"}, {"factor", s.factor}};
+    case RopeScalingType::kDynamic:
+      return {{"rope_type", "dynamic"}, {"factor", s.factor}};
+    case RopeScalingType::kLongrope:
+      break;  // CheckWritable refuses it before anything is written
     case RopeScalingType::kLlama3:
       return {{"rope_type", "llama3"},
               {"factor", s.factor},
@@ -313,7 +317,10 @@ void CheckWritable(const ModelConfig& c, const char* format) {
                         : c.attn_logit_softcapping > 0 ? "logit soft-capping"
                         : c.softmax_scale > 0          ? "a softmax scale given by the config"
                         : c.sliding_rope_differs       ? "a second RoPE for sliding layers"
-                                                       : nullptr;
+                        : c.rope.scaling.type == RopeScalingType::kLongrope
+                            ? "longrope RoPE scaling"
+                        : c.model_type == "phi3" ? "stacked qkv_proj"
+                                                 : nullptr;
   if (feature != nullptr) {
     throw Error(ErrorKind::kUnsupported,
                 std::string("cannot write a ") + format + " config for model_type '" +
@@ -396,8 +403,11 @@ std::string MegatronConfigJson(const ModelConfig& c) {
       out["rope_scaling_factor"] = s.factor;
       break;
     case RopeScalingType::kLinear:
+    case RopeScalingType::kDynamic:
+    case RopeScalingType::kLongrope:
       throw Error(ErrorKind::kUnsupported,
-                  "linear rope scaling has no Megatron-Core config spelling attn writes");
+                  "linear, dynamic and longrope scaling have no Megatron-Core config spelling "
+                  "attn writes");
   }
   return out.dump(2) + "\n";
 }

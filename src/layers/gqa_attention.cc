@@ -123,8 +123,10 @@ void GqaAttention::StepInto(const TokenBatch& batch, Cache& cache, MlaForm /*for
   }
 
   const std::span<const int64_t> positions = layers::ResolvePositions(batch, shape, *kv);
-  layers::RotateHeads(rope_, positions, q, heads * d, 0, heads, d);
-  layers::RotateHeads(rope_, positions, k, kv_heads * d, 0, kv_heads, d);
+  std::optional<RotaryEmbedding> call_rope;
+  const RotaryEmbedding& rope = layers::RopeForCall(rope_, positions, shape, call_rope);
+  layers::RotateHeads(rope, positions, q, heads * d, 0, heads, d);
+  layers::RotateHeads(rope, positions, k, kv_heads * d, 0, kv_heads, d);
 
   float* heads_out = layers::Scratch(layers::Slot::kHeadsOut, rows * heads * d);
   // Every sequence's new tokens go into the cache first, then one kernel call attends for the

@@ -108,6 +108,22 @@ void ZeroUnusedRows(const BatchShape& shape, int64_t width, float* out) {
   }
 }
 
+const RotaryEmbedding& RopeForCall(const RotaryEmbedding& rope, std::span<const int64_t> positions,
+                                   const BatchShape& shape,
+                                   std::optional<RotaryEmbedding>& storage) {
+  if (!rope.varies_per_call()) return rope;
+  // Dynamic NTK / longrope (docs/semantics.md §2): the frequencies of the largest position of
+  // the call's used rows (rows past a sequence's count hold no token).
+  int64_t largest = -1;
+  for (int64_t b = 0; b < shape.batch; ++b) {
+    const int64_t count = shape.counts[static_cast<size_t>(b)];
+    for (int64_t s = 0; s < count; ++s) {
+      largest = std::max(largest, positions[static_cast<size_t>(b * shape.tokens + s)]);
+    }
+  }
+  return storage.emplace(rope.ForCall(largest));
+}
+
 void RotateHeads(const RotaryEmbedding& rope, std::span<const int64_t> positions, float* data,
                  int64_t token_stride, int64_t offset, int64_t heads, int64_t stride) {
   thread_local std::vector<float> cos, sin;

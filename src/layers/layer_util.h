@@ -5,6 +5,7 @@
 #define ATTN_LAYERS_LAYER_UTIL_H_
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -69,6 +70,13 @@ void Project(const float* x, int64_t rows, const Weight& w, const Tensor& bias, 
 
 // Zeroes rows counts[b] … S-1 of each sequence in out [B][S][width].
 void ZeroUnusedRows(const BatchShape& shape, int64_t width, float* out);
+
+// The rotation of this call: `rope` itself (no copy, so a decode step allocates nothing), or
+// for the scalings that choose per call (dynamic NTK, longrope) rope.ForCall(the largest
+// position among the used rows), built in `storage`.
+const RotaryEmbedding& RopeForCall(const RotaryEmbedding& rope, std::span<const int64_t> positions,
+                                   const BatchShape& shape,
+                                   std::optional<RotaryEmbedding>& storage);
 
 // Rotates `heads` vectors per token (each `stride` floats apart within a token, starting at
 // `offset`) by that token's position. data is [tokens][token_stride].

@@ -152,12 +152,14 @@ MlaAttention::Projected MlaAttention::Project(const TokenBatch& batch,
   } else {
     layers::Project(x, rows, weights_.q_proj, no_bias, p.q);
   }
-  layers::RotateHeads(rope_, positions, p.q, h * qk_dim, m.qk_nope_head_dim, h, qk_dim);
+  std::optional<RotaryEmbedding> call_rope;
+  const RotaryEmbedding& rope = layers::RopeForCall(rope_, positions, shape, call_rope);
+  layers::RotateHeads(rope, positions, p.q, h * qk_dim, m.qk_nope_head_dim, h, qk_dim);
 
   p.latent = layers::Scratch(layers::Slot::kLatent, rows * row_dim);
   layers::Project(x, rows, weights_.kv_a_proj_with_mqa, no_bias, p.latent);
   layers::RmsNormRows(p.latent, rows, row_dim, weights_.kv_a_layernorm, m.rms_norm_eps);
-  layers::RotateHeads(rope_, positions, p.latent, row_dim, m.kv_lora_rank, 1, row_dim);
+  layers::RotateHeads(rope, positions, p.latent, row_dim, m.kv_lora_rank, 1, row_dim);
   return p;
 }
 

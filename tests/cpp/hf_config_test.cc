@@ -629,7 +629,7 @@ TEST(HfConfigErrors, UnknownModelType) {
 }
 
 TEST(HfConfigErrors, UnsupportedRopeTypes) {
-  for (const char* type : {"dynamic", "longrope", "su", "ntk", "mrope"}) {
+  for (const char* type : {"su", "ntk", "mrope", "longrope_v2"}) {
     SCOPED_TRACE(type);
     json j = ReadJson("tiny-llama31.json");
     j["rope_scaling"] = {{"type", type}, {"factor", 2.0}};
@@ -645,6 +645,93 @@ TEST(HfConfigErrors, KeysOfUnsupportedScalingAreRefused) {
   json j = ReadJson("tiny-qwen2.json");
   j["rope_scaling"] = {{"type", "yarn"}, {"factor", 4.0}, {"long_factor", {1.0, 2.0}}};
   ExpectError([&] { Parse(j); }, ErrorKind::kUnsupported, {"long_factor"});
+}
+
+TEST(HfConfigRope, DynamicUsesMaxPositionEmbeddingsAsItsLength) {
+  json j = ReadJson("tiny-llama31.json");
+  j["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 2.0}};
+  const ModelConfig config = Parse(j);
+  EXPECT_EQ(config.rope.scaling.type, RopeScalingType::kDynamic);
+  EXPECT_EQ(config.rope.scaling.factor, 2.0);
+  EXPECT_EQ(config.rope.scaling.original_max_position_embeddings, config.max_position_embeddings);
+  j["rope_scaling"]["original_max_position_embeddings"] = config.max_position_embeddings * 2;
+  ExpectError([&] { Parse(j); }, ErrorKind::kInvalidArgument,
+              {"original_max_position_embeddings", "ambiguous"});
+  j["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 0.5}};
+  ExpectError([&] { Parse(j); }, ErrorKind::kInvalidArgument, {"must be >= 1 for dynamic"});
+}
+
+TEST(HfConfigTiny, Phi3LongropeAndPartialRotary) {
+  const ModelConfig config = Parse(ReadJson("tiny-phi3.json"));
+  EXPECT_EQ(config.model_type, "phi3");
+  EXPECT_EQ(config.gqa.head_dim, 32);
+  EXPECT_EQ(config.gqa.num_kv_heads, 2);
+  EXPECT_EQ(config.rope.rotary_dim, 24);  // 0.75 × 32
+  EXPECT_EQ(config.rope.pairing, RopePairing::kRotateHalf);
+  EXPECT_FALSE(config.gqa.qkv_bias);
+  EXPECT_FALSE(config.gqa.o_bias);
+  EXPECT_EQ(config.sliding_window, 200);
+  EXPECT_TRUE(config.sliding_layers.empty());  // every layer
+  const RopeScaling& s = config.rope.scaling;
+  EXPECT_EQ(s.type, RopeScalingType::kLongrope);
+  EXPECT_EQ(s.original_max_position_embeddings, 256);  // the top-level key
+  EXPECT_DOUBLE_EQ(s.factor, 4096.0 / 256.0);
+  EXPECT_EQ(s.short_factor.size(), 12u);
+  EXPECT_DOUBLE_EQ(s.long_factor[11], 40.0);
+}
+
+TEST(HfConfigErrors, LongropeListsAndLengthsAreChecked) {
+  json j = ReadJson("tiny-phi3.json");
+  j["rope_scaling"]["short_factor"].erase(0);
+  ExpectError([&] { Parse(j); }, ErrorKind::kInvalidArgument,
+              {"short_factor and long_factor need rotary_dim / 2 = 12 entries each, got 11"});
+  j = ReadJson("tiny-phi3.json");
+  j["rope_scaling"]["long_factor"][3] = "x";
+  ExpectError([&] { Parse(j); }, ErrorKind::kInvalidArgument, {"long_factor", "a number"});
+  j = ReadJson("tiny-phi3.json");
+  j["rope_scaling"]["long_factor"][3] = -1.0;
+  ExpectError([&] { Parse(j); }, ErrorKind::kInvalidArgument, {"long_factor", "> 0"});
+  j = ReadJson("tiny-phi3.json");
+  j["rope_scaling"].erase("long_factor");
+  ExpectError([&] { Parse(j); }, ErrorKind::kNotFound, {"long_factor"});
+  j = ReadJson("tiny-phi3.json");
+  j["rope_scaling"]["original_max_position_embeddings"] = 512;  // the top level says 256
+  ExpectError([&] { Parse(j); }, ErrorKind::kInvalidArgument, {"disagree"});
+  j = ReadJson("tiny-phi3.json");
+  j["rope_scaling"]["factor"] = 8.0;  // transformers 4 and 5 would use different ratios
+  ExpectError([&] { Parse(j); }, ErrorKind::kInvalidArgument, {"transformers versions disagree"});
+  j["rope_scaling"]["attention_factor"] = 1.1;  // given: the ratio no longer matters
+  EXPECT_DOUBLE_EQ(Parse(j).rope.scaling.attention_factor, 1.1);
+  j = ReadJson("tiny-qwen2.json");
+  j["rope_scaling"] = {{"type", "yarn"}, {"factor", 4.0}, {"short_factor", {1.0}}};
+  ExpectError([&] { Parse(j); }, ErrorKind::kUnsupported, {"short_factor"});
+}
+
+TEST(HfConfigTiny, MiniCpm3IsMlaWithRotateHalfLongrope) {
+  json j = ReadJson("tiny-minicpm3.json");
+  ModelConfig config = Parse(j);
+  EXPECT_EQ(config.kind, AttentionKind::kMla);
+  EXPECT_EQ(config.mla.v_head_dim, 32);  // hidden / heads
+  EXPECT_EQ(config.mla.q_lora_rank, 48);
+  EXPECT_EQ(config.rope.pairing, RopePairing::kRotateHalf);
+  EXPECT_EQ(config.rope.rotary_dim, 16);
+  const RopeScaling& s = config.rope.scaling;
+  EXPECT_EQ(s.original_max_position_embeddings, 256);
+  EXPECT_DOUBLE_EQ(s.attention_factor, std::sqrt(1.0 + std::log(2.0) / std::log(256.0)));
+  // max_position_embeddings 512 > L: MiniCPM's cos/sin table is built long from the start.
+  EXPECT_EQ(s.short_factor, s.long_factor);
+  EXPECT_DOUBLE_EQ(SoftmaxScale(config), 1.0 / std::sqrt(32.0));
+  j["max_position_embeddings"] = 256;
+  config = Parse(j);
+  EXPECT_NE(config.rope.scaling.short_factor, config.rope.scaling.long_factor);
+  EXPECT_DOUBLE_EQ(config.rope.scaling.attention_factor, 1.0);
+  j["v_head_dim"] = 16;
+  ExpectError([&] { Parse(j); }, ErrorKind::kInvalidArgument, {"v_head_dim", "MiniCPM3"});
+  j.erase("v_head_dim");
+  j["rope_scaling"]["attention_factor"] = 1.2;
+  ExpectError([&] { Parse(j); }, ErrorKind::kInvalidArgument, {"attention_factor", "MiniCPM3"});
+  j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+  ExpectError([&] { Parse(j); }, ErrorKind::kUnsupported, {"minicpm3", "longrope"});
 }
 
 TEST(HfConfigErrors, FactorWithoutType) {

@@ -221,9 +221,10 @@ TEST(FalconConfigTest, RefusesWhatItCannotRun) {
   expect(R"({"model_type": "falcon", "hidden_size": 64, "num_attention_heads": 4,
       "num_kv_heads": 3, "new_decoder_architecture": true, "num_hidden_layers": 2})",
          ErrorKind::kInvalidArgument, "num_key_value_heads (3)");
-  expect(R"({"model_type": "minicpm3", "hidden_size": 2560, "num_attention_heads": 40,
-      "num_hidden_layers": 62, "rope_scaling": {"type": "longrope"}})",
-         ErrorKind::kUnsupported, "longrope");
+  expect(R"({"model_type": "falcon", "hidden_size": 64, "num_attention_heads": 4,
+      "num_hidden_layers": 2, "rope_scaling": {"type": "longrope", "short_factor": [1.0],
+      "long_factor": [1.0]}})",
+         ErrorKind::kInvalidArgument, "rotary_dim / 2 = 8 entries each, got 1");
 }
 
 }  // namespace

@@ -97,6 +97,74 @@ TEST(RopeAttentionFactor, FollowsMscaleKeys) {
   EXPECT_EQ(RopeAttentionFactor(s), 0.5);  // explicit key wins
 }
 
+// LongRoPE (Phi-3, docs/semantics.md §2): θ_i / f_i with the short factors while the call's
+// sequence fits in L, the long ones beyond; cos/sin scaled by sqrt(1 + ln s / ln L).
+TEST(RopeFrequencies, LongropeChoosesShortOrLongFactorsByCallLength) {
+  RopeConfig rope = Rope(8, 10000.0, RopePairing::kRotateHalf);
+  rope.scaling.type = RopeScalingType::kLongrope;
+  rope.scaling.original_max_position_embeddings = 4096;
+  rope.scaling.factor = 32.0;  // 131072 / 4096
+  rope.scaling.short_factor = {1.0, 1.5, 2.0, 4.0};
+  rope.scaling.long_factor = {1.0, 3.0, 9.0, 27.0};
+  const std::vector<double> base =
+      RopeInverseFrequencies(Rope(8, 10000.0, RopePairing::kRotateHalf));
+  const std::vector<double> unchanged = RopeInverseFrequencies(rope);
+  const std::vector<double> at_length = RopeInverseFrequencies(rope, 4096);
+  const std::vector<double> beyond = RopeInverseFrequencies(rope, 4097);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_DOUBLE_EQ(unchanged[i], base[i] / rope.scaling.short_factor[i]);
+    EXPECT_DOUBLE_EQ(at_length[i], base[i] / rope.scaling.short_factor[i]);
+    EXPECT_DOUBLE_EQ(beyond[i], base[i] / rope.scaling.long_factor[i]);
+  }
+  EXPECT_DOUBLE_EQ(RopeAttentionFactor(rope.scaling),
+                   std::sqrt(1.0 + std::log(32.0) / std::log(4096.0)));
+  rope.scaling.attention_factor = 1.25;  // given: used as is
+  EXPECT_DOUBLE_EQ(RopeAttentionFactor(rope.scaling), 1.25);
+  rope.scaling.attention_factor = 0.0;
+  rope.scaling.factor = 1.0;  // no extension: no scaling of cos/sin
+  EXPECT_DOUBLE_EQ(RopeAttentionFactor(rope.scaling), 1.0);
+}
+
+// Dynamic NTK: base·(s·n/L - (s - 1))^(r/(r-2)) with n = max(sequence length, L).
+TEST(RopeFrequencies, DynamicGrowsTheBaseOnlyPastL) {
+  RopeConfig rope = Rope(8, 10000.0, RopePairing::kRotateHalf);
+  rope.scaling.type = RopeScalingType::kDynamic;
+  rope.scaling.factor = 4.0;
+  rope.scaling.original_max_position_embeddings = 2048;
+  const std::vector<double> base =
+      RopeInverseFrequencies(Rope(8, 10000.0, RopePairing::kRotateHalf));
+  EXPECT_EQ(RopeInverseFrequencies(rope), base);
+  EXPECT_EQ(RopeInverseFrequencies(rope, 2048), base);
+  const std::vector<double> grown = RopeInverseFrequencies(rope, 8192);
+  const double new_base = 10000.0 * std::pow(4.0 * 8192.0 / 2048.0 - 3.0, 8.0 / 6.0);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_NEAR(grown[i], std::pow(new_base, -2.0 * static_cast<double>(i) / 8.0), 1e-15 * base[i]);
+  }
+  EXPECT_DOUBLE_EQ(RopeAttentionFactor(rope.scaling), 1.0);
+}
+
+TEST(RotaryEmbedding, ForCallUsesTheLargestPositionPlusOne) {
+  RopeConfig rope = Rope(4, 10000.0, RopePairing::kRotateHalf);
+  EXPECT_FALSE(RotaryEmbedding(rope).varies_per_call());
+  rope.scaling.type = RopeScalingType::kLongrope;
+  rope.scaling.original_max_position_embeddings = 16;
+  rope.scaling.factor = 4.0;
+  rope.scaling.short_factor = {1.0, 2.0};
+  rope.scaling.long_factor = {1.0, 8.0};
+  const RotaryEmbedding embedding(rope);
+  ASSERT_TRUE(embedding.varies_per_call());
+  // Position 15 is the 16th token: still short. Position 16 makes the sequence 17 long.
+  std::vector<float> cos_short(2), sin_short(2), cos_long(2), sin_long(2), cos_call(2), sin_call(2);
+  embedding.ForCall(15).Angles(10, cos_short, sin_short);
+  embedding.ForCall(16).Angles(10, cos_long, sin_long);
+  embedding.Angles(10, cos_call, sin_call);  // the plain embedding is the short one
+  const double factor = std::sqrt(1.0 + std::log(4.0) / std::log(16.0));
+  EXPECT_NEAR(cos_short[1], std::cos(10.0 * 0.01 / 2.0) * factor, 1e-6);
+  EXPECT_NEAR(cos_long[1], std::cos(10.0 * 0.01 / 8.0) * factor, 1e-6);
+  EXPECT_EQ(cos_call, cos_short);
+  EXPECT_EQ(sin_call, sin_short);
+}
+
 TEST(RotaryEmbedding, PairingsRotateDifferentCoordinates) {
   // r = 4 with a huge base: θ_0 = 1, θ_1 ≈ 0, so only pair 0 turns (by 7 rad at position 7).
   for (RopePairing pairing : {RopePairing::kInterleaved, RopePairing::kRotateHalf}) {

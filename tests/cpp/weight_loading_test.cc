@@ -107,6 +107,63 @@ TEST_F(WeightLoadingTest, WeightsOfOneFileShareOneMapping) {
   EXPECT_EQ(std::memcmp(a.data(), bytes.data(), view.nbytes), 0);
 }
 
+// Phi-3's stacked qkv_proj: q, k and v are row views of the mapped bf16 tensor (no copy), and
+// the layer computes what one built from separate fp32 q/k/v of the same values computes.
+TEST_F(WeightLoadingTest, Phi3StackedQkvIsViewedInPlace) {
+  ModelConfig config = testing::SmallGqaConfig(4, 2);
+  config.model_type = "phi3";
+  const std::string path = WriteLayer(config, DType::kBF16, "phi3.safetensors");
+  const SafetensorsFile file = SafetensorsFile::Open(path);
+  ASSERT_TRUE(file.Contains(kPrefix + "qkv_proj.weight"));
+  ASSERT_FALSE(file.Contains(kPrefix + "q_proj.weight"));
+  const Weight stacked = file.ReadWeight(kPrefix + "qkv_proj.weight");
+  NamedWeights weights = LoadHfAttentionWeights(file, config, 1);
+  const int64_t q_rows = config.num_heads * config.gqa.head_dim;
+  const int64_t kv_rows = config.gqa.num_kv_heads * config.gqa.head_dim;
+  const auto* base = static_cast<const std::byte*>(stacked.data());
+  const size_t row_bytes = static_cast<size_t>(config.hidden_size) * 2;
+  EXPECT_EQ(weights.at("q_proj.weight").data(), base);
+  EXPECT_EQ(weights.at("k_proj.weight").data(), base + static_cast<size_t>(q_rows) * row_bytes);
+  EXPECT_EQ(weights.at("v_proj.weight").data(),
+            base + static_cast<size_t>(q_rows + kv_rows) * row_bytes);
+  EXPECT_EQ(weights.at("v_proj.weight").shape(), (Shape{kv_rows, config.hidden_size}));
+  EXPECT_EQ(weights.at("k_proj.weight").dtype(), DType::kBF16);
+  NamedTensors exact;
+  for (const auto& [name, weight] : weights) exact.emplace(name, weight.ToF32());
+  const std::unique_ptr<AttentionLayer> viewed = BuildAttentionLayer(config, 1, std::move(weights));
+  const std::unique_ptr<AttentionLayer> copied = BuildAttentionLayer(config, 1, std::move(exact));
+  const Tensor x = Hidden(config);
+  EXPECT_LT(RelativeError(viewed->Forward({&x, {}, {}}, MlaForm::kAuto),
+                          copied->Forward({&x, {}, {}}, MlaForm::kAuto)),
+            1e-5);
+
+  // A stacked tensor of the wrong height names the split it expected.
+  Rewrite(path, [&](std::map<std::string, TensorView>& views, SafetensorsWriter& writer,
+                    const SafetensorsFile&) {
+    views.erase(kPrefix + "qkv_proj.weight");
+    writer.AddF32(kPrefix + "qkv_proj.weight",
+                  RandomUniform({q_rows + kv_rows, config.hidden_size}, 3, 1.0f), DType::kBF16);
+  });
+  ExpectError([&] { LoadHfAttentionWeights(SafetensorsFile::Open(path), config, 1); },
+              ErrorKind::kInvalidArgument, {"qkv_proj.weight", "(q 64 + k 32 + v 32 rows)"});
+}
+
+TEST(WeightRowSlice, SharesBytesAndKeepsWholeFp8Blocks) {
+  const Tensor values = RandomUniform({64, 32}, 4, 1.0f);
+  const Weight bf16 = StoreMatrix(RandomUniform({64, 32}, 4, 1.0f), DType::kBF16);
+  const Weight rows = bf16.RowSlice(8, 16);
+  EXPECT_EQ(rows.shape(), (Shape{16, 32}));
+  EXPECT_EQ(rows.data(), static_cast<const std::byte*>(bf16.data()) + 8 * 32 * 2);
+  ExpectError([&] { bf16.RowSlice(60, 8); }, ErrorKind::kInvalidArgument, {"outside"});
+  const Weight fp8 = QuantizeF8E4M3Blocks(values, 16, 16);
+  const Weight blocks = fp8.RowSlice(16, 32);
+  std::vector<float> want(32 * 32), got(32 * 32);
+  fp8.DequantizeRows(16, 32, want.data());
+  blocks.DequantizeRows(0, 32, got.data());
+  EXPECT_EQ(got, want);
+  ExpectError([&] { fp8.RowSlice(8, 16); }, ErrorKind::kInvalidArgument, {"scale blocks"});
+}
+
 TEST_F(WeightLoadingTest, Fp8WithoutScalesIsNotFound) {
   const ModelConfig config = Fp8Config();
   const std::string path = WriteLayer(config, DType::kF8E4M3, "fp8.safetensors");

@@ -414,9 +414,12 @@ def test_megatron_missing_and_misshapen_tensors_exit_2(cli):
                        p + "linear_proj.weight")
 
 
-def test_minicpm3_is_refused_with_the_reason(cli):
+def test_minicpm3_longrope_factor_lists_must_cover_the_rotary_width(cli):
     cpath = cli.write_config({"model_type": "minicpm3", "hidden_size": 2560,
                               "num_attention_heads": 40, "num_hidden_layers": 62,
+                              "q_lora_rank": 768, "kv_lora_rank": 256, "qk_nope_head_dim": 64,
+                              "qk_rope_head_dim": 32, "max_position_embeddings": 32768,
                               "rope_scaling": {"type": "longrope", "short_factor": [1.0],
-                                               "long_factor": [1.0]}})
-    assert_input_error(cli.run("info", "--config", cpath), "minicpm3", "longrope")
+                                               "long_factor": [1.0],
+                                               "original_max_position_embeddings": 32768}})
+    assert_input_error(cli.run("info", "--config", cpath), "short_factor", "16 entries")
