@@ -158,7 +158,7 @@ const json& RequireObject(const json& value, const std::string& source, const st
 // Parses one rope_scaling / rope_parameters dict (docs/semantics.md §2). `max_position_embeddings`
 // is the yarn default for the pre-extension length L, as in HF _compute_yarn_parameters.
 RopeScaling ParseRopeDict(const json& dict, const std::string& source, const std::string& key,
-                          int64_t max_position_embeddings) {
+                          int64_t max_position_embeddings, bool phi3) {
   const Fields f(dict, source, key + ".");
   RopeScaling scaling;
 
@@ -185,6 +185,9 @@ RopeScaling ParseRopeDict(const json& dict, const std::string& source, const std
     return scaling;
   }
   if (type == "default") return scaling;
+  // Phi3Config renames the types of earlier Phi-3 configs ("su", and "yarn") to longrope before
+  // anything reads them (Phi-3-vision-128k still says "su").
+  if (phi3 && (type == "su" || type == "yarn")) type = "longrope";
 
   if (type == "linear") {
     scaling.type = RopeScalingType::kLinear;
@@ -328,13 +331,14 @@ void ParseRope(const Fields& top, const std::string& source, int64_t rope_width,
   if (params_json != nullptr) {
     RequireObject(*params_json, source, "rope_parameters");
     params.emplace(*params_json, source, "rope_parameters.");
-    from_params =
-        ParseRopeDict(*params_json, source, "rope_parameters", config.max_position_embeddings);
+    from_params = ParseRopeDict(*params_json, source, "rope_parameters",
+                                config.max_position_embeddings, config.model_type == "phi3");
   }
   if (legacy_json != nullptr) {
     RequireObject(*legacy_json, source, "rope_scaling");
     const RopeScaling from_legacy =
-        ParseRopeDict(*legacy_json, source, "rope_scaling", config.max_position_embeddings);
+        ParseRopeDict(*legacy_json, source, "rope_scaling", config.max_position_embeddings,
+                      config.model_type == "phi3");
     if (params_json != nullptr && !SameScaling(from_params, from_legacy)) {
       top.Fail(ErrorKind::kInvalidArgument, "'rope_scaling' and 'rope_parameters' disagree");
     }
@@ -800,7 +804,7 @@ void ParseGemma3Ropes(const Fields& top, const std::string& source, ModelConfig&
     RequireObject(*it, source, key);
     const Fields dict(*it, source, key + ".");
     RopeConfig& rope = std::string(kind) == "full_attention" ? config.rope : config.sliding_rope;
-    rope.scaling = ParseRopeDict(*it, source, key, config.max_position_embeddings);
+    rope.scaling = ParseRopeDict(*it, source, key, config.max_position_embeddings, false);
     rope.theta = dict.Double("rope_theta", std::string(kind) == "full_attention" ? 1e6 : 1e4);
   }
 }

@@ -680,6 +680,19 @@ TEST(HfConfigTiny, Phi3LongropeAndPartialRotary) {
   EXPECT_DOUBLE_EQ(s.long_factor[11], 40.0);
 }
 
+// Phi3Config renames the scaling types of earlier Phi-3 configs: "su" (Phi-3-vision-128k still
+// ships it) and "yarn" are longrope for phi3, and only for phi3.
+TEST(HfConfigRope, Phi3ReadsSuAndYarnAsLongrope) {
+  for (const char* type : {"su", "yarn"}) {
+    json j = ReadJson("tiny-phi3.json");
+    j["rope_scaling"]["type"] = type;
+    EXPECT_EQ(Parse(j).rope.scaling.type, RopeScalingType::kLongrope) << type;
+  }
+  json j = ReadJson("tiny-llama31.json");
+  j["rope_scaling"] = {{"type", "su"}, {"short_factor", {1.0}}, {"long_factor", {1.0}}};
+  ExpectError([&] { Parse(j); }, ErrorKind::kUnsupported, {"unsupported rope scaling type 'su'"});
+}
+
 TEST(HfConfigErrors, LongropeListsAndLengthsAreChecked) {
   json j = ReadJson("tiny-phi3.json");
   j["rope_scaling"]["short_factor"].erase(0);

@@ -41,6 +41,7 @@ constexpr Row kTable[] = {
     {"qwen3-8b", 4096, 32, 8, 128, 36, 2048},
     {"qwen3-30b-a3b", 2048, 32, 4, 128, 48, 1024},
     {"gpt-oss-20b", 2880, 64, 8, 64, 24, 1024},
+    {"phi-3.5-mini", 3072, 32, 32, 96, 32, 6144},
 };
 
 // The presets taken from vendored copies of published config.json files equal parsing those
@@ -49,7 +50,8 @@ TEST(PresetsTest, PresetsEqualTheirVendoredConfigFiles) {
   for (const auto& [preset, file] :
        {std::pair<const char*, const char*>{"qwen3-8b", "qwen3-8b.json"},
         {"qwen3-30b-a3b", "qwen3-30b-a3b.json"},
-        {"gpt-oss-20b", "gpt-oss-20b.json"}}) {
+        {"gpt-oss-20b", "gpt-oss-20b.json"},
+        {"phi-3.5-mini", "phi-3.5-mini-instruct.json"}}) {
     SCOPED_TRACE(preset);
     const ModelConfig a = LoadPreset(preset);
     const ModelConfig b = LoadHfConfig(std::string(ATTN_SOURCE_DIR "/configs/") + file);
@@ -70,6 +72,10 @@ TEST(PresetsTest, PresetsEqualTheirVendoredConfigFiles) {
     EXPECT_EQ(a.rope.scaling.type, b.rope.scaling.type);
     EXPECT_EQ(a.rope.scaling.factor, b.rope.scaling.factor);
     EXPECT_EQ(a.rope.scaling.truncate, b.rope.scaling.truncate);
+    EXPECT_EQ(a.rope.scaling.original_max_position_embeddings,
+              b.rope.scaling.original_max_position_embeddings);
+    EXPECT_EQ(a.rope.scaling.short_factor, b.rope.scaling.short_factor);
+    EXPECT_EQ(a.rope.scaling.long_factor, b.rope.scaling.long_factor);
   }
 }
 
