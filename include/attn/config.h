@@ -61,6 +61,14 @@ enum class QkNorm {
   kNone,
   kPerHead,          // Qwen3: q_norm/k_norm of width d, applied to every head's vector
   kWholeProjection,  // OLMo 2: q_norm of width H·d, k_norm of width G·d, before the head split
+  kL2,  // Llama 4: weightless RMS normalisation of every q and k head, after RoPE, on RoPE layers
+};
+
+// Llama 4's attention temperature tuning on its NoPE layers: queries at cache slot p are scaled
+// by ln(⌊(p + 1) / floor_scale⌋ + 1)·attn_scale + 1 (docs/semantics.md §1). floor_scale 0: none.
+struct AttentionTemperature {
+  double floor_scale = 0.0;
+  double attn_scale = 0.0;
 };
 
 struct GqaDims {
@@ -72,6 +80,9 @@ struct GqaDims {
   double qk_norm_eps = 1e-6;         // rms_norm_eps of the families with q/k norms
   bool qk_norm_unit_offset = false;  // Gemma 3: the norms scale by (1 + weight), not weight
   bool attention_sinks = false;      // GPT-OSS: a learned logit per head in the softmax denominator
+  // Falcon's alibi: no RoPE; each score gains slope_h·(t − p)·scale with BLOOM's per-head slopes
+  // (AlibiSlopes in attn/rope.h; docs/semantics.md §1).
+  bool alibi = false;
 };
 
 // Fields of MLA (docs/semantics.md §3).
@@ -120,9 +131,21 @@ struct ModelConfig {
   // Which layers use the window: empty = all layers; otherwise one flag per layer
   // (Qwen2 use_sliding_window/max_window_layers, or an explicit layer_types list).
   std::vector<bool> sliding_layers;
+  // Chunked (block-local) attention, Llama 4's attention_chunk_size C: a query at slot p sees
+  // keys t <= p with t / C == p / C. 0 = none. chunked_layers: empty = all layers, else one flag
+  // per layer.
+  int64_t attention_chunk_size = 0;
+  std::vector<bool> chunked_layers;
+  // Layers without RoPE (Llama 4's NoPE layers): empty = every layer rotates.
+  std::vector<bool> nope_layers;
+  AttentionTemperature temperature;  // applied on NoPE layers only
 
   // Sliding window of layer `layer` (0 = none).
   int64_t WindowForLayer(int64_t layer) const;
+  // Attention chunk of layer `layer` (0 = none).
+  int64_t ChunkForLayer(int64_t layer) const;
+  // Whether layer `layer` applies RoPE (false: a NoPE layer, or an ALiBi model).
+  bool RotatesLayer(int64_t layer) const;
   // Width of one query/key head: d for GQA, dn + dr for MLA.
   int64_t QueryKeyHeadDim() const;
   // Width of one value head: d for GQA, dv for MLA.

@@ -29,7 +29,8 @@ struct GqaWeights {
 
 class GqaAttention : public AttentionLayer {
  public:
-  // `layer` selects the sliding window rule of models that vary it per layer.
+  // `layer` selects the per-layer rules of models that vary them: window, RoPE (Gemma 3's local
+  // one, Llama 4's NoPE layers), attention chunk.
   // Throws Error(kInvalidArgument) if a weight's shape does not match the config.
   GqaAttention(const ModelConfig& config, int64_t layer, GqaWeights weights);
 
@@ -41,8 +42,11 @@ class GqaAttention : public AttentionLayer {
  private:
   ModelConfig config_;
   int64_t window_;
+  int64_t chunk_;
+  bool rotates_;  // false: a NoPE layer or an ALiBi model
   float scale_;
   RotaryEmbedding rope_;
+  std::vector<float> alibi_slopes_;  // [H] in logit units, or empty
   GqaWeights weights_;
 };
 

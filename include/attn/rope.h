@@ -26,6 +26,11 @@ std::vector<double> RopeInverseFrequencies(const RopeConfig& rope, int64_t seque
 // for s > 1, else 1.
 double RopeAttentionFactor(const RopeScaling& scaling);
 
+// ALiBi's per-head slopes as BLOOM's build_alibi_tensor (which Falcon uses) defines them
+// (docs/semantics.md §1): with n' = the largest power of two <= heads, head h < n' has slope
+// 2^(-8(h+1)/n'), and the remaining heads take the odd powers 2^(-4(2j+1)/n'), j = 0, 1, ….
+std::vector<double> AlibiSlopes(int64_t heads);
+
 // Applies RoPE at explicit positions. Angles p·θ_i are formed in double: in fp32 they drift
 // by ~1e-4 relative around position 1e5, which is where YaRN checkpoints are used.
 class RotaryEmbedding {

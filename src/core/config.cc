@@ -125,6 +125,26 @@ void ValidateScaling(const RopeScaling& scaling) {
 
 }  // namespace
 
+int64_t ModelConfig::ChunkForLayer(int64_t layer) const {
+  Check(layer >= 0 && layer < num_layers, ErrorKind::kInvalidArgument,
+        "layer " + Num(layer) + " is out of range [0, " + Num(num_layers) + ")");
+  if (attention_chunk_size == 0) return 0;
+  if (chunked_layers.empty()) return attention_chunk_size;
+  Check(static_cast<size_t>(layer) < chunked_layers.size(), ErrorKind::kInvalidArgument,
+        "chunked_layers has no entry for layer " + Num(layer));
+  return chunked_layers[static_cast<size_t>(layer)] ? attention_chunk_size : 0;
+}
+
+bool ModelConfig::RotatesLayer(int64_t layer) const {
+  Check(layer >= 0 && layer < num_layers, ErrorKind::kInvalidArgument,
+        "layer " + Num(layer) + " is out of range [0, " + Num(num_layers) + ")");
+  if (kind == AttentionKind::kGqa && gqa.alibi) return false;
+  if (nope_layers.empty()) return true;
+  Check(static_cast<size_t>(layer) < nope_layers.size(), ErrorKind::kInvalidArgument,
+        "nope_layers has no entry for layer " + Num(layer));
+  return !nope_layers[static_cast<size_t>(layer)];
+}
+
 int64_t ModelConfig::WindowForLayer(int64_t layer) const {
   Check(layer >= 0 && layer < num_layers, ErrorKind::kInvalidArgument,
         "layer " + Num(layer) + " is out of range [0, " + Num(num_layers) + ")");
@@ -208,6 +228,19 @@ void ValidateConfig(const ModelConfig& config) {
 
   Require(config.sliding_window >= 0,
           "sliding_window (" + Num(config.sliding_window) + ") must be >= 0 (0 = none)");
+  Require(
+      config.attention_chunk_size >= 0,
+      "attention_chunk_size (" + Num(config.attention_chunk_size) + ") must be >= 0 (0 = none)");
+  for (const auto* flags : {&config.chunked_layers, &config.nope_layers}) {
+    Require(flags->empty() || static_cast<int64_t>(flags->size()) == config.num_layers,
+            std::string(flags == &config.nope_layers ? "no_rope_layers" : "chunked layer_types") +
+                " has " + Num(static_cast<int64_t>(flags->size())) +
+                " entries but num_hidden_layers is " + Num(config.num_layers));
+  }
+  Require(config.temperature.floor_scale >= 0.0 && std::isfinite(config.temperature.attn_scale),
+          "floor_scale must be >= 0 and attn_scale finite");
+  Require(!mla || (config.nope_layers.empty() && config.attention_chunk_size == 0),
+          "NoPE layers and chunked attention are not implemented for MLA");
   Require(config.sliding_layers.empty() ||
               static_cast<int64_t>(config.sliding_layers.size()) == config.num_layers,
           "sliding_layers / layer_types has " +

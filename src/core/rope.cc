@@ -127,6 +127,22 @@ double RopeAttentionFactor(const RopeScaling& scaling) {
   return YarnMscale(scaling.factor, 1.0);
 }
 
+std::vector<double> AlibiSlopes(int64_t heads) {
+  Check(heads > 0, ErrorKind::kInvalidArgument, "ALiBi needs a positive head count");
+  int64_t power = 1;
+  while (power * 2 <= heads) power *= 2;
+  std::vector<double> slopes;
+  slopes.reserve(static_cast<size_t>(heads));
+  const auto n = static_cast<double>(power);
+  for (int64_t h = 0; h < power; ++h) {
+    slopes.push_back(std::exp2(-8.0 * static_cast<double>(h + 1) / n));
+  }
+  for (int64_t j = 0; j < heads - power; ++j) {
+    slopes.push_back(std::exp2(-4.0 * static_cast<double>(2 * j + 1) / n));
+  }
+  return slopes;
+}
+
 RotaryEmbedding::RotaryEmbedding(const RopeConfig& rope)
     : RotaryEmbedding(rope, RopeInverseFrequencies(rope)) {}
 

@@ -28,11 +28,13 @@ using nlohmann::json;
 
 constexpr const char* kSupportedModels =
     "llama, mistral, mixtral, qwen2, qwen2_moe, qwen3, qwen3_moe, olmo2, granite, gemma2, "
-    "gemma3_text, gpt_oss, glm, glm4, phi3, deepseek_v2, deepseek_v3, kimi_k2, minicpm3, falcon";
+    "gemma3_text, gpt_oss, glm, glm4, phi3, llama4_text, deepseek_v2, deepseek_v3, kimi_k2, "
+    "minicpm3, falcon";
 // The model types read by ParseGqa: one GQA-family layer with per-family details.
-const std::string kGqaFamilies[] = {"llama",       "mistral",   "mixtral", "qwen2",   "qwen2_moe",
-                                    "qwen3",       "qwen3_moe", "olmo2",   "granite", "gemma2",
-                                    "gemma3_text", "gpt_oss",   "glm",     "glm4",    "phi3"};
+const std::string kGqaFamilies[] = {"llama",     "mistral", "mixtral",     "qwen2",
+                                    "qwen2_moe", "qwen3",   "qwen3_moe",   "olmo2",
+                                    "granite",   "gemma2",  "gemma3_text", "gpt_oss",
+                                    "glm",       "glm4",    "phi3",        "llama4_text"};
 constexpr const char* kSupportedRopeTypes = "default, linear, dynamic, llama3, yarn, longrope";
 
 // Rope-dict keys that only exist for scaling types attn does not implement (Phi-3-small's
@@ -445,6 +447,86 @@ double QueryPreAttnScale(const Fields& top) {
   return 1.0 / std::sqrt(scalar);
 }
 
+// Llama4TextAttention (docs/semantics.md §1): bias = attention_bias (default false); RoPE with
+// interleaved pairs (complex multiplication of neighbours) on the layers no_rope_layers marks 1
+// (default: all but every no_rope_layer_interval-th, 4), none on the others ("NoPE"); on RoPE
+// layers a weightless L2 norm of every q and k head after RoPE when use_qk_norm (default true,
+// eps rms_norm_eps 1e-5) and chunked attention of attention_chunk_size (default 8192) slots; on
+// NoPE layers full attention and, when attn_temperature_tuning (default true), queries scaled by
+// the temperature of floor_scale (8192) and attn_scale (0.1). layer_types, when given, says
+// which layers are chunked.
+void ParseLlama4(const Fields& top, ModelConfig& config) {
+  const bool bias = top.Bool("attention_bias", false);
+  config.gqa.qkv_bias = bias;
+  config.gqa.o_bias = bias;
+  config.rope.pairing = RopePairing::kInterleaved;
+  const auto layers = static_cast<size_t>(std::max<int64_t>(config.num_layers, 0));
+  config.nope_layers.assign(layers, false);
+  if (top.Has("no_rope_layers") && !top.Find("no_rope_layers")->empty()) {
+    const json& list = *top.Find("no_rope_layers");
+    if (!list.is_array() || list.size() != layers) {
+      top.WrongType("no_rope_layers", "an array of 0/1 with one entry per layer", list);
+    }
+    for (size_t i = 0; i < layers; ++i) {
+      if (!list[i].is_number_integer() || (list[i] != 0 && list[i] != 1)) {
+        top.WrongType("no_rope_layers", "an array of 0/1 with one entry per layer", list);
+      }
+      config.nope_layers[i] = list[i] == 0;  // 1 = this layer uses RoPE
+    }
+  } else {
+    const int64_t interval = top.Int("no_rope_layer_interval", 4);
+    if (interval < 1)
+      top.Fail(ErrorKind::kInvalidArgument, "'no_rope_layer_interval' must be >= 1");
+    for (size_t i = 0; i < layers; ++i) {
+      config.nope_layers[i] = (static_cast<int64_t>(i) + 1) % interval == 0;
+    }
+  }
+  config.attention_chunk_size =
+      top.Absent("attention_chunk_size") ? 8192 : top.Int("attention_chunk_size", 0);
+  config.chunked_layers.assign(layers, false);
+  if (top.Has("layer_types")) {
+    const json& list = *top.Find("layer_types");
+    if (!list.is_array() || list.size() != layers) {
+      top.WrongType("layer_types", "an array of strings with one entry per layer", list);
+    }
+    for (size_t i = 0; i < layers; ++i) {
+      const std::string entry = top.AsString("layer_types", list[i]);
+      if (entry != "chunked_attention" && entry != "full_attention") {
+        top.Fail(ErrorKind::kUnsupported,
+                 "unsupported layer_types entry '" + io::TextExcerpt(entry) + "' at index " +
+                     std::to_string(i) + " (supported: chunked_attention, full_attention)");
+      }
+      config.chunked_layers[i] = entry == "chunked_attention";
+    }
+  } else {
+    for (size_t i = 0; i < layers; ++i) config.chunked_layers[i] = !config.nope_layers[i];
+  }
+  if (top.Bool("use_qk_norm", true)) {
+    config.gqa.qk_norm = QkNorm::kL2;
+    config.gqa.qk_norm_eps = top.Double("rms_norm_eps", 1e-5);
+  }
+  // attn_temperature_tuning is a boolean in Llama4TextConfig; released configs write a number
+  // (4), which the attention reads for its truth value.
+  const json* tuning = top.Find("attn_temperature_tuning");
+  bool tune = true;
+  if (tuning != nullptr) {
+    if (tuning->is_boolean()) {
+      tune = tuning->get<bool>();
+    } else if (tuning->is_number()) {
+      tune = tuning->get<double>() != 0.0;
+    } else {
+      top.WrongType("attn_temperature_tuning", "a boolean or a number", *tuning);
+    }
+  }
+  if (tune) {
+    config.temperature.floor_scale = top.Double("floor_scale", 8192.0);
+    config.temperature.attn_scale = top.Double("attn_scale", 0.1);
+    if (!(config.temperature.floor_scale > 0.0)) {
+      top.Fail(ErrorKind::kInvalidArgument, "'floor_scale' must be positive");
+    }
+  }
+}
+
 void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& config) {
   config.kind = AttentionKind::kGqa;
   config.rope.pairing = RopePairing::kRotateHalf;  // HF rotate_half (docs/semantics.md §2)
@@ -455,7 +537,8 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
   const bool oss = model_type == "gpt_oss";
   const bool gemma = model_type == "gemma2" || model_type == "gemma3_text";
   const bool glm = model_type == "glm" || model_type == "glm4";
-  const int64_t absent_kv_heads = oss ? 8 : gemma ? 4 : glm ? 2 : config.num_heads;
+  const bool llama4 = model_type == "llama4_text";
+  const int64_t absent_kv_heads = oss || llama4 ? 8 : gemma ? 4 : glm ? 2 : config.num_heads;
   config.gqa.num_kv_heads =
       top.Int("num_key_value_heads",
               top.Absent("num_key_value_heads") ? absent_kv_heads : config.num_heads);
@@ -470,8 +553,8 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
     config.gqa.head_dim = 64;
   } else if (model_type == "qwen3") {
     config.gqa.head_dim = 128;  // Qwen3Config's default (Qwen3-MoE has none: hidden / heads)
-  } else if (glm) {
-    config.gqa.head_dim = 128;  // GlmConfig's and Glm4Config's default
+  } else if (glm || llama4) {
+    config.gqa.head_dim = 128;  // GlmConfig's, Glm4Config's and Llama4TextConfig's default
   } else if (gemma) {
     config.gqa.head_dim = 256;  // Gemma2Config's and Gemma3TextConfig's default
   } else if (config.num_heads > 0) {
@@ -589,6 +672,10 @@ void ParseGqa(const Fields& top, const std::string& model_type, ModelConfig& con
     config.gqa.o_bias = bias;
     config.gqa.attention_sinks = true;
     ParsePatternedWindow(top, config, /*default_window=*/128, /*global_every=*/2);
+    return;
+  }
+  if (llama4) {
+    ParseLlama4(top, config);
     return;
   }
   if (model_type == "phi3") {
@@ -719,10 +806,9 @@ void ParseFalcon(const Fields& top, ModelConfig& config, bool refined_web) {
   config.hidden_size = IntOrAlias(top, "hidden_size", "n_embed");
   config.num_heads = IntOrAlias(top, "num_attention_heads", "n_head");
   config.num_layers = IntOrAlias(top, "num_hidden_layers", "n_layer");
-  if (top.Bool("alibi", false)) {
-    top.Fail(ErrorKind::kUnsupported,
-             "alibi=true is not supported for falcon (attn implements RoPE, not ALiBi biases)");
-  }
+  // alibi: ALiBi biases instead of RoPE (Falcon-RW); FalconAttention adds them to q·k before
+  // scaling by 1/sqrt(d) (docs/semantics.md §1).
+  config.gqa.alibi = top.Bool("alibi", false);
   if (config.num_heads > 0 && config.hidden_size % config.num_heads != 0) {
     top.Fail(ErrorKind::kInvalidArgument, "hidden_size (" + std::to_string(config.hidden_size) +
                                               ") is not divisible by num_attention_heads (" +
@@ -821,6 +907,7 @@ int64_t DefaultMaxPositions(const std::string& model_type) {
   if (model_type == "gemma2") return 8192;
   if (model_type == "gemma3_text") return 131072;
   if (model_type == "phi3") return 4096;
+  if (model_type == "llama4_text") return 4096 * 32;
   return 2048;  // llama, falcon, deepseek_v2, olmo2, granite
 }
 
@@ -874,6 +961,10 @@ ModelConfig Parse(const std::string& json_text, const std::string& source) {
       config.rope.rotary_dim = config.gqa.head_dim / 2;  // GlmConfig's default factor 0.5
     }
     if (model_type == "gemma3_text") ParseGemma3Ropes(top, source, config);
+    if (model_type == "llama4_text" && !top.Has("rope_theta") &&
+        (!top.Has("rope_parameters") || !top.Find("rope_parameters")->contains("rope_theta"))) {
+      config.rope.theta = 500000.0;  // Llama4TextConfig's default
+    }
     if (model_type == "mixtral" && !top.Has("rope_theta") &&
         (!top.Has("rope_parameters") || !top.Find("rope_parameters")->contains("rope_theta"))) {
       config.rope.theta = 1e6;  // MixtralConfig's default_theta

@@ -319,8 +319,11 @@ void CheckWritable(const ModelConfig& c, const char* format) {
                         : c.sliding_rope_differs       ? "a second RoPE for sliding layers"
                         : c.rope.scaling.type == RopeScalingType::kLongrope
                             ? "longrope RoPE scaling"
-                        : c.model_type == "phi3" ? "stacked qkv_proj"
-                                                 : nullptr;
+                        : c.model_type == "phi3"     ? "stacked qkv_proj"
+                        : c.gqa.alibi                ? "ALiBi biases"
+                        : !c.nope_layers.empty()     ? "NoPE layers"
+                        : c.attention_chunk_size > 0 ? "chunked attention"
+                                                     : nullptr;
   if (feature != nullptr) {
     throw Error(ErrorKind::kUnsupported,
                 std::string("cannot write a ") + format + " config for model_type '" +

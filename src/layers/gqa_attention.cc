@@ -2,12 +2,17 @@
 // One forward call of the GQA family (docs/semantics.md §1), top to bottom:
 //   q = x Wqᵀ (+bq) -> [B,S,H,d];  k = x Wkᵀ (+bk), v = x Wvᵀ (+bv) -> [B,S,G,d]
 //   q, k <- RMSNorm per head (Qwen3, Gemma 3) or per projection (OLMo 2), where the family has it
-//   q, k <- RoPE(position), the sliding layers' own RoPE where the family has two (Gemma 3)
+//   q, k <- RoPE(position), the sliding layers' own RoPE where the family has two (Gemma 3);
+//           none on NoPE layers (Llama 4) and ALiBi models (Falcon's alibi)
+//   q, k <- weightless L2 norm per head after RoPE (Llama 4's RoPE layers)
+//   q    <- q · temperature(slot) on Llama 4's NoPE layers
 //   cache[b] += (k, v);  o[b] = Attend(q[b], cache[b]) with head h reading kv head h/(H/G),
-//                        soft-capped scores (Gemma 2) and sink logits (GPT-OSS) where configured
+//                        soft-capped scores (Gemma 2), sink logits (GPT-OSS), ALiBi biases and
+//                        chunked visibility (Llama 4) where configured
 //   y = o Woᵀ (+bo), o flattened to [B,S,H·d]
 #include "attn/gqa_attention.h"
 
+#include <cmath>
 #include <vector>
 
 #include "attn/error.h"
@@ -19,6 +24,8 @@ namespace attn {
 GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, GqaWeights weights)
     : config_(layers::Validated(config)),
       window_(0),
+      chunk_(0),
+      rotates_(true),
       scale_(0.0f),
       rope_(config_.sliding_rope_differs && config_.WindowForLayer(layer) > 0 ? config_.sliding_rope
                                                                               : config_.rope),
@@ -29,7 +36,16 @@ GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, GqaWeights 
              "layer " + std::to_string(layer) + " out of range (model has " +
                  std::to_string(config.num_layers) + " layers)");
   window_ = config.WindowForLayer(layer);
+  chunk_ = config.ChunkForLayer(layer);
+  rotates_ = config.RotatesLayer(layer);
   scale_ = static_cast<float>(SoftmaxScale(config));
+  if (config.gqa.alibi) {
+    // Falcon adds slope·position to q·k before multiplying by 1/sqrt(d) (eager and SDPA paths
+    // alike), so in logit units the slope carries the softmax scale (docs/semantics.md §1).
+    for (const double slope : AlibiSlopes(config.num_heads)) {
+      alibi_slopes_.push_back(static_cast<float>(slope * SoftmaxScale(config)));
+    }
+  }
   const int64_t d = config.gqa.head_dim;
   const int64_t q_width = config.num_heads * d;
   const int64_t kv_width = config.gqa.num_kv_heads * d;
@@ -68,6 +84,7 @@ GqaAttention::GqaAttention(const ModelConfig& config, int64_t layer, GqaWeights 
       layers::CheckWeight(weights_.q_norm, {q_width}, "q_norm.weight");
       layers::CheckWeight(weights_.k_norm, {kv_width}, "k_norm.weight");
       break;
+    case QkNorm::kL2:  // weightless
     case QkNorm::kNone:
       ATTN_CHECK(weights_.q_norm.size() == 0 && weights_.k_norm.size() == 0,
                  ErrorKind::kInvalidArgument, "q/k norms given but the config has none");
@@ -122,11 +139,32 @@ void GqaAttention::StepInto(const TokenBatch& batch, Cache& cache, MlaForm /*for
     layers::RmsNormRows(k, rows, kv_heads * d, weights_.k_norm, eps);
   }
 
-  const std::span<const int64_t> positions = layers::ResolvePositions(batch, shape, *kv);
-  std::optional<RotaryEmbedding> call_rope;
-  const RotaryEmbedding& rope = layers::RopeForCall(rope_, positions, shape, call_rope);
-  layers::RotateHeads(rope, positions, q, heads * d, 0, heads, d);
-  layers::RotateHeads(rope, positions, k, kv_heads * d, 0, kv_heads, d);
+  if (rotates_) {
+    const std::span<const int64_t> positions = layers::ResolvePositions(batch, shape, *kv);
+    std::optional<RotaryEmbedding> call_rope;
+    const RotaryEmbedding& rope = layers::RopeForCall(rope_, positions, shape, call_rope);
+    layers::RotateHeads(rope, positions, q, heads * d, 0, heads, d);
+    layers::RotateHeads(rope, positions, k, kv_heads * d, 0, kv_heads, d);
+    if (config_.gqa.qk_norm == QkNorm::kL2) {
+      // Llama 4's L2Norm: x·rsqrt(mean(x²) + eps) per head, no weight, after RoPE.
+      layers::UnweightedRmsNormRows(q, rows * heads, d, eps);
+      layers::UnweightedRmsNormRows(k, rows * kv_heads, d, eps);
+    }
+  } else if (config_.temperature.floor_scale > 0.0) {
+    // Llama 4's temperature tuning on NoPE layers: the query at cache slot p is multiplied by
+    // ln(⌊(p + 1) / floor_scale⌋ + 1)·attn_scale + 1 (docs/semantics.md §1).
+    for (int64_t b = 0; b < shape.batch; ++b) {
+      for (int64_t s = 0; s < shape.counts[static_cast<size_t>(b)]; ++s) {
+        const auto slot = static_cast<double>(kv->length(b) + s);
+        const double factor =
+            std::log(std::floor((slot + 1.0) / config_.temperature.floor_scale) + 1.0) *
+                config_.temperature.attn_scale +
+            1.0;
+        float* row = q + (b * shape.tokens + s) * heads * d;
+        for (int64_t i = 0; i < heads * d; ++i) row[i] = static_cast<float>(row[i] * factor);
+      }
+    }
+  }
 
   float* heads_out = layers::Scratch(layers::Slot::kHeadsOut, rows * heads * d);
   // Every sequence's new tokens go into the cache first, then one kernel call attends for the
@@ -143,6 +181,8 @@ void GqaAttention::StepInto(const TokenBatch& batch, Cache& cache, MlaForm /*for
     problem.queries = {q + token0 * heads * d, count, heads, d};
     problem.kv = kv->View(b);
     problem.visibility = {first_slot, window_};
+    problem.visibility.chunk = chunk_;
+    problem.alibi_slopes = alibi_slopes_.empty() ? nullptr : alibi_slopes_.data();
     problem.scale = scale_;
     problem.sinks = weights_.sinks.size() > 0 ? weights_.sinks.data() : nullptr;
     problem.softcap = static_cast<float>(config_.attn_logit_softcapping);

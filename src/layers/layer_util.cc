@@ -147,6 +147,17 @@ void RmsNormRows(float* x, int64_t rows, int64_t stride, const Tensor& weight, d
   }
 }
 
+void UnweightedRmsNormRows(float* x, int64_t rows, int64_t width, double eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = x + r * width;
+    double sum_squares = 0.0;
+    for (int64_t i = 0; i < width; ++i) sum_squares += static_cast<double>(row[i]) * row[i];
+    const float inverse_rms =
+        static_cast<float>(1.0 / std::sqrt(sum_squares / static_cast<double>(width) + eps));
+    for (int64_t i = 0; i < width; ++i) row[i] *= inverse_rms;
+  }
+}
+
 void CheckWeight(const Tensor& tensor, const Shape& expected, const std::string& name) {
   ATTN_CHECK(tensor.shape() == expected, ErrorKind::kInvalidArgument,
              name + ": expected shape " + ShapeToString(expected) + ", got " +

@@ -87,6 +87,10 @@ void RotateHeads(const RotaryEmbedding& rope, std::span<const int64_t> positions
 // spaced `stride` apart (HF RMSNorm: statistics in fp32 or wider, then scale).
 void RmsNormRows(float* x, int64_t rows, int64_t stride, const Tensor& weight, double eps);
 
+// x <- x / sqrt(mean(x²) + eps) for `rows` contiguous rows of `width` (Llama 4's weightless
+// L2Norm).
+void UnweightedRmsNormRows(float* x, int64_t rows, int64_t width, double eps);
+
 // Throws Error(kInvalidArgument) "<name>: expected shape [..], got [..]" when a weight is off.
 void CheckWeight(const Tensor& tensor, const Shape& expected, const std::string& name);
 // The same for a projection weight; an F8_E4M3 one must also carry its block scales.

@@ -163,7 +163,8 @@ std::unique_ptr<AttentionLayer> BuildAttentionLayer(const ModelConfig& config, i
     w.k_bias = TakeVector(weights, "k_proj.bias", config.gqa.qkv_bias);
     w.v_bias = TakeVector(weights, "v_proj.bias", config.gqa.qkv_bias);
     w.o_bias = TakeVector(weights, "o_proj.bias", config.gqa.o_bias);
-    const bool qk_norm = config.gqa.qk_norm != QkNorm::kNone;
+    // Llama 4's L2 norm has no weights.
+    const bool qk_norm = config.gqa.qk_norm != QkNorm::kNone && config.gqa.qk_norm != QkNorm::kL2;
     w.q_norm = TakeVector(weights, "q_norm.weight", qk_norm);
     w.k_norm = TakeVector(weights, "k_norm.weight", qk_norm);
     w.sinks = TakeVector(weights, "sinks", config.gqa.attention_sinks);

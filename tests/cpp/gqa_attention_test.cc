@@ -218,6 +218,67 @@ TEST(GqaAttention, SlidingWindowLimitsWhatIsSeen) {
   EXPECT_LT(RelativeError(stepped, windowed), 1e-5);
 }
 
+// Llama 4's layer kinds and Falcon's ALiBi keep decode == prefill: the chunk and the
+// temperature follow the cache slot, the ALiBi bias the key/query slots (docs/semantics.md §1).
+TEST(GqaAttention, Llama4AndAlibiDecodeEqualsPrefill) {
+  ModelConfig llama4 = testing::SmallGqaConfig(4, 2);
+  llama4.model_type = "llama4_text";
+  llama4.num_layers = 4;
+  llama4.rope.pairing = RopePairing::kInterleaved;
+  llama4.gqa.qk_norm = QkNorm::kL2;
+  llama4.gqa.qk_norm_eps = 1e-5;
+  llama4.attention_chunk_size = 4;
+  llama4.chunked_layers = {true, true, true, false};
+  llama4.nope_layers = {false, false, false, true};
+  llama4.temperature = {3.0, 0.5};  // floor_scale 3: the factor changes every 3 slots
+  ModelConfig falcon = testing::SmallGqaConfig(6, 6);
+  falcon.model_type = "falcon";
+  falcon.gqa.alibi = true;
+  const Tensor x = Input(2, 11, 64);
+  const std::vector<int64_t> positions = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
+                                          0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8};
+  std::vector<uint8_t> keep(22, 1);
+  keep[11] = keep[12] = 0;  // left padding in sequence 1
+  const TokenBatch batch{&x, positions, keep};
+  for (const auto& [config, layer] :
+       {std::pair<const ModelConfig*, int64_t>{&llama4, 0}, {&llama4, 3}, {&falcon, 0}}) {
+    const auto attention = BuildAttentionLayer(*config, layer, RandomAttentionWeights(*config, 2));
+    const Tensor full = attention->Forward(batch, MlaForm::kAuto);
+    for (int64_t prefill : {1, 5, 11}) {
+      const Tensor stepped =
+          attention->PrefillThenDecode(batch, prefill, MlaForm::kAuto, DType::kF32);
+      EXPECT_LT(RelativeError(stepped, full), 1e-5)
+          << config->model_type << " layer " << layer << " prefill " << prefill;
+    }
+  }
+}
+
+// A chunked layer's query sees only its own chunk: changing tokens of an earlier chunk leaves
+// later chunks' outputs unchanged, while a NoPE (full) layer sees them.
+TEST(GqaAttention, ChunkedLayerSeesOnlyItsChunk) {
+  ModelConfig c = testing::SmallGqaConfig(4, 2);
+  c.num_layers = 2;
+  c.attention_chunk_size = 4;
+  c.chunked_layers = {true, false};
+  c.nope_layers = {false, true};
+  Tensor x = Input(1, 12, 64);
+  Tensor y = x.Copy();
+  for (int64_t i = 0; i < 4 * 64; ++i) y.data()[i] += 0.5f;  // tokens 0-3: the first chunk
+  for (int64_t layer : {0, 1}) {
+    const auto attention = BuildAttentionLayer(c, layer, RandomAttentionWeights(c, 4));
+    const Tensor a = attention->Forward({&x, {}, {}}, MlaForm::kAuto);
+    const Tensor b = attention->Forward({&y, {}, {}}, MlaForm::kAuto);
+    const float* pa = a.data() + 4 * 64;  // tokens 4-11
+    const float* pb = b.data() + 4 * 64;
+    const double change = RelativeError(pb, pa, 8 * 64);
+    if (layer == 0) {
+      EXPECT_EQ(change, 0.0);
+    } else {
+      EXPECT_GT(change, 1e-3);
+    }
+  }
+}
+
 TEST(GqaAttention, BadInputsAreErrors) {
   const ModelConfig c = testing::SmallGqaConfig(8, 2);
   const auto layer = MakeLayer(c);

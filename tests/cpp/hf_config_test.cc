@@ -670,7 +670,7 @@ TEST(HfConfigTiny, Phi3LongropeAndPartialRotary) {
   EXPECT_EQ(config.rope.pairing, RopePairing::kRotateHalf);
   EXPECT_FALSE(config.gqa.qkv_bias);
   EXPECT_FALSE(config.gqa.o_bias);
-  EXPECT_EQ(config.sliding_window, 200);
+  EXPECT_EQ(config.sliding_window, 6);
   EXPECT_TRUE(config.sliding_layers.empty());  // every layer
   const RopeScaling& s = config.rope.scaling;
   EXPECT_EQ(s.type, RopeScalingType::kLongrope);
@@ -691,6 +691,61 @@ TEST(HfConfigRope, Phi3ReadsSuAndYarnAsLongrope) {
   json j = ReadJson("tiny-llama31.json");
   j["rope_scaling"] = {{"type", "su"}, {"short_factor", {1.0}}, {"long_factor", {1.0}}};
   ExpectError([&] { Parse(j); }, ErrorKind::kUnsupported, {"unsupported rope scaling type 'su'"});
+}
+
+TEST(HfConfigTiny, FalconAlibiHasNoRope) {
+  const ModelConfig config = ParseHfConfig(R"({"model_type": "falcon", "hidden_size": 64,
+      "num_attention_heads": 4, "num_hidden_layers": 2, "alibi": true, "bias": true,
+      "multi_query": false, "new_decoder_architecture": false})");
+  EXPECT_TRUE(config.gqa.alibi);
+  EXPECT_EQ(config.gqa.num_kv_heads, 4);
+  EXPECT_FALSE(config.RotatesLayer(0));
+  EXPECT_FALSE(config.RotatesLayer(1));
+}
+
+// Llama4TextConfig's defaults: every 4th layer NoPE (full attention, temperature tuned), the
+// others RoPE with chunked attention and the weightless L2 q/k norm; interleaved pairs.
+TEST(HfConfigTiny, Llama4LayerKindsFollowNoRopeLayers) {
+  json j = {{"model_type", "llama4_text"},
+            {"hidden_size", 64},
+            {"num_attention_heads", 4},
+            {"num_key_value_heads", 2},
+            {"head_dim", 16},
+            {"num_hidden_layers", 8},
+            {"attention_chunk_size", 32},
+            {"attn_temperature_tuning", 4},
+            {"rms_norm_eps", 1e-5}};
+  ModelConfig config = Parse(j);
+  EXPECT_EQ(config.rope.pairing, RopePairing::kInterleaved);
+  EXPECT_EQ(config.rope.theta, 500000.0);
+  EXPECT_EQ(config.gqa.qk_norm, QkNorm::kL2);
+  EXPECT_EQ(config.temperature.floor_scale, 8192.0);
+  EXPECT_EQ(config.temperature.attn_scale, 0.1);
+  for (int64_t layer = 0; layer < 8; ++layer) {
+    const bool nope = (layer + 1) % 4 == 0;
+    EXPECT_EQ(config.RotatesLayer(layer), !nope) << layer;
+    EXPECT_EQ(config.ChunkForLayer(layer), nope ? 0 : 32) << layer;
+  }
+  j["no_rope_layers"] = {1, 0, 1, 1, 1, 1, 1, 0};
+  j["layer_types"] = {"chunked_attention", "full_attention",    "full_attention",
+                      "chunked_attention", "chunked_attention", "chunked_attention",
+                      "chunked_attention", "full_attention"};
+  j["use_qk_norm"] = false;
+  j["attn_temperature_tuning"] = false;
+  config = Parse(j);
+  EXPECT_FALSE(config.RotatesLayer(1));
+  EXPECT_TRUE(config.RotatesLayer(3));
+  EXPECT_EQ(config.ChunkForLayer(2), 0);
+  EXPECT_EQ(config.ChunkForLayer(3), 32);
+  EXPECT_EQ(config.gqa.qk_norm, QkNorm::kNone);
+  EXPECT_EQ(config.temperature.floor_scale, 0.0);
+  j["no_rope_layers"] = {1, 0, 2, 1, 1, 1, 1, 0};
+  ExpectError([&] { Parse(j); }, ErrorKind::kInvalidArgument, {"no_rope_layers"});
+  j["no_rope_layers"] = {1, 0};
+  ExpectError([&] { Parse(j); }, ErrorKind::kInvalidArgument, {"no_rope_layers"});
+  j.erase("no_rope_layers");
+  j["layer_types"][0] = "sliding_attention";
+  ExpectError([&] { Parse(j); }, ErrorKind::kUnsupported, {"layer_types", "sliding_attention"});
 }
 
 TEST(HfConfigErrors, LongropeListsAndLengthsAreChecked) {

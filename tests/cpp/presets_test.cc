@@ -219,8 +219,8 @@ TEST(FalconConfigTest, RefusesWhatItCannotRun) {
     }
   };
   expect(R"({"model_type": "falcon", "hidden_size": 64, "num_attention_heads": 4,
-      "num_hidden_layers": 2, "alibi": true})",
-         ErrorKind::kUnsupported, "alibi");
+      "num_hidden_layers": 2, "alibi": "yes"})",
+         ErrorKind::kInvalidArgument, "alibi");
   expect(R"({"model_type": "falcon", "hidden_size": 64, "num_attention_heads": 6,
       "num_hidden_layers": 2})",
          ErrorKind::kInvalidArgument, "not divisible");

@@ -165,6 +165,21 @@ TEST(RotaryEmbedding, ForCallUsesTheLargestPositionPlusOne) {
   EXPECT_EQ(sin_call, sin_short);
 }
 
+// BLOOM's build_alibi_tensor slopes: 2^(-8(h+1)/n') for the largest power of two n' <= H, then
+// the odd powers of 2^(-4/n') for the rest (H = 12: n' = 8, four extra heads).
+TEST(AlibiSlopes, PowerOfTwoAndRemainderHeads) {
+  const std::vector<double> eight = AlibiSlopes(8);
+  ASSERT_EQ(eight.size(), 8u);
+  for (size_t h = 0; h < 8; ++h) EXPECT_DOUBLE_EQ(eight[h], std::pow(0.5, h + 1.0));
+  const std::vector<double> twelve = AlibiSlopes(12);
+  ASSERT_EQ(twelve.size(), 12u);
+  for (size_t h = 0; h < 8; ++h) EXPECT_DOUBLE_EQ(twelve[h], eight[h]);
+  for (size_t j = 0; j < 4; ++j) {
+    EXPECT_DOUBLE_EQ(twelve[8 + j], std::pow(2.0, -0.5 * (2.0 * static_cast<double>(j) + 1.0)));
+  }
+  EXPECT_DOUBLE_EQ(AlibiSlopes(1)[0], 1.0 / 256.0);
+}
+
 TEST(RotaryEmbedding, PairingsRotateDifferentCoordinates) {
   // r = 4 with a huge base: θ_0 = 1, θ_1 ≈ 0, so only pair 0 turns (by 7 rad at position 7).
   for (RopePairing pairing : {RopePairing::kInterleaved, RopePairing::kRotateHalf}) {
