@@ -7,19 +7,25 @@ alternating 128-token windows, YaRN by default, biases), Gemma 2 (logit soft-cap
 query_pre_attn_scalar, alternating windows), Gemma 3 (gemma3_text: (1 + w) q/k norms, local
 layers with their own window and RoPE, global layers with rope_scaling) and GLM / GLM-4 (glm, glm4:
 interleaved RoPE on the first head_dim·partial_rotary_factor features, q/k/v biases without an o
-bias); weight-name checks
+bias); the RoPE types chosen per call, dynamic NTK and longrope, with Phi-3 (phi3: one stacked
+qkv_proj, partial rotate-half RoPE, a window on every layer) and MiniCPM3 (minicpm3: DeepSeek-V2's
+MLA with v_head_dim = hidden / heads, rotate-half and its own longrope), prefill and decode calls
+crossing the original context L (section "per-call RoPE"); weight-name checks
 (unused tensors are errors, rotary_emb.inv_freq is not); and the original Falcon-40B
 ("RefinedWeb") config.
 
 The oracle (torch_reference.py, `_parse_gqa_family`, `_parse_gpt_oss`, `_parse_gemma`,
-`_parse_glm`) was
-written from transformers' modeling and configuration code for each family; `hf_transcription`
+`_parse_glm`, `_parse_phi3`, `_parse_minicpm3`, `_parse_rope`) was
+written from transformers' modeling and configuration code for each family (MiniCPM3: its remote
+modeling code); `hf_transcription`
 below re-states transformers' eager attention (rotate_half, repeat_kv, additive masks,
 [B, H, S, d] layout; for GPT-OSS `hf_gpt_oss_transcription`: YaRN, _apply_rotary_emb and the
 sink column; for Gemma `hf_gemma_transcription`: soft-capping, Gemma3RMSNorm, the per-layer-type
 RoPE; for GLM `hf_glm_transcription`: GLM's rotate_half, cos/sin repeat_interleave, the partial
-rotary width) a second time, so the oracle is itself checked against HF's formulation before it
-judges attn.
+rotary width; for the per-call RoPE types `hf_cached_transcription` and
+`hf_minicpm3_transcription`: the layer run call by call through a KV cache, with transformers'
+stateful dynamic_rope_update and MiniCPMLongRoPE's growing cos/sin table) a second time, so the
+oracle is itself checked against HF's formulation before it judges attn.
 
 Metric: test_oracle's `assert_matches`, max|attn - ref| <= 1e-4 * max|ref| (fp32 weights).
 Every test that takes `cli` runs through the CLI binary and through the Python module.
@@ -63,6 +69,15 @@ GLM = _load("glm")                # head_dim 48 != 128/4 and != 128, G 2 < H 4, 
 #                                   first 24 features rotate, interleaved; q/k/v bias; theta 1e4
 GLM4 = _load("glm4")              # head_dim 32 != 96/6, G 2 < H 6, partial 0.5 (16 of 32);
 #                                   q/k/v bias; theta 1e6
+
+PHI3 = _load("phi3")              # G 2 < H 4, head_dim 32, partial 0.75 (24 of 32 rotate),
+#                                   window 6 on every layer, longrope over original 256
+#                                   (max 4096: attention factor sqrt(1 + ln 16 / ln 256))
+PHI3_MHA = _load("phi3-mha")      # Phi-3-mini style: G = H 4, full rotary, longrope over 64
+#                                   (max 2048), no window
+MINICPM3 = _load("minicpm3")      # MLA, q_lora 48, kv_lora 32, nope 16, rope 16, v 128/4 = 32;
+#                                   longrope over 256 with max 512: always the long factors
+LLAMA_DYNAMIC = _load("llama-dynamic")  # dynamic NTK factor 4 over max_position_embeddings 64
 
 FAMILIES = {"qwen3": QWEN3, "qwen3-moe": QWEN3_MOE, "olmo2": OLMO2, "granite": GRANITE,
             "mixtral": MIXTRAL, "qwen2-moe": QWEN2_MOE, "gpt-oss": GPT_OSS, "gemma2": GEMMA2,
@@ -2097,3 +2112,699 @@ def test_real_config_layer_shapes_and_forward(cli, name):
     got, want, _, _ = run_case(cli, cfg, B=1, S=3, seed=17, starts=30000, layer=layer,
                                weights=(wpath, W))
     assert_matches(got, want, name)
+
+
+# ============================================================================ per-call RoPE
+# Dynamic NTK (rope_type "dynamic"), longrope (Phi-3; MiniCPM3's own variant) and the phi3 and
+# minicpm3 layers. The frequencies of these RoPE types depend on the largest position P of each
+# call (whole batch): `attn forward --prefill n` makes one call of n tokens and then one call per
+# decode step, and a key keeps the rotation of the call that cached it. The oracle models that
+# with forward(..., calls=ref.prefill_calls(S, n)).
+#
+# Dynamic NTK: the oracle's rule is stateless (n = max(P + 1, L) per call); transformers'
+# dynamic_rope_update keeps the largest n seen since the last call shorter than L. The two agree
+# on every call sequence whose P does not decrease, which is all these tests use (a prefill, then
+# decode steps at increasing positions); test_oracle_dynamic_stateless_rule_vs_hf_state shows a
+# sequence where they part.
+
+# Phi-3 variants.
+PHI3_NO_WINDOW = _without(PHI3, "sliding_window")                     # Phi3Config: None
+PHI3_DEFAULT_ROPE = _without(PHI3, "rope_scaling")                    # plain RoPE, partial 0.75
+PHI3_FULL_ROTARY = dict(_without(PHI3, "partial_rotary_factor"),      # 32 of 32: 16 factors
+                        rope_scaling=dict(PHI3_MHA["rope_scaling"]))
+PHI3_ATTENTION_FACTOR = dict(PHI3, rope_scaling=dict(PHI3["rope_scaling"], attention_factor=0.75))
+PHI3_ROPE_TYPE_SPELLING = dict(PHI3, rope_scaling=dict(
+    _without(PHI3["rope_scaling"], "type"), rope_type="longrope"))
+PHI3_MQA = dict(PHI3, num_key_value_heads=1)
+# Phi3Config's original_max_position_embeddings defaults to 4096 and, being an attribute, is
+# longrope's L even when the rope dict has its own (standardize_rope_params gives it priority).
+PHI3_DEFAULT_ORIGINAL = dict(_without(PHI3, "original_max_position_embeddings"),
+                             max_position_embeddings=8192)
+PHI3_DICT_ORIGINAL_ONLY = dict(_without(PHI3, "original_max_position_embeddings"),
+                               rope_scaling=dict(PHI3["rope_scaling"],
+                                                 original_max_position_embeddings=256))
+# Longrope on a llama: L from the dict (no top-level key), the dict's factor for the attention
+# factor (v5), partial rotary 0.5.
+LLAMA_LONGROPE = {
+    "model_type": "llama", "hidden_size": 128, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "num_hidden_layers": 2, "max_position_embeddings": 1024,
+    "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+    "rope_scaling": {"rope_type": "longrope", "factor": 8.0,
+                     "original_max_position_embeddings": 128,
+                     "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.1, 4.0],
+                     "long_factor": [1.0, 1.5, 2.5, 4.0, 6.5, 10.0, 15.0, 22.0]}}
+LLAMA_DYNAMIC_PARTIAL = dict(LLAMA_DYNAMIC, partial_rotary_factor=0.5)  # r 16: exponent 16/14
+LLAMA_DYNAMIC_MHA_FACTOR2 = dict(LLAMA_DYNAMIC, num_key_value_heads=4,
+                                 rope_scaling={"type": "dynamic", "factor": 2.0})
+# MiniCPM3 with max_position_embeddings = L (as MiniCPM3-4B, 32768 = 32768): the short factors
+# until a call's sequence passes L, attention factor sqrt(1 + ln 1 / ln L) = 1.
+MINICPM3_SHORT = dict(MINICPM3, max_position_embeddings=256)
+# max_position_embeddings < L: MiniCPMLongRoPE's factor is below 1 (no floor).
+MINICPM3_BELOW = dict(MINICPM3, max_position_embeddings=128)
+MINICPM3_NO_SCALING = dict(MINICPM3, rope_scaling=None)
+
+def _hf_rope_parameters(cfg):
+    """The rope dict, L and attention scaling transformers' v5 rotary embedding uses for a llama
+    or phi3 config (RotaryEmbeddingConfigMixin.standardize_rope_params and Phi3Config's
+    defaults; _compute_dynamic_ntk_parameters, _compute_longrope_parameters), restated."""
+    phi3 = cfg["model_type"] == "phi3"
+    rp = dict(cfg.get("rope_scaling") or cfg.get("rope_parameters") or {})
+    rp.setdefault("rope_type", rp.get("type", "default"))
+    rp.setdefault("rope_theta", cfg.get("rope_theta", 10000.0))
+    max_pos = cfg.get("max_position_embeddings", 4096 if phi3 else 2048)
+    if rp["rope_type"] == "longrope":
+        if phi3 or "original_max_position_embeddings" in cfg:  # hasattr(config, ...)
+            rp["original_max_position_embeddings"] = cfg.get("original_max_position_embeddings",
+                                                             4096)
+        else:
+            rp.setdefault("original_max_position_embeddings", max_pos)
+    return rp, max_pos
+
+
+def _hf_inv_freq(cfg, dim, seq_len=None):
+    """(inv_freq, attention_scaling) of ROPE_INIT_FUNCTIONS[rope_type](config, seq_len=...)."""
+    rp, max_pos = _hf_rope_parameters(cfg)
+    base = rp["rope_theta"]
+    arange = torch.arange(0, dim, 2, dtype=torch.float64) / dim
+    if rp["rope_type"] == "dynamic":
+        seq_len = max_pos if seq_len is None else max(seq_len, max_pos)
+        factor = rp["factor"]
+        base = base * ((factor * seq_len / max_pos) - (factor - 1)) ** (dim / (dim - 2))
+        return 1.0 / (base ** arange), 1.0
+    if rp["rope_type"] == "longrope":
+        L = rp["original_max_position_embeddings"]
+        factor = rp.get("factor")
+        if factor is None:
+            factor = max_pos / L
+        attention_factor = rp.get("attention_factor")
+        if attention_factor is None:
+            attention_factor = 1.0 if factor <= 1.0 else math.sqrt(
+                1 + math.log(factor) / math.log(L))
+        ext = rp["long_factor"] if seq_len and seq_len > L else rp["short_factor"]
+        return 1.0 / (torch.tensor(ext, dtype=torch.float64) * base ** arange), attention_factor
+    assert rp["rope_type"] == "default", rp
+    return 1.0 / (base ** arange), 1.0
+
+
+class _HfRotary:
+    """LlamaRotaryEmbedding / Phi3RotaryEmbedding with @dynamic_rope_update (v5), stateful:
+    dynamic grows max_seq_len_cached and resets below L; longrope swaps short/long inv_freq."""
+
+    def __init__(self, cfg, dim):
+        self.cfg, self.dim = cfg, dim
+        rp, max_pos = _hf_rope_parameters(cfg)
+        self.rope_type = rp["rope_type"]
+        self.inv_freq, self.attention_scaling = _hf_inv_freq(cfg, dim)
+        self.original_inv_freq = self.inv_freq
+        self.max_seq_len_cached = self.original_max_seq_len = max_pos
+        self.L = rp.get("original_max_position_embeddings")
+
+    def __call__(self, position_ids):
+        seq_len = int(position_ids.max()) + 1
+        if self.rope_type == "dynamic":
+            if seq_len > self.max_seq_len_cached:  # growth
+                self.inv_freq, self.attention_scaling = _hf_inv_freq(self.cfg, self.dim, seq_len)
+                self.max_seq_len_cached = seq_len
+            if seq_len < self.original_max_seq_len < self.max_seq_len_cached:  # reset
+                self.inv_freq = self.original_inv_freq
+                self.max_seq_len_cached = self.original_max_seq_len
+        elif self.rope_type == "longrope":
+            self.inv_freq = (_hf_inv_freq(self.cfg, self.dim, self.L + 1)[0] if seq_len > self.L
+                             else self.original_inv_freq)
+        freqs = position_ids.double()[..., None] * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * self.attention_scaling)[:, None], \
+            (emb.sin() * self.attention_scaling)[:, None]
+
+
+def _hf_partial_rope(t, cos, sin):
+    """phi3's apply_rotary_pos_emb: rotate_half on the first cos.shape[-1] features."""
+    r = cos.shape[-1]
+    return torch.cat([t[..., :r] * cos + _rotate_half(t[..., :r]) * sin, t[..., r:]], dim=-1)
+
+
+def _hf_allowed(B, p0, n, T, mask, window):
+    """[B, 1, n, T]: the eager mask of queries in slots p0..p0+n-1 over cached slots 0..T-1."""
+    q_idx = torch.arange(p0, p0 + n)[:, None]
+    kv_idx = torch.arange(T)[None, :]
+    allowed = kv_idx <= q_idx
+    if window:
+        allowed = allowed & (kv_idx > q_idx - window)
+    allowed = allowed[None, None].expand(B, 1, n, T)
+    if mask is not None:
+        allowed = allowed & (mask[:, None, None, :T] != 0)
+    return torch.zeros(B, 1, n, T, dtype=torch.float64).masked_fill(
+        ~allowed, torch.finfo(torch.float64).min)
+
+
+def hf_cached_transcription(cfg, W, x, position_ids, attention_mask=None, layer=0, calls=None):
+    """transformers' llama / phi3 attention run call by call through a KV cache (v5:
+    llama/modeling_llama.py LlamaAttention, phi3/modeling_phi3.py Phi3Attention and
+    apply_rotary_pos_emb, modeling_rope_utils.dynamic_rope_update; DynamicCache appends rotated
+    keys), restated in float64 from the model files, not from torch_reference. Rows with no
+    visible key are not meaningful."""
+    mt = cfg["model_type"]
+    D, H = cfg["hidden_size"], cfg["num_attention_heads"]
+    G = cfg.get("num_key_value_heads") or H
+    d = cfg.get("head_dim") or D // H
+    rp, _ = _hf_rope_parameters(cfg)
+    dim = int(d * rp.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0)))
+    rotary = _HfRotary(cfg, dim)
+    window = cfg.get("sliding_window") if mt == "phi3" else None
+    p = ref.layer_prefix(layer)
+    B, S, _ = x.shape
+    x = x.double()
+    if mt == "phi3":
+        wqkv = W[p + "qkv_proj.weight"].double()
+        wq, wk, wv = wqkv[:H * d], wqkv[H * d:H * d + G * d], wqkv[H * d + G * d:]
+    else:
+        wq, wk, wv = (W[p + n + "_proj.weight"].double() for n in "qkv")
+    keys, values, outs, start = [], [], [], 0
+    for n in (calls or [S]):
+        xs, ps = x[:, start:start + n], position_ids[:, start:start + n]
+        q = (xs @ wq.T).view(B, n, -1, d).transpose(1, 2)
+        k = (xs @ wk.T).view(B, n, -1, d).transpose(1, 2)
+        v = (xs @ wv.T).view(B, n, -1, d).transpose(1, 2)
+        cos, sin = rotary(ps)
+        q, k = _hf_partial_rope(q, cos, sin), _hf_partial_rope(k, cos, sin)
+        keys.append(k)
+        values.append(v)
+        kc, vc = torch.cat(keys, dim=2), torch.cat(values, dim=2)
+        T = kc.shape[2]
+        w = torch.softmax(q @ _repeat_kv(kc, H // G).transpose(2, 3) * d ** -0.5
+                          + _hf_allowed(B, start, n, T, attention_mask, window), dim=-1)
+        outs.append((w @ _repeat_kv(vc, H // G)).transpose(1, 2).reshape(B, n, -1))
+        start += n
+    return torch.cat(outs, dim=1) @ W[p + "o_proj.weight"].double().T
+
+
+def hf_minicpm3_transcription(cfg, W, x, position_ids, attention_mask=None, layer=0, calls=None):
+    """MiniCPM3's MiniCPMAttention (remote code modeling_minicpm.py: q_a_proj, MiniCPMRMSNorm eps
+    1e-6, q_b_proj, kv_a_proj_with_mqa, kv_b_proj, v_head_dim = hidden / heads, MiniCPMLongRoPE
+    with its cos/sin table built for max_position_embeddings and rebuilt when kv_seq_len exceeds
+    it, apply_rotary_pos_emb with plain rotate_half, softmax_scale (dn + dr)^-0.5) run call by
+    call through a KV cache, restated in float64. The table is grown to P + 1 as well (MiniCPM3
+    would index past it for positions beyond kv_seq_len)."""
+    D, H = cfg["hidden_size"], cfg["num_attention_heads"]
+    dn, dr, rk = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["kv_lora_rank"]
+    dv = D // H
+    rs = cfg.get("rope_scaling")
+    max_pos = cfg["max_position_embeddings"]
+    base = cfg.get("rope_theta", 10000.0)
+    inv_freq = 1.0 / (base ** (torch.arange(0, dr, 2, dtype=torch.float64) / dr))
+    table_len = max_pos
+    p = ref.layer_prefix(layer)
+    B, S, _ = x.shape
+    x = x.double()
+
+    def lin(name, t):
+        return t @ W[p + name + ".weight"].double().T
+
+    keys, values, outs, start = [], [], [], 0
+    for n in (calls or [S]):
+        xs, ps = x[:, start:start + n], position_ids[:, start:start + n]
+        q = lin("q_b_proj", _hf_rms(lin("q_a_proj", xs), W[p + "q_a_layernorm.weight"].double(),
+                                    1e-6)).view(B, n, H, dn + dr).transpose(1, 2)
+        q_nope, q_pe = q[..., :dn], q[..., dn:]
+        ckv = lin("kv_a_proj_with_mqa", xs)
+        ckv, k_pe = ckv[..., :rk], ckv[..., rk:].view(B, n, 1, dr).transpose(1, 2)
+        kv = lin("kv_b_proj", _hf_rms(ckv, W[p + "kv_a_layernorm.weight"].double(), 1e-6))
+        kv = kv.view(B, n, H, dn + dv).transpose(1, 2)
+        k_nope, v = kv[..., :dn], kv[..., dn:]
+        kv_seq_len = start + n
+        table_len = max(table_len, kv_seq_len, int(ps.max()) + 1)
+        freqs = ps.double()[..., None] * inv_freq
+        scaling = 1.0
+        if rs:
+            L = rs["original_max_position_embeddings"]
+            ext = rs["long_factor"] if table_len > L else rs["short_factor"]
+            freqs = freqs / torch.tensor(ext, dtype=torch.float64)
+            scaling = math.sqrt(1 + math.log(max_pos / L) / math.log(L))
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = (emb.cos() * scaling)[:, None], (emb.sin() * scaling)[:, None]
+        q_pe = q_pe * cos + _rotate_half(q_pe) * sin
+        k_pe = k_pe * cos + _rotate_half(k_pe) * sin
+        keys.append(torch.cat((k_nope, k_pe.expand(B, H, n, dr)), dim=-1))
+        values.append(v)
+        kc, vc = torch.cat(keys, dim=2), torch.cat(values, dim=2)
+        qs = torch.cat((q_nope, q_pe), dim=-1)
+        w = torch.softmax(qs @ kc.transpose(2, 3) * (dn + dr) ** -0.5
+                          + _hf_allowed(B, start, n, kc.shape[2], attention_mask, None), dim=-1)
+        outs.append((w @ vc).transpose(1, 2).reshape(B, n, H * dv))
+        start += n
+    return lin("o_proj", torch.cat(outs, dim=1))
+
+
+def _hf_per_call(cfg, *args, **kw):
+    if cfg["model_type"] == "minicpm3":
+        return hf_minicpm3_transcription(cfg, *args, **kw)
+    return hf_cached_transcription(cfg, *args, **kw)
+
+
+PER_CALL_TRANSCRIPTION_CASES = [
+    # id, config, layer, starts, prefill (None: one call)
+    ("phi3-below-L", PHI3, 0, [10, 0], None), ("phi3-crossing-L", PHI3, 1, [250, 0], None),
+    ("phi3-far", PHI3, 0, [5000, 3], None), ("phi3-decode-crosses-L", PHI3, 1, [248, 0], 4),
+    ("phi3-mha-decode-crosses-L", PHI3_MHA, 0, [56, 1], 3),
+    ("phi3-default-rope", PHI3_DEFAULT_ROPE, 0, [700, 2], 5),
+    ("phi3-full-rotary", PHI3_FULL_ROTARY, 1, [56, 0], 2),
+    ("phi3-attention-factor", PHI3_ATTENTION_FACTOR, 0, [300, 0], None),
+    ("phi3-default-original-4096", PHI3_DEFAULT_ORIGINAL, 0, [4090, 0], 3),
+    ("phi3-dict-original-only", PHI3_DICT_ORIGINAL_ONLY, 0, [600, 0], None),
+    ("llama-longrope-decode-crosses-L", LLAMA_LONGROPE, 1, [120, 0], 4),
+    ("llama-dynamic-below-L", LLAMA_DYNAMIC, 0, [0, 40], None),
+    ("llama-dynamic-crossing-L", LLAMA_DYNAMIC, 1, [58, 0], None),
+    ("llama-dynamic-decode-crosses-L", LLAMA_DYNAMIC, 0, [56, 0], 4),
+    ("llama-dynamic-far-decode", LLAMA_DYNAMIC, 1, [3000, 7], 5),
+    ("llama-dynamic-partial", LLAMA_DYNAMIC_PARTIAL, 0, [60, 0], 2),
+    ("minicpm3-long", MINICPM3, 0, [9000, 2], 5), ("minicpm3-long-start0", MINICPM3, 1, 0, None),
+    ("minicpm3-short-decode-crosses-L", MINICPM3_SHORT, 0, [250, 0], 3),
+    ("minicpm3-short-crossing-L", MINICPM3_SHORT, 1, [252, 0], None),
+    ("minicpm3-below", MINICPM3_BELOW, 0, [60, 0], None),
+    ("minicpm3-no-scaling", MINICPM3_NO_SCALING, 0, [700, 0], 4),
+]
+
+
+@pytest.mark.parametrize("cfg,layer,starts,prefill",
+                         [(c, l, s, n) for _, c, l, s, n in PER_CALL_TRANSCRIPTION_CASES],
+                         ids=[i for i, *_ in PER_CALL_TRANSCRIPTION_CASES])
+def test_oracle_per_call_rope_equals_hf_transcription(cfg, layer, starts, prefill):
+    """The oracle with calls= against transformers' (MiniCPM3's) layer run call by call through
+    a KV cache, with left padding; crossing L inside a call or between decode steps."""
+    B, S = 2, 12
+    W = _oracle_weights(cfg, layer, seed=3)
+    x = make_hidden(B, S, cfg["hidden_size"], 4)
+    pos = make_positions(B, S, starts)
+    mask = left_pad_mask(B, S, [0, 2])
+    calls = None if prefill is None else ref.prefill_calls(S, prefill)
+    want = _hf_per_call(cfg, W, x, pos, mask, layer, calls=calls)
+    got = ref.forward(cfg, W, x, pos, mask, layer=layer, out_dtype=torch.float64, calls=calls)
+    rows = ~no_visible_key_rows(ref.parse_config(cfg), layer, mask, S)
+    err = (got - want)[rows].abs().max().item()
+    assert err <= 1e-12 * want[rows].abs().max().item(), err
+
+
+def test_oracle_dynamic_stateless_rule_vs_hf_state():
+    """Where the oracle's stateless dynamic rule and transformers' state agree, and where not:
+    P + 1 = 80, 90, 100 (increasing) agree call by call; 100 then 80 (both beyond L = 64) do not:
+    transformers keeps the n = 100 frequencies (no growth, no reset above L), the oracle uses
+    n = 80. attn is stateless too; only increasing sequences are tested against it."""
+    W = _oracle_weights(LLAMA_DYNAMIC, 0, seed=3)
+    x = make_hidden(1, 3, LLAMA_DYNAMIC["hidden_size"], 4)
+    for order, agree in (([79, 89, 99], True), ([99, 79, 89], False)):
+        pos = torch.tensor([order])
+        want = hf_cached_transcription(LLAMA_DYNAMIC, W, x, pos, calls=[1, 1, 1])
+        got = ref.forward(LLAMA_DYNAMIC, W, x, pos, out_dtype=torch.float64, calls=[1, 1, 1])
+        assert (_rel(got, want) < 1e-12) == agree, order
+
+
+def _bad_factor_list(cfg, key, drop=0, value=0):
+    """cfg with rope_scaling[key] one entry short (drop 1), one long (drop -1), or one entry
+    replaced by `value`."""
+    factors = list(cfg["rope_scaling"][key])
+    if drop == 1:
+        factors = factors[:-1]
+    elif drop == -1:
+        factors = factors + [1.0]
+    else:
+        factors[3] = value
+    return dict(cfg, rope_scaling=dict(cfg["rope_scaling"], **{key: factors}))
+
+
+# rotary dim 2 (head_dim 32, partial 1/16): dynamic's exponent r/(r - 2) is undefined.
+LLAMA_DYNAMIC_R2 = dict(LLAMA_DYNAMIC, partial_rotary_factor=0.0625)
+
+
+def test_oracle_per_call_parse_rules():
+    """Phi3Config's defaults and layout, longrope's L and attention factor (v5 rules), dynamic
+    NTK's frequencies, MiniCPM3's MLA and longrope."""
+    s = ref.parse_config(PHI3)
+    assert (s.num_heads, s.num_kv_heads, s.head_dim, s.stacked_qkv, s.qkv_bias, s.o_bias) == (
+        4, 2, 32, True, False, False)
+    assert (s.rope.type, s.rope.rotary_dim, s.rope.interleaved, s.rope.theta) == (
+        "longrope", 24, False, 10000.0)
+    assert [s.window_for_layer(i) for i in range(2)] == [6, 6]
+    assert s.rope.original_max_position_embeddings == 256
+    assert ref.attention_factor(s) == math.sqrt(1 + math.log(4096 / 256) / math.log(256))
+    assert ref.softmax_scale(s) == 32 ** -0.5
+    th = 10000.0 ** (-torch.arange(0, 24, 2, dtype=torch.float64) / 24)
+    short = torch.tensor(PHI3["rope_scaling"]["short_factor"], dtype=torch.float64)
+    long = torch.tensor(PHI3["rope_scaling"]["long_factor"], dtype=torch.float64)
+    assert torch.allclose(ref.inv_freq(s), th / short, rtol=1e-15, atol=0)
+    assert torch.allclose(ref.inv_freq(s, seq_len=256), th / short, rtol=1e-15, atol=0)
+    assert torch.allclose(ref.inv_freq(s, seq_len=257), th / long, rtol=1e-15, atol=0)
+    p = ref.layer_prefix(1)
+    assert ref.expected_weight_shapes(PHI3, 1) == {p + "qkv_proj.weight": (256, 128),
+                                                   p + "o_proj.weight": (128, 128)}
+    assert ref.expected_weight_shapes(PHI3_MHA, 0)[ref.layer_prefix(0) + "qkv_proj.weight"] == (
+        384, 128)
+    assert ref.parse_config(PHI3_NO_WINDOW).window_for_layer(1) == 0
+    assert ref.parse_config(PHI3_DEFAULT_ROPE).rope.type == "default"
+    assert ref.parse_config(PHI3_FULL_ROTARY).rope.rotary_dim == 32
+    assert ref.attention_factor(PHI3_ATTENTION_FACTOR) == 0.75
+    assert ref.parse_config(PHI3_ROPE_TYPE_SPELLING).rope == s.rope
+    # Phi3Config's original_max_position_embeddings (4096) is L whatever the dict says.
+    assert ref.parse_config(PHI3_DEFAULT_ORIGINAL).rope.original_max_position_embeddings == 4096
+    assert ref.parse_config(PHI3_DICT_ORIGINAL_ONLY).rope.original_max_position_embeddings == 4096
+    # Every default at once: Phi3Config() (G = H, head_dim D/H, no window, plain RoPE).
+    s = ref.parse_config({"model_type": "phi3", "hidden_size": 3072, "num_attention_heads": 32})
+    assert (s.num_kv_heads, s.head_dim, s.window_for_layer(0), s.rope.type, s.rope.rotary_dim,
+            s.rope.theta) == (32, 96, 0, "default", 96, 10000.0)
+    # Llama longrope: L from the dict; attention factor from the dict's factor 8.
+    s = ref.parse_config(LLAMA_LONGROPE)
+    assert (s.rope.original_max_position_embeddings, s.rope.rotary_dim) == (128, 16)
+    assert ref.attention_factor(s) == math.sqrt(1 + math.log(8.0) / math.log(128))
+    # factor <= 1: attention factor 1.
+    lr = dict(LLAMA_LONGROPE, rope_scaling=dict(LLAMA_LONGROPE["rope_scaling"], factor=1.0))
+    assert ref.attention_factor(lr) == 1.0
+    # Dynamic: θ_i = (base·(s·n/L - (s - 1))^(r/(r-2)))^(-2i/r), n = max(P + 1, L).
+    s = ref.parse_config(LLAMA_DYNAMIC)
+    assert (s.rope.type, s.rope.factor, s.rope.original_max_position_embeddings) == (
+        "dynamic", 4.0, 64)
+    assert ref.attention_factor(s) == 1.0
+    th = 10000.0 ** (-torch.arange(0, 32, 2, dtype=torch.float64) / 32)
+    for seq_len in (None, 1, 64):
+        assert torch.allclose(ref.inv_freq(s, seq_len), th, rtol=1e-15, atol=0)
+    base = 10000.0 * (4.0 * 100 / 64 - 3.0) ** (32 / 30)
+    assert torch.allclose(ref.inv_freq(s, 100),
+                          base ** (-torch.arange(0, 32, 2, dtype=torch.float64) / 32),
+                          rtol=1e-14, atol=0)
+    # MiniCPM3: v_head_dim = D / H, rotate-half, no mscale, always the long factors here.
+    s = ref.parse_config(MINICPM3)
+    assert (s.kind, s.v_head_dim, s.q_lora_rank, s.rms_norm_eps, s.rope.interleaved) == (
+        "mla", 32, 48, 1e-6, False)
+    assert ref.softmax_scale(s) == 32 ** -0.5
+    assert ref.attention_factor(s) == math.sqrt(1 + math.log(2.0) / math.log(256))
+    th = 10000.0 ** (-torch.arange(0, 16, 2, dtype=torch.float64) / 16)
+    long = torch.tensor(MINICPM3["rope_scaling"]["long_factor"], dtype=torch.float64)
+    assert torch.allclose(ref.inv_freq(s), th / long, rtol=1e-15, atol=0)
+    s = ref.parse_config(MINICPM3_SHORT)
+    assert ref.attention_factor(s) == 1.0
+    assert ref.inv_freq(s, 256)[-1] == th[-1] / MINICPM3["rope_scaling"]["short_factor"][-1]
+    assert ref.inv_freq(s, 257)[-1] == th[-1] / MINICPM3["rope_scaling"]["long_factor"][-1]
+    assert ref.attention_factor(MINICPM3_BELOW) < 1.0  # no floor
+    # MiniCPM3 never reads a v_head_dim key nor a rope_scaling attention_factor.
+    assert ref.parse_config(dict(MINICPM3, v_head_dim=64)).v_head_dim == 32
+    assert ref.attention_factor(dict(MINICPM3, rope_scaling=dict(
+        MINICPM3["rope_scaling"], attention_factor=1.5))) == ref.attention_factor(MINICPM3)
+    p = ref.layer_prefix(0)
+    assert ref.expected_weight_shapes(MINICPM3, 0) == {
+        p + "q_a_proj.weight": (48, 128), p + "q_a_layernorm.weight": (48,),
+        p + "q_b_proj.weight": (128, 48), p + "kv_a_proj_with_mqa.weight": (48, 128),
+        p + "kv_a_layernorm.weight": (32,), p + "kv_b_proj.weight": (192, 32),
+        p + "o_proj.weight": (128, 128)}
+    # Refused (ValueError): factor lists of the wrong length or with a non-number, dynamic with
+    # r = 2, Phi-3 with a rope type Phi3Config refuses, MiniCPM3's unmodelled scalings.
+    bad = [_bad_factor_list(PHI3, "short_factor", drop=1),
+           _bad_factor_list(PHI3_MHA, "long_factor", drop=-1),
+           _bad_factor_list(LLAMA_LONGROPE, "long_factor", drop=1),
+           _bad_factor_list(MINICPM3, "short_factor", drop=1),
+           _bad_factor_list(PHI3, "long_factor", value="x"),
+           _bad_factor_list(MINICPM3, "long_factor", value=None),
+           LLAMA_DYNAMIC_R2, dict(PHI3, rope_scaling={"rope_type": "linear", "factor": 2.0}),
+           dict(MINICPM3, rope_scaling={"type": "dynamic", "factor": 2.0}),
+           dict(LLAMA_DYNAMIC, max_position_embeddings=None)]
+    for cfg in bad:
+        with pytest.raises((ValueError, TypeError)):
+            ref.parse_config(cfg)
+
+
+def _calls_outputs(cfg, W, x, pos, layer, calls, mla_form="naive", mask=None):
+    return ref.forward(cfg, W, x, pos, mask, layer=layer, mla_form=mla_form, calls=calls)
+
+
+PER_CALL_FEATURE_CASES = [
+    # id, config, layer, starts, calls, how the wrong spec differs
+    ("phi3-single-call-vs-decode-crossing-L", PHI3, 0, [248, 0], [4] + [1] * 8, "one-call"),
+    ("llama-dynamic-single-call-vs-decode", LLAMA_DYNAMIC, 0, [56, 0], [4] + [1] * 8,
+     "one-call"),
+    ("phi3-short-factors-beyond-L", PHI3, 1, [300, 0], None,
+     lambda s: replace(s, rope=replace(s.rope, long_factor=s.rope.short_factor))),
+    ("phi3-no-attention-factor", PHI3, 1, [300, 0], None,
+     lambda s: replace(s, rope=replace(s.rope, attention_factor=1.0))),
+    ("phi3-full-rotary", PHI3, 0, [300, 0], None,
+     lambda s: replace(s, rope=replace(s.rope, rotary_dim=32, short_factor=s.rope.short_factor
+                                       + (1.0,) * 4, long_factor=s.rope.long_factor
+                                       + (1.0,) * 4))),
+    ("phi3-window-ignored", PHI3, 0, [300, 0], None, lambda s: replace(s, sliding_window=0)),
+    ("phi3-interleaved", PHI3, 0, [300, 0], None, lambda s: ref.with_pairing(s, True)),
+    ("phi3-mha-long-factors-below-L", PHI3_MHA, 0, [20, 0], None,
+     lambda s: replace(s, rope=replace(s.rope, short_factor=s.rope.long_factor))),
+    ("llama-dynamic-unscaled", LLAMA_DYNAMIC, 1, [300, 0], None,
+     lambda s: replace(s, rope=replace(s.rope, type="default"))),
+    ("minicpm3-interleaved", MINICPM3, 0, [3000, 0], None, lambda s: ref.with_pairing(s, True)),
+    ("minicpm3-short-factors-below-L", MINICPM3, 0, [10, 0], None,
+     lambda s: replace(s, rope=replace(s.rope, longrope_min_len=0))),
+    ("minicpm3-no-attention-factor", MINICPM3, 1, [3000, 0], None,
+     lambda s: replace(s, rope=replace(s.rope, attention_factor=1.0))),
+]
+
+
+@pytest.mark.parametrize("cfg,layer,starts,calls,wrong",
+                         [(c, l, s, k, w) for _, c, l, s, k, w in PER_CALL_FEATURE_CASES],
+                         ids=[i for i, *_ in PER_CALL_FEATURE_CASES])
+def test_oracle_per_call_features_matter(cfg, layer, starts, calls, wrong):
+    """Each feature moves the output by far more than the tolerance: rotating every token with
+    the last call's frequencies instead of per call, the factor list, the attention factor, the
+    rotary width, the window, the pairing, MiniCPM3's table-length rule and v_head_dim."""
+    W = _oracle_weights(cfg, layer, seed=5)
+    S = 12
+    x = make_hidden(2, S, cfg["hidden_size"], 8)
+    pos = make_positions(2, S, starts)
+    want = _calls_outputs(cfg, W, x, pos, layer, calls)
+    if wrong == "one-call":
+        other = _calls_outputs(cfg, W, x, pos, layer, None)
+    else:
+        other = _calls_outputs(wrong(ref.parse_config(cfg)), W, x, pos, layer, calls)
+    assert _rel(other, want) > 1e-2
+
+
+# ---------------------------------------------------------------------------- attn vs oracle
+
+PER_CALL_SHAPE_CASES = {"phi3": PHI3, "phi3-mha": PHI3_MHA, "phi3-mqa": PHI3_MQA,
+                        "phi3-default-rope": PHI3_DEFAULT_ROPE, "minicpm3": MINICPM3,
+                        "minicpm3-no-scaling": MINICPM3_NO_SCALING,
+                        "llama-dynamic": LLAMA_DYNAMIC, "llama-longrope": LLAMA_LONGROPE}
+
+
+@pytest.mark.parametrize("name", list(PER_CALL_SHAPE_CASES))
+def test_per_call_random_weights_names_and_shapes(cli, name):
+    """phi3: one stacked qkv_proj [(H + 2G)·d, D] and o_proj; minicpm3: DeepSeek-V2's names with
+    q_a_proj always and v_head_dim = D / H."""
+    cfg = PER_CALL_SHAPE_CASES[name]
+    _, _, W = cli.random_weights(cfg, seed=7, layer=1)
+    assert {k: tuple(v.shape) for k, v in W.items()} == ref.expected_weight_shapes(cfg, 1)
+    for k, v in W.items():
+        v = v.double()
+        assert torch.isfinite(v).all() and v.abs().max() > 0, k
+        if k.endswith("_layernorm.weight"):
+            assert 0.5 < v.mean() < 1.5, (k, v.mean().item())
+
+
+PER_CALL_FORWARD_CASES = [
+    # id, config, layer, mla form, B, S, starts, left pads (None: none), prefill sizes
+    # Phi-3 (L 256, window 6): below L, a call crossing L, far beyond, decode steps crossing L
+    # (prefill P + 1 = 252 short, steps 252 .. 259: long from position 256 on).
+    ("phi3-below-L", PHI3, 0, None, 2, 12, [10, 0], None, (1, 5)),
+    ("phi3-call-crosses-L", PHI3, 1, None, 2, 12, [250, 0], None, (1, 5)),
+    ("phi3-far", PHI3, 0, None, 2, 12, [9000, 3], None, (5,)),
+    ("phi3-decode-crosses-L", PHI3, 1, None, 2, 12, [248, 30], None, (4, 8)),
+    ("phi3-padded-decode-crosses-L", PHI3, 0, None, 3, 12, 250, [0, 3, 7], (3, 6)),
+    ("phi3-mqa", PHI3_MQA, 1, None, 2, 12, [250, 0], None, (6,)),
+    ("phi3-no-window", PHI3_NO_WINDOW, 0, None, 2, 12, [250, 0], None, (6,)),
+    ("phi3-default-rope", PHI3_DEFAULT_ROPE, 1, None, 2, 12, [7000, 0], None, (4,)),
+    ("phi3-full-rotary", PHI3_FULL_ROTARY, 0, None, 2, 12, [252, 0], None, (2,)),
+    ("phi3-attention-factor", PHI3_ATTENTION_FACTOR, 1, None, 2, 12, [300, 0], None, (5,)),
+    ("phi3-rope-type-spelling", PHI3_ROPE_TYPE_SPELLING, 0, None, 1, 12, 250, None, (3,)),
+    ("phi3-mha-decode-crosses-L", PHI3_MHA, 0, None, 2, 14, [56, 0], None, (3, 9)),
+    ("phi3-mha-padded", PHI3_MHA, 1, None, 3, 12, 60, [0, 3, 7], (2,)),
+    # Llama longrope: L 128 from the rope dict, attention factor from its factor 8, partial 0.5.
+    ("llama-longrope-decode-crosses-L", LLAMA_LONGROPE, 1, None, 2, 12, [122, 0], None, (3,)),
+    ("llama-longrope-far", LLAMA_LONGROPE, 0, None, 2, 12, [5000, 0], None, (5,)),
+    # Dynamic NTK over L 64: unscaled below, a new base for every call past it.
+    ("llama-dynamic-below-L", LLAMA_DYNAMIC, 0, None, 2, 12, [0, 40], None, (1, 6)),
+    ("llama-dynamic-call-crosses-L", LLAMA_DYNAMIC, 1, None, 2, 12, [58, 0], None, (6,)),
+    ("llama-dynamic-decode-crosses-L", LLAMA_DYNAMIC, 0, None, 2, 14, [56, 3], None, (4, 8)),
+    ("llama-dynamic-far", LLAMA_DYNAMIC, 1, None, 2, 12, [30000, 7], None, (5,)),
+    ("llama-dynamic-padded", LLAMA_DYNAMIC, 0, None, 3, 12, 58, [0, 3, 7], (3,)),
+    ("llama-dynamic-partial", LLAMA_DYNAMIC_PARTIAL, 1, None, 2, 12, [60, 0], None, (2,)),
+    ("llama-dynamic-mha-factor2", LLAMA_DYNAMIC_MHA_FACTOR2, 0, None, 2, 12, [62, 0], None,
+     (4,)),
+    # MiniCPM3: long factors throughout (max 512 > L 256); MINICPM3_SHORT: short until P + 1 >
+    # 256; naive and absorbed MLA.
+    ("minicpm3-naive", MINICPM3, 0, "naive", 2, 12, [9000, 2], None, (1, 5)),
+    ("minicpm3-absorbed", MINICPM3, 1, "absorbed", 2, 12, [9000, 2], None, (1, 5)),
+    ("minicpm3-start0-absorbed", MINICPM3, 0, "absorbed", 1, 12, 0, None, (4,)),
+    ("minicpm3-padded-naive", MINICPM3, 1, "naive", 3, 12, 700, [0, 3, 7], (3,)),
+    ("minicpm3-padded-absorbed", MINICPM3, 0, "absorbed", 3, 12, 700, [0, 3, 7], (3,)),
+    ("minicpm3-short-decode-crosses-L-naive", MINICPM3_SHORT, 0, "naive", 2, 12, [250, 0],
+     None, (3, 7)),
+    ("minicpm3-short-decode-crosses-L-absorbed", MINICPM3_SHORT, 1, "absorbed", 2, 12,
+     [250, 0], None, (3, 7)),
+    ("minicpm3-short-below-L", MINICPM3_SHORT, 0, "absorbed", 2, 12, [100, 0], None, (4,)),
+    ("minicpm3-below-naive", MINICPM3_BELOW, 1, "naive", 2, 12, [60, 0], None, (4,)),
+    ("minicpm3-no-scaling-absorbed", MINICPM3_NO_SCALING, 0, "absorbed", 2, 12, [700, 0], None,
+     (4,)),
+]
+
+
+@pytest.mark.parametrize("cfg,layer,mla,B,S,starts,pads,prefills",
+                         [c[1:] for c in PER_CALL_FORWARD_CASES],
+                         ids=[c[0] for c in PER_CALL_FORWARD_CASES])
+def test_per_call_rope_forward_matches_oracle(cli, cfg, layer, mla, B, S, starts, pads,
+                                              prefills):
+    """One call of all S slots against the oracle (calls=None), then --prefill n (n tokens, then
+    one decode step per slot through the KV cache) against the oracle with the same calls: each
+    call rotates with its own frequencies, cached keys keep theirs. Where no call changes the
+    frequencies (all below L, or longrope all beyond it) the prefill output must equal the one-call
+    oracle as well (decode == prefill)."""
+    _, wpath, W = cli.random_weights(cfg, seed=91, layer=layer)
+    assert {k: tuple(v.shape) for k, v in W.items()} == ref.expected_weight_shapes(cfg, layer)
+    cpath = cli.write_config(cfg)
+    x = make_hidden(B, S, cfg["hidden_size"], 92)
+    if pads is None:
+        mask, pos = None, make_positions(B, S, starts)
+    else:
+        mask = left_pad_mask(B, S, pads)
+        pos = hf_positions_from_mask(mask) + starts
+    inp = cli.write_input(x, pos, mask)
+    form = "absorbed" if mla == "absorbed" else "naive"
+    one_call = ref.forward(cfg, W, x, pos, mask, layer=layer, mla_form=form)
+    got = cli.forward(cpath, wpath, inp, layer=layer, mla=mla)
+    assert_matches(got, one_call, "one call")
+    for n in prefills:
+        calls = ref.prefill_calls(S, n)
+        want = ref.forward(cfg, W, x, pos, mask, layer=layer, mla_form=form, calls=calls)
+        got = cli.forward(cpath, wpath, inp, layer=layer, mla=mla, prefill=n)
+        assert_matches(got, want, f"--prefill {n}")
+        if torch.equal(want, one_call):
+            assert_matches(got, one_call, f"--prefill {n} == one call")
+
+
+_ATTN_PHI3_L_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "attn takes longrope's L from rope_scaling.original_max_position_embeddings, else "
+    "max_position_embeddings, when a phi3 config has no top-level "
+    "original_max_position_embeddings; transformers' Phi3Config gives that attribute the default "
+    "4096 and both v4 (_compute_longrope_parameters: hasattr(config, ...)) and v5 "
+    "(standardize_rope_params: the attribute overrides the dict's) use it as L, and "
+    "max_position_embeddings / 4096 as the factor"))
+
+
+@pytest.mark.parametrize("cfg,starts", [
+    pytest.param(PHI3_DEFAULT_ORIGINAL, [4090, 0], marks=_ATTN_PHI3_L_XFAIL,
+                 id="no-original-anywhere-L-4096"),
+    pytest.param(PHI3_DICT_ORIGINAL_ONLY, [600, 0], marks=_ATTN_PHI3_L_XFAIL,
+                 id="dict-original-256-L-still-4096"),
+    pytest.param(dict(PHI3_DICT_ORIGINAL_ONLY, original_max_position_embeddings=256), [600, 0],
+                 id="top-level-and-dict-agree"),
+])
+def test_phi3_longrope_original_length(cli, cfg, starts):
+    """Which L a phi3 config's longrope uses (see _parse_phi3 and _parse_rope)."""
+    got, want, _, _ = run_case(cli, cfg, B=2, S=12, seed=93, starts=starts, layer=0)
+    assert_matches(got, want, "phi3 longrope L")
+
+
+def _assert_config_refused(cli, cfg, good_cfg, *needles, layer=0):
+    """attn refuses cfg with exit 2 (the module: ValueError) naming each needle, both in
+    random-weights and in forward on weights of good_cfg, and writes nothing."""
+    cpath = cli.write_config(cfg)
+    wpath = cli.path("w", ".safetensors")
+    res = cli.run("random-weights", "--config", cpath, "--output", wpath, "--seed", 1,
+                  "--layer", layer)
+    _assert_input_error(res, *needles)
+    assert not wpath.exists()
+    _, _, W = cli.random_weights(good_cfg, seed=1, layer=layer)
+    res, out = _forward_res(cli, cfg, W, layer=layer)
+    _assert_input_error(res, *needles)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("cfg,good,needles", [
+    pytest.param(_bad_factor_list(PHI3, "short_factor", drop=1), PHI3, ("short_factor",),
+                 id="phi3-short-factor-11-of-12"),
+    pytest.param(_bad_factor_list(PHI3_MHA, "long_factor", drop=-1), PHI3_MHA, ("long_factor",),
+                 id="phi3-mha-long-factor-17-of-16"),
+    pytest.param(_bad_factor_list(LLAMA_LONGROPE, "long_factor", drop=1), LLAMA_LONGROPE,
+                 ("long_factor",), id="llama-longrope-long-factor-7-of-8"),
+    # tiny-minicpm3 itself never uses its short factors (max_position_embeddings 512 > L 256);
+    # MINICPM3_SHORT does.
+    pytest.param(_bad_factor_list(MINICPM3_SHORT, "short_factor", drop=1), MINICPM3_SHORT,
+                 ("short_factor",), id="minicpm3-short-factor-7-of-8"),
+    pytest.param(_bad_factor_list(MINICPM3, "long_factor", drop=-1), MINICPM3,
+                 ("long_factor",), id="minicpm3-long-factor-9-of-8"),
+    # The full-rotary list (16) under partial 0.75 (12 frequencies).
+    pytest.param(dict(PHI3, rope_scaling=PHI3_MHA["rope_scaling"]), PHI3, ("short_factor",),
+                 id="phi3-full-rotary-lists-under-partial-0.75"),
+    pytest.param(_bad_factor_list(PHI3, "long_factor", value="x"), PHI3, ("long_factor",),
+                 id="phi3-string-factor"),
+    pytest.param(_bad_factor_list(MINICPM3, "short_factor", value=None), MINICPM3,
+                 ("short_factor",), id="minicpm3-null-factor"),
+    pytest.param(dict(PHI3, rope_scaling=dict(PHI3["rope_scaling"], long_factor=2.0)), PHI3,
+                 ("long_factor",), id="phi3-factor-not-a-list"),
+    pytest.param(dict(PHI3, rope_scaling=_without(PHI3["rope_scaling"], "short_factor")), PHI3,
+                 ("short_factor",), id="phi3-short-factor-absent"),
+    pytest.param(dict(MINICPM3, rope_scaling=dict(MINICPM3["rope_scaling"],
+                                                  attention_factor=1.2)),
+                 MINICPM3, ("attention_factor",), id="minicpm3-attention-factor"),
+    pytest.param(LLAMA_DYNAMIC_R2, _without(LLAMA_DYNAMIC_R2, "rope_scaling"), ("rotary_dim",),
+                 id="dynamic-rotary-dim-2"),
+])
+def test_per_call_bad_config_is_refused(cli, cfg, good, needles):
+    """Configs the reference code refuses or reads in a way attn does not implement: a factor
+    list whose length is not rotary_dim / 2 or that holds a non-number (Phi3Config.validate_rope
+    raises; transformers' validation warns and then fails or broadcasts), MiniCPM3 with an
+    attention_factor its code never reads (the oracle, as MiniCPM3's code, ignores it; attn
+    refuses it rather than guess), dynamic NTK with rotary_dim 2 (r/(r - 2) divides by zero)."""
+    if "attention_factor" not in needles:
+        with pytest.raises((ValueError, TypeError, KeyError)):
+            ref.parse_config(cfg)
+    _assert_config_refused(cli, cfg, good, *needles)
+
+
+@pytest.mark.parametrize("shape", [(255, 128), (257, 128), (128, 128), (256, 127), (256,),
+                                   (128, 256)],
+                         ids=["one-row-short", "one-row-long", "q-rows-only", "one-column-short",
+                              "1-D", "transposed-q"])
+def test_phi3_misshapen_qkv_proj_is_named(cli, shape):
+    """qkv_proj must be [(H + 2G)·d, D] = [256, 128] for tiny-phi3: anything else is exit 2 naming
+    the tensor, and nothing is written."""
+    _, _, W = cli.random_weights(PHI3, seed=95, layer=0)
+    name = ref.layer_prefix(0) + "qkv_proj.weight"
+    W[name] = torch.zeros(shape)
+    res, out = _forward_res(cli, PHI3, W)
+    _assert_input_error(res, name)
+    assert not out.exists()
+
+
+def test_phi3_separate_projections_are_named(cli):
+    """A llama-layout checkpoint (q_proj, k_proj, v_proj) under a phi3 config: qkv_proj is missing
+    and the separate projections are not part of a phi3 layer; the message names one of them."""
+    _, _, W = cli.random_weights(PHI3, seed=96, layer=0)
+    p = ref.layer_prefix(0)
+    qkv = W.pop(p + "qkv_proj.weight")
+    W[p + "q_proj.weight"], W[p + "k_proj.weight"], W[p + "v_proj.weight"] = (
+        qkv[:128], qkv[128:192], qkv[192:])
+    res, out = _forward_res(cli, PHI3, W)
+    _assert_input_error(res)
+    assert any(p + n in res.stderr for n in ("qkv_proj.weight", "q_proj.weight", "k_proj.weight",
+                                             "v_proj.weight")), res.describe()
+    assert not out.exists()
+
+
+def test_phi3_qkv_row_order(cli):
+    """The stacked rows are q, k, v in that order: the same file with the k and v blocks swapped
+    is a different layer, and attn follows the file (matches the oracle on both)."""
+    layer = 1
+    _, wpath, W = cli.random_weights(PHI3, seed=97, layer=layer)
+    name = ref.layer_prefix(layer) + "qkv_proj.weight"
+    got, want, _, paths = run_case(cli, PHI3, B=2, S=12, seed=97, starts=[300, 0], layer=layer,
+                                   weights=(wpath, W))
+    assert_matches(got, want, "phi3")
+    W2 = dict(W)
+    qkv = W[name]
+    W2[name] = torch.cat((qkv[:128], qkv[192:], qkv[128:192]))
+    wpath2 = save_tensors(cli.path("swapped", ".safetensors"), W2)
+    got2 = cli.forward(paths["config"], wpath2, paths["input"], layer=layer)
+    assert_matches(got2, ref.forward(PHI3, W2, paths["x"], paths["pos"], layer=layer),
+                   "phi3 k/v swapped")
+    assert _rel(got2, got) > 1e-2

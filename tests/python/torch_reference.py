@@ -9,7 +9,11 @@ configuration code, whose file and rule each branch cites; so was gpt_oss (OpenA
 `_parse_gpt_oss`: attention sinks, alternating sliding-window layers, YaRN by default), and so
 were gemma2 and gemma3_text (`_parse_gemma`: logit soft-capping, query_pre_attn_scalar, Gemma's
 (1 + w) q/k norms, local layers with their own RoPE), and glm and glm4 (`_parse_glm`: interleaved
-RoPE on the first head_dim·partial_rotary_factor features, q/k/v biases, no o bias).
+RoPE on the first head_dim·partial_rotary_factor features, q/k/v biases, no o bias), phi3
+(`_parse_phi3`: stacked qkv_proj, partial rotate-half RoPE, longrope, a window on every layer),
+the rope types dynamic and longrope (`_parse_rope`, modeling_rope_utils); minicpm3
+(`_parse_minicpm3`: DeepSeek-V2's MLA with MiniCPM3's own v_head_dim, pairing and longrope) was
+written from MiniCPM3's remote modeling code.
 Everything is computed on the CPU in float64; `forward` returns float32.
 `forward(..., compute_dtype=torch.bfloat16)` (or float16, float32) runs the same formulas at a
 lower precision instead (see `Precision`), the baseline for tolerances of narrow-dtype weights.
@@ -17,13 +21,14 @@ lower precision instead (see `Precision`), the baseline for tolerances of narrow
 Public surface:
   parse_config(cfg_dict)            -> Spec (all values that change attention math)
   expected_weight_shapes(spec, layer) -> {tensor name: shape} a checkpoint layer must hold
-  inv_freq(spec), attention_factor(spec), softmax_scale(spec), yarn_correction_range(...)
-  rope_cos_sin(spec, position_ids), apply_rope(x, cos, sin, rotary_dim, interleaved)
+  inv_freq(spec, seq_len=None), attention_factor(spec), softmax_scale(spec),
+  yarn_correction_range(...), varies_per_call(spec), prefill_calls(S, n)
+  rope_cos_sin(spec, position_ids, calls=None), apply_rope(x, cos, sin, rotary_dim, interleaved)
   rope_for_layer(spec, layer)       -> the spec whose .rope rotates that layer (gemma3_text)
   visible_mask(B, S, attention_mask, window) -> bool [B, S, T]
   forward(cfg_or_spec, weights, hidden_states, position_ids=None, attention_mask=None,
           layer=0, mla_form="naive", interleaved=None, compute_dtype=float64,
-          out_dtype=float32) -> [B, S, D]
+          out_dtype=float32, calls=None) -> [B, S, D]
   Precision(dtype)                  the rounding applied after every op at compute_dtype
 
 Conventions (reference page):
@@ -44,13 +49,25 @@ Conventions (reference page):
   * partial interleaved RoPE (glm, glm4): the first r = int(head_dim·partial_rotary_factor)
     features rotate in pairs (x[2i], x[2i+1]) with θ_i = base^(-2i/r); the rest pass through. An
     odd r rotates r + 1 features, still with θ_i = base^(-2i/r) (`RopeSpec.freq_dim`).
+  * RoPE chosen per call (rope types "dynamic" and "longrope", see `_parse_rope`, and
+    minicpm3's longrope, `_parse_minicpm3`): the frequencies of a call depend on the largest
+    position P of the call (over every token of the whole batch, padded slots included, as
+    transformers' max(position_ids) + 1). `forward(..., calls=[n0, n1, ...])` splits the S slots
+    into consecutive calls (a prefill of n0 tokens, then one decode step per slot:
+    `prefill_calls`); each call's queries and new keys rotate with that call's frequencies and
+    keys cached by earlier calls keep the rotation they got (transformers' KV cache stores
+    rotated keys). calls=None is one call of all S slots.
+    Dynamic NTK is modelled statelessly: transformers keeps the largest n seen since the last
+    call shorter than L (dynamic_rope_update), which agrees with this rule on every call sequence
+    whose largest positions do not decrease (prefill, then decode steps).
+  * phi3 (`_parse_phi3`): q, k and v are row blocks of one stacked qkv_proj weight.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -67,7 +84,7 @@ QK_NORM_PER_HEAD = "per_head"  # Qwen3: RMSNorm of each head's d-vector, weights
 QK_NORM_FULL = "full"          # OLMo 2: RMSNorm of the whole projection, weights [H·d] / [G·d]
 # Gemma 3: each head's d-vector, weights [d], scaling by (1 + w) (Gemma3RMSNorm)
 QK_NORM_PER_HEAD_GEMMA = "per_head_gemma"
-MLA_MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
+MLA_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "minicpm3")
 # GptOssConfig.__post_init__ (gpt_oss/configuration_gpt_oss.py): the rope parameters when the config
 # gives none (rope_theta: GptOssConfig.default_theta = 150000).
 GPT_OSS_DEFAULT_ROPE = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
@@ -128,6 +145,13 @@ class RopeSpec:
     # The d of θ_i = base^(-2i/d) where it is not rotary_dim: GLM with an odd
     # d = int(head_dim·partial_rotary_factor) rotates d + 1 features (0 = rotary_dim).
     freq_dim: int = 0
+    # longrope: the per-frequency divisors (r/2 each), short while the call's sequence fits in
+    # L = original_max_position_embeddings, long beyond it; attention_factor holds the resolved
+    # multiplier on cos and sin. longrope_min_len: a length the call's sequence is taken to be at
+    # least (minicpm3: its cos/sin table spans max_position_embeddings from the start; 0 = none).
+    short_factor: Optional[Tuple[float, ...]] = None
+    long_factor: Optional[Tuple[float, ...]] = None
+    longrope_min_len: int = 0
 
 
 @dataclass
@@ -160,6 +184,7 @@ class Spec:
     attn_sinks: bool = False  # gpt_oss: self_attn.sinks [H], one extra softmax logit per head
     softcap: Optional[float] = None  # gemma2: attn_logit_softcapping c, score <- c·tanh(score / c)
     sliding_rope: Optional[RopeSpec] = None  # gemma3_text: the RoPE of the sliding layers
+    stacked_qkv: bool = False  # phi3: q, k, v are row blocks of self_attn.qkv_proj.weight
 
     def window_for_layer(self, layer: int) -> int:
         if self.kind != "gqa" or not self.sliding_window:
@@ -188,11 +213,46 @@ def _rope_dict(cfg: Mapping) -> Tuple[dict, bool]:
     return {}, False
 
 
+def _factor_list(params: Mapping, key: str, n: int) -> Tuple[float, ...]:
+    """longrope's short_factor / long_factor: a list of n numbers (Phi3Config.validate_rope and
+    transformers' _validate_longrope_rope_parameters: a list of numbers of length dim // 2)."""
+    v = params.get(key)
+    if not isinstance(v, list) or not all(
+            isinstance(e, (int, float)) and not isinstance(e, bool) for e in v):
+        raise ValueError(f"rope scaling {key} must be a list of numbers, got {v!r}")
+    if len(v) != n:
+        raise ValueError(f"rope scaling {key} must have rotary_dim / 2 = {n} entries, "
+                         f"got {len(v)}")
+    return tuple(float(e) for e in v)
+
+
 def _parse_rope(cfg: Mapping, width: int, interleaved: bool,
                 default_theta: float = 10000.0,
-                default_params: Optional[Mapping] = None) -> RopeSpec:
+                default_params: Optional[Mapping] = None,
+                default_max_positions: Optional[int] = None,
+                default_top_original: Optional[int] = None) -> RopeSpec:
     """default_params: the scaling parameters a config class supplies when the config gives
-    neither rope_parameters nor rope_scaling (gpt_oss), else none (plain RoPE)."""
+    neither rope_parameters nor rope_scaling (gpt_oss), else none (plain RoPE).
+    default_max_positions: the config class's max_position_embeddings default, which dynamic
+    and longrope read (None: the key is required for them). default_top_original: a config
+    class's top-level original_max_position_embeddings default (Phi3Config: 4096; None: the
+    attribute exists only when config.json gives it).
+
+    dynamic (modeling_rope_utils._compute_dynamic_ntk_parameters, dynamic_rope_update):
+      L = config.max_position_embeddings; for a call with seq_len = max(position_ids) + 1,
+      n = max(seq_len, L), base' = base·(factor·n/L - (factor - 1))^(r/(r - 2)),
+      θ_i = base'^(-2i/r); no attention factor. r = 2 divides by zero there: ValueError.
+    longrope (_compute_longrope_parameters, longrope_frequency_update; RotaryEmbeddingConfigMixin
+      .standardize_rope_params, read at v5):
+      L = the top-level original_max_position_embeddings when the config has that attribute
+      (standardize_rope_params gives it priority: "Phi3 ... save original_max_position_embeddings
+      outside rope parameters"), else the rope dict's, else max_position_embeddings.
+      θ_i = 1 / (ext_i·base^(2i/r)), ext = long_factor when seq_len > L, else short_factor.
+      cos and sin times attention_factor if given, else with s = the dict's factor if given,
+      else max_position_embeddings / L: 1 if s <= 1 else sqrt(1 + ln s / ln L).
+      transformers v4 set s = max_position_embeddings / L whenever the top-level key exists,
+      whatever the dict's factor: a config where the two differ (and no attention_factor) is
+      read differently by v4 and v5 and is not modelled (ValueError)."""
     params, _ = _rope_dict(cfg)
     if not params and default_params:
         params = dict(default_params)
@@ -208,8 +268,41 @@ def _parse_rope(cfg: Mapping, width: int, interleaved: bool,
     rope.type = rtype
     if rtype == "default":
         return rope
-    if rtype not in ("linear", "llama3", "yarn"):
+    if rtype not in ("linear", "llama3", "yarn", "dynamic", "longrope"):
         raise ValueError(f"unsupported rope type {rtype!r}")
+    if rtype in ("dynamic", "longrope"):
+        max_pos = cfg.get("max_position_embeddings", default_max_positions)
+        if max_pos is None:
+            raise ValueError(f"{rtype} RoPE needs max_position_embeddings (not modelled without)")
+        max_pos = int(max_pos)
+    if rtype == "dynamic":
+        if r <= 2:
+            raise ValueError(f"dynamic RoPE with rotary_dim {r}: r/(r - 2) is undefined")
+        rope.factor = float(params["factor"])
+        rope.original_max_position_embeddings = max_pos
+        return rope
+    if rtype == "longrope":
+        rope.short_factor = _factor_list(params, "short_factor", r // 2)
+        rope.long_factor = _factor_list(params, "long_factor", r // 2)
+        top = cfg.get("original_max_position_embeddings", default_top_original)
+        if top is not None:
+            L = int(top)
+        else:
+            L = int(params.get("original_max_position_embeddings") or max_pos)
+        rope.original_max_position_embeddings = L
+        af = params.get("attention_factor")
+        s = params.get("factor")
+        if af is None and s is not None and top is not None and float(s) != max_pos / L:
+            raise ValueError("longrope factor differs from max_position_embeddings / "
+                             "original_max_position_embeddings: transformers v4 and v5 disagree")
+        s = max_pos / L if s is None else float(s)
+        rope.factor = s
+        if af is not None:
+            rope.attention_factor = float(af)
+        else:
+            rope.attention_factor = 1.0 if s <= 1.0 else math.sqrt(1.0 + math.log(s) /
+                                                                   math.log(L))
+        return rope
     rope.factor = float(params["factor"])
     if rtype == "llama3":
         rope.low_freq_factor = float(params.get("low_freq_factor", 1.0))
@@ -498,8 +591,8 @@ def _parse_glm(cfg: Mapping, mt: str, D: int, H: int) -> Spec:
     rope_cfg.setdefault("max_position_embeddings", 131072)
     rope = _parse_rope(rope_cfg, d, interleaved=True, default_theta=10000.0)
     if rope.rotary_dim % 2:
-        if rope.type == "yarn":
-            raise ValueError(f"{mt}: an odd rotary width with yarn is not modelled")
+        if rope.type in ("yarn", "dynamic", "longrope"):
+            raise ValueError(f"{mt}: an odd rotary width with {rope.type} is not modelled")
         rope.freq_dim = rope.rotary_dim
         rope.rotary_dim += 1
     if rope.rotary_dim > d:
@@ -507,6 +600,88 @@ def _parse_glm(cfg: Mapping, mt: str, D: int, H: int) -> Spec:
     ab = bool(cfg.get("attention_bias", True))  # null: no bias (v4's nn.Linear(bias=None))
     return Spec(model_type=mt, kind="gqa", hidden_size=D, num_heads=H, num_layers=L, rope=rope,
                 num_kv_heads=G, head_dim=d, qkv_bias=ab, o_bias=False)
+
+
+def _parse_phi3(cfg: Mapping, D: int, H: int, L: int) -> Spec:
+    """phi3, as transformers defines it (src/transformers/models/phi3/ of huggingface/transformers,
+    read at v5: configuration_phi3.py Phi3Config, modeling_phi3.py Phi3Attention,
+    apply_rotary_pos_emb):
+
+    Phi3Config: field defaults num_key_value_heads None -> H, max_position_embeddings 4096,
+      original_max_position_embeddings 4096 (so the attribute always exists and is longrope's L,
+      whatever the rope dict says: standardize_rope_params), sliding_window None, rope theta
+      10000, partial_rotary_factor 1.0; rope types "default" and "longrope" only ("su" and "yarn"
+      are renamed "longrope"; anything else is a ValueError); short_factor / long_factor must be
+      lists of int(hidden_size // H · partial_rotary_factor) // 2 numbers.
+    Phi3Attention: head_dim = getattr(config, "head_dim", D // H); scaling head_dim^-0.5;
+      qkv_proj = Linear(D, H·d + 2·G·d, bias=False): q = rows [0, H·d), k = the next G·d rows,
+      v = the last G·d; o_proj without bias; sliding_window = config.sliding_window on every
+      layer (one sliding causal mask for the model; key t visible to query p iff p - W < t <= p).
+    apply_rotary_pos_emb: rotary_dim = cos.shape[-1] = int(head_dim·partial_rotary_factor); the
+      first rotary_dim features rotate with rotate_half (pairs (x[i], x[i + r/2])), the rest
+      pass through."""
+    G = int(_given(cfg, "num_key_value_heads", H))
+    d = int(_given(cfg, "head_dim", D // H))
+    params, _ = _rope_dict(cfg)
+    rtype = params.get("rope_type", params.get("type", "default")) if params else "default"
+    if rtype in ("su", "yarn"):
+        params = dict(params, rope_type="longrope")
+        params.pop("type", None)
+    elif rtype not in ("default", "longrope", None):
+        raise ValueError(f"phi3: rope type {rtype!r} (Phi3Config accepts default and longrope)")
+    rope_cfg = dict(cfg)
+    if params:
+        rope_cfg.pop("rope_parameters", None)
+        rope_cfg["rope_scaling"] = params
+    rope = _parse_rope(rope_cfg, d, interleaved=False, default_theta=10000.0,
+                       default_max_positions=4096, default_top_original=4096)
+    return Spec(model_type="phi3", kind="gqa", hidden_size=D, num_heads=H, num_layers=L,
+                rope=rope, num_kv_heads=G, head_dim=d, stacked_qkv=True,
+                sliding_window=int(_given(cfg, "sliding_window", 0)))
+
+
+def _parse_minicpm3(cfg: Mapping, D: int, H: int, L: int) -> Spec:
+    """minicpm3, as MiniCPM3's remote code defines it (openbmb/MiniCPM3-4B modeling_minicpm.py:
+    MiniCPMAttention, MiniCPMLongRoPE, apply_rotary_pos_emb, MiniCPMRMSNorm):
+
+    MiniCPMAttention: DeepSeek-V2's MLA layer with v_head_dim = hidden_size // num_attention_heads
+      (a v_head_dim key is not read), always q_a_proj -> q_a_layernorm (MiniCPMRMSNorm, eps 1e-6)
+      -> q_b_proj, kv_a_layernorm eps 1e-6, softmax_scale = (qk_nope_head_dim +
+      qk_rope_head_dim)^-0.5 (no mscale), no biases (attention_bias default False).
+    apply_rotary_pos_emb: rotate_half over the qk_rope_head_dim part, pairs (x[i], x[i + dr/2]);
+      no de-interleaving permutation (DeepSeek-V2's code has one).
+    MiniCPMLongRoPE (rope_scaling type "longrope"): L = rope_scaling
+      ["original_max_position_embeddings"]; scaling_factor = sqrt(1 + ln(max_position_embeddings
+      / L) / ln L), always (no floor at 1; a rope_scaling attention_factor is never read) on cos
+      and sin; θ_i = base^(-2i/dr) / ext_i with ext = long_factor when the cos/sin table's length
+      exceeds L, else short_factor. The table is built for max_position_embeddings at init and
+      rebuilt (for the whole range) when a call's kv_seq_len exceeds it, so a call uses the long
+      factors iff max(max_position_embeddings, its length) > L; the length is taken as P + 1 here,
+      P the call's largest position (kv_seq_len for positions 0..n-1; MiniCPM3 itself indexes its
+      table by position and fails on positions past it). rope_scaling null: plain RoPE. Its
+      linear and dynamic variants scale a position table and are not modelled (ValueError)."""
+    dr = int(cfg["qk_rope_head_dim"])
+    rs = cfg.get("rope_scaling")
+    rope = RopeSpec(theta=float(_given(cfg, "rope_theta", 10000.0)), rotary_dim=dr,
+                    interleaved=False)
+    if isinstance(rs, dict) and rs:
+        rtype = rs.get("type", rs.get("rope_type"))
+        if rtype != "longrope":
+            raise ValueError(f"minicpm3: rope scaling {rtype!r} is not modelled")
+        L_orig = int(rs["original_max_position_embeddings"])
+        max_pos = int(cfg["max_position_embeddings"])
+        rope.type = "longrope"
+        rope.short_factor = _factor_list(rs, "short_factor", dr // 2)
+        rope.long_factor = _factor_list(rs, "long_factor", dr // 2)
+        rope.original_max_position_embeddings = L_orig
+        rope.factor = max_pos / L_orig
+        rope.attention_factor = math.sqrt(1.0 + math.log(max_pos / L_orig) / math.log(L_orig))
+        rope.longrope_min_len = max_pos
+    return Spec(model_type="minicpm3", kind="mla", hidden_size=D, num_heads=H, num_layers=L,
+                rope=rope, q_lora_rank=int(cfg["q_lora_rank"]),
+                kv_lora_rank=int(cfg["kv_lora_rank"]),
+                qk_nope_head_dim=int(cfg["qk_nope_head_dim"]), qk_rope_head_dim=dr,
+                v_head_dim=D // H, rms_norm_eps=1e-6)
 
 
 def parse_config(cfg: Mapping) -> Spec:
@@ -521,12 +696,20 @@ def parse_config(cfg: Mapping) -> Spec:
         return _parse_gemma(cfg, mt, D, H)
     if mt in GLM_MODEL_TYPES:
         return _parse_glm(cfg, mt, D, H)
+    if mt == "phi3":
+        return _parse_phi3(cfg, D, H, L)
+    if mt == "minicpm3":
+        return _parse_minicpm3(cfg, D, H, L)
     if mt in GQA_FAMILY_TYPES:
         return _parse_gqa_family(cfg, mt, D, H, L)
     if mt in GQA_MODEL_TYPES:
         G = int(cfg.get("num_key_value_heads") or H)
         d = int(cfg.get("head_dim") or D // H)
-        rope = _parse_rope(cfg, d, interleaved=False)
+        # max_position_embeddings defaults (LlamaConfig, MistralConfig, Qwen2Config): read by the
+        # dynamic and longrope RoPE types only.
+        rope = _parse_rope(cfg, d, interleaved=False,
+                           default_max_positions={"llama": 2048, "mistral": 4096 * 32,
+                                                  "qwen2": 32768}[mt])
         spec = Spec(model_type=mt, kind="gqa", hidden_size=D, num_heads=H, num_layers=L,
                     rope=rope, num_kv_heads=G, head_dim=d)
         if mt == "qwen2":
@@ -580,9 +763,12 @@ def expected_weight_shapes(cfg_or_spec, layer: int = 0) -> Dict[str, Tuple[int, 
     out: Dict[str, Tuple[int, ...]] = {}
     if s.kind == "gqa":
         G, d = s.num_kv_heads, s.head_dim
-        out[p + "q_proj.weight"] = (H * d, D)
-        out[p + "k_proj.weight"] = (G * d, D)
-        out[p + "v_proj.weight"] = (G * d, D)
+        if s.stacked_qkv:  # phi3: rows q (H·d), k (G·d), v (G·d)
+            out[p + "qkv_proj.weight"] = ((H + 2 * G) * d, D)
+        else:
+            out[p + "q_proj.weight"] = (H * d, D)
+            out[p + "k_proj.weight"] = (G * d, D)
+            out[p + "v_proj.weight"] = (G * d, D)
         out[p + "o_proj.weight"] = (D, H * d)
         if s.qkv_bias:
             out[p + "q_proj.bias"] = (H * d,)
@@ -652,12 +838,29 @@ def base_inv_freq(theta: float, r: int, freq_dim: int = 0) -> torch.Tensor:
     return torch.tensor(theta, dtype=_F64) ** (-2.0 * i / (freq_dim or r))
 
 
-def inv_freq(cfg_or_spec) -> torch.Tensor:
+def varies_per_call(cfg_or_spec) -> bool:
+    """Whether the RoPE frequencies depend on the call's largest position (dynamic, longrope)."""
+    return _as_spec(cfg_or_spec).rope.type in ("dynamic", "longrope")
+
+
+def inv_freq(cfg_or_spec, seq_len: Optional[int] = None) -> torch.Tensor:
+    """θ'_i. seq_len: the call's largest position + 1, which dynamic and longrope read (None: a
+    call within L, i.e. dynamic's unscaled base and longrope's short factors unless minicpm3's
+    table length alone exceeds L); the other types ignore it."""
     rope = _as_spec(cfg_or_spec).rope
     r = rope.rotary_dim
+    if rope.type == "dynamic":
+        L, s = rope.original_max_position_embeddings, rope.factor
+        n = max(seq_len or 0, L)
+        base = rope.theta * (s * n / L - (s - 1.0)) ** (r / (r - 2.0))
+        return base_inv_freq(base, r)
     th = base_inv_freq(rope.theta, r, rope.freq_dim)
     if rope.type == "default":
         return th
+    if rope.type == "longrope":
+        long = max(seq_len or 0, rope.longrope_min_len) > rope.original_max_position_embeddings
+        ext = torch.tensor(rope.long_factor if long else rope.short_factor, dtype=_F64)
+        return th / ext
     s = rope.factor
     if rope.type == "linear":
         return th / s
@@ -686,8 +889,10 @@ def inv_freq(cfg_or_spec) -> torch.Tensor:
 
 
 def attention_factor(cfg_or_spec) -> float:
-    """Multiplier on cos and sin (YaRN only; 1 otherwise)."""
+    """Multiplier on cos and sin (YaRN and longrope; 1 otherwise)."""
     rope = _as_spec(cfg_or_spec).rope
+    if rope.type == "longrope":
+        return float(rope.attention_factor)
     if rope.type != "yarn":
         return 1.0
     if rope.attention_factor is not None:
@@ -720,11 +925,34 @@ def rope_for_layer(cfg_or_spec, layer: int) -> Spec:
     return s
 
 
-def rope_cos_sin(cfg_or_spec, position_ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of p·θ'_i times the attention factor: float64 [B, S, r/2]."""
-    f = inv_freq(cfg_or_spec)
-    ang = position_ids.to(_F64)[..., None] * f
-    af = attention_factor(cfg_or_spec)
+def prefill_calls(S: int, n: int) -> list:
+    """The calls of `attn forward --prefill n` over S slots: n tokens, then one slot per step."""
+    assert 1 <= n <= S, (n, S)
+    return [n] + [1] * (S - n)
+
+
+def rope_cos_sin(cfg_or_spec, position_ids: torch.Tensor,
+                 calls: Optional[Sequence[int]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of p·θ'_i times the attention factor: float64 [B, S, r/2].
+
+    calls: consecutive slot counts summing to S (None: one call). For dynamic and longrope each
+    call's slots use the frequencies of that call's largest position over the whole batch."""
+    spec = _as_spec(cfg_or_spec)
+    pos = position_ids.to(_F64)
+    if not varies_per_call(spec):
+        ang = pos[..., None] * inv_freq(spec)
+    else:
+        S = pos.shape[-1]
+        calls = [S] if calls is None else list(calls)
+        assert sum(calls) == S and all(c > 0 for c in calls), (calls, S)
+        parts, start = [], 0
+        for c in calls:
+            seg = position_ids[:, start:start + c]
+            largest = int(seg.max().item())
+            parts.append(pos[:, start:start + c, None] * inv_freq(spec, seq_len=largest + 1))
+            start += c
+        ang = torch.cat(parts, dim=1)
+    af = attention_factor(spec)
     return torch.cos(ang) * af, torch.sin(ang) * af
 
 
@@ -835,7 +1063,7 @@ def _w(weights: Mapping[str, torch.Tensor], name: str, prec: Precision = EXACT) 
 
 
 def gqa_forward(s: Spec, weights, x, position_ids, attention_mask, layer, interleaved,
-                prec: Precision = EXACT):
+                prec: Precision = EXACT, calls: Optional[Sequence[int]] = None):
     p = layer_prefix(layer)
     B, S, _ = x.shape
     H, G, d = s.num_heads, s.num_kv_heads, s.head_dim
@@ -848,8 +1076,13 @@ def gqa_forward(s: Spec, weights, x, position_ids, attention_mask, layer, interl
     bk = w("k_proj.bias") if s.qkv_bias else None
     bv = w("v_proj.bias") if s.qkv_bias else None
     bo = w("o_proj.bias") if s.o_bias else None
-    q = _lin(x, w("q_proj.weight"), bq, P)
-    k = _lin(x, w("k_proj.weight"), bk, P)
+    if s.stacked_qkv:  # phi3: qkv_proj rows are q (H·d), then k (G·d), then v (G·d)
+        wqkv = w("qkv_proj.weight")
+        wq, wk, wv = wqkv[:H * d], wqkv[H * d:(H + G) * d], wqkv[(H + G) * d:]
+    else:
+        wq, wk, wv = w("q_proj.weight"), w("k_proj.weight"), w("v_proj.weight")
+    q = _lin(x, wq, bq, P)
+    k = _lin(x, wk, bk, P)
     if s.qk_norm == QK_NORM_FULL:  # OLMo 2: the whole projection, before the head split
         q = rms_norm(q, w("q_norm.weight"), s.qk_norm_eps, P)
         k = rms_norm(k, w("k_norm.weight"), s.qk_norm_eps, P)
@@ -861,8 +1094,8 @@ def gqa_forward(s: Spec, weights, x, position_ids, attention_mask, layer, interl
     elif s.qk_norm == QK_NORM_PER_HEAD_GEMMA:  # Gemma 3: each head's d-vector, (1 + w)
         q = gemma_rms_norm(q, w("q_norm.weight"), s.qk_norm_eps, P)
         k = gemma_rms_norm(k, w("k_norm.weight"), s.qk_norm_eps, P)
-    v = _lin(x, w("v_proj.weight"), bv, P).view(B, S, G, d)
-    cos, sin = rope_cos_sin(rope_for_layer(s, layer), position_ids)
+    v = _lin(x, wv, bv, P).view(B, S, G, d)
+    cos, sin = rope_cos_sin(rope_for_layer(s, layer), position_ids, calls)
     q = apply_rope(q, cos, sin, s.rope.rotary_dim, interleaved, P)
     k = apply_rope(k, cos, sin, s.rope.rotary_dim, interleaved, P)
     rep = H // G
@@ -875,7 +1108,7 @@ def gqa_forward(s: Spec, weights, x, position_ids, attention_mask, layer, interl
 
 
 def mla_forward(s: Spec, weights, x, position_ids, attention_mask, layer, interleaved, form,
-                prec: Precision = EXACT):
+                prec: Precision = EXACT, calls: Optional[Sequence[int]] = None):
     p = layer_prefix(layer)
     B, S, _ = x.shape
     H, dn, dr, dv, rk = (s.num_heads, s.qk_nope_head_dim, s.qk_rope_head_dim, s.v_head_dim,
@@ -896,7 +1129,7 @@ def mla_forward(s: Spec, weights, x, position_ids, attention_mask, layer, interl
     kv = _lin(x, w("kv_a_proj_with_mqa.weight"), None, P)
     c = rms_norm(kv[..., :rk], w("kv_a_layernorm.weight"), eps, P)  # [B,S,rk]
     k_pe = kv[..., rk:].reshape(B, S, 1, dr)
-    cos, sin = rope_cos_sin(s, position_ids)
+    cos, sin = rope_cos_sin(s, position_ids, calls)
     q_pe = apply_rope(q_pe, cos, sin, s.rope.rotary_dim, interleaved, P)
     k_pe = apply_rope(k_pe, cos, sin, s.rope.rotary_dim, interleaved, P)
     vis = visible_mask(B, S, attention_mask, 0)
@@ -932,9 +1165,12 @@ def forward(cfg_or_spec, weights: Mapping[str, torch.Tensor], hidden_states: tor
             attention_mask: Optional[torch.Tensor] = None, layer: int = 0,
             mla_form: str = "naive", interleaved: Optional[bool] = None,
             compute_dtype: torch.dtype = torch.float64,
-            out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            out_dtype: torch.dtype = torch.float32,
+            calls: Optional[Sequence[int]] = None) -> torch.Tensor:
     """The attention layer's output [B, S, D] (out_dtype, default float32), computed in float64.
 
+    `calls` splits the S slots into consecutive calls (e.g. `prefill_calls(S, n)` for
+    `attn forward --prefill n`); only the per-call RoPE types (dynamic, longrope) depend on it.
     `interleaved` overrides the config's RoPE pairing (for the pairing-trap test only).
     `compute_dtype` (float32, bfloat16, float16) computes at that precision instead: the
     weights and hidden_states are rounded to it and so is every op's result (`Precision`)."""
@@ -947,9 +1183,10 @@ def forward(cfg_or_spec, weights: Mapping[str, torch.Tensor], hidden_states: tor
         position_ids = default_position_ids(B, S)
     il = s.rope.interleaved if interleaved is None else interleaved
     if s.kind == "gqa":
-        y = gqa_forward(s, weights, x, position_ids, attention_mask, layer, il, P)
+        y = gqa_forward(s, weights, x, position_ids, attention_mask, layer, il, P, calls)
     else:
-        y = mla_forward(s, weights, x, position_ids, attention_mask, layer, il, mla_form, P)
+        y = mla_forward(s, weights, x, position_ids, attention_mask, layer, il, mla_form, P,
+                        calls)
     return y.to(out_dtype)
 
 
