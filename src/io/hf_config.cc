@@ -300,7 +300,11 @@ double TopLevelOrRopeParam(const Fields& top, const Fields* params, const char* 
 void ResolveLongrope(const Fields& top, ModelConfig& config) {
   RopeScaling& scaling = config.rope.scaling;
   const int64_t in_dict = scaling.original_max_position_embeddings;
-  const int64_t at_top = top.Int("original_max_position_embeddings", 0);
+  // Phi3Config always has the attribute (default 4096), and transformers 4 and 5 both take L
+  // from it whatever the rope dict says: for phi3 an absent key is 4096, not "absent".
+  const int64_t at_top = config.model_type == "phi3"
+                             ? top.Int("original_max_position_embeddings", 4096)
+                             : top.Int("original_max_position_embeddings", 0);
   if (in_dict > 0 && at_top > 0 && in_dict != at_top) {
     top.Fail(ErrorKind::kInvalidArgument, "rope scaling original_max_position_embeddings (" +
                                               std::to_string(in_dict) +
@@ -308,7 +312,7 @@ void ResolveLongrope(const Fields& top, ModelConfig& config) {
                                               std::to_string(at_top) + ") disagree");
   }
   const int64_t length =
-      in_dict > 0 ? in_dict : (at_top > 0 ? at_top : config.max_position_embeddings);
+      at_top > 0 ? at_top : (in_dict > 0 ? in_dict : config.max_position_embeddings);
   scaling.original_max_position_embeddings = length;
   const double ratio =
       length > 0 ? static_cast<double>(config.max_position_embeddings) / static_cast<double>(length)
@@ -772,6 +776,14 @@ void AdjustMiniCpm3Rope(const Fields& top, ModelConfig& config) {
   if (scaling.attention_factor != 0.0) {
     top.Fail(ErrorKind::kInvalidArgument,
              "rope_scaling attention_factor is ignored by MiniCPM3's code; remove it");
+  }
+  if (scaling.short_factor.size() != scaling.long_factor.size()) {
+    // Checked before the long list may stand in for the short one below.
+    top.Fail(ErrorKind::kInvalidArgument,
+             "rope_scaling short_factor and long_factor need rotary_dim / 2 = " +
+                 std::to_string(config.rope.rotary_dim / 2) + " entries each, got " +
+                 std::to_string(scaling.short_factor.size()) + " and " +
+                 std::to_string(scaling.long_factor.size()));
   }
   const auto length = static_cast<double>(scaling.original_max_position_embeddings);
   const double ratio = static_cast<double>(config.max_position_embeddings) / length;

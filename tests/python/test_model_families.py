@@ -2681,20 +2681,10 @@ def test_per_call_rope_forward_matches_oracle(cli, cfg, layer, mla, B, S, starts
             assert_matches(got, one_call, f"--prefill {n} == one call")
 
 
-_ATTN_PHI3_L_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "attn takes longrope's L from rope_scaling.original_max_position_embeddings, else "
-    "max_position_embeddings, when a phi3 config has no top-level "
-    "original_max_position_embeddings; transformers' Phi3Config gives that attribute the default "
-    "4096 and both v4 (_compute_longrope_parameters: hasattr(config, ...)) and v5 "
-    "(standardize_rope_params: the attribute overrides the dict's) use it as L, and "
-    "max_position_embeddings / 4096 as the factor"))
-
-
 @pytest.mark.parametrize("cfg,starts", [
-    pytest.param(PHI3_DEFAULT_ORIGINAL, [4090, 0], marks=_ATTN_PHI3_L_XFAIL,
-                 id="no-original-anywhere-L-4096"),
-    pytest.param(PHI3_DICT_ORIGINAL_ONLY, [600, 0], marks=_ATTN_PHI3_L_XFAIL,
-                 id="dict-original-256-L-still-4096"),
+    # Phi3Config's default original_max_position_embeddings, 4096, is L (transformers 4:
+    # _compute_longrope_parameters' hasattr(config, ...); 5: standardize_rope_params).
+    pytest.param(PHI3_DEFAULT_ORIGINAL, [4090, 0], id="no-original-anywhere-L-4096"),
     pytest.param(dict(PHI3_DICT_ORIGINAL_ONLY, original_max_position_embeddings=256), [600, 0],
                  id="top-level-and-dict-agree"),
 ])
@@ -2702,6 +2692,16 @@ def test_phi3_longrope_original_length(cli, cfg, starts):
     """Which L a phi3 config's longrope uses (see _parse_phi3 and _parse_rope)."""
     got, want, _, _ = run_case(cli, cfg, B=2, S=12, seed=93, starts=starts, layer=0)
     assert_matches(got, want, "phi3 longrope L")
+
+
+def test_phi3_dict_original_length_against_the_default_is_refused(cli):
+    """A phi3 rope dict naming L = 256 without the top-level key: transformers silently uses
+    Phi3Config's default 4096 instead; attn refuses the disagreement rather than guess."""
+    cpath = cli.write_config(PHI3_DICT_ORIGINAL_ONLY)
+    wpath = cli.path("w", ".safetensors")
+    res = cli.run("random-weights", "--config", cpath, "--output", wpath, "--seed", 1)
+    _assert_input_error(res, "original_max_position_embeddings", "disagree")
+    assert not wpath.exists()
 
 
 def _assert_config_refused(cli, cfg, good_cfg, *needles, layer=0):
