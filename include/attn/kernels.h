@@ -27,6 +27,13 @@ struct QueryRows {
 // the keys lives at keys + g·key_head_stride + t·key_token_stride + i (in elements of dtype);
 // values likewise. Values may alias keys (absorbed MLA: value row = first rk entries of the key
 // row), so nothing here is ever written.
+//
+// Paged (page_size > 0; a PagedKVPool, docs/architecture.md "Paged caches"): slot t lives on
+// page page_table[t / page_size] at position u = t % page_size, so element (g, t, i) is at
+//   keys + page_table[t / page_size]·key_page_stride + g·key_head_stride + u·key_token_stride + i
+// (values likewise) and its keep flag at keep[page_table[t / page_size]·page_size + u]. Kernels
+// read through the table; nothing is gathered into a contiguous copy. KeyOffset, ValueOffset and
+// KeepOffset below are the one statement of that address rule.
 struct KVView {
   DType dtype = DType::kF32;  // f32, f16 or bf16
   const void* keys = nullptr;
@@ -38,9 +45,29 @@ struct KVView {
   int64_t key_token_stride = 0;
   int64_t value_head_stride = 0;
   int64_t value_token_stride = 0;
-  int64_t length = 0;             // T: slots 0 … T-1 are filled
-  const uint8_t* keep = nullptr;  // [T]; keep[t] == 0 hides key t (padding); null = all kept
+  int64_t length = 0;                   // T: slots 0 … T-1 are filled
+  const uint8_t* keep = nullptr;        // [T]; keep[t] == 0 hides key t (padding); null = all kept
+  int64_t page_size = 0;                // 0: contiguous
+  const int32_t* page_table = nullptr;  // [⌈T / page_size⌉] page indices
+  int64_t key_page_stride = 0;
+  int64_t value_page_stride = 0;
 };
+
+// Element offsets of slot t's key row / value row of kv head g, and of its keep flag.
+inline int64_t KeyOffset(const KVView& kv, int64_t g, int64_t t) {
+  if (kv.page_size == 0) return g * kv.key_head_stride + t * kv.key_token_stride;
+  return static_cast<int64_t>(kv.page_table[t / kv.page_size]) * kv.key_page_stride +
+         g * kv.key_head_stride + (t % kv.page_size) * kv.key_token_stride;
+}
+inline int64_t ValueOffset(const KVView& kv, int64_t g, int64_t t) {
+  if (kv.page_size == 0) return g * kv.value_head_stride + t * kv.value_token_stride;
+  return static_cast<int64_t>(kv.page_table[t / kv.page_size]) * kv.value_page_stride +
+         g * kv.value_head_stride + (t % kv.page_size) * kv.value_token_stride;
+}
+inline int64_t KeepOffset(const KVView& kv, int64_t t) {
+  if (kv.page_size == 0) return t;
+  return static_cast<int64_t>(kv.page_table[t / kv.page_size]) * kv.page_size + t % kv.page_size;
+}
 
 // Which keys query s may see. Query s sits at slot p = first_query_slot + s and, when causal,
 // sees key t iff t <= p, keep[t] != 0, p - window < t when window > 0 (sliding window), and

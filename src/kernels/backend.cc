@@ -136,6 +136,17 @@ void ValidateAttentionProblem(const AttentionProblem& p) {
   ATTN_REQUIRE(kv.dtype == DType::kF32 || kv.dtype == DType::kF16 || kv.dtype == DType::kBF16,
                std::string("K/V dtype must be F32, F16 or BF16, got ") + DTypeName(kv.dtype));
   ATTN_REQUIRE(kv.length >= 0, "kv length must be >= 0");
+  ATTN_REQUIRE(kv.page_size >= 0, "page size must be >= 0 (0: contiguous)");
+  if (kv.page_size > 0 && kv.length > 0) {
+    ATTN_REQUIRE(kv.page_table != nullptr, "a paged view needs a page table");
+    ATTN_REQUIRE(kv.key_page_stride > 0 && kv.value_page_stride > 0,
+                 "a paged view needs positive page strides");
+    const int64_t pages = (kv.length + kv.page_size - 1) / kv.page_size;
+    for (int64_t i = 0; i < pages; ++i) {
+      ATTN_REQUIRE(kv.page_table[i] >= 0, "page table entry " + std::to_string(i) + " is " +
+                                              std::to_string(kv.page_table[i]));
+    }
+  }
   ATTN_REQUIRE(std::isfinite(p.softcap) && p.softcap >= 0.0f,
                "softcap must be finite and >= 0 (0: none)");
   ATTN_REQUIRE(p.visibility.window >= 0, "window must be >= 0");

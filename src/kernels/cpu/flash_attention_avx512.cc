@@ -308,15 +308,17 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
   const size_t eb = plan.element_bytes;
   const std::byte* keys = static_cast<const std::byte*>(kv.keys);
   const std::byte* values = static_cast<const std::byte*>(kv.values);
-  const int64_t key_head_bytes = kv.key_head_stride * static_cast<int64_t>(eb);
-  const int64_t value_head_bytes = kv.value_head_stride * static_cast<int64_t>(eb);
   const int64_t key_stride_bytes = kv.key_token_stride * static_cast<int64_t>(eb);
   const int64_t value_stride_bytes = kv.value_token_stride * static_cast<int64_t>(eb);
   const ScoresFn* scores_fns = plan.bf16_dot ? kScoresBF16 : kScoresF32;
 
-  for (int64_t t0 = begin; t0 < end; t0 += kTileKeys) {
-    const int64_t n = std::min(kTileKeys, end - t0);
-    const uint32_t key_bits = TileKeyBits(kv.keep, t0, n);
+  int64_t n = 0;
+  for (int64_t t0 = begin; t0 < end; t0 += n) {
+    // A tile never crosses a page of a paged cache, so its rows share one base and stride.
+    n = std::min(kTileKeys, end - t0);
+    if (kv.page_size > 0) n = std::min(n, kv.page_size - t0 % kv.page_size);
+    const uint32_t key_bits =
+        TileKeyBits(kv.keep == nullptr ? nullptr : kv.keep + KeepOffset(kv, t0), 0, n);
     uint32_t any = 0;
     for (int64_t r = 0; r < rows; ++r) {
       masks[r] = RowMask(first_slot + r / plan.group, lowest[r], t0, causal, key_bits);
@@ -326,8 +328,8 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
 
     for (int64_t j = 0; j < plan.item_heads; ++j) {
       const int64_t g = range.g0 + j;
-      const std::byte* key_base = keys + g * key_head_bytes;
-      const std::byte* value_base = values + g * value_head_bytes;
+      const std::byte* key_tile = keys + KeyOffset(kv, g, t0) * static_cast<int64_t>(eb);
+      const std::byte* value_tile = values + ValueOffset(kv, g, t0) * static_cast<int64_t>(eb);
       float* head_q = q + j * plan.max_rows * plan.q_words;
       float* head_scores = scores + j * plan.max_rows * kTileKeys;
       float* head_o = o + j * plan.max_rows * dv_pad;
@@ -335,7 +337,6 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
       float* head_l = l + j * plan.max_rows;
 
       // S = Q Kᵀ for the tile.
-      const std::byte* key_tile = key_base + t0 * key_stride_bytes;
       if (plan.row_dot) {
         if (rows == 1 || plan.key_load == Load::kWords) {
           switch (plan.key_load) {
@@ -408,8 +409,8 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
       }
 
       // O += P V.
-      AccumulateTile(head_scores, rows, value_base + t0 * value_stride_bytes, value_stride_bytes, n,
-                     dv, dv_pad, plan.value_load, vt, head_o);
+      AccumulateTile(head_scores, rows, value_tile, value_stride_bytes, n, dv, dv_pad,
+                     plan.value_load, vt, head_o);
     }
   }
 

@@ -43,8 +43,7 @@ void ReferenceAttend(const AttentionProblem& problem) {
       const float slope = problem.alibi_slopes != nullptr ? problem.alibi_slopes[h] : 0.0f;
       // score_t = softcap(scale · q·k_t) + slope · (t − slot)
       auto score = [&](int64_t t) {
-        LoadRow(kv.dtype, kv.keys, g * kv.key_head_stride + t * kv.key_token_stride, kv.key_dim,
-                key_row.data());
+        LoadRow(kv.dtype, kv.keys, KeyOffset(kv, g, t), kv.key_dim, key_row.data());
         float dot = 0.0f;
         for (int64_t i = 0; i < q.dim; ++i) dot += query[i] * key_row[static_cast<size_t>(i)];
         if (!std::isfinite(dot) && problem.non_finite_scores != nullptr) {
@@ -56,7 +55,9 @@ void ReferenceAttend(const AttentionProblem& problem) {
         return problem.alibi_slopes != nullptr ? capped + slope * static_cast<float>(t - slot)
                                                : capped;
       };
-      auto visible = [&](int64_t t) { return kv.keep == nullptr || kv.keep[t] != 0; };
+      auto visible = [&](int64_t t) {
+        return kv.keep == nullptr || kv.keep[KeepOffset(kv, t)] != 0;
+      };
 
       // Pass 1: the largest visible score.
       float max_score = -std::numeric_limits<float>::infinity();
@@ -74,8 +75,7 @@ void ReferenceAttend(const AttentionProblem& problem) {
         if (!visible(t)) continue;
         const float weight = std::exp(score(t) - max_score);
         denominator += weight;
-        LoadRow(kv.dtype, kv.values, g * kv.value_head_stride + t * kv.value_token_stride,
-                kv.value_dim, value_row.data());
+        LoadRow(kv.dtype, kv.values, ValueOffset(kv, g, t), kv.value_dim, value_row.data());
         for (int64_t i = 0; i < kv.value_dim; ++i) {
           out[i] += weight * value_row[static_cast<size_t>(i)];
         }
