@@ -200,6 +200,10 @@ INSTANTIATE_TEST_SUITE_P(
 // every dtype; the fast kernel spreads all of them over one set of tasks and merges splits
 // across the batch. With `rules`, each sequence has its own chunk (or none) and ALiBi slopes.
 void CheckRaggedBatch(bool rules) {
+  // Without AVX-512 both sides are the reference kernel, whose rules kernel_test.cc checks.
+  if (rules && cpu::ActiveIsa().isa != cpu::Isa::kAvx512) {
+    GTEST_SKIP() << "no AVX-512: nothing to compare";
+  }
   constexpr int64_t kHeads = 8, kKvHeads = 2, kDim = 64, kBatch = 8;
   const int64_t lengths[kBatch] = {1, 2500, 33, 700, 4096, 64, 1999, 257};
   const int64_t tokens[kBatch] = {1, 1, 3, 8, 1, 2, 5, 1};
