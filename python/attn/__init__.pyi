@@ -101,6 +101,8 @@ def attention(
     window: int = 0,
     out: Optional[ArrayLike] = None,
     check_finite: bool = True,
+    alibi_slopes: Optional[ArrayLike] = None,
+    chunk: int = 0,
 ) -> Output: ...
 def mla_attention(
     q: ArrayLike,

@@ -91,10 +91,11 @@ void CheckFiniteOutput(const float* out, const Shape& shape) {
 // Checks and runs out[b] = attention(q[b], k[b], v[b]) for every b. q [B, Sq, H, D],
 // k [B, T, G, D], v [B, T, G, Dv] already validated for rank and dtype class.
 // `sources`: the caller's k/v arrays, scanned to name a NaN/Inf when the kernel reports one.
+// `alibi_slopes`: [H] float32 or null; `chunk`: Visibility::chunk.
 py::object RunAttention(const ArrayView& q_in, const ArrayView& k_in, const ArrayView& v_in,
                         std::initializer_list<const ArrayView*> sources, bool causal, float scale,
                         int64_t window, py::handle attention_mask, py::handle out_arg,
-                        bool check_finite) {
+                        bool check_finite, const float* alibi_slopes = nullptr, int64_t chunk = 0) {
   const int64_t batch = q_in.shape[0];
   const int64_t queries = q_in.shape[1];
   const int64_t heads = q_in.shape[2];
@@ -122,6 +123,10 @@ py::object RunAttention(const ArrayView& q_in, const ArrayView& k_in, const Arra
         "window must be >= 0, got " + std::to_string(window));
   Check(causal || window == 0, ErrorKind::kInvalidArgument,
         "window requires causal=True (a window is counted back from each query's slot)");
+  Check(chunk >= 0, ErrorKind::kInvalidArgument,
+        "chunk must be >= 0, got " + std::to_string(chunk));
+  Check(causal || chunk == 0, ErrorKind::kInvalidArgument,
+        "chunk requires causal=True (chunks are counted in query slots)");
   Check(!causal || queries <= length, ErrorKind::kInvalidArgument,
         "causal: the " + std::to_string(queries) + " queries are the last ones of the " +
             std::to_string(length) + " keys (bottom-right aligned), so Sq <= T is needed");
@@ -183,7 +188,8 @@ py::object RunAttention(const ArrayView& q_in, const ArrayView& k_in, const Arra
     problem.queries = QueryRows{q_data + b * q.strides[0], queries, heads, dim};
     // Causal: bottom-right aligned (query s at slot T - Sq + s). Not causal: every key.
     problem.visibility =
-        causal ? Visibility{length - queries, window, true} : Visibility{0, 0, false};
+        causal ? Visibility{length - queries, window, true, chunk} : Visibility{0, 0, false};
+    problem.alibi_slopes = alibi_slopes;
     problem.out = out + b * queries * heads * value_dim;
     problem.non_finite_scores = check_finite ? &non_finite_scores : nullptr;
     ValidateAttentionProblem(problem);
@@ -209,7 +215,7 @@ py::object RunAttention(const ArrayView& q_in, const ArrayView& k_in, const Arra
 
 py::object Attention(py::handle q_arg, py::handle k_arg, py::handle v_arg, bool causal,
                      const py::object& scale, py::handle attention_mask, int64_t window,
-                     py::handle out, bool check_finite) {
+                     py::handle out, bool check_finite, py::handle alibi_slopes, int64_t chunk) {
   const ArrayView q = ViewArray(q_arg, "q");
   const ArrayView k = ViewArray(k_arg, "k");
   const ArrayView v = ViewArray(v_arg, "v");
@@ -225,8 +231,21 @@ py::object Attention(py::handle q_arg, py::handle k_arg, py::handle v_arg, bool 
   }
   CheckFloating(k);
   CheckFloating(v);
-  return RunAttention(q, k, v, {&k, &v}, causal, ScaleOr(scale, q.shape[3]), window, attention_mask,
-                      out, check_finite);
+  // ALiBi slopes: one finite float per query head, read as float32 (in place when they are).
+  ArrayView slopes;
+  if (!alibi_slopes.is_none()) {
+    slopes = ViewArray(alibi_slopes, "alibi_slopes");
+    CheckRank(slopes, 1, "[H]");
+    Check(slopes.shape[0] == q.shape[2], ErrorKind::kInvalidArgument,
+          "alibi_slopes: expected one slope per query head (" + std::to_string(q.shape[2]) +
+              "), got shape " + ShapeToString(slopes.shape));
+    CheckFiniteView(slopes);
+    slopes = RowMajor(slopes, Element::kF32);
+  }
+  return RunAttention(
+      q, k, v, {&k, &v}, causal, ScaleOr(scale, q.shape[3]), window, attention_mask, out,
+      check_finite, alibi_slopes.is_none() ? nullptr : reinterpret_cast<const float*>(slopes.data),
+      chunk);
 }
 
 py::object MlaAttention(py::handle q_arg, py::handle kv_arg, int64_t value_dim, bool causal,
@@ -263,13 +282,15 @@ void BindKernels(py::module_& module) {
   module.def("attention", &Attention, py::arg("q"), py::arg("k"), py::arg("v"),
              py::arg("causal") = true, py::arg("scale") = py::none(),
              py::arg("attention_mask") = py::none(), py::arg("window") = 0,
-             py::arg("out") = py::none(), py::arg("check_finite") = true, R"doc(
+             py::arg("out") = py::none(), py::arg("check_finite") = true,
+             py::arg("alibi_slopes") = py::none(), py::arg("chunk") = 0, R"doc(
 Scaled dot-product attention of the GQA family (MHA: G = H, GQA, MQA: G = 1), computed by the
 same kernel the layers use:
 
-    out[b, s, h] = sum_t softmax_t(scale * q[b, s, h] . k[b, t, h // (H/G)]) v[b, t, h // (H/G)]
+    out[b, s, h] = sum_t softmax_t(scale * q[b, s, h] . k[b, t, h // (H/G)]
+                                   + m[h] * (t - p)) v[b, t, h // (H/G)]
 
-over the keys t that query s sees.
+over the keys t that query s sees, p = T - Sq + s its slot and m the ALiBi slopes (0 without).
 
 q: [B, Sq, H, D] float (float32 is read in place; other float dtypes are converted).
 k: [B, T, G, D], v: [B, T, G, Dv] float32, float16 or bfloat16 (read in place, any strides with
@@ -279,6 +300,12 @@ causal: query s is key slot T - Sq + s and sees keys t <= T - Sq + s (bottom-rig
 scale: a finite positive number (ValueError otherwise); default 1 / sqrt(D).
 attention_mask: [B, T] of 1 (keep) / 0 (padding key), any integer, bool or float dtype.
 window: > 0 keeps only keys t > slot - window (sliding window; needs causal=True).
+chunk: > 0 keeps only keys in the query's own block of `chunk` slots, t // chunk == slot // chunk
+    (Llama 4's attention_chunk_size; needs causal=True). Keys outside it are never read.
+alibi_slopes: [H] finite floats m[h] (ALiBi, BLOOM/Falcon/MPT), already in logit units: each
+    score gains m[h] * (t - slot), t and slot counted in key slots. With padding only at the
+    ends of a sequence this equals BLOOM's positions from the cumulative attention mask (a
+    per-row constant apart, which softmax ignores).
 out: optional writable C-contiguous float32 [B, Sq, H, Dv] array or tensor to write into; it is
     returned.
 check_finite: raise ValueError on NaN/Inf in q, in the keys and values the kernel reads, or in

@@ -366,3 +366,165 @@ def test_non_finite_bf16_kv_raises(attn):
     kv[0, 2, 5] = float("nan")
     with pytest.raises(ValueError, match=r"kv: non-finite value .* at index \[0, 2, 5\]"):
         attn.mla_attention(torch.zeros(1, 1, 2, 16), kv, value_dim=8)
+
+
+# ============================================================================ ALiBi and chunks
+
+
+def numpy_reference(q, k, v, causal=True, scale=None, mask=None, window=0, chunk=0, slopes=None,
+                    cumulative_positions=False):
+    """float64 NumPy, written from the formula: score = scale·q·k + m_h·(pos_t − pos_query) over
+    visible keys (causal, window, t // chunk == slot // chunk, mask), softmax, weighted sum of
+    values; a row with no visible key is zeros. Positions are slots, or with
+    cumulative_positions BLOOM's cumulative sum of the mask minus one."""
+    q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
+    B, Sq, H, D = q.shape
+    T, G = k.shape[1], k.shape[2]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    keep = np.ones((B, T), bool) if mask is None else np.asarray(mask) != 0
+    out = np.zeros((B, Sq, H, v.shape[3]))
+    for b in range(B):
+        position = np.cumsum(keep[b]) - 1 if cumulative_positions else np.arange(T)
+        for s in range(Sq):
+            slot = T - Sq + s if causal else s
+            t = np.arange(T)
+            visible = keep[b].copy()
+            if causal:
+                visible &= t <= slot
+                if window:
+                    visible &= t > slot - window
+                if chunk:
+                    visible &= t // chunk == slot // chunk
+            if not visible.any():
+                continue
+            for h in range(H):
+                g = h // (H // G)
+                scores = scale * (k[b, :, g] @ q[b, s, h])
+                if slopes is not None:
+                    query_position = position[min(slot, T - 1)]
+                    scores = scores + slopes[h] * (position - query_position)
+                scores = np.where(visible, scores, -np.inf)
+                w = np.exp(scores - scores.max())
+                out[b, s, h] = (w / w.sum()) @ v[b, :, g]
+    return out
+
+
+def alibi_slopes(heads):
+    """BLOOM's slopes for a power-of-two head count: 2^(−8(h+1)/H)."""
+    return np.array([2.0 ** (-8.0 * (h + 1) / heads) for h in range(heads)], np.float32)
+
+
+def assert_close_np(got, want, rel=1e-5):
+    got = np.asarray(got)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    err = np.abs(got.astype(np.float64) - want).max()
+    assert err <= rel * np.abs(want).max(), f"max error {err:.3e}"
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 2), (8, 1)], ids=["gqa", "mqa"])
+@pytest.mark.parametrize("sq,t", [(7, 7), (3, 10), (1, 9), (13, 30)],
+                         ids=["prefill", "chunk", "decode", "long-prefill"])
+@pytest.mark.parametrize("chunk,alibi", [(3, False), (5, True), (8, False), (0, True), (4, True)])
+def test_alibi_and_chunk_match_numpy(attn, dtype, heads, kv_heads, sq, t, chunk, alibi):
+    rng = np.random.default_rng(31)
+    np_dtype = np.float32 if dtype == "f32" else np.float16
+    q = rng.standard_normal((2, sq, heads, 32)).astype(np.float32)
+    k = rng.standard_normal((2, t, kv_heads, 32)).astype(np_dtype)
+    v = rng.standard_normal((2, t, kv_heads, 24)).astype(np_dtype)
+    mask = np.ones((2, t), np.int64)
+    mask[1, ::4] = 0
+    slopes = alibi_slopes(heads) if alibi else None
+    got = attn.attention(q, k, v, attention_mask=mask, alibi_slopes=slopes, chunk=chunk)
+    want = numpy_reference(q, k, v, mask=mask, chunk=chunk, slopes=slopes)
+    assert_close_np(got, want)
+    # The rule changes the answer (not vacuously equal to plain attention).
+    plain = numpy_reference(q, k, v, mask=mask)
+    if alibi or chunk < t:
+        assert np.abs(want - plain).max() > 1e-3
+
+
+def test_alibi_not_causal_and_window(attn):
+    rng = np.random.default_rng(32)
+    q = rng.standard_normal((1, 6, 4, 16)).astype(np.float32)
+    k = rng.standard_normal((1, 20, 2, 16)).astype(np.float32)
+    v = rng.standard_normal((1, 20, 2, 16)).astype(np.float32)
+    slopes = alibi_slopes(4)
+    assert_close_np(attn.attention(q, k, v, causal=False, alibi_slopes=slopes),
+                    numpy_reference(q, k, v, causal=False, slopes=slopes))
+    assert_close_np(attn.attention(q, k, v, window=5, chunk=8, alibi_slopes=slopes),
+                    numpy_reference(q, k, v, window=5, chunk=8, slopes=slopes))
+
+
+def test_alibi_with_left_padding_equals_bloom_positions(attn):
+    """Documented: slots instead of BLOOM's cumulative-mask positions give the same output when
+    padding is only at the ends of each sequence (here: left padding, as HF pads)."""
+    rng = np.random.default_rng(33)
+    q = rng.standard_normal((3, 5, 8, 16)).astype(np.float32)
+    k = rng.standard_normal((3, 12, 8, 16)).astype(np.float32)
+    v = rng.standard_normal((3, 12, 8, 16)).astype(np.float32)
+    mask = np.ones((3, 12), np.int64)
+    mask[0, :4] = 0
+    mask[2, :1] = 0
+    slopes = alibi_slopes(8)
+    got = attn.attention(q, k, v, attention_mask=mask, alibi_slopes=slopes)
+    assert_close_np(got, numpy_reference(q, k, v, mask=mask, slopes=slopes,
+                                         cumulative_positions=True))
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("layout", ["token-major", "head-major"])
+def test_chunked_long_decode_matches_numpy(attn, dtype, layout):
+    """Split-key decode: T = 3000 with chunks of 1024 (the query sees keys 2048 … 2999), ALiBi,
+    a ragged batch; the keys outside the chunk are never read (NaN there changes nothing)."""
+    B, T, H, G, D = 2, 3000, 8, 2, 64
+    tdt = TORCH_DTYPES[dtype]
+    q = rand((B, 1, H, D), torch.float32, 34)
+    if layout == "token-major":
+        k, v = rand((B, T, G, D), tdt, 35), rand((B, T, G, D), tdt, 36)
+    else:
+        k = rand((B, G, T, D), tdt, 35).transpose(1, 2)
+        v = rand((B, G, T, D), tdt, 36).transpose(1, 2)
+    mask = torch.ones(B, T, dtype=torch.int64)
+    mask[1, :2500] = 0
+    slopes = torch.tensor(alibi_slopes(H))
+    got = attn.attention(q, k, v, attention_mask=mask, alibi_slopes=slopes, chunk=1024)
+    want = numpy_reference(q.numpy(), k.float().numpy(), v.float().numpy(), mask=mask.numpy(),
+                           chunk=1024, slopes=slopes.numpy())
+    assert_close_np(got.numpy(), want)
+    with torch.no_grad():
+        k[:, :2048] = float("nan")
+        v[:, :2048] = float("nan")
+    assert torch.equal(attn.attention(q, k, v, attention_mask=mask, alibi_slopes=slopes,
+                                      chunk=1024), got)
+
+
+def test_alibi_slopes_intake(attn):
+    """Slopes as a list, float64, float16 or a torch tensor give the same result."""
+    rng = np.random.default_rng(37)
+    q = rng.standard_normal((1, 4, 4, 16)).astype(np.float32)
+    k = rng.standard_normal((1, 9, 2, 16)).astype(np.float32)
+    slopes = alibi_slopes(4)
+    want = attn.attention(q, k, k, alibi_slopes=slopes)
+    for form in (slopes.tolist(), slopes.astype(np.float64), torch.from_numpy(slopes),
+                 slopes.astype(np.float16), np.repeat(slopes, 2)[::2]):
+        assert np.array_equal(attn.attention(q, k, k, alibi_slopes=form), want)
+    assert not np.array_equal(attn.attention(q, k, k), want)
+
+
+def test_alibi_and_chunk_bad_options(attn):
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="chunk must be >= 0"):
+        attn.attention(q, k, v, chunk=-1)
+    with pytest.raises(ValueError, match="chunk requires causal"):
+        attn.attention(q, k, v, causal=False, chunk=2)
+    with pytest.raises(ValueError, match=r"alibi_slopes: expected one slope per query head \(4\)"):
+        attn.attention(q, k, v, alibi_slopes=np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="alibi_slopes: expected 1 dimensions"):
+        attn.attention(q, k, v, alibi_slopes=np.ones((4, 1), np.float32))
+    with pytest.raises(ValueError, match=r"alibi_slopes: non-finite value .* at index \[2\]"):
+        attn.attention(q, k, v, alibi_slopes=[0.5, 0.25, float("nan"), 0.1])
+    with pytest.raises(ValueError, match="alibi_slopes: expected a floating-point dtype"):
+        attn.attention(q, k, v, alibi_slopes=np.ones(4, np.int32))
+    with pytest.raises(ValueError, match=r"alibi_slopes\[1\] must be finite"):
+        attn.attention(q, k, v, alibi_slopes=[0.5, 1e300, 0.25, 0.1])  # inf as float32
