@@ -10,6 +10,9 @@
 #include "attn/rope.h"
 
 namespace attn {
+namespace layers {
+class KVStore;
+}  // namespace layers
 
 // Projection weights stored [out, in] as in PyTorch/safetensors. Biases are empty tensors
 // when the model has none.
@@ -38,9 +41,15 @@ class GqaAttention : public AttentionLayer {
   std::unique_ptr<Cache> NewCache(int64_t batch, int64_t capacity, DType dtype,
                                   MlaForm form) const override;
   void StepInto(const TokenBatch& batch, Cache& cache, MlaForm form, Tensor& out) const override;
+  void StepPagedInto(const TokenBatch& batch, PagedKVPool& pool,
+                     std::span<const PagedKVPool::SequenceId> ids, MlaForm form,
+                     Tensor& out) const override;
 
  private:
   ModelConfig config_;
+  // The one step: projections, norms, RoPE, append to `store`, attend, o_proj.
+  void StepWith(const TokenBatch& batch, layers::KVStore& store, Tensor& out) const;
+
   int64_t window_;
   int64_t chunk_;
   bool rotates_;  // false: a NoPE layer or an ALiBi model

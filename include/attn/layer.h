@@ -12,6 +12,7 @@
 
 #include "attn/config.h"
 #include "attn/kv_cache.h"
+#include "attn/paged_kv_cache.h"
 #include "attn/tensor.h"
 
 namespace attn {
@@ -55,6 +56,17 @@ class AttentionLayer {
   // nothing once warm. Throws Error(kCapacity) before touching the cache if any sequence would
   // overflow, and Error(kInvalidArgument) for shapes or a cache made for another form.
   virtual void StepInto(const TokenBatch& batch, Cache& cache, MlaForm form, Tensor& out) const = 0;
+
+  // A page pool for this layer's cache (docs/architecture.md, "Paged caches"): per-head pages
+  // for the GQA family and naive MLA, latent pages for absorbed / auto MLA.
+  std::unique_ptr<PagedKVPool> NewPagedPool(int64_t pages, int64_t page_size, DType dtype,
+                                            MlaForm form) const;
+  // StepInto() over sequences of a page pool: row b of the batch continues sequence ids[b]
+  // (live and distinct). The pages the call needs are taken before anything is written, all or
+  // nothing: Error(kCapacity) names the pages asked for and leaves every sequence unchanged.
+  virtual void StepPagedInto(const TokenBatch& batch, PagedKVPool& pool,
+                             std::span<const PagedKVPool::SequenceId> ids, MlaForm form,
+                             Tensor& out) const = 0;
 
   // StepInto() with a fresh output tensor.
   Tensor Step(const TokenBatch& batch, Cache& cache, MlaForm form) const {

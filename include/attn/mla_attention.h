@@ -10,6 +10,9 @@
 
 namespace attn {
 namespace layers {
+class KVStore;
+}  // namespace layers
+namespace layers {
 struct BatchShape;
 }  // namespace layers
 
@@ -49,22 +52,27 @@ class MlaAttention : public AttentionLayer {
   std::unique_ptr<Cache> NewCache(int64_t batch, int64_t capacity, DType dtype,
                                   MlaForm form) const override;
   void StepInto(const TokenBatch& batch, Cache& cache, MlaForm form, Tensor& out) const override;
+  void StepPagedInto(const TokenBatch& batch, PagedKVPool& pool,
+                     std::span<const PagedKVPool::SequenceId> ids, MlaForm form,
+                     Tensor& out) const override;
 
  private:
+  // The one step over a cache of either kind (per-head for naive, latent otherwise).
+  void StepWith(const TokenBatch& batch, layers::KVStore& store, MlaForm form, Tensor& out) const;
   struct Projected;  // queries and latent rows of one call
   Projected Project(const TokenBatch& batch, const layers::BatchShape& shape,
                     std::span<const int64_t> positions) const;
   // [count][rk+dr] rows -> keys [count][H][dn+dr] = [c W_UK[h]ᵀ | k_pe], values
   // [count][H][dv] = c W_UV[h]ᵀ.
   void DecompressLatent(const float* rows, int64_t count, float* keys, float* values) const;
-  void AttendNaive(const Projected& p, KVCache& cache, std::span<const int64_t> first_slots,
+  void AttendNaive(const Projected& p, layers::KVStore& cache, std::span<const int64_t> first_slots,
                    float* heads_out) const;
   // The absorbed form for the listed sequences of the batch at once: W_UK/W_UV are read once
   // per step (heads in parallel), and one attend_batch call covers every sequence.
   void AttendAbsorbed(const Projected& p, std::span<const int64_t> sequences,
-                      const LatentKVCache& cache, std::span<const int64_t> first_slots,
+                      const layers::KVStore& cache, std::span<const int64_t> first_slots,
                       float* heads_out) const;
-  void AttendDecompressed(const Projected& p, int64_t sequence, const LatentKVCache& cache,
+  void AttendDecompressed(const Projected& p, int64_t sequence, const layers::KVStore& cache,
                           int64_t first_slot, float* heads_out) const;
 
   ModelConfig config_;

@@ -17,6 +17,7 @@
 
 #include "attn/error.h"
 #include "attn/kernels.h"
+#include "layers/kv_store.h"
 #include "layers/layer_util.h"
 
 namespace attn {
@@ -106,18 +107,35 @@ std::unique_ptr<Cache> GqaAttention::NewCache(int64_t batch, int64_t capacity, D
 
 void GqaAttention::StepInto(const TokenBatch& batch, Cache& cache, MlaForm /*form*/,
                             Tensor& out) const {
+  auto* kv = dynamic_cast<KVCache*>(&cache);
+  ATTN_CHECK(kv != nullptr, ErrorKind::kInvalidArgument,
+             "cache does not match this layer (need a KVCache)");
+  layers::ContiguousHeads store(*kv);
+  StepWith(batch, store, out);
+}
+
+void GqaAttention::StepPagedInto(const TokenBatch& batch, PagedKVPool& pool,
+                                 std::span<const PagedKVPool::SequenceId> ids, MlaForm /*form*/,
+                                 Tensor& out) const {
+  layers::PagedSequences store(pool, ids);
+  StepWith(batch, store, out);
+}
+
+void GqaAttention::StepWith(const TokenBatch& batch, layers::KVStore& store, Tensor& out) const {
   const layers::BatchShape shape = layers::CheckTokenBatch(batch, config_.hidden_size);
   const int64_t heads = config_.num_heads;
   const int64_t kv_heads = config_.gqa.num_kv_heads;
   const int64_t d = config_.gqa.head_dim;
-  auto* kv = dynamic_cast<KVCache*>(&cache);
-  ATTN_CHECK(kv != nullptr && kv->kv_heads() == kv_heads && kv->key_dim() == d &&
-                 kv->value_dim() == d && kv->batch() == shape.batch,
+  ATTN_CHECK(store.form() == CacheForm::kHeads && store.kv_heads() == kv_heads &&
+                 store.key_dim() == d && store.value_dim() == d && store.sequences() == shape.batch,
              ErrorKind::kInvalidArgument,
-             "cache does not match this layer (need a KVCache of batch " +
-                 std::to_string(shape.batch) + ", " + std::to_string(kv_heads) + " kv heads of " +
-                 std::to_string(d) + ")");
-  kv->CheckRoom(shape.counts);
+             "cache does not match this layer (need per-head K/V for " +
+                 std::to_string(shape.batch) + " sequences, " + std::to_string(kv_heads) +
+                 " kv heads of " + std::to_string(d) + ")");
+  int64_t* first_slots = layers::IndexScratch(layers::IndexSlot::kFirstSlots, shape.batch);
+  for (int64_t b = 0; b < shape.batch; ++b) first_slots[b] = store.length(b);
+  const std::span<const int64_t> lengths(first_slots, static_cast<size_t>(shape.batch));
+  store.Reserve(shape.counts);
 
   const int64_t rows = shape.batch * shape.tokens;
   const float* x = batch.hidden_states->data();
@@ -140,7 +158,7 @@ void GqaAttention::StepInto(const TokenBatch& batch, Cache& cache, MlaForm /*for
   }
 
   if (rotates_) {
-    const std::span<const int64_t> positions = layers::ResolvePositions(batch, shape, *kv);
+    const std::span<const int64_t> positions = layers::ResolvePositions(batch, shape, lengths);
     std::optional<RotaryEmbedding> call_rope;
     const RotaryEmbedding& rope = layers::RopeForCall(rope_, positions, shape, call_rope);
     layers::RotateHeads(rope, positions, q, heads * d, 0, heads, d);
@@ -155,7 +173,7 @@ void GqaAttention::StepInto(const TokenBatch& batch, Cache& cache, MlaForm /*for
     // ln(⌊(p + 1) / floor_scale⌋ + 1)·attn_scale + 1 (docs/semantics.md §1).
     for (int64_t b = 0; b < shape.batch; ++b) {
       for (int64_t s = 0; s < shape.counts[static_cast<size_t>(b)]; ++s) {
-        const auto slot = static_cast<double>(kv->length(b) + s);
+        const auto slot = static_cast<double>(lengths[static_cast<size_t>(b)] + s);
         const double factor =
             std::log(std::floor((slot + 1.0) / config_.temperature.floor_scale) + 1.0) *
                 config_.temperature.attn_scale +
@@ -171,15 +189,15 @@ void GqaAttention::StepInto(const TokenBatch& batch, Cache& cache, MlaForm /*for
   // whole batch (ragged lengths and all), so a decode step keeps every thread busy.
   std::vector<AttentionProblem>& problems = layers::BatchProblems(shape.batch);
   for (int64_t b = 0; b < shape.batch; ++b) {
-    const int64_t first_slot = kv->length(b);
+    const int64_t first_slot = lengths[static_cast<size_t>(b)];
     const int64_t token0 = b * shape.tokens;
     const int64_t count = shape.counts[static_cast<size_t>(b)];
-    kv->Append(b, count, k + token0 * kv_heads * d, v + token0 * kv_heads * d,
-               layers::KeepFlags(batch, shape, b));
+    store.AppendHeads(b, count, k + token0 * kv_heads * d, v + token0 * kv_heads * d,
+                      layers::KeepFlags(batch, shape, b));
     AttentionProblem& problem = problems[static_cast<size_t>(b)];
     problem = AttentionProblem{};
     problem.queries = {q + token0 * heads * d, count, heads, d};
-    problem.kv = kv->View(b);
+    problem.kv = store.View(b);
     problem.visibility = {first_slot, window_};
     problem.visibility.chunk = chunk_;
     problem.alibi_slopes = alibi_slopes_.empty() ? nullptr : alibi_slopes_.data();

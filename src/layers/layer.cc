@@ -29,6 +29,25 @@ const char* MlaFormName(MlaForm form) {
   return "?";
 }
 
+std::unique_ptr<PagedKVPool> AttentionLayer::NewPagedPool(int64_t pages, int64_t page_size,
+                                                          DType dtype, MlaForm form) const {
+  const ModelConfig& c = config();
+  if (c.kind == AttentionKind::kGqa) {
+    ATTN_CHECK(form == MlaForm::kAuto, ErrorKind::kInvalidArgument,
+               "an MLA form applies only to MLA models, not '" + c.model_type + "'");
+    return std::make_unique<PagedKVPool>(PagedKVPool::ForHeads(
+        pages, page_size, c.gqa.num_kv_heads, c.gqa.head_dim, c.gqa.head_dim, dtype));
+  }
+  const MlaDims& m = c.mla;
+  if (form == MlaForm::kNaive) {
+    return std::make_unique<PagedKVPool>(
+        PagedKVPool::ForHeads(pages, page_size, c.num_heads,
+                              m.qk_nope_head_dim + m.qk_rope_head_dim, m.v_head_dim, dtype));
+  }
+  return std::make_unique<PagedKVPool>(
+      PagedKVPool::ForLatent(pages, page_size, m.kv_lora_rank, m.qk_rope_head_dim, dtype));
+}
+
 Tensor AttentionLayer::Forward(const TokenBatch& batch, MlaForm form) const {
   ATTN_CHECK(batch.hidden_states != nullptr && batch.hidden_states->rank() == 3,
              ErrorKind::kInvalidArgument, "hidden_states: expected shape [B, S, D]");

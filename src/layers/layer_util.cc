@@ -6,6 +6,7 @@
 
 #include "attn/error.h"
 #include "attn/kernels.h"
+#include "layers/kv_store.h"
 
 namespace attn::layers {
 
@@ -60,13 +61,13 @@ BatchShape CheckTokenBatch(const TokenBatch& batch, int64_t hidden_size) {
 }
 
 std::span<const int64_t> ResolvePositions(const TokenBatch& batch, const BatchShape& shape,
-                                          const Cache& cache) {
+                                          std::span<const int64_t> lengths) {
   if (!batch.positions.empty()) return batch.positions;
   const int64_t total = shape.batch * shape.tokens;
   int64_t* positions = IndexScratch(IndexSlot::kPositions, total);
   for (int64_t b = 0; b < shape.batch; ++b) {
     for (int64_t s = 0; s < shape.tokens; ++s)
-      positions[b * shape.tokens + s] = cache.length(b) + s;
+      positions[b * shape.tokens + s] = lengths[static_cast<size_t>(b)] + s;
   }
   return {positions, static_cast<size_t>(total)};
 }
@@ -171,6 +172,16 @@ void CheckWeight(const Weight& weight, const Shape& expected, const std::string&
   // An fp8 matrix means nothing without its scales (docs/semantics.md §9).
   ATTN_CHECK(weight.dtype() != DType::kF8E4M3 || weight.block_scales() != nullptr,
              ErrorKind::kInvalidArgument, name + ": F8_E4M3 weight without its block scales");
+}
+
+void ContiguousHeads::AppendLatent(int64_t, int64_t, const float*, const uint8_t*) {
+  throw Error(ErrorKind::kInvalidArgument, "latent rows appended to a per-head cache");
+}
+void ContiguousHeads::ReadRows(int64_t, float*) const {
+  throw Error(ErrorKind::kInvalidArgument, "latent rows read from a per-head cache");
+}
+void ContiguousLatent::AppendHeads(int64_t, int64_t, const float*, const float*, const uint8_t*) {
+  throw Error(ErrorKind::kInvalidArgument, "per-head K/V appended to a latent cache");
 }
 
 }  // namespace attn::layers

@@ -31,9 +31,10 @@ struct BatchShape {
 };
 BatchShape CheckTokenBatch(const TokenBatch& batch, int64_t hidden_size);
 
-// Positions of every token: the given ones, or cache.length(b) + s when none are given.
+// Positions of every token: the given ones, or lengths[b] + s (the cache length of sequence b
+// before this call) when none are given.
 std::span<const int64_t> ResolvePositions(const TokenBatch& batch, const BatchShape& shape,
-                                          const Cache& cache);
+                                          std::span<const int64_t> lengths);
 
 // Per-thread scratch buffers for one layer call, one per use, grown on first need and then
 // reused: after warm-up a decode step allocates nothing. A layer call runs on one thread and

@@ -19,6 +19,7 @@
 #include "attn/error.h"
 #include "attn/kernels.h"
 #include "attn/threads.h"
+#include "layers/kv_store.h"
 #include "layers/layer_util.h"
 
 // Sanitizer builds skip the clones: ifunc resolvers run before the sanitizer runtime starts.
@@ -165,63 +166,87 @@ MlaAttention::Projected MlaAttention::Project(const TokenBatch& batch,
 
 void MlaAttention::StepInto(const TokenBatch& batch, Cache& cache, MlaForm form,
                             Tensor& out) const {
+  if (form == MlaForm::kNaive) {
+    auto* heads_cache = dynamic_cast<KVCache*>(&cache);
+    ATTN_CHECK(heads_cache != nullptr, ErrorKind::kInvalidArgument,
+               "the naive MLA form needs the per-head cache from NewCache(..., MlaForm::kNaive)");
+    layers::ContiguousHeads store(*heads_cache);
+    StepWith(batch, store, form, out);
+    return;
+  }
+  auto* latent_cache = dynamic_cast<LatentKVCache*>(&cache);
+  ATTN_CHECK(latent_cache != nullptr, ErrorKind::kInvalidArgument,
+             std::string("the ") + MlaFormName(form) +
+                 " MLA form needs the latent cache from NewCache(..., MlaForm::k" +
+                 (form == MlaForm::kAuto ? "Auto" : "Absorbed") + ")");
+  layers::ContiguousLatent store(*latent_cache);
+  StepWith(batch, store, form, out);
+}
+
+void MlaAttention::StepPagedInto(const TokenBatch& batch, PagedKVPool& pool,
+                                 std::span<const PagedKVPool::SequenceId> ids, MlaForm form,
+                                 Tensor& out) const {
+  layers::PagedSequences store(pool, ids);
+  StepWith(batch, store, form, out);
+}
+
+void MlaAttention::StepWith(const TokenBatch& batch, layers::KVStore& cache, MlaForm form,
+                            Tensor& out) const {
   const layers::BatchShape shape = layers::CheckTokenBatch(batch, config_.hidden_size);
   const MlaDims& m = config_.mla;
   const int64_t h = config_.num_heads;
-  auto* heads_cache = dynamic_cast<KVCache*>(&cache);
-  auto* latent_cache = dynamic_cast<LatentKVCache*>(&cache);
   if (form == MlaForm::kNaive) {
-    ATTN_CHECK(heads_cache != nullptr && heads_cache->kv_heads() == h &&
-                   heads_cache->key_dim() == m.qk_nope_head_dim + m.qk_rope_head_dim &&
-                   heads_cache->value_dim() == m.v_head_dim,
+    ATTN_CHECK(cache.form() == CacheForm::kHeads && cache.kv_heads() == h &&
+                   cache.key_dim() == m.qk_nope_head_dim + m.qk_rope_head_dim &&
+                   cache.value_dim() == m.v_head_dim,
                ErrorKind::kInvalidArgument,
                "the naive MLA form needs the per-head cache from NewCache(..., MlaForm::kNaive)");
   } else {
-    ATTN_CHECK(latent_cache != nullptr && latent_cache->latent_dim() == m.kv_lora_rank &&
-                   latent_cache->rope_dim() == m.qk_rope_head_dim,
+    ATTN_CHECK(cache.form() == CacheForm::kLatent && cache.value_dim() == m.kv_lora_rank &&
+                   cache.key_dim() == m.kv_lora_rank + m.qk_rope_head_dim,
                ErrorKind::kInvalidArgument,
                std::string("the ") + MlaFormName(form) +
                    " MLA form needs the latent cache from NewCache(..., MlaForm::k" +
                    (form == MlaForm::kAuto ? "Auto" : "Absorbed") + ")");
   }
-  ATTN_CHECK(cache.batch() == shape.batch, ErrorKind::kInvalidArgument,
-             "cache batch " + std::to_string(cache.batch()) + " differs from the input batch " +
+  ATTN_CHECK(cache.sequences() == shape.batch, ErrorKind::kInvalidArgument,
+             "cache batch " + std::to_string(cache.sequences()) + " differs from the input batch " +
                  std::to_string(shape.batch));
-  cache.CheckRoom(shape.counts);
+  int64_t* first_slots = layers::IndexScratch(layers::IndexSlot::kFirstSlots, shape.batch);
+  for (int64_t b = 0; b < shape.batch; ++b) first_slots[b] = cache.length(b);
+  const std::span<const int64_t> lengths(first_slots, static_cast<size_t>(shape.batch));
+  cache.Reserve(shape.counts);
 
-  const std::span<const int64_t> positions = layers::ResolvePositions(batch, shape, cache);
+  const std::span<const int64_t> positions = layers::ResolvePositions(batch, shape, lengths);
   const Projected p = Project(batch, shape, positions);
   const int64_t rows = shape.batch * shape.tokens;
   float* heads_out = layers::Scratch(layers::Slot::kHeadsOut, rows * h * m.v_head_dim);
 
-  int64_t* first_slots = layers::IndexScratch(layers::IndexSlot::kFirstSlots, shape.batch);
-  for (int64_t b = 0; b < shape.batch; ++b) first_slots[b] = cache.length(b);
   if (form == MlaForm::kNaive) {
-    AttendNaive(p, *heads_cache, {first_slots, static_cast<size_t>(shape.batch)}, heads_out);
+    AttendNaive(p, cache, lengths, heads_out);
   } else {
-    const int64_t row_dim = latent_cache->row_dim();
+    const int64_t row_dim = cache.key_dim();
     for (int64_t b = 0; b < shape.batch; ++b) {
-      latent_cache->Append(b, shape.counts[static_cast<size_t>(b)],
-                           p.latent + b * shape.tokens * row_dim, p.keep(b));
+      cache.AppendLatent(b, shape.counts[static_cast<size_t>(b)],
+                         p.latent + b * shape.tokens * row_dim, p.keep(b));
     }
     // Sequences that auto sends to decompress-then-attend go one by one; the absorbed ones
     // together.
     int64_t* absorbed = layers::IndexScratch(layers::IndexSlot::kAbsorbedSequences, shape.batch);
     int64_t absorbed_count = 0;
     for (int64_t b = 0; b < shape.batch; ++b) {
-      const bool decompress = form == MlaForm::kAuto &&
-                              AutoPrefersDecompress(config_, shape.counts[static_cast<size_t>(b)],
-                                                    latent_cache->length(b));
+      const bool decompress =
+          form == MlaForm::kAuto &&
+          AutoPrefersDecompress(config_, shape.counts[static_cast<size_t>(b)], cache.length(b));
       if (decompress) {
-        AttendDecompressed(p, b, *latent_cache, first_slots[b],
+        AttendDecompressed(p, b, cache, first_slots[b],
                            heads_out + b * shape.tokens * h * m.v_head_dim);
       } else {
         absorbed[absorbed_count++] = b;
       }
     }
     if (absorbed_count > 0) {
-      AttendAbsorbed(p, {absorbed, static_cast<size_t>(absorbed_count)}, *latent_cache,
-                     {first_slots, static_cast<size_t>(shape.batch)}, heads_out);
+      AttendAbsorbed(p, {absorbed, static_cast<size_t>(absorbed_count)}, cache, lengths, heads_out);
     }
   }
 
@@ -257,7 +282,7 @@ void MlaAttention::DecompressLatent(const float* rows, int64_t count, float* key
   }
 }
 
-void MlaAttention::AttendNaive(const Projected& p, KVCache& cache,
+void MlaAttention::AttendNaive(const Projected& p, layers::KVStore& cache,
                                std::span<const int64_t> first_slots, float* heads_out) const {
   const MlaDims& m = config_.mla;
   const int64_t h = config_.num_heads;
@@ -273,8 +298,8 @@ void MlaAttention::AttendNaive(const Projected& p, KVCache& cache,
   for (int64_t b = 0; b < p.shape.batch; ++b) {
     const int64_t token0 = b * s_len;
     const int64_t count = p.shape.counts[static_cast<size_t>(b)];
-    cache.Append(b, count, keys + token0 * h * qk_dim, values + token0 * h * m.v_head_dim,
-                 p.keep(b));
+    cache.AppendHeads(b, count, keys + token0 * h * qk_dim, values + token0 * h * m.v_head_dim,
+                      p.keep(b));
     AttentionProblem& problem = problems[static_cast<size_t>(b)];
     problem = AttentionProblem{};
     problem.queries = {p.q + token0 * h * qk_dim, count, h, qk_dim};
@@ -317,8 +342,8 @@ const float* KvBRows(const AbsorbedJob& j, int64_t first, int64_t count) {
 }  // namespace
 
 void MlaAttention::AttendAbsorbed(const Projected& p, std::span<const int64_t> sequences,
-                                  const LatentKVCache& cache, std::span<const int64_t> first_slots,
-                                  float* heads_out) const {
+                                  const layers::KVStore& cache,
+                                  std::span<const int64_t> first_slots, float* heads_out) const {
   const MlaDims& m = config_.mla;
   const int64_t h = config_.num_heads;
   const int64_t s_len = p.shape.tokens;
@@ -327,13 +352,13 @@ void MlaAttention::AttendAbsorbed(const Projected& p, std::span<const int64_t> s
                   h,
                   m.qk_nope_head_dim + m.qk_rope_head_dim,
                   m.qk_nope_head_dim + m.v_head_dim,
-                  cache.row_dim(),
+                  cache.key_dim(),
                   s_len,
                   p.q,
                   MakeLinearProblem(nullptr, 0, weights_.kv_b_proj, nullptr, nullptr),
                   sequences,
                   p.shape.counts,
-                  layers::Scratch(layers::Slot::kAbsorbed, rows * h * cache.row_dim()),
+                  layers::Scratch(layers::Slot::kAbsorbed, rows * h * cache.key_dim()),
                   layers::Scratch(layers::Slot::kLatentOut, rows * h * m.kv_lora_rank),
                   heads_out};
   const AbsorbedJob* shared = &job;
@@ -385,12 +410,12 @@ void MlaAttention::AttendAbsorbed(const Projected& p, std::span<const int64_t> s
 }
 
 void MlaAttention::AttendDecompressed(const Projected& p, int64_t sequence,
-                                      const LatentKVCache& cache, int64_t first_slot,
+                                      const layers::KVStore& cache, int64_t first_slot,
                                       float* heads_out) const {
   const MlaDims& m = config_.mla;
   const int64_t h = config_.num_heads;
   const int64_t qk_dim = m.qk_nope_head_dim + m.qk_rope_head_dim;
-  const int64_t row_dim = cache.row_dim();
+  const int64_t row_dim = cache.key_dim();
   const int64_t length = cache.length(sequence);
 
   // Every cached token's [c | k_pe] in fp32, then K = [c W_UKᵀ | k_pe], V = c W_UVᵀ per head.
@@ -416,6 +441,15 @@ void MlaAttention::AttendDecompressed(const Projected& p, int64_t sequence,
   problem.kv.value_token_stride = h * m.v_head_dim;
   problem.kv.length = length;
   problem.kv.keep = latent_view.keep;
+  if (latent_view.page_size > 0 && latent_view.keep != nullptr) {
+    // The decompressed keys are contiguous: their padding flags must be too.
+    thread_local std::vector<uint8_t> keep;
+    if (keep.size() < static_cast<size_t>(length)) keep.resize(static_cast<size_t>(length));
+    for (int64_t t = 0; t < length; ++t) {
+      keep[static_cast<size_t>(t)] = latent_view.keep[KeepOffset(latent_view, t)];
+    }
+    problem.kv.keep = keep.data();
+  }
   problem.visibility = {first_slot, 0};
   problem.scale = scale_;
   problem.out = heads_out;

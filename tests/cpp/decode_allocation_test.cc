@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <new>
+#include <vector>
 
 #include "attn/layer_weights.h"
 #include "test_util.h"
@@ -59,6 +60,32 @@ TEST(DecodeAllocation, MlaDecodeAllocatesNothingAfterWarmUp) {
   config.mla.v_head_dim = 32;
   for (MlaForm form : {MlaForm::kNaive, MlaForm::kAbsorbed, MlaForm::kAuto}) {
     EXPECT_EQ(AllocationsPerDecode(config, form, DType::kBF16, 5), 0) << MlaFormName(form);
+  }
+}
+
+// The same over a page pool, crossing page boundaries (page 16, 40 steps from 8 tokens).
+int64_t AllocationsPerPagedDecode(const ModelConfig& config, MlaForm form, int steps) {
+  const auto layer = BuildAttentionLayer(config, 0, RandomAttentionWeights(config, 1));
+  auto pool = layer->NewPagedPool(64, 16, DType::kBF16, form);
+  const std::vector<PagedKVPool::SequenceId> ids = {pool->Add(), pool->Add()};
+  const Tensor prompt = RandomUniform({2, 8, config.hidden_size}, 2, 1.0f);
+  const Tensor token = RandomUniform({2, 1, config.hidden_size}, 3, 1.0f);
+  Tensor out;
+  layer->StepPagedInto({&prompt, {}, {}}, *pool, ids, form, out);
+  layer->StepPagedInto({&token, {}, {}}, *pool, ids, form, out);
+  allocations = 0;
+  counting = true;
+  for (int i = 0; i < steps; ++i) layer->StepPagedInto({&token, {}, {}}, *pool, ids, form, out);
+  counting = false;
+  return allocations.load();
+}
+
+TEST(DecodeAllocation, PagedDecodeAllocatesNothingAfterWarmUp) {
+  EXPECT_EQ(AllocationsPerPagedDecode(testing::SmallGqaConfig(8, 2), MlaForm::kAuto, 40), 0);
+  ModelConfig mla = testing::SmallMlaConfig(48);
+  mla.mla.v_head_dim = 32;
+  for (MlaForm form : {MlaForm::kNaive, MlaForm::kAbsorbed}) {
+    EXPECT_EQ(AllocationsPerPagedDecode(mla, form, 40), 0) << MlaFormName(form);
   }
 }
 
