@@ -28,14 +28,21 @@ MlaForm MlaFormFromString(const std::string& name);
 const char* MlaFormName(MlaForm form);
 
 // One call's tokens: B sequences of S tokens each.
+// A call's tokens, padded or packed:
+//   padded  hidden_states [B, S, D]; positions and keep [B·S]; lengths [B] optional (ragged)
+//   packed  hidden_states [N, D] with lengths [B] summing to N: sequence b's tokens are the next
+//           lengths[b] rows (cu_seqlens style), so prefill chunks and single decode tokens of
+//           different sequences share one call without padding; positions and keep [N]; the
+//           output is [N, D]
 struct TokenBatch {
-  const Tensor* hidden_states = nullptr;  // [B, S, D]
+  const Tensor* hidden_states = nullptr;  // [B, S, D] or packed [N, D]
   // [B·S] absolute positions for RoPE; empty = each sequence continues from its cache length.
   std::span<const int64_t> positions;
   // [B·S] key padding flags (1 keep, 0 pad); empty = all kept. Masks keys only: a padded
   // token still gets an output row, and no later query attends to it.
   std::span<const uint8_t> keep;
   // [B] tokens each sequence contributes to this call (0 … S); empty = S for every sequence.
+  // Packed: required, the row count of each sequence.
   // Sequence b uses rows 0 … lengths[b]-1 of its S; later rows are ignored and their outputs
   // are zero. Lets a batch hold sequences of different lengths (ragged prefill, or decode
   // steps where some sequences sit idle).

@@ -137,7 +137,7 @@ void GqaAttention::StepWith(const TokenBatch& batch, layers::KVStore& store, Ten
   const std::span<const int64_t> lengths(first_slots, static_cast<size_t>(shape.batch));
   store.Reserve(shape.counts);
 
-  const int64_t rows = shape.batch * shape.tokens;
+  const int64_t rows = shape.rows;
   const float* x = batch.hidden_states->data();
   float* q = layers::Scratch(layers::Slot::kQuery, rows * heads * d);
   float* k = layers::Scratch(layers::Slot::kKey, rows * kv_heads * d);
@@ -178,7 +178,7 @@ void GqaAttention::StepWith(const TokenBatch& batch, layers::KVStore& store, Ten
             std::log(std::floor((slot + 1.0) / config_.temperature.floor_scale) + 1.0) *
                 config_.temperature.attn_scale +
             1.0;
-        float* row = q + (b * shape.tokens + s) * heads * d;
+        float* row = q + (shape.start(b) + s) * heads * d;
         for (int64_t i = 0; i < heads * d; ++i) row[i] = static_cast<float>(row[i] * factor);
       }
     }
@@ -190,7 +190,7 @@ void GqaAttention::StepWith(const TokenBatch& batch, layers::KVStore& store, Ten
   std::vector<AttentionProblem>& problems = layers::BatchProblems(shape.batch);
   for (int64_t b = 0; b < shape.batch; ++b) {
     const int64_t first_slot = lengths[static_cast<size_t>(b)];
-    const int64_t token0 = b * shape.tokens;
+    const int64_t token0 = shape.start(b);
     const int64_t count = shape.counts[static_cast<size_t>(b)];
     store.AppendHeads(b, count, k + token0 * kv_heads * d, v + token0 * kv_heads * d,
                       layers::KeepFlags(batch, shape, b));
@@ -208,7 +208,7 @@ void GqaAttention::StepWith(const TokenBatch& batch, layers::KVStore& store, Ten
   }
   DefaultBackend().attend_batch(problems.data(), shape.batch);
 
-  out.Reshape({shape.batch, shape.tokens, config_.hidden_size});
+  layers::ReshapeOutput(shape, config_.hidden_size, out);
   layers::Project(heads_out, rows, weights_.o_proj, weights_.o_bias, out.data());
   layers::ZeroUnusedRows(shape, config_.hidden_size, out.data());
 }

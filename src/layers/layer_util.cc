@@ -15,15 +15,65 @@ const ModelConfig& Validated(const ModelConfig& config) {
   return config;
 }
 
+namespace {
+
+// hidden_states [N, hidden] with lengths [B] summing to N: the packed layout.
+BatchShape CheckPackedBatch(const TokenBatch& batch, int64_t hidden_size) {
+  const Tensor& x = *batch.hidden_states;
+  ATTN_CHECK(x.dim(1) == hidden_size && x.dim(0) > 0, ErrorKind::kInvalidArgument,
+             "hidden_states: expected packed [N, " + std::to_string(hidden_size) +
+                 "] with N > 0, got " + ShapeToString(x.shape()));
+  ATTN_CHECK(!batch.lengths.empty(), ErrorKind::kInvalidArgument,
+             "packed hidden_states [N, D] need lengths: the rows of each sequence");
+  BatchShape shape{static_cast<int64_t>(batch.lengths.size()), 0, {}, {}, x.dim(0), true};
+  int64_t* counts = IndexScratch(IndexSlot::kCounts, shape.batch);
+  int64_t* starts = IndexScratch(IndexSlot::kStarts, shape.batch);
+  int64_t total = 0;
+  for (int64_t b = 0; b < shape.batch; ++b) {
+    const int64_t n = batch.lengths[static_cast<size_t>(b)];
+    ATTN_CHECK(n >= 0 && n <= shape.rows, ErrorKind::kInvalidArgument,
+               "lengths: each must lie in [0, " + std::to_string(shape.rows) + "], got " +
+                   std::to_string(n));
+    counts[b] = n;
+    starts[b] = total;
+    total += n;
+    shape.tokens = std::max(shape.tokens, n);
+  }
+  ATTN_CHECK(total == shape.rows, ErrorKind::kInvalidArgument,
+             "lengths sum to " + std::to_string(total) + " but the packed hidden_states have " +
+                 std::to_string(shape.rows) + " rows");
+  const size_t rows = static_cast<size_t>(shape.rows);
+  ATTN_CHECK(batch.positions.empty() || batch.positions.size() == rows, ErrorKind::kInvalidArgument,
+             "position_ids: expected " + std::to_string(rows) +
+                 " values (one per packed row), got " + std::to_string(batch.positions.size()));
+  for (int64_t p : batch.positions) {
+    ATTN_CHECK(p >= 0, ErrorKind::kInvalidArgument,
+               "position_ids: positions must be >= 0, got " + std::to_string(p));
+  }
+  ATTN_CHECK(batch.keep.empty() || batch.keep.size() == rows, ErrorKind::kInvalidArgument,
+             "attention_mask: expected " + std::to_string(rows) +
+                 " values (one per packed row), got " + std::to_string(batch.keep.size()));
+  for (uint8_t k : batch.keep) {
+    ATTN_CHECK(k <= 1, ErrorKind::kInvalidArgument, "attention_mask: values must be 0 or 1");
+  }
+  shape.counts = {counts, static_cast<size_t>(shape.batch)};
+  shape.starts = {starts, static_cast<size_t>(shape.batch)};
+  return shape;
+}
+
+}  // namespace
+
 BatchShape CheckTokenBatch(const TokenBatch& batch, int64_t hidden_size) {
   ATTN_CHECK(batch.hidden_states != nullptr, ErrorKind::kInvalidArgument,
              "hidden_states is missing");
   const Tensor& x = *batch.hidden_states;
+  if (x.rank() == 2) return CheckPackedBatch(batch, hidden_size);
   ATTN_CHECK(x.rank() == 3 && x.dim(2) == hidden_size && x.dim(0) > 0 && x.dim(1) > 0,
              ErrorKind::kInvalidArgument,
              "hidden_states: expected shape [B, S, " + std::to_string(hidden_size) +
-                 "] with B, S > 0, got " + ShapeToString(x.shape()));
-  BatchShape shape{x.dim(0), x.dim(1), {}};
+                 "] with B, S > 0, or packed [N, " + std::to_string(hidden_size) +
+                 "] with lengths, got " + ShapeToString(x.shape()));
+  BatchShape shape{x.dim(0), x.dim(1), {}, {}, x.dim(0) * x.dim(1), false};
   const size_t tokens = static_cast<size_t>(shape.batch * shape.tokens);
   ATTN_CHECK(batch.positions.empty() || batch.positions.size() == tokens,
              ErrorKind::kInvalidArgument,
@@ -57,17 +107,22 @@ BatchShape CheckTokenBatch(const TokenBatch& batch, int64_t hidden_size) {
     std::copy(batch.lengths.begin(), batch.lengths.end(), counts);
   }
   shape.counts = {counts, static_cast<size_t>(shape.batch)};
+  int64_t* starts = IndexScratch(IndexSlot::kStarts, shape.batch);
+  for (int64_t b = 0; b < shape.batch; ++b) starts[b] = b * shape.tokens;
+  shape.starts = {starts, static_cast<size_t>(shape.batch)};
   return shape;
 }
 
 std::span<const int64_t> ResolvePositions(const TokenBatch& batch, const BatchShape& shape,
                                           std::span<const int64_t> lengths) {
   if (!batch.positions.empty()) return batch.positions;
-  const int64_t total = shape.batch * shape.tokens;
+  const int64_t total = shape.rows;
   int64_t* positions = IndexScratch(IndexSlot::kPositions, total);
   for (int64_t b = 0; b < shape.batch; ++b) {
-    for (int64_t s = 0; s < shape.tokens; ++s)
-      positions[b * shape.tokens + s] = lengths[static_cast<size_t>(b)] + s;
+    const int64_t rows = shape.packed ? shape.counts[static_cast<size_t>(b)] : shape.tokens;
+    for (int64_t s = 0; s < rows; ++s) {
+      positions[shape.start(b) + s] = lengths[static_cast<size_t>(b)] + s;
+    }
   }
   return {positions, static_cast<size_t>(total)};
 }
@@ -94,7 +149,7 @@ std::vector<AttentionProblem>& BatchProblems(int64_t count) {
 
 const uint8_t* KeepFlags(const TokenBatch& batch, const BatchShape& shape, int64_t sequence) {
   if (batch.keep.empty()) return nullptr;
-  return batch.keep.data() + sequence * shape.tokens;
+  return batch.keep.data() + shape.start(sequence);
 }
 
 void Project(const float* x, int64_t rows, const Weight& w, const Tensor& bias, float* y) {
@@ -102,7 +157,16 @@ void Project(const float* x, int64_t rows, const Weight& w, const Tensor& bias, 
       MakeLinearProblem(x, rows, w, bias.size() > 0 ? bias.data() : nullptr, y));
 }
 
+void ReshapeOutput(const BatchShape& shape, int64_t width, Tensor& out) {
+  if (shape.packed) {
+    out.Reshape({shape.rows, width});
+  } else {
+    out.Reshape({shape.batch, shape.tokens, width});
+  }
+}
+
 void ZeroUnusedRows(const BatchShape& shape, int64_t width, float* out) {
+  if (shape.packed) return;
   for (int64_t b = 0; b < shape.batch; ++b) {
     const int64_t used = shape.counts[static_cast<size_t>(b)];
     std::fill(out + (b * shape.tokens + used) * width, out + (b + 1) * shape.tokens * width, 0.0f);
@@ -119,7 +183,7 @@ const RotaryEmbedding& RopeForCall(const RotaryEmbedding& rope, std::span<const 
   for (int64_t b = 0; b < shape.batch; ++b) {
     const int64_t count = shape.counts[static_cast<size_t>(b)];
     for (int64_t s = 0; s < count; ++s) {
-      largest = std::max(largest, positions[static_cast<size_t>(b * shape.tokens + s)]);
+      largest = std::max(largest, positions[static_cast<size_t>(shape.start(b) + s)]);
     }
   }
   return storage.emplace(rope.ForCall(largest));

@@ -22,12 +22,19 @@ namespace attn::layers {
 // `config` after ValidateConfig() accepted it, for member initialisers.
 const ModelConfig& Validated(const ModelConfig& config);
 
-// B and S of a call, after checking hidden_states is [B, S, hidden] and that positions and
-// keep, when given, hold B·S entries (keep values 0 or 1).
+// The rows of a call, after checking hidden_states and that positions and keep, when given,
+// hold one entry per row (keep values 0 or 1). Two layouts:
+//   padded  [B, S, hidden]: sequence b owns rows b·S … b·S + S - 1 and uses the first counts[b]
+//   packed  [N, hidden] with lengths: sequence b owns rows starts[b] … starts[b] + counts[b] - 1,
+//           N = Σ counts (cu_seqlens style: prefill chunks and decode tokens in one call)
 struct BatchShape {
   int64_t batch;
-  int64_t tokens;                   // S, rows per sequence in the input
+  int64_t tokens;                   // padded: S; packed: the largest count
   std::span<const int64_t> counts;  // [B] rows each sequence actually contributes
+  std::span<const int64_t> starts;  // [B] each sequence's first row
+  int64_t rows = 0;                 // rows of the input and output
+  bool packed = false;
+  int64_t start(int64_t b) const { return starts[static_cast<size_t>(b)]; }
 };
 BatchShape CheckTokenBatch(const TokenBatch& batch, int64_t hidden_size);
 
@@ -57,7 +64,7 @@ enum class Slot {
   kCount
 };
 float* Scratch(Slot slot, int64_t size);
-enum class IndexSlot { kCounts, kPositions, kFirstSlots, kAbsorbedSequences, kCount };
+enum class IndexSlot { kCounts, kStarts, kPositions, kFirstSlots, kAbsorbedSequences, kCount };
 int64_t* IndexScratch(IndexSlot slot, int64_t size);
 // A per-thread list of at least `count` attention problems for one attend_batch call (grown,
 // never shrunk: no allocation per decode step once warm).
@@ -69,7 +76,10 @@ const uint8_t* KeepFlags(const TokenBatch& batch, const BatchShape& shape, int64
 // y = x Wᵀ (+ b) for `rows` rows of x; w is [out, in] in its stored dtype, bias empty or [out].
 void Project(const float* x, int64_t rows, const Weight& w, const Tensor& bias, float* y);
 
-// Zeroes rows counts[b] … S-1 of each sequence in out [B][S][width].
+// The output's shape: [B, S, width] padded, [N, width] packed.
+void ReshapeOutput(const BatchShape& shape, int64_t width, Tensor& out);
+
+// Zeroes rows counts[b] … S-1 of each sequence in out [B][S][width] (nothing when packed).
 void ZeroUnusedRows(const BatchShape& shape, int64_t width, float* out);
 
 // The rotation of this call: `rope` itself (no copy, so a decode step allocates nothing), or

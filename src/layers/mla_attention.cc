@@ -140,7 +140,7 @@ MlaAttention::Projected MlaAttention::Project(const TokenBatch& batch,
   Projected p;
   p.shape = shape;
   p.batch = &batch;
-  const int64_t rows = shape.batch * shape.tokens;
+  const int64_t rows = shape.rows;
   const float* x = batch.hidden_states->data();
   const Tensor no_bias;
 
@@ -219,7 +219,7 @@ void MlaAttention::StepWith(const TokenBatch& batch, layers::KVStore& cache, Mla
 
   const std::span<const int64_t> positions = layers::ResolvePositions(batch, shape, lengths);
   const Projected p = Project(batch, shape, positions);
-  const int64_t rows = shape.batch * shape.tokens;
+  const int64_t rows = shape.rows;
   float* heads_out = layers::Scratch(layers::Slot::kHeadsOut, rows * h * m.v_head_dim);
 
   if (form == MlaForm::kNaive) {
@@ -228,7 +228,7 @@ void MlaAttention::StepWith(const TokenBatch& batch, layers::KVStore& cache, Mla
     const int64_t row_dim = cache.key_dim();
     for (int64_t b = 0; b < shape.batch; ++b) {
       cache.AppendLatent(b, shape.counts[static_cast<size_t>(b)],
-                         p.latent + b * shape.tokens * row_dim, p.keep(b));
+                         p.latent + shape.start(b) * row_dim, p.keep(b));
     }
     // Sequences that auto sends to decompress-then-attend go one by one; the absorbed ones
     // together.
@@ -240,7 +240,7 @@ void MlaAttention::StepWith(const TokenBatch& batch, layers::KVStore& cache, Mla
           AutoPrefersDecompress(config_, shape.counts[static_cast<size_t>(b)], cache.length(b));
       if (decompress) {
         AttendDecompressed(p, b, cache, first_slots[b],
-                           heads_out + b * shape.tokens * h * m.v_head_dim);
+                           heads_out + shape.start(b) * h * m.v_head_dim);
       } else {
         absorbed[absorbed_count++] = b;
       }
@@ -250,7 +250,7 @@ void MlaAttention::StepWith(const TokenBatch& batch, layers::KVStore& cache, Mla
     }
   }
 
-  out.Reshape({shape.batch, shape.tokens, config_.hidden_size});
+  layers::ReshapeOutput(shape, config_.hidden_size, out);
   layers::Project(heads_out, rows, weights_.o_proj, Tensor(), out.data());
   layers::ZeroUnusedRows(shape, config_.hidden_size, out.data());
 }
@@ -287,8 +287,7 @@ void MlaAttention::AttendNaive(const Projected& p, layers::KVStore& cache,
   const MlaDims& m = config_.mla;
   const int64_t h = config_.num_heads;
   const int64_t qk_dim = m.qk_nope_head_dim + m.qk_rope_head_dim;
-  const int64_t s_len = p.shape.tokens;
-  const int64_t rows = p.shape.batch * s_len;
+  const int64_t rows = p.shape.rows;
 
   float* keys = layers::Scratch(layers::Slot::kDecompressedKeys, rows * h * qk_dim);
   float* values = layers::Scratch(layers::Slot::kDecompressedValues, rows * h * m.v_head_dim);
@@ -296,7 +295,7 @@ void MlaAttention::AttendNaive(const Projected& p, layers::KVStore& cache,
 
   std::vector<AttentionProblem>& problems = layers::BatchProblems(p.shape.batch);
   for (int64_t b = 0; b < p.shape.batch; ++b) {
-    const int64_t token0 = b * s_len;
+    const int64_t token0 = p.shape.start(b);
     const int64_t count = p.shape.counts[static_cast<size_t>(b)];
     cache.AppendHeads(b, count, keys + token0 * h * qk_dim, values + token0 * h * m.v_head_dim,
                       p.keep(b));
@@ -317,14 +316,15 @@ namespace {
 // so the pool's std::function never allocates (decode stays allocation-free).
 struct AbsorbedJob {
   const MlaDims* m;
-  int64_t heads, qk_dim, kv_b_dim, row_dim, s_len;
-  const float* q;      // projected queries [B][S][H][qk_dim]
-  LinearProblem kv_b;  // Wkv_b [H·(dn+dv)][rk] as stored (only the weight fields set)
+  int64_t heads, qk_dim, kv_b_dim, row_dim;
+  std::span<const int64_t> starts;  // each sequence's first row
+  const float* q;                   // projected queries [rows][H][qk_dim]
+  LinearProblem kv_b;               // Wkv_b [H·(dn+dv)][rk] as stored (only the weight fields set)
   std::span<const int64_t> sequences;
   std::span<const int64_t> counts;
-  float* absorbed;    // [B][S][H][row_dim]
-  float* latent_out;  // [B][S][H][rk]
-  float* heads_out;   // [B][S][H][dv]
+  float* absorbed;    // [rows][H][row_dim]
+  float* latent_out;  // [rows][H][rk]
+  float* heads_out;   // [rows][H][dv]
 };
 
 // Rows [first, first + count) of Wkv_b as fp32: the weight itself when it is stored in fp32,
@@ -346,14 +346,13 @@ void MlaAttention::AttendAbsorbed(const Projected& p, std::span<const int64_t> s
                                   std::span<const int64_t> first_slots, float* heads_out) const {
   const MlaDims& m = config_.mla;
   const int64_t h = config_.num_heads;
-  const int64_t s_len = p.shape.tokens;
-  const int64_t rows = p.shape.batch * s_len;
+  const int64_t rows = p.shape.rows;
   AbsorbedJob job{&m,
                   h,
                   m.qk_nope_head_dim + m.qk_rope_head_dim,
                   m.qk_nope_head_dim + m.v_head_dim,
                   cache.key_dim(),
-                  s_len,
+                  p.shape.starts,
                   p.q,
                   MakeLinearProblem(nullptr, 0, weights_.kv_b_proj, nullptr, nullptr),
                   sequences,
@@ -370,7 +369,7 @@ void MlaAttention::AttendAbsorbed(const Projected& p, std::span<const int64_t> s
     const float* w_uk = KvBRows(j, head * j.kv_b_dim, j.m->qk_nope_head_dim);
     for (const int64_t b : j.sequences) {
       for (int64_t s = 0; s < j.counts[static_cast<size_t>(b)]; ++s) {
-        const int64_t row = b * j.s_len + s;
+        const int64_t row = j.starts[static_cast<size_t>(b)] + s;
         const float* q = j.q + (row * j.heads + head) * j.qk_dim;
         float* out = j.absorbed + (row * j.heads + head) * j.row_dim;
         AbsorbQuery(q, w_uk, j.m->qk_nope_head_dim, j.m->kv_lora_rank, out);
@@ -385,12 +384,12 @@ void MlaAttention::AttendAbsorbed(const Projected& p, std::span<const int64_t> s
     const int64_t b = sequences[i];
     AttentionProblem& problem = problems[i];
     problem = AttentionProblem{};
-    problem.queries = {job.absorbed + b * s_len * h * job.row_dim,
+    problem.queries = {job.absorbed + p.shape.start(b) * h * job.row_dim,
                        p.shape.counts[static_cast<size_t>(b)], h, job.row_dim};
     problem.kv = cache.View(b);
     problem.visibility = {first_slots[static_cast<size_t>(b)], 0};
     problem.scale = scale_;
-    problem.out = job.latent_out + b * s_len * h * m.kv_lora_rank;
+    problem.out = job.latent_out + p.shape.start(b) * h * m.kv_lora_rank;
   }
   DefaultBackend().attend_batch(problems.data(), static_cast<int64_t>(sequences.size()));
 
@@ -400,7 +399,7 @@ void MlaAttention::AttendAbsorbed(const Projected& p, std::span<const int64_t> s
     const float* w_uv = KvBRows(j, head * j.kv_b_dim + j.m->qk_nope_head_dim, j.m->v_head_dim);
     for (const int64_t b : j.sequences) {
       for (int64_t s = 0; s < j.counts[static_cast<size_t>(b)]; ++s) {
-        const int64_t row = b * j.s_len + s;
+        const int64_t row = j.starts[static_cast<size_t>(b)] + s;
         ExpandLatentOutput(j.latent_out + (row * j.heads + head) * j.m->kv_lora_rank, w_uv,
                            j.m->v_head_dim, j.m->kv_lora_rank,
                            j.heads_out + (row * j.heads + head) * j.m->v_head_dim);
@@ -427,7 +426,7 @@ void MlaAttention::AttendDecompressed(const Projected& p, int64_t sequence,
 
   const KVView latent_view = cache.View(sequence);
   AttentionProblem problem;
-  problem.queries = {p.q + sequence * p.shape.tokens * h * qk_dim,
+  problem.queries = {p.q + p.shape.start(sequence) * h * qk_dim,
                      p.shape.counts[static_cast<size_t>(sequence)], h, qk_dim};
   problem.kv.dtype = DType::kF32;
   problem.kv.keys = keys;

@@ -7,6 +7,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -208,6 +209,86 @@ TEST(PagedLayers, ForkContinuesLikeAFreshSequence) {
   layer->Step({&prompt, {}, {}}, *cache, MlaForm::kAuto);
   const Tensor fresh = layer->Step({&next, {}, {}}, *cache, MlaForm::kAuto);
   EXPECT_LT(RelativeError(forked, fresh), 1e-6);
+}
+
+// One packed call — a 40-token prefill chunk and single decode tokens of other sequences, each
+// at its own position — equals running the sequences one at a time, for both cache kinds.
+void CheckPackedEqualsOneByOne(const ModelConfig& config, MlaForm form) {
+  SCOPED_TRACE(MlaFormName(form));
+  const auto layer = BuildAttentionLayer(config, 0, RandomAttentionWeights(config, 5));
+  auto packed_pool = layer->NewPagedPool(64, 16, DType::kF32, form);
+  auto single_pool = layer->NewPagedPool(64, 16, DType::kF32, form);
+  std::vector<Id> packed_ids, single_ids;
+  const std::vector<int64_t> history = {0, 9, 33, 17};  // tokens each sequence already holds
+  for (size_t i = 0; i < history.size(); ++i) {
+    packed_ids.push_back(packed_pool->Add());
+    single_ids.push_back(single_pool->Add());
+    if (history[i] == 0) continue;
+    const Tensor past = RandomUniform({1, history[i], config.hidden_size}, 20 + i, 1.0f);
+    const std::vector<Id> a = {packed_ids.back()}, b = {single_ids.back()};
+    Tensor ignored;
+    layer->StepPagedInto({&past, {}, {}}, *packed_pool, a, form, ignored);
+    layer->StepPagedInto({&past, {}, {}}, *single_pool, b, form, ignored);
+  }
+  const std::vector<int64_t> counts = {40, 1, 1, 0};
+  const Tensor x = RandomUniform({42, config.hidden_size}, 3, 1.0f);
+  Tensor packed;
+  layer->StepPagedInto({&x, {}, {}, counts}, *packed_pool, packed_ids, form, packed);
+  ASSERT_EQ(packed.shape(), (Shape{42, config.hidden_size}));
+  int64_t row = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    if (counts[i] == 0) continue;
+    Tensor one({1, counts[i], config.hidden_size});
+    std::copy_n(x.data() + row * config.hidden_size, counts[i] * config.hidden_size, one.data());
+    const std::vector<Id> id = {single_ids[i]};
+    Tensor single;
+    layer->StepPagedInto({&one, {}, {}}, *single_pool, id, form, single);
+    EXPECT_LT(RelativeError(packed.data() + row * config.hidden_size, single.data(),
+                            counts[i] * config.hidden_size),
+              1e-5)
+        << "sequence " << i;
+    row += counts[i];
+  }
+  for (size_t i = 0; i < counts.size(); ++i) {
+    EXPECT_EQ(packed_pool->length(packed_ids[i]), history[i] + counts[i]);
+  }
+}
+
+TEST(PagedLayers, PackedCallEqualsSequencesOneByOne) {
+  CheckPackedEqualsOneByOne(testing::SmallGqaConfig(8, 2), MlaForm::kAuto);
+  ModelConfig mla = testing::SmallMlaConfig(48);
+  mla.mla.v_head_dim = 32;
+  for (const MlaForm form : {MlaForm::kNaive, MlaForm::kAbsorbed, MlaForm::kAuto}) {
+    CheckPackedEqualsOneByOne(mla, form);
+  }
+}
+
+TEST(PagedLayers, PackedCountsMustCoverTheRows) {
+  const ModelConfig config = testing::SmallGqaConfig(4, 2);
+  const auto layer = BuildAttentionLayer(config, 0, RandomAttentionWeights(config, 3));
+  auto pool = layer->NewPagedPool(8, 16, DType::kF32, MlaForm::kAuto);
+  const std::vector<Id> ids = {pool->Add(), pool->Add()};
+  const Tensor x = RandomUniform({5, config.hidden_size}, 1, 1.0f);
+  Tensor out;
+  const std::vector<int64_t> short_counts = {2, 2};
+  ExpectError(
+      [&] {
+        layer->StepPagedInto({&x, {}, {}, short_counts}, *pool, ids, MlaForm::kAuto, out);
+      },
+      ErrorKind::kInvalidArgument, {"lengths sum to 4", "5 rows"});
+  ExpectError(
+      [&] {
+        layer->StepPagedInto({&x, {}, {}}, *pool, ids, MlaForm::kAuto, out);
+      },
+      ErrorKind::kInvalidArgument, {"need lengths"});
+  const std::vector<int64_t> counts = {3, 2};
+  const std::vector<Id> duplicate = {ids[0], ids[0]};
+  ExpectError(
+      [&] {
+        layer->StepPagedInto({&x, {}, {}, counts}, *pool, duplicate, MlaForm::kAuto, out);
+      },
+      ErrorKind::kInvalidArgument, {"appears twice"});
+  EXPECT_EQ(pool->length(ids[0]), 0);
 }
 
 TEST(PagedLayers, ExhaustedPoolLeavesEverySequenceUnchanged) {
