@@ -13,7 +13,11 @@ RoPE on the first head_dim·partial_rotary_factor features, q/k/v biases, no o b
 (`_parse_phi3`: stacked qkv_proj, partial rotate-half RoPE, longrope, a window on every layer),
 the rope types dynamic and longrope (`_parse_rope`, modeling_rope_utils); minicpm3
 (`_parse_minicpm3`: DeepSeek-V2's MLA with MiniCPM3's own v_head_dim, pairing and longrope) was
-written from MiniCPM3's remote modeling code.
+written from MiniCPM3's remote modeling code; falcon (`_parse_falcon`: the fused query_key_value
+layouts, ALiBi with BLOOM's slopes, bf16-rounded as build_alibi_tensor rounds them) and
+llama4_text (`_parse_llama4`: NoPE layers with temperature tuning, chunked attention and a
+weightless L2 q/k norm on RoPE layers, interleaved RoPE) were written from transformers'
+modeling_falcon.py, modeling_llama4.py, their configuration files and masking_utils.py.
 Everything is computed on the CPU in float64; `forward` returns float32.
 `forward(..., compute_dtype=torch.bfloat16)` (or float16, float32) runs the same formulas at a
 lower precision instead (see `Precision`), the baseline for tolerances of narrow-dtype weights.
@@ -25,7 +29,10 @@ Public surface:
   yarn_correction_range(...), varies_per_call(spec), prefill_calls(S, n)
   rope_cos_sin(spec, position_ids, calls=None), apply_rope(x, cos, sin, rotary_dim, interleaved)
   rope_for_layer(spec, layer)       -> the spec whose .rope rotates that layer (gemma3_text)
-  visible_mask(B, S, attention_mask, window) -> bool [B, S, T]
+  visible_mask(B, S, attention_mask, window, chunk=0, chunk_from_first_token=False)
+                                    -> bool [B, S, T]; layer_visible_mask(spec, layer, B, S, mask)
+  layer_prefix(layer, cfg_or_spec=None), falcon_split(spec, fused)
+  alibi_slopes(H), alibi_bias(spec, B, S, mask), temperature_scales(spec, S), left_padding(...)
   forward(cfg_or_spec, weights, hidden_states, position_ids=None, attention_mask=None,
           layer=0, mla_form="naive", interleaved=None, compute_dtype=float64,
           out_dtype=float32, calls=None) -> [B, S, D]
@@ -61,6 +68,16 @@ Conventions (reference page):
     call shorter than L (dynamic_rope_update), which agrees with this rule on every call sequence
     whose largest positions do not decrease (prefill, then decode steps).
   * phi3 (`_parse_phi3`): q, k and v are row blocks of one stacked qkv_proj weight.
+  * falcon (`_parse_falcon`): q, k and v come from one fused query_key_value by Falcon's views
+    (`falcon_split`); tensors under transformer.h.N.self_attention. (`layer_prefix(N, spec)`).
+    ALiBi adds slope_h·pos(t) to the unscaled q·k (`attend`'s logit_bias), pos(t) the key's
+    index among its row's non-padding slots; `Spec.alibi_bf16` (default, transformers) rounds
+    the slopes and the products to bfloat16.
+  * llama4_text (`_parse_llama4`): per layer RoPE or NoPE (`Spec.uses_rope`), chunks
+    (`Spec.chunk_for_layer`: key t visible to query p iff additionally t // C == p // C, counted
+    from each row's first non-padding slot by default as transformers does, or from slot 0 with
+    `Spec.chunk_from_first_token` False), the L2 norm after RoPE, and on NoPE layers the query
+    times `temperature_scales` of its cache slot (padding counted), never of its position id.
 """
 
 from __future__ import annotations
@@ -185,6 +202,30 @@ class Spec:
     softcap: Optional[float] = None  # gemma2: attn_logit_softcapping c, score <- c·tanh(score / c)
     sliding_rope: Optional[RopeSpec] = None  # gemma3_text: the RoPE of the sliding layers
     stacked_qkv: bool = False  # phi3: q, k, v are row blocks of self_attn.qkv_proj.weight
+    # falcon (`_parse_falcon`): the fused query_key_value layout, "" for every other family:
+    # "mha" views its rows as [H, 3, d], "multi_query" as [H + 2, d], "grouped"
+    # (new_decoder_architecture) as [G, H/G + 2, d]; weights under transformer.h.N.self_attention.
+    falcon_layout: str = ""
+    # ALiBi (falcon alibi: true): slope_h·pos(t) added to the unscaled q·k of head h, pos(t) the
+    # key's index among the row's non-padding slots; no RoPE. alibi_bf16: transformers'
+    # build_alibi_tensor rounds the slopes and then slope·pos to bfloat16 (False: exact).
+    alibi: bool = False
+    alibi_bf16: bool = True
+    # llama4_text (`_parse_llama4`): nope_layers[i] True = layer i has no RoPE (and no L2 norm,
+    # and the temperature when temperature_tuning); chunked_layers[i] True = layer i attends
+    # within chunks of chunk_size slots; l2_qk_norm: the weightless norm of q and k on RoPE
+    # layers. chunk_from_first_token: transformers' chunks start at each row's first
+    # non-padding slot (masking_utils.chunked_overlay with left_padding, torch >= 2.6); False:
+    # chunks of cache slots counted from slot 0, padding included (attn; transformers' legacy
+    # rule).
+    nope_layers: Optional[list] = None
+    chunked_layers: Optional[list] = None
+    chunk_size: int = 0
+    l2_qk_norm: bool = False
+    temperature_tuning: bool = False
+    floor_scale: float = 8192.0
+    attn_scale: float = 0.1
+    chunk_from_first_token: bool = True
 
     def window_for_layer(self, layer: int) -> int:
         if self.kind != "gqa" or not self.sliding_window:
@@ -192,6 +233,18 @@ class Spec:
         if self.sliding_layers is None:
             return self.sliding_window
         return self.sliding_window if self.sliding_layers[layer] else 0
+
+    def uses_rope(self, layer: int) -> bool:
+        """Whether the layer rotates q and k (not an ALiBi falcon, not a Llama 4 NoPE layer)."""
+        if self.alibi:
+            return False
+        return not (self.nope_layers is not None and self.nope_layers[layer])
+
+    def chunk_for_layer(self, layer: int) -> int:
+        """The chunk size C of a chunked layer (llama4_text), 0 for every other layer."""
+        if self.chunked_layers is None or not self.chunked_layers[layer]:
+            return 0
+        return self.chunk_size
 
     def is_sliding_layer(self, layer: int) -> bool:
         """The layer's type is "sliding_attention" (whatever its window value)."""
@@ -684,6 +737,139 @@ def _parse_minicpm3(cfg: Mapping, D: int, H: int, L: int) -> Spec:
                 v_head_dim=D // H, rms_norm_eps=1e-6)
 
 
+def _parse_falcon(cfg: Mapping, D: int, H: int, L: int) -> Spec:
+    """falcon, as transformers defines it (src/transformers/models/falcon/ of
+    huggingface/transformers: configuration_falcon.py FalconConfig, modeling_falcon.py
+    FalconAttention, build_alibi_tensor, FalconModel._update_causal_mask):
+
+    FalconConfig: field defaults num_kv_heads None -> H, alibi False, new_decoder_architecture
+      False, multi_query True, bias False, rope theta 10000, max_position_embeddings 2048.
+    FalconAttention: head_dim = D // H; query_key_value = FalconLinear(D, rows, bias=bias) with
+      rows (G·2 + H)·d (new_decoder_architecture, G = num_kv_heads), D + 2d (multi_query), 3D
+      (neither); _split_heads views the fused output as [G, H/G + 2, d] (q = [:, :-2], k = [-2],
+      v = [-1]), [H + 2, d] (q = [:H], k = [H], v = [H + 1]) or [H, 3, d] (q, k, v = [:, 0],
+      [:, 1], [:, 2]); dense = FalconLinear(D, D, bias=bias). inv_norm_factor = d^-0.5.
+      Without alibi: rotate-half RoPE on the whole head (FalconRotaryEmbedding).
+    ALiBi (alibi true): no RoPE. build_alibi_tensor: n' = 2^floor(log2 H); slopes
+      2^(-8(h+1)/n') for h < n', then 2^(-4(2j+1)/n') for j < min(n', H - n'); the bias of head
+      h at key t is slope_h · pos(t), pos(t) = (cumsum(attention_mask) - 1)·attention_mask over
+      the row's keys (t itself when no mask). The slopes are rounded to bfloat16 and the product
+      is a bfloat16 tensor: bias = bf16(bf16(slope_h)·pos(t)) (alibi_bf16; the float32 model
+      widens it afterwards). The SDPA path (the default) passes alibi / sqrt(d), masked with
+      min_dtype, as attn_mask to scaled_dot_product_attention: q·k·d^-0.5 + bias·d^-0.5, i.e.
+      (q·k + bias)·d^-0.5 as the eager path's attention_logits.
+      (Not modelled: the eager path, attn_implementation="eager" or output_attentions=True, adds
+      the bias twice in the version read (commit 00dcc6dd): once in attention_logits and once
+      through the causal mask, which _update_causal_mask built from alibi / sqrt(d).)
+    model_type RefinedWeb / RefinedWebModel (the original remote code) are not read here.
+
+    Refused (ValueError): alibi not a JSON boolean (FalconConfig's strict dataclass refuses a
+    string); rope_scaling with alibi (FalconConfig refuses it)."""
+    alibi = cfg.get("alibi", False)
+    if not isinstance(alibi, bool):
+        raise ValueError(f"falcon: alibi must be true or false, got {alibi!r}")
+    if D % H:
+        raise ValueError(f"falcon: hidden_size {D} is not divisible by {H} heads")
+    d = D // H
+    if _given(cfg, "new_decoder_architecture", False):
+        layout, G = "grouped", int(_given(cfg, "num_kv_heads", H))
+    elif _given(cfg, "multi_query", True):
+        layout, G = "multi_query", 1
+    else:
+        layout, G = "mha", H
+    if H % G:
+        raise ValueError(f"falcon: {H} heads are not a multiple of num_kv_heads {G}")
+    if alibi:
+        if _rope_dict(cfg)[0]:
+            raise ValueError("falcon: rope_scaling is not supported when alibi is true")
+        rope = RopeSpec(rotary_dim=0)
+    else:
+        rope = _parse_rope(cfg, d, interleaved=False, default_max_positions=2048)
+    bias = bool(_given(cfg, "bias", False))
+    return Spec(model_type="falcon", kind="gqa", hidden_size=D, num_heads=H, num_layers=L,
+                rope=rope, num_kv_heads=G, head_dim=d, qkv_bias=bias, o_bias=bias,
+                falcon_layout=layout, alibi=alibi)
+
+
+LLAMA4_LAYER_TYPES = ("chunked_attention", "full_attention")
+
+
+def _parse_llama4(cfg: Mapping, D: int, H: int) -> Spec:
+    """llama4_text, as transformers defines it (src/transformers/models/llama4/ of
+    huggingface/transformers, read at v5: configuration_llama4.py Llama4TextConfig,
+    modeling_llama4.py Llama4TextAttention, Llama4TextL2Norm, Llama4TextRotaryEmbedding,
+    apply_rotary_emb, eager_attention_forward; masking_utils.create_chunked_causal_mask):
+
+    Llama4TextConfig: field defaults num_hidden_layers 48, num_key_value_heads 8 (None -> H),
+      head_dim 128 (None -> D // H), rms_norm_eps 1e-5, rope theta 500000 (default_theta),
+      max_position_embeddings 131072, use_qk_norm True, no_rope_layers None,
+      no_rope_layer_interval 4, attention_chunk_size 8192, layer_types None,
+      attn_temperature_tuning True, floor_scale 8192, attn_scale 0.1, attention_bias False.
+      __post_init__: no_rope_layers = no_rope_layers if no_rope_layers (truthy) else
+      [int((i + 1) % no_rope_layer_interval != 0)]; layer_types None -> "chunked_attention" if
+      no_rope_layers[i] else "full_attention".
+    Llama4TextAttention: use_rope = no_rope_layers[layer]; q/k/v/o Linear with bias =
+      attention_bias; scaling head_dim^-0.5; RoPE layers: apply_rotary_emb (view_as_complex of
+      neighbour pairs (x[2i], x[2i+1]) times e^{i·p·θ_i}: the interleaved pairing), θ from the
+      rope dict (llama3 etc.) over head_dim; then, if use_qk_norm and use_rope, Llama4TextL2Norm
+      (eps = rms_norm_eps) of every q and k head: x·rsqrt(mean(x²) + eps), no weight (the norm
+      of a rotated vector equals the norm of the vector, so before or after RoPE is the same up
+      to rounding); NoPE layers with attn_temperature_tuning (truthy): query ·
+      (log1p(floor((cache_position + 1) / floor_scale))·attn_scale + 1), cache_position the
+      token's slot in the cache (padding counted). Llama4TextDecoderLayer: the mask is the
+      layer_types entry's: create_causal_mask (full) or create_chunked_causal_mask (key t visible
+      to query p iff t <= p and (t - lp) // C == (p - lp) // C, C = attention_chunk_size, lp =
+      the row's number of leading padding slots: chunked_overlay with left_padding, torch >= 2.6;
+      transformers' legacy rule, t // C == p // C over cache slots, is chunk_from_first_token
+      False). Keys with attention_mask 0 are hidden.
+
+    Refused (ValueError): no_rope_layers whose length is not num_hidden_layers (transformers
+      indexes it by layer: shorter fails, longer reads a prefix; neither is modelled) or with
+      an entry other than 0 / 1; layer_types of the wrong length or with an entry other than
+      "chunked_attention" / "full_attention"; attention_chunk_size null or < 1 with a chunked
+      layer (create_chunked_causal_mask raises)."""
+    L = int(_given(cfg, "num_hidden_layers", 48))
+    G = int(_given(cfg, "num_key_value_heads", H) if "num_key_value_heads" in cfg else 8)
+    d = int(_given(cfg, "head_dim", D // H) if "head_dim" in cfg else 128)
+    rope = _parse_rope(cfg, d, interleaved=True, default_theta=500000.0,
+                       default_max_positions=131072)
+    nrl = cfg.get("no_rope_layers")
+    if nrl:
+        if not isinstance(nrl, list) or len(nrl) != L:
+            raise ValueError(f"llama4_text: no_rope_layers must list num_hidden_layers = {L} "
+                             f"entries, got {nrl!r}")
+        if not all(isinstance(e, int) and e in (0, 1) for e in nrl):
+            raise ValueError(f"llama4_text: no_rope_layers entries must be 0 or 1, got {nrl!r}")
+        use_rope = [bool(e) for e in nrl]
+    else:
+        interval = int(_given(cfg, "no_rope_layer_interval", 4))
+        use_rope = [(i + 1) % interval != 0 for i in range(L)]
+    types = cfg.get("layer_types")
+    if types is None:
+        chunked = list(use_rope)
+    else:
+        if not isinstance(types, list) or len(types) != L:
+            raise ValueError(f"llama4_text: layer_types must list num_hidden_layers = {L} "
+                             f"entries, got {types!r}")
+        bad = [t for t in types if t not in LLAMA4_LAYER_TYPES]
+        if bad:
+            raise ValueError(f"llama4_text: layer_types entry {bad[0]!r} (expected "
+                             f"chunked_attention or full_attention)")
+        chunked = [t == "chunked_attention" for t in types]
+    C = cfg.get("attention_chunk_size", 8192)
+    if any(chunked) and (C is None or int(C) < 1):
+        raise ValueError(f"llama4_text: attention_chunk_size {C!r} with a chunked layer")
+    ab = bool(_given(cfg, "attention_bias", False))
+    return Spec(model_type="llama4_text", kind="gqa", hidden_size=D, num_heads=H, num_layers=L,
+                rope=rope, num_kv_heads=G, head_dim=d, qkv_bias=ab, o_bias=ab,
+                rms_norm_eps=float(_given(cfg, "rms_norm_eps", 1e-5)),
+                nope_layers=[not r for r in use_rope], chunked_layers=chunked,
+                chunk_size=int(C or 0), l2_qk_norm=bool(_given(cfg, "use_qk_norm", True)),
+                temperature_tuning=bool(_given(cfg, "attn_temperature_tuning", True)),
+                floor_scale=float(_given(cfg, "floor_scale", 8192)),
+                attn_scale=float(_given(cfg, "attn_scale", 0.1)))
+
+
 def parse_config(cfg: Mapping) -> Spec:
     """HF config.json dict -> Spec. Raises ValueError for an unknown model_type."""
     mt = cfg.get("model_type")
@@ -700,6 +886,10 @@ def parse_config(cfg: Mapping) -> Spec:
         return _parse_phi3(cfg, D, H, L)
     if mt == "minicpm3":
         return _parse_minicpm3(cfg, D, H, L)
+    if mt == "falcon":
+        return _parse_falcon(cfg, D, H, L)
+    if mt == "llama4_text":
+        return _parse_llama4(cfg, D, H)
     if mt in GQA_FAMILY_TYPES:
         return _parse_gqa_family(cfg, mt, D, H, L)
     if mt in GQA_MODEL_TYPES:
@@ -752,15 +942,48 @@ def _as_spec(cfg_or_spec) -> Spec:
     return cfg_or_spec if isinstance(cfg_or_spec, Spec) else parse_config(cfg_or_spec)
 
 
-def layer_prefix(layer: int) -> str:
+def layer_prefix(layer: int, cfg_or_spec=None) -> str:
+    """The attention tensors' name prefix: model.layers.N.self_attn., or for a falcon config
+    (given as cfg_or_spec) transformer.h.N.self_attention."""
+    if cfg_or_spec is not None and _as_spec(cfg_or_spec).falcon_layout:
+        return f"transformer.h.{layer}.self_attention."
     return f"model.layers.{layer}.self_attn."
+
+
+def falcon_fused_rows(spec: Spec) -> int:
+    """Rows of falcon's query_key_value: 3·D (mha), D + 2d (multi_query), (H + 2G)·d (grouped)."""
+    return (spec.num_heads + 2 * spec.num_kv_heads) * spec.head_dim
+
+
+def falcon_split(spec: Spec, fused: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """q [H·d, ...], k [G·d, ...], v [G·d, ...] rows of falcon's fused query_key_value weight
+    (or bias), by FalconAttention._split_heads' view of the fused output (see _parse_falcon)."""
+    H, G, d = spec.num_heads, spec.num_kv_heads, spec.head_dim
+    rest = tuple(fused.shape[1:])
+    if spec.falcon_layout == "mha":
+        t = fused.reshape(H, 3, d, *rest)
+        parts = (t[:, 0], t[:, 1], t[:, 2])
+    elif spec.falcon_layout == "multi_query":
+        t = fused.reshape(H + 2, d, *rest)
+        parts = (t[:H], t[H:H + 1], t[H + 1:])
+    else:
+        t = fused.reshape(G, H // G + 2, d, *rest)
+        parts = (t[:, :-2], t[:, -2], t[:, -1])
+    return tuple(x.reshape(-1, *rest) for x in parts)
 
 
 def expected_weight_shapes(cfg_or_spec, layer: int = 0) -> Dict[str, Tuple[int, ...]]:
     s = _as_spec(cfg_or_spec)
-    p = layer_prefix(layer)
+    p = layer_prefix(layer, s)
     D, H = s.hidden_size, s.num_heads
     out: Dict[str, Tuple[int, ...]] = {}
+    if s.falcon_layout:
+        out[p + "query_key_value.weight"] = (falcon_fused_rows(s), D)
+        out[p + "dense.weight"] = (D, H * s.head_dim)
+        if s.qkv_bias:
+            out[p + "query_key_value.bias"] = (falcon_fused_rows(s),)
+            out[p + "dense.bias"] = (D,)
+        return out
     if s.kind == "gqa":
         G, d = s.num_kv_heads, s.head_dim
         if s.stacked_qkv:  # phi3: rows q (H·d), k (G·d), v (G·d)
@@ -985,33 +1208,98 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim
 # --------------------------------------------------------------------------------------------
 
 
+def left_padding(B: int, S: int, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """int64 [B]: each row's number of leading padding slots (transformers'
+    create_chunked_causal_mask: (cumsum(mask) == 0).sum())."""
+    if attention_mask is None:
+        return torch.zeros(B, dtype=torch.int64)
+    keep = (attention_mask.to(_F64) != 0).to(torch.int64)
+    return (keep.cumsum(-1) == 0).sum(-1)
+
+
 def visible_mask(B: int, S: int, attention_mask: Optional[torch.Tensor] = None,
-                 window: int = 0) -> torch.Tensor:
-    """bool [B, S(query slot p), S(key slot t)]."""
+                 window: int = 0, chunk: int = 0,
+                 chunk_from_first_token: bool = False) -> torch.Tensor:
+    """bool [B, S(query slot p), S(key slot t)].
+
+    chunk C (llama4_text's chunked layers): additionally t // C == p // C over slots, or with
+    chunk_from_first_token (t - lp) // C == (p - lp) // C, lp the row's leading padding."""
     p = torch.arange(S)[:, None]
     t = torch.arange(S)[None, :]
     vis = t <= p
     if window:
         vis = vis & (t > p - window)
     vis = vis[None].expand(B, S, S).clone()
+    if chunk:
+        lp = (left_padding(B, S, attention_mask) if chunk_from_first_token
+              else torch.zeros(B, dtype=torch.int64))[:, None, None]
+        pc = torch.div(p[None] - lp, chunk, rounding_mode="floor")
+        tc = torch.div(t[None] - lp, chunk, rounding_mode="floor")
+        vis = vis & (pc == tc)
     if attention_mask is not None:
         keep = attention_mask.to(_F64) != 0
         vis = vis & keep[:, None, :]
     return vis
 
 
+def layer_visible_mask(spec: Spec, layer: int, B: int, S: int,
+                       attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """visible_mask with the layer's window and chunk (GQA layers)."""
+    return visible_mask(B, S, attention_mask, spec.window_for_layer(layer),
+                        spec.chunk_for_layer(layer), spec.chunk_from_first_token)
+
+
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """BLOOM's / Falcon's build_alibi_tensor slopes, exact (float64 [H]): n' = 2^floor(log2 H);
+    2^(-8(h+1)/n') for h < n', then 2^(-4(2j+1)/n') for the remaining heads."""
+    n = 2 ** int(math.floor(math.log2(num_heads)))
+    out = [2.0 ** (-8.0 * (h + 1) / n) for h in range(n)]
+    out += [2.0 ** (-4.0 * (2 * j + 1) / n) for j in range(min(n, num_heads - n))]
+    return torch.tensor(out, dtype=_F64)
+
+
+def alibi_bias(spec: Spec, B: int, S: int,
+               attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """float64 [B, H, 1, S]: slope_h · pos(t), pos(t) = (cumsum(mask) - 1)·mask (t without a
+    mask); with spec.alibi_bf16, transformers' bf16(bf16(slope)·pos)."""
+    if attention_mask is None:
+        keep = torch.ones(B, S, dtype=torch.int64)
+    else:
+        keep = (attention_mask.to(_F64) != 0).to(torch.int64)
+    pos = ((keep.cumsum(-1) - 1) * keep).to(_F64)
+    slopes = alibi_slopes(spec.num_heads)
+    if spec.alibi_bf16:
+        slopes = slopes.to(torch.bfloat16).to(_F64)
+    bias = slopes[None, :, None] * pos[:, None, :]
+    if spec.alibi_bf16:
+        bias = bias.to(torch.bfloat16).to(_F64)
+    return bias[:, :, None, :]
+
+
+def temperature_scales(spec: Spec, S: int) -> torch.Tensor:
+    """float64 [S]: Llama 4's query multiplier on NoPE layers at cache slots 0..S-1,
+    log(floor((slot + 1) / floor_scale) + 1)·attn_scale + 1."""
+    slot = torch.arange(S, dtype=_F64)
+    return torch.log1p(torch.floor((slot + 1.0) / spec.floor_scale)) * spec.attn_scale + 1.0
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: torch.Tensor,
            scale: float, prec: Precision = EXACT,
            sinks: Optional[torch.Tensor] = None,
-           softcap: Optional[float] = None) -> torch.Tensor:
+           softcap: Optional[float] = None,
+           logit_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """q [B,S,H,dk], k [B,T,H,dk], v [B,T,H,dv], vis [B,S,T] -> [B,S,H,dv].
 
     sinks [H] (gpt_oss): each head's sink logit joins every row's softmax as one more column,
     which is then dropped (HF's eager_attention_forward for GPT-OSS, max subtracted first).
     softcap c (gemma2): the scaled scores become c·tanh(score / c) before the mask (HF's
     eager_attention_forward for Gemma 2: divide, tanh, multiply, then add the mask).
+    logit_bias [B, H, S or 1, T] (falcon's ALiBi) is added to q·k before the scale.
     Rows with no visible key give zeros."""
-    scores = prec(prec(torch.einsum("bshd,bthd->bhst", q, k)) * scale)
+    scores = prec(torch.einsum("bshd,bthd->bhst", q, k))
+    if logit_bias is not None:
+        scores = prec(scores + logit_bias)
+    scores = prec(scores * scale)
     if softcap is not None:
         scores = prec(prec(torch.tanh(prec(scores / softcap))) * softcap)
     m = vis[:, None, :, :]
@@ -1027,6 +1315,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, vis: torch.Tensor,
     any_vis = m.any(dim=-1, keepdim=True)
     p = torch.where(any_vis, p, torch.zeros_like(p))
     return prec(torch.einsum("bhst,bthd->bshd", p, v))
+
+
+def l2_norm(x: torch.Tensor, eps: float, prec: Precision = EXACT) -> torch.Tensor:
+    """Llama4TextL2Norm: x·rsqrt(mean(x²) + eps) over the last dim, no weight."""
+    return prec(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float,
@@ -1064,7 +1357,7 @@ def _w(weights: Mapping[str, torch.Tensor], name: str, prec: Precision = EXACT) 
 
 def gqa_forward(s: Spec, weights, x, position_ids, attention_mask, layer, interleaved,
                 prec: Precision = EXACT, calls: Optional[Sequence[int]] = None):
-    p = layer_prefix(layer)
+    p = layer_prefix(layer, s)
     B, S, _ = x.shape
     H, G, d = s.num_heads, s.num_kv_heads, s.head_dim
     P = prec
@@ -1072,15 +1365,20 @@ def gqa_forward(s: Spec, weights, x, position_ids, attention_mask, layer, interl
     def w(name):
         return _w(weights, p + name, P)
 
-    bq = w("q_proj.bias") if s.qkv_bias else None
-    bk = w("k_proj.bias") if s.qkv_bias else None
-    bv = w("v_proj.bias") if s.qkv_bias else None
-    bo = w("o_proj.bias") if s.o_bias else None
-    if s.stacked_qkv:  # phi3: qkv_proj rows are q (H·d), then k (G·d), then v (G·d)
-        wqkv = w("qkv_proj.weight")
-        wq, wk, wv = wqkv[:H * d], wqkv[H * d:(H + G) * d], wqkv[(H + G) * d:]
+    o_name = "dense" if s.falcon_layout else "o_proj"
+    bo = w(o_name + ".bias") if s.o_bias else None
+    if s.falcon_layout:  # falcon: one fused query_key_value (see falcon_split)
+        wq, wk, wv = falcon_split(s, w("query_key_value.weight"))
+        bq, bk, bv = (falcon_split(s, w("query_key_value.bias")) if s.qkv_bias
+                      else (None, None, None))
     else:
-        wq, wk, wv = w("q_proj.weight"), w("k_proj.weight"), w("v_proj.weight")
+        bq, bk, bv = ((w("q_proj.bias"), w("k_proj.bias"), w("v_proj.bias")) if s.qkv_bias
+                      else (None, None, None))
+        if s.stacked_qkv:  # phi3: qkv_proj rows are q (H·d), then k (G·d), then v (G·d)
+            wqkv = w("qkv_proj.weight")
+            wq, wk, wv = wqkv[:H * d], wqkv[H * d:(H + G) * d], wqkv[(H + G) * d:]
+        else:
+            wq, wk, wv = w("q_proj.weight"), w("k_proj.weight"), w("v_proj.weight")
     q = _lin(x, wq, bq, P)
     k = _lin(x, wk, bk, P)
     if s.qk_norm == QK_NORM_FULL:  # OLMo 2: the whole projection, before the head split
@@ -1095,16 +1393,23 @@ def gqa_forward(s: Spec, weights, x, position_ids, attention_mask, layer, interl
         q = gemma_rms_norm(q, w("q_norm.weight"), s.qk_norm_eps, P)
         k = gemma_rms_norm(k, w("k_norm.weight"), s.qk_norm_eps, P)
     v = _lin(x, wv, bv, P).view(B, S, G, d)
-    cos, sin = rope_cos_sin(rope_for_layer(s, layer), position_ids, calls)
-    q = apply_rope(q, cos, sin, s.rope.rotary_dim, interleaved, P)
-    k = apply_rope(k, cos, sin, s.rope.rotary_dim, interleaved, P)
+    if s.uses_rope(layer):
+        cos, sin = rope_cos_sin(rope_for_layer(s, layer), position_ids, calls)
+        q = apply_rope(q, cos, sin, s.rope.rotary_dim, interleaved, P)
+        k = apply_rope(k, cos, sin, s.rope.rotary_dim, interleaved, P)
+        if s.l2_qk_norm:  # Llama 4: after RoPE, RoPE layers only
+            q = l2_norm(q, s.rms_norm_eps, P)
+            k = l2_norm(k, s.rms_norm_eps, P)
+    elif s.nope_layers is not None and s.temperature_tuning:  # Llama 4 NoPE layers
+        q = P(q * P(temperature_scales(s, S))[None, :, None, None])
     rep = H // G
     k = k.repeat_interleave(rep, dim=2)  # head h reads kv head h // rep
     v = v.repeat_interleave(rep, dim=2)
-    vis = visible_mask(B, S, attention_mask, s.window_for_layer(layer))
+    vis = layer_visible_mask(s, layer, B, S, attention_mask)
     sinks = w("sinks") if s.attn_sinks else None
-    o = attend(q, k, v, vis, softmax_scale(s), P, sinks, s.softcap).reshape(B, S, H * d)
-    return _lin(o, w("o_proj.weight"), bo, P)
+    bias = alibi_bias(s, B, S, attention_mask) if s.alibi else None
+    o = attend(q, k, v, vis, softmax_scale(s), P, sinks, s.softcap, bias).reshape(B, S, H * d)
+    return _lin(o, w(o_name + ".weight"), bo, P)
 
 
 def mla_forward(s: Spec, weights, x, position_ids, attention_mask, layer, interleaved, form,
