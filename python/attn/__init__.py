@@ -9,6 +9,7 @@ and docs/python.md.
 from attn._attn import (  # noqa: F401  (re-exported API)
     Attention,
     Cache,
+    PagedCache,
     __version__,
     attention,
     backend,
@@ -26,6 +27,7 @@ from attn._attn import (  # noqa: F401  (re-exported API)
 __all__ = [
     "Attention",
     "Cache",
+    "PagedCache",
     "attention",
     "backend",
     "get_num_threads",

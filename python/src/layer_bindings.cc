@@ -1,17 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
-// attn.Attention and attn.Cache: one checkpoint layer and its KV cache, thin over
-// attn::AttentionLayer. Hidden states are copied once into an attn::Tensor (the layer API takes
-// an owning fp32 Tensor); positions and padding flags are read in place when they already are
-// row-major int64 / uint8 / bool; outputs are returned without a copy.
+// attn.Attention, attn.Cache and attn.PagedCache: one checkpoint layer and its KV caches, thin
+// over attn::AttentionLayer. Hidden states are copied once into an attn::Tensor (the layer API
+// takes an owning fp32 Tensor); positions and padding flags are read in place when they already
+// are row-major int64 / uint8 / bool; outputs are returned without a copy.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,6 +27,7 @@
 #include "attn/layer.h"
 #include "attn/layer_weights.h"
 #include "attn/megatron.h"
+#include "attn/paged_kv_cache.h"
 #include "attn/safetensors.h"
 #include "bindings.h"
 
@@ -285,6 +288,159 @@ py::object WrapOutput(Tensor out, const PreparedTokens& p, int64_t layer) {
   return result;
 }
 
+// A page pool (attn::PagedKVPool) and what it was made for: the layer kind (MLA or GQA family)
+// and the MLA form, which every step over it uses. Calls on one pool from several threads are
+// serialised by the mutex, as for PyCache.
+class PyPagedCache {
+ public:
+  PyPagedCache(std::unique_ptr<PagedKVPool> pool, MlaForm form, bool is_mla)
+      : pool_(std::move(pool)), form_(form), is_mla_(is_mla) {}
+
+  PagedKVPool& pool() { return *pool_; }
+  MlaForm form() const { return form_; }
+  bool is_mla() const { return is_mla_; }
+  std::mutex& mutex() { return mutex_; }
+
+  int64_t Add() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return pool_->Add();
+  }
+  int64_t Fork(int64_t parent) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return pool_->Fork(parent);
+  }
+  void Free(int64_t id) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    pool_->Free(id);
+  }
+  // `id in pool`: false for anything that is not a live sequence id (other types included).
+  bool Contains(py::handle id) {
+    if (py::isinstance<py::bool_>(id) || !py::hasattr(id, "__index__")) return false;
+    int64_t value = 0;
+    try {
+      value = py::int_(id.attr("__index__")()).cast<int64_t>();
+    } catch (const py::cast_error&) {
+      return false;  // beyond int64: never an id
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    return pool_->Contains(value);
+  }
+  py::list Lengths(py::handle seqs) {
+    ArrayView holder;
+    const std::span<const int64_t> ids = SequenceIds(seqs, holder);
+    std::vector<int64_t> lengths;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (const int64_t id : ids) lengths.push_back(pool_->length(id));
+    }
+    py::list out;
+    for (const int64_t length : lengths) out.append(length);
+    return out;
+  }
+  int64_t FreePages() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return pool_->free_pages();
+  }
+  py::object MlaName() const {
+    if (!is_mla_) return py::none();
+    return py::str(MlaFormName(form_));
+  }
+  std::string Repr() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return "attn.PagedCache(pages=" + std::to_string(pool_->pages()) +
+           ", page_size=" + std::to_string(pool_->page_size()) + ", dtype='" +
+           StorageName(pool_->dtype()) + "'" +
+           (is_mla_ ? std::string(", mla='") + MlaFormName(form_) + "'" : std::string()) +
+           ", free_pages=" + std::to_string(pool_->free_pages()) +
+           ", nbytes=" + std::to_string(pool_->nbytes()) + ")";
+  }
+
+  // A 1-D list or array of sequence ids (integers) as int64; empty when it has no entries.
+  static std::span<const int64_t> SequenceIds(py::handle seqs, ArrayView& holder) {
+    const ArrayView view = ViewArray(seqs, "seqs");
+    Check(view.rank() == 1, ErrorKind::kInvalidArgument,
+          "seqs: expected a 1-D list of sequence ids, got shape " + ShapeToString(view.shape));
+    if (view.size() == 0) return {};
+    return AsInt64(view, holder);
+  }
+
+ private:
+  std::unique_ptr<PagedKVPool> pool_;
+  MlaForm form_;
+  bool is_mla_;
+  std::mutex mutex_;
+};
+
+// A packed call's tokens: hidden_states [N, D], position_ids and attention_mask [N], and the
+// rows of each sequence (`counts`, one per id of `ids`: non-negative, summing to N).
+struct PreparedPacked {
+  PreparedTokens tokens;
+  ArrayView ids_holder;
+  std::span<const int64_t> ids;
+};
+
+PreparedPacked PreparePacked(const ModelConfig& config, py::handle hidden_states, py::handle seqs,
+                             py::handle counts, py::handle position_ids,
+                             py::handle attention_mask) {
+  PreparedPacked packed;
+  PreparedTokens& p = packed.tokens;
+  const ArrayView x = ViewArray(hidden_states, "hidden_states");
+  p.as_torch = x.from_torch;
+  p.element = x.element;
+  const std::string d = std::to_string(config.hidden_size);
+  Check(x.rank() == 2 && x.shape[0] > 0 && x.shape[1] == config.hidden_size,
+        ErrorKind::kInvalidArgument,
+        "hidden_states: step takes packed tokens [N, " + d +
+            "] (each sequence's rows in turn, counts[b] of them), got " + ShapeToString(x.shape));
+  const int64_t rows = x.shape[0];
+  p.batch = rows;
+  p.tokens = 1;
+
+  packed.ids = PyPagedCache::SequenceIds(seqs, packed.ids_holder);
+  const auto batch = static_cast<int64_t>(packed.ids.size());
+  Check(batch > 0, ErrorKind::kInvalidArgument, "seqs: expected at least one sequence id");
+  for (size_t i = 0; i < packed.ids.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      Check(packed.ids[j] != packed.ids[i], ErrorKind::kInvalidArgument,
+            "seqs: sequence " + std::to_string(packed.ids[i]) + " appears twice");
+    }
+  }
+  const ArrayView counts_view = ViewArray(counts, "counts");
+  Check(counts_view.shape == Shape{batch}, ErrorKind::kInvalidArgument,
+        "counts: expected one per sequence, shape " + ShapeToString({batch}) + ", got " +
+            ShapeToString(counts_view.shape));
+  p.lengths = AsInt64(counts_view, p.lengths_holder);
+  int64_t total = 0;
+  for (size_t b = 0; b < p.lengths.size(); ++b) {
+    const int64_t n = p.lengths[b];
+    Check(n >= 0 && n <= rows, ErrorKind::kInvalidArgument,
+          "counts: each must lie in [0, " + std::to_string(rows) + "] (the rows of " +
+              "hidden_states), got " + std::to_string(n) + " for sequence " +
+              std::to_string(packed.ids[b]));
+    total += n;
+  }
+  Check(total == rows, ErrorKind::kInvalidArgument,
+        "counts: sum to " + std::to_string(total) + " but hidden_states has " +
+            std::to_string(rows) + " rows");
+
+  const auto per_row = [&](py::handle object, const std::string& name) {
+    ArrayView view = ViewArray(object, name);
+    Check(view.shape == Shape{rows}, ErrorKind::kInvalidArgument,
+          name + ": expected shape " + ShapeToString({rows}) +
+              " (one per row of hidden_states), got " + ShapeToString(view.shape));
+    return view;
+  };
+  if (!position_ids.is_none()) {
+    p.positions = AsInt64(per_row(position_ids, "position_ids"), p.positions_holder);
+  }
+  if (!attention_mask.is_none()) {
+    p.keep = AsKeepFlags(per_row(attention_mask, "attention_mask"), p.keep_holder);
+  }
+  p.hidden = ToTensor(x);
+  CheckFinite(p.hidden, "hidden_states");
+  return packed;
+}
+
 class PyAttention {
  public:
   PyAttention(ModelConfig config, int64_t layer, std::unique_ptr<AttentionLayer> impl)
@@ -393,6 +549,42 @@ class PyAttention {
       out = impl_->Step(p.Batch(), cache.cache(), cache.form());
     }
     return WrapOutput(std::move(out), p, layer_);
+  }
+
+  std::unique_ptr<PyPagedCache> NewPagedCache(int64_t pages, int64_t page_size,
+                                              const std::string& dtype,
+                                              const std::string& mla) const {
+    const MlaForm form = FormFor(config_, mla);
+    Check(dtype != "fp8" && dtype != "int8", ErrorKind::kUnsupported,
+          "new_paged_cache: dtype '" + dtype +
+              "' is not implemented yet for paged caches (use 'f32', 'f16' or 'bf16')");
+    return std::make_unique<PyPagedCache>(
+        impl_->NewPagedPool(pages, page_size, StorageDTypeFromString(dtype), form), form,
+        config_.kind == AttentionKind::kMla);
+  }
+
+  py::object StepPaged(py::handle hidden_states, PyPagedCache& cache, py::handle seqs,
+                       py::handle counts, py::handle position_ids,
+                       py::handle attention_mask) const {
+    const bool is_mla = config_.kind == AttentionKind::kMla;
+    Check(cache.is_mla() == is_mla, ErrorKind::kInvalidArgument,
+          std::string("cache: this paged cache was made by ") +
+              (cache.is_mla() ? "an MLA layer" : "a GQA-family layer") + ", and this layer ('" +
+              config_.model_type + "') is " + (is_mla ? "MLA" : "GQA-family"));
+    PreparedPacked packed =
+        PreparePacked(config_, hidden_states, seqs, counts, position_ids, attention_mask);
+    Tensor out;
+    {
+      ComputeScope release;
+      std::lock_guard<std::mutex> lock(cache.mutex());
+      for (const int64_t id : packed.ids) {
+        Check(cache.pool().Contains(id), ErrorKind::kInvalidArgument,
+              "seqs: sequence " + std::to_string(id) +
+                  " is not live in this cache (freed, or never added to it)");
+      }
+      impl_->StepPagedInto(packed.tokens.Batch(), cache.pool(), packed.ids, cache.form(), out);
+    }
+    return WrapOutput(std::move(out), packed.tokens, layer_);
   }
 
   size_t KvBytesPerToken(const std::string& dtype, const std::string& mla) const {
@@ -527,6 +719,44 @@ Calls from several threads on one cache are serialised.)doc")
       .def("clear", &PyCache::Clear, "Forgets every token; capacity and storage are kept.")
       .def("__repr__", &PyCache::Repr);
 
+  py::class_<PyPagedCache>(module, "PagedCache", R"doc(
+A paged KV cache for one layer: a pool of `pages` fixed-size pages of `page_size` tokens,
+shared by any number of sequences, each identified by an int id (never reused). A sequence takes
+pages as it grows; fork() shares its parent's full pages and copies the partial last one; free()
+returns pages once their last owner is gone. Stored as f32, f16 or bf16, in the layout of the
+layer kind and MLA form it was made for (per-head K/V, or MLA latent rows).
+Made by Attention.new_paged_cache(); filled by Attention.step().
+Calls from several threads on one cache are serialised.)doc")
+      .def("add", &PyPagedCache::Add, "A new empty sequence; returns its id.")
+      .def("fork", &PyPagedCache::Fork, py::arg("seq"), R"doc(
+A new sequence holding the tokens of sequence `seq`; returns its id. Full pages are shared,
+the partial last page is copied; later steps of either never change the other's tokens.
+Raises ValueError for a sequence not in the cache, or when no page is free for the copy.)doc")
+      .def("free", &PyPagedCache::Free, py::arg("seq"), R"doc(
+Ends sequence `seq`: its pages return to the pool (shared ones when their last owner goes).
+Its id is never used again; a later use of it raises ValueError.)doc")
+      .def("lengths", &PyPagedCache::Lengths, py::arg("seqs"),
+           "Tokens held by each sequence of `seqs` (a list or 1-D array of ids), as a list of "
+           "ints. Raises ValueError for an id not in the cache.")
+      .def("__contains__", &PyPagedCache::Contains, py::arg("seq"))
+      .def_property_readonly("free_pages", &PyPagedCache::FreePages, "Pages no sequence holds.")
+      .def_property_readonly(
+          "pages", [](PyPagedCache& cache) { return cache.pool().pages(); }, "Pages in the pool.")
+      .def_property_readonly(
+          "page_size", [](PyPagedCache& cache) { return cache.pool().page_size(); },
+          "Tokens per page.")
+      .def_property_readonly(
+          "nbytes", [](PyPagedCache& cache) { return cache.pool().nbytes(); },
+          "Bytes of page storage (pages * page_size * bytes per token); padding flags and "
+          "block tables are not counted.")
+      .def_property_readonly(
+          "dtype", [](PyPagedCache& cache) { return StorageName(cache.pool().dtype()); },
+          "Storage dtype: 'f32', 'f16' or 'bf16'.")
+      .def_property_readonly("mla", &PyPagedCache::MlaName,
+                             "MLA form the cache serves ('naive', 'absorbed', 'auto'); None for "
+                             "GQA-family layers.")
+      .def("__repr__", &PyPagedCache::Repr);
+
   py::class_<PyAttention>(module, "Attention", R"doc(
 One attention layer of a checkpoint (Llama, Mistral, Qwen2: MHA/GQA/MQA; DeepSeek-V2/V3: MLA),
 computing exactly what the Hugging Face model computes for `self_attn` of that layer.
@@ -617,6 +847,25 @@ written then).)doc")
           py::arg("attention_mask") = py::none(), R"doc(
 One decode step: hidden_states [B, hidden_size] or [B, 1, hidden_size], position_ids and
 attention_mask [B] or [B, 1]. Returns the output in the same shape as hidden_states.)doc")
+      .def("new_paged_cache", &PyAttention::NewPagedCache, py::arg("pages"),
+           py::arg("page_size") = 64, py::arg("dtype") = "bf16", py::arg("mla") = "auto", R"doc(
+An empty paged KV cache (PagedCache): `pages` pages of `page_size` tokens (a multiple of 16
+in [16, 256]) shared by any number of sequences, stored as `dtype` ('f32', 'f16', 'bf16';
+'fp8' and 'int8' are not implemented yet and raise ValueError). For MLA layers `mla` picks the
+form every step over the cache uses ('naive': per-head K/V pages; 'absorbed', 'auto': latent
+rows); GQA-family layers accept only 'auto'. The cache serves layers of this kind and form.)doc")
+      .def("step", &PyAttention::StepPaged, py::arg("hidden_states"), py::arg("cache"),
+           py::arg("seqs"), py::arg("counts"), py::arg("position_ids") = py::none(),
+           py::arg("attention_mask") = py::none(), R"doc(
+One call over sequences of a PagedCache, packed: hidden_states [N, hidden_size] holds counts[0]
+rows of sequence seqs[0], then counts[1] rows of seqs[1], and so on (prefill chunks and single
+decode tokens mix freely; a count may be 0). Appends them to their sequences and returns their
+attention output [N, hidden_size] in the dtype of hidden_states.
+
+seqs: distinct live sequence ids of `cache`; counts: one non-negative integer per id, summing
+to N. position_ids, attention_mask: optional [N], as for prefill(). The pages the call needs
+are taken before anything is written: a bad argument, an unknown or freed id, or too few free
+pages raise ValueError and leave every sequence unchanged.)doc")
       .def("kv_bytes_per_token", &PyAttention::KvBytesPerToken, py::arg("dtype") = "bf16",
            py::arg("mla") = "auto",
            "Bytes one token occupies in a cache of `dtype` for the form `mla`.")
