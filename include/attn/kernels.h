@@ -71,9 +71,9 @@ inline int64_t KeepOffset(const KVView& kv, int64_t t) {
 
 // Which keys query s may see. Query s sits at slot p = first_query_slot + s and, when causal,
 // sees key t iff t <= p, keep[t] != 0, p - window < t when window > 0 (sliding window), and
-// t / chunk == p / chunk when chunk > 0 (chunked, block-local attention: Llama 4's
-// attention_chunk_size; the slots are cut into blocks of `chunk` and a query sees only its own
-// block's keys, so decode at p reads keys [p - p % chunk, p]; docs/semantics.md §1).
+// t and p lie in the same block of `chunk` slots when chunk > 0 (chunked, block-local
+// attention: Llama 4's attention_chunk_size; blocks counted from chunk_origin, so decode at p
+// reads keys [ChunkStart(p), p]; docs/semantics.md §1).
 // Not causal (an encoder, or a prompt whose queries all see the whole context): query s sees
 // every key t with keep[t] != 0; window and chunk must be 0 (ALiBi alone still reads
 // first_query_slot, where it only adds a per-row constant).
@@ -83,7 +83,17 @@ struct Visibility {
   int64_t window = 0;
   bool causal = true;
   int64_t chunk = 0;  // > 0: block-local attention within blocks of `chunk` slots (causal only)
+  // The slot the blocks are counted from: key t and query p share a block iff
+  // ⌊(t − chunk_origin)/chunk⌋ == ⌊(p − chunk_origin)/chunk⌋. A left-padded sequence counts its
+  // blocks from its first real token, as transformers' chunked mask does (docs/semantics.md §1).
+  int64_t chunk_origin = 0;
 };
+
+// The first slot of the block of `chunk` slots holding `slot`, blocks counted from `origin`.
+inline int64_t ChunkStart(int64_t slot, int64_t chunk, int64_t origin) {
+  const int64_t offset = (slot - origin) % chunk;
+  return slot - (offset < 0 ? offset + chunk : offset);
+}
 
 // out[s, h, :] = Σ_t softmax_t(scale · q[s, h]·k[t, g(h)]) v[t, g(h)], over visible t.
 struct AttentionProblem {

@@ -70,9 +70,11 @@ void ValidateScaling(const RopeScaling& scaling) {
               "rope_scaling factor (" + Num(scaling.factor) + ") must be >= 1 for llama3");
       Require(scaling.low_freq_factor > 0.0,
               "rope_scaling low_freq_factor (" + Num(scaling.low_freq_factor) + ") must be > 0");
-      Require(scaling.high_freq_factor > scaling.low_freq_factor,
+      // Equal factors (Llama 4 Scout: 1 and 1) leave no blended band; transformers warns and
+      // runs them, and so does attn.
+      Require(scaling.high_freq_factor >= scaling.low_freq_factor,
               "rope_scaling high_freq_factor (" + Num(scaling.high_freq_factor) +
-                  ") must be greater than low_freq_factor (" + Num(scaling.low_freq_factor) + ")");
+                  ") must not be below low_freq_factor (" + Num(scaling.low_freq_factor) + ")");
       Require(scaling.original_max_position_embeddings > 0,
               original_key + " (" + Num(scaling.original_max_position_embeddings) +
                   ") must be positive for llama3");

@@ -19,6 +19,9 @@ double Llama3Frequency(double theta_i, const RopeScaling& s) {
   const double low_freq_wavelength = length / s.low_freq_factor;
   if (wavelength < high_freq_wavelength) return theta_i;
   if (wavelength > low_freq_wavelength) return theta_i / s.factor;
+  // Equal band edges (a == b): the blend band is the single wavelength L/a, where the ramp is
+  // 0/0; it is taken as the scaled side.
+  if (s.high_freq_factor == s.low_freq_factor) return theta_i / s.factor;
   const double m =
       (length / wavelength - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
   return (1.0 - m) * theta_i / s.factor + m * theta_i;

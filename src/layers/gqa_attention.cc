@@ -200,6 +200,7 @@ void GqaAttention::StepWith(const TokenBatch& batch, layers::KVStore& store, Ten
     problem.kv = store.View(b);
     problem.visibility = {first_slot, window_};
     problem.visibility.chunk = chunk_;
+    if (chunk_ > 0) problem.visibility.chunk_origin = layers::FirstKeptSlot(problem.kv);
     problem.alibi_slopes = alibi_slopes_.empty() ? nullptr : alibi_slopes_.data();
     problem.scale = scale_;
     problem.sinks = weights_.sinks.size() > 0 ? weights_.sinks.data() : nullptr;

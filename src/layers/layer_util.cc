@@ -157,6 +157,14 @@ void Project(const float* x, int64_t rows, const Weight& w, const Tensor& bias, 
       MakeLinearProblem(x, rows, w, bias.size() > 0 ? bias.data() : nullptr, y));
 }
 
+int64_t FirstKeptSlot(const KVView& kv) {
+  if (kv.keep == nullptr) return 0;
+  for (int64_t t = 0; t < kv.length; ++t) {
+    if (kv.keep[KeepOffset(kv, t)] != 0) return t;
+  }
+  return 0;
+}
+
 void ReshapeOutput(const BatchShape& shape, int64_t width, Tensor& out) {
   if (shape.packed) {
     out.Reshape({shape.rows, width});

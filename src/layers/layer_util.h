@@ -76,6 +76,11 @@ const uint8_t* KeepFlags(const TokenBatch& batch, const BatchShape& shape, int64
 // y = x Wᵀ (+ b) for `rows` rows of x; w is [out, in] in its stored dtype, bias empty or [out].
 void Project(const float* x, int64_t rows, const Weight& w, const Tensor& bias, float* y);
 
+// The first slot of `kv` whose keep flag is set (0 when none is, or without flags): where a
+// left-padded sequence's attention chunks start, as transformers' chunked mask counts them from
+// the first non-padding token (docs/semantics.md §1, Llama 4). Reads the leading padding only.
+int64_t FirstKeptSlot(const KVView& kv);
+
 // The output's shape: [B, S, width] padded, [N, width] packed.
 void ReshapeOutput(const BatchShape& shape, int64_t width, Tensor& out);
 

@@ -918,8 +918,10 @@ TEST(HfConfigErrors, BadScalingValues) {
   j["rope_scaling"]["beta_slow"] = 0;
   ExpectError([&] { Parse(j); }, ErrorKind::kInvalidArgument, {"beta_slow"});
   j = ReadJson("tiny-llama31.json");
-  j["rope_scaling"]["high_freq_factor"] = 1.0;
+  j["rope_scaling"]["high_freq_factor"] = 0.5;  // below low_freq_factor (1)
   ExpectError([&] { Parse(j); }, ErrorKind::kInvalidArgument, {"high_freq_factor"});
+  j["rope_scaling"]["high_freq_factor"] = 1.0;  // equal: no blended band (Llama 4 Scout)
+  EXPECT_EQ(Parse(j).rope.scaling.high_freq_factor, 1.0);
   j = ReadJson("tiny-llama31.json");
   j["rope_scaling"]["original_max_position_embeddings"] = 0;
   ExpectError([&] { Parse(j); }, ErrorKind::kInvalidArgument, {"original_max_position_embeddings"});

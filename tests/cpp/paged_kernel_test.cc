@@ -181,6 +181,45 @@ INSTANTIATE_TEST_SUITE_P(
         ),
     [](const ::testing::TestParamInfo<PagedCase>& param_info) { return Name(param_info.param); });
 
+// Chunks counted from chunk_origin: the same as hiding, by padding flags, every key outside the
+// query's block (blocks [o + kC, o + (k+1)C)), in the reference and the fast kernel alike.
+TEST(ChunkOrigin, BlocksStartAtTheOrigin) {
+  const int64_t T = 70, C = 8, D = 64;
+  for (const int64_t origin : {0, 3, -2, 13}) {
+    SCOPED_TRACE(origin);
+    PagedCase c{4, 2, D, D, 1, T, 16, false, false};
+    const Stores s = Make(c, DType::kF32);
+    for (const int64_t slot : {T - 1, T - 5}) {
+      AttentionProblem p;
+      p.queries = {s.queries.data(), 1, 4, D};
+      p.kv = {DType::kF32, s.keys.data(), s.values.data(), 2, D, D, T * D, D, T * D,
+              D,           slot + 1,      s.keep.data()};
+      p.visibility = {slot, 0};
+      p.visibility.chunk = C;
+      p.visibility.chunk_origin = origin;
+      p.scale = 0.125f;
+      std::vector<float> got(4 * D), fast(4 * D), want(4 * D);
+      p.out = got.data();
+      ReferenceBackend().attend(p);
+      p.out = fast.data();
+      DefaultBackend().attend(p);
+      // The same problem without a chunk, the keys outside the block hidden by their flags.
+      const int64_t block =
+          origin +
+          ((slot - origin) >= 0 ? (slot - origin) / C : -((origin - slot + C - 1) / C)) * C;
+      EXPECT_EQ(ChunkStart(slot, C, origin), block);
+      std::vector<uint8_t> keep = s.keep;
+      for (int64_t t = 0; t < block; ++t) keep[static_cast<size_t>(t)] = 0;
+      p.kv.keep = keep.data();
+      p.visibility.chunk = 0;
+      p.out = want.data();
+      ReferenceBackend().attend(p);
+      EXPECT_EQ(got, want);
+      EXPECT_LT(testing::RelativeError(fast.data(), want.data(), 4 * D), 1e-5);
+    }
+  }
+}
+
 TEST(PagedAttention, BadPageFieldsAreRefused) {
   const PagedCase c{4, 2, 64, 64, 1, 40, 16, false, false};
   const Stores s = Make(c, DType::kF32);

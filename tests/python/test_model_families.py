@@ -2819,17 +2819,16 @@ def test_phi3_qkv_row_order(cli):
 # Falcon with alibi: true (Falcon-RW: no RoPE, BLOOM's slopes, the bias added to the unscaled
 # q·k) and Llama 4 text attention (llama4_text: NoPE layers with temperature tuning, chunked
 # attention and a weightless L2 q/k norm on RoPE layers, interleaved llama3 RoPE). The oracle
-# (`_parse_falcon`, `_parse_llama4`) follows transformers; attn differs from it in two places,
-# each pinned by a strict xfail below and otherwise tested against the oracle with attn's rule
+# (`_parse_falcon`, `_parse_llama4`) follows transformers; attn differs from it in one place,
+# pinned by a strict xfail below and otherwise tested against the oracle with attn's rule
 # (`_attn_rules`):
 #   * transformers' build_alibi_tensor rounds the slopes, and slope·pos, to bfloat16; attn uses
 #     exact slopes. The two agree where every bias is exact in bf16 (H a power of two up to 8,
 #     or H = 6: all slopes powers of two, positions below 256) and part by ~5e-4 relative for
 #     tiny-falcon-alibi (H = 12: four slopes 2^-0.5 .. 2^-3.5).
-#   * transformers' chunked mask starts each row's chunks at its first non-padding slot
-#     (masking_utils: chunked_overlay with left_padding, torch >= 2.6); attn counts chunks from
-#     cache slot 0, padding included (transformers' legacy rule). They agree without left padding
-#     (or with padding a multiple of C) and part completely on other padded rows.
+# transformers' chunked mask starts each row's chunks at its first non-padding slot
+# (masking_utils: chunked_overlay with left_padding, torch >= 2.6), and so does attn
+# (Visibility::chunk_origin from the first kept row's slot minus its position id).
 # Llama 4's temperature follows the cache slot in both (transformers' cache_position).
 
 FALCON_ALIBI = _load("falcon-alibi")  # H 12 (n' = 8, four more slopes), d 8, [H, 3, d], biases
@@ -2875,7 +2874,7 @@ LLAMA4_CHUNK_3 = dict(LLAMA4, attention_chunk_size=3, floor_scale=2)
 def _attn_rules(cfg):
     """The oracle with attn's two documented departures from transformers: exact ALiBi slopes
     and chunks counted from cache slot 0 (see the section comment)."""
-    return replace(ref.parse_config(cfg), alibi_bf16=False, chunk_from_first_token=False)
+    return replace(ref.parse_config(cfg), alibi_bf16=False)
 
 
 # ---------------------------------------------------------------------------- transcriptions
@@ -3091,8 +3090,9 @@ def test_oracle_alibi_llama4_equals_hf_transcription(cfg, layer, starts, pads, p
     calls = None if prefill is None else ref.prefill_calls(S, prefill)
     spec = ref.parse_config(cfg)
     falcon = cfg["model_type"] == "falcon"
+    # attn's rules: exact ALiBi slopes; its chunks are transformers' (from the first token).
     for rules, hf_kw in ((spec, {}), (_attn_rules(cfg), {"alibi_dtype": torch.float64} if falcon
-                                      else {"legacy_chunks": True})):
+                                      else {})):
         if falcon:
             want = hf_falcon_transcription(cfg, W, x, mask, layer, calls=calls, **hf_kw)
         else:
@@ -3198,8 +3198,8 @@ ALIBI_LLAMA4_FEATURE_CASES = [
     ("llama4-rotate-half", LLAMA4, 2, None, lambda s: ref.with_pairing(s, False)),
     ("llama4-no-temperature", LLAMA4, 3, None, lambda s: replace(s, temperature_tuning=False)),
     ("llama4-rope-on-nope-layer", LLAMA4, 3, None, lambda s: replace(s, nope_layers=None)),
-    ("llama4-chunks-from-first-token", LLAMA4, 0, [0, 3],
-     lambda s: replace(s, chunk_from_first_token=True)),
+    ("llama4-chunks-from-slot-0", LLAMA4, 0, [0, 3],
+     lambda s: replace(s, chunk_from_first_token=False)),
 ]
 
 
@@ -3346,29 +3346,16 @@ _ATTN_ALIBI_BF16_XFAIL = pytest.mark.xfail(strict=True, reason=(
     "attn adds exact ALiBi slopes (m_h/sqrt(d)·(t - p)); transformers' build_alibi_tensor rounds "
     "the slopes and slope·pos(t) to bfloat16: 4e-4 to 1e-3 relative on tiny-falcon-alibi (H 12) "
     "at 12-16 tokens, 2e-2 at 256, 0.14 at 1024 (where power-of-two slopes round too)"))
-_ATTN_CHUNK_PADDING_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "attn counts Llama 4's chunks from cache slot 0, padding included (transformers' legacy "
-    "rule); transformers (masking_utils.chunked_overlay, torch >= 2.6) starts them at each "
-    "row's first non-padding slot: other keys on left-padded rows"))
-_ATTN_SCOUT_ROPE_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "attn refuses rope_scaling with high_freq_factor == low_freq_factor (exit 2: 'must be "
-    "greater than'), the shape of Llama 4 Scout's published config; transformers warns and "
-    "runs it (no medium band)"))
-
-
 @pytest.mark.parametrize("cfg,layer,B,S,pads,prefill", [
     pytest.param(FALCON_ALIBI, 1, 2, 16, None, None, marks=_ATTN_ALIBI_BF16_XFAIL,
                  id="falcon-alibi-h12-bf16-bias"),
     pytest.param(FALCON_ALIBI, 0, 3, 16, [0, 3, 7], 5, marks=_ATTN_ALIBI_BF16_XFAIL,
                  id="falcon-alibi-h12-bf16-bias-padded"),
-    pytest.param(LLAMA4, 0, 3, 14, [0, 3, 6], None, marks=_ATTN_CHUNK_PADDING_XFAIL,
-                 id="llama4-chunks-from-first-token"),
-    pytest.param(LLAMA4, 2, 3, 14, [0, 3, 6], 5, marks=_ATTN_CHUNK_PADDING_XFAIL,
-                 id="llama4-chunks-from-first-token-decode"),
+    pytest.param(LLAMA4, 0, 3, 14, [0, 3, 6], None, id="llama4-chunks-from-first-token"),
+    pytest.param(LLAMA4, 2, 3, 14, [0, 3, 6], 5, id="llama4-chunks-from-first-token-decode"),
     # Padding a multiple of C shifts no chunk boundary: attn agrees with transformers.
     pytest.param(LLAMA4, 1, 2, 14, [0, 4], 5, id="llama4-padding-multiple-of-chunk"),
-    pytest.param(LLAMA4_SCOUT_ROPE, 1, 2, 12, None, 4, marks=_ATTN_SCOUT_ROPE_XFAIL,
-                 id="llama4-scout-rope-low-equals-high"),
+    pytest.param(LLAMA4_SCOUT_ROPE, 1, 2, 12, None, 4, id="llama4-scout-rope-low-equals-high"),
 ])
 def test_alibi_llama4_transformers_rules(cli, cfg, layer, B, S, pads, prefill):
     """attn against the oracle with transformers' own rules, where they differ from attn's."""

@@ -430,10 +430,12 @@ inline T* Grow(std::vector<T>& buffer, int64_t size) {
 // The lowest key slot a causal query at `slot` may see: 0, raised by a sliding window
 // (slot − window + 1) and by chunked attention to the start of the query's block of `chunk`
 // slots (docs/semantics.md §1). Keys below it are never read.
-inline int64_t LowestVisibleKey(int64_t slot, int64_t window, int64_t chunk) {
+inline int64_t LowestVisibleKey(int64_t slot, const Visibility& visibility) {
   int64_t lowest = 0;
-  if (window > 0) lowest = std::max<int64_t>(lowest, slot - window + 1);
-  if (chunk > 0) lowest = std::max<int64_t>(lowest, slot - slot % chunk);
+  if (visibility.window > 0) lowest = std::max<int64_t>(lowest, slot - visibility.window + 1);
+  if (visibility.chunk > 0) {
+    lowest = std::max<int64_t>(lowest, ChunkStart(slot, visibility.chunk, visibility.chunk_origin));
+  }
   return lowest;
 }
 

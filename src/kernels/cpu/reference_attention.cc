@@ -32,7 +32,8 @@ void ReferenceAttend(const AttentionProblem& problem) {
                         : 0;
     // Chunked attention: only the keys of the query's own block of `chunk` slots.
     if (causal && problem.visibility.chunk > 0) {
-      first = std::max(first, slot - slot % problem.visibility.chunk);
+      first = std::max(first,
+                       ChunkStart(slot, problem.visibility.chunk, problem.visibility.chunk_origin));
     }
     for (int64_t h = 0; h < q.heads; ++h) {
       const int64_t g = h / group_size;
