@@ -89,6 +89,8 @@ KernelShape NormalizeKernelShape(KernelShape s) {
   Require(s.dtype == DType::kF32 || s.dtype == DType::kF16 || s.dtype == DType::kBF16,
           "--dtype must be f32, f16 or bf16");
   Require(s.batch >= 1 && s.batch <= 4096, "--batch must lie in [1, 4096]");
+  Require(s.page_size == 0 || (s.page_size >= 16 && s.page_size <= 256 && s.page_size % 16 == 0),
+          "--page-size must be 0 (contiguous) or a multiple of 16 in [16, 256]");
   Require(s.q_len <= s.kv_len - (s.batch - 1) * s.kv_len / (2 * s.batch),
           "--q-len must not exceed the shortest sequence of the batch (about T/2)");
   Require(!s.token_major || s.variant == Variant::kGqa,
@@ -146,6 +148,24 @@ KernelCase::KernelCase(const KernelShape& shape, uint64_t seed)
   sequences_.resize(lengths.size());
   outputs_.resize(lengths.size());
   problems_.resize(lengths.size());
+  // Paged: one pool for the batch, pages handed out in a random order.
+  const int64_t page = s.page_size;
+  const bool mla = s.variant == Variant::kMla;
+  const int64_t key_page = mla ? page * s.head_dim : s.kv_heads * page * s.head_dim;
+  const int64_t page_elements = mla ? key_page : key_page + s.kv_heads * page * s.value_dim;
+  std::vector<int32_t> order;
+  if (page > 0) {
+    int64_t total = 0;
+    for (const int64_t slots : lengths) total += (slots + page - 1) / page;
+    pages_ = RandomStorage(total * page_elements, s.dtype, random);
+    order.resize(static_cast<size_t>(total));
+    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
+    for (size_t i = order.size(); i > 1; --i) {  // Fisher-Yates with the case's own generator
+      const auto j = static_cast<size_t>((random.Next() * 0.5f + 0.5f) * static_cast<float>(i));
+      std::swap(order[i - 1], order[std::min(j, i - 1)]);
+    }
+  }
+  size_t next_page = 0;
   for (size_t b = 0; b < lengths.size(); ++b) {
     const int64_t slots = lengths[b];
     Sequence& sequence = sequences_[b];
@@ -160,7 +180,27 @@ KernelCase::KernelCase(const KernelShape& shape, uint64_t seed)
     kv.key_dim = s.head_dim;
     kv.value_dim = s.value_dim;
     kv.length = slots;
-    if (s.variant == Variant::kMla) {
+    if (page > 0) {
+      for (int64_t t = 0; t < slots; t += page) sequence.table.push_back(order[next_page++]);
+      const size_t element = DTypeSize(s.dtype);
+      kv.page_size = page;
+      kv.page_table = sequence.table.data();
+      kv.key_page_stride = kv.value_page_stride = page_elements;
+      kv.keys = pages_.data();
+      kv.values = mla ? pages_.data() : pages_.data() + static_cast<size_t>(key_page) * element;
+      if (s.token_major && !mla) {
+        // [P][G][D] inside a page: all heads of a token together.
+        kv.key_head_stride = s.head_dim;
+        kv.value_head_stride = s.value_dim;
+        kv.key_token_stride = s.kv_heads * s.head_dim;
+        kv.value_token_stride = s.kv_heads * s.value_dim;
+      } else {
+        kv.key_head_stride = mla ? 0 : page * s.head_dim;
+        kv.value_head_stride = mla ? 0 : page * s.value_dim;
+        kv.key_token_stride = s.head_dim;
+        kv.value_token_stride = mla ? s.head_dim : s.value_dim;
+      }
+    } else if (s.variant == Variant::kMla) {
       // LatentKVCache::View(): one row per token, the value row is the head of the key row.
       sequence.keys = RandomStorage(slots * s.head_dim, s.dtype, random);
       kv.keys = kv.values = sequence.keys.data();

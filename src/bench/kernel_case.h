@@ -39,6 +39,10 @@ struct KernelShape {
   int64_t batch = 1;
   // GQA K/V as [T][G][D] per sequence (PyTorch's [B, T, G, D]) instead of KVCache's [G][T][D].
   bool token_major = false;
+  // > 0: K/V in pages of this many tokens laid out as PagedKVPool's (GQA: keys [G][P][D] then
+  // values [G][P][DV] per page; MLA: rows [P][D]), every sequence's pages drawn in random order
+  // from one pool the whole batch shares, read through block tables. 0: contiguous.
+  int64_t page_size = 0;
 };
 
 // T_b of every sequence of the batch.
@@ -90,8 +94,10 @@ class KernelCase {
     std::vector<float> queries;
     std::vector<std::byte> keys;
     std::vector<std::byte> values;  // empty for MLA: values alias keys
+    std::vector<int32_t> table;     // paged: the sequence's pages
   };
   KernelShape shape_;
+  std::vector<std::byte> pages_;  // paged: every sequence's pages
   std::vector<Sequence> sequences_;
   mutable std::vector<std::vector<float>> outputs_;
   std::vector<AttentionProblem> problems_;

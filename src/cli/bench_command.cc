@@ -128,7 +128,11 @@ int RunKernelBench(const std::vector<std::string>& args) {
       .Text("layout", "L",
             "gqa K/V per sequence: head-major [G][T][D] (as attn's KVCache) or token-major "
             "[T][G][D] (as PyTorch's [B, T, G, D])",
-            "head-major");
+            "head-major")
+      .Integer("page-size", "P",
+               "K/V in pages of P tokens (16-256, a multiple of 16) read through block tables, "
+               "pages of the batch in random order; 0: contiguous",
+               "0");
   AddThreadsFlag(flags);
   flags.Integer("repeat", "R", "timed runs after one warm-up, 1 to 100000; the median counts", "5")
       .Integer("seed", "N", "random seed of the inputs", "1")
@@ -159,6 +163,7 @@ int RunKernelBench(const std::vector<std::string>& args) {
   Check(layout == "head-major" || layout == "token-major", ErrorKind::kInvalidArgument,
         "--layout must be head-major or token-major, got '" + layout + "'");
   shape.token_major = layout == "token-major";
+  shape.page_size = flags.GetInt("page-size");
   shape = bench::NormalizeKernelShape(shape);
   const int64_t repeat = flags.GetInt("repeat");
   Check(repeat >= 1 && repeat <= 100000, ErrorKind::kInvalidArgument,
@@ -210,6 +215,7 @@ int RunKernelBench(const std::vector<std::string>& args) {
       {"batch", shape.batch},
       {"kv_lens", bench::SequenceLengths(shape)},
       {"layout", layout},
+      {"page_size", shape.page_size},
       {"threads", threads},
       {"pinned", pinned},
       {"repeat", repeat},

@@ -80,12 +80,14 @@ inline void Transpose16(__m512 r[16]) {
 }
 
 // kt[w][key] for w < words (a multiple of 16), key < 32: the tile's keys transposed; rows >= n
-// and words >= width are zero.
-void PackKeysTransposed(const std::byte* keys, int64_t stride_bytes, int64_t n, int64_t words,
-                        int64_t width, Load load, float* kt) {
+// and words >= width are zero. Keys 16 … 31 start at `second_half` (a paged tile whose halves
+// lie on two pages), or null: 16 rows after `keys`.
+void PackKeysTransposed(const std::byte* keys, const std::byte* second_half, int64_t stride_bytes,
+                        int64_t n, int64_t words, int64_t width, Load load, float* kt) {
   __m512 r[16];
   for (int64_t half = 0; half < 2; ++half) {
-    const std::byte* base = keys + half * 16 * stride_bytes;
+    const std::byte* base =
+        half == 0 ? keys : (second_half != nullptr ? second_half : keys + 16 * stride_bytes);
     const int64_t rows = std::max<int64_t>(0, std::min<int64_t>(16, n - half * 16));
     for (int64_t chunk = 0; chunk < words / 16; ++chunk) {
       for (int64_t j = 0; j < 16; ++j)
@@ -216,9 +218,7 @@ ItemRange RangeOf(const Plan& plan, int64_t item) {
   const int64_t first_slot = p.visibility.first_query_slot + range.s0;
   const int64_t last_slot = p.visibility.first_query_slot + range.s1 - 1;
   // Causal rows see no key below their window or chunk start, and the first row's is the lowest.
-  range.key_begin = p.visibility.causal
-                        ? LowestVisibleKey(first_slot, p.visibility.window, p.visibility.chunk)
-                        : 0;
+  range.key_begin = p.visibility.causal ? LowestVisibleKey(first_slot, p.visibility) : 0;
   range.key_end = p.visibility.causal ? std::min(last_slot + 1, p.kv.length) : p.kv.length;
   return range;
 }
@@ -272,8 +272,7 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
   uint32_t* masks = Grow(scratch.masks, plan.max_rows);
   int64_t* lowest = Grow(scratch.lowest, plan.max_rows);
   for (int64_t r = 0; r < rows; ++r) {
-    lowest[r] =
-        LowestVisibleKey(first_slot + r / plan.group, p.visibility.window, p.visibility.chunk);
+    lowest[r] = LowestVisibleKey(first_slot + r / plan.group, p.visibility);
   }
 
   // Q rows per kv head (token-major, then the group's heads). fp32 rows are pre-scaled by
@@ -312,13 +311,32 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
   const int64_t value_stride_bytes = kv.value_token_stride * static_cast<int64_t>(eb);
   const ScoresFn* scores_fns = plan.bf16_dot ? kScoresBF16 : kScoresF32;
 
+  // Paged caches: every scoring path reads a tile's keys in 16-row blocks, so a 32-key tile
+  // that starts on a 16-key boundary may span two pages (of 16) and is scored and accumulated as
+  // two segments under one softmax step; a tile starting elsewhere is clipped at its page end.
+  const bool segments_ok = kv.page_size > 0 && kv.page_size % 16 == 0;
   int64_t n = 0;
   for (int64_t t0 = begin; t0 < end; t0 += n) {
-    // A tile never crosses a page of a paged cache, so its rows share one base and stride.
     n = std::min(kTileKeys, end - t0);
-    if (kv.page_size > 0) n = std::min(n, kv.page_size - t0 % kv.page_size);
-    const uint32_t key_bits =
-        TileKeyBits(kv.keep == nullptr ? nullptr : kv.keep + KeepOffset(kv, t0), 0, n);
+    int64_t first_keys = n;  // keys of the first segment; the rest (if any) start on the next page
+    if (kv.page_size > 0) {
+      const int64_t room = kv.page_size - t0 % kv.page_size;
+      if (room < n) {
+        if (segments_ok && t0 % 16 == 0) {
+          first_keys = room;
+        } else {
+          n = first_keys = room;
+        }
+      }
+    }
+    uint32_t key_bits =
+        TileKeyBits(kv.keep == nullptr ? nullptr : kv.keep + KeepOffset(kv, t0), 0, first_keys);
+    if (first_keys < n) {
+      key_bits |=
+          TileKeyBits(kv.keep == nullptr ? nullptr : kv.keep + KeepOffset(kv, t0 + first_keys), 0,
+                      n - first_keys)
+          << first_keys;
+    }
     uint32_t any = 0;
     for (int64_t r = 0; r < rows; ++r) {
       masks[r] = RowMask(first_slot + r / plan.group, lowest[r], t0, causal, key_bits);
@@ -330,6 +348,13 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
       const int64_t g = range.g0 + j;
       const std::byte* key_tile = keys + KeyOffset(kv, g, t0) * static_cast<int64_t>(eb);
       const std::byte* value_tile = values + ValueOffset(kv, g, t0) * static_cast<int64_t>(eb);
+      // The second segment of a tile spanning two pages (first_keys < n), 16 keys in.
+      const std::byte* key_rest =
+          first_keys < n ? keys + KeyOffset(kv, g, t0 + first_keys) * static_cast<int64_t>(eb)
+                         : nullptr;
+      const std::byte* value_rest =
+          first_keys < n ? values + ValueOffset(kv, g, t0 + first_keys) * static_cast<int64_t>(eb)
+                         : nullptr;
       float* head_q = q + j * plan.max_rows * plan.q_words;
       float* head_scores = scores + j * plan.max_rows * kTileKeys;
       float* head_o = o + j * plan.max_rows * dv_pad;
@@ -339,29 +364,42 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
       // S = Q Kᵀ for the tile.
       if (plan.row_dot) {
         if (rows == 1 || plan.key_load == Load::kWords) {
-          switch (plan.key_load) {
-            case Load::kWords:
-              ScoresRowDot<Load::kWords>(head_q, rows, plan.q_words, key_tile, key_stride_bytes, n,
-                                         dk, head_scores);
-              break;
-            case Load::kF16ToF32:
-              ScoresRowDot<Load::kF16ToF32>(head_q, rows, plan.q_words, key_tile, key_stride_bytes,
-                                            n, dk, head_scores);
-              break;
-            case Load::kBF16ToF32:
-              ScoresRowDot<Load::kBF16ToF32>(head_q, rows, plan.q_words, key_tile, key_stride_bytes,
-                                             n, dk, head_scores);
-              break;
+          // Segment by segment: each writes its 16-key blocks at its own offset in the row.
+          for (int segment = 0; segment < (first_keys < n ? 2 : 1); ++segment) {
+            const std::byte* seg_keys = segment == 0 ? key_tile : key_rest;
+            const int64_t seg_n = segment == 0 ? first_keys : n - first_keys;
+            float* seg_scores = head_scores + (segment == 0 ? 0 : first_keys);
+            switch (plan.key_load) {
+              case Load::kWords:
+                ScoresRowDot<Load::kWords>(head_q, rows, plan.q_words, seg_keys, key_stride_bytes,
+                                           seg_n, dk, seg_scores);
+                break;
+              case Load::kF16ToF32:
+                ScoresRowDot<Load::kF16ToF32>(head_q, rows, plan.q_words, seg_keys,
+                                              key_stride_bytes, seg_n, dk, seg_scores);
+                break;
+              case Load::kBF16ToF32:
+                ScoresRowDot<Load::kBF16ToF32>(head_q, rows, plan.q_words, seg_keys,
+                                               key_stride_bytes, seg_n, dk, seg_scores);
+                break;
+            }
           }
         } else {
           // Several rows reread each key: widen the tile once (zero-padded to q_words).
-          ConvertValues(key_tile, key_stride_bytes, n, dk, plan.q_words, plan.key_load, kt);
+          ConvertValues(key_tile, key_stride_bytes, first_keys, dk, plan.q_words, plan.key_load,
+                        kt);
+          if (first_keys < n) {
+            ConvertValues(key_rest, key_stride_bytes, n - first_keys, dk, plan.q_words,
+                          plan.key_load, kt + first_keys * plan.q_words);
+          }
           ScoresRowDot<Load::kWords>(head_q, rows, plan.q_words,
                                      reinterpret_cast<const std::byte*>(kt), plan.q_words * 4, n,
                                      plan.q_words, head_scores);
         }
       } else {
-        PackKeysTransposed(key_tile, key_stride_bytes, n, plan.q_words, plan.key_words,
+        // A split tile's halves are its two segments (first_keys is 16 when pages are a
+        // multiple of 16 and the tile starts on a 16-key boundary).
+        PackKeysTransposed(key_tile, key_rest, key_stride_bytes, n, plan.q_words, plan.key_words,
                            plan.key_load, kt);
         for (int64_t r0 = 0; r0 < rows; r0 += 8) {
           const int64_t count = std::min<int64_t>(8, rows - r0);
@@ -409,8 +447,12 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
       }
 
       // O += P V.
-      AccumulateTile(head_scores, rows, value_tile, value_stride_bytes, n, dv, dv_pad,
+      AccumulateTile(head_scores, rows, value_tile, value_stride_bytes, first_keys, dv, dv_pad,
                      plan.value_load, vt, head_o);
+      if (first_keys < n) {
+        AccumulateTile(head_scores + first_keys, rows, value_rest, value_stride_bytes,
+                       n - first_keys, dv, dv_pad, plan.value_load, vt, head_o);
+      }
     }
   }
 
@@ -506,7 +548,7 @@ int64_t VisibleSpan(const AttentionProblem& p) {
   if (!p.visibility.causal) return p.kv.length;
   const int64_t last = std::min(p.visibility.first_query_slot + p.queries.tokens, p.kv.length);
   if (last <= 0) return 0;
-  return last - LowestVisibleKey(last - 1, p.visibility.window, p.visibility.chunk);
+  return last - LowestVisibleKey(last - 1, p.visibility);
 }
 
 }  // namespace
