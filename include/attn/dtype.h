@@ -12,16 +12,22 @@
 
 namespace attn {
 
-enum class DType { kF32, kF16, kBF16, kF64, kI64, kI32, kU8, kBool, kF8E4M3 };
+// kI8: signed 8-bit codes with per-row scales, for quantized paged KV caches only ("I8").
+enum class DType { kF32, kF16, kBF16, kF64, kI64, kI32, kU8, kBool, kF8E4M3, kI8 };
 
 // Size of one element in bytes.
 size_t DTypeSize(DType dtype);
-// The safetensors spelling: "F32", "F16", "BF16", "F64", "I64", "I32", "U8", "BOOL", "F8_E4M3".
+// The safetensors spelling: "F32", "F16", "BF16", "F64", "I64", "I32", "U8", "BOOL", "F8_E4M3",
+// "I8".
 const char* DTypeName(DType dtype);
-// Parses a safetensors spelling; throws Error(kUnsupported) naming `name` otherwise.
+// Parses a safetensors spelling (not I8, which only KV caches use); throws Error(kUnsupported)
+// naming `name` otherwise.
 DType DTypeFromName(const std::string& name);
-// Parses the CLI/user spelling of a KV-cache dtype: "f32", "f16", "bf16".
-DType StorageDTypeFromString(const std::string& name);
+// Parses the CLI/user spelling of a KV-cache dtype: "f32", "f16", "bf16"; and, where
+// `allow_quantized` (paged caches only), "fp8" (F8_E4M3) and "int8" (I8) with per-token scales.
+DType StorageDTypeFromString(const std::string& name, bool allow_quantized = false);
+// True for the KV storage dtypes that carry per-token scales: F8_E4M3 and I8.
+inline bool IsQuantizedKV(DType dtype) { return dtype == DType::kF8E4M3 || dtype == DType::kI8; }
 // The CLI/user spelling of a weight or activation dtype: "f32", "f16", "bf16"; and "fp8" for
 // F8_E4M3 where `allow_fp8`.
 DType WeightDTypeFromString(const std::string& name, bool allow_fp8 = false);

@@ -34,8 +34,16 @@ struct QueryRows {
 // (values likewise) and its keep flag at keep[page_table[t / page_size]·page_size + u]. Kernels
 // read through the table; nothing is gathered into a contiguous copy. KeyOffset, ValueOffset and
 // KeepOffset below are the one statement of that address rule.
+//
+// Quantized (dtype F8_E4M3 or I8): elements are codes and every (kv head, slot) row has one fp32
+// scale, key (g, t) = code · key_scales[ScaleOffset(kv, g, t)] and value (g, t) = code ·
+// value_scales[ScaleOffset(kv, g, t)]. Paged, the scale of (g, t) sits at
+//   page_table[t / page_size]·(G·page_size) + g·page_size + t % page_size
+// (PagedKVPool's scale areas [pages][G][page_size]); contiguous, at g·scale_head_stride + t.
+// Values aliasing keys (absorbed MLA) pass key_scales as value_scales too. Other dtypes: both
+// scale pointers null.
 struct KVView {
-  DType dtype = DType::kF32;  // f32, f16 or bf16
+  DType dtype = DType::kF32;  // f32, f16, bf16, or F8_E4M3 / I8 with scales
   const void* keys = nullptr;
   const void* values = nullptr;
   int64_t kv_heads = 0;   // G; query head h reads kv head h / (H / G)
@@ -51,6 +59,9 @@ struct KVView {
   const int32_t* page_table = nullptr;  // [⌈T / page_size⌉] page indices
   int64_t key_page_stride = 0;
   int64_t value_page_stride = 0;
+  const float* key_scales = nullptr;    // F8_E4M3 / I8 only: one per (g, t), at ScaleOffset
+  const float* value_scales = nullptr;  // likewise; may equal key_scales when values alias keys
+  int64_t scale_head_stride = 0;        // contiguous quantized views: scales of head g at g·this
 };
 
 // Element offsets of slot t's key row / value row of kv head g, and of its keep flag.
@@ -63,6 +74,12 @@ inline int64_t ValueOffset(const KVView& kv, int64_t g, int64_t t) {
   if (kv.page_size == 0) return g * kv.value_head_stride + t * kv.value_token_stride;
   return static_cast<int64_t>(kv.page_table[t / kv.page_size]) * kv.value_page_stride +
          g * kv.value_head_stride + (t % kv.page_size) * kv.value_token_stride;
+}
+// Index of the scale of kv head g's row at slot t in key_scales / value_scales (quantized views).
+inline int64_t ScaleOffset(const KVView& kv, int64_t g, int64_t t) {
+  if (kv.page_size == 0) return g * kv.scale_head_stride + t;
+  return (static_cast<int64_t>(kv.page_table[t / kv.page_size]) * kv.kv_heads + g) * kv.page_size +
+         t % kv.page_size;
 }
 inline int64_t KeepOffset(const KVView& kv, int64_t t) {
   if (kv.page_size == 0) return t;

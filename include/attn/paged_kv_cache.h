@@ -13,6 +13,12 @@
 //           row (absorbed / auto MLA)
 // Padding flags live beside the pages ([pages][page_size]), so a fork shares them too.
 //
+// Quantized pools (dtype F8_E4M3 or I8) store codes and one fp32 scale per token and kv head, for
+// keys and for values, in scale areas beside the pages ([pages][G][page_size] each; latent: one
+// scale per token, [pages][page_size], shared by the row and its value prefix). Append quantizes
+// each row: scale = max|x| / 448 (fp8) or max|x| / 127 (int8, symmetric, rounded to nearest),
+// 1 for an all-zero row. The kernels dequantize as they read (KVView::key_scales).
+//
 // Sequence ids are never reused: a step on a freed id is an error, not another sequence's data.
 #ifndef ATTN_PAGED_KV_CACHE_H_
 #define ATTN_PAGED_KV_CACHE_H_
@@ -31,7 +37,8 @@ class PagedKVPool {
  public:
   using SequenceId = int64_t;
 
-  // `pages` pages of `page_size` tokens (16 … 256, a multiple of 16). dtype f32, f16 or bf16.
+  // `pages` pages of `page_size` tokens (16 … 256, a multiple of 16). dtype f32, f16, bf16,
+  // or F8_E4M3 / I8 (quantized, with per-token scales).
   static PagedKVPool ForHeads(int64_t pages, int64_t page_size, int64_t kv_heads, int64_t key_dim,
                               int64_t value_dim, DType dtype);
   static PagedKVPool ForLatent(int64_t pages, int64_t page_size, int64_t latent_dim,
@@ -75,7 +82,7 @@ class PagedKVPool {
   // The filled part of a sequence, paged, for Attend(). Valid until the next Reserve, Fork or
   // Free.
   KVView View(SequenceId id) const;
-  // A latent sequence's rows [length][rk + dr] as fp32.
+  // A latent sequence's rows [length][rk + dr] as fp32 (dequantized for fp8/int8 pools).
   void ReadRows(SequenceId id, float* out) const;
 
  private:
@@ -101,11 +108,13 @@ class PagedKVPool {
   int64_t kv_heads_;
   int64_t key_dim_;
   int64_t value_dim_;
-  size_t page_bytes_;               // bytes of one page (keys and values, or rows)
-  size_t key_page_bytes_;           // heads: the keys part of a page; latent: the whole page
-  std::vector<std::byte> storage_;  // [pages][page_bytes_]
-  std::vector<uint8_t> keep_;       // [pages][page_size]
-  std::vector<int32_t> refcount_;   // [pages]
+  size_t page_bytes_;                // bytes of one page (keys and values, or rows)
+  size_t key_page_bytes_;            // heads: the keys part of a page; latent: the whole page
+  std::vector<std::byte> storage_;   // [pages][page_bytes_]
+  std::vector<uint8_t> keep_;        // [pages][page_size]
+  std::vector<float> key_scales_;    // quantized: [pages][G][page_size]; else empty
+  std::vector<float> value_scales_;  // quantized heads pools: [pages][G][page_size]; else empty
+  std::vector<int32_t> refcount_;    // [pages]
   std::vector<int32_t> free_list_;
   std::vector<Sequence> sequences_;  // indexed by id
 };

@@ -22,6 +22,7 @@ constexpr DTypeEntry kDTypes[] = {
     {DType::kF32, "F32", 4}, {DType::kF16, "F16", 2},   {DType::kBF16, "BF16", 2},
     {DType::kF64, "F64", 8}, {DType::kI64, "I64", 8},   {DType::kI32, "I32", 4},
     {DType::kU8, "U8", 1},   {DType::kBool, "BOOL", 1}, {DType::kF8E4M3, "F8_E4M3", 1},
+    {DType::kI8, "I8", 1},
 };
 
 const DTypeEntry& Lookup(DType dtype) {
@@ -74,19 +75,28 @@ const char* DTypeName(DType dtype) { return Lookup(dtype).name; }
 
 DType DTypeFromName(const std::string& name) {
   for (const DTypeEntry& entry : kDTypes) {
-    if (name == entry.name) return entry.dtype;
+    // I8 names KV-cache codes only: files holding I8 tensors stay unsupported.
+    if (entry.dtype != DType::kI8 && name == entry.name) return entry.dtype;
   }
   throw Error(ErrorKind::kUnsupported, "unsupported dtype '" + name +
                                            "' (supported: F32, F16, BF16, F64, I64, I32, U8, "
                                            "BOOL, F8_E4M3)");
 }
 
-DType StorageDTypeFromString(const std::string& name) {
+DType StorageDTypeFromString(const std::string& name, bool allow_quantized) {
   if (name == "f32") return DType::kF32;
   if (name == "f16") return DType::kF16;
   if (name == "bf16") return DType::kBF16;
-  throw Error(ErrorKind::kInvalidArgument,
-              "invalid storage dtype '" + name + "' (valid: f32, f16, bf16)");
+  if (allow_quantized && name == "fp8") return DType::kF8E4M3;
+  if (allow_quantized && name == "int8") return DType::kI8;
+  if (!allow_quantized && (name == "fp8" || name == "int8")) {
+    throw Error(ErrorKind::kInvalidArgument, "storage dtype '" + name +
+                                                 "' is for paged caches only (valid here: f32, "
+                                                 "f16, bf16)");
+  }
+  throw Error(ErrorKind::kInvalidArgument, "invalid storage dtype '" + name +
+                                               "' (valid: f32, f16, bf16" +
+                                               (allow_quantized ? ", fp8, int8)" : ")"));
 }
 
 DType WeightDTypeFromString(const std::string& name, bool allow_fp8) {

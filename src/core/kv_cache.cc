@@ -14,7 +14,10 @@ namespace {
 void CheckStorageDType(DType dtype) {
   ATTN_CHECK(dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16,
              ErrorKind::kInvalidArgument,
-             std::string("KV cache dtype must be f32, f16 or bf16, got ") + DTypeName(dtype));
+             std::string("KV cache dtype must be f32, f16 or bf16, got ") + DTypeName(dtype) +
+                 (IsQuantizedKV(dtype) ? " (quantized fp8/int8 storage is paged-only: use a "
+                                         "PagedKVPool)"
+                                       : ""));
 }
 
 // Elements of a [batch][capacity][...] store, with overflow checked before allocating.

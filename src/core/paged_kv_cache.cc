@@ -27,9 +27,10 @@ PagedKVPool::PagedKVPool(CacheForm form, int64_t pages, int64_t page_size, int64
       value_dim_(value_dim),
       page_bytes_(0),
       key_page_bytes_(0) {
-  ATTN_CHECK(dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16,
-             ErrorKind::kInvalidArgument,
-             std::string("paged KV dtype must be f32, f16 or bf16, got ") + DTypeName(dtype));
+  ATTN_CHECK(
+      dtype == DType::kF32 || dtype == DType::kF16 || dtype == DType::kBF16 || IsQuantizedKV(dtype),
+      ErrorKind::kInvalidArgument,
+      std::string("paged KV dtype must be f32, f16, bf16, F8_E4M3 or I8, got ") + DTypeName(dtype));
   // 16 … 256 and a multiple of 16: the fast kernel's tiles then split a page into whole
   // 16-key halves at worst.
   ATTN_CHECK(page_size >= 16 && page_size <= 256 && page_size % 16 == 0,
@@ -46,6 +47,12 @@ PagedKVPool::PagedKVPool(CacheForm form, int64_t pages, int64_t page_size, int64
   page_bytes_ = static_cast<size_t>(key_values + value_values) * DTypeSize(dtype);
   storage_.resize(static_cast<size_t>(NumElements({pages, static_cast<int64_t>(page_bytes_)})));
   keep_.assign(static_cast<size_t>(pages * page_size), 1);
+  if (IsQuantizedKV(dtype)) {
+    // One scale per token and kv head, beside the pages: [pages][G][page_size].
+    const size_t scales = static_cast<size_t>(NumElements({pages, kv_heads, page_size}));
+    key_scales_.assign(scales, 1.0f);
+    if (form == CacheForm::kHeads) value_scales_.assign(scales, 1.0f);
+  }
   refcount_.assign(static_cast<size_t>(pages), 0);
   free_list_.resize(static_cast<size_t>(pages));
   // Lowest pages first (the list is popped from the back).
@@ -112,6 +119,15 @@ int32_t PagedKVPool::TakePage() {
 void PagedKVPool::CopyPage(int32_t from, int32_t to) {
   std::memcpy(storage_.data() + static_cast<size_t>(to) * page_bytes_,
               storage_.data() + static_cast<size_t>(from) * page_bytes_, page_bytes_);
+  const size_t scales = static_cast<size_t>(kv_heads_ * page_size_);
+  if (!key_scales_.empty()) {
+    std::copy_n(key_scales_.data() + static_cast<size_t>(from) * scales, scales,
+                key_scales_.data() + static_cast<size_t>(to) * scales);
+  }
+  if (!value_scales_.empty()) {
+    std::copy_n(value_scales_.data() + static_cast<size_t>(from) * scales, scales,
+                value_scales_.data() + static_cast<size_t>(to) * scales);
+  }
   std::memcpy(keep_.data() + static_cast<size_t>(to * page_size_),
               keep_.data() + static_cast<size_t>(from * page_size_),
               static_cast<size_t>(page_size_));
@@ -212,11 +228,19 @@ void PagedKVPool::AppendHeads(SequenceId id, int64_t count, const float* keys, c
     const int64_t page = sequence.table[static_cast<size_t>(slot / page_size_)];
     const int64_t u = slot % page_size_;
     for (int64_t g = 0; g < kv_heads_; ++g) {
-      cpu::StoreRow(dtype_, storage_.data(), page * key_page + (g * page_size_ + u) * key_dim_,
-                    key_dim_, keys + (n * kv_heads_ + g) * key_dim_);
-      cpu::StoreRow(dtype_, storage_.data(),
-                    page * key_page + value_base + (g * page_size_ + u) * value_dim_, value_dim_,
-                    values + (n * kv_heads_ + g) * value_dim_);
+      const int64_t key_offset = page * key_page + (g * page_size_ + u) * key_dim_;
+      const int64_t value_offset = page * key_page + value_base + (g * page_size_ + u) * value_dim_;
+      const float* key = keys + (n * kv_heads_ + g) * key_dim_;
+      const float* value = values + (n * kv_heads_ + g) * value_dim_;
+      if (IsQuantizedKV(dtype_)) {
+        const size_t scale = static_cast<size_t>((page * kv_heads_ + g) * page_size_ + u);
+        key_scales_[scale] = cpu::QuantizeRow(dtype_, storage_.data(), key_offset, key_dim_, key);
+        value_scales_[scale] =
+            cpu::QuantizeRow(dtype_, storage_.data(), value_offset, value_dim_, value);
+      } else {
+        cpu::StoreRow(dtype_, storage_.data(), key_offset, key_dim_, key);
+        cpu::StoreRow(dtype_, storage_.data(), value_offset, value_dim_, value);
+      }
     }
   }
 }
@@ -230,8 +254,15 @@ void PagedKVPool::AppendLatent(SequenceId id, int64_t count, const float* rows,
   for (int64_t n = 0; n < count; ++n) {
     const int64_t slot = first + n;
     const int64_t page = sequence.table[static_cast<size_t>(slot / page_size_)];
-    cpu::StoreRow(dtype_, storage_.data(), (page * page_size_ + slot % page_size_) * key_dim_,
-                  key_dim_, rows + n * key_dim_);
+    const int64_t u = slot % page_size_;
+    const int64_t offset = (page * page_size_ + u) * key_dim_;
+    if (IsQuantizedKV(dtype_)) {
+      // One scale per token, shared by the row and its value prefix.
+      key_scales_[static_cast<size_t>(page * page_size_ + u)] =
+          cpu::QuantizeRow(dtype_, storage_.data(), offset, key_dim_, rows + n * key_dim_);
+    } else {
+      cpu::StoreRow(dtype_, storage_.data(), offset, key_dim_, rows + n * key_dim_);
+    }
   }
 }
 
@@ -251,6 +282,11 @@ KVView PagedKVPool::View(SequenceId id) const {
   view.page_table = sequence.table.data();
   view.key_page_stride = page_elements;
   view.value_page_stride = page_elements;
+  if (IsQuantizedKV(dtype_)) {
+    view.key_scales = key_scales_.data();
+    // Latent: the value prefix shares its row's scale.
+    view.value_scales = form_ == CacheForm::kHeads ? value_scales_.data() : key_scales_.data();
+  }
   if (form_ == CacheForm::kHeads) {
     view.values = storage_.data() + key_page_bytes_;
     view.key_head_stride = page_size_ * key_dim_;
@@ -272,8 +308,14 @@ void PagedKVPool::ReadRows(SequenceId id, float* out) const {
   for (int64_t t = 0; t < sequence.length; t += page_size_) {
     const int64_t page = sequence.table[static_cast<size_t>(t / page_size_)];
     const int64_t count = std::min(page_size_, sequence.length - t);
-    cpu::LoadRow(dtype_, storage_.data(), page * page_size_ * key_dim_, count * key_dim_,
-                 out + t * key_dim_);
+    float* dst = out + t * key_dim_;
+    cpu::LoadRow(dtype_, storage_.data(), page * page_size_ * key_dim_, count * key_dim_, dst);
+    if (IsQuantizedKV(dtype_)) {
+      for (int64_t u = 0; u < count; ++u) {
+        const float scale = key_scales_[static_cast<size_t>(page * page_size_ + u)];
+        for (int64_t i = 0; i < key_dim_; ++i) dst[u * key_dim_ + i] *= scale;
+      }
+    }
   }
 }
 

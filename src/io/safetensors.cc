@@ -573,6 +573,7 @@ std::vector<int64_t> SafetensorsFile::ReadI64(const std::string& name, Shape* sh
       }
       break;
     case DType::kF8E4M3:
+    case DType::kI8:  // never parsed from a file (DTypeFromName)
       throw WrongDType(path_, view, "I64, I32, U8, BOOL or an integral float");
   }
   if (shape != nullptr) *shape = view.shape;

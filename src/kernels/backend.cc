@@ -133,8 +133,21 @@ void ValidateAttentionProblem(const AttentionProblem& p) {
   ATTN_REQUIRE(kv.key_dim == q.dim, "key dim (" + std::to_string(kv.key_dim) +
                                         ") differs from query dim (" + std::to_string(q.dim) + ")");
   ATTN_REQUIRE(kv.value_dim > 0, "value dim must be positive");
-  ATTN_REQUIRE(kv.dtype == DType::kF32 || kv.dtype == DType::kF16 || kv.dtype == DType::kBF16,
-               std::string("K/V dtype must be F32, F16 or BF16, got ") + DTypeName(kv.dtype));
+  ATTN_REQUIRE(
+      kv.dtype == DType::kF32 || kv.dtype == DType::kF16 || kv.dtype == DType::kBF16 ||
+          IsQuantizedKV(kv.dtype),
+      std::string("K/V dtype must be F32, F16, BF16, F8_E4M3 or I8, got ") + DTypeName(kv.dtype));
+  if (IsQuantizedKV(kv.dtype)) {
+    ATTN_REQUIRE(
+        kv.length == 0 || (kv.key_scales != nullptr && kv.value_scales != nullptr),
+        std::string("a ") + DTypeName(kv.dtype) + " K/V view needs key_scales and value_scales");
+    ATTN_REQUIRE(
+        kv.page_size > 0 || kv.length == 0 || kv.kv_heads == 1 || kv.scale_head_stride >= kv.length,
+        "a contiguous quantized view needs scale_head_stride >= its length");
+  } else {
+    ATTN_REQUIRE(kv.key_scales == nullptr && kv.value_scales == nullptr,
+                 std::string("scales are for F8_E4M3 / I8 K/V only, got ") + DTypeName(kv.dtype));
+  }
   ATTN_REQUIRE(kv.length >= 0, "kv length must be >= 0");
   ATTN_REQUIRE(kv.page_size >= 0, "page size must be >= 0 (0: contiguous)");
   if (kv.page_size > 0 && kv.length > 0) {

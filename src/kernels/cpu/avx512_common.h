@@ -33,7 +33,16 @@ enum class Load {
   kWords,      // f32 as is, or bf16 pairs kept packed for bf16 dot products
   kF16ToF32,   // 16 halves -> 16 floats
   kBF16ToF32,  // 16 bf16 -> 16 floats
+  kF8ToF32,    // 16 E4M3 codes -> 16 floats (the code's value; the row scale applies later)
+  kI8ToF32,    // 16 int8 codes -> 16 floats (likewise)
 };
+
+// Bytes of one stored element read by `load`.
+constexpr int64_t LoadBytes(Load load) {
+  return load == Load::kWords ? 4 : (load == Load::kF8ToF32 || load == Load::kI8ToF32 ? 1 : 2);
+}
+// One-byte codes: their tiles are always widened to fp32 first, then scaled per row.
+constexpr bool IsByteLoad(Load load) { return LoadBytes(load) == 1; }
 
 // 2^x, |relative error| < 2e-7 for x in [-126, 0]: x = n + f, f in [-0.5, 0.5],
 // 2^f by its degree-7 Taylor polynomial in f·ln2, then scaled by 2^n exactly.
@@ -60,6 +69,22 @@ inline __m512 LoadBF16(const uint16_t* src) {
 inline __m512 LoadF16(const uint16_t* src) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
 }
+// 16 E4M3 codes (as bytes) -> fp32: sign to bit 15 and exponent|mantissa to bits 7…14 make the
+// binary16 whose value is 2^-8 times the code's (F8E4M3ToScaledF16Bits, exact for subnormals
+// too); convert, then multiply by 2^8 (exact).
+inline __m512 WidenF8(__m128i codes) {
+  const __m256i wide = _mm256_cvtepu8_epi16(codes);
+  const __m256i sign = _mm256_slli_epi16(_mm256_and_si256(wide, _mm256_set1_epi16(0x80)), 8);
+  const __m256i rest = _mm256_slli_epi16(_mm256_and_si256(wide, _mm256_set1_epi16(0x7f)), 7);
+  return _mm512_mul_ps(_mm512_cvtph_ps(_mm256_or_si256(sign, rest)), _mm512_set1_ps(256.0f));
+}
+inline __m512 WidenI8(__m128i codes) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(codes)); }
+inline __m512 LoadF8(const uint8_t* src) {
+  return WidenF8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+}
+inline __m512 LoadI8(const uint8_t* src) {
+  return WidenI8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+}
 
 // Sixteen 32-bit words of row `row` (of `rows` valid ones), chunk `chunk`, as one vector. Rows
 // are `width` words wide; words past the width read as zeros (head widths that are not a
@@ -77,6 +102,10 @@ inline __m512 LoadRowChunk(const std::byte* base, int64_t row_stride_bytes, int6
         return LoadF16(reinterpret_cast<const uint16_t*>(p) + chunk * 16);
       case Load::kBF16ToF32:
         return LoadBF16(reinterpret_cast<const uint16_t*>(p) + chunk * 16);
+      case Load::kF8ToF32:
+        return LoadF8(reinterpret_cast<const uint8_t*>(p) + chunk * 16);
+      case Load::kI8ToF32:
+        return LoadI8(reinterpret_cast<const uint8_t*>(p) + chunk * 16);
     }
   }
   const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1u);
@@ -91,6 +120,10 @@ inline __m512 LoadRowChunk(const std::byte* base, int64_t row_stride_bytes, int6
           _mm256_maskz_loadu_epi16(mask, reinterpret_cast<const uint16_t*>(p) + chunk * 16);
       return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
     }
+    case Load::kF8ToF32:
+      return WidenF8(_mm_maskz_loadu_epi8(mask, reinterpret_cast<const uint8_t*>(p) + chunk * 16));
+    case Load::kI8ToF32:
+      return WidenI8(_mm_maskz_loadu_epi8(mask, reinterpret_cast<const uint8_t*>(p) + chunk * 16));
   }
   return _mm512_setzero_ps();
 }
@@ -112,6 +145,12 @@ inline void WidenRows(const std::byte* values, int64_t stride_bytes, int64_t n, 
       } else if constexpr (L == Load::kF16ToF32) {
         _mm512_storeu_ps(out + chunk * 16,
                          LoadF16(reinterpret_cast<const uint16_t*>(row) + chunk * 16));
+      } else if constexpr (L == Load::kF8ToF32) {
+        _mm512_storeu_ps(out + chunk * 16,
+                         LoadF8(reinterpret_cast<const uint8_t*>(row) + chunk * 16));
+      } else if constexpr (L == Load::kI8ToF32) {
+        _mm512_storeu_ps(out + chunk * 16,
+                         LoadI8(reinterpret_cast<const uint8_t*>(row) + chunk * 16));
       } else {
         _mm512_storeu_ps(out + chunk * 16,
                          LoadBF16(reinterpret_cast<const uint16_t*>(row) + chunk * 16));
@@ -134,6 +173,12 @@ inline void ConvertValues(const std::byte* values, int64_t stride_bytes, int64_t
       return;
     case Load::kBF16ToF32:
       WidenRows<Load::kBF16ToF32>(values, stride_bytes, n, dv, dv_pad, vt);
+      return;
+    case Load::kF8ToF32:
+      WidenRows<Load::kF8ToF32>(values, stride_bytes, n, dv, dv_pad, vt);
+      return;
+    case Load::kI8ToF32:
+      WidenRows<Load::kI8ToF32>(values, stride_bytes, n, dv, dv_pad, vt);
       return;
   }
 }
@@ -468,13 +513,14 @@ inline uint32_t TileKeyBits(const uint8_t* keep, int64_t t0, int64_t n) {
 // O[r] += Σ_t P[r][t] V[t] for `rows` rows (P: rows × 32 in `p`, O: rows × dv_pad in `o`) over
 // the n values of one tile, stored as `load` `stride_bytes` apart. With few rows each value is
 // read once, so f16/bf16 widen on the fly; with more rows (or a width that is not a multiple
-// of 16) the tile is widened once into `vt` (32 × dv_pad) and reread as fp32.
+// of 16, or fp8/int8 codes) the tile is widened once into `vt` (32 × dv_pad) and reread as fp32.
+// Quantized values' scales are already folded into P by the caller.
 inline void AccumulateTile(const float* p, int64_t rows, const std::byte* v_tile,
                            int64_t stride_bytes, int64_t n, int64_t dv, int64_t dv_pad, Load load,
                            float* vt, float* o) {
   const void* v = v_tile;
-  int64_t v_stride = stride_bytes / static_cast<int64_t>(load == Load::kWords ? 4 : 2);
-  if (dv != dv_pad || (load != Load::kWords && rows > kValueRows)) {
+  int64_t v_stride = stride_bytes / LoadBytes(load);
+  if (dv != dv_pad || IsByteLoad(load) || (load != Load::kWords && rows > kValueRows)) {
     ConvertValues(v_tile, stride_bytes, n, dv, dv_pad, load, vt);
     v = vt;
     v_stride = dv_pad;

@@ -179,6 +179,7 @@ struct Plan {
   int64_t max_rows;   // query rows per kv head of a block
   bool row_dot;       // scores by ScoresRowDot (few rows) rather than a transposed K tile
   bool bf16_dot;      // Q·Kᵀ with vdpbf16ps
+  bool quantized;     // fp8/int8 K/V: tiles widened to fp32, scores and P scaled per key
   int64_t key_words;  // 32-bit words per key row: Dk, or Dk/2 for bf16 pairs
   int64_t q_words;    // key_words rounded up to 16 (zero padding)
   int64_t dv_pad;     // Dv rounded up to 16: the width of O and converted V rows
@@ -239,6 +240,30 @@ float SinkWeight(const Plan& plan, int64_t g, int64_t r, float m) {
   if (p.sinks == nullptr) return 0.0f;
   const int64_t h = g * plan.group + r % plan.group;
   return std::exp2(p.sinks[h] * kLog2e - m);
+}
+
+// scales[0..n) = the per-key scales of a tile's keys t0 … t0+n-1 of kv head g (two runs when
+// the tile spans two pages: keys before `first_keys` on t0's page, the rest on the next);
+// scales[n..32) = `fill`.
+void GatherScales(const KVView& kv, const float* source, int64_t g, int64_t t0, int64_t first_keys,
+                  int64_t n, float fill, float* scales) {
+  const float* first = source + ScaleOffset(kv, g, t0);
+  std::copy_n(first, first_keys, scales);
+  if (first_keys < n) {
+    std::copy_n(source + ScaleOffset(kv, g, t0 + first_keys), n - first_keys, scales + first_keys);
+  }
+  std::fill(scales + n, scales + kTileKeys, fill);
+}
+
+// s[r][t] *= scales[t] for `rows` rows of 32.
+void ScaleTileRows(float* s, int64_t rows, const float* scales) {
+  const __m512 lo = _mm512_loadu_ps(scales);
+  const __m512 hi = _mm512_loadu_ps(scales + 16);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = s + r * kTileKeys;
+    _mm512_storeu_ps(row, _mm512_mul_ps(_mm512_loadu_ps(row), lo));
+    _mm512_storeu_ps(row + 16, _mm512_mul_ps(_mm512_loadu_ps(row + 16), hi));
+  }
 }
 
 void RunItem(const Plan& plan, int64_t item, int64_t split) {
@@ -310,6 +335,7 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
   const int64_t key_stride_bytes = kv.key_token_stride * static_cast<int64_t>(eb);
   const int64_t value_stride_bytes = kv.value_token_stride * static_cast<int64_t>(eb);
   const ScoresFn* scores_fns = plan.bf16_dot ? kScoresBF16 : kScoresF32;
+  alignas(64) float tile_scales[kTileKeys];
 
   // Paged caches: every scoring path reads a tile's keys in 16-row blocks, so a 32-key tile
   // that starts on a 16-key boundary may span two pages (of 16) and is scored and accumulated as
@@ -363,7 +389,7 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
 
       // S = Q Kᵀ for the tile.
       if (plan.row_dot) {
-        if (rows == 1 || plan.key_load == Load::kWords) {
+        if (!plan.quantized && (rows == 1 || plan.key_load == Load::kWords)) {
           // Segment by segment: each writes its 16-key blocks at its own offset in the row.
           for (int segment = 0; segment < (first_keys < n ? 2 : 1); ++segment) {
             const std::byte* seg_keys = segment == 0 ? key_tile : key_rest;
@@ -382,10 +408,14 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
                 ScoresRowDot<Load::kBF16ToF32>(head_q, rows, plan.q_words, seg_keys,
                                                key_stride_bytes, seg_n, dk, seg_scores);
                 break;
+              case Load::kF8ToF32:
+              case Load::kI8ToF32:
+                break;  // not here: fp8/int8 tiles are widened first (below)
             }
           }
         } else {
-          // Several rows reread each key: widen the tile once (zero-padded to q_words).
+          // Several rows reread each key, or fp8/int8 codes: widen the tile once (zero-padded
+          // to q_words).
           ConvertValues(key_tile, key_stride_bytes, first_keys, dk, plan.q_words, plan.key_load,
                         kt);
           if (first_keys < n) {
@@ -406,6 +436,13 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
           scores_fns[count - 1](head_q + r0 * plan.q_words, plan.q_words, kt,
                                 head_scores + r0 * kTileKeys);
         }
+      }
+
+      // fp8/int8 keys: each score times its key's scale (the codes' dot product times the row
+      // scale is the dequantized key's), before soft-capping, ALiBi and the softmax.
+      if (plan.quantized) {
+        GatherScales(kv, kv.key_scales, g, t0, first_keys, n, 1.0f, tile_scales);
+        ScaleTileRows(head_scores, rows, tile_scales);
       }
 
       if (p.non_finite_scores != nullptr) {
@@ -444,6 +481,13 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
       for (int64_t r = 0; r < rows; ++r) {
         SoftmaxTileRow(head_scores + r * kTileKeys, masks[r], softmax_scale, head_m[r], head_l[r],
                        head_o + r * dv_pad, dv_pad);
+      }
+
+      // fp8/int8 values: fold each value's scale into its P column (l already holds the
+      // unscaled P). Lanes past n get 0.
+      if (plan.quantized) {
+        GatherScales(kv, kv.value_scales, g, t0, first_keys, n, 0.0f, tile_scales);
+        ScaleTileRows(head_scores, rows, tile_scales);
       }
 
       // O += P V.
@@ -532,11 +576,15 @@ Plan PlanProblem(const AttentionProblem& problem, bool bf16_dot) {
   plan.key_words = plan.bf16_dot ? q.dim / 2 : q.dim;
   plan.q_words = (plan.key_words + 15) / 16 * 16;
   plan.dv_pad = (kv.value_dim + 15) / 16 * 16;
+  plan.quantized = IsQuantizedKV(kv.dtype);
+  const Load byte_load = kv.dtype == DType::kF8E4M3 ? Load::kF8ToF32 : Load::kI8ToF32;
   plan.key_load = kv.dtype == DType::kF16    ? Load::kF16ToF32
                   : kv.dtype == DType::kBF16 ? (plan.bf16_dot ? Load::kWords : Load::kBF16ToF32)
+                  : plan.quantized           ? byte_load
                                              : Load::kWords;
   plan.value_load = kv.dtype == DType::kF16    ? Load::kF16ToF32
                     : kv.dtype == DType::kBF16 ? Load::kBF16ToF32
+                    : plan.quantized           ? byte_load
                                                : Load::kWords;
   plan.element_bytes = DTypeSize(kv.dtype);
   return plan;
@@ -555,8 +603,8 @@ int64_t VisibleSpan(const AttentionProblem& p) {
 
 bool FlashAttendSupports(const AttentionProblem& problem, const IsaSupport& isa) {
   const KVView& kv = problem.kv;
-  return isa.isa == Isa::kAvx512 &&
-         (kv.dtype == DType::kF32 || kv.dtype == DType::kF16 || kv.dtype == DType::kBF16);
+  return isa.isa == Isa::kAvx512 && (kv.dtype == DType::kF32 || kv.dtype == DType::kF16 ||
+                                     kv.dtype == DType::kBF16 || IsQuantizedKV(kv.dtype));
 }
 
 void FlashAttendBatchAvx512(const AttentionProblem* problems, int64_t count, bool bf16_dot) {

@@ -2,7 +2,8 @@
 // Reference attention: one query row at a time, two passes over its visible keys in fp32 —
 // the first finds the largest score, the second recomputes each score and accumulates
 // exp(score - max) · v. Recomputing instead of storing the scores keeps the kernel free of
-// buffers that grow with the context. Written to be obviously right, not fast.
+// buffers that grow with the context. Quantized K/V (fp8/int8) rows are dequantized as
+// code · scale. Written to be obviously right, not fast.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -12,6 +13,14 @@
 #include "kernels/cpu/element_load.h"
 
 namespace attn::cpu {
+namespace {
+
+// A quantized row (fp8/int8 codes as fp32) times its scale: the stored value.
+void Dequantize(float scale, std::vector<float>& row) {
+  for (float& x : row) x *= scale;
+}
+
+}  // namespace
 
 void ReferenceAttend(const AttentionProblem& problem) {
   ValidateAttentionProblem(problem);
@@ -45,6 +54,7 @@ void ReferenceAttend(const AttentionProblem& problem) {
       // score_t = softcap(scale · q·k_t) + slope · (t − slot)
       auto score = [&](int64_t t) {
         LoadRow(kv.dtype, kv.keys, KeyOffset(kv, g, t), kv.key_dim, key_row.data());
+        if (kv.key_scales != nullptr) Dequantize(kv.key_scales[ScaleOffset(kv, g, t)], key_row);
         float dot = 0.0f;
         for (int64_t i = 0; i < q.dim; ++i) dot += query[i] * key_row[static_cast<size_t>(i)];
         if (!std::isfinite(dot) && problem.non_finite_scores != nullptr) {
@@ -77,6 +87,9 @@ void ReferenceAttend(const AttentionProblem& problem) {
         const float weight = std::exp(score(t) - max_score);
         denominator += weight;
         LoadRow(kv.dtype, kv.values, ValueOffset(kv, g, t), kv.value_dim, value_row.data());
+        if (kv.value_scales != nullptr) {
+          Dequantize(kv.value_scales[ScaleOffset(kv, g, t)], value_row);
+        }
         for (int64_t i = 0; i < kv.value_dim; ++i) {
           out[i] += weight * value_row[static_cast<size_t>(i)];
         }
