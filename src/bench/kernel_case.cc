@@ -40,6 +40,10 @@ std::vector<std::byte> RandomStorage(int64_t count, DType dtype, Random& random)
     std::byte* at = bytes.data() + static_cast<size_t>(i) * DTypeSize(dtype);
     if (dtype == DType::kF32) {
       std::memcpy(at, &value, sizeof(value));
+    } else if (dtype == DType::kF8E4M3) {
+      *reinterpret_cast<uint8_t*>(at) = F32ToF8E4M3(value * 448.0f);  // codes, scaled by 1/448
+    } else if (dtype == DType::kI8) {
+      *reinterpret_cast<int8_t*>(at) = static_cast<int8_t>(std::lround(value * 127.0f));
     } else {
       const uint16_t bits = dtype == DType::kBF16 ? F32ToBF16(value) : F32ToF16(value);
       std::memcpy(at, &bits, sizeof(bits));
@@ -86,8 +90,11 @@ KernelShape NormalizeKernelShape(KernelShape s) {
   Require(s.q_len <= s.kv_len, "--q-len (" + std::to_string(s.q_len) +
                                    ") must not exceed --kv-len (" + std::to_string(s.kv_len) +
                                    "): the queries are the last S of the T tokens");
-  Require(s.dtype == DType::kF32 || s.dtype == DType::kF16 || s.dtype == DType::kBF16,
-          "--dtype must be f32, f16 or bf16");
+  Require(s.dtype == DType::kF32 || s.dtype == DType::kF16 || s.dtype == DType::kBF16 ||
+              (IsQuantizedKV(s.dtype) && s.page_size > 0),
+          IsQuantizedKV(s.dtype) ? "--dtype fp8/int8 needs --page-size (quantized storage is "
+                                   "paged-only)"
+                                 : "--dtype must be f32, f16, bf16, or fp8/int8 with --page-size");
   Require(s.batch >= 1 && s.batch <= 4096, "--batch must lie in [1, 4096]");
   Require(s.page_size == 0 || (s.page_size >= 16 && s.page_size <= 256 && s.page_size % 16 == 0),
           "--page-size must be 0 (contiguous) or a multiple of 16 in [16, 256]");
@@ -125,7 +132,12 @@ double KernelKvBytes(const KernelShape& s) {
                                : static_cast<double>(s.kv_heads * (s.head_dim + s.value_dim));
   int64_t tokens = 0;
   for (const int64_t length : SequenceLengths(s)) tokens += length;
-  return per_token * static_cast<double>(tokens) * static_cast<double>(DTypeSize(s.dtype));
+  // fp8/int8: one fp32 scale per token and kv head for keys, and one for values (heads).
+  const double scales = !IsQuantizedKV(s.dtype)      ? 0.0
+                        : s.variant == Variant::kMla ? 4.0
+                                                     : 8.0 * static_cast<double>(s.kv_heads);
+  return (per_token * static_cast<double>(DTypeSize(s.dtype)) + scales) *
+         static_cast<double>(tokens);
 }
 
 RooflinePoint PlaceOnRoofline(double flops, double bytes, double seconds, double peak_gflops,
@@ -158,6 +170,12 @@ KernelCase::KernelCase(const KernelShape& shape, uint64_t seed)
     int64_t total = 0;
     for (const int64_t slots : lengths) total += (slots + page - 1) / page;
     pages_ = RandomStorage(total * page_elements, s.dtype, random);
+    if (IsQuantizedKV(s.dtype)) {
+      // Random codes times 1/448 (fp8) or 1/127 (int8): values in [-1, 1] like the others.
+      const float scale = s.dtype == DType::kF8E4M3 ? 1.0f / 448.0f : 1.0f / 127.0f;
+      key_scales_.assign(static_cast<size_t>(total * s.kv_heads * page), scale);
+      value_scales_.assign(key_scales_.size(), scale);
+    }
     order.resize(static_cast<size_t>(total));
     for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
     for (size_t i = order.size(); i > 1; --i) {  // Fisher-Yates with the case's own generator
@@ -188,6 +206,10 @@ KernelCase::KernelCase(const KernelShape& shape, uint64_t seed)
       kv.key_page_stride = kv.value_page_stride = page_elements;
       kv.keys = pages_.data();
       kv.values = mla ? pages_.data() : pages_.data() + static_cast<size_t>(key_page) * element;
+      if (IsQuantizedKV(s.dtype)) {
+        kv.key_scales = key_scales_.data();
+        kv.value_scales = mla ? key_scales_.data() : value_scales_.data();
+      }
       if (s.token_major && !mla) {
         // [P][G][D] inside a page: all heads of a token together.
         kv.key_head_stride = s.head_dim;

@@ -98,6 +98,8 @@ class KernelCase {
   };
   KernelShape shape_;
   std::vector<std::byte> pages_;  // paged: every sequence's pages
+  // fp8/int8 pages: per-token scales [pages][G][page_size], for keys and for values.
+  std::vector<float> key_scales_, value_scales_;
   std::vector<Sequence> sequences_;
   mutable std::vector<std::vector<float>> outputs_;
   std::vector<AttentionProblem> problems_;

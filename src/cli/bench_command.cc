@@ -121,7 +121,7 @@ int RunKernelBench(const std::vector<std::string>& args) {
       .Integer("kv-len", "T", "key/value tokens, >= S")
       .Mandatory()
       .Switch("causal", "causal mask (query i sees keys up to T - S + i)")
-      .Text("dtype", "DTYPE", "K/V storage: f32, f16 or bf16", "f32")
+      .Text("dtype", "DTYPE", "K/V storage: f32, f16, bf16; fp8 or int8 with --page-size", "f32")
       .Integer("batch", "B",
                "sequences in one batched call, ragged: sequence b has T - floor(b*T/(2B)) keys",
                "1")
@@ -157,7 +157,7 @@ int RunKernelBench(const std::vector<std::string>& args) {
   shape.q_len = flags.GetInt("q-len", 0);
   shape.kv_len = flags.GetInt("kv-len", 0);
   shape.causal = flags.Has("causal");
-  shape.dtype = StorageDTypeFromString(flags.Get("dtype"));
+  shape.dtype = StorageDTypeFromString(flags.Get("dtype"), /*allow_quantized=*/true);
   shape.batch = flags.GetInt("batch");
   const std::string layout = flags.Get("layout");
   Check(layout == "head-major" || layout == "token-major", ErrorKind::kInvalidArgument,
