@@ -287,6 +287,75 @@ TEST(QuantizedKV, FastKernelMatchesReference) {
   }
 }
 
+// A contiguous quantized view (page_size 0, scales of head g at g·scale_head_stride + t), with
+// soft-capping and ALiBi on top of the scaled scores: reference == reference on the dequantized
+// values, fast == reference, decode and prefill.
+TEST(QuantizedKV, ContiguousViewWithSoftcapAndAlibi) {
+  for (const DType dtype : kQuantized) {
+    for (const int64_t S : {1, 3, 40}) {
+      SCOPED_TRACE(std::string(DTypeName(dtype)) + " S" + std::to_string(S));
+      const int64_t H = 8, G = 2, D = 64, T = 333, capacity = 340;
+      const std::vector<float> keys = RandomRows(G * T, D, 31);
+      const std::vector<float> values = RandomRows(G * T, D, 32);
+      std::vector<uint8_t> key_codes(static_cast<size_t>(G * T * D)), value_codes(key_codes.size());
+      std::vector<float> key_scales(static_cast<size_t>(G * capacity), -1.0f),
+          value_scales(key_scales.size(), -1.0f);
+      std::vector<float> exact_keys(keys.size()), exact_values(values.size());
+      for (int64_t g = 0; g < G; ++g) {
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t row = (g * T + t) * D;
+          const size_t scale = static_cast<size_t>(g * capacity + t);
+          key_scales[scale] = cpu::QuantizeRow(dtype, key_codes.data(), row, D, keys.data() + row);
+          value_scales[scale] =
+              cpu::QuantizeRow(dtype, value_codes.data(), row, D, values.data() + row);
+          cpu::LoadRow(dtype, key_codes.data(), row, D, exact_keys.data() + row);
+          cpu::LoadRow(dtype, value_codes.data(), row, D, exact_values.data() + row);
+          for (int64_t i = 0; i < D; ++i) {
+            exact_keys[static_cast<size_t>(row + i)] *= key_scales[scale];
+            exact_values[static_cast<size_t>(row + i)] *= value_scales[scale];
+          }
+        }
+      }
+      const std::vector<float> queries = RandomRows(S * H, D, 33);
+      const std::vector<float> slopes = {0.5f, 0.25f, 0.125f, 0.0625f, 0.03f, 0.02f, 0.01f, 0.0f};
+      AttentionProblem p;
+      p.queries = {queries.data(), S, H, D};
+      p.kv.kv_heads = G;
+      p.kv.key_dim = p.kv.value_dim = D;
+      p.kv.key_head_stride = p.kv.value_head_stride = T * D;
+      p.kv.key_token_stride = p.kv.value_token_stride = D;
+      p.kv.length = T;
+      p.visibility.first_query_slot = T - S;
+      p.scale = 0.125f;
+      p.softcap = 5.0f;
+      p.alibi_slopes = slopes.data();
+      auto run = [&](const KernelBackend& backend, const AttentionProblem& problem) {
+        std::vector<float> out(static_cast<size_t>(S * H * D));
+        AttentionProblem copy = problem;
+        copy.out = out.data();
+        backend.attend(copy);
+        return out;
+      };
+      AttentionProblem exact = p;
+      exact.kv.dtype = DType::kF32;
+      exact.kv.keys = exact_keys.data();
+      exact.kv.values = exact_values.data();
+      p.kv.dtype = dtype;
+      p.kv.keys = key_codes.data();
+      p.kv.values = value_codes.data();
+      p.kv.key_scales = key_scales.data();
+      p.kv.value_scales = value_scales.data();
+      p.kv.scale_head_stride = capacity;
+      const std::vector<float> want = run(ReferenceBackend(), exact);
+      const std::vector<float> reference = run(ReferenceBackend(), p);
+      const std::vector<float> fast = run(DefaultBackend(), p);
+      const int64_t n = static_cast<int64_t>(want.size());
+      EXPECT_LT(RelativeError(reference.data(), want.data(), n), 1e-6);
+      EXPECT_LT(RelativeError(fast.data(), reference.data(), n), 1e-5);
+    }
+  }
+}
+
 // The layer outputs of a prompt of `prefill` tokens then `decode` single-token steps, and of
 // the same tokens as one prefill, through a pool of `dtype`; rows [T][D] of one sequence.
 struct LayerRun {
