@@ -15,6 +15,7 @@ Output = Any
 ConfigLike = Union[Mapping[str, Any], str, os.PathLike]
 MlaForm = Literal["naive", "absorbed", "auto"]
 StorageDType = Literal["f32", "f16", "bf16"]
+PagedStorageDType = Literal["f32", "f16", "bf16", "fp8", "int8"]
 
 __version__: str
 
@@ -108,7 +109,11 @@ class Attention:
         attention_mask: Optional[ArrayLike] = None,
     ) -> Output: ...
     def new_paged_cache(
-        self, pages: int, page_size: int = 64, dtype: StorageDType = "bf16", mla: MlaForm = "auto"
+        self,
+        pages: int,
+        page_size: int = 64,
+        dtype: PagedStorageDType = "bf16",
+        mla: MlaForm = "auto",
     ) -> PagedCache: ...
     def step(
         self,

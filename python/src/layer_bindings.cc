@@ -46,6 +46,10 @@ const char* StorageName(DType dtype) {
       return "f16";
     case DType::kBF16:
       return "bf16";
+    case DType::kF8E4M3:
+      return "fp8";
+    case DType::kI8:
+      return "int8";
     default:
       return DTypeName(dtype);
   }
@@ -555,12 +559,10 @@ class PyAttention {
                                               const std::string& dtype,
                                               const std::string& mla) const {
     const MlaForm form = FormFor(config_, mla);
-    Check(dtype != "fp8" && dtype != "int8", ErrorKind::kUnsupported,
-          "new_paged_cache: dtype '" + dtype +
-              "' is not implemented yet for paged caches (use 'f32', 'f16' or 'bf16')");
     return std::make_unique<PyPagedCache>(
-        impl_->NewPagedPool(pages, page_size, StorageDTypeFromString(dtype), form), form,
-        config_.kind == AttentionKind::kMla);
+        impl_->NewPagedPool(pages, page_size,
+                            StorageDTypeFromString(dtype, /*allow_quantized=*/true), form),
+        form, config_.kind == AttentionKind::kMla);
   }
 
   py::object StepPaged(py::handle hidden_states, PyPagedCache& cache, py::handle seqs,
@@ -850,8 +852,9 @@ attention_mask [B] or [B, 1]. Returns the output in the same shape as hidden_sta
       .def("new_paged_cache", &PyAttention::NewPagedCache, py::arg("pages"),
            py::arg("page_size") = 64, py::arg("dtype") = "bf16", py::arg("mla") = "auto", R"doc(
 An empty paged KV cache (PagedCache): `pages` pages of `page_size` tokens (a multiple of 16
-in [16, 256]) shared by any number of sequences, stored as `dtype` ('f32', 'f16', 'bf16';
-'fp8' and 'int8' are not implemented yet and raise ValueError). For MLA layers `mla` picks the
+in [16, 256]) shared by any number of sequences, stored as `dtype` ('f32', 'f16', 'bf16', or
+'fp8' (E4M3) / 'int8' with one fp32 scale per token and kv head, dequantized inside the
+kernels). For MLA layers `mla` picks the
 form every step over the cache uses ('naive': per-head K/V pages; 'absorbed', 'auto': latent
 rows); GQA-family layers accept only 'auto'. The cache serves layers of this kind and form.)doc")
       .def("step", &PyAttention::StepPaged, py::arg("hidden_states"), py::arg("cache"),

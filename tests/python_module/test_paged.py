@@ -310,9 +310,9 @@ def test_a_cache_serves_only_its_layer_kind(attn, layers):
 
 def test_bad_new_paged_cache_arguments(layers):
     gqa, mla = layers["gqa"], layers["mla"]
-    for dtype in ("fp8", "int8"):
-        with pytest.raises(ValueError, match=f"dtype '{dtype}' is not implemented yet"):
-            mla.new_paged_cache(pages=4, dtype=dtype, mla="absorbed")
+    for dtype in ("fp8", "int8"):  # quantized storage is paged-only
+        with pytest.raises(ValueError, match="paged caches only"):
+            mla.new_cache(1, 4, dtype=dtype, mla="absorbed")
     with pytest.raises(ValueError, match="invalid storage dtype 'f64'"):
         gqa.new_paged_cache(pages=4, dtype="f64")
     for page_size in (8, 24, 512):
@@ -327,3 +327,33 @@ def test_bad_new_paged_cache_arguments(layers):
         mla.new_paged_cache(pages=4, mla="latent")
     assert gqa.new_paged_cache(pages=4).page_size == 64
     assert gqa.new_paged_cache(pages=4, mla="auto").mla is None
+
+
+@pytest.mark.parametrize("kind", ["gqa", "mla"])
+@pytest.mark.parametrize("dtype,bound", [("fp8", 6e-2), ("int8", 1e-2)])
+def test_quantized_pages_follow_a_bf16_pool(layers, kind, dtype, bound):
+    """fp8 / int8 pages (one scale per token and kv head) give the bf16 pool's outputs within
+    the format's rounding (bounds about 2x the C++ tests' measured error), decode == prefill."""
+    layer = layers[kind]
+    width = layer.config["hidden_size"]
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((20, width)).astype(np.float32)
+    outputs = {}
+    for storage in ("bf16", dtype):
+        pool = layer.new_paged_cache(pages=8, page_size=16, dtype=storage,
+                                     mla="absorbed" if kind == "mla" else "auto")
+        assert pool.dtype == storage
+        seq = pool.add()
+        first = layer.step(x[:12], pool, [seq], [12])
+        rest = [layer.step(x[i:i + 1], pool, [seq], [1]) for i in range(12, 20)]
+        outputs[storage] = np.concatenate([first] + rest)
+        whole = layer.new_paged_cache(pages=8, page_size=16, dtype=storage,
+                                      mla="absorbed" if kind == "mla" else "auto")
+        one = whole.add()
+        # A 20-row prefill may score with bf16 products (Q rounded to bf16) where decode rows
+        # use fp32: decode == prefill to bf16 rounding.
+        np.testing.assert_allclose(layer.step(x, whole, [one], [20]), outputs[storage],
+                                   rtol=0, atol=5e-3 * np.abs(outputs[storage]).max())
+    ref = outputs["bf16"]
+    err = np.abs(outputs[dtype] - ref).max() / np.abs(ref).max()
+    assert 0 < err < bound, err
