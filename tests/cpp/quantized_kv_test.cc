@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <memory>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,7 @@
 #include "attn/layer_weights.h"
 #include "attn/paged_kv_cache.h"
 #include "kernels/cpu/element_load.h"
+#include "kernels/cpu/isa.h"
 #include "test_util.h"
 
 namespace attn {
@@ -238,9 +240,13 @@ const PoolCase kCases[] = {
     {true, 16, 1, 576, 512, 150, 6, 16},
 };
 
+bool HaveAvx512() { return cpu::ActiveIsa().isa == cpu::Isa::kAvx512; }
+
 TEST(QuantizedKV, ReferenceEqualsReferenceOnTheDequantizedValues) {
+  // The emulated run of test.sh (no AVX-512, about 50x slower) keeps the first GQA cases.
+  const size_t cases = HaveAvx512() ? std::size(kCases) : 3;
   for (const DType dtype : kQuantized) {
-    for (const PoolCase& c : kCases) {
+    for (const PoolCase& c : std::span(kCases, cases)) {
       SCOPED_TRACE(Name(c, dtype));
       const Filled f = RandomFill(c, 5);
       PagedKVPool quantized = MakePool(c, dtype);
@@ -274,6 +280,8 @@ TEST(QuantizedKV, ReferenceEqualsReferenceOnTheDequantizedValues) {
 }
 
 TEST(QuantizedKV, FastKernelMatchesReference) {
+  // Without AVX-512 both sides are the reference kernel (the emulated run of test.sh).
+  if (!HaveAvx512()) GTEST_SKIP() << "no AVX-512: nothing to compare";
   for (const DType dtype : kQuantized) {
     for (const PoolCase& c : kCases) {
       SCOPED_TRACE(Name(c, dtype));
@@ -293,6 +301,7 @@ TEST(QuantizedKV, FastKernelMatchesReference) {
 TEST(QuantizedKV, ContiguousViewWithSoftcapAndAlibi) {
   for (const DType dtype : kQuantized) {
     for (const int64_t S : {1, 3, 40}) {
+      if (S == 40 && !HaveAvx512()) continue;  // the emulated run: decode rows only
       SCOPED_TRACE(std::string(DTypeName(dtype)) + " S" + std::to_string(S));
       const int64_t H = 8, G = 2, D = 64, T = 333, capacity = 340;
       const std::vector<float> keys = RandomRows(G * T, D, 31);
