@@ -36,17 +36,6 @@ std::string Name(const FlashCase& c) {
          (c.causal ? "" : "full");
 }
 
-// ALiBi slopes of H heads as BLOOM builds them for a power of two: m_h = 2^(−8(h+1)/H); other
-// head counts get the same formula, which is all a kernel test needs.
-std::vector<float> AlibiSlopes(int64_t heads) {
-  std::vector<float> slopes(static_cast<size_t>(heads));
-  for (int64_t h = 0; h < heads; ++h) {
-    slopes[static_cast<size_t>(h)] =
-        std::exp2(-8.0f * static_cast<float>(h + 1) / static_cast<float>(heads));
-  }
-  return slopes;
-}
-
 // Options of a case beyond its shape: chunked visibility, ALiBi, the cache layout, and which
 // queries run (by default the last `queries` slots).
 struct Extra {
@@ -69,7 +58,7 @@ std::vector<float> RunCase(const KernelBackend& backend, const FlashCase& c, DTy
   const float* q_data = all_q.data() + extra.query_offset * c.heads * c.key_dim;
   // Sink logits around the scores' range (|s| of a few), so they move every row.
   const Tensor sink_logits = RandomUniform({c.heads}, 14, 3.0f);
-  const std::vector<float> slopes = AlibiSlopes(c.heads);
+  const std::vector<float> slopes = testing::TestAlibiSlopes(c.heads);
   const Tensor k = RandomUniform({c.length, c.kv_heads, c.key_dim}, 12, 1.0f);
   const Tensor v = RandomUniform({c.length, c.kv_heads, c.value_dim}, 13, 1.0f);
   // The stored order: token-major as generated, or head-major; NaN outside the poisoned range.
@@ -208,7 +197,7 @@ void CheckRaggedBatch(bool rules) {
   const int64_t lengths[kBatch] = {1, 2500, 33, 700, 4096, 64, 1999, 257};
   const int64_t tokens[kBatch] = {1, 1, 3, 8, 1, 2, 5, 1};
   const int64_t chunks[kBatch] = {1, 1024, 7, 0, 1000, 0, 256, 300};
-  const std::vector<float> slopes = AlibiSlopes(kHeads);
+  const std::vector<float> slopes = testing::TestAlibiSlopes(kHeads);
   for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
     for (bool head_major : {false, true}) {
       std::vector<std::vector<std::byte>> k_store(kBatch), v_store(kBatch);

@@ -150,16 +150,6 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{1, 128, 1, 72, 64, 65, 64, 0}  // absorbed-MLA-like, 128 heads
                       ));
 
-// ALiBi slopes of H heads as BLOOM builds them for a power of two: m_h = 2^(−8(h+1)/H).
-std::vector<float> AlibiSlopes(int64_t heads) {
-  std::vector<float> slopes(static_cast<size_t>(heads));
-  for (int64_t h = 0; h < heads; ++h) {
-    slopes[static_cast<size_t>(h)] =
-        std::exp2(-8.0f * static_cast<float>(h + 1) / static_cast<float>(heads));
-  }
-  return slopes;
-}
-
 enum class Padding { kNone, kEveryFifth, kLeft };
 
 // Chunked visibility and ALiBi in the reference kernel against the formula in float64.
@@ -188,7 +178,7 @@ TEST_P(ReferenceRulesTest, MatchesDefinition) {
   Rules rules;
   rules.chunk = rc.chunk;
   rules.causal = rc.causal;
-  if (rc.alibi) rules.slopes = AlibiSlopes(c.heads);
+  if (rc.alibi) rules.slopes = testing::TestAlibiSlopes(c.heads);
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.key_dim));
   const std::vector<float> expected = BruteForce(c, q, k, v, keep, scale, rules);
   const auto n = static_cast<int64_t>(expected.size());

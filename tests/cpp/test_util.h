@@ -98,6 +98,18 @@ inline double RelativeError(const Tensor& a, const Tensor& b) {
 }
 
 // A small Llama-style GQA config: hidden 64, `heads` heads of 16, `kv_heads` kv heads.
+// ALiBi slopes of H heads as BLOOM builds them for a power of two, m_h = 2^(−8(h+1)/H) (other
+// head counts get the same formula, which is all a kernel test needs): written here from the
+// formula, independent of the library's AlibiSlopes.
+inline std::vector<float> TestAlibiSlopes(int64_t heads) {
+  std::vector<float> slopes(static_cast<size_t>(heads));
+  for (int64_t h = 0; h < heads; ++h) {
+    slopes[static_cast<size_t>(h)] =
+        std::exp2(-8.0f * static_cast<float>(h + 1) / static_cast<float>(heads));
+  }
+  return slopes;
+}
+
 inline ModelConfig SmallGqaConfig(int64_t heads, int64_t kv_heads) {
   ModelConfig c;
   c.model_type = "llama";
