@@ -142,6 +142,9 @@ def attention(
     check_finite: bool = True,
     alibi_slopes: Optional[ArrayLike] = None,
     chunk: int = 0,
+    query_offset: int = -1,
+    softcap: float = 0.0,
+    sinks: Optional[ArrayLike] = None,
 ) -> Output: ...
 def mla_attention(
     q: ArrayLike,
@@ -152,6 +155,7 @@ def mla_attention(
     attention_mask: Optional[ArrayLike] = None,
     out: Optional[ArrayLike] = None,
     check_finite: bool = True,
+    query_offset: int = -1,
 ) -> Output: ...
 def random_weights(
     config: ConfigLike, seed: int = 0, layer: int = 0

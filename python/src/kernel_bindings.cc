@@ -91,11 +91,22 @@ void CheckFiniteOutput(const float* out, const Shape& shape) {
 // Checks and runs out[b] = attention(q[b], k[b], v[b]) for every b. q [B, Sq, H, D],
 // k [B, T, G, D], v [B, T, G, Dv] already validated for rank and dtype class.
 // `sources`: the caller's k/v arrays, scanned to name a NaN/Inf when the kernel reports one.
-// `alibi_slopes`: [H] float32 or null; `chunk`: Visibility::chunk.
+// `alibi_slopes`, `sinks`: [H] float32 or null; `chunk`: Visibility::chunk; `query_offset`: the
+// slot of query 0 (Visibility::first_query_slot), -1 for T - Sq (bottom-right aligned);
+// `softcap`: AttentionProblem::softcap.
+struct KernelOptions {
+  const float* alibi_slopes = nullptr;
+  int64_t chunk = 0;
+  int64_t query_offset = -1;
+  float softcap = 0.0f;
+  const float* sinks = nullptr;
+};
+
 py::object RunAttention(const ArrayView& q_in, const ArrayView& k_in, const ArrayView& v_in,
                         std::initializer_list<const ArrayView*> sources, bool causal, float scale,
                         int64_t window, py::handle attention_mask, py::handle out_arg,
-                        bool check_finite, const float* alibi_slopes = nullptr, int64_t chunk = 0) {
+                        bool check_finite, const KernelOptions& options = {}) {
+  const int64_t chunk = options.chunk;
   const int64_t batch = q_in.shape[0];
   const int64_t queries = q_in.shape[1];
   const int64_t heads = q_in.shape[2];
@@ -127,9 +138,21 @@ py::object RunAttention(const ArrayView& q_in, const ArrayView& k_in, const Arra
         "chunk must be >= 0, got " + std::to_string(chunk));
   Check(causal || chunk == 0, ErrorKind::kInvalidArgument,
         "chunk requires causal=True (chunks are counted in query slots)");
-  Check(!causal || queries <= length, ErrorKind::kInvalidArgument,
+  Check(options.query_offset >= -1, ErrorKind::kInvalidArgument,
+        "query_offset must be >= 0 (the slot of query 0), or -1 for T - Sq (bottom-right "
+        "aligned), got " +
+            std::to_string(options.query_offset));
+  Check(!causal || options.query_offset >= 0 || queries <= length, ErrorKind::kInvalidArgument,
         "causal: the " + std::to_string(queries) + " queries are the last ones of the " +
             std::to_string(length) + " keys (bottom-right aligned), so Sq <= T is needed");
+  const int64_t first_slot = options.query_offset >= 0 ? options.query_offset : length - queries;
+  Check(!causal || first_slot + queries <= length, ErrorKind::kInvalidArgument,
+        "causal: query_offset " + std::to_string(first_slot) + " puts the " +
+            std::to_string(queries) + " queries at slots [" + std::to_string(first_slot) + ", " +
+            std::to_string(first_slot + queries) + "), past the " + std::to_string(length) +
+            " keys; query_offset + Sq <= T is needed");
+  Check(std::isfinite(options.softcap) && options.softcap >= 0.0f, ErrorKind::kInvalidArgument,
+        "softcap must be a finite number >= 0 (0: none), got " + std::to_string(options.softcap));
 
   ArrayView keep_holder;
   std::span<const uint8_t> keep;
@@ -186,10 +209,13 @@ py::object RunAttention(const ArrayView& q_in, const ArrayView& k_in, const Arra
     problem.kv.keep = keep.empty() ? nullptr : keep.data() + b * length;
     problem.scale = scale;
     problem.queries = QueryRows{q_data + b * q.strides[0], queries, heads, dim};
-    // Causal: bottom-right aligned (query s at slot T - Sq + s). Not causal: every key.
-    problem.visibility =
-        causal ? Visibility{length - queries, window, true, chunk} : Visibility{0, 0, false};
-    problem.alibi_slopes = alibi_slopes;
+    // Causal: query s at slot first_slot + s (by default T - Sq + s, bottom-right aligned).
+    // Not causal: every key (the slot only enters ALiBi, as a per-row constant).
+    problem.visibility = causal ? Visibility{first_slot, window, true, chunk}
+                                : Visibility{std::max<int64_t>(first_slot, 0), 0, false};
+    problem.alibi_slopes = options.alibi_slopes;
+    problem.sinks = options.sinks;
+    problem.softcap = options.softcap;
     problem.out = out + b * queries * heads * value_dim;
     problem.non_finite_scores = check_finite ? &non_finite_scores : nullptr;
     ValidateAttentionProblem(problem);
@@ -213,9 +239,32 @@ py::object RunAttention(const ArrayView& q_in, const ArrayView& k_in, const Arra
   return WrapTensor(std::move(owned), q_in.from_torch);
 }
 
+// One finite float per query head (ALiBi slopes, attention sinks), as a float32 view (in place
+// when it is one already).
+ArrayView PerHeadFloats(py::handle arg, const char* what, const char* noun, int64_t heads) {
+  ArrayView view = ViewArray(arg, what);
+  CheckRank(view, 1, "[H]");
+  Check(view.shape[0] == heads, ErrorKind::kInvalidArgument,
+        std::string(what) + ": expected one " + noun + " per query head (" + std::to_string(heads) +
+            "), got shape " + ShapeToString(view.shape));
+  CheckFiniteView(view);
+  return RowMajor(view, Element::kF32);
+}
+
+// softcap as a float: a real number (TypeError otherwise), range-checked by RunAttention.
+float SoftcapValue(const py::object& softcap) {
+  try {
+    return static_cast<float>(softcap.cast<double>());
+  } catch (const py::cast_error&) {
+    throw py::type_error("softcap must be a real number, got " +
+                         py::repr(softcap).cast<std::string>());
+  }
+}
+
 py::object Attention(py::handle q_arg, py::handle k_arg, py::handle v_arg, bool causal,
                      const py::object& scale, py::handle attention_mask, int64_t window,
-                     py::handle out, bool check_finite, py::handle alibi_slopes, int64_t chunk) {
+                     py::handle out, bool check_finite, py::handle alibi_slopes, int64_t chunk,
+                     int64_t query_offset, const py::object& softcap, py::handle sinks) {
   const ArrayView q = ViewArray(q_arg, "q");
   const ArrayView k = ViewArray(k_arg, "k");
   const ArrayView v = ViewArray(v_arg, "v");
@@ -231,26 +280,28 @@ py::object Attention(py::handle q_arg, py::handle k_arg, py::handle v_arg, bool 
   }
   CheckFloating(k);
   CheckFloating(v);
-  // ALiBi slopes: one finite float per query head, read as float32 (in place when they are).
+  // ALiBi slopes, sinks: one finite float per query head, read as float32.
+  KernelOptions options;
   ArrayView slopes;
   if (!alibi_slopes.is_none()) {
-    slopes = ViewArray(alibi_slopes, "alibi_slopes");
-    CheckRank(slopes, 1, "[H]");
-    Check(slopes.shape[0] == q.shape[2], ErrorKind::kInvalidArgument,
-          "alibi_slopes: expected one slope per query head (" + std::to_string(q.shape[2]) +
-              "), got shape " + ShapeToString(slopes.shape));
-    CheckFiniteView(slopes);
-    slopes = RowMajor(slopes, Element::kF32);
+    slopes = PerHeadFloats(alibi_slopes, "alibi_slopes", "slope", q.shape[2]);
+    options.alibi_slopes = reinterpret_cast<const float*>(slopes.data);
   }
-  return RunAttention(
-      q, k, v, {&k, &v}, causal, ScaleOr(scale, q.shape[3]), window, attention_mask, out,
-      check_finite, alibi_slopes.is_none() ? nullptr : reinterpret_cast<const float*>(slopes.data),
-      chunk);
+  ArrayView sink_view;
+  if (!sinks.is_none()) {
+    sink_view = PerHeadFloats(sinks, "sinks", "sink logit", q.shape[2]);
+    options.sinks = reinterpret_cast<const float*>(sink_view.data);
+  }
+  options.chunk = chunk;
+  options.query_offset = query_offset;
+  options.softcap = SoftcapValue(softcap);
+  return RunAttention(q, k, v, {&k, &v}, causal, ScaleOr(scale, q.shape[3]), window, attention_mask,
+                      out, check_finite, options);
 }
 
 py::object MlaAttention(py::handle q_arg, py::handle kv_arg, int64_t value_dim, bool causal,
                         const py::object& scale, py::handle attention_mask, py::handle out,
-                        bool check_finite) {
+                        bool check_finite, int64_t query_offset) {
   const ArrayView q = ViewArray(q_arg, "q");
   const ArrayView kv_in = ViewArray(kv_arg, "kv");
   CheckRank(q, 4, "[B, Sq, H, D]");
@@ -272,40 +323,54 @@ py::object MlaAttention(py::handle q_arg, py::handle kv_arg, int64_t value_dim, 
   keys.strides.insert(keys.strides.begin() + 2, 0);
   ArrayView values = keys;
   values.shape[3] = value_dim;
+  KernelOptions options;
+  options.query_offset = query_offset;
   return RunAttention(q, keys, values, {&kv_in}, causal, ScaleOr(scale, q.shape[3]), 0,
-                      attention_mask, out, check_finite);
+                      attention_mask, out, check_finite, options);
 }
 
 }  // namespace
 
 void BindKernels(py::module_& module) {
-  module.def("attention", &Attention, py::arg("q"), py::arg("k"), py::arg("v"),
-             py::arg("causal") = true, py::arg("scale") = py::none(),
-             py::arg("attention_mask") = py::none(), py::arg("window") = 0,
-             py::arg("out") = py::none(), py::arg("check_finite") = true,
-             py::arg("alibi_slopes") = py::none(), py::arg("chunk") = 0, R"doc(
+  module.def(
+      "attention", &Attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal") = true,
+      py::arg("scale") = py::none(), py::arg("attention_mask") = py::none(), py::arg("window") = 0,
+      py::arg("out") = py::none(), py::arg("check_finite") = true,
+      py::arg("alibi_slopes") = py::none(), py::arg("chunk") = 0, py::arg("query_offset") = -1,
+      py::arg("softcap") = 0.0, py::arg("sinks") = py::none(), R"doc(
 Scaled dot-product attention of the GQA family (MHA: G = H, GQA, MQA: G = 1), computed by the
 same kernel the layers use:
 
-    out[b, s, h] = sum_t softmax_t(scale * q[b, s, h] . k[b, t, h // (H/G)]
+    out[b, s, h] = sum_t softmax_t(cap(scale * q[b, s, h] . k[b, t, h // (H/G)])
                                    + m[h] * (t - p)) v[b, t, h // (H/G)]
 
-over the keys t that query s sees, p = T - Sq + s its slot and m the ALiBi slopes (0 without).
+over the keys t that query s sees, p = query_offset + s its slot (T - Sq + s by default), m the
+ALiBi slopes (0 without) and cap the soft-capping (the identity without). With sinks, each
+row's softmax denominator gains exp(sinks[h]).
 
 q: [B, Sq, H, D] float (float32 is read in place; other float dtypes are converted).
 k: [B, T, G, D], v: [B, T, G, Dv] float32, float16 or bfloat16 (read in place, any strides with
     a contiguous last axis), or float64 (converted).
-causal: query s is key slot T - Sq + s and sees keys t <= T - Sq + s (bottom-right aligned, as in
+causal: query s is key slot p = T - Sq + s and sees keys t <= p (bottom-right aligned, as in
     decode; equal to torch's is_causal when Sq == T). False: every query sees every key.
+query_offset: the slot of query 0, so query s is slot p = query_offset + s (0: top-left aligned,
+    torch's is_causal); -1 (default): T - Sq, bottom-right aligned. With causal=True
+    query_offset + Sq <= T is needed.
 scale: a finite positive number (ValueError otherwise); default 1 / sqrt(D).
 attention_mask: [B, T] of 1 (keep) / 0 (padding key), any integer, bool or float dtype.
-window: > 0 keeps only keys t > slot - window (sliding window; needs causal=True).
+window: > 0 keeps only keys t > p - window, i.e. the window keys p - window < t <= p (Mistral's
+    sliding window; needs causal=True).
 chunk: > 0 keeps only keys in the query's own block of `chunk` slots, t // chunk == slot // chunk
     (Llama 4's attention_chunk_size; needs causal=True). Keys outside it are never read.
 alibi_slopes: [H] finite floats m[h] (ALiBi, BLOOM/Falcon/MPT), already in logit units: each
     score gains m[h] * (t - slot), t and slot counted in key slots. With padding only at the
     ends of a sequence this equals BLOOM's positions from the cumulative attention mask (a
     per-row constant apart, which softmax ignores).
+softcap: > 0 caps each scaled score to softcap * tanh(score / softcap) before masking and
+    softmax (Gemma 2's attn_logit_softcapping); 0 (default): none.
+sinks: [H] finite floats (GPT-OSS attention sinks), logits already in logit units (not scaled)
+    that join each row's softmax denominator without a value:
+    p_t = exp(s_t) / (exp(sinks[h]) + sum_u exp(s_u)).
 out: optional writable C-contiguous float32 [B, Sq, H, Dv] array or tensor to write into; it is
     returned.
 check_finite: raise ValueError on NaN/Inf in q, in the keys and values the kernel reads, or in
@@ -325,7 +390,7 @@ torch tensor when q is one.)doc");
   module.def("mla_attention", &MlaAttention, py::arg("q"), py::arg("kv"), py::arg("value_dim"),
              py::arg("causal") = true, py::arg("scale") = py::none(),
              py::arg("attention_mask") = py::none(), py::arg("out") = py::none(),
-             py::arg("check_finite") = true, R"doc(
+             py::arg("check_finite") = true, py::arg("query_offset") = -1, R"doc(
 Absorbed multi-head latent attention (DeepSeek MLA, MQA over the latent cache): every query
 head attends to one shared row per token, whose first `value_dim` entries are its value:
 
@@ -335,7 +400,7 @@ q: [B, Sq, H, D] float, the absorbed queries (q_nope W_UK | q_pe), D = kv_lora_r
 kv: [B, T, D] float32, float16 or bfloat16 latent rows (c_kv | rotated k_pe), read in place.
 value_dim: kv_lora_rank.
 scale: default 1 / sqrt(D); DeepSeek's is (qk_nope + qk_rope)^-0.5 * mscale^2, pass it.
-causal, attention_mask, out, check_finite: as in attention().
+causal, attention_mask, out, check_finite, query_offset: as in attention().
 
 Returns float32 [B, Sq, H, value_dim] (the latent output, before W_UV).)doc");
 }
