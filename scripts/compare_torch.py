@@ -36,7 +36,7 @@ tolerance · max|reference| (tolerance by dtype, below) is a failure: the tables
 printed, and the exit status is 1.
 
 PyTorch: the venv of scripts/make-torch-venv.sh (PyPI's torch, pinned in
-python/requirements-torch.txt), found at $ATTN_TORCH_VENV or torch-venv/ in the checkout; this
+python/requirements-torch.txt), found at $ATTN_TORCH_VENV or .venv/ in the checkout; this
 script re-executes itself with that venv's python when it exists. Without it the running
 interpreter's torch is used; where that has no scaled_dot_product_attention (Debian 12's 1.13),
 the torch column times the matmul-softmax-matmul formula instead and says so (f16 in fp32
@@ -162,7 +162,7 @@ def venv_dir(args) -> Path | None:
     if args.no_venv:
         return None
     chosen = args.venv or os.environ.get("ATTN_TORCH_VENV")
-    path = Path(chosen) if chosen else REPO / "torch-venv"
+    path = Path(chosen) if chosen else REPO / ".venv"
     if (path / "bin" / "python").exists():
         return path
     if args.venv:
@@ -632,7 +632,7 @@ def main() -> int:
                         help="folder holding the attn package (default: python/ beside the "
                              "binary, else build/python)")
     parser.add_argument("--venv", metavar="DIR",
-                        help="torch venv (default $ATTN_TORCH_VENV or torch-venv/)")
+                        help="torch venv (default $ATTN_TORCH_VENV or .venv/)")
     parser.add_argument("--no-venv", action="store_true",
                         help="use this interpreter's torch even where the venv exists")
     parser.add_argument("--kernel-layout", choices=["head-major", "token-major"],

@@ -5,8 +5,11 @@
 # PyTorch (Debian's python3-torch, CPU) and pytest for the oracle tests, matplotlib for the
 # roofline plot (scripts/roofline_plot.py), QEMU's user-mode emulator to run the tests on a CPU
 # without AVX-512, the official `safetensors` package from PyPI as a second reader/writer
-# of our files, and build-venv/: a virtual environment with NumPy 2 and the pinned build
-# backend (python/requirements-pip-check.txt) in which the tests `pip install .` offline.
+# of our files, build-venv/: a virtual environment with NumPy 2 and the pinned build backend
+# (python/requirements-pip-check.txt) in which the tests `pip install .` offline, and .venv/: the
+# PyTorch environment (python/requirements-torch.txt: PyPI's torch 2.x and transformers, about
+# 4.3 GB) in which the tests `pip install .` again and run attn's torch ops and transformers
+# backend (tests/python_torch).
 # Idempotent: when everything is already there it changes nothing and needs no network.
 set -euo pipefail
 
@@ -40,3 +43,7 @@ fi
 # The venv of the pip-install check (scripts/pip-install-check.sh): NumPy 2, scikit-build-core,
 # pybind11 and pytest as pinned in python/requirements-pip-check.txt; no network once there.
 "$(dirname "$0")/make-venv.sh" "$(dirname "$0")/../build-venv"
+
+# The PyTorch environment .venv/ (scripts/make-torch-venv.sh, pins in
+# python/requirements-torch.txt); no network once there.
+"$(dirname "$0")/make-torch-venv.sh" "$(dirname "$0")/../.venv"

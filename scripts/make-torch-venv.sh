@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# scripts/make-torch-venv.sh [DIR]: a virtual environment of Debian's /usr/bin/python3 holding
-# exactly the packages pinned in python/requirements-torch.txt (a current PyTorch from PyPI and
-# NumPy), for scripts/compare_torch.py (`attn bench --compare-torch`), which uses it to time
-# torch's F.scaled_dot_product_attention. DIR defaults to torch-venv/ at the top of the
-# checkout, where compare_torch.py looks for it (or set $ATTN_TORCH_VENV).
+# scripts/make-torch-venv.sh [DIR]: the project's PyTorch environment, a virtual environment of
+# Debian's /usr/bin/python3 holding exactly the packages pinned in python/requirements-torch.txt
+# (a current PyTorch and transformers from PyPI, NumPy 2, pytest and attn's build backend). The
+# tests install attn into it (`pip install .`, scripts/pip-install-check.sh) and run
+# tests/python_torch there; scripts/compare_torch.py (`attn bench --compare-torch`) times
+# torch's F.scaled_dot_product_attention with it. DIR defaults to .venv/ at the top of the
+# checkout, where compare_torch.py looks for it (or set $ATTN_TORCH_VENV). Called by
+# scripts/install-deps.sh.
 #
 # The pins are installed with --no-deps: the list is the whole environment. PyPI's Linux torch
 # wheel is a CUDA build whose metadata pulls in triton and every CUDA library; only the CUDA
-# libraries that `import torch` loads are pinned (see the file). About 4 GB on disk, 2 GB
-# downloaded; nothing is cached by pip. Idempotent: when every pin is already there it changes
+# libraries that `import torch` loads are pinned (see the file). About 4.3 GB on disk, 2.5 GB
+# downloaded (about a minute here); nothing is cached by pip. Idempotent: when every pin is already there it changes
 # nothing and needs no network. Ends by checking that SDPA runs on the CPU in f32 and bf16.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 if (($# > 1)) || [[ ${1-} == -h || ${1-} == --help ]]; then
-  echo "usage: scripts/make-torch-venv.sh [DIR (default: $repo/torch-venv)]" >&2
+  echo "usage: scripts/make-torch-venv.sh [DIR (default: $repo/.venv)]" >&2
   exit 2
 fi
-venv=${1:-$repo/torch-venv}
+venv=${1:-$repo/.venv}
 requirements=$repo/python/requirements-torch.txt
 # Each wheel is unpacked once: ~4 GB in the venv, plus the largest wheel (~0.5 GB) in /tmp
 # while it installs. Unless torch is there at its pin already, refuse below ~5 GiB free.

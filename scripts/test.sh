@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: Apache-2.0
 # Every test: install dependencies, build, run the GoogleTest suite and the PyTorch oracle suite
 # (ctest), check license lines, install the C++ package and build an outside project against it,
-# pip-install the Python package into a NumPy 2 venv and test it there, fuzz each parser and the
-# Python array intake for a minute, then rebuild the unit tests with AddressSanitizer +
+# pip-install the Python package into a NumPy 2 venv and test it there, and into .venv (PyPI's
+# torch 2.x and transformers) and test it there with the torch ops and the transformers
+# backend, fuzz each parser and the Python array intake for a minute, then rebuild the unit tests with AddressSanitizer +
 # UndefinedBehaviorSanitizer and run them again, and run them once more on an emulated CPU
 # without AVX-512.
 set -euo pipefail
@@ -20,6 +21,8 @@ tests/consumer/run.sh build
 
 echo "== the Python package: pip install . into a NumPy 2 venv (offline), module tests there =="
 scripts/pip-install-check.sh build-venv
+echo "== pip install . into .venv (PyPI's torch 2.x, transformers): module, torch-op and transformers tests =="
+scripts/pip-install-check.sh .venv
 
 # Coverage-guided fuzzing, a smoke run of each harness (libFuzzer + ASan + UBSan for the
 # safetensors, HF config and Megatron config readers; atheris for the Python array intake).
