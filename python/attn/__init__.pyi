@@ -185,3 +185,8 @@ def info(
 def presets() -> list[str]: ...
 
 __all__: list[str]
+
+# With PyTorch (loaded on first use; `import attn` does not import torch): the torch operators
+# (attn.ops) and the SDPA-compatible entry point.
+from attn import ops as ops
+from attn.ops import scaled_dot_product_attention as scaled_dot_product_attention
