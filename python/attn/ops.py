@@ -318,78 +318,15 @@ def _not_expressible(why: str) -> NotImplementedError:
         "causal + sliding window: " + why)
 
 
-def _analyse_mask(mask: Tensor, batch: int, heads: int, queries: int, length: int):
-    """(keep [Bm, T] bool or None, causal, offset, window) whose visibility is exactly `mask`
-    (True / 0.0 = attend), or NotImplementedError. Bm is 1 or B."""
-    if mask.dtype != torch.bool:
-        allowed = mask == 0
-        if not torch.all(allowed | (mask == -math.inf)):
-            bad = mask[~(allowed | (mask == -math.inf))][0].item()
-            raise _not_expressible(
-                f"float masks may hold only 0 (attend) and -inf (masked); found {bad} (an "
-                f"additive bias such as ALiBi or relative positions is not supported)")
-        mask = allowed
+def _analyse_mask(mask: Tensor, length: int):
+    """(keep [Bm, T] uint8 array or None, causal, offset, window) whose visibility is exactly
+    `mask` (True / 0.0 = attend), or NotImplementedError. Bm is 1 or B. The search and the
+    exact check are attn._attn._sdpa_mask_visibility (C++: two passes over the mask)."""
     while mask.dim() < 4:
         mask = mask.unsqueeze(0)
-    if mask.shape[1] > 1:
-        if not torch.equal(mask, mask[:, :1].expand_as(mask)):
-            raise _not_expressible("it differs between heads (attn's masks are the same for "
-                                   "every head)")
-    allowed = mask[:, 0]  # [Bm, Sm, Tm]
-    if allowed.shape[2] == 1:
-        allowed = allowed.expand(allowed.shape[0], allowed.shape[1], length)
-    if allowed.shape[1] == 1:
-        # One row for every query (key padding, a decode step): exact as it stands.
-        keep = allowed[:, 0]
-        return (None if bool(keep.all()) else keep.contiguous()), False, 0, 0
-    if bool(allowed.all()):
-        return None, False, 0, 0
-
-    rows = allowed.shape[1]
-    keep = allowed.any(1)  # [Bm, T]: keys some query sees
-    slots = torch.arange(length, dtype=torch.int32)
-    none, after = torch.tensor(-1, dtype=torch.int32), torch.tensor(length, dtype=torch.int32)
-    hi = torch.where(allowed, slots, none).amax(2)  # [Bm, Sm]: last visible key, -1 if none
-    lo = torch.where(allowed, slots, after).amin(2)
-    has = hi >= 0
-    last_kept = torch.where(keep, slots, none).amax(1, keepdim=True)
-    first_kept = torch.where(keep, slots, after).amin(1, keepdim=True)
-    # Causal (or a window) is needed when a row stops before the last key some query sees, or
-    # sees nothing while its batch has keys.
-    causal = bool(((has & (hi < last_kept)) | (~has & keep.any(1, keepdim=True))).any())
-    windowed = bool((has & (lo > first_kept)).any())
-    offset = window = 0
-    if causal or windowed:
-        causal = True
-        s = torch.arange(rows, dtype=torch.int32)
-        if not bool(has.any()):
-            # No query sees anything: every key is padding.
-            return keep, False, 0, 0
-        offset = int(torch.where(has, hi - s, torch.iinfo(torch.int32).min).max())
-        if windowed:
-            window = int(torch.where(has, offset + s - lo, -1).max()) + 1
-    # Verify: rebuild the visibility these parameters imply and compare exactly.
-    implied = keep[:, None, :].expand(keep.shape[0], rows, length)
-    if causal:
-        p = offset + torch.arange(rows, dtype=torch.int32)[:, None]
-        band = slots[None, :] <= p
-        if window:
-            band = band & (slots[None, :] > p - window)
-        implied = implied & band
-    if not torch.equal(implied, allowed):
-        b, s_, t = (int(i) for i in torch.nonzero(implied != allowed)[0])
-        explained = ("key padding + causal with query 0 at slot "
-                     f"{offset}" + (f" and a window of {window}" if window else "")
-                     if causal else "key padding alone")
-        raise _not_expressible(
-            f"the closest such pattern ({explained}) differs at [batch {b}, query {s_}, key {t}], "
-            f"where the mask says {'attend' if bool(allowed[b, s_, t]) else 'masked'}")
-    if bool(keep.all()):
-        keep = None
-    if causal and window and offset + rows > length:
-        raise _not_expressible(
-            f"a sliding window ({window}) with query slots past the last key "
-            f"(query {rows - 1} at slot {offset + rows - 1} >= T = {length})")
+    keep, causal, offset, window, problem = _attn._sdpa_mask_visibility(mask, length)
+    if problem is not None:
+        raise _not_expressible(problem)
     return keep, causal, offset, window
 
 
@@ -409,9 +346,9 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None,
                  attn_mask=attn_mask)
     keep, causal, offset, window = None, bool(is_causal), 0, 0
     if attn_mask is not None:
-        keep, causal, offset, window = _analyse_mask(attn_mask, batch, heads, queries, length)
+        keep, causal, offset, window = _analyse_mask(attn_mask, length)
         if keep is not None and keep.shape[0] != batch:
-            keep = keep.expand(batch, length)
+            keep = keep.repeat(batch, 0)
     qn = q.transpose(1, 2)  # [B, Sq, H, D]: a view; the binding copies q into rows if needed
     kn = k.transpose(1, 2)  # [B, T, G, D]: read in place (strided)
     vn = v.transpose(1, 2)

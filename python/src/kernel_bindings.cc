@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <initializer_list>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
@@ -329,6 +331,224 @@ py::object MlaAttention(py::handle q_arg, py::handle kv_arg, int64_t value_dim, 
                       attention_mask, out, check_finite, options);
 }
 
+// ---------------------------------------------------------------------------------------------
+// attn._attn._sdpa_mask_visibility: the analysis behind attn.scaled_dot_product_attention's
+// attn_mask (python/attn/ops.py). Finds key padding keep[b, t], a causal offset o (query s at
+// slot o + s sees keys t <= o + s) and a window W (also t > o + s - W) whose visibility equals
+// the mask exactly, in two passes over it; torch's boolean reductions are ~10x slower.
+
+// The mask as allowed-flags (1 attend, 0 masked) with strides: bool masks as they lie, float
+// masks (0 attend, -inf masked, nothing else) converted once. `problem` is set for a float
+// value other than 0 and -inf.
+struct AllowedFlags {
+  ArrayView view;  // kBool or kU8 [Bm, Hm, Sm, Tm]
+  ArrayView float_copy;
+  std::vector<uint8_t> converted;
+  std::string problem;
+};
+
+AllowedFlags ToAllowedFlags(const ArrayView& mask) {
+  AllowedFlags flags;
+  if (mask.element == Element::kBool || mask.element == Element::kU8) {
+    flags.view = mask;
+    return flags;
+  }
+  Check(
+      IsFloating(mask.element), ErrorKind::kInvalidArgument,
+      "attn_mask: expected bool or float elements, got " + std::string(ElementName(mask.element)));
+  flags.float_copy = RowMajor(mask, Element::kF32);
+  const auto* values = reinterpret_cast<const float*>(flags.float_copy.data);
+  const int64_t count = mask.size();
+  flags.converted.resize(static_cast<size_t>(count));
+  const float minus_infinity = -std::numeric_limits<float>::infinity();
+  // A branch-free first pass (it vectorises); a bad value is located afterwards.
+  uint8_t* converted = flags.converted.data();
+  uint8_t valid = 1;
+  for (int64_t i = 0; i < count; ++i) {
+    const float value = values[i];
+    const uint8_t zero = value == 0.0f;
+    converted[i] = zero;
+    valid &= zero | static_cast<uint8_t>(value == minus_infinity);
+  }
+  const bool all_valid = valid != 0;
+  for (int64_t i = 0; !all_valid && i < count; ++i) {
+    const float value = values[i];
+    if (value == 0.0f || value == minus_infinity) continue;
+    std::string index;
+    int64_t rest = i;
+    for (size_t axis = mask.shape.size(); axis-- > 0;) {
+      index = std::to_string(rest % mask.shape[axis]) + (index.empty() ? "" : ", ") + index;
+      rest /= mask.shape[axis];
+    }
+    flags.problem = "float masks may hold only 0 (attend) and -inf (masked); found " +
+                    py::repr(py::float_(value)).cast<std::string>() + " at [" + index +
+                    "] (an additive bias such as ALiBi or relative positions, or a large "
+                    "negative number in place of -inf, is not supported: pass a bool mask)";
+    break;
+  }
+  flags.view = flags.float_copy;
+  flags.view.element = Element::kU8;
+  flags.view.data = reinterpret_cast<std::byte*>(flags.converted.data());
+  return flags;
+}
+
+py::tuple SdpaMaskVisibility(py::handle mask_arg, int64_t length) {
+  const ArrayView mask = ViewArray(mask_arg, "attn_mask");
+  CheckRank(mask, 4, "[B, H, Sq, T] (broadcast extents 1)");
+  Check(length >= 0 && (mask.shape[3] == length || mask.shape[3] == 1), ErrorKind::kInvalidArgument,
+        "attn_mask: last extent must be T = " + std::to_string(length) + " or 1, got " +
+            ShapeToString(mask.shape));
+  const auto not_expressible = [](const std::string& why) {
+    return py::make_tuple(py::none(), false, 0, 0, why);
+  };
+  AllowedFlags flags = ToAllowedFlags(mask);
+  if (!flags.problem.empty()) return not_expressible(flags.problem);
+  const ArrayView& a = flags.view;
+  const int64_t batches = a.shape[0], heads = a.shape[1], rows = a.shape[2];
+  const int64_t key_stride = a.shape[3] == 1 ? 0 : a.strides[3];
+  const auto row = [&](int64_t b, int64_t h, int64_t s) {
+    return reinterpret_cast<const uint8_t*>(a.data) + b * a.strides[0] + h * a.strides[1] +
+           s * a.strides[2];
+  };
+  const auto at = [&](const uint8_t* r, int64_t t) { return r[t * key_stride] != 0; };
+  // Rows equal for every head (a bool is 0 or 1, so bytes compare).
+  for (int64_t b = 0; b < batches; ++b) {
+    for (int64_t h = 1; h < heads; ++h) {
+      for (int64_t s = 0; s < rows; ++s) {
+        const uint8_t* r0 = row(b, 0, s);
+        const uint8_t* rh = row(b, h, s);
+        bool same = key_stride == 1 ? std::memcmp(r0, rh, static_cast<size_t>(length)) == 0 : true;
+        for (int64_t t = 0; key_stride != 1 && same && t < length; ++t) {
+          same = at(r0, t) == at(rh, t);
+        }
+        if (!same) {
+          return not_expressible("it differs between heads (batch " + std::to_string(b) +
+                                 ", query " + std::to_string(s) + ": head " + std::to_string(h) +
+                                 " differs from head 0; attn's masks are the same for every "
+                                 "head)");
+        }
+      }
+    }
+  }
+  // Pass 1: keep[b, t] = some query sees key t; each row's first and last visible key.
+  py::array_t<uint8_t> keep_array({batches, length});
+  uint8_t* keep = keep_array.mutable_data();
+  std::fill(keep, keep + batches * length, uint8_t{0});
+  std::vector<int64_t> lo(static_cast<size_t>(batches * rows), length);
+  std::vector<int64_t> hi(static_cast<size_t>(batches * rows), -1);
+  for (int64_t b = 0; b < batches; ++b) {
+    uint8_t* keep_b = keep + b * length;
+    for (int64_t s = 0; s < rows; ++s) {
+      const uint8_t* r = row(b, 0, s);
+      int64_t first = length, last = -1;
+      if (key_stride == 1) {
+        for (int64_t t = 0; t < length; ++t) keep_b[t] |= r[t];
+        for (int64_t t = 0; t < length; ++t) {
+          if (r[t] != 0) {
+            first = t;
+            break;
+          }
+        }
+        for (int64_t t = length; t-- > first;) {
+          if (r[t] != 0) {
+            last = t;
+            break;
+          }
+        }
+      } else if (length > 0 && r[0] != 0) {  // one value for every key
+        std::fill(keep_b, keep_b + length, uint8_t{1});
+        first = 0;
+        last = length - 1;
+      }
+      lo[static_cast<size_t>(b * rows + s)] = first;
+      hi[static_cast<size_t>(b * rows + s)] = last;
+    }
+  }
+  bool all_kept = true;
+  for (int64_t i = 0; i < batches * length; ++i) all_kept = all_kept && keep[i] != 0;
+  py::object keep_out = all_kept ? py::object(py::none()) : py::object(keep_array);
+  if (rows == 1) return py::make_tuple(keep_out, false, 0, 0, py::none());  // exact as it is
+  // The candidate. Causal when a row stops before the last key its batch keeps, or sees
+  // nothing while its batch keeps keys; a window when a row starts after the first kept key.
+  bool causal = false, windowed = false, any_visible = false;
+  int64_t offset = std::numeric_limits<int64_t>::min();
+  for (int64_t b = 0; b < batches; ++b) {
+    int64_t first_kept = length, last_kept = -1;
+    for (int64_t t = 0; t < length; ++t) {
+      if (keep[b * length + t] != 0) {
+        first_kept = std::min(first_kept, t);
+        last_kept = t;
+      }
+    }
+    for (int64_t s = 0; s < rows; ++s) {
+      const int64_t first = lo[static_cast<size_t>(b * rows + s)];
+      const int64_t last = hi[static_cast<size_t>(b * rows + s)];
+      if (last < 0) {
+        causal = causal || last_kept >= 0;
+        continue;
+      }
+      any_visible = true;
+      causal = causal || last < last_kept;
+      windowed = windowed || first > first_kept;
+      offset = std::max(offset, last - s);
+    }
+  }
+  if (!any_visible) return py::make_tuple(keep_out, false, 0, 0, py::none());  // all padding
+  int64_t window = 0;
+  causal = causal || windowed;
+  if (!causal) offset = 0;
+  if (windowed) {
+    for (int64_t b = 0; b < batches; ++b) {
+      for (int64_t s = 0; s < rows; ++s) {
+        if (hi[static_cast<size_t>(b * rows + s)] < 0) continue;
+        window = std::max(window, offset + s - lo[static_cast<size_t>(b * rows + s)] + 1);
+      }
+    }
+  }
+  // Pass 2: the visibility the candidate implies must equal the mask, every row.
+  for (int64_t b = 0; b < batches; ++b) {
+    const uint8_t* keep_b = keep + b * length;
+    for (int64_t s = 0; s < rows; ++s) {
+      const uint8_t* r = row(b, 0, s);
+      const int64_t p = offset + s;
+      // Keys [begin, end) lie in the causal band; the mask must equal keep there, 0 elsewhere.
+      const int64_t end = causal ? std::clamp<int64_t>(p + 1, 0, length) : length;
+      const int64_t begin = window > 0 ? std::clamp<int64_t>(p - window + 1, 0, end) : int64_t{0};
+      if (key_stride == 1) {  // the common case, at memory speed
+        uint8_t outside = 0;
+        for (int64_t t = 0; t < begin; ++t) outside |= r[t];
+        for (int64_t t = end; t < length; ++t) outside |= r[t];
+        if (outside == 0 &&
+            std::memcmp(r + begin, keep_b + begin, static_cast<size_t>(end - begin)) == 0) {
+          continue;
+        }
+      }
+      int64_t bad = -1;
+      for (int64_t t = 0; t < length && bad < 0; ++t) {
+        const bool expected = t >= begin && t < end && keep_b[t] != 0;
+        if (at(r, t) != expected) bad = t;
+      }
+      if (bad >= 0) {
+        const std::string closest =
+            causal ? "key padding + causal with query 0 at slot " + std::to_string(offset) +
+                         (window > 0 ? " and a window of " + std::to_string(window) : "")
+                   : std::string("key padding alone");
+        return not_expressible("the closest such pattern (" + closest + ") differs at [batch " +
+                               std::to_string(b) + ", query " + std::to_string(s) + ", key " +
+                               std::to_string(bad) + "], where the mask says " +
+                               (at(r, bad) ? "attend" : "masked"));
+      }
+    }
+  }
+  if (causal && window > 0 && offset + rows > length) {
+    return not_expressible(
+        "a sliding window (" + std::to_string(window) +
+        ") with query slots past the last key (query " + std::to_string(rows - 1) + " at slot " +
+        std::to_string(offset + rows - 1) + " >= T = " + std::to_string(length) + ")");
+  }
+  return py::make_tuple(keep_out, causal, offset, window, py::none());
+}
+
 }  // namespace
 
 void BindKernels(py::module_& module) {
@@ -403,6 +623,13 @@ scale: default 1 / sqrt(D); DeepSeek's is (qk_nope + qk_rope)^-0.5 * mscale^2, p
 causal, attention_mask, out, check_finite, query_offset: as in attention().
 
 Returns float32 [B, Sq, H, value_dim] (the latent output, before W_UV).)doc");
+  module.def("_sdpa_mask_visibility", &SdpaMaskVisibility, py::arg("mask"), py::arg("length"),
+             R"doc(
+For attn.scaled_dot_product_attention (attn/ops.py): mask [Bm, Hm, Sm, Tm] (bool, or float
+0 / -inf; extents 1 broadcast, Tm is T or 1) -> (keep, causal, offset, window, problem):
+keep a uint8 [Bm, T] array of kept keys (None: all), and query s at slot offset + s seeing
+keys t <= slot (causal) and t > slot - window (window > 0), whose visibility equals the mask
+exactly; or problem, a str saying why no such pattern exists.)doc");
 }
 
 }  // namespace attn::python
