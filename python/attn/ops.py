@@ -319,15 +319,18 @@ def _not_expressible(why: str) -> NotImplementedError:
 
 
 def _analyse_mask(mask: Tensor, length: int):
-    """(keep [Bm, T] uint8 array or None, causal, offset, window) whose visibility is exactly
-    `mask` (True / 0.0 = attend), or NotImplementedError. Bm is 1 or B. The search and the
-    exact check are attn._attn._sdpa_mask_visibility (C++: two passes over the mask)."""
+    """(keep [Bm, T] uint8 array or None, causal, offset, window, zero_rows [Bm, Sq] uint8 array
+    or None) whose visibility is exactly `mask` (True / 0.0 = attend) on every query row that
+    sees some key; rows that see none are zero_rows (to be zeroed after the kernel) where the
+    pattern would show them keys. NotImplementedError when no such pattern exists. Bm is 1 or
+    B. The search and the exact check are attn._attn._sdpa_mask_visibility (C++, two passes
+    over the mask: torch's boolean reductions take ~25x longer)."""
     while mask.dim() < 4:
         mask = mask.unsqueeze(0)
-    keep, causal, offset, window, problem = _attn._sdpa_mask_visibility(mask, length)
+    keep, causal, offset, window, zero_rows, problem = _attn._sdpa_mask_visibility(mask, length)
     if problem is not None:
         raise _not_expressible(problem)
-    return keep, causal, offset, window
+    return keep, causal, offset, window, zero_rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,9 +347,9 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None,
         q, k, v, attn_mask, is_causal, scale, enable_gqa)
     _require_cpu("attn.scaled_dot_product_attention", query=q, key=k, value=v,
                  attn_mask=attn_mask)
-    keep, causal, offset, window = None, bool(is_causal), 0, 0
+    keep, causal, offset, window, zero_rows = None, bool(is_causal), 0, 0, None
     if attn_mask is not None:
-        keep, causal, offset, window = _analyse_mask(attn_mask, length)
+        keep, causal, offset, window, zero_rows = _analyse_mask(attn_mask, length)
         if keep is not None and keep.shape[0] != batch:
             keep = keep.repeat(batch, 0)
     qn = q.transpose(1, 2)  # [B, Sq, H, D]: a view; the binding copies q into rows if needed
@@ -358,6 +361,8 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None,
         kn = kn.expand(batch, *kn.shape[1:])
         vn = vn.expand(batch, *vn.shape[1:])
     out = _attend(qn, kn, vn, keep, causal, offset, scale, window, 0.0, None)
+    if zero_rows is not None:  # [Bm, Sq]: rows the mask shows no key
+        out.masked_fill_(torch.from_numpy(zero_rows).bool()[:, :, None, None], 0.0)
     result = out.transpose(1, 2)  # [B, H, Sq, Dv]
     if q.dtype == torch.float32 and result.is_contiguous():
         return result

@@ -399,7 +399,7 @@ py::tuple SdpaMaskVisibility(py::handle mask_arg, int64_t length) {
         "attn_mask: last extent must be T = " + std::to_string(length) + " or 1, got " +
             ShapeToString(mask.shape));
   const auto not_expressible = [](const std::string& why) {
-    return py::make_tuple(py::none(), false, 0, 0, why);
+    return py::make_tuple(py::none(), false, 0, 0, py::none(), why);
   };
   AllowedFlags flags = ToAllowedFlags(mask);
   if (!flags.problem.empty()) return not_expressible(flags.problem);
@@ -467,9 +467,12 @@ py::tuple SdpaMaskVisibility(py::handle mask_arg, int64_t length) {
   bool all_kept = true;
   for (int64_t i = 0; i < batches * length; ++i) all_kept = all_kept && keep[i] != 0;
   py::object keep_out = all_kept ? py::object(py::none()) : py::object(keep_array);
-  if (rows == 1) return py::make_tuple(keep_out, false, 0, 0, py::none());  // exact as it is
-  // The candidate. Causal when a row stops before the last key its batch keeps, or sees
-  // nothing while its batch keeps keys; a window when a row starts after the first kept key.
+  if (rows == 1) {  // exact as it is
+    return py::make_tuple(keep_out, false, 0, 0, py::none(), py::none());
+  }
+  // The candidate, from the rows that see some key. Causal when a row stops before the last
+  // key its batch keeps; a window when a row starts after the first kept key. Rows that see
+  // nothing are left out: their output is zero whatever the pattern (zero_rows).
   bool causal = false, windowed = false, any_visible = false;
   int64_t offset = std::numeric_limits<int64_t>::min();
   for (int64_t b = 0; b < batches; ++b) {
@@ -483,17 +486,16 @@ py::tuple SdpaMaskVisibility(py::handle mask_arg, int64_t length) {
     for (int64_t s = 0; s < rows; ++s) {
       const int64_t first = lo[static_cast<size_t>(b * rows + s)];
       const int64_t last = hi[static_cast<size_t>(b * rows + s)];
-      if (last < 0) {
-        causal = causal || last_kept >= 0;
-        continue;
-      }
+      if (last < 0) continue;  // a row that sees nothing gets zeros whatever the pattern
       any_visible = true;
       causal = causal || last < last_kept;
       windowed = windowed || first > first_kept;
       offset = std::max(offset, last - s);
     }
   }
-  if (!any_visible) return py::make_tuple(keep_out, false, 0, 0, py::none());  // all padding
+  if (!any_visible) {  // all padding
+    return py::make_tuple(keep_out, false, 0, 0, py::none(), py::none());
+  }
   int64_t window = 0;
   causal = causal || windowed;
   if (!causal) offset = 0;
@@ -505,7 +507,12 @@ py::tuple SdpaMaskVisibility(py::handle mask_arg, int64_t length) {
       }
     }
   }
-  // Pass 2: the visibility the candidate implies must equal the mask, every row.
+  // Pass 2: the visibility the candidate implies must equal the mask on every row that sees
+  // a key; rows that see none, where the candidate shows them some, are zero_rows.
+  py::array_t<uint8_t> zero_array({batches, rows});
+  uint8_t* zero_rows = zero_array.mutable_data();
+  std::fill(zero_rows, zero_rows + batches * rows, uint8_t{0});
+  bool any_zero_row = false;
   for (int64_t b = 0; b < batches; ++b) {
     const uint8_t* keep_b = keep + b * length;
     for (int64_t s = 0; s < rows; ++s) {
@@ -514,6 +521,12 @@ py::tuple SdpaMaskVisibility(py::handle mask_arg, int64_t length) {
       // Keys [begin, end) lie in the causal band; the mask must equal keep there, 0 elsewhere.
       const int64_t end = causal ? std::clamp<int64_t>(p + 1, 0, length) : length;
       const int64_t begin = window > 0 ? std::clamp<int64_t>(p - window + 1, 0, end) : int64_t{0};
+      if (hi[static_cast<size_t>(b * rows + s)] < 0) {
+        const bool shown = std::any_of(keep_b + begin, keep_b + end, [](uint8_t f) { return f; });
+        zero_rows[b * rows + s] = shown;
+        any_zero_row = any_zero_row || shown;
+        continue;
+      }
       if (key_stride == 1) {  // the common case, at memory speed
         uint8_t outside = 0;
         for (int64_t t = 0; t < begin; ++t) outside |= r[t];
@@ -546,7 +559,8 @@ py::tuple SdpaMaskVisibility(py::handle mask_arg, int64_t length) {
         ") with query slots past the last key (query " + std::to_string(rows - 1) + " at slot " +
         std::to_string(offset + rows - 1) + " >= T = " + std::to_string(length) + ")");
   }
-  return py::make_tuple(keep_out, causal, offset, window, py::none());
+  return py::make_tuple(keep_out, causal, offset, window,
+                        any_zero_row ? py::object(zero_array) : py::object(py::none()), py::none());
 }
 
 }  // namespace
@@ -626,10 +640,12 @@ Returns float32 [B, Sq, H, value_dim] (the latent output, before W_UV).)doc");
   module.def("_sdpa_mask_visibility", &SdpaMaskVisibility, py::arg("mask"), py::arg("length"),
              R"doc(
 For attn.scaled_dot_product_attention (attn/ops.py): mask [Bm, Hm, Sm, Tm] (bool, or float
-0 / -inf; extents 1 broadcast, Tm is T or 1) -> (keep, causal, offset, window, problem):
-keep a uint8 [Bm, T] array of kept keys (None: all), and query s at slot offset + s seeing
-keys t <= slot (causal) and t > slot - window (window > 0), whose visibility equals the mask
-exactly; or problem, a str saying why no such pattern exists.)doc");
+0 / -inf; extents 1 broadcast, Tm is T or 1) -> (keep, causal, offset, window, zero_rows,
+problem): keep a uint8 [Bm, T] array of kept keys (None: all), and query s at slot
+offset + s seeing keys t <= slot (causal) and t > slot - window (window > 0), whose
+visibility equals the mask exactly on every row that sees a key; zero_rows a uint8 [Bm, Sm]
+array of the rows that see no key in the mask but some in that pattern (their output must be
+set to zero; None: no such row); or problem, a str saying why no such pattern exists.)doc");
 }
 
 }  // namespace attn::python
