@@ -24,7 +24,8 @@ How it works (docs/python.md carries the user-facing summary):
   a dict (the binding converts a dict into its own float32 tensors: one copy); bfloat16/float16
   modules are written once to a temporary safetensors file that attn memory-maps in the stored
   dtype (the file is unlinked at once; no float32 copy, the kernels read bf16 as transformers
-  does). A zero-copy path needs a binding change (see the module's report).
+  does). The binding's dict path always converts to float32, so neither route is zero-copy
+  yet: that needs ``from_config`` to keep a dict's float32/bf16/f16 tensors as views.
 * **RoPE, scale, positions.** attn computes RoPE (interleaved pairs for ``rope_interleave``/V2,
   rotate-half otherwise, YaRN with DeepSeek's mscale) from the model's config, and the softmax
   scale; the swap refuses a module whose ``scaling`` differs from attn's. Positions are the

@@ -364,5 +364,30 @@ def test_weights_changed_after_the_swap_are_refused():
             model(ids)
 
 
+def test_bench_script_runs_tiny(tmp_path):
+    """scripts/bench_hf_latent.py end to end on its --tiny model (a smoke test, not a timing)."""
+    import importlib.util
+    import json
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "bench_hf_latent.py")
+    spec = importlib.util.spec_from_file_location("bench_hf_latent", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads(), attn.get_num_threads()
+    out = tmp_path / "bench.json"
+    try:
+        assert bench.main(["--tiny", "--layers", "1", "--contexts", "8,24", "--steps", "2",
+                           "--chunk", "16", "--json", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads[0])
+        attn.set_num_threads(threads[1])
+    report = json.loads(out.read_text())
+    assert [row["context"] for row in report["rows"]] == [8, 24]
+    assert all(len(row["attn_ms"]) == 2 and row["logits_max_rel_diff"] < 5e-2
+               for row in report["rows"])
+    assert report["cache_bytes_per_token_per_layer"]["attn"] == (64 + 16) * 2
+    assert report["cache_bytes_per_token_per_layer"]["transformers"] == (64 + 16) * 2
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
