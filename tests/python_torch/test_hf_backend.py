@@ -81,16 +81,48 @@ def _configs():
     }
 
 
+def _more_configs():
+    """The other families in attn.hf.SUPPORTED_MODEL_TYPES: one logits + generate check each."""
+    tf = transformers
+    moe = dict(num_experts_per_tok=2, moe_intermediate_size=32)
+    mla = dict(q_lora_rank=32, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
+               v_head_dim=16)
+    return {
+        "mixtral": lambda: tf.MixtralConfig(**COMMON, sliding_window=8, num_local_experts=4,
+                                            num_experts_per_tok=2),
+        "qwen2_moe": lambda: tf.Qwen2MoeConfig(**COMMON, **moe, num_experts=4,
+                                               shared_expert_intermediate_size=32,
+                                               use_sliding_window=True, sliding_window=8,
+                                               max_window_layers=2),
+        "qwen3_moe": lambda: tf.Qwen3MoeConfig(**COMMON, **moe, head_dim=16, num_experts=4),
+        "deepseek_v2": lambda: tf.DeepseekV2Config(**{**COMMON, "num_key_value_heads": 4},
+                                                   **mla, **moe, n_routed_experts=4,
+                                                   first_k_dense_replace=1, n_shared_experts=1),
+        "phi3": lambda: tf.Phi3Config(**COMMON, sliding_window=8),
+        "olmo2": lambda: tf.Olmo2Config(**COMMON),
+        "granite": lambda: tf.GraniteConfig(**COMMON, attention_multiplier=0.1),
+    }
+
+
 CONFIGS = _configs()
 MODELS = list(CONFIGS)
+MORE = _more_configs()
+CONFIGS.update(MORE)
 
 
 @pytest.fixture(scope="module")
 def hf(attn):
+    """attn.hf, registered; one thread for torch and attn while these tiny models run (two
+    threads only add barrier waits at hidden size 64, badly so on a loaded machine)."""
     import attn.hf as hf
 
     assert hf.register() == "attn"
-    return hf
+    threads = torch.get_num_threads(), attn.get_num_threads()
+    torch.set_num_threads(1)
+    attn.set_num_threads(1)
+    yield hf
+    torch.set_num_threads(threads[0])
+    attn.set_num_threads(threads[1])
 
 
 @pytest.fixture()
@@ -185,6 +217,21 @@ def test_logits_bf16_flash_rule(fresh, name):
         err_ours = max(err_ours, (ours[i, -n:] - want).abs().max().item())
     assert err_eager > 0
     assert err_ours <= 2 * err_eager + 1e-2, (err_ours, err_eager)
+    _assert_only_attn(fresh)
+
+
+def test_supported_model_types_are_the_tested_ones(hf):
+    assert hf.SUPPORTED_MODEL_TYPES == {CONFIGS[n]().model_type for n in CONFIGS}
+
+
+@pytest.mark.parametrize("name", list(MORE))
+def test_more_families_match_eager(fresh, name):
+    ids, mask = _prompts()
+    eager, ours = _model(name, "eager"), _model(name, "attn")
+    keep = mask.bool()
+    torch.testing.assert_close(_logits(ours, ids, mask)[keep], _logits(eager, ids, mask)[keep],
+                               atol=2e-5, rtol=1e-5)
+    assert torch.equal(_generate(ours, ids, mask), _generate(eager, ids, mask))
     _assert_only_attn(fresh)
 
 
