@@ -34,6 +34,8 @@ sees no key gets an all-zero output row (torch's SDPA on the CPU returns zeros t
 
 Dtypes: q, k, v float32, float16 or bfloat16, all the same; the kernel computes in float32 and
 the output has the input's dtype (float64 is refused: attn would silently compute it in float32).
+A NaN or Inf in q, in the keys and values the kernel reads, or in the output is a ValueError
+naming its index (torch's SDPA would propagate NaN).
 Not supported, with a clear error: autograd (attn has no backward: inputs that require grad
 while grad mode is on raise RuntimeError; run under ``torch.no_grad()`` or
 ``torch.inference_mode()``), dropout, non-CPU tensors at run time (the fake kernels accept any
@@ -201,6 +203,21 @@ def _check_sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], is
 # Running the kernel for any query offset (the binding takes slots [0, T - Sq] only).
 
 
+def _queries_f32(q: Tensor) -> Tensor:
+    """q [B, Sq, H, D] as the kernel reads it in place (float32, each batch row row-major):
+    itself when it is, else one torch copy (vectorised; the binding's own conversion walks
+    element by element)."""
+    expected = 1
+    for axis in (3, 2, 1):
+        if q.shape[axis] != 1 and q.stride(axis) != expected:
+            break
+        expected *= q.shape[axis]
+    else:
+        if q.dtype == torch.float32:
+            return q
+    return torch.empty(q.shape, dtype=torch.float32).copy_(q)
+
+
 def _attend(q: Tensor, k: Tensor, v: Tensor, keep: Optional[Tensor], causal: bool, offset: int,
             scale: Optional[float], window: int, softcap: float,
             sinks: Optional[Tensor]) -> Tensor:
@@ -209,10 +226,15 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, keep: Optional[Tensor], causal: boo
     is >= T see every kept key (an error with a window)."""
     batch, queries, heads, _ = q.shape
     length, value_dim = k.shape[1], v.shape[3]
-    kw = dict(scale=scale, attention_mask=keep, check_finite=False, softcap=softcap,
+    # check_finite: a NaN/Inf in q, in the keys and values read, or in the output is a
+    # ValueError naming it (torch would let NaN through; attn's kernels leave the output for
+    # non-finite inputs unspecified, so it is refused rather than computed). q and the output
+    # are scanned at memory speed; K/V are vouched for by the kernel as it reads them.
+    kw = dict(scale=scale, attention_mask=keep, check_finite=True, softcap=softcap,
               sinks=sinks)
     if queries == 0 or length == 0:
         return torch.zeros(batch, queries, heads, value_dim)
+    q = _queries_f32(q)
     if not causal:
         out = torch.empty(batch, queries, heads, value_dim)
         _attn.attention(q, k, v, causal=False, out=out, **kw)

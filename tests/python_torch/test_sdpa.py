@@ -372,6 +372,14 @@ def test_bad_input_raises(attn, case):
     assert "attn.scaled_dot_product_attention" in str(info.value)
 
 
+@pytest.mark.parametrize("where", ["query", "key", "value"])
+def test_non_finite_inputs_raise(attn, where):
+    tensors = dict(zip(("query", "key", "value"), qkv(1, 2, 2, 3, 5)))
+    tensors[where][0, 1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"non-finite value \(nan\)"):
+        attn.scaled_dot_product_attention(**tensors)
+
+
 def test_requires_grad_raises_clearly(attn):
     q, k, v = qkv(1, 2, 2, 3, 5)
     with pytest.raises(RuntimeError, match="attn has no backward"):
