@@ -149,6 +149,10 @@ def _check_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]
         raise ValueError(f"{where}: sinks must be [H] = [{heads}] floats, got "
                          f"{sinks.dtype} {list(sinks.shape)}")
     _check_options(where, causal, query_offset, scale, window, softcap)
+    if causal and window > 0 and query_offset >= 0 and query_offset + q.shape[1] > k.shape[1]:
+        raise ValueError(f"{where}: a sliding window with query slots past the last key is not "
+                         f"supported (query_offset {query_offset} + Sq {q.shape[1]} > T "
+                         f"{k.shape[1]})")
 
 
 def _check_sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], is_causal: bool,
@@ -242,7 +246,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, keep: Optional[Tensor], causal: boo
     first = min(max(-offset, 0), queries)  # rows [0, first): slot < 0, no key visible
     last = min(max(length - offset, 0), queries)  # rows [last, Sq): slot >= T
     if last < queries and window > 0:
-        raise ValueError(f"a sliding window with query slots past the last key (slot "
+        raise ValueError(f"attn: a sliding window with query slots past the last key (slot "
                          f"{offset + queries - 1} >= T = {length}) is not supported")
     if first == 0 and last == queries:
         out = torch.empty(batch, queries, heads, value_dim)
