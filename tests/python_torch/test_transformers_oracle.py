@@ -24,13 +24,21 @@ For every configs/tiny-*.json whose model_type transformers implements natively:
 - Cases: batch 2, 12 tokens (longer than every tiny window — 4 to 6 — and Llama 4's chunk of
   4); ``pad``: row 1 left-padded by 3 with generate()'s position ids (cumsum(mask) − 1);
   ``offset``: no padding, position ids starting mid-sequence at 37 and 300 (past every tiny
-  config's original context: dynamic NTK, longrope's long factors, YaRN). Layers where the
-  layer kinds differ are run twice (Gemma 2/3 sliding and global, GPT-OSS sliding and full,
-  Llama 4 chunked-RoPE and NoPE, Qwen3 / Qwen2-MoE full and sliding). MLA families run attn's
+  config's original context: dynamic NTK, longrope's long factors, YaRN). Every layer of every
+  config runs, so each layer kind transformers assigns is compared (Gemma 2/3 sliding and
+  global, GPT-OSS sliding and full, Llama 4 chunked-RoPE and NoPE, Qwen3 / Qwen2-MoE full and
+  sliding; ``test_layer_kinds_covered`` checks that both kinds occur). MLA families run attn's
   ``naive`` and ``absorbed`` forms.
 - Decode: for llama (llama3 RoPE), deepseek_v3 (both MLA forms), gemma2 (sliding + soft-cap)
-  and llama4_text (chunked), transformers steps token by token through a DynamicCache after a
-  prefill, attn through its Cache (new_cache / prefill / decode), with left padding.
+  and llama4_text (chunked), and for dynamic NTK and longrope (phi3) with the decode steps
+  crossing the original context, transformers steps token by token through a DynamicCache after
+  a prefill, attn through its Cache (new_cache / prefill / decode), with left padding.
+- Only the attention is compared, so the MoE experts of the models output zeros (a registered
+  experts implementation): an MLP's output reaches no compared module (layer L's input is
+  replaced; the other layers only fill their caches). transformers' config gets
+  ``pad_token_id=None`` (Phi3Config's default is outside the tiny vocabularies) and, for
+  deepseek-v2-lite, ``num_experts_per_tok=2`` (its default, None, breaks the MoE router);
+  neither key is read by the attention.
 
 Reference and tolerance. transformers computes RoPE angles (``inv_freq``, position·inv_freq),
 softmax and Llama 4's complex rotation in float32 even in a float64 model (explicit
@@ -60,13 +68,14 @@ with the one difference neutralised so that everything else is still compared:
   original_max_position_embeddings). Neutralised: transformers' config given the long factors as
   short ones too.
 
-Runs in about a minute on 2 cores: ``PYTHONPATH=build/python .venv/bin/python -m pytest -q
-tests/python_torch/test_transformers_oracle.py``.
+About 25 s on 2 busy cores (torch held to one thread while this module runs):
+``PYTHONPATH=build/python .venv/bin/python -m pytest -q tests/python_torch/test_transformers_oracle.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import inspect
 import json
@@ -98,9 +107,18 @@ def _load(name):
 # What runs. Each variant: (attn config dict, changes to transformers' config only, whether
 # transformers' bfloat16 casts are neutralised).
 
-def _variant(name, cfg=None, hf_overrides=None, exact_bf16=False):
+def _variant(name, cfg=None, hf_overrides=None, exact_bf16=False, layers=None, base=None,
+             same=False):
+    """layers: those compared (default: all). base, same: a config variant of tiny-`base` whose
+    transformers output must differ from the base's (a changed key or default that matters), or
+    with same=True equal it (another spelling of the same model, a key transformers ignores)."""
     return {"name": name, "cfg": cfg if cfg is not None else _load(name),
-            "hf_overrides": hf_overrides or {}, "exact_bf16": exact_bf16}
+            "hf_overrides": hf_overrides or {}, "exact_bf16": exact_bf16, "layers": layers,
+            "base": base, "same": same}
+
+
+def _without(cfg, *keys):
+    return {k: v for k, v in cfg.items() if k not in keys}
 
 
 _MINICPM3 = _load("minicpm3")
@@ -112,13 +130,14 @@ VARIANTS = {v["name"]: v for v in [
     _variant("mistral"),                 # window 5
     _variant("mixtral"),                 # window 6
     _variant("qwen2"),                   # q/k/v bias
-    _variant("qwen2-moe"),               # qkv_bias, window on layer 0, full on layer 1
-    _variant("qwen3"),                   # q/k norms; full on layer 0, window 5 on layer 2
+    _variant("qwen2-moe"),               # qkv_bias; window 4 on layers 0, 2, full on 1, 3
+    _variant("qwen3"),                   # q/k norms; full on layers 0-1, window 5 on 2-3
     _variant("qwen3-moe"),               # q/k norms, biases, window 4 everywhere
     _variant("olmo2"),                   # whole-projection q/k norms
     _variant("granite"),                 # attention_multiplier
     _variant("gemma2"),                  # soft-cap 2, query_pre_attn_scalar; sliding / full
-    _variant("gemma3"),                  # (1 + w) norms; local RoPE + window / global linear x4
+    _variant("gemma3"),                  # (1 + w) norms; local RoPE + window 5, global linear
+    #                                      x4 on layers 2 and 5
     _variant("glm"),                     # interleaved partial RoPE, q/k/v bias
     _variant("glm4"),
     _variant("gpt-oss"),                 # sinks, YaRN (truncate false), biases; sliding / full
@@ -135,11 +154,90 @@ VARIANTS = {v["name"]: v for v in [
     _variant("minicpm3"),                # attn: remote code's longrope; native port differs
     _variant("minicpm3-long-factors", cfg=_MINICPM3, hf_overrides={"rope_scaling": dict(
         _MINICPM3["rope_scaling"], short_factor=_MINICPM3["rope_scaling"]["long_factor"])}),
+] + [
+    # Config variants: transformers' defaults for absent keys, transformers 5's rope_parameters
+    # spelling, layer patterns, keys that change the math. The layer list holds the layers where
+    # the variant acts.
+    _variant(n, cfg=c, layers=l, base=b, same=same) for n, b, c, l, same in [
+        ("gemma2-default-softcap", "gemma2", _without(_load("gemma2"), "attn_logit_softcapping"),
+         [0], False),                                                    # 50
+        ("gemma2-no-softcap", "gemma2", dict(_load("gemma2"), attn_logit_softcapping=None),
+         [0], False),
+        ("gemma2-default-scalar", "gemma2", _without(_load("gemma2"), "query_pre_attn_scalar"),
+         [0], False),                                                    # 256
+        ("gemma2-default-head-dim", "gemma2", _without(_load("gemma2"), "head_dim"), [0], False),
+        ("gemma2-layer-types-swapped", "gemma2", dict(_load("gemma2"), layer_types=[
+            "full_attention", "sliding_attention"] * 2), [0, 1], False),
+        ("gemma3-rope-parameters", "gemma3", dict(
+            _without(_load("gemma3"), "rope_scaling", "rope_theta", "rope_local_base_freq"),
+            rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0,
+                                                "rope_theta": 1e6},
+                             "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}),
+         [0, 2], True),
+        ("gemma3-default-pattern", "gemma3", _without(_load("gemma3"), "sliding_window_pattern"),
+         [2], False),                                   # 6: layer 2 local (global with 3)
+        ("gemma3-default-thetas", "gemma3",
+         _without(_load("gemma3"), "rope_theta", "rope_local_base_freq"), [0, 2], True),
+        ("gemma3-softcap-ignored", "gemma3", dict(_load("gemma3"), attn_logit_softcapping=2.0),
+         [0], True),
+        ("gpt-oss-default-rope", "gpt-oss", _without(
+            _load("gpt-oss"), "rope_scaling", "rope_theta", "max_position_embeddings"),
+         [0], False),                                                    # yarn x32 over 4096
+        ("gpt-oss-default-layer-types", "gpt-oss", _without(_load("gpt-oss"), "layer_types"),
+         [0, 1], True),
+        ("gpt-oss-truncate", "gpt-oss", dict(_load("gpt-oss"), rope_scaling=dict(
+            _load("gpt-oss")["rope_scaling"], truncate=True)), [0], False),
+        ("gpt-oss-rope-parameters", "gpt-oss", dict(
+            _without(_load("gpt-oss"), "rope_scaling", "rope_theta"),
+            rope_parameters=dict(_load("gpt-oss")["rope_scaling"], rope_theta=150000.0)),
+         [0], True),
+        ("gpt-oss-mqa", "gpt-oss", dict(_load("gpt-oss"), num_key_value_heads=1), [0], False),
+        ("glm-default-kv-heads", "glm", _without(_load("glm"), "num_key_value_heads"), [0], True),
+        ("glm-linear", "glm", dict(_load("glm"), rope_scaling={"rope_type": "linear",
+                                                               "factor": 2.0}), [0], False),
+        ("glm4-rope-parameters", "glm4", dict(
+            _without(_load("glm4"), "rope_theta", "partial_rotary_factor"),
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                             "partial_rotary_factor": 0.5}), [0], True),
+        ("glm4-yarn", "glm4", dict(_load("glm4"), rope_scaling={
+            "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
+         [0], False),
+        ("qwen2-window", "qwen2", dict(_load("qwen2"), use_sliding_window=True, sliding_window=5,
+                                       max_window_layers=1), [1], False),
+        ("qwen3-layer-types", "qwen3", dict(_load("qwen3"), layer_types=[
+            "sliding_attention", "full_attention"] * 2), [0, 3], False),
+        ("qwen2-moe-no-bias", "qwen2-moe", dict(_load("qwen2-moe"), qkv_bias=False), [0], False),
+        ("granite-default-multiplier", "granite",
+         _without(_load("granite"), "attention_multiplier"), [0], False),  # 1.0
+        ("mixtral-defaults", "mixtral", _without(_load("mixtral"), "sliding_window", "rope_theta"),
+         [0], False),                                                    # no window
+        ("mistral-default-window", "mistral", _without(_load("mistral"), "sliding_window"),
+         [0], False),                                                    # 4096
+        ("llama-rope-parameters", "llama31", dict(
+            _without(_load("llama31"), "rope_scaling", "rope_theta"),
+            rope_parameters=dict(_load("llama31")["rope_scaling"], rope_theta=500000.0)),
+         [0], True),
+        ("llama-bias", "llama31", dict(_load("llama31"), attention_bias=True), [0], False),
+        ("llama-yarn", "llama31", dict(_load("llama31"), rope_scaling={
+            "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
+         [0], False),
+        ("phi3-su", "phi3", dict(_load("phi3"), rope_scaling=dict(
+            _load("phi3")["rope_scaling"], type="su")), [0], True),
+        ("phi3-no-window", "phi3", dict(_load("phi3"), sliding_window=None), [0], False),
+        ("deepseek-v3-rotate-half", "deepseek-v3", dict(_load("deepseek-v3"),
+                                                        rope_interleave=False), [0], False),
+        ("deepseek-v3-rms-eps", "deepseek-v3", dict(_load("deepseek-v3"), rms_norm_eps=1e-2),
+         [0], True),                                                     # latent norms: 1e-6
+        ("deepseek-v3-no-scaling", "deepseek-v3", dict(_load("deepseek-v3"), rope_scaling=None),
+         [0], False),
+        ("llama4-no-qk-norm", "llama4", dict(_load("llama4"), use_qk_norm=False), [0], False),
+        ("llama4-no-temperature", "llama4", dict(_load("llama4"), attn_temperature_tuning=False),
+         [3], False),
+        ("llama4-layer-types", "llama4", dict(_load("llama4"), layer_types=[
+            "chunked_attention", "full_attention", "chunked_attention", "full_attention"]),
+         [1], False),
+    ]
 ]}
-
-# Layers run per variant: layer 0, and a second layer where the layer kinds differ.
-LAYERS: dict = {
-}
 
 # configs/tiny-*.json transformers 5.25 does not run natively (none today; MiniCPM3 has been
 # native since transformers' models/minicpm3).
@@ -171,7 +269,7 @@ def _prefill_params():
     out = []
     for name, v in VARIANTS.items():
         forms = ["naive", "absorbed"] if _is_mla(v["cfg"]) else [None]
-        for layer in LAYERS.get(name, range(v["cfg"]["num_hidden_layers"])):
+        for layer in v["layers"] or range(v["cfg"]["num_hidden_layers"]):
             for case in CASES:
                 for form in forms:
                     pid = f"{name}-L{layer}-{case}" + (f"-{form}" if form else "")
@@ -235,7 +333,9 @@ except ImportError:  # no experts interface: transformers' own loop
 
 
 def _hf_config(v):
-    d = dict(v["cfg"], **v["hf_overrides"])
+    # A deep copy: transformers rewrites nested dicts in place (Phi3Config turns rope_scaling's
+    # "type": "su" into "longrope" and adds "rope_type"), and attn must read the JSON as written.
+    d = copy.deepcopy(dict(v["cfg"], **v["hf_overrides"]))
     kw = {k: val for k, val in d.items() if k != "model_type"}
     kw["pad_token_id"] = None  # Phi3Config's default 32000 is outside the tiny vocabularies
     cfg = AutoConfig.for_model(d["model_type"], **kw)
@@ -388,11 +488,13 @@ def weights_dir(tmp_path_factory):
 _REFS: dict = {}
 
 
-def _prefill_reference(weights_dir, name, layer, case):
-    key = (name, layer, case)
+def _prefill_reference(weights_dir, name, layer, case, weights_of=None):
+    """transformers' float64 and float32 outputs of variant `name`'s layer, with the weights
+    written for variant `weights_of` (default: its own)."""
+    key = (name, layer, case, weights_of)
     if key not in _REFS:
         v = VARIANTS[name]
-        path = _weights_file(weights_dir, name, layer)
+        path = _weights_file(weights_dir, weights_of or name, layer)
         x, mask, pos = _inputs(case, v["cfg"]["hidden_size"])
         outs = {}
         for dtype in (torch.float64, torch.float32):
@@ -418,6 +520,31 @@ def test_prefill_matches_transformers(weights_dir, name, layer, case, form):
     what = f"{name} layer {layer} {case}" + (f" mla={form}" if form else "")
     _check_padded_rows(got, attn.load_safetensors(path), keep, what)
     _compare(got, ref64, hf32, keep, what)
+
+
+@pytest.mark.parametrize("name,layer", [
+    pytest.param(n, l, id=f"{n}-L{l}") for n, v in VARIANTS.items() if v["base"]
+    for l in v["layers"]])
+def test_config_variant_is_effective(weights_dir, name, layer):
+    """A config variant tests something: transformers' output moves away from the base
+    config's (same weights file layout, same inputs), or, for another spelling of the same
+    model, stays where it was."""
+    v = VARIANTS[name]
+    shapes = [{k: t.shape for k, t in attn.load_safetensors(_weights_file(weights_dir, n, layer)).items()}
+              for n in (name, v["base"])]
+    if shapes[0] != shapes[1]:  # other tensors: a structural change (head_dim, kv heads, biases)
+        assert not v["same"], f"{name}: tensors {shapes[0]} vs {v['base']}'s {shapes[1]}"
+        return
+    diffs = []
+    for case in CASES:
+        *_, ref, _ = _prefill_reference(weights_dir, name, layer, case)
+        *_, base, _ = _prefill_reference(weights_dir, v["base"], layer, case, weights_of=name)
+        keep = _inputs(case, v["cfg"]["hidden_size"])[1].bool()
+        diffs.append(((ref - base)[keep].abs().max() / base[keep].abs().max()).item())
+    if v["same"]:
+        assert max(diffs) <= 1e-12, f"{name}: transformers output moved by {diffs}"
+    else:
+        assert max(diffs) >= 1e-3, f"{name}: transformers output barely moved ({diffs})"
 
 
 # Decode: prefill P tokens, then one token per step through both caches; row 1 left-padded by
@@ -477,6 +604,23 @@ def test_decode_matches_transformers(weights_dir, name, layer, form, start):
     assert list(cache.lengths) == [T, T]
     _compare(got, ref64, hf32, mask.bool(),
              f"{name} layer {layer} decode" + ("" if form == "-" else f" mla={form}"))
+
+
+@pytest.mark.parametrize("name,kinds", [
+    ("qwen2-moe", {"sliding_attention", "full_attention"}),
+    ("qwen3", {"sliding_attention", "full_attention"}),
+    ("gemma2", {"sliding_attention", "full_attention"}),
+    ("gemma3", {"sliding_attention", "full_attention"}),
+    ("gpt-oss", {"sliding_attention", "full_attention"}),
+    ("llama4", {"chunked_attention", "full_attention"})])
+def test_layer_kinds_covered(name, kinds):
+    """transformers gives these tiny configs layers of both kinds, so the prefill tests compare
+    both (Llama 4: its NoPE layer is the full-attention one)."""
+    cfg = _hf_config(VARIANTS[name])
+    assert set(cfg.layer_types) == kinds
+    if name == "llama4":
+        assert [cfg.layer_types[i] == "full_attention" for i in range(cfg.num_hidden_layers)] == \
+            [not r for r in cfg.no_rope_layers]
 
 
 def test_every_tiny_config_is_covered():
