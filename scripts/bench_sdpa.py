@@ -10,9 +10,11 @@ Both sides get the same [B, H, S, D] tensors (K/V as a [B, G, T, D] cache, HF's 
 mask arguments and torch.set_num_threads == attn.set_num_threads == --threads; both run under
 torch.inference_mode(). OMP_WAIT_POLICY=PASSIVE is set before torch is imported (unless set
 already), so that libgomp's idle workers do not spin on the cores the other library is using.
-Each case: two warm-up calls per side, then --repeat timed calls per side, alternating attn and
-torch with a short pause before each call. Reported: median (min-max) ms per call, torch's
-median / attn's (> 1: attn is faster), the SDPA backend torch picked (torch._fused_sdp_choice),
+Each case: two warm-up calls per side, then --repeat samples per side, alternating attn and
+torch with a short pause before each; a sample is the median of back-to-back calls worth about
+30 ms (at most 50 calls; one call for the long prefill cases), as scripts/compare_torch.py
+measures. Reported: median (min-max) of the samples in ms per call, torch's median / attn's
+(> 1: attn is faster), the SDPA backend torch picked (torch._fused_sdp_choice),
 and max |attn - torch| / max |torch| as a sanity check (the tests check accuracy properly).
 Prints a markdown table; --json writes every sample and the machine's load before and after.
 """
@@ -36,6 +38,8 @@ import torch.nn.functional as F  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PAUSE_S = 0.02
+ROUND_S = 0.03
+MAX_INNER = 50
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
 
@@ -127,11 +131,16 @@ def _backend_name(q, k, v, kwargs) -> str:
         return "?"
 
 
-def _time(fn) -> float:
+def _sample(fn, inner: int) -> float:
+    """Median ms of `inner` back-to-back calls, after a pause (the other library's idle workers
+    must not share the cores)."""
     time.sleep(PAUSE_S)
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1e3
+    times = []
+    for _ in range(inner):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
 
 
 def run_case(attn, case: Case, repeat: int) -> dict:
@@ -140,16 +149,18 @@ def run_case(attn, case: Case, repeat: int) -> dict:
     torch_call = lambda: F.scaled_dot_product_attention(q, k, v, **kwargs)  # noqa: E731
     with torch.inference_mode():
         out_attn, out_torch = attn_call(), torch_call()
-        attn_call(), torch_call()
         diff = ((out_attn.float() - out_torch.float()).abs().max()
                 / out_torch.float().abs().max().clamp_min(1e-30)).item()
+        warm = max(_sample(attn_call, 1), _sample(torch_call, 1)) / 1e3
+        inner = max(1, min(MAX_INNER, int(ROUND_S / max(warm, 1e-6))))
         attn_ms, torch_ms = [], []
         for _ in range(repeat):
-            attn_ms.append(_time(attn_call))
-            torch_ms.append(_time(torch_call))
+            attn_ms.append(_sample(attn_call, inner))
+            torch_ms.append(_sample(torch_call, inner))
     summary = lambda xs: {"median": statistics.median(xs), "min": min(xs),  # noqa: E731
                           "max": max(xs), "samples": xs}
     return {"case": case.name, "shape": case.shape(), "dtype": case.dtype, "mask": case.mask,
+            "calls_per_sample": inner,
             "attn_ms": summary(attn_ms), "torch_ms": summary(torch_ms),
             "speedup": statistics.median(torch_ms) / statistics.median(attn_ms),
             "torch_backend": _backend_name(q, k, v, kwargs), "max_rel_diff": diff}

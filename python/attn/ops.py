@@ -389,17 +389,18 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None,
     out = _attend(qn, kn, vn, keep, causal, offset, scale, window, 0.0, None)
     if zero_rows is not None:  # [Bm, Sq]: rows the mask shows no key
         out.masked_fill_(torch.from_numpy(zero_rows).bool()[:, :, None, None], 0.0)
-    result = out.transpose(1, 2)  # [B, H, Sq, Dv]
-    if q.dtype == torch.float32 and result.is_contiguous():
-        return result
-    return torch.empty((batch, heads, queries, value_dim), dtype=q.dtype).copy_(result)
+    # [B, H, Sq, Dv] over the kernel's [B, Sq, H, Dv] rows, not copied into torch's contiguous
+    # layout (as CUDA's flash attention returns it too): the usual next step, HF's
+    # out.transpose(1, 2).contiguous(), is then free. Sq == 1 (decode): contiguous anyway.
+    result = out.transpose(1, 2)
+    return result if q.dtype == torch.float32 else result.to(q.dtype)  # .to keeps the strides
 
 
 @sdpa.register_fake
 def _(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
     batch, _, _, heads, _, queries, _, _, value_dim = _check_sdpa(
         q, k, v, attn_mask, is_causal, scale, enable_gqa)
-    return q.new_empty((batch, heads, queries, value_dim))
+    return q.new_empty((batch, queries, heads, value_dim)).transpose(1, 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,8 +441,11 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
     kernels on the CPU: a drop-in replacement for the mask patterns attn expresses.
 
     query [B, H, Sq, D], key [B, G, T, D], value [B, G, T, Dv] (or [H, S, D] without the batch
-    axis; key/value batch or heads of 1 broadcast, as in torch) -> [B, H, Sq, Dv], contiguous,
-    in the inputs' dtype (float32, float16 or bfloat16, all the same; computed in float32).
+    axis; key/value batch or heads of 1 broadcast, as in torch) -> [B, H, Sq, Dv] in the inputs'
+    dtype (float32, float16 or bfloat16, all the same; computed in float32). The output's
+    memory is laid out [B, Sq, H, Dv] (out.transpose(1, 2) is contiguous), as CUDA's flash
+    attention returns it; torch's CPU SDPA returns a contiguous tensor. Decode (Sq = 1) is
+    contiguous either way.
 
     - scale: default 1/sqrt(D); must be finite and positive (torch also takes others).
     - is_causal: top-left aligned as in torch: query s sees keys t <= s (torch.ones(Sq, T)
