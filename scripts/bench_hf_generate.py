@@ -18,6 +18,10 @@ drift and other processes' load hit all alike):
   generate generate(max_new_tokens=--new), greedy, DynamicCache;
   decode   (generate - prefill) / (new - 1): one decode step, ms per token.
 
+--omp-passive sets OMP_WAIT_POLICY=PASSIVE first: torch's OpenMP workers otherwise spin after
+each parallel region on the CPUs that attn's own thread pool then wants (and on a loaded
+machine two-thread OpenMP barriers get very slow), which makes every number noisier.
+
 The tables give the median with [min, max] over --repeat repetitions (after one warm-up of
 each implementation), tokens/s = batch * new / generate, and the ratio of sdpa's median time to
 each implementation's (> 1: faster than sdpa). torch.set_num_threads and attn.set_num_threads
@@ -58,6 +62,10 @@ def parse_args(argv=None):
     p.add_argument("--impls", default="attn,sdpa", help="comma list of attn, sdpa, eager")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--omp-passive", action="store_true",
+                   help="set OMP_WAIT_POLICY=PASSIVE before torch loads its OpenMP runtime: "
+                        "torch's idle OpenMP threads then sleep instead of spinning on the CPUs "
+                        "attn's thread pool needs (docs/performance.md measures that way)")
     p.add_argument("--python-path", default=None,
                    help="folder holding the attn package (default: an importable attn, else "
                         "build/python)")
@@ -78,11 +86,10 @@ def import_attn(path):
     if path:
         sys.path.insert(0, path)
     try:
-        import attn  # noqa: F401
+        import attn.hf
     except ImportError:
         sys.path.insert(0, str(REPO / "build" / "python"))
-    import attn
-    import attn.hf
+        import attn.hf
 
     return attn
 
@@ -110,6 +117,10 @@ def stats(xs):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.omp_passive:
+        if "torch" in sys.modules:
+            sys.exit("bench_hf_generate: --omp-passive needs to be set before torch is imported")
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     attn = import_attn(args.python_path)
     import torch
     import transformers
@@ -136,7 +147,8 @@ def main(argv=None):
                   "kv_heads": args.kv_heads, "head_dim": args.head_dim,
                   "intermediate": args.intermediate, "vocab": args.vocab},
         "prompt": args.prompt, "new": args.new, "batch": args.batch, "threads": args.threads,
-        "repeat": args.repeat, "torch": torch.__version__,
+        "repeat": args.repeat, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "torch": torch.__version__,
         "transformers": transformers.__version__, "attn": attn.__version__,
         "cpu": cpu_name(), "load_before": load_average(), "runs": [],
     }
@@ -203,7 +215,8 @@ def print_table(results, impls):
           f"{results['model']['vocab']}), batch {results['batch']}, prompt "
           f"{results['prompt']} + {results['new']} new tokens, {results['threads']} threads, "
           f"median [min, max] of {results['repeat']}; torch {results['torch']}, transformers "
-          f"{results['transformers']}, attn {results['attn']}; {results['cpu']}; load "
+          f"{results['transformers']}, attn {results['attn']}; OMP_WAIT_POLICY "
+          f"{results['omp_wait_policy'] or 'unset'}; {results['cpu']}; load "
           f"{results['load_before']} -> {results['load_after']}")
     print()
     print("| dtype | impl | prefill s (P tokens + 1) | decode ms/token | generate s | "
