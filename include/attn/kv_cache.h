@@ -56,6 +56,11 @@ class Cache {
   void CheckRoom(std::span<const int64_t> counts) const;
   // Forgets every token (capacity and storage are kept).
   void Clear();
+  // The largest position id of the non-padding tokens a layer step appended to `sequence`, or
+  // -1 when none was. A step refuses new tokens whose positions do not come after it
+  // (docs/semantics.md §4), so a cache never holds a sequence whose positions go backwards.
+  int64_t max_position(int64_t sequence) const;
+  void set_max_position(int64_t sequence, int64_t position);
 
  protected:
   Cache(int64_t batch, int64_t capacity, DType dtype, size_t bytes_per_token);
@@ -72,7 +77,8 @@ class Cache {
   DType dtype_;
   size_t bytes_per_token_;
   std::vector<int64_t> lengths_;
-  std::vector<uint8_t> keep_;  // [batch][capacity]
+  std::vector<int64_t> max_positions_;  // [batch], -1: none
+  std::vector<uint8_t> keep_;            // [batch][capacity]
 };
 
 class KVCache : public Cache {

@@ -66,6 +66,10 @@ class PagedKVPool {
   void Free(SequenceId id);
   bool Contains(SequenceId id) const;
   int64_t length(SequenceId id) const;
+  // The largest position id of the sequence's non-padding tokens appended by layer steps (-1:
+  // none); a fork inherits it. See Cache::max_position.
+  int64_t max_position(SequenceId id) const;
+  void set_max_position(SequenceId id, int64_t position);
   // Pages the sequence holds (shared ones included).
   int64_t pages_of(SequenceId id) const;
 
@@ -89,6 +93,7 @@ class PagedKVPool {
   struct Sequence {
     bool live = false;
     int64_t length = 0;
+    int64_t max_position = -1;
     std::vector<int32_t> table;  // page indices, capacity reserved for the whole pool
   };
 

@@ -52,6 +52,7 @@ Cache::Cache(int64_t batch, int64_t capacity, DType dtype, size_t bytes_per_toke
   // here or in the derived class.
   StorageElements(batch, capacity, static_cast<int64_t>(bytes_per_token));
   lengths_.assign(static_cast<size_t>(batch), 0);
+  max_positions_.assign(static_cast<size_t>(batch), -1);
   keep_.assign(static_cast<size_t>(batch * capacity), 1);
 }
 
@@ -76,7 +77,20 @@ void Cache::CheckRoom(std::span<const int64_t> counts) const {
   }
 }
 
-void Cache::Clear() { std::fill(lengths_.begin(), lengths_.end(), 0); }
+void Cache::Clear() {
+  std::fill(lengths_.begin(), lengths_.end(), 0);
+  std::fill(max_positions_.begin(), max_positions_.end(), -1);
+}
+
+int64_t Cache::max_position(int64_t sequence) const {
+  length(sequence);  // range check
+  return max_positions_[static_cast<size_t>(sequence)];
+}
+
+void Cache::set_max_position(int64_t sequence, int64_t position) {
+  length(sequence);  // range check
+  max_positions_[static_cast<size_t>(sequence)] = position;
+}
 
 int64_t Cache::Advance(int64_t sequence, int64_t count, const uint8_t* keep) {
   const int64_t first = length(sequence);

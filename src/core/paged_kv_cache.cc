@@ -105,6 +105,14 @@ bool PagedKVPool::Contains(SequenceId id) const {
 
 int64_t PagedKVPool::length(SequenceId id) const { return Live(id, "length").length; }
 
+int64_t PagedKVPool::max_position(SequenceId id) const {
+  return Live(id, "max_position").max_position;
+}
+
+void PagedKVPool::set_max_position(SequenceId id, int64_t position) {
+  Live(id, "set_max_position").max_position = position;
+}
+
 int64_t PagedKVPool::pages_of(SequenceId id) const {
   return static_cast<int64_t>(Live(id, "pages_of").table.size());
 }
@@ -145,6 +153,7 @@ PagedKVPool::SequenceId PagedKVPool::Fork(SequenceId parent) {
   Sequence& copy = sequences_[static_cast<size_t>(child)];
   const Sequence& original = sequences_[static_cast<size_t>(parent)];  // Add() may have moved it
   copy.length = original.length;
+  copy.max_position = original.max_position;
   for (int64_t i = 0; i < full; ++i) {
     const int32_t page = original.table[static_cast<size_t>(i)];
     ++refcount_[static_cast<size_t>(page)];

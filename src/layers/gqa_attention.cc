@@ -135,6 +135,8 @@ void GqaAttention::StepWith(const TokenBatch& batch, layers::KVStore& store, Ten
   int64_t* first_slots = layers::IndexScratch(layers::IndexSlot::kFirstSlots, shape.batch);
   for (int64_t b = 0; b < shape.batch; ++b) first_slots[b] = store.length(b);
   const std::span<const int64_t> lengths(first_slots, static_cast<size_t>(shape.batch));
+  const std::span<const int64_t> positions = layers::ResolvePositions(batch, shape, lengths);
+  layers::CheckPositionsAdvance(batch, shape, positions, store);
   store.Reserve(shape.counts);
 
   const int64_t rows = shape.rows;
@@ -158,7 +160,6 @@ void GqaAttention::StepWith(const TokenBatch& batch, layers::KVStore& store, Ten
   }
 
   if (rotates_) {
-    const std::span<const int64_t> positions = layers::ResolvePositions(batch, shape, lengths);
     std::optional<RotaryEmbedding> call_rope;
     const RotaryEmbedding& rope = layers::RopeForCall(rope_, positions, shape, call_rope);
     layers::RotateHeads(rope, positions, q, heads * d, 0, heads, d);
@@ -208,6 +209,7 @@ void GqaAttention::StepWith(const TokenBatch& batch, layers::KVStore& store, Ten
     problem.out = heads_out + token0 * heads * d;
   }
   DefaultBackend().attend_batch(problems.data(), shape.batch);
+  layers::RecordMaxPositions(batch, shape, positions, store);
 
   layers::ReshapeOutput(shape, config_.hidden_size, out);
   layers::Project(heads_out, rows, weights_.o_proj, weights_.o_bias, out.data());

@@ -26,6 +26,9 @@ class KVStore {
   virtual int64_t key_dim() const = 0;
   virtual int64_t value_dim() const = 0;
   virtual int64_t length(int64_t b) const = 0;
+  // Largest position id of sequence b's kept tokens (-1: none), see Cache::max_position.
+  virtual int64_t max_position(int64_t b) const = 0;
+  virtual void set_max_position(int64_t b, int64_t position) = 0;
   // Room for counts[b] more tokens of every sequence, or Error(kCapacity) with nothing changed.
   virtual void Reserve(std::span<const int64_t> counts) = 0;
   // heads: keys [count][G][key_dim], values [count][G][value_dim].
@@ -47,6 +50,10 @@ class ContiguousHeads final : public KVStore {
   int64_t key_dim() const override { return cache_.key_dim(); }
   int64_t value_dim() const override { return cache_.value_dim(); }
   int64_t length(int64_t b) const override { return cache_.length(b); }
+  int64_t max_position(int64_t b) const override { return cache_.max_position(b); }
+  void set_max_position(int64_t b, int64_t position) override {
+    cache_.set_max_position(b, position);
+  }
   void Reserve(std::span<const int64_t> counts) override { cache_.CheckRoom(counts); }
   void AppendHeads(int64_t b, int64_t count, const float* keys, const float* values,
                    const uint8_t* keep) override {
@@ -69,6 +76,10 @@ class ContiguousLatent final : public KVStore {
   int64_t key_dim() const override { return cache_.row_dim(); }
   int64_t value_dim() const override { return cache_.latent_dim(); }
   int64_t length(int64_t b) const override { return cache_.length(b); }
+  int64_t max_position(int64_t b) const override { return cache_.max_position(b); }
+  void set_max_position(int64_t b, int64_t position) override {
+    cache_.set_max_position(b, position);
+  }
   void Reserve(std::span<const int64_t> counts) override { cache_.CheckRoom(counts); }
   void AppendHeads(int64_t, int64_t, const float*, const float*, const uint8_t*) override;
   void AppendLatent(int64_t b, int64_t count, const float* rows, const uint8_t* keep) override {
@@ -92,6 +103,10 @@ class PagedSequences final : public KVStore {
   int64_t key_dim() const override { return pool_.key_dim(); }
   int64_t value_dim() const override { return pool_.value_dim(); }
   int64_t length(int64_t b) const override { return pool_.length(id(b)); }
+  int64_t max_position(int64_t b) const override { return pool_.max_position(id(b)); }
+  void set_max_position(int64_t b, int64_t position) override {
+    pool_.set_max_position(id(b), position);
+  }
   void Reserve(std::span<const int64_t> counts) override { pool_.Reserve(ids_, counts); }
   void AppendHeads(int64_t b, int64_t count, const float* keys, const float* values,
                    const uint8_t* keep) override {

@@ -147,6 +147,38 @@ std::vector<AttentionProblem>& BatchProblems(int64_t count) {
   return problems;
 }
 
+void CheckPositionsAdvance(const TokenBatch& batch, const BatchShape& shape,
+                           std::span<const int64_t> positions, const KVStore& store) {
+  for (int64_t b = 0; b < shape.batch; ++b) {
+    const uint8_t* keep = KeepFlags(batch, shape, b);
+    const int64_t cached = store.max_position(b);
+    const int64_t count = shape.counts[static_cast<size_t>(b)];
+    for (int64_t s = 0; s < count; ++s) {
+      if (keep != nullptr && keep[s] == 0) continue;
+      const int64_t position = positions[static_cast<size_t>(shape.start(b) + s)];
+      ATTN_CHECK(position > cached, ErrorKind::kInvalidArgument,
+                 "position_ids go backwards: sequence " + std::to_string(b) + ", token " +
+                     std::to_string(s) + " has position " + std::to_string(position) +
+                     ", not after position " + std::to_string(cached) +
+                     " already in its cache; new tokens must come after the cached ones");
+    }
+  }
+}
+
+void RecordMaxPositions(const TokenBatch& batch, const BatchShape& shape,
+                        std::span<const int64_t> positions, KVStore& store) {
+  for (int64_t b = 0; b < shape.batch; ++b) {
+    const uint8_t* keep = KeepFlags(batch, shape, b);
+    int64_t largest = store.max_position(b);
+    const int64_t count = shape.counts[static_cast<size_t>(b)];
+    for (int64_t s = 0; s < count; ++s) {
+      if (keep != nullptr && keep[s] == 0) continue;
+      largest = std::max(largest, positions[static_cast<size_t>(shape.start(b) + s)]);
+    }
+    store.set_max_position(b, largest);
+  }
+}
+
 const uint8_t* KeepFlags(const TokenBatch& batch, const BatchShape& shape, int64_t sequence) {
   if (batch.keep.empty()) return nullptr;
   return batch.keep.data() + shape.start(sequence);

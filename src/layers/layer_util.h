@@ -70,6 +70,18 @@ int64_t* IndexScratch(IndexSlot slot, int64_t size);
 // never shrunk: no allocation per decode step once warm).
 std::vector<AttentionProblem>& BatchProblems(int64_t count);
 
+class KVStore;
+// Refuses (Error(kInvalidArgument), before the caller changes anything) position ids that go
+// backwards: every kept (non-padding) token of sequence b must have a position after the
+// largest one its cache already holds (docs/semantics.md §4). Within one call the order is free
+// (a stateless forward may reverse or restart positions); padding tokens' positions are not
+// checked (transformers fills them with a placeholder).
+void CheckPositionsAdvance(const TokenBatch& batch, const BatchShape& shape,
+                           std::span<const int64_t> positions, const KVStore& store);
+// Records each sequence's largest kept position in the store, after its tokens were appended.
+void RecordMaxPositions(const TokenBatch& batch, const BatchShape& shape,
+                        std::span<const int64_t> positions, KVStore& store);
+
 // Pointer to sequence b's keep flags, or null when the batch has none.
 const uint8_t* KeepFlags(const TokenBatch& batch, const BatchShape& shape, int64_t sequence);
 

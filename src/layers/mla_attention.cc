@@ -215,9 +215,10 @@ void MlaAttention::StepWith(const TokenBatch& batch, layers::KVStore& cache, Mla
   int64_t* first_slots = layers::IndexScratch(layers::IndexSlot::kFirstSlots, shape.batch);
   for (int64_t b = 0; b < shape.batch; ++b) first_slots[b] = cache.length(b);
   const std::span<const int64_t> lengths(first_slots, static_cast<size_t>(shape.batch));
+  const std::span<const int64_t> positions = layers::ResolvePositions(batch, shape, lengths);
+  layers::CheckPositionsAdvance(batch, shape, positions, cache);
   cache.Reserve(shape.counts);
 
-  const std::span<const int64_t> positions = layers::ResolvePositions(batch, shape, lengths);
   const Projected p = Project(batch, shape, positions);
   const int64_t rows = shape.rows;
   float* heads_out = layers::Scratch(layers::Slot::kHeadsOut, rows * h * m.v_head_dim);
@@ -249,6 +250,7 @@ void MlaAttention::StepWith(const TokenBatch& batch, layers::KVStore& cache, Mla
       AttendAbsorbed(p, {absorbed, static_cast<size_t>(absorbed_count)}, cache, lengths, heads_out);
     }
   }
+  layers::RecordMaxPositions(batch, shape, positions, cache);
 
   layers::ReshapeOutput(shape, config_.hidden_size, out);
   layers::Project(heads_out, rows, weights_.o_proj, Tensor(), out.data());
