@@ -28,6 +28,7 @@
 #include "attn/kernels.h"
 #include "attn/kv_cache.h"
 #include "attn/layer_weights.h"
+#include "attn/paged_kv_cache.h"
 #include "attn/threads.h"
 #include "bench/kernel_case.h"
 #include "bench/peak.h"
@@ -295,26 +296,83 @@ int64_t ProcessThreads() {
   return 0;
 }
 
-// Fills `context` tokens of random K/V straight into the cache, without running the layer:
-// decode at a long context is what is being measured, and projecting thousands of tokens just
-// to obtain a cache of the right size would dominate the run.
-void FillContext(Cache& cache, int64_t sequence, int64_t context, uint64_t seed) {
+// The KV store one BenchForm run goes through: one contiguous cache for the batch, or one page
+// pool with a sequence per batch row (--page-size; pages handed out as sequences grow).
+class BenchCache {
+ public:
+  BenchCache(const AttentionLayer& layer, MlaForm form, DType dtype, int64_t batch,
+             int64_t capacity, int64_t page_size) {
+    if (page_size == 0) {
+      contiguous_ = layer.NewCache(batch, capacity, dtype, form);
+      return;
+    }
+    const int64_t pages = batch * ((capacity + page_size - 1) / page_size);
+    pool_ = layer.NewPagedPool(pages, page_size, dtype, form);
+    for (int64_t b = 0; b < batch; ++b) ids_.push_back(pool_->Add());
+  }
+  int64_t bytes_per_token() const {
+    if (contiguous_) return static_cast<int64_t>(contiguous_->bytes_per_token());
+    return static_cast<int64_t>(pool_->nbytes()) / (pool_->pages() * pool_->page_size());
+  }
+  int64_t bytes() const {
+    return contiguous_ ? static_cast<int64_t>(contiguous_->bytes())
+                       : static_cast<int64_t>(pool_->nbytes());
+  }
+  void StepInto(const AttentionLayer& layer, const TokenBatch& batch, MlaForm form, Tensor& out) {
+    if (contiguous_) {
+      layer.StepInto(batch, *contiguous_, form, out);
+    } else {
+      layer.StepPagedInto(batch, *pool_, ids_, form, out);
+    }
+  }
+  // Appends `count` tokens of random K/V (or latent rows) to sequence b straight into the store,
+  // without running the layer: decode at a long context is what is being measured, and
+  // projecting thousands of tokens just to obtain a cache of the right size would dominate.
+  void FillContext(int64_t b, int64_t count, uint64_t seed);
+
+ private:
+  std::unique_ptr<Cache> contiguous_;
+  std::unique_ptr<PagedKVPool> pool_;
+  std::vector<PagedKVPool::SequenceId> ids_;
+};
+
+void BenchCache::FillContext(int64_t b, int64_t count, uint64_t seed) {
   constexpr int64_t kChunk = 256;  // bounds the fp32 staging buffers
-  for (int64_t done = 0; done < context; done += kChunk) {
-    const int64_t n = std::min(kChunk, context - done);
+  for (int64_t done = 0; done < count; done += kChunk) {
+    const int64_t n = std::min(kChunk, count - done);
     const uint64_t chunk_seed = seed + static_cast<uint64_t>(done);
-    if (auto* heads = dynamic_cast<KVCache*>(&cache)) {
+    if (pool_) {
+      const std::vector<PagedKVPool::SequenceId> one = {ids_[static_cast<size_t>(b)]};
+      const std::vector<int64_t> counts = {n};
+      pool_->Reserve(one, counts);
+      if (pool_->form() == CacheForm::kHeads) {
+        const Tensor keys =
+            RandomUniform({n, pool_->kv_heads(), pool_->key_dim()}, chunk_seed, 1.0f);
+        const Tensor values =
+            RandomUniform({n, pool_->kv_heads(), pool_->value_dim()}, chunk_seed + 1, 1.0f);
+        pool_->AppendHeads(one[0], n, keys.data(), values.data(), nullptr);
+      } else {
+        const Tensor rows = RandomUniform({n, pool_->key_dim()}, chunk_seed, 1.0f);
+        pool_->AppendLatent(one[0], n, rows.data(), nullptr);
+      }
+    } else if (auto* heads = dynamic_cast<KVCache*>(contiguous_.get())) {
       const Tensor keys = RandomUniform({n, heads->kv_heads(), heads->key_dim()}, chunk_seed, 1.0f);
       const Tensor values =
           RandomUniform({n, heads->kv_heads(), heads->value_dim()}, chunk_seed + 1, 1.0f);
-      heads->Append(sequence, n, keys.data(), values.data(), nullptr);
-    } else if (auto* latent = dynamic_cast<LatentKVCache*>(&cache)) {
+      heads->Append(b, n, keys.data(), values.data(), nullptr);
+    } else if (auto* latent = dynamic_cast<LatentKVCache*>(contiguous_.get())) {
       const Tensor rows = RandomUniform({n, latent->row_dim()}, chunk_seed, 1.0f);
-      latent->Append(sequence, n, rows.data(), nullptr);
+      latent->Append(b, n, rows.data(), nullptr);
     } else {
       throw Error(ErrorKind::kUnsupported, "--context: unknown cache type");
     }
   }
+}
+
+// Tokens in sequence b's cache before the prefill: `context`, or with --ragged the same rule as
+// `attn bench kernel --batch`: context − ⌊b·context/(2B)⌋.
+int64_t ContextOf(int64_t b, int64_t batch, int64_t context, bool ragged) {
+  return ragged ? context - b * context / (2 * batch) : context;
 }
 
 struct FormResult {
@@ -329,13 +387,21 @@ struct FormResult {
   int64_t peak_rss_bytes = 0;
 };
 
+// The KV store of one run: dtype, page size (0: contiguous) and ragged contexts.
+struct CacheSetup {
+  DType dtype = DType::kF32;
+  int64_t page_size = 0;
+  bool ragged = false;
+};
+
 FormResult BenchForm(const AttentionLayer& layer, MlaForm form, const std::string& form_name,
-                     DType dtype, int64_t batch, int64_t context, int64_t prefill, int64_t decode,
-                     uint64_t seed) {
+                     const CacheSetup& setup, int64_t batch, int64_t context, int64_t prefill,
+                     int64_t decode, uint64_t seed) {
   const int64_t hidden = layer.config().hidden_size;
-  std::unique_ptr<Cache> cache = layer.NewCache(batch, context + prefill + decode, dtype, form);
+  BenchCache cache(layer, form, setup.dtype, batch, context + prefill + decode, setup.page_size);
   for (int64_t b = 0; b < batch && context > 0; ++b) {
-    FillContext(*cache, b, context, seed + 1000 + static_cast<uint64_t>(b) * 7919);
+    cache.FillContext(b, ContextOf(b, batch, context, setup.ragged),
+                      seed + 1000 + static_cast<uint64_t>(b) * 7919);
   }
 
   const Tensor prompt = RandomUniform({batch, prefill, hidden}, seed + 1, 1.0f);
@@ -346,30 +412,26 @@ FormResult BenchForm(const AttentionLayer& layer, MlaForm form, const std::strin
 
   FormResult result;
   result.form = form_name;
-  result.cache_bytes_per_token = static_cast<int64_t>(cache->bytes_per_token());
-  result.cache_bytes = static_cast<int64_t>(cache->bytes());
+  result.cache_bytes_per_token = cache.bytes_per_token();
+  result.cache_bytes = cache.bytes();
+  // One output tensor kept across steps, as a serving loop would: StepInto reuses its storage.
+  Tensor out;
   {
     // One untimed prefill through a throwaway cache first: oneDNN builds (JIT-compiles) its
     // matmul primitives on first use of a shape, which is not what a prefill costs.
-    std::unique_ptr<Cache> warm = layer.NewCache(batch, prefill, dtype, form);
-    const TokenBatch tokens_in{&prompt, {}, {}};
-    const Tensor out = layer.Step(tokens_in, *warm, form);
+    BenchCache warm(layer, form, setup.dtype, batch, prefill, setup.page_size);
+    warm.StepInto(layer, {&prompt, {}, {}}, form, out);
   }
   const Clock::time_point start = Clock::now();
-  {
-    const TokenBatch tokens_in{&prompt, {}, {}};
-    const Tensor out = layer.Step(tokens_in, *cache, form);
-  }
+  cache.StepInto(layer, {&prompt, {}, {}}, form, out);
   result.prefill_s = Seconds(start, Clock::now());
 
-  // One output tensor kept across steps, as a serving loop would: StepInto reuses its storage.
-  Tensor out;
   std::vector<double> step_ms;
   step_ms.reserve(static_cast<size_t>(decode));
   for (int64_t i = 0; i < decode; ++i) {
     const TokenBatch tokens_in{&tokens[static_cast<size_t>(i)], {}, {}};
     const Clock::time_point step_start = Clock::now();
-    layer.StepInto(tokens_in, *cache, form, out);
+    cache.StepInto(layer, tokens_in, form, out);
     step_ms.push_back(1e3 * Seconds(step_start, Clock::now()));
   }
   if (!step_ms.empty()) {
@@ -394,7 +456,14 @@ int RunLayerBench(const std::vector<std::string>& args) {
       .Mandatory()
       .Integer("context", "T", "tokens already in the cache before the prefill", "0")
       .Integer("batch", "B", "sequences, 1 to 4096", "1")
-      .Text("dtype", "DTYPE", "KV cache storage: f32, f16 or bf16", "f32")
+      .Text("dtype", "DTYPE", "KV cache storage: f32, f16, bf16; fp8 or int8 with --page-size",
+            "f32")
+      .Integer("page-size", "P",
+               "paged KV cache: one pool of P-token pages (a multiple of 16 in [16, 256]); 0: "
+               "one contiguous cache",
+               "0")
+      .Switch("ragged",
+              "ragged contexts: sequence b holds T - floor(b*T/(2B)) tokens before the prefill")
       .Text("weights-dtype", "DTYPE",
             "projection weights held as f32, bf16, f16 or fp8 (DeepSeek's E4M3 with 128x128 "
             "block scales)",
@@ -419,7 +488,16 @@ int RunLayerBench(const std::vector<std::string>& args) {
   Check(context >= 0, ErrorKind::kInvalidArgument, "--context must be >= 0");
   const int64_t batch = flags.GetInt("batch");
   Check(batch >= 1 && batch <= 4096, ErrorKind::kInvalidArgument, "--batch must lie in [1, 4096]");
-  const DType dtype = StorageDTypeFromString(flags.Get("dtype"));
+  CacheSetup setup;
+  setup.page_size = flags.GetInt("page-size");
+  Check(setup.page_size == 0 ||
+            (setup.page_size >= 16 && setup.page_size <= 256 && setup.page_size % 16 == 0),
+        ErrorKind::kInvalidArgument,
+        "--page-size must be 0 (contiguous) or a multiple of 16 in [16, 256]");
+  setup.dtype = StorageDTypeFromString(flags.Get("dtype"), /*allow_quantized=*/true);
+  Check(!IsQuantizedKV(setup.dtype) || setup.page_size > 0, ErrorKind::kInvalidArgument,
+        "--dtype fp8/int8 needs --page-size (quantized storage is paged-only)");
+  setup.ragged = flags.Has("ragged");
   const std::string mla = flags.Get("mla");
   Check(config.kind == AttentionKind::kMla || !flags.Has("mla"), ErrorKind::kInvalidArgument,
         "--mla applies only to MLA models; '" + config.model_type + "' is GQA-family");
@@ -452,15 +530,16 @@ int RunLayerBench(const std::vector<std::string>& args) {
   std::vector<FormResult> results;
   for (MlaForm form : forms) {
     const std::string name = config.kind == AttentionKind::kMla ? MlaFormName(form) : "gqa";
-    results.push_back(BenchForm(*layer, form, name, dtype, batch, context, prefill, decode, seed));
+    results.push_back(BenchForm(*layer, form, name, setup, batch, context, prefill, decode, seed));
     // A decode step reads every weight once and each sequence's cache (context + prefill + the
     // steps so far; the mean over the run's steps).
     FormResult& r = results.back();
-    const double mean_tokens =
-        static_cast<double>(context + prefill) + static_cast<double>(decode + 1) / 2.0;
-    r.decode_bytes_per_step =
-        static_cast<double>(weight_bytes) +
-        static_cast<double>(batch) * mean_tokens * static_cast<double>(r.cache_bytes_per_token);
+    int64_t cached = 0;  // tokens in all caches before the prefill
+    for (int64_t b = 0; b < batch; ++b) cached += ContextOf(b, batch, context, setup.ragged);
+    const double mean_tokens = static_cast<double>(cached + batch * prefill) +
+                               static_cast<double>(batch) * static_cast<double>(decode + 1) / 2.0;
+    r.decode_bytes_per_step = static_cast<double>(weight_bytes) +
+                              mean_tokens * static_cast<double>(r.cache_bytes_per_token);
   }
 
   json forms_json = json::array();
@@ -496,6 +575,8 @@ int RunLayerBench(const std::vector<std::string>& args) {
                  {"heads", config.num_heads},
                  {"dtype", flags.Get("dtype", "f32")},
                  {"batch", batch},
+                 {"page_size", setup.page_size},
+                 {"ragged", setup.ragged},
                  {"context", context},
                  {"prefill", prefill},
                  {"decode", decode},
@@ -518,14 +599,16 @@ int RunLayerBench(const std::vector<std::string>& args) {
     return 0;
   }
   std::printf(
-      "attn bench layer: %s (hidden %lld, %lld heads), %s cache, batch %lld, context %lld + "
+      "attn bench layer: %s (hidden %lld, %lld heads), %s cache%s, batch %lld, context %lld%s + "
       "prefill %lld + decode %lld, %d thread(s)\nweights %.1f MiB (%s); decode ms/step is the "
       "time of one step (one token for each sequence)\n\n",
       config.model_type.c_str(), static_cast<long long>(config.hidden_size),
       static_cast<long long>(config.num_heads), flags.Get("dtype", "f32").c_str(),
+      setup.page_size > 0 ? (" in pages of " + std::to_string(setup.page_size)).c_str() : "",
       static_cast<long long>(batch), static_cast<long long>(context),
-      static_cast<long long>(prefill), static_cast<long long>(decode), threads,
-      static_cast<double>(weight_bytes) / 1048576.0, flags.Get("weights-dtype").c_str());
+      setup.ragged ? " (ragged)" : "", static_cast<long long>(prefill),
+      static_cast<long long>(decode), threads, static_cast<double>(weight_bytes) / 1048576.0,
+      flags.Get("weights-dtype").c_str());
   std::printf("%-9s %12s %12s %14s %14s %12s %12s\n", "form", "cache B/tok", "cache MiB",
               "prefill tok/s", "decode ms/step", "decode GB/s", "peak RSS MiB");
   for (const FormResult& r : results) {

@@ -220,3 +220,32 @@ def test_compare_torch_and_roofline_plot(attn_bin, env, tmp_path):
         capture_output=True, text=True, timeout=120)
     assert plot.returncode == 0, plot.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("small", [SMALL_GQA, SMALL_MLA], ids=["gqa", "mla"])
+def test_layer_paged_ragged(attn_bin, env, tmp_path, small):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(small))
+    common = ["bench", "layer", "--config", config, "--prefill", 4, "--decode", 3, "--context",
+              20, "--batch", 3, "--ragged", "--threads", 1, "--json"]
+    contiguous = json.loads(run(attn_bin, env, *common, "--dtype", "bf16").stdout)
+    paged = json.loads(run(attn_bin, env, *common, "--dtype", "bf16", "--page-size", 16).stdout)
+    assert paged["page_size"] == 16 and paged["ragged"] is True
+    assert contiguous["page_size"] == 0
+    for c, p in zip(contiguous["forms"], paged["forms"]):
+        assert c["form"] == p["form"] and p["decode_ms_per_token"] > 0
+        assert p["cache_bytes_per_token"] == c["cache_bytes_per_token"]
+        # 3 sequences of capacity 20 + 4 + 3 = 27 tokens: 2 pages of 16 each.
+        assert p["cache_bytes"] == 3 * 2 * 16 * p["cache_bytes_per_token"]
+        # Ragged: the caches hold 20, 17 and 14 tokens before the prefill; a step reads the
+        # weights and, on average, 51 + 3·4 + 3·(3 + 1)/2 tokens of cache.
+        assert p["decode_bytes_per_step"] == pytest.approx(
+            paged["weights_bytes"] + (51 + 12 + 6) * p["cache_bytes_per_token"])
+    bf16 = {f["form"]: f for f in contiguous["forms"]}
+    for dtype in ("fp8", "int8"):
+        q = json.loads(run(attn_bin, env, *common, "--dtype", dtype, "--page-size", 32).stdout)
+        for f in q["forms"]:  # one byte per value (the per-token scales are not page storage)
+            assert f["cache_bytes_per_token"] * 2 == bf16[f["form"]]["cache_bytes_per_token"]
+    for bad in (["--dtype", "fp8"], ["--page-size", 24], ["--page-size", 512]):
+        proc = run(attn_bin, env, *common, *bad, check=False)
+        assert proc.returncode == 2, (bad, proc.stderr)
