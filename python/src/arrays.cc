@@ -569,9 +569,13 @@ py::object WrapTensorAs(Tensor tensor, Element element, bool as_torch) {
       return py::module_::import("torch").attr("from_numpy")(array);
     }
     case Element::kF16: {
-      py::array array(py::dtype("float16"), shape);
-      auto* out = static_cast<uint16_t*>(array.mutable_data());
+      // Filled as uint16 bits, then viewed as float16 by NumPy itself: pybind11 2.10 (Debian 12)
+      // reads a py::dtype("float16")'s item size wrongly under NumPy 2, and every element would
+      // be written to the same place.
+      py::array_t<uint16_t> bits(shape);
+      uint16_t* out = bits.mutable_data();
       for (int64_t i = 0; i < count; ++i) out[i] = F32ToF16(values[i]);
+      py::object array = bits.attr("view")("float16");
       if (!as_torch) return array;
       return py::module_::import("torch").attr("from_numpy")(array);
     }

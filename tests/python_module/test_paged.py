@@ -357,3 +357,35 @@ def test_quantized_pages_follow_a_bf16_pool(layers, kind, dtype, bound):
     ref = outputs["bf16"]
     err = np.abs(outputs[dtype] - ref).max() / np.abs(ref).max()
     assert 0 < err < bound, err
+
+
+# ================================================================ positions only go forward
+
+
+@pytest.mark.parametrize("kind", ["gqa", "mla-absorbed"])
+def test_positions_going_backwards_are_refused(layers, kind):
+    """A step whose tokens' positions are not after the largest one a sequence's cache holds is
+    refused before anything is written (docs/semantics.md §4), paged and contiguous."""
+    _, mla = KINDS[kind]
+    layer = layer_for(layers, kind)
+    cache = layer.new_paged_cache(pages=8, page_size=16, mla=mla)
+    a, b = cache.add(), cache.add()
+    layer.step(rows(6, 1), cache, seqs=[a, b], counts=[4, 2],
+               position_ids=[10, 11, 12, 13, 0, 1])
+    before = state(cache, [a, b])
+    with pytest.raises(ValueError, match=r"position_ids go backwards: sequence 1.*position 1, "
+                                         r"not after position 1"):
+        layer.step(rows(2, 2), cache, seqs=[a, b], counts=[1, 1], position_ids=[14, 1])
+    assert state(cache, [a, b]) == before
+    child = cache.fork(a)
+    with pytest.raises(ValueError, match="not after position 13"):
+        layer.step(rows(1, 3), cache, seqs=[child], counts=[1], position_ids=[5])
+    layer.step(rows(2, 4), cache, seqs=[a, b], counts=[1, 1], position_ids=[14, 2])
+
+    contiguous = layer.new_cache(batch=1, capacity=8, dtype="f32", mla=mla)
+    layer.prefill(rows(3, 5)[None], contiguous, position_ids=[[7, 8, 9]])
+    with pytest.raises(ValueError, match="not after position 9"):
+        layer.decode(rows(1, 6), contiguous, position_ids=[3])
+    assert list(contiguous.lengths) == [3]
+    contiguous.clear()
+    layer.prefill(rows(3, 5)[None], contiguous)  # slot positions 0, 1, 2 after clear()
