@@ -78,6 +78,8 @@ def build_model(layers: int, tiny: bool):
         n_routed_experts=8, num_experts_per_tok=2, n_group=1, topk_group=1,
         attn_implementation="sdpa", pad_token_id=0, bos_token_id=1, eos_token_id=None,
         tie_word_embeddings=False, **shape)
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3RotaryEmbedding
+
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # no fp32 copy of ~190M parameters per layer
@@ -85,7 +87,13 @@ def build_model(layers: int, tiny: bool):
         model = DeepseekV3ForCausalLM(config)
     finally:
         torch.set_default_dtype(previous)
-    return model.to(torch.bfloat16).eval()
+    model = model.to(torch.bfloat16).eval()
+    # RoPE inverse frequencies in fp32, as the rope init computes them: a bf16 copy (what
+    # .to(bfloat16) and a bf16 default dtype make) is off by 2^-9 relative, which at position
+    # 4096 turns angles by radians and puts transformers' side far from the model's math.
+    model.model.rotary_emb = DeepseekV3RotaryEmbedding(config)
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32
+    return model
 
 
 def run_side(model, ids, contexts: List[int], steps: int, warmup: int, chunk: int,

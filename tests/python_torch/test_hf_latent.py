@@ -64,7 +64,10 @@ def make_model(kind="v3", dtype=torch.float32, **overrides):
     else:
         config_class, model_class = DeepseekV2Config, DeepseekV2ForCausalLM
     config.update(overrides)
-    return model_class(config_class(**config)).eval().to(dtype)
+    model = model_class(config_class(**config)).eval().to(dtype)
+    # .to() casts RoPE's inverse frequencies too; keep them fp32 as the rope init makes them
+    model.model.rotary_emb = type(model.model.rotary_emb)(model.config)
+    return model
 
 
 def prompts(batch=3, padded=True, seed=1):
