@@ -47,6 +47,14 @@ NamedWeights LoadHfAttentionWeights(const SafetensorsFile& file, const ModelConf
 NamedWeights LoadHfAttentionWeights(const Checkpoint& checkpoint, const ModelConfig& config,
                                     int64_t layer);
 
+// A layer's tensors under their short checkpoint names (after HfAttentionPrefix(config,
+// layer)), with the family's fused projections split into the names the layer reads: Falcon's
+// query_key_value.{weight,bias} into q/k/v_proj (fused_qkv.h) and dense.* into o_proj.*, Phi-3's
+// stacked qkv_proj.weight into q/k/v_proj rows. Already split names pass through. Throws
+// Error(kInvalidArgument) naming a fused tensor of the wrong row count, or one given both fused
+// and split.
+NamedTensors UnfuseAttentionTensors(const ModelConfig& config, NamedTensors tensors);
+
 // Adds `weights` (short names) to `writer` under layer `layer`'s HF names.
 void AddHfAttentionWeights(SafetensorsWriter& writer, const NamedTensors& weights, int64_t layer,
                            DType dtype = DType::kF32);

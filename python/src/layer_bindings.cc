@@ -87,19 +87,25 @@ MlaForm FormFor(const ModelConfig& config, const std::string& mla) {
   return form;
 }
 
-// Tensors of a dict under HF names of `layer` (prefix stripped) or short names. Other keys of an
-// HF state dict ("model.…", "lm_head.…") are ignored; anything else is passed on as a short name
-// so that BuildAttentionLayer rejects it by name.
-NamedTensors WeightsFromDict(const py::dict& weights, int64_t layer) {
+// Tensors of a dict under HF names of `layer` (the family's prefix, or model.layers.{i}.self_attn.
+// as attn.random_weights writes them, stripped) or short names; fused checkpoint projections
+// (Falcon, Phi-3) are split. Other keys of an HF state dict ("model.…", "transformer.…",
+// "lm_head.…") are ignored; anything else is passed on as a short name so that
+// BuildAttentionLayer rejects it by name.
+NamedTensors WeightsFromDict(const py::dict& weights, const ModelConfig& config, int64_t layer) {
+  const std::string family_prefix = HfAttentionPrefix(config, layer);
   const std::string prefix = HfAttentionPrefix(layer);
   NamedTensors named;
   std::map<std::string, std::string> given_as;
   for (const auto& item : weights) {
     const std::string key = py::str(item.first).cast<std::string>();
     std::string short_name;
-    if (key.starts_with(prefix)) {
+    if (key.starts_with(family_prefix)) {
+      short_name = key.substr(family_prefix.size());
+    } else if (key.starts_with(prefix)) {
       short_name = key.substr(prefix.size());
-    } else if (key.starts_with("model.") || key.starts_with("lm_head.")) {
+    } else if (key.starts_with("model.") || key.starts_with("lm_head.") ||
+               key.starts_with("transformer.")) {
       continue;
     } else {
       short_name = key;
@@ -112,7 +118,7 @@ NamedTensors WeightsFromDict(const py::dict& weights, int64_t layer) {
     named.emplace(short_name, std::move(tensor));
     given_as[short_name] = key;
   }
-  return named;
+  return UnfuseAttentionTensors(config, std::move(named));
 }
 
 py::dict ConfigDict(const ModelConfig& config, int64_t layer) {
@@ -456,7 +462,7 @@ class PyAttention {
     CheckLayerIndex(config, layer);
     std::unique_ptr<AttentionLayer> impl;
     if (py::isinstance<py::dict>(weights)) {
-      NamedTensors named = WeightsFromDict(weights.cast<py::dict>(), layer);
+      NamedTensors named = WeightsFromDict(weights.cast<py::dict>(), config, layer);
       ComputeScope release;
       impl = BuildAttentionLayer(config, layer, std::move(named));
     } else if (py::isinstance<py::str>(weights) || py::hasattr(weights, "__fspath__")) {

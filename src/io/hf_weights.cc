@@ -174,6 +174,53 @@ NamedWeights LoadHfAttentionWeights(const TensorSource& find, const std::vector<
   return weights;
 }
 
+NamedTensors UnfuseAttentionTensors(const ModelConfig& config, NamedTensors tensors) {
+  auto take = [&](const std::string& fused, const std::string& split) {
+    Check(!tensors.contains(split), ErrorKind::kInvalidArgument,
+          "weights: '" + split + "' given beside the fused '" + fused + "' it is part of");
+    auto node = tensors.extract(fused);
+    return std::move(node.mapped());
+  };
+  auto put = [&](const std::string& name, Tensor tensor) {
+    Check(!tensors.contains(name), ErrorKind::kInvalidArgument,
+          "weights: '" + name + "' given beside the fused tensor it is part of");
+    tensors.emplace(name, std::move(tensor));
+  };
+  if (IsFalcon(config)) {
+    for (const std::string suffix : {"weight", "bias"}) {
+      const std::string fused = "query_key_value." + suffix;
+      if (tensors.contains(fused)) {
+        QkvParts parts = SplitGroupedQkv(take(fused, "q_proj." + suffix), config.num_heads,
+                                         config.gqa.num_kv_heads, config.gqa.head_dim, fused);
+        put("q_proj." + suffix, std::move(parts.q));
+        put("k_proj." + suffix, std::move(parts.k));
+        put("v_proj." + suffix, std::move(parts.v));
+      }
+      if (tensors.contains("dense." + suffix)) {
+        put("o_proj." + suffix, take("dense." + suffix, "o_proj." + suffix));
+      }
+    }
+  }
+  if (HasStackedQkv(config) && tensors.contains("qkv_proj.weight")) {
+    const Tensor stacked = take("qkv_proj.weight", "q_proj.weight");
+    const StackedRows rows = StackedQkvRows(config);
+    const int64_t in = stacked.shape().size() == 2 ? stacked.shape()[1] : 0;
+    const Shape expected = {rows.q_rows + 2 * rows.kv_rows, config.hidden_size};
+    Check(stacked.shape() == expected, ErrorKind::kInvalidArgument,
+          "qkv_proj.weight: expected shape " + ShapeToString(expected) + ", got " +
+              ShapeToString(stacked.shape()));
+    auto slice = [&](int64_t first, int64_t count) {
+      Tensor part({count, in});
+      std::copy_n(stacked.data() + first * in, count * in, part.data());
+      return part;
+    };
+    put("q_proj.weight", slice(0, rows.q_rows));
+    put("k_proj.weight", slice(rows.q_rows, rows.kv_rows));
+    put("v_proj.weight", slice(rows.q_rows + rows.kv_rows, rows.kv_rows));
+  }
+  return tensors;
+}
+
 NamedWeights LoadHfAttentionWeights(const SafetensorsFile& file, const ModelConfig& config,
                                     int64_t layer) {
   return LoadHfAttentionWeights(

@@ -15,6 +15,7 @@
 
 #include "attn/checkpoint.h"
 #include "attn/error.h"
+#include "attn/fused_qkv.h"
 #include "attn/hf_weights.h"
 #include "attn/layer_weights.h"
 #include "attn/safetensors.h"
@@ -257,6 +258,59 @@ TEST_F(WeightLoadingTest, TensorsTheLayerDoesNotUseAreRefused) {
   NamedWeights weights = LoadHfAttentionWeights(cleaned, config, 1);
   weights.emplace("rotary_emb.inv_freq", Weight(Tensor({config.gqa.head_dim / 2})));
   EXPECT_NE(BuildAttentionLayer(config, 1, std::move(weights)), nullptr);
+}
+
+}  // namespace
+}  // namespace attn
+
+namespace attn {
+namespace {
+
+// UnfuseAttentionTensors: the fused checkpoint projections of Falcon and Phi-3 split into the
+// names the layer reads, equal to FuseGroupedQkv's inverse and to row slices; a fused tensor
+// given beside its split parts, or of the wrong row count, is refused by name.
+TEST(UnfuseAttentionTensors, SplitsFalconAndPhi3AndRefusesMixtures) {
+  ModelConfig falcon = testing::SmallGqaConfig(4, 2);
+  falcon.model_type = "falcon";
+  const int64_t d = falcon.gqa.head_dim;
+  const int64_t hidden = falcon.hidden_size;
+  NamedTensors split = RandomAttentionWeights(falcon, 4);
+  NamedTensors fused;
+  fused.emplace("query_key_value.weight",
+                FuseGroupedQkv(split.at("q_proj.weight"), split.at("k_proj.weight"),
+                               split.at("v_proj.weight"), 4, 2, d));
+  fused.emplace("dense.weight", split.at("o_proj.weight").Copy());
+  const NamedTensors unfused = UnfuseAttentionTensors(falcon, std::move(fused));
+  for (const char* name : {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"}) {
+    ASSERT_TRUE(unfused.contains(name)) << name;
+    EXPECT_EQ(RelativeError(unfused.at(name), split.at(name)), 0.0) << name;
+  }
+  EXPECT_FALSE(unfused.contains("query_key_value.weight"));
+
+  NamedTensors both;
+  both.emplace("query_key_value.weight", Tensor({8 * d, hidden}));
+  both.emplace("q_proj.weight", Tensor({4 * d, hidden}));
+  ExpectError([&] { UnfuseAttentionTensors(falcon, std::move(both)); }, ErrorKind::kInvalidArgument,
+              {"q_proj.weight", "beside", "query_key_value.weight"});
+  NamedTensors short_rows;
+  short_rows.emplace("query_key_value.weight", Tensor({7 * d, hidden}));
+  ExpectError([&] { UnfuseAttentionTensors(falcon, std::move(short_rows)); },
+              ErrorKind::kInvalidArgument, {"query_key_value.weight"});
+
+  ModelConfig phi3 = testing::SmallGqaConfig(4, 2);
+  phi3.model_type = "phi3";
+  Tensor stacked({8 * d, hidden});
+  for (int64_t i = 0; i < stacked.size(); ++i) stacked.data()[i] = static_cast<float>(i);
+  NamedTensors phi;
+  phi.emplace("qkv_proj.weight", std::move(stacked));
+  const NamedTensors rows = UnfuseAttentionTensors(phi3, std::move(phi));
+  EXPECT_EQ(rows.at("q_proj.weight").shape(), (Shape{4 * d, hidden}));
+  EXPECT_EQ(rows.at("k_proj.weight").data()[0], static_cast<float>(4 * d * hidden));
+  EXPECT_EQ(rows.at("v_proj.weight").data()[0], static_cast<float>(6 * d * hidden));
+  NamedTensors wrong;
+  wrong.emplace("qkv_proj.weight", Tensor({6 * d, hidden}));
+  ExpectError([&] { UnfuseAttentionTensors(phi3, std::move(wrong)); }, ErrorKind::kInvalidArgument,
+              {"qkv_proj.weight", "expected shape"});
 }
 
 }  // namespace

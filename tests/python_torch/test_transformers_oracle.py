@@ -674,14 +674,10 @@ def test_every_tiny_config_is_covered():
         AutoConfig.for_model(model_type)  # natively implemented: no remote code
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason=(
-    "attn's Python weights-dict path does not read the checkpoint's own fused names: "
-    "Attention.from_config(config, {'model.layers.0.self_attn.qkv_proj.weight': …}) (Phi-3) and "
-    "{'transformer.h.0.self_attention.query_key_value.weight': …, 'dense.weight'} (Falcon) raise "
-    "KeyError \"missing attention weight 'q_proj.weight'\", although the same tensors load from a "
-    "safetensors file and docs/python.md says the dict may use the HF names"))
 @pytest.mark.parametrize("name", ["phi3", "falcon-alibi"])
 def test_weights_dict_with_checkpoint_names(weights_dir, name):
+    """A dict under the checkpoint's own fused names (Phi-3's qkv_proj, Falcon's
+    query_key_value/dense) builds the same layer as the file."""
     path = _weights_file(weights_dir, name, 0)
     cfg = VARIANTS[name]["cfg"]
     x = torch.randn(1, 4, cfg["hidden_size"], generator=torch.Generator().manual_seed(5)).numpy()
