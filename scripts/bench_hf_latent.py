@@ -10,21 +10,24 @@ attn.hf_latent.use_latent_cache (attn's layer over its latent cache), at growing
 The model: DeepSeek-V3's attention at its real dimensions (hidden 7168, 128 heads, q_lora_rank
 1536, kv_lora_rank 512, qk_nope 128, qk_rope 64, v_head 128, YaRN factor 40 as V3 ships) with the
 layer count cut to --layers, dense MLPs of intermediate size 256 instead of the MoE, a 256-token
-vocabulary, bf16 weights, random init (transformers' own), batch 1. The same model runs both
-sides: first as transformers builds it (attn_implementation="sdpa": eager would materialise
-[128, S, T] fp32 scores in the prefill), then after use_latent_cache (same weights; attn maps
-its bf16 copy).
+vocabulary, bf16 weights, random init (transformers' own; RoPE's inverse frequencies kept
+fp32), batch 1. One model runs both sides: transformers' own modules
+(attn_implementation="sdpa": eager would materialise [128, S, T] fp32 scores in the prefill)
+and, through use_latent_cache's handle (undo()/redo(), no rebuild), attn's layers over the
+same weights (attn maps its bf16 copy).
 
-For each side, the context grows through the targets: a chunked prefill (--chunk tokens per
-call) up to the next target T, then --warmup untimed and --steps timed decode steps of one
-token (each step adds one token, so a step at "T" sees T to T + warmup + steps tokens). A step
-is one whole model forward (embedding, the layers, lm_head) as generate() runs it; all but the
-attention is a few MFLOPs here. Reported per T: median, min and max step time of both sides,
-the speedup (HF median / attn median) and its growth relative to the smallest T, the cache bytes
-per token per layer of both sides (transformers 5.x caches the latent too; its step rebuilds
-per-head K/V of every cached token through kv_b_proj: 2·T·rk·H·(dn+dv) FLOPs and
-T·H·(dn+dr+dv)·2 bytes of transient K/V per layer — what transformers 4.x kept in its cache),
-and the largest logit difference between the sides on the first timed step (bf16 rounding).
+Each side has its own cache. The context grows through the targets: both sides are prefilled
+in chunks (--chunk tokens per call) up to the next target T, then --warmup untimed and --steps
+timed decode steps of one token, each step run once per side on the same token, alternating
+which side goes first, so that load from other processes hits both alike (a step at "T" sees T
+to T + warmup + steps tokens). A step is one whole model forward (embedding, the layers,
+lm_head) as generate() runs it; all but the attention is a few MFLOPs here. Reported per T:
+median, min and max step time of both sides, the speedup (transformers median / attn median)
+and its growth relative to the smallest T, the kv_b_proj re-expansion FLOPs transformers spends
+per step (2·T·rk·H·(dn+dv) per layer), the cache bytes per token per layer of both sides
+(transformers 5.x caches the latent too; its step rebuilds per-head K/V of every cached token,
+T·H·(dn+dr+dv)·2 transient bytes per layer: what transformers 4.x kept in its cache), and the
+largest logit difference between the sides on the first timed step (bf16 rounding).
 
 Threads: torch.set_num_threads(--threads) and attn.set_num_threads(--threads). The load of the
 machine (os.getloadavg) is printed before and after. --tiny runs a small model in seconds (a
@@ -96,57 +99,75 @@ def build_model(layers: int, tiny: bool):
     return model
 
 
-def run_side(model, ids, contexts: List[int], steps: int, warmup: int, chunk: int,
-             hf_latent=None) -> Dict[str, Any]:
-    """Chunked prefill to each context, then timed one-token steps. Returns per-context samples,
-    the first timed step's logits per context and the cache bytes per token per layer."""
+def run(model, handle, hf_latent, ids, contexts: List[int], steps: int, warmup: int,
+        chunk: int) -> Dict[str, Any]:
+    """Both sides through the contexts, interleaved: each has its own cache (transformers' K/V
+    latent in a DynamicCache; attn's latent cache), both are prefilled to each target, then
+    every step runs once per side (alternating which goes first) on the same token, so that
+    drift in the machine's load hits both alike. `handle` is a use_latent_cache handle: undo()
+    gives transformers' modules, redo() attn's (no rebuild)."""
     import torch
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=model.config)
+    sides = ("transformers", "attn")
+    caches = {side: DynamicCache(config=model.config) for side in sides}
+    samples: Dict[str, Dict[int, List[float]]] = {side: {} for side in sides}
+    first_logits: Dict[str, Dict[int, torch.Tensor]] = {side: {} for side in sides}
+    prefill_s = {side: 0.0 for side in sides}
+
+    def use(side: str) -> None:
+        (handle.undo if side == "transformers" else handle.redo)()
+
     length = 0
-    samples: Dict[int, List[float]] = {}
-    first_logits: Dict[int, torch.Tensor] = {}
-    prefill_s = 0.0
     with torch.inference_mode():
         for target in contexts:
-            start = time.perf_counter()
-            while length < target:
-                end = min(target, length + chunk)
-                model(ids[:, length:end], cache=cache, use_cache=True,
-                      position_ids=torch.arange(length, end)[None])
-                length = end
-            prefill_s += time.perf_counter() - start
-            times = []
+            for side in sides:
+                use(side)
+                start = time.perf_counter()
+                done = length
+                while done < target:
+                    end = min(target, done + chunk)
+                    model(ids[:, done:end], cache=caches[side], use_cache=True,
+                          position_ids=torch.arange(done, end)[None])
+                    done = end
+                prefill_s[side] += time.perf_counter() - start
+            length = target
+            for side in sides:
+                samples[side][target] = []
             for step in range(warmup + steps):
                 token = ids[:, length:length + 1]
-                start = time.perf_counter()
-                out = model(token, cache=cache, use_cache=True,
-                            position_ids=torch.tensor([[length]]))
-                elapsed = time.perf_counter() - start
+                order = sides if step % 2 == 0 else sides[::-1]
+                for side in order:
+                    use(side)
+                    start = time.perf_counter()
+                    out = model(token, cache=caches[side], use_cache=True,
+                                position_ids=torch.tensor([[length]]))
+                    elapsed = time.perf_counter() - start
+                    if step == warmup:
+                        first_logits[side][target] = out.logits[0, -1].double()
+                    if step >= warmup:
+                        samples[side][target].append(elapsed)
                 length += 1
-                if step == warmup:
-                    first_logits[target] = out.logits[0, -1].float()
-                if step >= warmup:
-                    times.append(elapsed)
-            samples[target] = times
-            print(f"  T={target}: median {statistics.median(times) * 1e3:.1f} ms "
-                  f"({len(times)} steps)", file=sys.stderr, flush=True)
-    assert cache.get_seq_length() == length
-    if hf_latent is None:
-        layer = cache.layers[0]
-        held = layer.keys.numel() * layer.keys.element_size() + \
-            layer.values.numel() * layer.values.element_size()
-        bytes_per_token = held // length
-        storage = "transformers DynamicCache (kv_a_layernorm(c) | rotated k_pe), bf16"
-    else:
-        caches = hf_latent.attn_caches(cache)
-        for layer in cache.layers:  # transformers' Cache holds no K/V
-            assert layer.keys.numel() == 0 and layer.values.numel() == 0
-        bytes_per_token = caches[0].bytes_per_token
-        storage = f"attn latent cache [c | k_pe], {caches[0].dtype}, capacity {caches[0].capacity}"
-    return dict(samples=samples, first_logits=first_logits, prefill_s=prefill_s,
-                bytes_per_token=bytes_per_token, storage=storage, tokens=length)
+            print(f"  T={target}: transformers "
+                  f"{statistics.median(samples['transformers'][target]) * 1e3:.1f} ms, attn "
+                  f"{statistics.median(samples['attn'][target]) * 1e3:.1f} ms (medians of "
+                  f"{steps})", file=sys.stderr, flush=True)
+    handle.undo()
+    for side in sides:
+        assert caches[side].get_seq_length() == length
+    layer = caches["transformers"].layers[0]
+    hf_bytes = (layer.keys.numel() * layer.keys.element_size()
+                + layer.values.numel() * layer.values.element_size()) // length
+    attn_caches = hf_latent.attn_caches(caches["attn"])
+    for layer in caches["attn"].layers:  # transformers' Cache holds no K/V
+        assert layer.keys.numel() == 0 and layer.values.numel() == 0
+    return dict(
+        samples=samples, first_logits=first_logits, prefill_s=prefill_s, tokens=length,
+        bytes_per_token=dict(transformers=hf_bytes, attn=attn_caches[0].bytes_per_token),
+        storage=dict(
+            transformers="DynamicCache: kv_a_layernorm(c) and rotated k_pe, bf16",
+            attn=f"attn latent cache [c | k_pe], {attn_caches[0].dtype}, capacity "
+                 f"{attn_caches[0].capacity}; transformers' Cache holds 0 bytes"))
 
 
 def main(argv=None) -> int:
@@ -185,15 +206,12 @@ def main(argv=None) -> int:
     per_step = args.warmup + args.steps
     total = contexts[-1] + len(contexts) * per_step
     ids = torch.randint(2, cfg.vocab_size, (1, total), generator=torch.Generator().manual_seed(1))
-    print(f"model built in {build_s:.1f} s; transformers side", file=sys.stderr, flush=True)
-    hf = run_side(model, ids, contexts, args.steps, args.warmup, args.chunk)
-
     start = time.perf_counter()
     handle = hf_latent.use_latent_cache(model, mla=args.mla, capacity=total)
     swap_s = time.perf_counter() - start
-    print(f"use_latent_cache in {swap_s:.1f} s; attn side", file=sys.stderr, flush=True)
-    at = run_side(model, ids, contexts, args.steps, args.warmup, args.chunk, hf_latent)
-    handle.undo()
+    print(f"model built in {build_s:.1f} s, use_latent_cache in {swap_s:.1f} s",
+          file=sys.stderr, flush=True)
+    result = run(model, handle, hf_latent, ids, contexts, args.steps, args.warmup, args.chunk)
     load_after = os.getloadavg()
     print(f"load average after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}",
           file=sys.stderr, flush=True)
@@ -204,11 +222,13 @@ def main(argv=None) -> int:
     rows = []
     base_speedup = None
     for target in contexts:
-        h, a = hf["samples"][target], at["samples"][target]
+        h = result["samples"]["transformers"][target]
+        a = result["samples"]["attn"][target]
         speedup = statistics.median(h) / statistics.median(a)
         base_speedup = base_speedup or speedup
-        ref = hf["first_logits"][target]
-        diff = (at["first_logits"][target] - ref).abs().max().item() / ref.abs().max().item()
+        ref = result["first_logits"]["transformers"][target]
+        diff = ((result["first_logits"]["attn"][target] - ref).abs().max().item()
+                / ref.abs().max().item())
         rows.append(dict(
             context=target, hf_ms=[t * 1e3 for t in h], attn_ms=[t * 1e3 for t in a],
             hf_median_ms=statistics.median(h) * 1e3, attn_median_ms=statistics.median(a) * 1e3,
@@ -232,17 +252,18 @@ def main(argv=None) -> int:
               f"{row['kv_b_expand_gflop']:.1f} | {row['logits_max_rel_diff']:.1e} |")
     print("\n| cache | bytes per token per layer | what |")
     print("|---|---:|---|")
-    print(f"| transformers {__import__('transformers').__version__} DynamicCache | "
-          f"{hf['bytes_per_token']} | {hf['storage']} |")
-    print(f"| attn (use_latent_cache) | {at['bytes_per_token']} | {at['storage']}; "
-          f"transformers' Cache holds 0 bytes |")
+    print(f"| transformers {__import__('transformers').__version__} | "
+          f"{result['bytes_per_token']['transformers']} | {result['storage']['transformers']} |")
+    print(f"| attn (use_latent_cache) | {result['bytes_per_token']['attn']} | "
+          f"{result['storage']['attn']} |")
     print(f"| transient K/V rebuilt per step by transformers | {expanded_bytes} | "
           f"H·(dn+dr+dv)·2 per cached token (what transformers 4.x cached) |")
     print(f"\nprefill (chunks of {args.chunk}) to {contexts[-1]} tokens: transformers "
-          f"{hf['prefill_s']:.1f} s, attn {at['prefill_s']:.1f} s; model build {build_s:.1f} s, "
+          f"{result['prefill_s']['transformers']:.1f} s, attn {result['prefill_s']['attn']:.1f} s; "
+          f"model build {build_s:.1f} s, "
           f"use_latent_cache {swap_s:.1f} s; load average before {load_before[0]:.2f}, after "
           f"{load_after[0]:.2f}")
-    assert at["bytes_per_token"] == (rk + dr) * 2
+    assert result["bytes_per_token"]["attn"] == (rk + dr) * 2
 
     if args.json:
         report = dict(
@@ -253,10 +274,9 @@ def main(argv=None) -> int:
             transformers=__import__("transformers").__version__, torch=torch.__version__,
             attn=attn.__version__, threads=args.threads, mla=args.mla, steps=args.steps,
             warmup=args.warmup, chunk=args.chunk, rows=rows,
-            cache_bytes_per_token_per_layer=dict(transformers=hf["bytes_per_token"],
-                                                 attn=at["bytes_per_token"],
+            cache_bytes_per_token_per_layer=dict(result["bytes_per_token"],
                                                  transient_expanded_kv=expanded_bytes),
-            prefill_s=dict(transformers=hf["prefill_s"], attn=at["prefill_s"]),
+            prefill_s=result["prefill_s"],
             build_s=build_s, swap_s=swap_s, loadavg_before=list(load_before),
             loadavg_after=list(load_after))
         text = json.dumps(report, indent=2)

@@ -526,9 +526,12 @@ def _build_layer(config: Dict[str, Any], module: torch.nn.Module,
 
 
 class LatentCacheHandle:
-    """What :func:`use_latent_cache` returns: the swapped modules, and ``undo()``.
+    """What :func:`use_latent_cache` returns: the swapped modules, ``undo()`` and ``redo()``.
 
     Also a context manager (``with use_latent_cache(model): ...`` undoes on exit).
+    ``undo()`` puts transformers' modules back (the attn layers are kept); ``redo()`` swaps the
+    same attn layers in again without rebuilding them (e.g. to compare both step by step).
+    Caches made while the swap was active belong to it: the original modules refuse them.
     """
 
     def __init__(self, model: torch.nn.Module, options: _Options,
@@ -538,7 +541,7 @@ class LatentCacheHandle:
         self._swaps = swaps
         self._hooks: List[Any] = []
         self._wrapped_generate = False
-        self.active = True
+        self.active = False
 
     @property
     def modules(self) -> List[AttnMLAAttention]:
@@ -560,6 +563,35 @@ class LatentCacheHandle:
         """Cache bytes per token of each swapped layer: (kv_lora_rank + qk_rope_head_dim) × size."""
         return [module.latent_bytes_per_token for module in self.modules]
 
+    def _install(self) -> None:
+        model, options = self.model, self._options
+        for parent, child, _, replacement in self._swaps:
+            setattr(parent, child, replacement)
+        model._attn_latent_handle = self
+
+        def refuse_unsupported(_module: torch.nn.Module, args: Tuple[Any, ...],
+                               kwargs: Dict[str, Any]) -> None:
+            model_config = getattr(model, "config", None)
+            if kwargs.get("output_attentions") or getattr(model_config, "output_attentions",
+                                                          False):
+                raise ValueError("output_attentions is not supported with attn's latent cache")
+            if kwargs.get("block_sequence_ids") is not None:
+                raise ValueError("packed sequences (block_sequence_ids) are not supported with "
+                                 "attn's latent cache")
+
+        self._hooks = [model.register_forward_pre_hook(refuse_unsupported, with_kwargs=True)]
+        generate = getattr(model, "generate", None)
+        if callable(generate):
+            def generate_with_latent_cache(*args: Any, **kwargs: Any) -> Any:
+                _check_generate(model, args, kwargs)
+                with options.generating(_generate_capacity(model, args, kwargs)):
+                    return generate(*args, **kwargs)
+
+            generate_with_latent_cache.__doc__ = generate.__doc__
+            model.generate = generate_with_latent_cache
+            self._wrapped_generate = True
+        self.active = True
+
     def undo(self) -> torch.nn.Module:
         """Puts the original attention modules back; returns the model. Idempotent."""
         if not self.active:
@@ -568,11 +600,25 @@ class LatentCacheHandle:
             setattr(parent, name, original)
         for hook in self._hooks:
             hook.remove()
+        self._hooks = []
         if self._wrapped_generate and "generate" in vars(self.model):
             del self.model.generate
+        self._wrapped_generate = False
         if getattr(self.model, "_attn_latent_handle", None) is self:
             del self.model._attn_latent_handle
         self.active = False
+        return self.model
+
+    def redo(self) -> torch.nn.Module:
+        """Swaps the attn layers in again after undo(); returns the model. Idempotent."""
+        if self.active:
+            return self.model
+        if getattr(self.model, "_attn_latent_handle", None) is not None:
+            raise ValueError("model: another use_latent_cache is active on it")
+        for parent, name, original, _ in self._swaps:
+            if getattr(parent, name) is not original:
+                raise ValueError(f"model: '{name}' was replaced since undo(); not swapping back")
+        self._install()
         return self.model
 
     def __enter__(self) -> "LatentCacheHandle":
@@ -648,7 +694,8 @@ def use_latent_cache(model: torch.nn.Module, dtype: Any = None, mla: str = "auto
     capacity: tokens per sequence each attn cache holds; None: from ``generate()`` (prompt +
         ``max_new_tokens``, or + ``max_length``), or the first call's length + 1024 outside it.
 
-    Returns a :class:`LatentCacheHandle` (``undo()`` puts the original modules back).
+    Returns a :class:`LatentCacheHandle` (``undo()`` puts the original modules back,
+    ``redo()`` the attn ones again).
     Raises ValueError for a model without these MLA modules and for what attn cannot do (module
     docstring).
     """
@@ -693,31 +740,6 @@ def use_latent_cache(model: torch.nn.Module, dtype: Any = None, mla: str = "auto
         replacement = AttnMLAAttention(module, layer, options, weights)
         parent_name, _, child = name.rpartition(".")
         swaps.append((modules[parent_name] if parent_name else model, child, module, replacement))
-    for parent, child, _, replacement in swaps:
-        setattr(parent, child, replacement)
-
     handle = LatentCacheHandle(model, options, swaps)
-    model._attn_latent_handle = handle
-
-    def refuse_unsupported(_module: torch.nn.Module, args: Tuple[Any, ...],
-                           kwargs: Dict[str, Any]) -> None:
-        model_config = getattr(model, "config", None)
-        if kwargs.get("output_attentions") or getattr(model_config, "output_attentions", False):
-            raise ValueError("output_attentions is not supported with attn's latent cache")
-        if kwargs.get("block_sequence_ids") is not None:
-            raise ValueError("packed sequences (block_sequence_ids) are not supported with "
-                             "attn's latent cache")
-
-    handle._hooks.append(model.register_forward_pre_hook(refuse_unsupported, with_kwargs=True))
-
-    generate = getattr(model, "generate", None)
-    if callable(generate):
-        def generate_with_latent_cache(*args: Any, **kwargs: Any) -> Any:
-            _check_generate(model, args, kwargs)
-            with options.generating(_generate_capacity(model, args, kwargs)):
-                return generate(*args, **kwargs)
-
-        generate_with_latent_cache.__doc__ = generate.__doc__
-        model.generate = generate_with_latent_cache
-        handle._wrapped_generate = True
+    handle._install()
     return handle

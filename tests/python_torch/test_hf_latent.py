@@ -153,6 +153,10 @@ def test_greedy_tokens_and_logits_match_eager_fp32(kind, overrides):
     handle.undo()
     assert not any(isinstance(m, hfl.AttnMLAAttention) for m in model.modules())
     assert torch.equal(greedy(model, plain_ids, plain_mask), want_plain)
+    handle.redo()  # the same attn layers again, not rebuilt
+    assert [layer.self_attn for layer in model.model.layers] == handle.modules
+    assert torch.equal(greedy(model, padded_ids, padded_mask), want_padded)
+    handle.undo()
 
 
 def test_absorbed_form_bf16_cache_and_long_positions():
