@@ -27,7 +27,8 @@ and its growth relative to the smallest T, the kv_b_proj re-expansion FLOPs tran
 per step (2·T·rk·H·(dn+dv) per layer), the cache bytes per token per layer of both sides
 (transformers 5.x caches the latent too; its step rebuilds per-head K/V of every cached token,
 T·H·(dn+dr+dv)·2 transient bytes per layer: what transformers 4.x kept in its cache), and the
-largest logit difference between the sides on the first timed step (bf16 rounding).
+largest logit difference between the sides on the first timed step (bf16 rounding), and the
+1-minute load average when the context's steps ended (other processes on the machine).
 
 Threads: torch.set_num_threads(--threads) and attn.set_num_threads(--threads). The load of the
 machine (os.getloadavg) is printed before and after. --tiny runs a small model in seconds (a
@@ -114,6 +115,7 @@ def run(model, handle, hf_latent, ids, contexts: List[int], steps: int, warmup: 
     samples: Dict[str, Dict[int, List[float]]] = {side: {} for side in sides}
     first_logits: Dict[str, Dict[int, torch.Tensor]] = {side: {} for side in sides}
     prefill_s = {side: 0.0 for side in sides}
+    loads: Dict[int, float] = {}
 
     def use(side: str) -> None:
         (handle.undo if side == "transformers" else handle.redo)()
@@ -148,6 +150,7 @@ def run(model, handle, hf_latent, ids, contexts: List[int], steps: int, warmup: 
                     if step >= warmup:
                         samples[side][target].append(elapsed)
                 length += 1
+            loads[target] = os.getloadavg()[0]
             print(f"  T={target}: transformers "
                   f"{statistics.median(samples['transformers'][target]) * 1e3:.1f} ms, attn "
                   f"{statistics.median(samples['attn'][target]) * 1e3:.1f} ms (medians of "
@@ -163,6 +166,7 @@ def run(model, handle, hf_latent, ids, contexts: List[int], steps: int, warmup: 
         assert layer.keys.numel() == 0 and layer.values.numel() == 0
     return dict(
         samples=samples, first_logits=first_logits, prefill_s=prefill_s, tokens=length,
+        loads=loads,
         bytes_per_token=dict(transformers=hf_bytes, attn=attn_caches[0].bytes_per_token),
         storage=dict(
             transformers="DynamicCache: kv_a_layernorm(c) and rotated k_pe, bf16",
@@ -234,7 +238,7 @@ def main(argv=None) -> int:
             hf_median_ms=statistics.median(h) * 1e3, attn_median_ms=statistics.median(a) * 1e3,
             speedup=speedup, speedup_growth=speedup / base_speedup,
             kv_b_expand_gflop=2 * target * rk * heads * (dn + dv) * cfg.num_hidden_layers / 1e9,
-            logits_max_rel_diff=diff))
+            logits_max_rel_diff=diff, loadavg_1min=result["loads"][target]))
 
     print(f"\nDecode step of a DeepSeek-V3-shaped model ({cfg.num_hidden_layers} layers, hidden "
           f"{cfg.hidden_size}, {heads} heads, q_lora {cfg.q_lora_rank}, kv_lora {rk}, "
@@ -242,14 +246,15 @@ def main(argv=None) -> int:
           f"transformers {__import__('transformers').__version__} (sdpa) vs "
           f"use_latent_cache(mla='{args.mla}'); ms per step, median (min-max) of {args.steps}\n")
     print("| context T | transformers ms | attn latent ms | speedup | growth vs "
-          f"T={contexts[0]} | kv_b_proj re-expansion GFLOP/step | logits max rel. diff |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+          f"T={contexts[0]} | kv_b_proj re-expansion GFLOP/step | logits max rel. diff | load |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print(f"| {row['context']} | {row['hf_median_ms']:.1f} ({min(row['hf_ms']):.1f}-"
               f"{max(row['hf_ms']):.1f}) | {row['attn_median_ms']:.1f} "
               f"({min(row['attn_ms']):.1f}-{max(row['attn_ms']):.1f}) | "
               f"{row['speedup']:.1f}x | {row['speedup_growth']:.2f}x | "
-              f"{row['kv_b_expand_gflop']:.1f} | {row['logits_max_rel_diff']:.1e} |")
+              f"{row['kv_b_expand_gflop']:.1f} | {row['logits_max_rel_diff']:.1e} | "
+              f"{row['loadavg_1min']:.2f} |")
     print("\n| cache | bytes per token per layer | what |")
     print("|---|---:|---|")
     print(f"| transformers {__import__('transformers').__version__} | "

@@ -13,7 +13,7 @@ row per token is ``[normalised latent c | rotated k_pe]`` and nothing else::
     out = model.generate(input_ids, attention_mask=mask, max_new_tokens=64)
     handle.undo()                                        # or: with use_latent_cache(model): ...
 
-How it works (docs/python.md carries the user-facing summary):
+How it works:
 
 * **Modules.** Every ``DeepseekV3Attention`` / ``DeepseekV2Attention`` of the model is replaced in
   its parent by an :class:`AttnMLAAttention` that holds an ``attn.Attention`` built from the HF
@@ -30,7 +30,10 @@ How it works (docs/python.md carries the user-facing summary):
   rotate-half otherwise, YaRN with DeepSeek's mscale) from the model's config, and the softmax
   scale; the swap refuses a module whose ``scaling`` differs from attn's. Positions are the
   ``position_ids`` the decoder layer passes (generate derives them from the attention mask, so
-  left padding is honoured); the ``position_embeddings`` argument is not used.
+  left padding is honoured); the ``position_embeddings`` argument is not used. attn forms the
+  angles from the config in full precision: a model cast with ``.to(torch.bfloat16)`` also
+  casts transformers' ``rotary_emb.inv_freq`` to bf16 (2^-9 relative, radians of angle at
+  position 4096), and then transformers' own numbers are the ones that drift.
 * **Caches.** When a transformers ``Cache`` comes in (``generate`` makes a ``DynamicCache``), the
   entry of each swapped layer is replaced by a :class:`LatentCacheLayer`: it owns the layer's
   ``attn.Cache`` (latent rows) and counts tokens, so ``get_seq_length()``, the mask sizes and
