@@ -67,8 +67,8 @@ def parse_args(argv=None):
                         "torch's idle OpenMP threads then sleep instead of spinning on the CPUs "
                         "attn's thread pool needs (docs/performance.md measures that way)")
     p.add_argument("--python-path", default=None,
-                   help="folder holding the attn package (default: an importable attn, else "
-                        "build/python)")
+                   help="folder holding the attn package (default: build/python when built, "
+                        "else an installed attn)")
     p.add_argument("--json", default=None, help="write the results as JSON to this file")
     args = p.parse_args(argv)
     if args.new < 2:
@@ -83,13 +83,13 @@ def parse_args(argv=None):
 
 
 def import_attn(path):
-    if path:
-        sys.path.insert(0, path)
-    try:
-        import attn.hf
-    except ImportError:
-        sys.path.insert(0, str(REPO / "build" / "python"))
-        import attn.hf
+    """attn from --python-path, else this checkout's build/python, else an installed copy."""
+    folder = Path(path) if path else REPO / "build" / "python"
+    if (folder / "attn" / "__init__.py").exists():
+        sys.path.insert(0, str(folder))
+    elif path:
+        sys.exit(f"bench_hf_generate: no attn package in {folder}")
+    import attn.hf
 
     return attn
 

@@ -409,11 +409,15 @@ def test_generate_builds_no_query_key_mask(fresh):
         return real(module, query, key, value, attention_mask, **kw)
 
     transformers.AttentionInterface.register("attn_spy", spy)
-    transformers.masking_utils.AttentionMaskInterface.register("attn_spy", fresh.attention_mask)
-    ids, mask = _prompts()
-    model = _model("mistral", "attn_spy")
-    with torch.no_grad():
-        model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
+    mu.AttentionMaskInterface.register("attn_spy", fresh.attention_mask)
+    try:
+        ids, mask = _prompts()
+        model = _model("mistral", "attn_spy")
+        with torch.no_grad():
+            model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
+    finally:
+        transformers.AttentionInterface._global_mapping.pop("attn_spy", None)
+        mu.AttentionMaskInterface._global_mapping.pop("attn_spy", None)
     assert seen and all(s is not None and len(s) == 2 for s in seen), seen
 
 
