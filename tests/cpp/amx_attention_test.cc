@@ -347,6 +347,28 @@ TEST(AmxAttention, PagedViews) {
              .page_size = 16});
 }
 
+// An output of 8 MiB or more (64-byte aligned) is written with streaming stores: the same values.
+TEST(AmxAttention, LargeStreamedOutputMatchesAvx512Kernel) {
+  if (!AmxActive()) GTEST_SKIP() << "no AMX (or ATTN_DISABLE_AMX): nothing to compare";
+  Inputs in;
+  Build(
+      {.heads = 32, .kv_heads = 8, .key_dim = 128, .value_dim = 128, .queries = 520, .length = 600},
+      in);
+  const size_t count = static_cast<size_t>(520 * 32 * 128);
+  std::vector<float> storage(count + 16);
+  float* aligned =
+      storage.data() + (16 - reinterpret_cast<uintptr_t>(storage.data()) % 64 / 4) % 16;
+  AttentionProblem p = in.problem;
+  p.out = aligned;
+  cpu::FlashAttendAmx(p);
+  const std::vector<float> amx(aligned, aligned + count);
+  const std::vector<float> avx = RunKernel(&RunAvx512Bf16, in);
+  double error = 0.0;
+  for (size_t i = 0; i < count; ++i) error = std::max(error, double{std::fabs(amx[i] - avx[i])});
+  EXPECT_LE(error, 2e-2);
+  EXPECT_EQ(RunKernel(&cpu::FlashAttendAmx, in), amx);  // unaligned: ordinary stores
+}
+
 TEST(AmxAttention, NonFiniteScoresAreReported) {
   if (!AmxActive()) GTEST_SKIP() << "no AMX (or ATTN_DISABLE_AMX): nothing to compare";
   Inputs in;

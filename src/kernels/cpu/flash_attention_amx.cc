@@ -35,9 +35,14 @@ namespace {
 
 using namespace avx512;  // NOLINT(google-build-using-namespace): this file's own toolbox
 
-constexpr int64_t kTargetRows = 128;  // query rows per work item
-constexpr int64_t kBlockRows = 16;    // rows of an AMX tile
-constexpr int64_t kBlockKeys = 64;    // keys per softmax step: two 32-key tiles
+constexpr int64_t kTargetRows = 256;    // query rows per work item (or half as many)
+constexpr int64_t kTasksPerThread = 8;  // items per pool thread wanted for load balance
+constexpr int64_t kPrefetchRows = 8;    // Q rows fetched ahead while rounding to bf16
+// Outputs at least this large are streamed to memory (written once, read by the next layer
+// long after): about the L2 share of a few cores.
+constexpr int64_t kStreamOutputBytes = int64_t{8} << 20;
+constexpr int64_t kBlockRows = 16;  // rows of an AMX tile
+constexpr int64_t kBlockKeys = 64;  // keys per softmax step: two 32-key tiles
 
 // The tile configuration (palette 1): tiles 0 … 7 all 16 rows × 64 bytes.
 //   0-3  C: scores or O (fp32, 16 × 16)
@@ -207,11 +212,28 @@ void AccumulateBlocks(const uint16_t* p, const uint16_t* vp0, const uint16_t* vp
 // conditional rescaling; the result is the same softmax, normalised by the same m at the end).
 constexpr float kRescaleThreshold = 8.0f;
 
-// One row's online-softmax step over a 64-key block: s (64 scores, times score_scale) becomes
-// P = 2^(s − m) where visible (mask), stored as bf16 in pb; m, the row's vector of partial sums
-// l_vec (16 lanes) and its O row (dv_pad floats) rescale when m moves.
-inline void SoftmaxBlockRow(const float* s, uint64_t mask, __m512 score_scale, float& m,
-                            float* l_vec, float* o, int64_t dv_pad, uint16_t* pb) {
+// 2^x for x <= 0 to ~3e-6 relative error (degree-5 Taylor polynomial of 2^f, f in [-0.5, 0.5]):
+// P is rounded to bf16 (2^-9) before P·V, so the AVX-512 kernel's degree-7 Exp2 buys nothing.
+inline __m512 Exp2Bf16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(1.3333558146428443e-03f);  // ln2^5/5!
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-02f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// One row's online-softmax step over a 64-key block: s (64 raw scores; their softmax value is
+// s·scale, scale > 0) becomes P = 2^(s·scale − m) where visible (mask), stored as bf16 in pb;
+// m, the row's vector of partial sums l_vec (16 lanes) and its O row (dv_pad floats) rescale
+// when m moves. The maximum is taken on the raw scores: with scale > 0,
+// max(round(s·scale)) = round(max(s)·scale).
+inline void SoftmaxBlockRow(const float* s, uint64_t mask, float scale, float& m, float* l_vec,
+                            float* o, int64_t dv_pad, uint16_t* pb) {
   if (mask == 0) {
     _mm512_storeu_si512(pb, _mm512_setzero_si512());
     _mm512_storeu_si512(pb + 32, _mm512_setzero_si512());
@@ -219,14 +241,13 @@ inline void SoftmaxBlockRow(const float* s, uint64_t mask, __m512 score_scale, f
   }
   __mmask16 k[4];
   __m512 x[4];
-  const __m512 neg_inf = _mm512_set1_ps(kNegInf);
-  __m512 top = neg_inf;
+  __m512 top = _mm512_set1_ps(kNegInf);
   for (int i = 0; i < 4; ++i) {
     k[i] = static_cast<__mmask16>(mask >> (16 * i));
-    x[i] = _mm512_mul_ps(_mm512_loadu_ps(s + 16 * i), score_scale);
+    x[i] = _mm512_loadu_ps(s + 16 * i);
     top = _mm512_mask_max_ps(top, k[i], top, x[i]);
   }
-  const float block_max = _mm512_reduce_max_ps(top);
+  const float block_max = _mm512_reduce_max_ps(top) * scale;
   if (block_max > m + kRescaleThreshold || m == kNegInf) {
     const float correction = std::exp2(m - block_max);  // 0 when m was -inf
     const __m512 c = _mm512_set1_ps(correction);
@@ -237,9 +258,10 @@ inline void SoftmaxBlockRow(const float* s, uint64_t mask, __m512 score_scale, f
     m = block_max;
   }
   const __m512 shift = _mm512_set1_ps(m);
+  const __m512 scale_v = _mm512_set1_ps(scale);
   __m512 sum = _mm512_loadu_ps(l_vec);
   for (int i = 0; i < 4; ++i) {
-    x[i] = _mm512_maskz_mov_ps(k[i], Exp2(_mm512_sub_ps(x[i], shift)));
+    x[i] = _mm512_maskz_mov_ps(k[i], Exp2Bf16(_mm512_fmsub_ps(x[i], scale_v, shift)));
     sum = _mm512_add_ps(sum, x[i]);
   }
   _mm512_storeu_ps(l_vec, sum);
@@ -249,14 +271,15 @@ inline void SoftmaxBlockRow(const float* s, uint64_t mask, __m512 score_scale, f
 
 // Per-thread buffers, grown on first use and then reused.
 struct Scratch {
-  std::vector<uint16_t> q;    // padded rows × dk_pad (bf16)
-  std::vector<float> kt;      // 2 × dk_pad/2 words × 32
-  std::vector<uint16_t> vp;   // 2 × dv chunks × 16 × 32 (bf16 pairs)
-  std::vector<float> scores;  // padded rows × 64
-  std::vector<uint16_t> pb;   // padded rows × 64 (bf16 P)
-  std::vector<float> o;       // padded rows × dv_pad
-  std::vector<float> m;       // padded rows
-  std::vector<float> l;       // padded rows × 16 (partial sums per lane)
+  std::vector<uint16_t> q;                   // padded rows × dk_pad (bf16)
+  std::vector<float> kt;                     // 2 × dk_pad/2 words × 32
+  std::vector<uint16_t> vp;                  // 2 × dv chunks × 16 × 32 (bf16 pairs)
+  std::vector<float> scores;                 // 32 rows × 64
+  std::vector<uint16_t> pb;                  // 32 rows × 64 (bf16 P)
+  std::vector<int64_t> row_token, row_head;  // padded rows: r / group, r % group
+  std::vector<float> o;                      // padded rows × dv_pad
+  std::vector<float> m;                      // padded rows
+  std::vector<float> l;                      // padded rows × 16 (partial sums per lane)
   std::vector<uint64_t> masks;
   std::vector<int64_t> lowest;
 };
@@ -276,19 +299,29 @@ struct Plan {
   int64_t padded_rows;  // max_rows rounded up to 16
   int64_t dk_pad;       // Dk rounded up to 32
   int64_t dv_pad;       // Dv rounded up to 16
+  bool stream_output;   // write the output with streaming stores (large and 64-byte aligned)
 };
 
 Plan MakePlan(const AttentionProblem& p) {
   Plan plan;
   plan.problem = &p;
   plan.group = p.queries.heads / p.kv.kv_heads;
-  plan.block_tokens = std::max<int64_t>(1, kTargetRows / plan.group);
-  plan.blocks = (p.queries.tokens + plan.block_tokens - 1) / plan.block_tokens;
+  // Larger items share each packed K/V tile among more rows; smaller ones keep every thread
+  // busy on shorter prompts.
+  const int64_t wanted_items = kTasksPerThread * NumThreads();
+  for (const int64_t target : {kTargetRows, kTargetRows / 2}) {
+    plan.block_tokens = std::max<int64_t>(1, target / plan.group);
+    plan.blocks = (p.queries.tokens + plan.block_tokens - 1) / plan.block_tokens;
+    if (plan.blocks * p.kv.kv_heads >= wanted_items) break;
+  }
   plan.items = plan.blocks * p.kv.kv_heads;
   plan.max_rows = std::min(plan.block_tokens, p.queries.tokens) * plan.group;
   plan.padded_rows = (plan.max_rows + kBlockRows - 1) / kBlockRows * kBlockRows;
   plan.dk_pad = (p.queries.dim + 31) / 32 * 32;
   plan.dv_pad = (p.kv.value_dim + 15) / 16 * 16;
+  const int64_t out_bytes = p.queries.tokens * p.queries.heads * p.kv.value_dim * 4;
+  plan.stream_output =
+      out_bytes >= kStreamOutputBytes && reinterpret_cast<uintptr_t>(p.out) % 64 == 0;
   return plan;
 }
 
@@ -374,8 +407,10 @@ void RunItem(const Plan& plan, int64_t item) {
   uint16_t* q = Grow(scratch.q, plan.padded_rows * dk_pad);
   float* kt = Grow(scratch.kt, dk_pad * kTileKeys);
   uint16_t* vp = Grow(scratch.vp, 2 * v_chunks * 16 * 32);
-  float* scores = Grow(scratch.scores, plan.padded_rows * kBlockKeys);
-  uint16_t* pb = Grow(scratch.pb, plan.padded_rows * kBlockKeys);
+  float* scores = Grow(scratch.scores, 2 * kBlockRows * kBlockKeys);
+  uint16_t* pb = Grow(scratch.pb, 2 * kBlockRows * kBlockKeys);
+  int64_t* row_token = Grow(scratch.row_token, plan.padded_rows);
+  int64_t* row_head = Grow(scratch.row_head, plan.padded_rows);
   float* o = Grow(scratch.o, plan.padded_rows * dv_pad);
   float* m = Grow(scratch.m, plan.padded_rows);
   float* l = Grow(scratch.l, plan.padded_rows * 16);
@@ -394,13 +429,21 @@ void RunItem(const Plan& plan, int64_t item) {
     if (r >= rows) continue;
     const int64_t s = s0 + r / group;
     const int64_t h = g * group + r % group;
+    if (r + kPrefetchRows < rows) {
+      // Q rows are a whole token (H·Dk floats) apart every `group` rows: fetch ahead.
+      const int64_t ahead = r + kPrefetchRows;
+      const char* next = reinterpret_cast<const char*>(
+          p.queries.data + ((s0 + ahead / group) * heads + g * group + ahead % group) * dk);
+      for (int64_t byte = 0; byte < dk * 4; byte += 64) _mm_prefetch(next + byte, _MM_HINT_T0);
+    }
     RoundToBF16(p.queries.data + (s * heads + h) * dk, dk, row);
   }
   for (int64_t i = 0; i < tokens; ++i) lowest[i] = LowestVisibleKey(first_slot + i, p.visibility);
-  // Padding rows of P stay zero.
-  std::fill(pb + rows * kBlockKeys, pb + padded * kBlockKeys, uint16_t{0});
+  for (int64_t r = 0; r < rows; ++r) {
+    row_token[r] = r / group;
+    row_head[r] = r % group;
+  }
 
-  const __m512 score_scale = _mm512_set1_ps(p.scale * kLog2e);
   const uint16_t* keys = static_cast<const uint16_t*>(kv.keys);
   const uint16_t* values = static_cast<const uint16_t*>(kv.values);
   const uint16_t* key_rows[kBlockKeys];
@@ -433,88 +476,90 @@ void RunItem(const Plan& plan, int64_t item) {
       std::fill(vp1, vp1 + v_chunks * 16 * 32, uint16_t{0});
     }
 
-    // S = Q Kᵀ, 32 keys at a time.
-    for (int64_t half = 0; half < (n1 > 0 ? 2 : 1); ++half) {
-      const float* kt_half = half == 0 ? kt : kt1;
-      for (int64_t b = 0; b < row_blocks; b += 2) {
-        const uint16_t* q_block = q + b * kBlockRows * dk_pad;
-        float* s_block = scores + b * kBlockRows * kBlockKeys + half * kTileKeys;
-        if (b + 1 < row_blocks) {
-          ScoreBlocks<2>(q_block, dk_pad, q_chunks, kt_half, s_block);
-        } else {
-          ScoreBlocks<1>(q_block, dk_pad, q_chunks, kt_half, s_block);
-        }
-      }
-    }
-
-    if (p.non_finite_scores != nullptr) {
-      // NaN/Inf among the n real scores of a row (lanes past n score zero keys).
-      const uint64_t real = n == 64 ? ~uint64_t{0} : ((uint64_t{1} << n) - 1u);
-      uint64_t found = 0;
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* row = scores + r * kBlockKeys;
-        for (int i = 0; i < 4; ++i) {
-          found |=
-              static_cast<uint64_t>(_mm512_fpclass_ps_mask(_mm512_loadu_ps(row + 16 * i), 0x99))
-              << (16 * i);
-        }
-      }
-      if ((found & real) != 0) p.non_finite_scores->store(true, std::memory_order_relaxed);
-    }
-
-    __m512 softmax_scale = score_scale;
-    if (p.softcap > 0.0f) {
-      for (int64_t r = 0; r < rows; ++r) {
-        SoftCapTileRow(scores + r * kBlockKeys, score_scale, p.softcap * kLog2e);
-        SoftCapTileRow(scores + r * kBlockKeys + kTileKeys, score_scale, p.softcap * kLog2e);
-      }
-      softmax_scale = _mm512_set1_ps(1.0f);
-    }
-    if (p.alibi_slopes != nullptr) {
-      for (int64_t i = 0, r = 0; i < tokens; ++i) {
-        const int64_t slot = first_slot + i;
-        for (int64_t j = 0; j < group; ++j, ++r) {
-          const float slope = p.alibi_slopes[g * group + j] * kLog2e;
-          AlibiTileRow(scores + r * kBlockKeys, softmax_scale, slope,
-                       static_cast<float>(t0 - slot));
-          AlibiTileRow(scores + r * kBlockKeys + kTileKeys, softmax_scale, slope,
-                       static_cast<float>(t0 + kTileKeys - slot));
-        }
-      }
-      softmax_scale = _mm512_set1_ps(1.0f);
-    }
-    // Online softmax, P rounded to bf16 for the tiles.
-    for (int64_t i = 0, r = 0; i < tokens; ++i) {
-      for (int64_t j = 0; j < group; ++j, ++r) {
-        SoftmaxBlockRow(scores + r * kBlockKeys, masks[i], softmax_scale, m[r], l + r * 16,
-                        o + r * dv_pad, dv_pad, pb + r * kBlockKeys);
-      }
-    }
-
-    // O += P V.
+    // Pairs of 16-row blocks run S = Q Kᵀ, the softmax and O += P V back to back, so that
+    // their scores, P and O rows stay in L1 while the packed K/V tiles serve every pair.
     for (int64_t b = 0; b < row_blocks; b += 2) {
-      const uint16_t* p_block = pb + b * kBlockRows * kBlockKeys;
-      float* o_block = o + b * kBlockRows * dv_pad;
+      const int64_t r0 = b * kBlockRows;
+      const int64_t r1 = std::min(rows, r0 + 2 * kBlockRows);
       const bool two_blocks = b + 1 < row_blocks;
+      const uint16_t* q_block = q + r0 * dk_pad;
+      for (int64_t half = 0; half < (n1 > 0 ? 2 : 1); ++half) {
+        const float* kt_half = half == 0 ? kt : kt1;
+        if (two_blocks) {
+          ScoreBlocks<2>(q_block, dk_pad, q_chunks, kt_half, scores + half * kTileKeys);
+        } else {
+          ScoreBlocks<1>(q_block, dk_pad, q_chunks, kt_half, scores + half * kTileKeys);
+        }
+      }
+
+      if (p.non_finite_scores != nullptr) {
+        // NaN/Inf among the n real scores of a row (lanes past n score zero keys).
+        const uint64_t real = n == 64 ? ~uint64_t{0} : ((uint64_t{1} << n) - 1u);
+        uint64_t found = 0;
+        for (int64_t r = r0; r < r1; ++r) {
+          const float* row = scores + (r - r0) * kBlockKeys;
+          for (int i = 0; i < 4; ++i) {
+            found |=
+                static_cast<uint64_t>(_mm512_fpclass_ps_mask(_mm512_loadu_ps(row + 16 * i), 0x99))
+                << (16 * i);
+          }
+        }
+        if ((found & real) != 0) p.non_finite_scores->store(true, std::memory_order_relaxed);
+      }
+
+      float softmax_scale = p.scale * kLog2e;
+      if (p.softcap > 0.0f || p.alibi_slopes != nullptr) {
+        // Rewritten scores already carry scale · log2 e.
+        __m512 scale_v = _mm512_set1_ps(softmax_scale);
+        for (int64_t r = r0; r < r1; ++r) {
+          float* row = scores + (r - r0) * kBlockKeys;
+          __m512 row_scale = scale_v;
+          if (p.softcap > 0.0f) {
+            SoftCapTileRow(row, row_scale, p.softcap * kLog2e);
+            SoftCapTileRow(row + kTileKeys, row_scale, p.softcap * kLog2e);
+            row_scale = _mm512_set1_ps(1.0f);
+          }
+          if (p.alibi_slopes != nullptr) {
+            const float slope = p.alibi_slopes[g * group + row_head[r]] * kLog2e;
+            const int64_t slot = first_slot + row_token[r];
+            AlibiTileRow(row, row_scale, slope, static_cast<float>(t0 - slot));
+            AlibiTileRow(row + kTileKeys, row_scale, slope,
+                         static_cast<float>(t0 + kTileKeys - slot));
+          }
+        }
+        softmax_scale = 1.0f;
+      }
+      // Online softmax, P rounded to bf16 for the tiles.
+      for (int64_t r = r0; r < r1; ++r) {
+        SoftmaxBlockRow(scores + (r - r0) * kBlockKeys, masks[row_token[r]], softmax_scale, m[r],
+                        l + r * 16, o + r * dv_pad, dv_pad, pb + (r - r0) * kBlockKeys);
+      }
+
+      // O += P V.
+      float* o_block = o + r0 * dv_pad;
       for (int64_t c = 0; c < v_chunks; c += 2) {
         const uint16_t* v0 = vp + c * 16 * 32;
         const uint16_t* v1 = vp1 + c * 16 * 32;
         float* o_tile = o_block + c * 16;
         if (c + 1 < v_chunks) {
           if (two_blocks) {
-            AccumulateBlocks<2, 2>(p_block, v0, v1, o_tile, dv_pad);
+            AccumulateBlocks<2, 2>(pb, v0, v1, o_tile, dv_pad);
           } else {
-            AccumulateBlocks<1, 2>(p_block, v0, v1, o_tile, dv_pad);
+            AccumulateBlocks<1, 2>(pb, v0, v1, o_tile, dv_pad);
           }
         } else if (two_blocks) {
-          AccumulateBlocks<2, 1>(p_block, v0, v1, o_tile, dv_pad);
+          AccumulateBlocks<2, 1>(pb, v0, v1, o_tile, dv_pad);
         } else {
-          AccumulateBlocks<1, 1>(p_block, v0, v1, o_tile, dv_pad);
+          AccumulateBlocks<1, 1>(pb, v0, v1, o_tile, dv_pad);
         }
       }
     }
   }
   _tile_release();
+
+  // A large output (beyond what caches would keep for its reader) is written with streaming
+  // stores: no read of each line before it is overwritten. Rows must be 64-byte aligned.
+  const bool stream = plan.stream_output && dv % 16 == 0;
 
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t s = s0 + r / group;
@@ -525,17 +570,30 @@ void RunItem(const Plan& plan, int64_t item) {
     const float sink = p.sinks != nullptr ? std::exp2(p.sinks[h] * kLog2e - m[r]) : 0.0f;
     // No visible key: zeros.
     const float inverse = sum > 0.0f ? 1.0f / (sum + sink) : 0.0f;
-    for (int64_t d = 0; d < dv; ++d) out[d] = o[r * dv_pad + d] * inverse;
+    const __m512 scale = _mm512_set1_ps(inverse);
+    if (stream) {
+      for (int64_t d = 0; d < dv; d += 16) {
+        _mm512_stream_ps(out + d, _mm512_mul_ps(_mm512_loadu_ps(o + r * dv_pad + d), scale));
+      }
+    } else {
+      for (int64_t d = 0; d < dv; ++d) out[d] = o[r * dv_pad + d] * inverse;
+    }
   }
+  if (stream) _mm_sfence();  // streaming stores visible before the pool reports the item done
 }
 
 }  // namespace
 
 bool FlashAttendAmxSupports(const AttentionProblem& problem, const IsaSupport& isa) {
-  if (!isa.amx || problem.kv.dtype != DType::kBF16 || problem.queries.dim % 2 != 0) return false;
+  // scale > 0: the softmax takes its maxima on unscaled scores.
+  if (!isa.amx || problem.kv.dtype != DType::kBF16 || problem.queries.dim % 2 != 0 ||
+      !(problem.scale > 0.0f)) {
+    return false;
+  }
   if (problem.queries.tokens == 0 || problem.kv.kv_heads <= 0) return false;
   const int64_t group = problem.queries.heads / problem.kv.kv_heads;
-  const int64_t block_tokens = std::max<int64_t>(1, kTargetRows / group);
+  // The smaller item size bounds both choices of MakePlan.
+  const int64_t block_tokens = std::max<int64_t>(1, kTargetRows / 2 / group);
   return std::min(block_tokens, problem.queries.tokens) * group >= kAmxMinRows;
 }
 
