@@ -19,6 +19,7 @@
 
 #include "attn/dtype.h"
 #include "attn/kernels.h"
+#include "attn/threads.h"
 #include "kernels/cpu/flash_attention.h"
 #include "kernels/cpu/isa.h"
 
@@ -367,6 +368,27 @@ TEST(AmxAttention, LargeStreamedOutputMatchesAvx512Kernel) {
   for (size_t i = 0; i < count; ++i) error = std::max(error, double{std::fabs(amx[i] - avx[i])});
   EXPECT_LE(error, 2e-2);
   EXPECT_EQ(RunKernel(&cpu::FlashAttendAmx, in), amx);  // unaligned: ordinary stores
+}
+
+// Items depend on the shape alone: the same bits with any number of threads.
+TEST(AmxAttention, ThreadCountDoesNotChangeResults) {
+  if (!AmxActive()) GTEST_SKIP() << "no AMX (or ATTN_DISABLE_AMX): nothing to compare";
+  Inputs in;
+  Build({.heads = 32,
+         .kv_heads = 8,
+         .key_dim = 64,
+         .value_dim = 64,
+         .queries = 200,
+         .length = 700,
+         .window = 300},
+        in);
+  const int before = NumThreads();
+  SetNumThreads(1);
+  const std::vector<float> one = RunKernel(&cpu::FlashAttendAmx, in);
+  SetNumThreads(3);
+  const std::vector<float> three = RunKernel(&cpu::FlashAttendAmx, in);
+  SetNumThreads(before);
+  EXPECT_EQ(one, three);
 }
 
 TEST(AmxAttention, NonFiniteScoresAreReported) {

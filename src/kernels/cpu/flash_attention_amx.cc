@@ -36,7 +36,7 @@ namespace {
 using namespace avx512;  // NOLINT(google-build-using-namespace): this file's own toolbox
 
 constexpr int64_t kTargetRows = 256;    // query rows per work item (or half as many)
-constexpr int64_t kTasksPerThread = 8;  // items per pool thread wanted for load balance
+constexpr int64_t kMinLargeItems = 32;  // fewer items of kTargetRows rows: take half as many
 constexpr int64_t kPrefetchRows = 8;    // Q rows fetched ahead while rounding to bf16
 // Outputs at least this large are streamed to memory (written once, read by the next layer
 // long after): about the L2 share of a few cores.
@@ -306,13 +306,14 @@ Plan MakePlan(const AttentionProblem& p) {
   Plan plan;
   plan.problem = &p;
   plan.group = p.queries.heads / p.kv.kv_heads;
-  // Larger items share each packed K/V tile among more rows; smaller ones keep every thread
-  // busy on shorter prompts.
-  const int64_t wanted_items = kTasksPerThread * NumThreads();
+  // Larger items share each packed K/V tile among more rows; smaller ones keep threads busy on
+  // shorter prompts. The choice depends on the shape alone, not on the thread count, so that
+  // results do not change with the number of threads (the softmax's block boundaries and
+  // rescaling points follow the items).
   for (const int64_t target : {kTargetRows, kTargetRows / 2}) {
     plan.block_tokens = std::max<int64_t>(1, target / plan.group);
     plan.blocks = (p.queries.tokens + plan.block_tokens - 1) / plan.block_tokens;
-    if (plan.blocks * p.kv.kv_heads >= wanted_items) break;
+    if (plan.blocks * p.kv.kv_heads >= kMinLargeItems) break;
   }
   plan.items = plan.blocks * p.kv.kv_heads;
   plan.max_rows = std::min(plan.block_tokens, p.queries.tokens) * plan.group;
@@ -592,6 +593,7 @@ bool FlashAttendAmxSupports(const AttentionProblem& problem, const IsaSupport& i
   }
   if (problem.queries.tokens == 0 || problem.kv.kv_heads <= 0) return false;
   const int64_t group = problem.queries.heads / problem.kv.kv_heads;
+  if (group <= 0) return false;  // an invalid problem: validation reports it
   // The smaller item size bounds both choices of MakePlan.
   const int64_t block_tokens = std::max<int64_t>(1, kTargetRows / 2 / group);
   return std::min(block_tokens, problem.queries.tokens) * group >= kAmxMinRows;
