@@ -483,6 +483,11 @@ void RunItem(const Plan& plan, int64_t item) {
       const int64_t r0 = b * kBlockRows;
       const int64_t r1 = std::min(rows, r0 + 2 * kBlockRows);
       const bool two_blocks = b + 1 < row_blocks;
+      // A pair none of whose rows sees a key of the block (the first rows of an item near the
+      // causal diagonal, or rows past a window): nothing to add.
+      uint64_t pair_any = 0;
+      for (int64_t i = row_token[r0]; i <= row_token[r1 - 1]; ++i) pair_any |= masks[i];
+      if (pair_any == 0) continue;
       const uint16_t* q_block = q + r0 * dk_pad;
       for (int64_t half = 0; half < (n1 > 0 ? 2 : 1); ++half) {
         const float* kt_half = half == 0 ? kt : kt1;
