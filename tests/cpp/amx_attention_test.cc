@@ -348,7 +348,8 @@ TEST(AmxAttention, PagedViews) {
              .page_size = 16});
 }
 
-// An output of 8 MiB or more (64-byte aligned) is written with streaming stores: the same values.
+// An output of 8 MiB or more is written with streaming stores: the same values, aligned or not,
+// and nothing outside it.
 TEST(AmxAttention, LargeStreamedOutputMatchesAvx512Kernel) {
   if (!AmxActive()) GTEST_SKIP() << "no AMX (or ATTN_DISABLE_AMX): nothing to compare";
   Inputs in;
@@ -356,7 +357,7 @@ TEST(AmxAttention, LargeStreamedOutputMatchesAvx512Kernel) {
       {.heads = 32, .kv_heads = 8, .key_dim = 128, .value_dim = 128, .queries = 520, .length = 600},
       in);
   const size_t count = static_cast<size_t>(520 * 32 * 128);
-  std::vector<float> storage(count + 16);
+  std::vector<float> storage(count + 32);
   float* aligned =
       storage.data() + (16 - reinterpret_cast<uintptr_t>(storage.data()) % 64 / 4) % 16;
   AttentionProblem p = in.problem;
@@ -367,7 +368,14 @@ TEST(AmxAttention, LargeStreamedOutputMatchesAvx512Kernel) {
   double error = 0.0;
   for (size_t i = 0; i < count; ++i) error = std::max(error, double{std::fabs(amx[i] - avx[i])});
   EXPECT_LE(error, 2e-2);
-  EXPECT_EQ(RunKernel(&cpu::FlashAttendAmx, in), amx);  // unaligned: ordinary stores
+  // Rows starting 4 bytes past a 64-byte boundary: ordinary stores at the row ends.
+  AttentionProblem shifted = p;
+  shifted.out = aligned + 1;
+  std::fill(storage.begin(), storage.end(), -7.0f);
+  cpu::FlashAttendAmx(shifted);
+  EXPECT_EQ(std::vector<float>(aligned + 1, aligned + 1 + count), amx);
+  EXPECT_EQ(aligned[0], -7.0f);
+  EXPECT_EQ(aligned[count + 1], -7.0f);
 }
 
 // Items depend on the shape alone: the same bits with any number of threads.

@@ -299,7 +299,7 @@ struct Plan {
   int64_t padded_rows;  // max_rows rounded up to 16
   int64_t dk_pad;       // Dk rounded up to 32
   int64_t dv_pad;       // Dv rounded up to 16
-  bool stream_output;   // write the output with streaming stores (large and 64-byte aligned)
+  bool stream_output;   // write the output with streaming stores (large)
 };
 
 Plan MakePlan(const AttentionProblem& p) {
@@ -322,7 +322,7 @@ Plan MakePlan(const AttentionProblem& p) {
   plan.dv_pad = (p.kv.value_dim + 15) / 16 * 16;
   const int64_t out_bytes = p.queries.tokens * p.queries.heads * p.kv.value_dim * 4;
   plan.stream_output =
-      out_bytes >= kStreamOutputBytes && reinterpret_cast<uintptr_t>(p.out) % 64 == 0;
+      out_bytes >= kStreamOutputBytes && reinterpret_cast<uintptr_t>(p.out) % 4 == 0;
   return plan;
 }
 
@@ -564,8 +564,8 @@ void RunItem(const Plan& plan, int64_t item) {
   _tile_release();
 
   // A large output (beyond what caches would keep for its reader) is written with streaming
-  // stores: no read of each line before it is overwritten. Rows must be 64-byte aligned.
-  const bool stream = plan.stream_output && dv % 16 == 0;
+  // stores: no read of each line before it is overwritten.
+  const bool stream = plan.stream_output;
 
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t s = s0 + r / group;
@@ -576,11 +576,18 @@ void RunItem(const Plan& plan, int64_t item) {
     const float sink = p.sinks != nullptr ? std::exp2(p.sinks[h] * kLog2e - m[r]) : 0.0f;
     // No visible key: zeros.
     const float inverse = sum > 0.0f ? 1.0f / (sum + sink) : 0.0f;
-    const __m512 scale = _mm512_set1_ps(inverse);
     if (stream) {
-      for (int64_t d = 0; d < dv; d += 16) {
-        _mm512_stream_ps(out + d, _mm512_mul_ps(_mm512_loadu_ps(o + r * dv_pad + d), scale));
+      // Ordinary stores up to the first 64-byte boundary and after the last; streaming stores
+      // between (a row shares its end lines with its neighbours).
+      const float* src = o + r * dv_pad;
+      const __m512 scale = _mm512_set1_ps(inverse);
+      const int64_t misaligned = static_cast<int64_t>(reinterpret_cast<uintptr_t>(out) % 64 / 4);
+      int64_t d = std::min(dv, misaligned == 0 ? 0 : 16 - misaligned);
+      for (int64_t i = 0; i < d; ++i) out[i] = src[i] * inverse;
+      for (; d + 16 <= dv; d += 16) {
+        _mm512_stream_ps(out + d, _mm512_mul_ps(_mm512_loadu_ps(src + d), scale));
       }
+      for (; d < dv; ++d) out[d] = src[d] * inverse;
     } else {
       for (int64_t d = 0; d < dv; ++d) out[d] = o[r * dv_pad + d] * inverse;
     }
