@@ -3,17 +3,18 @@
 // chunked prefill, absorbed MLA). This file is compiled with AVX-512 and AMX enabled; the backend
 // runs it only after isa.cc found amx_tile + amx_bf16 and the OS granted the tile state.
 //
-// One work item is a block of query rows (consecutive tokens × the H/G query heads of one kv
-// head, token-major) against every key that block may see, walked in tiles of 32 keys:
-//   pack      K tile transposed into bf16 pairs (the B operand of S = Q Kᵀ: 16 words of d ×
-//             16 keys per tile), V tile into VNNI pairs of keys (the B operand of P V: 16 key
-//             pairs × 16 columns) — once per key tile, shared by every row of the item
-//   S = Q Kᵀ  tdpbf16ps on 16-row blocks of Q (rounded to bf16 like the AVX-512 bf16 path),
-//             fp32 scores stored rows × 32
-//   softmax   the AVX-512 kernel's per-row online softmax in base 2 (avx512_common.h), after
-//             masking, soft-capping and ALiBi, with its running max m, sum l and the rescaling
-//             of O (fp32, in memory)
-//   O += P V  P rounded to bf16 (as FlashAttention does), O tiles loaded, accumulated, stored
+// One work item is a block of 128 or 256 query rows (consecutive tokens × the H/G query heads of
+// one kv head, token-major) against every key that block may see, walked in blocks of 128 keys:
+//   pack      each 32-key tile of K transposed into bf16 pairs (the B operand of S = Q Kᵀ: 16
+//             words of d × 16 keys), of V into pairs of keys (the B operand of P V: 16 key pairs
+//             × 16 columns) — once per block, shared by every row of the item
+//   then, per pair of 16-row blocks (so that their scores, P and O stay close in cache):
+//   S = Q Kᵀ  tdpbf16ps, Q rounded to bf16 as the AVX-512 bf16 path does, fp32 scores
+//   softmax   masking, soft-capping and ALiBi as in the AVX-512 kernel (avx512_common.h), then
+//             an online softmax in base 2 whose running maximum m moves only when a block
+//             exceeds it by more than 2^8 (O and the row sums l rescale rarely)
+//   O += P V  P rounded to bf16 (as FlashAttention does), fp32 O tiles loaded, accumulated over
+//             the block's keys, stored
 // and at the end out = O / (l + sink) (rows that saw no key: zeros). Keys are read through
 // KeyOffset / ValueOffset one row at a time, so paged views work like contiguous ones.
 #include <algorithm>
@@ -41,8 +42,9 @@ constexpr int64_t kPrefetchRows = 8;    // Q rows fetched ahead while rounding t
 // Outputs at least this large are streamed to memory (written once, read by the next layer
 // long after): about the L2 share of a few cores.
 constexpr int64_t kStreamOutputBytes = int64_t{8} << 20;
-constexpr int64_t kBlockRows = 16;  // rows of an AMX tile
-constexpr int64_t kBlockKeys = 64;  // keys per softmax step: two 32-key tiles
+constexpr int64_t kBlockRows = 16;              // rows of an AMX tile
+constexpr int64_t kSubTiles = 4;                // 32-key tiles per softmax step
+constexpr int64_t kBlockKeys = kSubTiles * 32;  // keys per softmax step
 
 // The tile configuration (palette 1): tiles 0 … 7 all 16 rows × 64 bytes.
 //   0-3  C: scores or O (fp32, 16 × 16)
@@ -168,12 +170,13 @@ void ScoreBlocks(const uint16_t* q, int64_t q_stride, int64_t chunks, const floa
   }
 }
 
-// o[r][16c … 16c+16·DC) += Σ_t p[r][t] v[t][·] over the 64 keys of a block, for RB blocks of 16
-// rows and DC column tiles (p: bf16 rows × 64; vp0 / vp1 from PackValues for keys 0-31 / 32-63,
-// offset to column tile c; o rows o_stride floats apart).
+// o[r][16c … 16c+16·DC) += Σ_t p[r][t] v[t][·] over the first 32·subs keys of a block, for RB
+// blocks of 16 rows and DC column tiles (p: bf16 rows × kBlockKeys; vp: PackValues' tile of
+// keys 0-31 offset to column tile c, that of keys 32u … at vp + u·sub_stride; o rows o_stride
+// floats apart).
 template <int RB, int DC>
-void AccumulateBlocks(const uint16_t* p, const uint16_t* vp0, const uint16_t* vp1, float* o,
-                      int64_t o_stride) {
+void AccumulateBlocks(const uint16_t* p, const uint16_t* vp, int64_t sub_stride, int64_t subs,
+                      float* o, int64_t o_stride) {
   const int64_t o_bytes = o_stride * 4;
   constexpr int64_t kPBytes = kBlockKeys * 2;
   float* o1 = o + kBlockRows * o_stride;
@@ -183,13 +186,13 @@ void AccumulateBlocks(const uint16_t* p, const uint16_t* vp0, const uint16_t* vp
     _tile_loadd(2, o1, o_bytes);
     if constexpr (DC == 2) _tile_loadd(3, o1 + 16, o_bytes);
   }
-  for (int k = 0; k < 2; ++k) {
-    const uint16_t* vp = k == 0 ? vp0 : vp1;
+  for (int64_t k = 0; k < subs; ++k) {
+    const uint16_t* v = vp + k * sub_stride;
     _tile_loadd(4, p + k * 32, kPBytes);
-    _tile_loadd(6, vp, 64);
+    _tile_loadd(6, v, 64);
     _tile_dpbf16ps(0, 4, 6);
     if constexpr (DC == 2) {
-      _tile_loadd(7, vp + 16 * 32, 64);
+      _tile_loadd(7, v + 16 * 32, 64);
       _tile_dpbf16ps(1, 4, 7);
     }
     if constexpr (RB == 2) {
@@ -227,25 +230,25 @@ inline __m512 Exp2Bf16(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-// One row's online-softmax step over a 64-key block: s (64 raw scores; their softmax value is
-// s·scale, scale > 0) becomes P = 2^(s·scale − m) where visible (mask), stored as bf16 in pb;
-// m, the row's vector of partial sums l_vec (16 lanes) and its O row (dv_pad floats) rescale
-// when m moves. The maximum is taken on the raw scores: with scale > 0,
-// max(round(s·scale)) = round(max(s)·scale).
-inline void SoftmaxBlockRow(const float* s, uint64_t mask, float scale, float& m, float* l_vec,
-                            float* o, int64_t dv_pad, uint16_t* pb) {
-  if (mask == 0) {
-    _mm512_storeu_si512(pb, _mm512_setzero_si512());
-    _mm512_storeu_si512(pb + 32, _mm512_setzero_si512());
+// One row's online-softmax step over the first 32·subs keys of a block: s (raw scores; their
+// softmax value is s·scale, scale > 0) becomes P = 2^(s·scale − m) where visible (masks: one
+// word per 32 keys), stored as bf16 in pb; m, the row's vector of partial sums l_vec (16 lanes)
+// and its O row (dv_pad floats) rescale when m moves. The maximum is taken on the raw scores:
+// with scale > 0, max(round(s·scale)) = round(max(s)·scale).
+inline void SoftmaxBlockRow(const float* s, const uint32_t* masks, int64_t subs, float scale,
+                            float& m, float* l_vec, float* o, int64_t dv_pad, uint16_t* pb) {
+  uint32_t any = 0;
+  for (int64_t u = 0; u < subs; ++u) any |= masks[u];
+  if (any == 0) {
+    for (int64_t u = 0; u < subs; ++u) _mm512_storeu_si512(pb + 32 * u, _mm512_setzero_si512());
     return;
   }
-  __mmask16 k[4];
-  __m512 x[4];
   __m512 top = _mm512_set1_ps(kNegInf);
-  for (int i = 0; i < 4; ++i) {
-    k[i] = static_cast<__mmask16>(mask >> (16 * i));
-    x[i] = _mm512_loadu_ps(s + 16 * i);
-    top = _mm512_mask_max_ps(top, k[i], top, x[i]);
+  for (int64_t u = 0; u < subs; ++u) {
+    const __mmask16 k0 = static_cast<__mmask16>(masks[u]);
+    const __mmask16 k1 = static_cast<__mmask16>(masks[u] >> 16);
+    top = _mm512_mask_max_ps(top, k0, top, _mm512_loadu_ps(s + 32 * u));
+    top = _mm512_mask_max_ps(top, k1, top, _mm512_loadu_ps(s + 32 * u + 16));
   }
   const float block_max = _mm512_reduce_max_ps(top) * scale;
   if (block_max > m + kRescaleThreshold || m == kNegInf) {
@@ -260,13 +263,17 @@ inline void SoftmaxBlockRow(const float* s, uint64_t mask, float scale, float& m
   const __m512 shift = _mm512_set1_ps(m);
   const __m512 scale_v = _mm512_set1_ps(scale);
   __m512 sum = _mm512_loadu_ps(l_vec);
-  for (int i = 0; i < 4; ++i) {
-    x[i] = _mm512_maskz_mov_ps(k[i], Exp2Bf16(_mm512_fmsub_ps(x[i], scale_v, shift)));
-    sum = _mm512_add_ps(sum, x[i]);
+  for (int64_t u = 0; u < subs; ++u) {
+    const __mmask16 k0 = static_cast<__mmask16>(masks[u]);
+    const __mmask16 k1 = static_cast<__mmask16>(masks[u] >> 16);
+    const __m512 p0 = _mm512_maskz_mov_ps(
+        k0, Exp2Bf16(_mm512_fmsub_ps(_mm512_loadu_ps(s + 32 * u), scale_v, shift)));
+    const __m512 p1 = _mm512_maskz_mov_ps(
+        k1, Exp2Bf16(_mm512_fmsub_ps(_mm512_loadu_ps(s + 32 * u + 16), scale_v, shift)));
+    sum = _mm512_add_ps(sum, _mm512_add_ps(p0, p1));
+    _mm512_storeu_si512(pb + 32 * u, (__m512i)_mm512_cvtne2ps_pbh(p1, p0));
   }
   _mm512_storeu_ps(l_vec, sum);
-  _mm512_storeu_si512(pb, (__m512i)_mm512_cvtne2ps_pbh(x[1], x[0]));
-  _mm512_storeu_si512(pb + 32, (__m512i)_mm512_cvtne2ps_pbh(x[3], x[2]));
 }
 
 // Per-thread buffers, grown on first use and then reused.
@@ -280,7 +287,7 @@ struct Scratch {
   std::vector<float> o;                      // padded rows × dv_pad
   std::vector<float> m;                      // padded rows
   std::vector<float> l;                      // padded rows × 16 (partial sums per lane)
-  std::vector<uint64_t> masks;
+  std::vector<uint32_t> masks;               // block tokens × kSubTiles
   std::vector<int64_t> lowest;
 };
 
@@ -406,8 +413,10 @@ void RunItem(const Plan& plan, int64_t item) {
 
   Scratch& scratch = ThreadScratch();
   uint16_t* q = Grow(scratch.q, plan.padded_rows * dk_pad);
-  float* kt = Grow(scratch.kt, dk_pad * kTileKeys);
-  uint16_t* vp = Grow(scratch.vp, 2 * v_chunks * 16 * 32);
+  const int64_t kt_stride = dk_pad / 2 * kTileKeys;  // floats per packed 32-key K tile
+  const int64_t vp_stride = v_chunks * 16 * 32;      // bf16 per packed 32-key V tile
+  float* kt = Grow(scratch.kt, kSubTiles * kt_stride);
+  uint16_t* vp = Grow(scratch.vp, kSubTiles * vp_stride);
   float* scores = Grow(scratch.scores, 2 * kBlockRows * kBlockKeys);
   uint16_t* pb = Grow(scratch.pb, 2 * kBlockRows * kBlockKeys);
   int64_t* row_token = Grow(scratch.row_token, plan.padded_rows);
@@ -415,10 +424,8 @@ void RunItem(const Plan& plan, int64_t item) {
   float* o = Grow(scratch.o, plan.padded_rows * dv_pad);
   float* m = Grow(scratch.m, plan.padded_rows);
   float* l = Grow(scratch.l, plan.padded_rows * 16);
-  uint64_t* masks = Grow(scratch.masks, plan.block_tokens);
+  uint32_t* masks = Grow(scratch.masks, plan.block_tokens * kSubTiles);
   int64_t* lowest = Grow(scratch.lowest, plan.block_tokens);
-  float* kt1 = kt + dk_pad / 2 * kTileKeys;
-  uint16_t* vp1 = vp + v_chunks * 16 * 32;
 
   // Q rows rounded to bf16 unscaled (bf16 inputs stay exact); scores are scaled in fp32.
   for (int64_t r = 0; r < padded; ++r) {
@@ -453,28 +460,26 @@ void RunItem(const Plan& plan, int64_t item) {
   LoadTileConfig();
   for (int64_t t0 = key_begin; t0 < key_end; t0 += kBlockKeys) {
     const int64_t n = std::min(kBlockKeys, key_end - t0);
-    const int64_t n0 = std::min(kTileKeys, n);
-    const int64_t n1 = n - n0;
-    const uint32_t bits0 = KeptBits(kv, t0, n0);
-    const uint32_t bits1 = KeptBits(kv, t0 + kTileKeys, n1);
-    uint64_t any = 0;
+    const int64_t subs = (n + kTileKeys - 1) / kTileKeys;  // 32-key tiles holding keys
+    uint32_t bits[kSubTiles];
+    for (int64_t u = 0; u < kSubTiles; ++u) {
+      bits[u] = KeptBits(kv, t0 + u * kTileKeys, std::min(kTileKeys, n - u * kTileKeys));
+    }
+    uint32_t any = 0;
     for (int64_t i = 0; i < tokens; ++i) {
       const int64_t slot = first_slot + i;
-      masks[i] = static_cast<uint64_t>(RowMask(slot, lowest[i], t0, causal, bits0)) |
-                 static_cast<uint64_t>(RowMask(slot, lowest[i], t0 + kTileKeys, causal, bits1))
-                     << 32;
-      any |= masks[i];
+      for (int64_t u = 0; u < kSubTiles; ++u) {
+        masks[i * kSubTiles + u] = RowMask(slot, lowest[i], t0 + u * kTileKeys, causal, bits[u]);
+        any |= masks[i * kSubTiles + u];
+      }
     }
     if (any == 0) continue;  // causal, window, chunk or padding hides the whole block
 
     RowPointers(kv, g, t0, n, keys, values, key_rows, value_rows);
-    PackKeys(key_rows, n0, dk, q_chunks, kt);
-    PackValues(value_rows, n0, dv, v_chunks, vp);
-    if (n1 > 0) {
-      PackKeys(key_rows + kTileKeys, n1, dk, q_chunks, kt1);
-      PackValues(value_rows + kTileKeys, n1, dv, v_chunks, vp1);
-    } else {
-      std::fill(vp1, vp1 + v_chunks * 16 * 32, uint16_t{0});
+    for (int64_t u = 0; u < subs; ++u) {
+      const int64_t count = std::min(kTileKeys, n - u * kTileKeys);
+      PackKeys(key_rows + u * kTileKeys, count, dk, q_chunks, kt + u * kt_stride);
+      PackValues(value_rows + u * kTileKeys, count, dv, v_chunks, vp + u * vp_stride);
     }
 
     // Pairs of 16-row blocks run S = Q Kᵀ, the softmax and O += P V back to back, so that
@@ -485,78 +490,83 @@ void RunItem(const Plan& plan, int64_t item) {
       const bool two_blocks = b + 1 < row_blocks;
       // A pair none of whose rows sees a key of the block (the first rows of an item near the
       // causal diagonal, or rows past a window): nothing to add.
-      uint64_t pair_any = 0;
-      for (int64_t i = row_token[r0]; i <= row_token[r1 - 1]; ++i) pair_any |= masks[i];
+      uint32_t pair_any = 0;
+      for (int64_t i = row_token[r0] * kSubTiles; i < (row_token[r1 - 1] + 1) * kSubTiles; ++i) {
+        pair_any |= masks[i];
+      }
       if (pair_any == 0) continue;
+      // Rows past `rows` in the last pair (padding up to 16) keep stale P and accumulate into O
+      // rows that are never output: each tile row is independent of the others.
       const uint16_t* q_block = q + r0 * dk_pad;
-      for (int64_t half = 0; half < (n1 > 0 ? 2 : 1); ++half) {
-        const float* kt_half = half == 0 ? kt : kt1;
+      for (int64_t u = 0; u < subs; ++u) {
         if (two_blocks) {
-          ScoreBlocks<2>(q_block, dk_pad, q_chunks, kt_half, scores + half * kTileKeys);
+          ScoreBlocks<2>(q_block, dk_pad, q_chunks, kt + u * kt_stride, scores + u * kTileKeys);
         } else {
-          ScoreBlocks<1>(q_block, dk_pad, q_chunks, kt_half, scores + half * kTileKeys);
+          ScoreBlocks<1>(q_block, dk_pad, q_chunks, kt + u * kt_stride, scores + u * kTileKeys);
         }
       }
 
       if (p.non_finite_scores != nullptr) {
-        // NaN/Inf among the n real scores of a row (lanes past n score zero keys).
-        const uint64_t real = n == 64 ? ~uint64_t{0} : ((uint64_t{1} << n) - 1u);
-        uint64_t found = 0;
-        for (int64_t r = r0; r < r1; ++r) {
-          const float* row = scores + (r - r0) * kBlockKeys;
-          for (int i = 0; i < 4; ++i) {
-            found |=
-                static_cast<uint64_t>(_mm512_fpclass_ps_mask(_mm512_loadu_ps(row + 16 * i), 0x99))
-                << (16 * i);
+        // NaN/Inf among the real scores of a row (lanes past n score zero keys).
+        uint32_t found = 0;
+        for (int64_t u = 0; u < subs; ++u) {
+          const int64_t count = std::min(kTileKeys, n - u * kTileKeys);
+          const uint32_t real = count == 32 ? ~0u : ((1u << count) - 1u);
+          for (int64_t r = r0; r < r1; ++r) {
+            const float* row = scores + (r - r0) * kBlockKeys + u * kTileKeys;
+            found |= (static_cast<uint32_t>(_mm512_fpclass_ps_mask(_mm512_loadu_ps(row), 0x99)) |
+                      static_cast<uint32_t>(_mm512_fpclass_ps_mask(_mm512_loadu_ps(row + 16), 0x99))
+                          << 16) &
+                     real;
           }
         }
-        if ((found & real) != 0) p.non_finite_scores->store(true, std::memory_order_relaxed);
+        if (found != 0) p.non_finite_scores->store(true, std::memory_order_relaxed);
       }
 
       float softmax_scale = p.scale * kLog2e;
       if (p.softcap > 0.0f || p.alibi_slopes != nullptr) {
         // Rewritten scores already carry scale · log2 e.
-        __m512 scale_v = _mm512_set1_ps(softmax_scale);
+        const __m512 scale_v = _mm512_set1_ps(softmax_scale);
         for (int64_t r = r0; r < r1; ++r) {
           float* row = scores + (r - r0) * kBlockKeys;
-          __m512 row_scale = scale_v;
-          if (p.softcap > 0.0f) {
-            SoftCapTileRow(row, row_scale, p.softcap * kLog2e);
-            SoftCapTileRow(row + kTileKeys, row_scale, p.softcap * kLog2e);
-            row_scale = _mm512_set1_ps(1.0f);
-          }
-          if (p.alibi_slopes != nullptr) {
-            const float slope = p.alibi_slopes[g * group + row_head[r]] * kLog2e;
-            const int64_t slot = first_slot + row_token[r];
-            AlibiTileRow(row, row_scale, slope, static_cast<float>(t0 - slot));
-            AlibiTileRow(row + kTileKeys, row_scale, slope,
-                         static_cast<float>(t0 + kTileKeys - slot));
+          for (int64_t u = 0; u < subs; ++u) {
+            __m512 row_scale = scale_v;
+            if (p.softcap > 0.0f) {
+              SoftCapTileRow(row + u * kTileKeys, row_scale, p.softcap * kLog2e);
+              row_scale = _mm512_set1_ps(1.0f);
+            }
+            if (p.alibi_slopes != nullptr) {
+              const float slope = p.alibi_slopes[g * group + row_head[r]] * kLog2e;
+              const int64_t slot = first_slot + row_token[r];
+              AlibiTileRow(row + u * kTileKeys, row_scale, slope,
+                           static_cast<float>(t0 + u * kTileKeys - slot));
+            }
           }
         }
         softmax_scale = 1.0f;
       }
       // Online softmax, P rounded to bf16 for the tiles.
       for (int64_t r = r0; r < r1; ++r) {
-        SoftmaxBlockRow(scores + (r - r0) * kBlockKeys, masks[row_token[r]], softmax_scale, m[r],
-                        l + r * 16, o + r * dv_pad, dv_pad, pb + (r - r0) * kBlockKeys);
+        SoftmaxBlockRow(scores + (r - r0) * kBlockKeys, masks + row_token[r] * kSubTiles, subs,
+                        softmax_scale, m[r], l + r * 16, o + r * dv_pad, dv_pad,
+                        pb + (r - r0) * kBlockKeys);
       }
 
       // O += P V.
       float* o_block = o + r0 * dv_pad;
       for (int64_t c = 0; c < v_chunks; c += 2) {
-        const uint16_t* v0 = vp + c * 16 * 32;
-        const uint16_t* v1 = vp1 + c * 16 * 32;
+        const uint16_t* v = vp + c * 16 * 32;
         float* o_tile = o_block + c * 16;
         if (c + 1 < v_chunks) {
           if (two_blocks) {
-            AccumulateBlocks<2, 2>(pb, v0, v1, o_tile, dv_pad);
+            AccumulateBlocks<2, 2>(pb, v, vp_stride, subs, o_tile, dv_pad);
           } else {
-            AccumulateBlocks<1, 2>(pb, v0, v1, o_tile, dv_pad);
+            AccumulateBlocks<1, 2>(pb, v, vp_stride, subs, o_tile, dv_pad);
           }
         } else if (two_blocks) {
-          AccumulateBlocks<2, 1>(pb, v0, v1, o_tile, dv_pad);
+          AccumulateBlocks<2, 1>(pb, v, vp_stride, subs, o_tile, dv_pad);
         } else {
-          AccumulateBlocks<1, 1>(pb, v0, v1, o_tile, dv_pad);
+          AccumulateBlocks<1, 1>(pb, v, vp_stride, subs, o_tile, dv_pad);
         }
       }
     }
