@@ -2,6 +2,7 @@
 // The backend table and the checks every attention kernel relies on.
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "attn/error.h"
 #include "attn/kernels.h"
@@ -23,7 +24,10 @@ namespace {
 // dtype or CPU.
 void Attend(const AttentionProblem& problem) {
   const IsaSupport& isa = ActiveIsa();
-  if (FlashAttendSupports(problem, isa)) {
+  if (FlashAttendAmxSupports(problem, isa)) {
+    ValidateAttentionProblem(problem);
+    FlashAttendAmx(problem);
+  } else if (FlashAttendSupports(problem, isa)) {
     ValidateAttentionProblem(problem);
     FlashAttendAvx512(problem, isa.bf16_dot);
   } else {
@@ -32,13 +36,31 @@ void Attend(const AttentionProblem& problem) {
 }
 
 // A batch goes to the fast kernel in one call when it takes every problem; a mixed batch (which
-// no layer makes: one cache has one dtype) is served problem by problem.
+// no layer makes: one cache has one dtype) is served problem by problem. Prefill-sized problems
+// that the AMX kernel takes run first, one call each; the rest go to the AVX-512 kernel together.
 void AttendBatch(const AttentionProblem* problems, int64_t count) {
   const IsaSupport& isa = ActiveIsa();
   bool all_fast = true;
+  bool any_amx = false;
   for (int64_t i = 0; i < count; ++i) {
     ValidateAttentionProblem(problems[i]);
     all_fast = all_fast && FlashAttendSupports(problems[i], isa);
+    any_amx = any_amx || FlashAttendAmxSupports(problems[i], isa);
+  }
+  if (all_fast && any_amx) {
+    thread_local std::vector<AttentionProblem> rest;
+    rest.clear();
+    for (int64_t i = 0; i < count; ++i) {
+      if (FlashAttendAmxSupports(problems[i], isa)) {
+        FlashAttendAmx(problems[i]);
+      } else {
+        rest.push_back(problems[i]);
+      }
+    }
+    if (!rest.empty()) {
+      FlashAttendBatchAvx512(rest.data(), static_cast<int64_t>(rest.size()), isa.bf16_dot);
+    }
+    return;
   }
   if (all_fast) {
     FlashAttendBatchAvx512(problems, count, isa.bf16_dot);

@@ -7,6 +7,8 @@
 #ifndef ATTN_KERNELS_CPU_FLASH_ATTENTION_H_
 #define ATTN_KERNELS_CPU_FLASH_ATTENTION_H_
 
+#include <cstdint>
+
 #include "attn/kernels.h"
 #include "kernels/cpu/isa.h"
 
@@ -26,6 +28,16 @@ void FlashAttendAvx512(const AttentionProblem& problem, bool bf16_dot);
 // whose tasks cover every problem, so a decode step of a batch keeps all threads busy without
 // one barrier per sequence. Each problem must be supported and valid.
 void FlashAttendBatchAvx512(const AttentionProblem* problems, int64_t count, bool bf16_dot);
+
+// The AMX kernel (flash_attention_amx.cc) takes bf16 K/V (contiguous or paged, even key width)
+// when the CPU has AMX (isa.amx) and an item holds at least kAmxMinRows query rows per kv head
+// (prefill, chunked prefill): Q·Kᵀ and P·V as bf16 tile products (Q and P rounded to bf16) with
+// fp32 accumulation, masking, soft-capping, ALiBi, sinks and the online softmax as in the
+// AVX-512 kernel. Fewer rows (decode) stay on the AVX-512 kernel.
+constexpr int64_t kAmxMinRows = 16;
+bool FlashAttendAmxSupports(const AttentionProblem& problem, const IsaSupport& isa);
+// Same contract as ReferenceAttend; the problem must be valid and supported.
+void FlashAttendAmx(const AttentionProblem& problem);
 
 }  // namespace attn::cpu
 

@@ -40,45 +40,6 @@ constexpr int64_t kMinKeysPerSplit = 256;
 // of unequal speed.
 constexpr int64_t kTasksPerThread = 8;
 
-// In-register transpose of a 16×16 block of 32-bit words. Stage b swaps the off-diagonal b×b
-// sub-blocks of every 2b×2b block (bit b of the row index trades places with bit b of the
-// lane index); the four stages together transpose.
-// Permutation indices of stage b (b = 8, 4, 2, 1): lane j of the first output takes a[j] or
-// c[j-b]; lane j of the second takes a[j+b] or c[j].
-struct TransposeIndices {
-  alignas(64) int32_t lo[4][16];
-  alignas(64) int32_t hi[4][16];
-};
-// Computed at compile time: a static initialiser here would be AVX-512 code that runs on every
-// CPU at load.
-constexpr TransposeIndices MakeTransposeIndices() {
-  TransposeIndices indices{};
-  for (int stage = 0; stage < 4; ++stage) {
-    const int b = 8 >> stage;
-    for (int j = 0; j < 16; ++j) {
-      indices.lo[stage][j] = (j & b) ? 16 + j - b : j;
-      indices.hi[stage][j] = (j & b) ? 16 + j : j + b;
-    }
-  }
-  return indices;
-}
-constexpr TransposeIndices kTransposeIndices = MakeTransposeIndices();
-
-inline void Transpose16(__m512 r[16]) {
-  for (int stage = 0; stage < 4; ++stage) {
-    const int b = 8 >> stage;
-    const __m512i index_lo = _mm512_load_si512(kTransposeIndices.lo[stage]);
-    const __m512i index_hi = _mm512_load_si512(kTransposeIndices.hi[stage]);
-    for (int i = 0; i < 16; ++i) {
-      if (i & b) continue;
-      const __m512 a = r[i];
-      const __m512 c = r[i + b];
-      r[i] = _mm512_permutex2var_ps(a, index_lo, c);
-      r[i + b] = _mm512_permutex2var_ps(a, index_hi, c);
-    }
-  }
-}
-
 // kt[w][key] for w < words (a multiple of 16), key < 32: the tile's keys transposed; rows >= n
 // and words >= width are zero. Keys 16 … 31 start at `second_half` (a paged tile whose halves
 // lie on two pages), or null: 16 rows after `keys`.

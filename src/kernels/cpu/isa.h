@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // Which instruction set the fast CPU kernels may use, decided once per process from cpuid and
 // the ATTN_CPU_ISA environment variable ("avx512" or "reference"; tests and users force the
-// portable path with ATTN_CPU_ISA=reference).
+// portable path with ATTN_CPU_ISA=reference). AMX tiles (amx_tile + amx_bf16, with the Linux
+// permission to use them, granted per process by arch_prctl) serve bf16 prefill attention;
+// ATTN_DISABLE_AMX=1 turns them off (the AVX-512 kernel takes those problems instead).
 #ifndef ATTN_KERNELS_CPU_ISA_H_
 #define ATTN_KERNELS_CPU_ISA_H_
 
@@ -14,13 +16,15 @@ enum class Isa {
 
 struct IsaSupport {
   Isa isa;
-  bool bf16_dot;  // avx512_bf16 (vdpbf16ps)
+  bool bf16_dot;     // avx512_bf16 (vdpbf16ps)
+  bool amx = false;  // amx_tile + amx_bf16, permitted by the OS (needs bf16_dot too)
 };
 
 // The ISA in use. Cheap after the first call.
 const IsaSupport& ActiveIsa();
 const char* IsaName(const IsaSupport& support);
-// Overrides the choice (tests); throws Error(kInvalidArgument) for an ISA this CPU lacks.
+// Overrides the choice (tests); throws Error(kInvalidArgument) for an ISA this CPU lacks. AMX
+// stays on where it was detected (and not disabled) and bf16_dot is requested.
 void ForceIsa(Isa isa, bool bf16_dot);
 
 }  // namespace attn::cpu
