@@ -106,6 +106,8 @@ def _more_configs():
 
 CONFIGS = _configs()
 MODELS = list(CONFIGS)
+# Model types of MODELS whose tested layers route tokens to top-k experts.
+ROUTED = {"gpt_oss", "deepseek_v3"}
 MORE = _more_configs()
 CONFIGS.update(MORE)
 
@@ -208,13 +210,27 @@ def test_logits_bf16_flash_rule(fresh, name):
     ref64.set_experts_implementation("eager")  # grouped_mm has no float64
     eager = _logits(_model(name, "eager", torch.bfloat16), ids, mask).double()
     ours = _logits(_model(name, "attn", torch.bfloat16), ids, mask).double()
-    err_eager = err_ours = 0.0
+    per_token_eager, per_token_ours = [], []
     for i, n in enumerate(PROMPT_LENGTHS):
         row = ids[i:i + 1, ids.shape[1] - n:]
         with torch.no_grad():
             want = ref64(row).logits[0]
-        err_eager = max(err_eager, (eager[i, -n:] - want).abs().max().item())
-        err_ours = max(err_ours, (ours[i, -n:] - want).abs().max().item())
+        per_token_eager.append((eager[i, -n:] - want).abs().amax(-1))
+        per_token_ours.append((ours[i, -n:] - want).abs().amax(-1))
+    per_token_eager = torch.cat(per_token_eager)
+    per_token_ours = torch.cat(per_token_ours)
+    if _model(name, "eager").config.model_type in ROUTED:
+        # Top-k expert routing turns a bf16-sized difference in a hidden state near a routing tie
+        # into another expert, and that token's logits jump by ~1 whichever bf16 computation made
+        # the difference (eager's own flips land on other tokens). The rule is applied to the
+        # 90th percentile of the per-token errors, and flips stay rare.
+        err_eager = torch.quantile(per_token_eager, 0.9).item()
+        err_ours = torch.quantile(per_token_ours, 0.9).item()
+        flips = (per_token_ours > 0.25).float().mean().item()
+        assert flips <= 0.1, (flips, per_token_ours.tolist())
+    else:
+        err_eager = per_token_eager.max().item()
+        err_ours = per_token_ours.max().item()
     assert err_eager > 0
     assert err_ours <= 2 * err_eager + 1e-2, (err_ours, err_eager)
     _assert_only_attn(fresh)
