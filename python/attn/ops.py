@@ -46,6 +46,7 @@ device, so tracing works), and masks that are not key padding + causal + sliding
 from __future__ import annotations
 
 import math
+import threading
 from typing import Optional
 
 import torch
@@ -207,10 +208,28 @@ def _check_sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], is
 # Running the kernel for any query offset (the binding takes slots [0, T - Sq] only).
 
 
+# Per-thread float32 buffers for what a call converts and then drops: the queries of a
+# half-precision call and its float32 output before the cast back. A fresh buffer of a prefill's
+# size costs more in page faults than the copy itself (S = 2048, H = 32, D = 128: 12 ms to
+# allocate and convert the queries, 1.2 ms to convert into a buffer already mapped); the buffers
+# grow to the largest call a thread has made and are kept.
+_workspace = threading.local()
+
+
+def _scratch(slot: str, shape) -> Tensor:
+    """A float32 tensor of `shape` over this thread's buffer `slot` (contents undefined)."""
+    count = math.prod(shape)
+    buffer = getattr(_workspace, slot, None)
+    if buffer is None or buffer.numel() < count:
+        buffer = torch.empty(count, dtype=torch.float32)
+        setattr(_workspace, slot, buffer)
+    return buffer[:count].view(shape)
+
+
 def _queries_f32(q: Tensor) -> Tensor:
     """q [B, Sq, H, D] as the kernel reads it in place (float32, each batch row row-major):
-    itself when it is, else one torch copy (vectorised; the binding's own conversion walks
-    element by element)."""
+    itself when it is, else one torch copy into this thread's query buffer (vectorised; the
+    binding's own conversion walks element by element)."""
     expected = 1
     for axis in (3, 2, 1):
         if q.shape[axis] != 1 and q.stride(axis) != expected:
@@ -219,7 +238,7 @@ def _queries_f32(q: Tensor) -> Tensor:
     else:
         if q.dtype == torch.float32:
             return q
-    return torch.empty(q.shape, dtype=torch.float32).copy_(q)
+    return _scratch("queries", q.shape).copy_(q)
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, keep: Optional[Tensor], causal: bool, offset: int,
@@ -238,9 +257,12 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, keep: Optional[Tensor], causal: boo
               sinks=sinks)
     if queries == 0 or length == 0:
         return torch.zeros(batch, queries, heads, value_dim)
+    # A half-precision call is cast to a new tensor afterwards: its float32 output can live in
+    # this thread's buffer. A float32 call returns the output itself: a new tensor.
+    shape = (batch, queries, heads, value_dim)
+    out = torch.empty(shape) if q.dtype == torch.float32 else _scratch("output", shape)
     q = _queries_f32(q)
     if not causal:
-        out = torch.empty(batch, queries, heads, value_dim)
         _attn.attention(q, k, v, causal=False, out=out, **kw)
         return out
     first = min(max(-offset, 0), queries)  # rows [0, first): slot < 0, no key visible
@@ -249,10 +271,9 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, keep: Optional[Tensor], causal: boo
         raise ValueError(f"attn: a sliding window with query slots past the last key (slot "
                          f"{offset + queries - 1} >= T = {length}) is not supported")
     if first == 0 and last == queries:
-        out = torch.empty(batch, queries, heads, value_dim)
         _attn.attention(q, k, v, causal=True, query_offset=offset, window=window, out=out, **kw)
         return out
-    out = torch.zeros(batch, queries, heads, value_dim)
+    out.zero_()
     if first < last:
         out[:, first:last] = _attn.attention(q[:, first:last], k, v, causal=True,
                                              query_offset=offset + first, window=window, **kw)

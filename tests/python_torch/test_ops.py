@@ -387,3 +387,24 @@ def test_sinks_and_softcap_reach_the_binding(attn):
     with pytest.raises(ValueError, match="sinks: expected one sink logit per query head"):
         attn.attention(q, k, v, sinks=torch.zeros(5))
     assert math.isfinite(float(out.abs().max()))
+
+
+def test_half_precision_results_do_not_share_the_thread_buffers(attn, ops):
+    """bf16/f16 calls convert q and hold the float32 output in per-thread buffers that the next
+    call reuses: each result is its own tensor, unchanged by later calls of other shapes."""
+    g = torch.Generator().manual_seed(11)
+    shapes = [(1, 5, 4, 16), (2, 9, 4, 16), (1, 3, 4, 16)]
+    results, expected = [], []
+    for dtype in (torch.bfloat16, torch.float16):
+        for b, s, h, d in shapes:
+            q = torch.randn(b, s, h, d, generator=g).to(dtype)
+            k = torch.randn(b, s + 2, 2, d, generator=g).to(dtype)
+            v = torch.randn(b, s + 2, 2, d, generator=g).to(dtype)
+            out = torch.ops.attn.attention(q, k, v, None, True, -1, None, 0, 0.0, None)
+            sdpa = attn.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                                     v.transpose(1, 2), enable_gqa=True)
+            results += [out, sdpa]
+            expected += [out.clone(), sdpa.clone()]
+    for got, want in zip(results, expected):
+        assert torch.equal(got, want)
+    assert len({r.data_ptr() for r in results}) == len(results)
