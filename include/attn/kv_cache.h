@@ -78,7 +78,7 @@ class Cache {
   size_t bytes_per_token_;
   std::vector<int64_t> lengths_;
   std::vector<int64_t> max_positions_;  // [batch], -1: none
-  std::vector<uint8_t> keep_;            // [batch][capacity]
+  std::vector<uint8_t> keep_;           // [batch][capacity]
 };
 
 class KVCache : public Cache {
