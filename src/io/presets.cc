@@ -10,8 +10,30 @@
 // (copied from jihengzhang/jihz-gpt-oss-20b, gpt-oss-20b/config.json), and
 // microsoft/Phi-3.5-mini-instruct as vendored in configs/phi-3.5-mini-instruct.json (transcribed
 // from a public copy that cites huggingface.co/microsoft/Phi-3.5-mini-instruct config.json; its
-// 48 short and 48 long factors are float32 values printed in full); tests/cpp/presets_test.cc
-// parses those files and compares.
+// 48 short and 48 long factors are float32 values printed in full);
+// mistralai/Mixtral-8x7B-v0.1 as vendored in configs/mixtral-8x7b-v0.1.json (copied from
+// NVIDIA/TensorRT-LLM, tests/unittest/_torch/modeling/test_modeling_mixtral.py,
+// MIXTRAL_8X7B_CONFIG, checked key by key against three more public copies of the file); and
+// google/gemma-2-2b-it as vendored in configs/gemma-2-2b-it.json (copied from a public copy whose
+// comment reads "copy https://huggingface.co/google/gemma-2-2b-it/blob/main/config.json here";
+// its attention keys equal transformers' Gemma2Config() defaults, which
+// tests/python_torch/test_presets_vs_transformers.py checks); and allenai/OLMo-2-1124-7B as
+// vendored in configs/olmo-2-1124-7b.json (transcribed from a public copy headed "config:
+// https://huggingface.co/allenai/OLMo-2-1124-7B/blob/main/config.json"; every attention key agrees
+// with NVIDIA-NeMo/Megatron-Bridge, tests/unit_tests/models/olmo2/test_olmo2_bridge.py, "Mirror of
+// allenai/OLMo-2-1124-7B/config.json", and with Lightning-AI/litgpt's OLMo-2-1124-7B entry);
+// ibm-granite/granite-3.3-8b-instruct as vendored in configs/granite-3.3-8b-instruct.json
+// (transcribed from a public dump of published config.json files, under the heading
+// "# ibm-granite/granite-3.3-8b-instruct"; the same dump's OLMo-2 7B entry has the attention keys
+// of configs/olmo-2-1124-7b.json). tests/cpp/presets_test.cc parses those files and compares.
+// Qwen/Qwen1.5-MoE-A2.7B-Chat is not vendored: its attention keys are those shared by two public
+// copies, the full config.json of Qwen/Qwen1.5-MoE-A2.7B-Chat-GPTQ-Int4 (a quantized copy of the
+// same model) and a planner's "Qwen/Qwen1.5-MoE-A2.7B-Chat (config.json, fields the planner
+// reads)"; rope_theta and rms_norm_eps are from the former alone. google/gemma-3-270m as
+// vendored in configs/gemma-3-270m.json (transcribed from circuit-tracer's tests,
+// gemma_3_config_dict, a copy of that model's config.json used beside
+// AutoConfig.from_pretrained("google/gemma-3-270m"), less the "_name_or_path" the test sets; its
+// attention keys agree with two more public copies of the 270m geometry).
 #include "attn/presets.h"
 
 #include <algorithm>
@@ -111,6 +133,35 @@ const std::vector<Preset>& Presets() {
         "rope_scaling": {"type": "longrope",
           "long_factor": [1.0800000429153442, 1.1100000143051147, 1.1399999856948853, 1.340000033378601, 1.5899999141693115, 1.600000023841858, 1.6200000047683716, 2.620000123977661, 3.2300000190734863, 3.2300000190734863, 4.789999961853027, 7.400000095367432, 7.700000286102295, 9.09000015258789, 12.199999809265137, 17.670000076293945, 24.46000099182129, 28.57000160217285, 30.420001983642578, 30.840002059936523, 32.590003967285156, 32.93000411987305, 42.320003509521484, 44.96000289916992, 50.340003967285156, 50.45000457763672, 57.55000305175781, 57.93000411987305, 58.21000289916992, 60.1400032043457, 62.61000442504883, 62.62000274658203, 62.71000289916992, 63.1400032043457, 63.1400032043457, 63.77000427246094, 63.93000411987305, 63.96000289916992, 63.970001220703125, 64.02999877929688, 64.06999969482422, 64.08000183105469, 64.12000274658203, 64.41000366210938, 64.4800033569336, 64.51000213623047, 64.52999877929688, 64.83999633789062],
           "short_factor": [1.0, 1.0199999809265137, 1.0299999713897705, 1.0299999713897705, 1.0499999523162842, 1.0499999523162842, 1.0499999523162842, 1.0499999523162842, 1.0499999523162842, 1.0699999332427979, 1.0999999046325684, 1.1099998950958252, 1.1599998474121094, 1.1599998474121094, 1.1699998378753662, 1.2899998426437378, 1.339999794960022, 1.679999828338623, 1.7899998426437378, 1.8199998140335083, 1.8499997854232788, 1.8799997568130493, 1.9099997282028198, 1.9399996995925903, 1.9899996519088745, 2.0199997425079346, 2.0199997425079346, 2.0199997425079346, 2.0199997425079346, 2.0199997425079346, 2.0199997425079346, 2.0299997329711914, 2.0299997329711914, 2.0299997329711914, 2.0299997329711914, 2.0299997329711914, 2.0299997329711914, 2.0299997329711914, 2.0299997329711914, 2.0299997329711914, 2.0799996852874756, 2.0899996757507324, 2.189999580383301, 2.2199995517730713, 2.5899994373321533, 2.729999542236328, 2.749999523162842, 2.8399994373321533]}})"},
+      {"mixtral-8x7b", R"({"model_type": "mixtral", "hidden_size": 4096,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "num_hidden_layers": 32,
+        "max_position_embeddings": 32768, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0,
+        "sliding_window": null})"},
+      {"gemma-2-2b", R"({"model_type": "gemma2", "hidden_size": 2304,
+        "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+        "num_hidden_layers": 26, "max_position_embeddings": 8192, "rms_norm_eps": 1e-06,
+        "rope_theta": 10000.0, "attention_bias": false, "query_pre_attn_scalar": 256,
+        "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+        "sliding_window": 4096})"},
+      {"olmo-2-7b", R"({"model_type": "olmo2", "hidden_size": 4096,
+        "num_attention_heads": 32, "num_key_value_heads": 32, "num_hidden_layers": 32,
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "rope_theta": 500000.0,
+        "rope_scaling": null, "attention_bias": false})"},
+      {"granite-3.3-8b", R"({"model_type": "granite", "hidden_size": 4096,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "num_hidden_layers": 40,
+        "max_position_embeddings": 131072, "rms_norm_eps": 1e-05, "rope_theta": 10000000.0,
+        "rope_scaling": null, "attention_bias": false, "attention_multiplier": 0.0078125})"},
+      {"qwen1.5-moe-a2.7b-chat", R"({"model_type": "qwen2_moe", "hidden_size": 2048,
+        "num_attention_heads": 16, "num_key_value_heads": 16, "num_hidden_layers": 24,
+        "max_position_embeddings": 32768, "max_window_layers": 21, "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0, "sliding_window": 32768, "use_sliding_window": false})"},
+      {"gemma-3-270m", R"({"model_type": "gemma3_text", "hidden_size": 640,
+        "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
+        "num_hidden_layers": 18, "max_position_embeddings": 32768, "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "rope_scaling": null,
+        "attention_bias": false, "query_pre_attn_scalar": 256, "attn_logit_softcapping": null,
+        "sliding_window": 512, "use_bidirectional_attention": false,
+        "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention", "sliding_attention", "sliding_attention", "full_attention", "sliding_attention", "sliding_attention", "sliding_attention", "sliding_attention", "sliding_attention", "full_attention", "sliding_attention", "sliding_attention", "sliding_attention", "sliding_attention", "sliding_attention", "full_attention"]})"},
       {"kimi-k2", R"({"model_type": "kimi_k2", "hidden_size": 7168,
         "num_attention_heads": 64, "num_key_value_heads": 64, "num_hidden_layers": 61,
         "max_position_embeddings": 131072, "q_lora_rank": 1536, "kv_lora_rank": 512,

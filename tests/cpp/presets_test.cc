@@ -12,6 +12,7 @@
 #include "attn/error.h"
 #include "attn/hf_config.h"
 #include "attn/kv_cache.h"
+#include "attn/model_stats.h"
 
 #ifndef ATTN_SOURCE_DIR
 #error "ATTN_SOURCE_DIR must name the repository root"
@@ -42,6 +43,18 @@ constexpr Row kTable[] = {
     {"qwen3-30b-a3b", 2048, 32, 4, 128, 48, 1024},
     {"gpt-oss-20b", 2880, 64, 8, 64, 24, 1024},
     {"phi-3.5-mini", 3072, 32, 32, 96, 32, 6144},
+    // Mixtral-8x7B: 4096 / 32 heads = 128; K and V of 8 kv heads: 2 * 8 * 128 = 2048.
+    {"mixtral-8x7b", 4096, 32, 8, 128, 32, 2048},
+    // Gemma-2-2B: head_dim 256 given (not 2304 / 8 = 288); 2 * 4 * 256 = 2048.
+    {"gemma-2-2b", 2304, 8, 4, 256, 26, 2048},
+    // OLMo-2-1124-7B: MHA, 4096 / 32 = 128; 2 * 32 * 128 = 8192.
+    {"olmo-2-7b", 4096, 32, 32, 128, 32, 8192},
+    // Granite-3.3-8B: 4096 / 32 = 128; 2 * 8 * 128 = 2048.
+    {"granite-3.3-8b", 4096, 32, 8, 128, 40, 2048},
+    // Qwen1.5-MoE-A2.7B: MHA, 2048 / 16 = 128; 2 * 16 * 128 = 4096.
+    {"qwen1.5-moe-a2.7b-chat", 2048, 16, 16, 128, 24, 4096},
+    // Gemma-3-270M: MQA, head_dim 256 given (640 / 4 = 160 is not it); 2 * 1 * 256 = 512.
+    {"gemma-3-270m", 640, 4, 1, 256, 18, 512},
 };
 
 // The presets taken from vendored copies of published config.json files equal parsing those
@@ -51,7 +64,12 @@ TEST(PresetsTest, PresetsEqualTheirVendoredConfigFiles) {
        {std::pair<const char*, const char*>{"qwen3-8b", "qwen3-8b.json"},
         {"qwen3-30b-a3b", "qwen3-30b-a3b.json"},
         {"gpt-oss-20b", "gpt-oss-20b.json"},
-        {"phi-3.5-mini", "phi-3.5-mini-instruct.json"}}) {
+        {"phi-3.5-mini", "phi-3.5-mini-instruct.json"},
+        {"mixtral-8x7b", "mixtral-8x7b-v0.1.json"},
+        {"gemma-2-2b", "gemma-2-2b-it.json"},
+        {"olmo-2-7b", "olmo-2-1124-7b.json"},
+        {"granite-3.3-8b", "granite-3.3-8b-instruct.json"},
+        {"gemma-3-270m", "gemma-3-270m.json"}}) {
     SCOPED_TRACE(preset);
     const ModelConfig a = LoadPreset(preset);
     const ModelConfig b = LoadHfConfig(std::string(ATTN_SOURCE_DIR "/configs/") + file);
@@ -76,6 +94,8 @@ TEST(PresetsTest, PresetsEqualTheirVendoredConfigFiles) {
               b.rope.scaling.original_max_position_embeddings);
     EXPECT_EQ(a.rope.scaling.short_factor, b.rope.scaling.short_factor);
     EXPECT_EQ(a.rope.scaling.long_factor, b.rope.scaling.long_factor);
+    EXPECT_EQ(a.attn_logit_softcapping, b.attn_logit_softcapping);
+    EXPECT_EQ(SoftmaxScale(a), SoftmaxScale(b));
   }
 }
 
@@ -124,6 +144,35 @@ TEST(PresetsTest, RopeDetailsOfSection6) {
   EXPECT_EQ(kimi.rope.scaling.beta_fast, 1.0);
   EXPECT_EQ(kimi.rope.scaling.beta_slow, 1.0);
   EXPECT_EQ(kimi.model_type, "deepseek_v3");
+  const ModelConfig mixtral = LoadPreset("mixtral-8x7b");
+  EXPECT_EQ(mixtral.rope.theta, 1e6);
+  EXPECT_EQ(mixtral.sliding_window, 0);  // "sliding_window": null in the published file
+  const ModelConfig gemma2 = LoadPreset("gemma-2-2b");
+  EXPECT_EQ(gemma2.attn_logit_softcapping, 50.0);
+  EXPECT_EQ(gemma2.sliding_window, 4096);
+  EXPECT_DOUBLE_EQ(SoftmaxScale(gemma2), 1.0 / 16.0);  // query_pre_attn_scalar 256 ** -0.5
+  ASSERT_EQ(gemma2.sliding_layers.size(), 26u);
+  for (size_t i = 0; i < 26; ++i) EXPECT_EQ(gemma2.sliding_layers[i], i % 2 == 0) << i;
+  const ModelConfig olmo2 = LoadPreset("olmo-2-7b");
+  EXPECT_EQ(olmo2.gqa.qk_norm, QkNorm::kWholeProjection);
+  EXPECT_EQ(olmo2.gqa.qk_norm_eps, 1e-6);
+  EXPECT_EQ(olmo2.rope.theta, 5e5);
+  const ModelConfig granite = LoadPreset("granite-3.3-8b");
+  EXPECT_EQ(SoftmaxScale(granite), 0.0078125);  // attention_multiplier, not 128 ** -0.5
+  EXPECT_EQ(granite.rope.theta, 1e7);
+  const ModelConfig qwen_moe = LoadPreset("qwen1.5-moe-a2.7b-chat");
+  EXPECT_TRUE(qwen_moe.gqa.qkv_bias);
+  EXPECT_EQ(qwen_moe.sliding_window, 0);  // use_sliding_window false
+  EXPECT_EQ(qwen_moe.rope.theta, 1e6);
+  const ModelConfig gemma3 = LoadPreset("gemma-3-270m");
+  EXPECT_EQ(gemma3.sliding_window, 512);
+  EXPECT_EQ(gemma3.rope.theta, 1e6);  // full-attention layers
+  EXPECT_TRUE(gemma3.sliding_rope_differs);
+  EXPECT_EQ(gemma3.sliding_rope.theta, 1e4);  // rope_local_base_freq, the sliding layers
+  EXPECT_EQ(gemma3.gqa.qk_norm, QkNorm::kPerHead);
+  EXPECT_DOUBLE_EQ(SoftmaxScale(gemma3), 1.0 / 16.0);  // query_pre_attn_scalar 256 ** -0.5
+  ASSERT_EQ(gemma3.sliding_layers.size(), 18u);
+  for (size_t i = 0; i < 18; ++i) EXPECT_EQ(gemma3.sliding_layers[i], (i + 1) % 6 != 0) << i;
 }
 
 TEST(PresetsTest, PresetsEqualTheCheckedInPublicConfigs) {
@@ -152,6 +201,27 @@ TEST(PresetsTest, PresetsEqualTheCheckedInPublicConfigs) {
     EXPECT_EQ(a.rope.scaling.mscale_all_dim, b.rope.scaling.mscale_all_dim);
     EXPECT_EQ(a.sliding_window, b.sliding_window);
     EXPECT_EQ(SoftmaxScale(a), SoftmaxScale(b));
+  }
+}
+
+// bf16 KV-cache bytes per token for the whole model, worked out by hand: 2 (K and V) · kv heads ·
+// head_dim · 2 bytes · layers.
+TEST(PresetsTest, CacheBytesPerTokenOfTheIssue11Presets) {
+  const std::pair<const char*, double> rows[] = {
+      {"mixtral-8x7b", 2.0 * 8 * 128 * 2 * 32},             // 131072 = 128 KiB
+      {"gemma-2-2b", 2.0 * 4 * 256 * 2 * 26},               // 106496 = 104 KiB
+      {"gemma-3-270m", 2.0 * 1 * 256 * 2 * 18},             // 18432 = 18 KiB
+      {"olmo-2-7b", 2.0 * 32 * 128 * 2 * 32},               // 524288 = 512 KiB
+      {"granite-3.3-8b", 2.0 * 8 * 128 * 2 * 40},           // 163840 = 160 KiB
+      {"qwen1.5-moe-a2.7b-chat", 2.0 * 16 * 128 * 2 * 24},  // 196608 = 192 KiB
+  };
+  for (const auto& [preset, bytes] : rows) {
+    SCOPED_TRACE(preset);
+    InfoOptions options;
+    options.dtype = DType::kBF16;
+    const ModelStats stats = ComputeModelStats(LoadPreset(preset), options);
+    ASSERT_FALSE(stats.forms.empty());
+    EXPECT_EQ(stats.forms[0].bytes_per_token_model, bytes);
   }
 }
 
