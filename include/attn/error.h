@@ -17,6 +17,7 @@ enum class ErrorKind {
   kCorruptFile,      // a file whose bytes contradict its own format
   kIo,               // the operating system refused (open, mmap, write)
   kCapacity,         // writing past a KV cache's capacity
+  kCommunication,    // another rank failed, disagreed, or did not answer in time (docs/distributed.md)
 };
 
 class Error : public std::runtime_error {

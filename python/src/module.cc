@@ -28,6 +28,8 @@ PyObject* ExceptionFor(ErrorKind kind) {
     case ErrorKind::kIo:
     case ErrorKind::kCorruptFile:
       return PyExc_OSError;
+    case ErrorKind::kCommunication:
+      return PyExc_RuntimeError;
   }
   return PyExc_RuntimeError;
 }
