@@ -14,6 +14,7 @@
 #include "attn/mpi_communicator.h"
 
 #include <mpi.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -38,11 +39,18 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// What MPI may still touch while a collective runs: the send and receive bytes, and the counts
-// and displacements of an Iallgatherv (MPI reads those until completion too).
+// What MPI may still touch while a collective runs: the send and receive buffers, and the counts
+// and displacements of an Iallgatherv (MPI reads those until completion too). A communicator
+// keeps one set and reuses it, so that a repeated collective (one all-reduce per layer and step)
+// neither allocates nor page-faults in fresh memory; it holds the largest collective's size
+// (W·n floats for an all-reduce of n).
 struct CollectiveBuffers {
-  std::vector<std::byte> send;
-  std::vector<std::byte> receive;
+  std::vector<float> send_floats;
+  std::vector<float> receive_floats;
+  std::vector<int64_t> send_ints;
+  std::vector<int64_t> receive_ints;
+  std::vector<char> send_chars;
+  std::vector<char> receive_chars;
   std::vector<int> counts;
   std::vector<int> displacements;
   MPI_Comm new_comm = MPI_COMM_NULL;  // MPI_Comm_idup's output
@@ -98,12 +106,13 @@ bool MpiIsInitialised() {
 enum class PollResult { kDone, kTimedOut, kFailed };
 
 // Drives `request` to completion (MPI progresses nonblocking collectives only inside MPI calls,
-// so it must be polled) or until `deadline`. Spins for the first 50 µs, which covers a small
-// collective between ranks on one node, then sleeps between polls, doubling the pause up to 1 ms,
-// so that a rank waiting for a slow peer does not take a core from it (ranks are often
-// oversubscribed on one machine).
+// so it must be polled: a large all-gather goes through many rounds of fragments, each needing a
+// poll) or until `deadline`. For the first 5 ms it polls back to back, yielding the core between
+// polls to any other runnable process (ranks are often oversubscribed on one machine); after that
+// the peer is evidently slow, and it sleeps between polls, doubling the pause from 10 µs up to
+// 1 ms, so that a rank waiting for a slow peer does not keep a core busy.
 PollResult Poll(MPI_Request* request, Clock::time_point deadline, int* mpi_error) {
-  constexpr auto kSpin = std::chrono::microseconds(50);
+  constexpr auto kBusy = std::chrono::milliseconds(5);
   constexpr auto kShortestPause = std::chrono::microseconds(10);
   constexpr auto kLongestPause = std::chrono::microseconds(1000);
   const Clock::time_point start = Clock::now();
@@ -118,7 +127,9 @@ PollResult Poll(MPI_Request* request, Clock::time_point deadline, int* mpi_error
     if (done != 0) return PollResult::kDone;
     const Clock::time_point now = Clock::now();
     if (now >= deadline) return PollResult::kTimedOut;
-    if (now - start >= kSpin) {
+    if (now - start < kBusy) {
+      sched_yield();
+    } else {
       std::this_thread::sleep_for(pause);
       pause = std::min(std::max(pause * 2, kShortestPause), kLongestPause);
     }
@@ -213,7 +224,8 @@ void EnsureMpiInitialised() {
 
 class MpiCommunicator final : public Communicator {
  public:
-  MpiCommunicator(MPI_Comm comm, double timeout_seconds) : comm_(comm), timeout_(timeout_seconds) {
+  MpiCommunicator(MPI_Comm comm, double timeout_seconds)
+      : comm_(comm), timeout_(timeout_seconds), buffers_(std::make_unique<CollectiveBuffers>()) {
     CheckMpi(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
     CheckMpi(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
     CheckMpi(MPI_Comm_size(comm_, &world_), "MPI_Comm_size");
@@ -234,24 +246,25 @@ class MpiCommunicator final : public Communicator {
   // MPI_Allreduce would not be (its association depends on the rank). The cost: each rank
   // receives (W-1)·n·4 bytes instead of a ring all-reduce's 2·(W-1)/W·n·4.
   void AllReduceSum(std::span<float> data) override {
-    const std::vector<float> gathered = GatherEqualFloats("AllReduceSum", data);
+    GatherEqualFloats("AllReduceSum", data);
     const size_t n = data.size();
-    if (n == 0) return;
-    std::copy(gathered.begin(), gathered.begin() + static_cast<ptrdiff_t>(n), data.begin());
+    const float* gathered = buffers_->receive_floats.data();
+    std::copy(gathered, gathered + n, data.begin());
     for (int r = 1; r < world_; ++r) {
-      const float* row = gathered.data() + static_cast<size_t>(r) * n;
+      const float* row = gathered + static_cast<size_t>(r) * n;
       for (size_t i = 0; i < n; ++i) data[i] += row[i];
     }
   }
 
-  // Same gather, then the maximum in rank order, so that NaNs resolve identically everywhere.
+  // The same gather, then the maximum in rank order, so that even NaNs resolve identically on
+  // every rank.
   void AllReduceMax(std::span<float> data) override {
-    const std::vector<float> gathered = GatherEqualFloats("AllReduceMax", data);
+    GatherEqualFloats("AllReduceMax", data);
     const size_t n = data.size();
-    if (n == 0) return;
-    std::copy(gathered.begin(), gathered.begin() + static_cast<ptrdiff_t>(n), data.begin());
+    const float* gathered = buffers_->receive_floats.data();
+    std::copy(gathered, gathered + n, data.begin());
     for (int r = 1; r < world_; ++r) {
-      const float* row = gathered.data() + static_cast<size_t>(r) * n;
+      const float* row = gathered + static_cast<size_t>(r) * n;
       for (size_t i = 0; i < n; ++i) data[i] = row[i] > data[i] ? row[i] : data[i];
     }
   }
@@ -262,29 +275,40 @@ class MpiCommunicator final : public Communicator {
     // the sizes fit and throw together.
     const int64_t sizes[2] = {static_cast<int64_t>(mine.size()), static_cast<int64_t>(all.size())};
     const std::vector<int64_t> everyone = GatherInts("AllGather (sizes)", sizes);
+    std::vector<int64_t> counts(static_cast<size_t>(world_));
     int64_t total = 0;
-    for (int r = 0; r < world_; ++r) total += everyone[2 * static_cast<size_t>(r)];
+    for (size_t r = 0; r < counts.size(); ++r) {
+      counts[r] = everyone[2 * r];
+      total += counts[r];
+    }
     std::string mismatch;
-    for (int r = 0; r < world_; ++r) {
-      if (everyone[2 * static_cast<size_t>(r) + 1] != total) {
-        mismatch += (mismatch.empty() ? "" : ", ") + std::string("rank ") + std::to_string(r) +
-                    "'s holds " + std::to_string(everyone[2 * static_cast<size_t>(r) + 1]);
+    for (size_t r = 0; r < counts.size(); ++r) {
+      if (everyone[2 * r + 1] != total) {
+        mismatch += (mismatch.empty() ? "rank " : ", rank ") + std::to_string(r) + "'s holds " +
+                    std::to_string(everyone[2 * r + 1]);
       }
     }
     if (!mismatch.empty()) {
-      std::string inputs;
-      for (int r = 0; r < world_; ++r) {
-        inputs += (r == 0 ? "" : ", ") + std::string("rank ") + std::to_string(r) + ": " +
-                  std::to_string(everyone[2 * static_cast<size_t>(r)]);
-      }
       throw Error(ErrorKind::kCommunication,
                   "MPI AllGather: the output must hold the sum of every rank's input (" +
-                      std::to_string(total) + " floats; inputs " + inputs + "), but " + mismatch);
+                      std::to_string(total) + " floats; inputs " + RankList(counts) + "), but " +
+                      mismatch);
     }
-    std::vector<int64_t> counts(static_cast<size_t>(world_));
-    for (int r = 0; r < world_; ++r) counts[static_cast<size_t>(r)] = everyone[2 * r];
-    GatherVarying("AllGather", std::as_bytes(mine), counts, MPI_FLOAT, sizeof(float),
-                  std::as_writable_bytes(all));
+    CheckIntCount("AllGather", total);
+    CollectiveBuffers& b = *buffers_;
+    b.send_floats.assign(mine.begin(), mine.end());
+    b.receive_floats.resize(all.size());
+    SetCountsAndDisplacements(counts);
+    // MPI may not be handed a null pointer for an empty buffer on every implementation.
+    b.send_floats.reserve(1);
+    b.receive_floats.reserve(1);
+    MPI_Request request = MPI_REQUEST_NULL;
+    CheckMpi(MPI_Iallgatherv(b.send_floats.data(), static_cast<int>(mine.size()), MPI_FLOAT,
+                             b.receive_floats.data(), b.counts.data(), b.displacements.data(),
+                             MPI_FLOAT, comm_, &request),
+             "MPI_Iallgatherv");
+    Complete(request, "AllGather", std::to_string(total) + " floats in all");
+    std::copy(buffers_->receive_floats.begin(), buffers_->receive_floats.end(), all.begin());
   }
 
   std::vector<int64_t> AllGatherInt(int64_t mine) override {
@@ -292,6 +316,7 @@ class MpiCommunicator final : public Communicator {
     return GatherInts("AllGatherInt", std::span<const int64_t>(&mine, 1));
   }
 
+  // The lengths first, then the bytes.
   std::vector<std::string> AllGatherText(const std::string& mine) override {
     ThrowIfBroken("AllGatherText");
     const int64_t length = static_cast<int64_t>(mine.size());
@@ -299,25 +324,34 @@ class MpiCommunicator final : public Communicator {
         GatherInts("AllGatherText (lengths)", std::span<const int64_t>(&length, 1));
     int64_t total = 0;
     for (int64_t l : lengths) total += l;
-    std::string joined(static_cast<size_t>(total), '\0');
-    GatherVarying("AllGatherText", std::as_bytes(std::span(mine.data(), mine.size())), lengths,
-                  MPI_CHAR, 1, std::as_writable_bytes(std::span(joined.data(), joined.size())));
+    CheckIntCount("AllGatherText", total);
+    CollectiveBuffers& b = *buffers_;
+    b.send_chars.assign(mine.begin(), mine.end());
+    b.receive_chars.resize(static_cast<size_t>(total));
+    SetCountsAndDisplacements(lengths);
+    b.send_chars.reserve(1);
+    b.receive_chars.reserve(1);
+    MPI_Request request = MPI_REQUEST_NULL;
+    CheckMpi(MPI_Iallgatherv(b.send_chars.data(), static_cast<int>(length), MPI_CHAR,
+                             b.receive_chars.data(), b.counts.data(), b.displacements.data(),
+                             MPI_CHAR, comm_, &request),
+             "MPI_Iallgatherv");
+    Complete(request, "AllGatherText", std::to_string(total) + " bytes in all");
     std::vector<std::string> texts;
-    texts.reserve(static_cast<size_t>(world_));
-    size_t offset = 0;
+    texts.reserve(lengths.size());
+    const char* next = buffers_->receive_chars.data();
     for (int64_t l : lengths) {
-      texts.push_back(joined.substr(offset, static_cast<size_t>(l)));
-      offset += static_cast<size_t>(l);
+      texts.emplace_back(next, static_cast<size_t>(l));
+      next += l;
     }
     return texts;
   }
 
   void Barrier() override {
     ThrowIfBroken("Barrier");
-    auto buffers = std::make_unique<CollectiveBuffers>();
     MPI_Request request = MPI_REQUEST_NULL;
     CheckMpi(MPI_Ibarrier(comm_, &request), "MPI_Ibarrier");
-    Complete(request, std::move(buffers), "Barrier", "no data");
+    Complete(request, "Barrier", "no data");
   }
 
  private:
@@ -334,15 +368,14 @@ class MpiCommunicator final : public Communicator {
                    "(MPI_THREAD_FUNNELED)");
   }
 
-  // Waits for `request`; on timeout or failure keeps it and its buffers alive for the rest of the
-  // process, marks this communicator broken and throws Error(kCommunication).
-  std::unique_ptr<CollectiveBuffers> Complete(MPI_Request request,
-                                              std::unique_ptr<CollectiveBuffers> buffers,
-                                              const char* collective, const std::string& size) {
+  // Waits for `request`, which uses buffers_. On timeout or failure hands the request and
+  // buffers_ to the process's abandoned list (MPI may still touch them), marks this
+  // communicator broken and throws Error(kCommunication).
+  void Complete(MPI_Request request, const char* collective, const std::string& size) {
     int mpi_error = MPI_SUCCESS;
     const PollResult result = Poll(&request, DeadlineAfter(timeout_), &mpi_error);
-    if (result == PollResult::kDone) return buffers;
-    ProcessState().abandoned.push_back({request, std::move(buffers)});
+    if (result == PollResult::kDone) return;
+    ProcessState().abandoned.push_back({request, std::move(buffers_)});
     const std::string where = std::string(collective) + " (" + size + ") on rank " +
                               std::to_string(rank_) + " of " + std::to_string(world_);
     if (result == PollResult::kFailed) {
@@ -357,97 +390,80 @@ class MpiCommunicator final : public Communicator {
                     "collective or none); ATTN_COLLECTIVE_TIMEOUT sets the limit");
   }
 
-  // `count` values from every rank, in rank order (every rank passes the same count).
+  // mine.size() values from every rank, in rank order (every rank passes as many).
   std::vector<int64_t> GatherInts(const char* collective, std::span<const int64_t> mine) {
-    auto buffers = std::make_unique<CollectiveBuffers>();
-    buffers->send.resize(mine.size_bytes());
-    std::memcpy(buffers->send.data(), mine.data(), mine.size_bytes());
-    buffers->receive.resize(mine.size_bytes() * static_cast<size_t>(world_));
+    CollectiveBuffers& b = *buffers_;
+    b.send_ints.assign(mine.begin(), mine.end());
+    b.receive_ints.resize(mine.size() * static_cast<size_t>(world_));
     const int count = static_cast<int>(mine.size());
     MPI_Request request = MPI_REQUEST_NULL;
-    CheckMpi(MPI_Iallgather(buffers->send.data(), count, MPI_INT64_T, buffers->receive.data(),
-                            count, MPI_INT64_T, comm_, &request),
+    CheckMpi(MPI_Iallgather(b.send_ints.data(), count, MPI_INT64_T, b.receive_ints.data(), count,
+                            MPI_INT64_T, comm_, &request),
              "MPI_Iallgather");
-    buffers = Complete(request, std::move(buffers), collective,
-                       std::to_string(count) + " int64 per rank");
-    std::vector<int64_t> values(mine.size() * static_cast<size_t>(world_));
-    std::memcpy(values.data(), buffers->receive.data(), buffers->receive.size());
-    return values;
+    Complete(request, collective, std::to_string(count) + " int64 per rank");
+    return buffers_->receive_ints;
   }
 
-  // Every rank's `data` (the same length on every rank, checked first), rank after rank.
-  std::vector<float> GatherEqualFloats(const char* collective, std::span<const float> data) {
+  // Every rank's `data` (the same length on every rank, checked first), rank after rank, into
+  // buffers_->receive_floats.
+  void GatherEqualFloats(const char* collective, std::span<const float> data) {
     ThrowIfBroken(collective);
     // Checking the lengths costs one more small collective, but a mismatch would otherwise be
-    // silent garbage or a hang inside MPI.
+    // garbage or a hang inside MPI.
     const int64_t length = static_cast<int64_t>(data.size());
     const std::vector<int64_t> lengths =
         GatherInts(collective, std::span<const int64_t>(&length, 1));
     if (std::any_of(lengths.begin(), lengths.end(), [&](int64_t l) { return l != length; })) {
-      std::string listed;
-      for (int r = 0; r < world_; ++r) {
-        listed += (r == 0 ? "" : ", ") + std::string("rank ") + std::to_string(r) + ": " +
-                  std::to_string(lengths[static_cast<size_t>(r)]);
-      }
       throw Error(ErrorKind::kCommunication, std::string("MPI ") + collective +
-                                                 ": ranks pass different lengths (" + listed + ")");
+                                                 ": ranks pass different lengths (" +
+                                                 RankList(lengths) + ")");
     }
-    Check(length <= INT_MAX, ErrorKind::kInvalidArgument,
-          std::string("MPI ") + collective + ": " + std::to_string(length) +
-              " floats exceed MPI's int count");
-    std::vector<float> gathered(data.size() * static_cast<size_t>(world_));
-    if (data.empty()) return gathered;
-    auto buffers = std::make_unique<CollectiveBuffers>();
-    buffers->send.resize(data.size_bytes());
-    std::memcpy(buffers->send.data(), data.data(), data.size_bytes());
-    buffers->receive.resize(gathered.size() * sizeof(float));
+    CheckIntCount(collective, length);
+    CollectiveBuffers& b = *buffers_;
+    b.receive_floats.resize(data.size() * static_cast<size_t>(world_));
+    if (data.empty()) return;
+    b.send_floats.assign(data.begin(), data.end());
     const int count = static_cast<int>(length);
     MPI_Request request = MPI_REQUEST_NULL;
-    CheckMpi(MPI_Iallgather(buffers->send.data(), count, MPI_FLOAT, buffers->receive.data(), count,
+    CheckMpi(MPI_Iallgather(b.send_floats.data(), count, MPI_FLOAT, b.receive_floats.data(), count,
                             MPI_FLOAT, comm_, &request),
              "MPI_Iallgather");
-    buffers = Complete(request, std::move(buffers), collective,
-                       std::to_string(count) + " floats per rank");
-    std::memcpy(gathered.data(), buffers->receive.data(), buffers->receive.size());
-    return gathered;
+    Complete(request, collective, std::to_string(count) + " floats per rank");
   }
 
-  // Rank r contributes counts[r] elements of `type` (`element_bytes` each); `all` receives them
-  // in rank order. The counts come from a gather, so every rank passes the same ones.
-  void GatherVarying(const char* collective, std::span<const std::byte> mine,
-                     const std::vector<int64_t>& counts, MPI_Datatype type, size_t element_bytes,
-                     std::span<std::byte> all) {
-    int64_t total = 0;
-    for (int64_t c : counts) total += c;
-    Check(total <= INT_MAX, ErrorKind::kInvalidArgument,
-          std::string("MPI ") + collective + ": " + std::to_string(total) +
-              " elements in all exceed MPI's int count");
-    auto buffers = std::make_unique<CollectiveBuffers>();
-    buffers->send.assign(mine.begin(), mine.end());
-    buffers->receive.resize(all.size());
-    buffers->counts.resize(counts.size());
-    buffers->displacements.resize(counts.size());
+  // Iallgatherv's counts and displacements (in elements) for per-rank `counts` whose total
+  // CheckIntCount allowed.
+  void SetCountsAndDisplacements(const std::vector<int64_t>& counts) {
+    CollectiveBuffers& b = *buffers_;
+    b.counts.resize(counts.size());
+    b.displacements.resize(counts.size());
     int offset = 0;
     for (size_t r = 0; r < counts.size(); ++r) {
-      buffers->counts[r] = static_cast<int>(counts[r]);
-      buffers->displacements[r] = offset;
-      offset += buffers->counts[r];
+      b.counts[r] = static_cast<int>(counts[r]);
+      b.displacements[r] = offset;
+      offset += b.counts[r];
     }
-    // MPI may not be handed a null pointer for an empty buffer on every implementation.
-    buffers->send.reserve(1);
-    buffers->receive.reserve(1);
-    MPI_Request request = MPI_REQUEST_NULL;
-    CheckMpi(MPI_Iallgatherv(buffers->send.data(), static_cast<int>(mine.size() / element_bytes),
-                             type, buffers->receive.data(), buffers->counts.data(),
-                             buffers->displacements.data(), type, comm_, &request),
-             "MPI_Iallgatherv");
-    buffers = Complete(request, std::move(buffers), collective,
-                       std::to_string(total) + " elements in all");
-    std::copy(buffers->receive.begin(), buffers->receive.end(), all.begin());
+  }
+
+  static void CheckIntCount(const char* collective, int64_t elements) {
+    Check(elements <= INT_MAX, ErrorKind::kInvalidArgument,
+          std::string("MPI ") + collective + ": " + std::to_string(elements) +
+              " elements exceed MPI's int count");
+  }
+
+  // "rank 0: 8, rank 1: 9".
+  static std::string RankList(const std::vector<int64_t>& values) {
+    std::string listed;
+    for (size_t r = 0; r < values.size(); ++r) {
+      listed +=
+          (r == 0 ? "rank " : ", rank ") + std::to_string(r) + ": " + std::to_string(values[r]);
+    }
+    return listed;
   }
 
   MPI_Comm comm_;
   double timeout_;
+  std::unique_ptr<CollectiveBuffers> buffers_;
   int rank_ = 0;
   int world_ = 1;
   // Empty while usable; once a collective timed out or failed, which one (for later errors).
