@@ -25,6 +25,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <span>
 #include <string>
@@ -241,31 +242,34 @@ class MpiCommunicator final : public Communicator {
   int world() const override { return world_; }
   const char* name() const override { return "mpi"; }
 
-  // An all-gather of every rank's data, then a local sum in rank order 0, 1, …, W-1 on every
-  // rank: bit-identical on every rank and equal to InProcessGroup's sum, which a tree or ring
-  // MPI_Allreduce would not be (its association depends on the rank). The cost: each rank
-  // receives (W-1)·n·4 bytes instead of a ring all-reduce's 2·(W-1)/W·n·4.
+  // An all-gather of every rank's data, then on every rank a local sum in rank order
+  // 0 + x₀ + x₁ + … + x_{W-1}, exactly the order InProcessGroup uses (src/dist/communicator.cc;
+  // the leading 0 matters: it turns -0 into +0): bit-identical on every rank and to the thread
+  // group, which a tree or ring MPI_Allreduce would not be (its association depends on the rank).
+  // The cost: each rank receives (W-1)·n·4 bytes instead of a ring all-reduce's
+  // 2·(W-1)/W·n·4, and the W·n floats stay allocated in the communicator for reuse.
   void AllReduceSum(std::span<float> data) override {
     GatherEqualFloats("AllReduceSum", data);
     const size_t n = data.size();
     const float* gathered = buffers_->receive_floats.data();
-    std::copy(gathered, gathered + n, data.begin());
+    for (size_t i = 0; i < n; ++i) data[i] = 0.0f + gathered[i];
     for (int r = 1; r < world_; ++r) {
       const float* row = gathered + static_cast<size_t>(r) * n;
       for (size_t i = 0; i < n; ++i) data[i] += row[i];
     }
   }
 
-  // The same gather, then the maximum in rank order, so that even NaNs resolve identically on
-  // every rank.
+  // The same gather, then on every rank std::max(…std::max(-inf, x₀)…, x_{W-1}) in rank order,
+  // as InProcessGroup does; like it, a NaN is never picked (std::max keeps its first argument
+  // when the comparison is false).
   void AllReduceMax(std::span<float> data) override {
     GatherEqualFloats("AllReduceMax", data);
     const size_t n = data.size();
     const float* gathered = buffers_->receive_floats.data();
-    std::copy(gathered, gathered + n, data.begin());
-    for (int r = 1; r < world_; ++r) {
+    std::fill(data.begin(), data.end(), -std::numeric_limits<float>::infinity());
+    for (int r = 0; r < world_; ++r) {
       const float* row = gathered + static_cast<size_t>(r) * n;
-      for (size_t i = 0; i < n; ++i) data[i] = row[i] > data[i] ? row[i] : data[i];
+      for (size_t i = 0; i < n; ++i) data[i] = std::max(data[i], row[i]);
     }
   }
 

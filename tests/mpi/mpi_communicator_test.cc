@@ -8,12 +8,15 @@
 //                                   collective; the others must throw within the timeout, then all
 //                                   go on with a new communicator)
 //   attn_mpi_tests --die-rank R     rank R calls _exit(3) before a collective: the job must end
-//                                   nonzero, with no rank hanging (tests/mpi/expect_rank_death.cmake)
+//                                   nonzero, with no rank hanging
+//                                   (tests/mpi/expect_rank_death.cmake)
 //   attn_mpi_tests --bench REPEATS  median latency of AllReduceSum of 4096 and 1 M floats
 //
 // Expected values are computed independently on every rank: each rank can compute every rank's
 // input (a function of the rank), and sums them in rank order 0, 1, …, W-1, the order the
 // interface promises.
+#include "attn/mpi_communicator.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -31,7 +34,6 @@
 
 #include "attn/communicator.h"
 #include "attn/error.h"
-#include "attn/mpi_communicator.h"
 
 namespace attn {
 namespace {
@@ -68,15 +70,34 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 }
 
 // Rank r's input to the all-reduces: values of mixed magnitude, so that the sum's rounding
-// depends on the order of the additions.
+// depends on the order of the additions, and -0 on every rank at every 11th position (the sum
+// must start from +0, as InProcessGroup's does, and so yield +0 there).
 std::vector<float> SumInput(int rank, size_t n) {
   std::vector<float> values(n);
   for (size_t i = 0; i < n; ++i) {
     const double magnitude = std::pow(10.0, static_cast<double>(i % 7) - 3.0);
-    values[i] = static_cast<float>(std::sin(0.37 * static_cast<double>(i) + 1.3 * rank) *
-                                   magnitude * (1.0 + 0.1 * rank));
+    values[i] = i % 11 == 5
+                    ? -0.0f
+                    : static_cast<float>(std::sin(0.37 * static_cast<double>(i) + 1.3 * rank) *
+                                         magnitude * (1.0 + 0.1 * rank));
   }
   return values;
+}
+
+// The oracle: what InProcessGroup(world) gives when rank r passes inputs[r] to `reduce`
+// (one thread per rank; rank 0's result).
+std::vector<float> ThreadGroupResult(const std::vector<std::vector<float>>& inputs,
+                                     void (Communicator::*reduce)(std::span<float>)) {
+  const int world = static_cast<int>(inputs.size());
+  std::vector<std::unique_ptr<Communicator>> group = InProcessGroup(world, 30.0);
+  std::vector<std::vector<float>> results = inputs;
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back(
+        [&, r] { ((*group[static_cast<size_t>(r)]).*reduce)(results[static_cast<size_t>(r)]); });
+  }
+  for (std::thread& thread : threads) thread.join();
+  return results[0];
 }
 
 bool BitIdentical(std::span<const float> a, std::span<const float> b) {
@@ -104,12 +125,16 @@ void TestAllReduceSum(Communicator& comm) {
     const std::string what = "AllReduceSum of " + std::to_string(n) + " floats";
     std::vector<float> data = SumInput(comm.rank(), n);
     comm.AllReduceSum(data);
-    std::vector<float> expected = SumInput(0, n);
-    for (int r = 1; r < comm.world(); ++r) {
-      const std::vector<float> row = SumInput(r, n);
-      for (size_t i = 0; i < n; ++i) expected[i] += row[i];
+    std::vector<float> expected(n, 0.0f);
+    std::vector<std::vector<float>> inputs;
+    for (int r = 0; r < comm.world(); ++r) {
+      inputs.push_back(SumInput(r, n));
+      for (size_t i = 0; i < n; ++i) expected[i] += inputs.back()[i];
     }
     Expect(BitIdentical(data, expected), what + " equals the rank-order sum bit for bit");
+    Expect(BitIdentical(data, ThreadGroupResult(inputs, &Communicator::AllReduceSum)),
+           what + " equals InProcessGroup's bit for bit");
+    if (n > 5) Expect(!std::signbit(data[5]), what + ": -0 summed over ranks is +0");
     // Every rank's result, side by side: all rows must be the same bytes.
     std::vector<float> everyone(n * static_cast<size_t>(comm.world()));
     comm.AllGather(data, everyone);
@@ -126,27 +151,42 @@ void TestAllReduceSum(Communicator& comm) {
               "AllReduceSum with one rank's length differing");
 }
 
-void TestAllReduceMax(Communicator& comm) {
-  constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
-  const size_t world = static_cast<size_t>(comm.world());
-  const size_t n = 5 * world + 3;
-  // Position i holds a finite value only on rank i % (world + 1) (so some positions are -inf on
-  // every rank), and that value is negative on odd positions.
-  std::vector<float> data(n, kMinusInf);
+// Rank r's input to the max: position i holds a finite value only on rank i % (W + 1), so some
+// positions are -inf on every rank, and that value is negative on odd positions.
+std::vector<float> MaxInput(int rank, int world, size_t n) {
+  std::vector<float> values(n, -std::numeric_limits<float>::infinity());
   for (size_t i = 0; i < n; ++i) {
-    if (i % (world + 1) == static_cast<size_t>(comm.rank())) {
-      data[i] = (i % 2 == 1 ? -1.0f : 1.0f) * (0.5f + static_cast<float>(i));
+    if (i % static_cast<size_t>(world + 1) == static_cast<size_t>(rank)) {
+      values[i] = (i % 2 == 1 ? -1.0f : 1.0f) * (0.5f + static_cast<float>(i));
     }
   }
+  return values;
+}
+
+void TestAllReduceMax(Communicator& comm) {
+  const int world = comm.world();
+  const size_t n = 5 * static_cast<size_t>(world) + 3;
+  std::vector<float> data = MaxInput(comm.rank(), world, n);
   comm.AllReduceMax(data);
   for (size_t i = 0; i < n; ++i) {
-    const float expected =
-        i % (world + 1) < world ? (i % 2 == 1 ? -1.0f : 1.0f) * (0.5f + static_cast<float>(i))
-                                : kMinusInf;
+    const float expected = i % static_cast<size_t>(world + 1) < static_cast<size_t>(world)
+                               ? (i % 2 == 1 ? -1.0f : 1.0f) * (0.5f + static_cast<float>(i))
+                               : -std::numeric_limits<float>::infinity();
     Expect(data[i] == expected, "AllReduceMax at " + std::to_string(i) + ": got " +
-                                    std::to_string(data[i]) + ", want " +
-                                    std::to_string(expected));
+                                    std::to_string(data[i]) + ", want " + std::to_string(expected));
   }
+  // NaN on one rank and zeros of both signs: whatever InProcessGroup makes of them, bit for bit.
+  auto odd_input = [](int r) {
+    return std::vector<float>{r == 0 ? std::numeric_limits<float>::quiet_NaN() : 1.0f,
+                              r == 1 ? std::numeric_limits<float>::quiet_NaN() : -2.0f,
+                              r % 2 == 0 ? -0.0f : 0.0f, -0.0f};
+  };
+  std::vector<std::vector<float>> inputs;
+  for (int r = 0; r < world; ++r) inputs.push_back(odd_input(r));
+  std::vector<float> odd = odd_input(comm.rank());
+  comm.AllReduceMax(odd);
+  Expect(BitIdentical(odd, ThreadGroupResult(inputs, &Communicator::AllReduceMax)),
+         "AllReduceMax with NaN and signed zeros equals InProcessGroup's bit for bit");
 }
 
 void TestAllGather(Communicator& comm) {
@@ -183,8 +223,9 @@ void TestAllGatherInt(Communicator& comm) {
 void TestAllGatherText(Communicator& comm) {
   // Rank 0 sends an empty text; others a text of their own length with an embedded NUL.
   auto text_of = [](int r) {
-    return r == 0 ? std::string() : "rank " + std::to_string(r) + std::string(1, '\0') +
-                                        std::string(static_cast<size_t>(r) * 5, 'x');
+    return r == 0 ? std::string()
+                  : "rank " + std::to_string(r) + std::string(1, '\0') +
+                        std::string(static_cast<size_t>(r) * 5, 'x');
   };
   const std::vector<std::string> all = comm.AllGatherText(text_of(comm.rank()));
   Expect(all.size() == static_cast<size_t>(comm.world()), "AllGatherText size");
@@ -353,10 +394,11 @@ int RunBench(int repeats) {
     if (comm->rank() == 0) {
       std::vector<double> sorted = slowest;
       std::sort(sorted.begin(), sorted.end());
-      std::printf("AllReduceSum %zu floats, world %d, %d repeats: median %.1f us (p10 %.1f, p90 "
-                  "%.1f)\n",
-                  n, comm->world(), repeats, Median(slowest) * 1e6,
-                  sorted[sorted.size() / 10] * 1e6, sorted[sorted.size() * 9 / 10] * 1e6);
+      std::printf(
+          "AllReduceSum %zu floats, world %d, %d repeats: median %.1f us (p10 %.1f, p90 "
+          "%.1f)\n",
+          n, comm->world(), repeats, Median(slowest) * 1e6, sorted[sorted.size() / 10] * 1e6,
+          sorted[sorted.size() * 9 / 10] * 1e6);
     }
   }
   return 0;
