@@ -10,6 +10,8 @@
 //   attn_mpi_tests --die-rank R     rank R calls _exit(3) before a collective: the job must end
 //                                   nonzero, with no rank hanging
 //                                   (tests/mpi/expect_rank_death.cmake)
+//   attn_mpi_tests --hang-rank R    rank R sleeps for an hour while the others end: the exit
+//                                   handler must end the job (MPI_Abort) after the 3 s timeout
 //   attn_mpi_tests --bench REPEATS  median latency of AllReduceSum of 4096 and 1 M floats
 //
 // Expected values are computed independently on every rank: each rank can compute every rank's
@@ -350,7 +352,7 @@ int RunRankDeath(int die_rank) {
   std::unique_ptr<Communicator> comm = MpiWorldCommunicator(20.0);
   comm->Barrier();
   if (comm->rank() == die_rank) {
-    std::printf("rank %d: leaving now with _exit(3)\n", die_rank);
+    std::printf("rank %d: --die-rank: leaving now with _exit(3)\n", die_rank);
     std::fflush(stdout);
     _exit(3);
   }
@@ -363,6 +365,22 @@ int RunRankDeath(int die_rank) {
   }
   std::fprintf(stderr, "rank %d: the all-reduce completed without rank %d\n", comm->rank(),
                die_rank);
+  return 0;
+}
+
+// Rank `hang_rank` stops answering (sleeps far longer than any timeout) while the others finish
+// and return from main. Their exit handler waits the 3 s timeout for every rank to reach the
+// end, then ends the job with MPI_Abort, which kills the sleeping rank: the job must end nonzero
+// in seconds instead of waiting inside MPI_Finalize for ever.
+int RunRankHang(int hang_rank) {
+  setenv("ATTN_COLLECTIVE_TIMEOUT", "3", 1);
+  std::unique_ptr<Communicator> comm = MpiWorldCommunicator(60.0);
+  comm->Barrier();
+  if (comm->rank() == hang_rank) {
+    std::printf("rank %d: --hang-rank: sleeping for an hour\n", hang_rank);
+    std::fflush(stdout);
+    std::this_thread::sleep_for(std::chrono::hours(1));
+  }
   return 0;
 }
 
@@ -412,11 +430,14 @@ int main(int argc, char** argv) {
     if (argc == 3 && std::string(argv[1]) == "--die-rank") {
       return attn::RunRankDeath(std::atoi(argv[2]));
     }
+    if (argc == 3 && std::string(argv[1]) == "--hang-rank") {
+      return attn::RunRankHang(std::atoi(argv[2]));
+    }
     if (argc == 3 && std::string(argv[1]) == "--bench") {
       return attn::RunBench(std::max(1, std::atoi(argv[2])));
     }
     if (argc != 1) {
-      std::fprintf(stderr, "usage: %s [--die-rank R | --bench REPEATS]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--die-rank R | --hang-rank R | --bench REPEATS]\n", argv[0]);
       return 2;
     }
     return attn::RunAll();

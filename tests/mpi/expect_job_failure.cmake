@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-# ctest wrapper (cmake -P) for `attn_mpi_tests --die-rank R` under mpirun: rank R leaves with
-# _exit(3) before a collective, and the whole job must end, nonzero, well before ctest's timeout,
-# with no rank left hanging. The marker line proves the job got as far as the death (a job that
-# failed to start would also exit nonzero).
+# ctest wrapper (cmake -P) for `attn_mpi_tests --die-rank R` and `--hang-rank R` under mpirun:
+# rank R dies (_exit(3) before a collective) or stops answering, and the whole job must end,
+# nonzero, well before ctest's timeout, with no rank left hanging. The marker line proves the job
+# got as far as the failure (a job that failed to start would also exit nonzero).
 #   -DATTN_COMMAND=<the mpirun command line, a ;-list>  -DATTN_MARKER=<text rank R prints>
 #   -DATTN_LIMIT_SECONDS=<how long the job may take>
 execute_process(COMMAND ${ATTN_COMMAND}
@@ -13,9 +13,9 @@ if(result MATCHES "timeout")
   message(FATAL_ERROR "the job was still running after ${ATTN_LIMIT_SECONDS} s: a rank hangs")
 endif()
 if(result EQUAL 0)
-  message(FATAL_ERROR "the job exited 0 although a rank died")
+  message(FATAL_ERROR "the job exited 0 although a rank died or hung")
 endif()
 string(FIND "${output}" "${ATTN_MARKER}" marker_at)
 if(marker_at EQUAL -1)
-  message(FATAL_ERROR "the job never reached the rank's death (no \"${ATTN_MARKER}\")")
+  message(FATAL_ERROR "the job never got to the failing rank's failure (no \"${ATTN_MARKER}\")")
 endif()
