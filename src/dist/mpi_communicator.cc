@@ -108,14 +108,15 @@ enum class PollResult { kDone, kTimedOut, kFailed };
 
 // Drives `request` to completion (MPI progresses nonblocking collectives only inside MPI calls,
 // so it must be polled: a large all-gather goes through many rounds of fragments, each needing a
-// poll) or until `deadline`. For the first 5 ms it polls back to back, yielding the core between
+// poll) or until `deadline`. For the first 10 ms (an all-reduce of 1 M floats over 2 ranks on one
+// machine takes 1-5 ms, docs/distributed.md) it polls back to back, yielding the core between
 // polls to any other runnable process (ranks are often oversubscribed on one machine); after that
 // the peer is evidently slow, and it sleeps between polls, doubling the pause from 10 µs up to
-// 1 ms, so that a rank waiting for a slow peer does not keep a core busy.
+// 200 µs, so that a rank waiting for a slow peer takes a few percent of a core, not all of it.
 PollResult Poll(MPI_Request* request, Clock::time_point deadline, int* mpi_error) {
-  constexpr auto kBusy = std::chrono::milliseconds(5);
+  constexpr auto kBusy = std::chrono::milliseconds(10);
   constexpr auto kShortestPause = std::chrono::microseconds(10);
-  constexpr auto kLongestPause = std::chrono::microseconds(1000);
+  constexpr auto kLongestPause = std::chrono::microseconds(200);
   const Clock::time_point start = Clock::now();
   std::chrono::microseconds pause{0};
   while (true) {
