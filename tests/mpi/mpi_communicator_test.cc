@@ -32,6 +32,7 @@
 #include <limits>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "attn/communicator.h"
@@ -110,6 +111,16 @@ void TestRankAndWorld(Communicator& comm) {
   const char* env_rank = std::getenv("OMPI_COMM_WORLD_RANK");
   const char* env_size = std::getenv("OMPI_COMM_WORLD_SIZE");
   Expect(LaunchedByMpirun(), "LaunchedByMpirun() under mpirun");
+  // Without the launcher's variables the same process counts as not launched by mpirun.
+  std::vector<std::pair<const char*, std::string>> saved;
+  for (const char* variable : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"}) {
+    if (const char* value = std::getenv(variable); value != nullptr) {
+      saved.emplace_back(variable, value);
+      unsetenv(variable);
+    }
+  }
+  Expect(!LaunchedByMpirun(), "LaunchedByMpirun() without the launcher's variables");
+  for (const auto& [variable, value] : saved) setenv(variable, value.c_str(), 1);
   if (env_rank != nullptr && env_size != nullptr) {
     Expect(comm.rank() == std::atoi(env_rank), "rank() equals OMPI_COMM_WORLD_RANK");
     Expect(comm.world() == std::atoi(env_size), "world() equals OMPI_COMM_WORLD_SIZE");
@@ -279,7 +290,9 @@ void TestTimeout() {
   if (victim->rank() != 1) {
     const auto start = std::chrono::steady_clock::now();
     ExpectError([&] { victim->AllGatherInt(victim->rank()); }, ErrorKind::kCommunication,
-                {"AllGatherInt", "rank " + std::to_string(victim->rank()), "2 s", "died, hung"},
+                {"AllGatherInt (1 int64 per rank) on rank " + std::to_string(victim->rank()) +
+                     " of " + std::to_string(victim->world()),
+                 "within 2 s", "died, hung", "ATTN_COLLECTIVE_TIMEOUT"},
                 "a collective rank 1 skips");
     const double waited = SecondsSince(start);
     // 2 s, plus slack for ranks oversubscribed on a small machine.
