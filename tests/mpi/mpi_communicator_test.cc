@@ -335,11 +335,14 @@ int RunAll() {
       std::printf("[%s] %s\n", g_failures == before ? "  OK  " : "FAILED", name);
     }
   }
+  const int before_timeout = g_failures;
   try {
     TestTimeout();
   } catch (const std::exception& error) {
     Expect(false, std::string("Timeout: unexpected exception: ") + error.what());
   }
+  if (g_rank == 0)
+    std::printf("[%s] Timeout\n", g_failures == before_timeout ? "  OK  " : "FAILED");
   // Every rank's failures, on a communicator of its own (the main one may be broken if a case
   // went wrong).
   int64_t total = 0;
