@@ -9,14 +9,15 @@
 //                                   go on with a new communicator)
 //   attn_mpi_tests --die-rank R     rank R calls _exit(3) before a collective: the job must end
 //                                   nonzero, with no rank hanging
-//                                   (tests/mpi/expect_rank_death.cmake)
 //   attn_mpi_tests --hang-rank R    rank R sleeps for an hour while the others end: the exit
 //                                   handler must end the job (MPI_Abort) after the 3 s timeout
+//                                   (tests/mpi/expect_job_failure.cmake checks both)
 //   attn_mpi_tests --bench REPEATS  median latency of AllReduceSum of 4096 and 1 M floats
 //
 // Expected values are computed independently on every rank: each rank can compute every rank's
-// input (a function of the rank), and sums them in rank order 0, 1, …, W-1, the order the
-// interface promises.
+// input (a function of the rank), sums them in rank order 0, 1, …, W-1, the order the interface
+// promises, and also runs the same all-reduce on InProcessGroup's threads: the results must be
+// equal bit for bit.
 #include "attn/mpi_communicator.h"
 
 #include <unistd.h>
