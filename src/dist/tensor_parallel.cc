@@ -7,6 +7,11 @@
 // o_proj[:, rank's columns] · concat(O_h of the rank's heads). Each rank computes its heads
 // completely (queries, keys, softmax, values: no head reads another's data), so one
 // all-reduce of the [rows, D] output after o_proj is the only communication per step.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <exception>
 #include <string>
@@ -103,6 +108,12 @@ Weight Entries(const Weight& weight, int64_t first, int64_t count) {
   return Weight(std::move(part));
 }
 
+// o_proj's input columns that belong to the rank's heads: d (GQA) or dv (MLA) per head.
+std::pair<int64_t, int64_t> OProjColumns(const ModelConfig& config, const HeadShard& heads) {
+  const int64_t width = config.ValueHeadDim();
+  return {heads.first_head * width, heads.heads * width};
+}
+
 // The cut of one named tensor for `heads`: how many rows (or columns) each query / kv head
 // owns. Returns the weight unchanged for tensors every rank holds whole.
 Weight ShardOne(const ModelConfig& config, const HeadShard& heads, Shard shard,
@@ -119,7 +130,8 @@ Weight ShardOne(const ModelConfig& config, const HeadShard& heads, Shard shard,
     }
     if (name == "sinks") return Entries(weight, heads.first_head, heads.heads);
     if (name == "o_proj.weight") {
-      return Columns(weight, name, heads.first_head * d, heads.heads * d);
+      const auto [first, count] = OProjColumns(config, heads);
+      return Columns(weight, name, first, count);
     }
     if (name == "o_proj.bias" && shard.rank != 0) return Weight(Tensor(weight.shape()));
     return weight;  // per-head q/k norms: the same [d] scale for every head
@@ -134,9 +146,70 @@ Weight ShardOne(const ModelConfig& config, const HeadShard& heads, Shard shard,
     return Rows(weight, name, heads.first_head * per_head, heads.heads * per_head);
   }
   if (name == "o_proj.weight") {
-    return Columns(weight, name, heads.first_head * m.v_head_dim, heads.heads * m.v_head_dim);
+    const auto [first, count] = OProjColumns(config, heads);
+    return Columns(weight, name, first, count);
   }
   return weight;  // q_a_proj, kv_a_proj_with_mqa and their norms: the replicated latent
+}
+
+// Drops this process's mapping of the pages wholly inside bytes [begin, end) of a read-only
+// file mapping, once they have been read: without it, every page a rank touched while copying
+// would stay in its resident set for the layer's life. Whole pages only, so neighbouring data
+// keeps its pages; a later read simply faults them back in from the page cache. Advice only: a
+// failure leaves the pages resident, which costs memory, not correctness.
+void ReleaseMappedPages(const std::byte* begin, const std::byte* end) {
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t first = (reinterpret_cast<uintptr_t>(begin) + page - 1) / page * page;
+  const uintptr_t last = reinterpret_cast<uintptr_t>(end) / page * page;
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
+// Columns [first, first + count) of `weight` (o_proj as loaded), copied one band of about 1 MiB
+// of rows at a time. When `mapped` (a view of the checkpoint's read-only mapping), each band's
+// pages are released as soon as its columns are copied, so the rank's resident set never holds
+// more of o_proj than its own columns and one band: the point of loading a shard (peak memory
+// about 1/world of the layer's weights).
+Weight CopyColumnsInBands(const Weight& weight, const std::string& name, int64_t first,
+                          int64_t count, bool mapped) {
+  CheckBlockCut(weight, name, "columns", first, count, weight.dim(1), weight.block_cols());
+  const int64_t rows = weight.dim(0);
+  const size_t element = DTypeSize(weight.dtype());
+  const size_t source_row_bytes = static_cast<size_t>(weight.dim(1)) * element;
+  const size_t row_bytes = static_cast<size_t>(count) * element;
+  int64_t band = std::max<int64_t>(1, static_cast<int64_t>((size_t{1} << 20) / source_row_bytes));
+  if (weight.block_scales() != nullptr) {
+    band = (band + weight.block_rows() - 1) / weight.block_rows() * weight.block_rows();
+  }
+  auto bytes = std::make_shared<std::vector<std::byte>>(static_cast<size_t>(rows) * row_bytes);
+  std::vector<float> scales;
+  int64_t scale_cols = 0;
+  const auto* source = static_cast<const std::byte*>(weight.data());
+  for (int64_t r0 = 0; r0 < rows; r0 += band) {
+    const int64_t n = std::min(band, rows - r0);
+    const Weight piece = weight.RowSlice(r0, n).ColumnSlice(first, count);
+    if (piece.data() != nullptr) {
+      std::memcpy(bytes->data() + static_cast<size_t>(r0) * row_bytes, piece.data(),
+                  static_cast<size_t>(n) * row_bytes);
+    }
+    if (piece.block_scales() != nullptr) {
+      const Shape shape = piece.block_scale_shape();
+      scale_cols = shape[1];
+      scales.insert(scales.end(), piece.block_scales(), piece.block_scales() + shape[0] * shape[1]);
+    }
+    if (mapped) {
+      ReleaseMappedPages(source + static_cast<size_t>(r0) * source_row_bytes,
+                         source + static_cast<size_t>(r0 + n) * source_row_bytes);
+    }
+  }
+  // Pages straddling two bands were in neither band's whole pages.
+  if (mapped) ReleaseMappedPages(source, source + static_cast<size_t>(rows) * source_row_bytes);
+  const void* data = bytes->empty() ? nullptr : bytes->data();
+  Weight columns = Weight::View(weight.dtype(), {rows, count}, data, std::move(bytes));
+  if (weight.block_scales() == nullptr) return columns;
+  const auto scale_rows = static_cast<int64_t>(scales.size()) / scale_cols;
+  return std::move(columns).WithBlockScales(
+      Weight(Tensor({scale_rows, scale_cols}, std::move(scales))), weight.block_rows(),
+      weight.block_cols(), name);
 }
 
 // The attention layer of one rank of a tensor-parallel group: its heads' local layer, whose
@@ -240,13 +313,29 @@ NamedWeights ShardAttentionWeights(const ModelConfig& config, NamedWeights weigh
 
 NamedWeights LoadAttentionWeightShard(const Checkpoint& checkpoint, const ModelConfig& config,
                                       int64_t layer, Shard shard) {
-  TensorParallelHeads(config, shard);  // a bad shard fails before any file is touched
-  // Biases, norms and sinks are scanned at load (a few KB); each matrix is scanned after the cut,
-  // so a rank reads its own rows only. o_proj's column block is a copy, which reads every row of
-  // o_proj once (its 1/world of each row).
-  NamedWeights sharded = ShardAttentionWeights(
-      config, LoadHfAttentionWeightsUnscanned(checkpoint, config, layer), shard);
+  const HeadShard heads = TensorParallelHeads(config, shard);  // fails before touching a file
+  // Biases, norms and sinks are scanned at load (a few KB); each matrix is scanned after its
+  // cut, so a rank reads only its own rows of q/k/v (views of the mapping, never copied).
+  NamedWeights loaded = LoadHfAttentionWeightsUnscanned(checkpoint, config, layer);
   const std::string prefix = HfAttentionPrefix(config, layer);
+  // o_proj's column block has to read every row; it is copied band by band, releasing each
+  // band's pages, unless the file format made o_proj a copy already (Falcon's dense is read
+  // whole as fp32 with its fused q/k/v, then sliced: no saving there).
+  auto o_proj = loaded.extract("o_proj.weight");
+  NamedWeights sharded = ShardAttentionWeights(config, std::move(loaded), shard);
+  if (!o_proj.empty()) {
+    const std::string name = prefix + "o_proj.weight";
+    // SafetensorsFile::ReadWeight maps a tensor whose offset is aligned to its element size and
+    // reads any other into its own buffer, whose pages must not be released.
+    const bool mapped =
+        checkpoint.Contains(name) && checkpoint.FileFor(name).Get(name).offset %
+                                             DTypeSize(checkpoint.FileFor(name).Get(name).dtype) ==
+                                         0;
+    const auto [first, count] = OProjColumns(config, heads);
+    sharded.insert_or_assign("o_proj.weight",
+                             CopyColumnsInBands(o_proj.mapped(), "o_proj.weight", first, count,
+                                                mapped && shard.world > 1));
+  }
   for (const WeightSpec& spec : AttentionWeightSpecs(config)) {
     if (spec.kind != WeightSpec::Kind::kMatrix) continue;
     auto it = sharded.find(spec.name);

@@ -328,6 +328,37 @@ TEST_F(LoadShardTest, ScansOnlyTheRanksOwnRows) {
       ErrorKind::kInvalidArgument, {"rank 2 of world 2"});
 }
 
+TEST_F(LoadShardTest, OProjCopiedInBandsEqualsTheColumnSlice) {
+  // o_proj [512, 4096]: the loader copies it a band of about 1 MiB of rows at a time (64 rows
+  // of f32, 256 of fp8, whole 128-row scale blocks), releasing each band's mapped pages.
+  ModelConfig config = testing::SmallGqaConfig(32, 8);
+  config.hidden_size = 512;
+  config.gqa.head_dim = 128;
+  config.rope.rotary_dim = 128;
+  config.quantization.fp8_blocks = true;
+  const NamedTensors weights = RandomAttentionWeights(config, 8);
+  for (const DType dtype : {DType::kF32, DType::kF8E4M3}) {
+    SafetensorsWriter writer;
+    AddHfAttentionWeights(writer, config, weights, 0, dtype);
+    const std::string path = PathOf(std::string("big_") + DTypeName(dtype) + ".safetensors");
+    writer.Write(path);
+    const Checkpoint checkpoint = Checkpoint::Open(path);
+    for (const int rank : {0, 1}) {
+      const Shard shard{rank, 2};
+      const NamedWeights expected =
+          ShardAttentionWeights(config, LoadHfAttentionWeights(checkpoint, config, 0), shard);
+      const NamedWeights got = LoadAttentionWeightShard(checkpoint, config, 0, shard);
+      const Weight& want = expected.at("o_proj.weight");
+      const Weight& have = got.at("o_proj.weight");
+      ASSERT_EQ(have.shape(), (Shape{512, 2048}));
+      ASSERT_EQ(have.dtype(), dtype);
+      EXPECT_EQ(have.block_scale_shape(), want.block_scale_shape());
+      EXPECT_EQ(std::memcmp(have.data(), want.data(), want.size() * DTypeSize(dtype)), 0);
+      EXPECT_EQ(RelativeError(have.ToF32(), want.ToF32()), 0.0) << DTypeName(dtype);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // MakeTensorParallelLayer over an in-process group
 
