@@ -328,6 +328,40 @@ TEST_F(LoadShardTest, ScansOnlyTheRanksOwnRows) {
       ErrorKind::kInvalidArgument, {"rank 2 of world 2"});
 }
 
+TEST_F(LoadShardTest, FusedQkvFormatsShard) {
+  // Phi-3's stacked qkv_proj (row views of it, sliced again) and Falcon's fused
+  // query_key_value (read whole as fp32 and split, then sliced).
+  for (const std::string family : {"phi3", "falcon"}) {
+    ModelConfig config = testing::SmallGqaConfig(4, 2);
+    config.model_type = family;
+    SafetensorsWriter writer;
+    AddHfAttentionWeights(writer, config, RandomAttentionWeights(config, 7), 0, DType::kBF16);
+    const std::string path = PathOf(family + ".safetensors");
+    writer.Write(path);
+    const Checkpoint checkpoint = Checkpoint::Open(path);
+    const PaddedBatch input = LeftPadded(config, 8);
+    const Tensor expected =
+        BuildAttentionLayer(config, 0, LoadHfAttentionWeights(checkpoint, config, 0))
+            ->PrefillThenDecode(input.batch(), 3, MlaForm::kAuto, DType::kF32);
+    for (const int world : {2, 4}) {
+      Tensor sum;
+      for (int rank = 0; rank < world; ++rank) {
+        const Shard shard{rank, world};
+        const Tensor out =
+            BuildAttentionLayer(TensorParallelConfig(config, shard), 0,
+                                LoadAttentionWeightShard(checkpoint, config, 0, shard))
+                ->PrefillThenDecode(input.batch(), 3, MlaForm::kAuto, DType::kF32);
+        if (rank == 0) {
+          sum = out.Copy();
+        } else {
+          for (int64_t i = 0; i < sum.size(); ++i) sum.data()[i] += out.data()[i];
+        }
+      }
+      EXPECT_LT(RelativeError(sum, expected), kTolerance) << family << " world " << world;
+    }
+  }
+}
+
 TEST_F(LoadShardTest, OProjCopiedInBandsEqualsTheColumnSlice) {
   // o_proj [512, 4096]: the loader copies it a band of about 1 MiB of rows at a time (64 rows
   // of f32, 256 of fp8, whole 128-row scale blocks), releasing each band's mapped pages.

@@ -125,3 +125,24 @@ def test_models_heads_cannot_split_raise_value_error(attn):
     # QWEN2's 2 kv heads cannot be replicated evenly over 3 ranks.
     with pytest.raises(ValueError, match="kv heads"):
         attn.Attention.random(QWEN2, shard=(0, 3))
+
+
+@pytest.mark.parametrize("name,cfg", [("llama", LLAMA), ("dsv3", DSV3)])
+def test_paged_steps_of_shards_sum_to_the_whole_layer(attn, name, cfg):
+    whole = attn.Attention.random(cfg, seed=6)
+    shards = [attn.Attention.random(cfg, seed=6, shard=(rank, 4)) for rank in range(4)]
+    rng = np.random.default_rng(7)
+    prompt = rng.standard_normal((5, cfg["hidden_size"])).astype(np.float32)
+    token = rng.standard_normal((2, cfg["hidden_size"])).astype(np.float32)
+
+    def run(layer):
+        cache = layer.new_paged_cache(8, page_size=16, dtype="f32")
+        seqs = [cache.add(), cache.add()]
+        first = layer.step(prompt, cache, seqs, [3, 2])
+        second = layer.step(token, cache, seqs, [1, 1])
+        return [np.asarray(first, np.float64), np.asarray(second, np.float64)]
+
+    want = run(whole)
+    parts = [run(shard) for shard in shards]
+    for i, expected in enumerate(want):
+        assert_close(np.sum([p[i] for p in parts], axis=0), expected)
