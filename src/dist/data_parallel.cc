@@ -69,6 +69,10 @@ class DataParallelLayer final : public AttentionLayer {
     Check(x.rank() == 3 || (packed && !batch.lengths.empty()), ErrorKind::kInvalidArgument,
           "hidden_states: expected shape [B, S, D], or [N, D] with lengths");
     const int64_t width = x.dim(x.rank() - 1);
+    // Checked here, not only by the local layer: a rank with no rows this step runs no layer.
+    Check(width == config().hidden_size, ErrorKind::kInvalidArgument,
+          "hidden_states: expected width " + std::to_string(config().hidden_size) + ", got " +
+              std::to_string(width));
     const int64_t b_count = packed ? static_cast<int64_t>(batch.lengths.size()) : x.dim(0);
     const int64_t s_count = packed ? 0 : x.dim(1);
     Check(b_count == split->batch(), ErrorKind::kInvalidArgument,
