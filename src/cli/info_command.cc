@@ -398,30 +398,42 @@ double StackStepSeconds(const ParallelTable& t, const ParallelCosts& c, const Pa
          static_cast<double>(t.config.num_layers);
 }
 
-// Per world: which mode holds the least per rank and which has the shortest step bound.
+// Per world: which mode holds the least per rank, has the shortest step bound and receives the
+// least per step; modes that tie (dp and cp split a cache the same W ways) are all named.
 std::vector<std::string> WinsNotes(const ParallelTable& t, const ParallelSettings& s) {
   std::vector<std::string> notes;
   const double layers = static_cast<double>(t.config.num_layers);
-  for (int world : s.worlds) {
-    const ParallelRow* least = nullptr;
-    const ParallelRow* fastest = nullptr;
-    const ParallelRow* quietest = nullptr;
+  auto best = [&](int world, auto value_of, auto show) {
+    double least = 0.0;
+    bool any = false;
     for (const ParallelRow& row : t.rows) {
       if (row.world != world || !row.ok) continue;
-      if (!least || row.costs.memory_bytes() < least->costs.memory_bytes()) least = &row;
-      if (!fastest || StackStepSeconds(t, row.costs, s) < StackStepSeconds(t, fastest->costs, s))
-        fastest = &row;
-      if (!quietest || row.costs.comm_bytes_decode_step < quietest->costs.comm_bytes_decode_step)
-        quietest = &row;
+      if (!any || value_of(row.costs) < least) least = value_of(row.costs);
+      any = true;
     }
-    if (!least || s.modes.size() < 2) continue;
-    notes.push_back(
-        "W " + std::to_string(world) + ": least memory per rank " + ParallelModeName(least->mode) +
-        " (" + HumanBytes(least->costs.memory_bytes() * layers) +
-        " stack); fastest decode step bound " + ParallelModeName(fastest->mode) + " (" +
-        HumanSeconds(StackStepSeconds(t, fastest->costs, s)) + " stack); least traffic " +
-        ParallelModeName(quietest->mode) + " (" +
-        HumanBytes(quietest->costs.comm_bytes_decode_step * layers) + " per step, stack)");
+    std::string names;
+    for (const ParallelRow& row : t.rows) {
+      if (row.world != world || !row.ok || value_of(row.costs) > least * (1.0 + 1e-9)) continue;
+      names += (names.empty() ? "" : " = ") + std::string(ParallelModeName(row.mode));
+    }
+    return names + " (" + show(least) + ")";
+  };
+  for (int world : s.worlds) {
+    size_t modes = 0;
+    for (const ParallelRow& row : t.rows) modes += row.world == world && row.ok ? 1 : 0;
+    if (modes < 2) continue;
+    notes.push_back("W " + std::to_string(world) + ": least memory per rank " +
+                    best(
+                        world, [](const ParallelCosts& c) { return c.memory_bytes(); },
+                        [&](double v) { return HumanBytes(v * layers) + " stack"; }) +
+                    "; fastest step bound " +
+                    best(
+                        world, [&](const ParallelCosts& c) { return StackStepSeconds(t, c, s); },
+                        [](double v) { return HumanSeconds(v) + " stack"; }) +
+                    "; least traffic " +
+                    best(
+                        world, [](const ParallelCosts& c) { return c.comm_bytes_decode_step; },
+                        [&](double v) { return HumanBytes(v * layers) + " per stack step"; }));
   }
   return notes;
 }
@@ -431,7 +443,7 @@ void PrintParallelTable(const ParallelTable& t, const ParallelSettings& s) {
   const double layers = static_cast<double>(c.num_layers);
   std::printf("%s: %s\n", t.label.c_str(), Describe(c).c_str());
   std::printf(
-      "batch %lld sequences x context %s tokens; weights %s, KV cache %s (%s); per layer, on the "
+      "batch %lld x context %s tokens; weights %s, KV cache %s (%s); per layer, on the "
       "busiest rank\n\n",
       static_cast<long long>(s.batch), HumanTokens(t.context).c_str(), t.weight_dtype.c_str(),
       t.cache_dtype.c_str(),
