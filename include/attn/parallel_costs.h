@@ -54,9 +54,8 @@ struct ParallelCosts {
   double decode_attention_flops = 0.0;
   double decode_flops() const { return decode_projection_flops + decode_attention_flops; }
 
-  // Decode reads every weight and every cached byte the rank holds once per step (memory-bound
-  // at serving batch sizes: docs/distributed.md "Step bound").
-  double decode_bytes_read() const { return weight_bytes + cache_bytes; }
+  // What the rank holds; decode reads all of it once per step (memory-bound at serving batch
+  // sizes: docs/distributed.md "The scaling model", step bound).
   double memory_bytes() const { return weight_bytes + cache_bytes; }
 
   // A lower bound on one decode step of this layer: the bytes read at `dram_gbytes_per_s` plus

@@ -377,16 +377,20 @@ ParallelTable ComputeParallelTable(const std::string& label, const ModelConfig& 
       ParallelRow row;
       row.mode = mode;
       row.world = world;
-      try {
-        row.costs = EstimateParallelCosts(config, mode, world, settings.batch, table.context,
-                                          weights, cache);
-        row.ok = true;
-      } catch (const Error& e) {
-        // Only `all` turns a head split that cannot be done into a row; asked for by name, or
-        // any other error, it is the command's error (exit 2).
-        if (!settings.all_modes || mode != ParallelMode::kTensor) throw;
-        row.error = e.what();
+      if (settings.all_modes && mode == ParallelMode::kTensor) {
+        // Under `all` a world the heads cannot be split over is a row saying why; asked for by
+        // name it is the command's error (exit 2), thrown by EstimateParallelCosts below.
+        try {
+          TensorParallelHeads(config, Shard{0, world});
+        } catch (const Error& e) {
+          row.error = e.what();
+          table.rows.push_back(row);
+          continue;
+        }
       }
+      row.costs =
+          EstimateParallelCosts(config, mode, world, settings.batch, table.context, weights, cache);
+      row.ok = true;
       table.rows.push_back(row);
     }
   }
@@ -503,7 +507,7 @@ json ParallelJson(const ParallelTable& t, const ParallelSettings& s) {
               {"comm_bytes_prefill_token_ring", p.comm_bytes_prefill_token_ring},
               {"decode_projection_flops", p.decode_projection_flops},
               {"decode_attention_flops", p.decode_attention_flops},
-              {"decode_bytes_read", p.decode_bytes_read()},
+              {"decode_bytes_read", p.memory_bytes()},
               {"decode_memory_seconds", p.DecodeMemorySeconds(s.dram_gbps)},
               {"decode_network_seconds", p.DecodeNetworkSeconds(s.network_gbps)},
               {"decode_step_seconds", p.DecodeStepSeconds(s.dram_gbps, s.network_gbps)},

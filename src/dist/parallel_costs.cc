@@ -46,7 +46,7 @@ int64_t MergedValueWidth(const ModelConfig& config) {
 }  // namespace
 
 double ParallelCosts::DecodeMemorySeconds(double dram_gbytes_per_s) const {
-  return decode_bytes_read() / (dram_gbytes_per_s * 1e9);
+  return memory_bytes() / (dram_gbytes_per_s * 1e9);
 }
 
 double ParallelCosts::DecodeNetworkSeconds(double network_gbytes_per_s) const {
