@@ -49,7 +49,8 @@ struct ParallelCosts {
   double comm_bytes_prefill_token = 0.0;
   double comm_bytes_prefill_token_ring = 0.0;
 
-  // FLOPs one rank does per decode step: projections and attention of its rows.
+  // FLOPs one rank does per decode step: projections and attention of its rows (the mean over
+  // the layers where sliding windows make layers differ).
   double decode_projection_flops = 0.0;
   double decode_attention_flops = 0.0;
   double decode_flops() const { return decode_projection_flops + decode_attention_flops; }
