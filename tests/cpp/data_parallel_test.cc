@@ -81,17 +81,20 @@ struct Inputs {
   Tensor x;
   std::vector<int64_t> positions = {0, 1, 2, 3, 4, 0, 0, 1, 2, 3, 0, 0, 0, 0, 1};
   std::vector<uint8_t> keep = {1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0, 0, 0, 1, 1};
-  // A ragged step then a packed step over the same cache.
+  // A ragged step, a packed step (sequence 1 idle: at world 3 its rank has no row) and a decode
+  // step over the same cache.
   Tensor ragged_x;
   std::vector<int64_t> ragged_lengths = {4, 0, 2};
   Tensor packed_x;
-  std::vector<int64_t> packed_lengths = {1, 3, 1};
+  std::vector<int64_t> packed_lengths = {2, 0, 1};
+  Tensor decode_x;
 };
 Inputs MakeInputs(const ModelConfig& config) {
   Inputs in;
   in.x = RandomUniform({3, 5, config.hidden_size}, 51, 1.0f);
   in.ragged_x = RandomUniform({3, 4, config.hidden_size}, 52, 1.0f);
-  in.packed_x = RandomUniform({5, config.hidden_size}, 53, 1.0f);
+  in.packed_x = RandomUniform({3, config.hidden_size}, 53, 1.0f);
+  in.decode_x = RandomUniform({3, 1, config.hidden_size}, 54, 1.0f);
   return in;
 }
 
@@ -100,6 +103,7 @@ struct Outputs {
   Tensor forward;
   Tensor ragged;
   Tensor packed;
+  Tensor decode;
 };
 Outputs RunAll(const AttentionLayer& layer, const Inputs& in, MlaForm form) {
   Outputs out;
@@ -109,9 +113,10 @@ Outputs RunAll(const AttentionLayer& layer, const Inputs& in, MlaForm form) {
   const std::unique_ptr<Cache> cache = layer.NewCache(3, 12, DType::kF32, form);
   out.ragged = layer.Step({&in.ragged_x, {}, {}, in.ragged_lengths}, *cache, form);
   out.packed = layer.Step({&in.packed_x, {}, {}, in.packed_lengths}, *cache, form);
-  EXPECT_EQ(cache->length(0), 5);
-  EXPECT_EQ(cache->length(1), 3);
-  EXPECT_EQ(cache->length(2), 3);
+  out.decode = layer.Step({&in.decode_x, {}, {}}, *cache, form);
+  EXPECT_EQ(cache->length(0), 7);
+  EXPECT_EQ(cache->length(1), 1);
+  EXPECT_EQ(cache->length(2), 4);
   return out;
 }
 
@@ -134,6 +139,7 @@ TEST(DataParallelLayerTest, EveryRankReturnsTheWholeBatch) {
           EXPECT_LT(RelativeError(got.forward, expected.forward), kTolerance) << where;
           EXPECT_LT(RelativeError(got.ragged, expected.ragged), kTolerance) << where;
           EXPECT_LT(RelativeError(got.packed, expected.packed), kTolerance) << where;
+          EXPECT_LT(RelativeError(got.decode, expected.decode), kTolerance) << where;
         });
       }
     }

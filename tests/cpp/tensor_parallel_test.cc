@@ -438,6 +438,27 @@ TEST(TensorParallelLayerTest, EveryRankReturnsTheWholeOutput) {
   }
 }
 
+TEST(TensorParallelLayerTest, StoredFp8WeightsThroughTheGroup) {
+  ModelConfig config = testing::SmallMlaConfig(32);
+  config.quantization.block_rows = 8;
+  config.quantization.block_cols = 8;
+  const NamedWeights stored =
+      StoreAttentionWeights(config, RandomAttentionWeights(config, 71), DType::kF8E4M3);
+  const PaddedBatch input = LeftPadded(config, 72);
+  const Tensor expected =
+      BuildAttentionLayer(config, 0, stored)
+          ->PrefillThenDecode(input.batch(), 2, MlaForm::kAbsorbed, DType::kBF16);
+  testing::RunRanks(4, [&](int rank, std::shared_ptr<Communicator> comm) {
+    const auto layer = MakeTensorParallelLayer(
+        config, 0, ShardAttentionWeights(config, stored, Shard{rank, 4}), comm);
+    // A bf16 cache holds the same rounded latent rows on every rank as in one process.
+    EXPECT_LT(
+        RelativeError(layer->PrefillThenDecode(input.batch(), 2, MlaForm::kAbsorbed, DType::kBF16),
+                      expected),
+        kTolerance);
+  });
+}
+
 TEST(TensorParallelLayerTest, CachesHoldTheRanksHeadsOnly) {
   const ModelConfig gqa = testing::SmallGqaConfig(8, 4);
   const NamedWeights weights = ToNamedWeights(RandomAttentionWeights(gqa, 3));
