@@ -78,8 +78,12 @@ NamedWeights ShardAttentionWeights(const ModelConfig& config, NamedWeights weigh
 
 // ShardAttentionWeights of LoadHfAttentionWeights(checkpoint, config, layer), touching only this
 // rank's slice: row slices stay views of the mapped file and the finiteness check reads the
-// slice alone, so the pages of other ranks' rows are never read and a rank's resident weights
-// are about 1/world of the layer's. Fused q/k/v formats (Falcon) are loaded whole, then sliced.
+// slice alone, so the pages of other ranks' rows are never read; o_proj's column block is copied
+// a band of rows at a time, each band's mapped pages released once copied. A rank's resident
+// weights, at peak and after, are about 1/world of the layer's (plus the replicated MLA latent
+// projections). Falcon's fused query_key_value is loaded whole as fp32, then sliced; Phi-3's
+// stacked qkv_proj is sliced as views. Megatron checkpoints: load whole, then
+// ShardAttentionWeights.
 NamedWeights LoadAttentionWeightShard(const Checkpoint& checkpoint, const ModelConfig& config,
                                       int64_t layer, Shard shard);
 

@@ -100,8 +100,12 @@ Weight Columns(const Weight& weight, const std::string& name, int64_t first, int
 }
 
 // Entries [first, first + count) of a bias or sink vector, in fp32 (the layer keeps vectors in
-// fp32 whatever their stored dtype).
-Weight Entries(const Weight& weight, int64_t first, int64_t count) {
+// fp32 whatever their stored dtype). An fp8 vector is refused as BuildAttentionLayer refuses
+// it: converted here, it would reach the layer as a plausible fp32 one.
+Weight Entries(const Weight& weight, const std::string& name, int64_t first, int64_t count) {
+  Check(weight.dtype() != DType::kF8E4M3, ErrorKind::kInvalidArgument,
+        name + ": F8_E4M3 is only read for projection matrices, not for a " +
+            ShapeToString(weight.shape()) + " vector");
   const Tensor all = weight.ToF32();
   Tensor part({count});
   std::memcpy(part.data(), all.data() + first, static_cast<size_t>(count) * sizeof(float));
@@ -124,11 +128,11 @@ Weight ShardOne(const ModelConfig& config, const HeadShard& heads, Shard shard,
     if (name == "k_proj.weight" || name == "v_proj.weight") {
       return Rows(weight, name, heads.first_kv_head * d, heads.kv_heads * d);
     }
-    if (name == "q_proj.bias") return Entries(weight, heads.first_head * d, heads.heads * d);
+    if (name == "q_proj.bias") return Entries(weight, name, heads.first_head * d, heads.heads * d);
     if (name == "k_proj.bias" || name == "v_proj.bias") {
-      return Entries(weight, heads.first_kv_head * d, heads.kv_heads * d);
+      return Entries(weight, name, heads.first_kv_head * d, heads.kv_heads * d);
     }
-    if (name == "sinks") return Entries(weight, heads.first_head, heads.heads);
+    if (name == "sinks") return Entries(weight, name, heads.first_head, heads.heads);
     if (name == "o_proj.weight") {
       const auto [first, count] = OProjColumns(config, heads);
       return Columns(weight, name, first, count);
