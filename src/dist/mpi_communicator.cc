@@ -109,10 +109,11 @@ enum class PollResult { kDone, kTimedOut, kFailed };
 // Drives `request` to completion (MPI progresses nonblocking collectives only inside MPI calls,
 // so it must be polled: a large all-gather goes through many rounds of fragments, each needing a
 // poll) or until `deadline`. For the first 10 ms (an all-reduce of 1 M floats over 2 ranks on one
-// machine takes 1-5 ms, docs/distributed.md) it polls back to back, yielding the core between
-// polls to any other runnable process (ranks are often oversubscribed on one machine); after that
-// the peer is evidently slow, and it sleeps between polls, doubling the pause from 10 µs up to
-// 200 µs, so that a rank waiting for a slow peer takes a few percent of a core, not all of it.
+// 2-core machine measured 1.6-5 ms: `attn_mpi_tests --bench`) it polls back to back, yielding the
+// core between polls to any other runnable process (ranks are often oversubscribed on one machine);
+// after that the peer is evidently slow, and it sleeps between polls, doubling the pause from 10 µs
+// up to 200 µs, so that a rank waiting for a slow peer takes a few percent of a core, not all of
+// it.
 PollResult Poll(MPI_Request* request, Clock::time_point deadline, int* mpi_error) {
   constexpr auto kBusy = std::chrono::milliseconds(10);
   constexpr auto kShortestPause = std::chrono::microseconds(10);
