@@ -63,9 +63,11 @@ struct Call {
 
 // Runs the calls in order on a fresh cache of `layer` and returns every output, concatenated.
 std::vector<float> RunCalls(const AttentionLayer& layer, const std::vector<Call>& calls,
-                            int64_t capacity, MlaForm form) {
-  const int64_t batch = calls.front().x.dim(0);
-  std::unique_ptr<Cache> cache = layer.NewCache(batch, capacity, DType::kF32, form);
+                            int64_t capacity, MlaForm form, DType dtype) {
+  const Call& first = calls.front();
+  const int64_t batch =
+      first.lengths.empty() ? first.x.dim(0) : static_cast<int64_t>(first.lengths.size());
+  std::unique_ptr<Cache> cache = layer.NewCache(batch, capacity, dtype, form);
   std::vector<float> outputs;
   Tensor out;
   for (const Call& call : calls) {
@@ -79,7 +81,8 @@ std::vector<float> RunCalls(const AttentionLayer& layer, const std::vector<Call>
 //   "prefill-decode": a prefill of `prefill` tokens (sequence 1 left-padded by two), then one
 //                     decode call per remaining token of 12;
 //   "chunked-ragged": ragged chunks (6 | 2, then 3 | 5 tokens), then decode steps, one with
-//                     sequence 0 idle.
+//                     sequence 0 idle;
+//   "packed":         [N, D] calls with per-sequence counts (cu_seqlens style).
 std::vector<Call> Scenario(const std::string& name, int64_t hidden, int64_t prefill = 5) {
   std::vector<Call> calls;
   if (name == "prefill-decode") {
@@ -103,6 +106,17 @@ std::vector<Call> Scenario(const std::string& name, int64_t hidden, int64_t pref
     for (int64_t s = prefill; s < kTokens; ++s) calls.push_back(slice(s, s + 1));
     return calls;
   }
+  if (name == "packed") {
+    // [N, D] rows with per-sequence counts: a prefill chunk of one sequence beside another's.
+    const std::vector<std::vector<int64_t>> counts = {{5, 3}, {1, 4}, {1, 1}, {2, 1}};
+    for (size_t i = 0; i < counts.size(); ++i) {
+      Call call;
+      call.x = RandomUniform({counts[i][0] + counts[i][1], hidden}, 50 + i, 1.0f);
+      call.lengths = counts[i];
+      calls.push_back(std::move(call));
+    }
+    return calls;
+  }
   // chunked-ragged
   const int64_t widths[] = {6, 5, 1, 1, 1};
   const std::vector<std::vector<int64_t>> lengths = {{6, 2}, {3, 5}, {1, 1}, {0, 1}, {1, 1}};
@@ -119,12 +133,13 @@ std::vector<Call> Scenario(const std::string& name, int64_t hidden, int64_t pref
 // layer's; also checks the cache deal on every rank (local entries add up, runs are ordered).
 void ExpectSameAsOneProcess(const ModelConfig& c, int64_t layer_index, int world,
                             const std::vector<Call>& calls, MlaForm form, const std::string& what,
-                            double tolerance = 1e-5) {
+                            DType dtype = DType::kF32, double tolerance = 1e-5) {
   constexpr int64_t kCapacity = 40;
-  const std::vector<float> expected = RunCalls(*MakeLayer(c, layer_index), calls, kCapacity, form);
+  const std::vector<float> expected =
+      RunCalls(*MakeLayer(c, layer_index), calls, kCapacity, form, dtype);
   OnRanks(world, [&](int rank, std::shared_ptr<Communicator> comm) {
     const auto layer = MakeContextParallelLayer(MakeLayer(c, layer_index), comm);
-    const std::vector<float> got = RunCalls(*layer, calls, kCapacity, form);
+    const std::vector<float> got = RunCalls(*layer, calls, kCapacity, form, dtype);
     ASSERT_EQ(got.size(), expected.size());
     EXPECT_LT(RelativeError(got.data(), expected.data(), static_cast<int64_t>(got.size())),
               tolerance)
@@ -163,7 +178,25 @@ TEST(ContextParallel, GqaFamilyMatchesOneProcess) {
       }
       ExpectSameAsOneProcess(config, 0, world, Scenario("chunked-ragged", 64), MlaForm::kAuto,
                              name + " chunked-ragged");
+      ExpectSameAsOneProcess(config, 0, world, Scenario("packed", 64), MlaForm::kAuto,
+                             name + " packed");
     }
+  }
+}
+
+// bf16 and f16 caches: the same stored values on every rank and in one process, so only the
+// kernels' arithmetic differs (a rank's slice may take the bf16 dot products where one process
+// scores the same keys in fp32, or the other way round: bf16 rounding of Q, ~1e-2).
+TEST(ContextParallel, HalfPrecisionCachesMatchOneProcess) {
+  const ModelConfig gqa = testing::SmallGqaConfig(8, 2);
+  const ModelConfig mla = testing::SmallMlaConfig(24);
+  for (int world : {2, 3}) {
+    ExpectSameAsOneProcess(gqa, 0, world, Scenario("chunked-ragged", 64), MlaForm::kAuto, "gqa f16",
+                           DType::kF16);
+    ExpectSameAsOneProcess(gqa, 0, world, Scenario("prefill-decode", 64, 9), MlaForm::kAuto,
+                           "gqa bf16", DType::kBF16, 3e-2);
+    ExpectSameAsOneProcess(mla, 0, world, Scenario("prefill-decode", 96, 9), MlaForm::kAbsorbed,
+                           "mla bf16", DType::kBF16, 3e-2);
   }
 }
 
