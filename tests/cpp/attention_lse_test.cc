@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstddef>
 #include <limits>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,9 @@ struct LseCase {
   bool paged = false;         // pages of 16 in reverse order
   bool aliased = false;       // values = the first value_dim entries of the key rows
 };
+
+// gtest prints a failing case by name.
+void PrintTo(const LseCase& c, std::ostream* os) { *os << c.name; }
 
 // A case's inputs as a kernel sees them, plus the stored values as fp32 for the float64 oracle.
 struct Inputs {
