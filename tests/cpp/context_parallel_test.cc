@@ -389,6 +389,27 @@ TEST(ContextParallel, RefusedStepLeavesCachesUsable) {
   });
 }
 
+// Cache::Clear() forgets every token: the next step starts each rank's share afresh.
+TEST(ContextParallel, ClearStartsAfresh) {
+  const ModelConfig c = testing::SmallGqaConfig(4, 2);
+  const Tensor prompt = RandomUniform({2, 5, 64}, 17, 1.0f);
+  const Tensor token = RandomUniform({2, 1, 64}, 18, 1.0f);
+  const Tensor expected = MakeLayer(c)->Forward({&prompt, {}, {}}, MlaForm::kAuto);
+  OnRanks(2, [&](int rank, std::shared_ptr<Communicator> comm) {
+    const auto layer = MakeContextParallelLayer(MakeLayer(c), comm);
+    std::unique_ptr<Cache> cache = layer->NewCache(2, 16, DType::kF32, MlaForm::kAuto);
+    const auto& shard = dynamic_cast<const ContextShardCache&>(*cache);
+    layer->Step({&prompt, {}, {}}, *cache, MlaForm::kAuto);
+    layer->Step({&token, {}, {}}, *cache, MlaForm::kAuto);
+    cache->Clear();
+    const Tensor got = layer->Step({&prompt, {}, {}}, *cache, MlaForm::kAuto);
+    EXPECT_LT(RelativeError(got, expected), 1e-5) << "rank " << rank;
+    EXPECT_EQ(shard.held(1, 0), 3);
+    EXPECT_EQ(shard.held(1, 1), 2);
+    EXPECT_EQ(shard.local().length(1), rank == 0 ? 3 : 2);
+  });
+}
+
 TEST(ContextParallel, RefusesPagedPoolsAndForeignCaches) {
   const ModelConfig c = testing::SmallGqaConfig(4, 2);
   const Tensor x = RandomUniform({1, 3, 64}, 16, 1.0f);
