@@ -34,6 +34,21 @@
 // gemma_3_config_dict, a copy of that model's config.json used beside
 // AutoConfig.from_pretrained("google/gemma-3-270m"), less the "_name_or_path" the test sets; its
 // attention keys agree with two more public copies of the 270m geometry).
+// THUDM/glm-4-9b-chat-hf as vendored in configs/glm-4-9b-chat-hf.json: the transformers-format
+// config.json uploaded to THUDM/glm-4-9b-chat at commit 9918c3f (huggingface.co page "661 Bytes";
+// the size of the vendored file), later published as THUDM/glm-4-9b-chat-hf; every
+// attention key agrees with a copy of glm-4-9b-chat-hf's file (genai-archive/glm-4-9b-chat-hf-fp8,
+// which adds the partial_rotary_factor 0.5 the file leaves to GlmConfig) and with transformers'
+// GlmConfig() defaults, which its docstring gives as glm-4-9b-chat's and
+// tests/python_torch/test_presets_vs_transformers.py checks. Its rope_theta 10000.0 is what the
+// file says; the same repo's remote-code config (model_type chatglm) says rope_ratio 500, a base
+// of 5e6, and attn follows the transformers-format file as transformers does.
+// tiiuae/falcon-rw-1b as vendored in configs/falcon-rw-1b.json: the in-library config.json of
+// tiiuae/falcon-rw-1b ("Move to in-library checkpoint", 1.05 kB), as copied whole by
+// Keynote-Technology/TinyKAI-1B-v0.1 (1,046 bytes, the vendored file's size); every key but
+// auto_map and hidden_dropout is in the diff of tiiuae/falcon-rw-1b commit f19979f, and the keys
+// agree with the model card (ALiBi; 24 layers, d_model 2048, head_dim 64) and with fine-tunes
+// saved from it (franco-rojas/falcon-rw-1b-finetuned-tfmviu, yutaozhu94/INTERS-Falcon-1b).
 #include "attn/presets.h"
 
 #include <algorithm>
@@ -162,6 +177,14 @@ const std::vector<Preset>& Presets() {
         "attention_bias": false, "query_pre_attn_scalar": 256, "attn_logit_softcapping": null,
         "sliding_window": 512, "use_bidirectional_attention": false,
         "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention", "sliding_attention", "sliding_attention", "full_attention", "sliding_attention", "sliding_attention", "sliding_attention", "sliding_attention", "sliding_attention", "full_attention", "sliding_attention", "sliding_attention", "sliding_attention", "sliding_attention", "sliding_attention", "full_attention"]})"},
+      {"glm-4-9b-chat-hf", R"({"model_type": "glm", "hidden_size": 4096,
+        "num_attention_heads": 32, "num_key_value_heads": 2, "head_dim": 128,
+        "num_hidden_layers": 40, "max_position_embeddings": 131072, "rms_norm_eps": 1.5625e-07,
+        "rope_theta": 10000.0, "attention_bias": true})"},
+      {"falcon-rw-1b", R"({"model_type": "falcon", "hidden_size": 2048,
+        "num_attention_heads": 32, "num_hidden_layers": 24, "multi_query": false,
+        "new_decoder_architecture": false, "alibi": true, "bias": true,
+        "parallel_attn": false, "layer_norm_epsilon": 1e-05})"},
       {"kimi-k2", R"({"model_type": "kimi_k2", "hidden_size": 7168,
         "num_attention_heads": 64, "num_key_value_heads": 64, "num_hidden_layers": 61,
         "max_position_embeddings": 131072, "q_lora_rank": 1536, "kv_lora_rank": 512,

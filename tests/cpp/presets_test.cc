@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -55,6 +56,10 @@ constexpr Row kTable[] = {
     {"qwen1.5-moe-a2.7b-chat", 2048, 16, 16, 128, 24, 4096},
     // Gemma-3-270M: MQA, head_dim 256 given (640 / 4 = 160 is not it); 2 * 1 * 256 = 512.
     {"gemma-3-270m", 640, 4, 1, 256, 18, 512},
+    // GLM-4-9B-Chat (HF format): head_dim 128 given; 2 kv heads: 2 * 2 * 128 = 512.
+    {"glm-4-9b-chat-hf", 4096, 32, 2, 128, 40, 512},
+    // Falcon-RW-1B: MHA (multi_query false), 2048 / 32 = 64; 2 * 32 * 64 = 4096.
+    {"falcon-rw-1b", 2048, 32, 32, 64, 24, 4096},
 };
 
 // The presets taken from vendored copies of published config.json files equal parsing those
@@ -69,7 +74,9 @@ TEST(PresetsTest, PresetsEqualTheirVendoredConfigFiles) {
         {"gemma-2-2b", "gemma-2-2b-it.json"},
         {"olmo-2-7b", "olmo-2-1124-7b.json"},
         {"granite-3.3-8b", "granite-3.3-8b-instruct.json"},
-        {"gemma-3-270m", "gemma-3-270m.json"}}) {
+        {"gemma-3-270m", "gemma-3-270m.json"},
+        {"glm-4-9b-chat-hf", "glm-4-9b-chat-hf.json"},
+        {"falcon-rw-1b", "falcon-rw-1b.json"}}) {
     SCOPED_TRACE(preset);
     const ModelConfig a = LoadPreset(preset);
     const ModelConfig b = LoadHfConfig(std::string(ATTN_SOURCE_DIR "/configs/") + file);
@@ -87,6 +94,10 @@ TEST(PresetsTest, PresetsEqualTheirVendoredConfigFiles) {
     EXPECT_EQ(a.sliding_layers, b.sliding_layers);
     EXPECT_EQ(a.gqa.attention_sinks, b.gqa.attention_sinks);
     EXPECT_EQ(a.gqa.qkv_bias, b.gqa.qkv_bias);
+    EXPECT_EQ(a.gqa.o_bias, b.gqa.o_bias);
+    EXPECT_EQ(a.gqa.alibi, b.gqa.alibi);
+    EXPECT_EQ(a.rope.rotary_dim, b.rope.rotary_dim);
+    EXPECT_EQ(a.rope.pairing, b.rope.pairing);
     EXPECT_EQ(a.rope.scaling.type, b.rope.scaling.type);
     EXPECT_EQ(a.rope.scaling.factor, b.rope.scaling.factor);
     EXPECT_EQ(a.rope.scaling.truncate, b.rope.scaling.truncate);
@@ -120,7 +131,10 @@ TEST(PresetsTest, EveryPresetMatchesTheReferenceTable) {
     } else {
       EXPECT_EQ(c.gqa.num_kv_heads, row.kv_heads);
       EXPECT_EQ(c.gqa.head_dim, row.head_dim);
-      EXPECT_EQ(c.rope.pairing, RopePairing::kRotateHalf);
+      // GLM pairs neighbouring coordinates (docs/semantics.md §2); the other GQA rows rotate
+      // halves.
+      EXPECT_EQ(c.rope.pairing,
+                c.model_type == "glm" ? RopePairing::kInterleaved : RopePairing::kRotateHalf);
       EXPECT_EQ(CacheValuesPerToken(c, CacheForm::kHeads), row.kv_values);
     }
   }
@@ -173,6 +187,23 @@ TEST(PresetsTest, RopeDetailsOfSection6) {
   EXPECT_DOUBLE_EQ(SoftmaxScale(gemma3), 1.0 / 16.0);  // query_pre_attn_scalar 256 ** -0.5
   ASSERT_EQ(gemma3.sliding_layers.size(), 18u);
   for (size_t i = 0; i < 18; ++i) EXPECT_EQ(gemma3.sliding_layers[i], (i + 1) % 6 != 0) << i;
+  const ModelConfig glm = LoadPreset("glm-4-9b-chat-hf");
+  EXPECT_EQ(glm.model_type, "glm");
+  EXPECT_EQ(glm.rope.theta, 1e4);
+  EXPECT_EQ(glm.rope.rotary_dim, 64);  // partial_rotary_factor absent: GlmConfig's 0.5 of 128
+  EXPECT_EQ(glm.rope.pairing, RopePairing::kInterleaved);
+  EXPECT_TRUE(glm.gqa.qkv_bias);  // attention_bias: q/k/v only, o_proj has none
+  EXPECT_FALSE(glm.gqa.o_bias);
+  EXPECT_EQ(glm.max_position_embeddings, 131072);
+  EXPECT_DOUBLE_EQ(SoftmaxScale(glm), 1.0 / std::sqrt(128.0));
+  const ModelConfig rw = LoadPreset("falcon-rw-1b");
+  EXPECT_EQ(rw.model_type, "falcon");
+  EXPECT_TRUE(rw.gqa.alibi);
+  for (int64_t layer : {0, 23}) EXPECT_FALSE(rw.RotatesLayer(layer)) << layer;  // ALiBi, no RoPE
+  EXPECT_TRUE(rw.gqa.qkv_bias);  // bias: true puts biases on query_key_value and dense
+  EXPECT_TRUE(rw.gqa.o_bias);
+  EXPECT_EQ(rw.max_position_embeddings, 2048);    // FalconConfig's default; the file has none
+  EXPECT_DOUBLE_EQ(SoftmaxScale(rw), 1.0 / 8.0);  // 64 ** -0.5
 }
 
 TEST(PresetsTest, PresetsEqualTheCheckedInPublicConfigs) {
@@ -214,6 +245,8 @@ TEST(PresetsTest, CacheBytesPerTokenOfTheIssue11Presets) {
       {"olmo-2-7b", 2.0 * 32 * 128 * 2 * 32},               // 524288 = 512 KiB
       {"granite-3.3-8b", 2.0 * 8 * 128 * 2 * 40},           // 163840 = 160 KiB
       {"qwen1.5-moe-a2.7b-chat", 2.0 * 16 * 128 * 2 * 24},  // 196608 = 192 KiB
+      {"glm-4-9b-chat-hf", 2.0 * 2 * 128 * 2 * 40},         // 40960 = 40 KiB
+      {"falcon-rw-1b", 2.0 * 32 * 64 * 2 * 24},             // 196608 = 192 KiB
   };
   for (const auto& [preset, bytes] : rows) {
     SCOPED_TRACE(preset);

@@ -60,6 +60,12 @@ CASES = [
     # Gemma3TextConfig's docstring names google/gemma-3-4b-it, but its defaults (2304 wide, 26
     # layers) are no Gemma 3 model: no defaults claim.
     ("gemma-3-270m", "gemma-3-270m.json", "Gemma3TextConfig", None),
+    # GlmConfig's docstring names THUDM/glm-4-9b-chat; its defaults are the published
+    # transformers-format file, key for key (the file leaves partial_rotary_factor to the
+    # class's 0.5).
+    ("glm-4-9b-chat-hf", "glm-4-9b-chat-hf.json", "GlmConfig", {}),
+    # FalconConfig's defaults are tiiuae/falcon-7b (MQA, RoPE), not Falcon-RW: no defaults claim.
+    ("falcon-rw-1b", "falcon-rw-1b.json", "FalconConfig", None),
 ]
 
 
@@ -103,6 +109,8 @@ def _expected(config):
         params += heads * d + kv * d
     if config.model_type == "gemma3_text":  # per-head q_norm and k_norm, d each
         params += 2 * d
+    if config.model_type == "falcon" and config.bias:  # biased query_key_value and dense
+        params += heads * d + 2 * kv * d + hidden
     scalar = getattr(config, "query_pre_attn_scalar", None)
     scale = (scalar if scalar else d) ** -0.5
     if config.model_type == "granite":
