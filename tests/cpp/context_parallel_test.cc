@@ -10,16 +10,15 @@
 
 #include <gtest/gtest.h>
 
-#include <exception>
 #include <functional>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "attn/communicator.h"
 #include "attn/error.h"
 #include "attn/layer_weights.h"
+#include "rank_threads.h"
 #include "test_util.h"
 
 namespace attn {
@@ -30,23 +29,8 @@ using testing::RelativeError;
 // Runs body(rank, communicator) on `world` threads of one InProcessGroup and rethrows the first
 // exception any rank threw.
 void OnRanks(int world, const std::function<void(int, std::shared_ptr<Communicator>)>& body) {
-  std::vector<std::unique_ptr<Communicator>> group = InProcessGroup(world, 30.0);
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < world; ++r) {
-    std::shared_ptr<Communicator> comm(std::move(group[static_cast<size_t>(r)]));
-    threads.emplace_back([&body, &errors, r, comm] {
-      try {
-        body(r, comm);
-      } catch (...) {
-        errors[static_cast<size_t>(r)] = std::current_exception();
-      }
-    });
-  }
-  for (std::thread& thread : threads) thread.join();
-  for (const std::exception_ptr& error : errors) {
-    if (error) std::rethrow_exception(error);
-  }
+  testing::RethrowFirst(testing::RunOnRanks(
+      world, [&body](std::shared_ptr<Communicator> comm) { body(comm->rank(), comm); }));
 }
 
 std::unique_ptr<AttentionLayer> MakeLayer(const ModelConfig& c, int64_t layer = 0) {
