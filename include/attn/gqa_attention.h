@@ -44,6 +44,8 @@ class GqaAttention : public AttentionLayer {
   void StepPagedInto(const TokenBatch& batch, PagedKVPool& pool,
                      std::span<const PagedKVPool::SequenceId> ids, MlaForm form,
                      Tensor& out) const override;
+  void StepWithStore(const TokenBatch& batch, layers::KVStore& store, MlaForm form,
+                     Tensor& out) const override;
 
  private:
   ModelConfig config_;

@@ -135,6 +135,15 @@ struct AttentionProblem {
   // softmax (docs/semantics.md §1). Null: none.
   const float* alibi_slopes = nullptr;
   float* out = nullptr;  // [tokens][heads][value_dim] fp32
+  // When set, the kernel also stores each row's log-sum-exp, the state that lets partial
+  // attentions over disjoint key sets be merged exactly (context parallelism,
+  // docs/distributed.md): lse[s·heads + h] = ln(Σ_visible t exp(score_t) + exp(sink[h])), in
+  // natural-log units of the final scores (after scale, softcap and ALiBi; the sink term only
+  // when `sinks` is set), and -inf for a row with no visible key (whose output row is zero).
+  // With lse set the problem may be a slice of a longer sequence's keys, so causal query slots
+  // may lie before the view's first key (first_query_slot < 0: those rows see nothing) or past
+  // its last (they see every key their window allows).
+  float* lse = nullptr;  // [tokens][heads]
   // When set, a kernel stores true here if any score q·k it computed is NaN or ±Inf: a key row
   // holding NaN/Inf always gives one, so a caller can vouch for the keys it read without a
   // second pass over a large cache (values show up in the output instead). Never cleared.

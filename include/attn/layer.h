@@ -16,6 +16,9 @@
 #include "attn/tensor.h"
 
 namespace attn {
+namespace layers {
+class KVStore;  // src/layers/kv_store.h: private to the library
+}  // namespace layers
 
 // How an MLA layer runs (docs/semantics.md §3). GQA-family layers ignore it.
 enum class MlaForm {
@@ -75,6 +78,13 @@ class AttentionLayer {
   virtual void StepPagedInto(const TokenBatch& batch, PagedKVPool& pool,
                              std::span<const PagedKVPool::SequenceId> ids, MlaForm form,
                              Tensor& out) const = 0;
+
+  // Internal (KVStore is a private header of the library): StepInto() over any store of the
+  // call's sequences, which is how a layer that splits the cache across ranks (context
+  // parallelism, include/attn/context_parallel.h) runs the unchanged step over its own store.
+  // GqaAttention and MlaAttention implement it; the default throws Error(kUnsupported).
+  virtual void StepWithStore(const TokenBatch& batch, layers::KVStore& store, MlaForm form,
+                             Tensor& out) const;
 
   // StepInto() with a fresh output tensor.
   Tensor Step(const TokenBatch& batch, Cache& cache, MlaForm form) const {

@@ -55,6 +55,8 @@ class MlaAttention : public AttentionLayer {
   void StepPagedInto(const TokenBatch& batch, PagedKVPool& pool,
                      std::span<const PagedKVPool::SequenceId> ids, MlaForm form,
                      Tensor& out) const override;
+  void StepWithStore(const TokenBatch& batch, layers::KVStore& store, MlaForm form,
+                     Tensor& out) const override;
 
  private:
   // The one step over a cache of either kind (per-head for naive, latent otherwise).
@@ -70,9 +72,9 @@ class MlaAttention : public AttentionLayer {
   // The absorbed form for the listed sequences of the batch at once: W_UK/W_UV are read once
   // per step (heads in parallel), and one attend_batch call covers every sequence.
   void AttendAbsorbed(const Projected& p, std::span<const int64_t> sequences,
-                      const layers::KVStore& cache, std::span<const int64_t> first_slots,
+                      layers::KVStore& cache, std::span<const int64_t> first_slots,
                       float* heads_out) const;
-  void AttendDecompressed(const Projected& p, int64_t sequence, const layers::KVStore& cache,
+  void AttendDecompressed(const Projected& p, int64_t sequence, layers::KVStore& cache,
                           int64_t first_slot, float* heads_out) const;
 
   ModelConfig config_;

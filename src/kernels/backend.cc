@@ -200,8 +200,11 @@ void ValidateAttentionProblem(const AttentionProblem& p) {
                                                          std::to_string(p.alibi_slopes[h]));
     }
   }
-  ATTN_REQUIRE(!p.visibility.causal || (p.visibility.first_query_slot >= 0 &&
-                                        p.visibility.first_query_slot + q.tokens <= kv.length),
+  // A problem that returns its log-sum-exp may be a slice of a longer sequence's keys: its
+  // queries may sit before or after the slice (kernels.h, AttentionProblem::lse).
+  ATTN_REQUIRE(!p.visibility.causal || p.lse != nullptr ||
+                   (p.visibility.first_query_slot >= 0 &&
+                    p.visibility.first_query_slot + q.tokens <= kv.length),
                "query slots [" + std::to_string(p.visibility.first_query_slot) + ", " +
                    std::to_string(p.visibility.first_query_slot + q.tokens) +
                    ") must lie within the kv length " + std::to_string(kv.length));

@@ -121,6 +121,11 @@ void GqaAttention::StepPagedInto(const TokenBatch& batch, PagedKVPool& pool,
   StepWith(batch, store, out);
 }
 
+void GqaAttention::StepWithStore(const TokenBatch& batch, layers::KVStore& store, MlaForm /*form*/,
+                                 Tensor& out) const {
+  StepWith(batch, store, out);
+}
+
 void GqaAttention::StepWith(const TokenBatch& batch, layers::KVStore& store, Tensor& out) const {
   const layers::BatchShape shape = layers::CheckTokenBatch(batch, config_.hidden_size);
   const int64_t heads = config_.num_heads;
@@ -208,7 +213,7 @@ void GqaAttention::StepWith(const TokenBatch& batch, layers::KVStore& store, Ten
     problem.softcap = static_cast<float>(config_.attn_logit_softcapping);
     problem.out = heads_out + token0 * heads * d;
   }
-  DefaultBackend().attend_batch(problems.data(), shape.batch);
+  store.Attend(problems.data(), shape.batch);
   layers::RecordMaxPositions(batch, shape, positions, store);
 
   layers::ReshapeOutput(shape, config_.hidden_size, out);

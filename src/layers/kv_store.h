@@ -39,6 +39,13 @@ class KVStore {
   virtual KVView View(int64_t b) const = 0;
   // latent: rows of sequence b [length][rk + dr] as fp32.
   virtual void ReadRows(int64_t b, float* out) const = 0;
+  // Runs `count` attention problems whose kv views came from View() (or, for decompressed MLA,
+  // from rows read by ReadRows()): every layer attends over cached keys through here, so a store
+  // that holds only part of each sequence (context parallelism, src/dist/context_parallel.cc)
+  // can attend to its part and merge the rest. The default is the backend's attend_batch.
+  virtual void Attend(AttentionProblem* problems, int64_t count) {
+    DefaultBackend().attend_batch(problems, count);
+  }
 };
 
 class ContiguousHeads final : public KVStore {

@@ -48,6 +48,12 @@ std::unique_ptr<PagedKVPool> AttentionLayer::NewPagedPool(int64_t pages, int64_t
       PagedKVPool::ForLatent(pages, page_size, m.kv_lora_rank, m.qk_rope_head_dim, dtype));
 }
 
+void AttentionLayer::StepWithStore(const TokenBatch& /*batch*/, layers::KVStore& /*store*/,
+                                   MlaForm /*form*/, Tensor& /*out*/) const {
+  throw Error(ErrorKind::kUnsupported, "this attention layer ('" + config().model_type +
+                                           "') does not run its step over a custom KV store");
+}
+
 Tensor AttentionLayer::Forward(const TokenBatch& batch, MlaForm form) const {
   ATTN_CHECK(batch.hidden_states != nullptr && batch.hidden_states->rank() == 3,
              ErrorKind::kInvalidArgument, "hidden_states: expected shape [B, S, D]");

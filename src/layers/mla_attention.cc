@@ -190,6 +190,11 @@ void MlaAttention::StepPagedInto(const TokenBatch& batch, PagedKVPool& pool,
   StepWith(batch, store, form, out);
 }
 
+void MlaAttention::StepWithStore(const TokenBatch& batch, layers::KVStore& store, MlaForm form,
+                                 Tensor& out) const {
+  StepWith(batch, store, form, out);
+}
+
 void MlaAttention::StepWith(const TokenBatch& batch, layers::KVStore& cache, MlaForm form,
                             Tensor& out) const {
   const layers::BatchShape shape = layers::CheckTokenBatch(batch, config_.hidden_size);
@@ -309,7 +314,7 @@ void MlaAttention::AttendNaive(const Projected& p, layers::KVStore& cache,
     problem.scale = scale_;
     problem.out = heads_out + token0 * h * m.v_head_dim;
   }
-  DefaultBackend().attend_batch(problems.data(), p.shape.batch);
+  cache.Attend(problems.data(), p.shape.batch);
 }
 
 namespace {
@@ -344,8 +349,8 @@ const float* KvBRows(const AbsorbedJob& j, int64_t first, int64_t count) {
 }  // namespace
 
 void MlaAttention::AttendAbsorbed(const Projected& p, std::span<const int64_t> sequences,
-                                  const layers::KVStore& cache,
-                                  std::span<const int64_t> first_slots, float* heads_out) const {
+                                  layers::KVStore& cache, std::span<const int64_t> first_slots,
+                                  float* heads_out) const {
   const MlaDims& m = config_.mla;
   const int64_t h = config_.num_heads;
   const int64_t rows = p.shape.rows;
@@ -393,7 +398,7 @@ void MlaAttention::AttendAbsorbed(const Projected& p, std::span<const int64_t> s
     problem.scale = scale_;
     problem.out = job.latent_out + p.shape.start(b) * h * m.kv_lora_rank;
   }
-  DefaultBackend().attend_batch(problems.data(), static_cast<int64_t>(sequences.size()));
+  cache.Attend(problems.data(), static_cast<int64_t>(sequences.size()));
 
   // out[b,s,h] = W_UV[h] latent_out[b,s,h], W_UV[h] read once per step by its head's task.
   ParallelFor(h, [shared](int64_t head, int /*thread*/) {
@@ -410,9 +415,8 @@ void MlaAttention::AttendAbsorbed(const Projected& p, std::span<const int64_t> s
   });
 }
 
-void MlaAttention::AttendDecompressed(const Projected& p, int64_t sequence,
-                                      const layers::KVStore& cache, int64_t first_slot,
-                                      float* heads_out) const {
+void MlaAttention::AttendDecompressed(const Projected& p, int64_t sequence, layers::KVStore& cache,
+                                      int64_t first_slot, float* heads_out) const {
   const MlaDims& m = config_.mla;
   const int64_t h = config_.num_heads;
   const int64_t qk_dim = m.qk_nope_head_dim + m.qk_rope_head_dim;
@@ -454,7 +458,7 @@ void MlaAttention::AttendDecompressed(const Projected& p, int64_t sequence,
   problem.visibility = {first_slot, 0};
   problem.scale = scale_;
   problem.out = heads_out;
-  DefaultBackend().attend(problem);
+  cache.Attend(&problem, 1);
 }
 
 }  // namespace attn

@@ -614,6 +614,8 @@ bool FlashAttendAmxSupports(const AttentionProblem& problem, const IsaSupport& i
     return false;
   }
   if (problem.queries.tokens == 0 || problem.kv.kv_heads <= 0) return false;
+  // Problems that return their log-sum-exp (partial states to merge) take the AVX-512 kernel.
+  if (problem.lse != nullptr) return false;
   const int64_t group = problem.queries.heads / problem.kv.kv_heads;
   if (group <= 0) return false;  // an invalid problem: validation reports it
   // The smaller item size bounds both choices of MakePlan.

@@ -9,7 +9,8 @@
 //             in its own vector and 16 of them folded into 16 scores (avx512_common.h)
 //   online softmax: m' = max(m, max_t S), l' = l·2^(m-m') + Σ_t 2^(S-m'), O ← O·2^(m-m')
 //   O += P V  with P = 2^(S - m')
-// and at the end out = O / l (rows that saw no key: zeros). Soft-capping and ALiBi rewrite S
+// and at the end out = O / l (rows that saw no key: zeros), and when asked the row's
+// log-sum-exp (m + log2 l)·ln 2. Soft-capping and ALiBi rewrite S
 // before the softmax. An item's key range starts at the lowest key its first row may see (window,
 // chunk), so keys before a window or outside a decode row's chunk are never visited; within the
 // range, tiles wholly past the causal diagonal, outside every row's window or chunk, or all
@@ -20,6 +21,7 @@
 // kernels").
 #include <algorithm>
 #include <cstdint>
+#include <numbers>
 #include <utility>
 #include <vector>
 
@@ -201,6 +203,29 @@ float SinkWeight(const Plan& plan, int64_t g, int64_t r, float m) {
   if (p.sinks == nullptr) return 0.0f;
   const int64_t h = g * plan.group + r % plan.group;
   return std::exp2(p.sinks[h] * kLog2e - m);
+}
+
+// Where row r of kv head g stores its log-sum-exp (AttentionProblem::lse), or null.
+float* LseOf(const Plan& plan, const ItemRange& range, int64_t g, int64_t r) {
+  const AttentionProblem& p = *plan.problem;
+  if (p.lse == nullptr) return nullptr;
+  const int64_t s = range.s0 + r / plan.group;
+  const int64_t h = g * plan.group + r % plan.group;
+  return p.lse + s * p.queries.heads + h;
+}
+
+// A row's log-sum-exp in natural-log units from its base-2 state: running maximum m and sum
+// l = Σ 2^(score − m) (scores carry log2 e), plus the sink's term. -inf when the row saw no key.
+// Taken relative to the larger of m and the sink, so that a sink far above every score gives
+// its own logit rather than an overflow.
+float RowLse(const Plan& plan, int64_t g, int64_t r, float m, float l) {
+  if (!(l > 0.0f)) return kNegInf;
+  const AttentionProblem& p = *plan.problem;
+  const float sink = p.sinks != nullptr ? p.sinks[g * plan.group + r % plan.group] * kLog2e
+                                        : kNegInf;  // base-2 units, as m
+  const float top = std::max(m, sink);
+  return (top + std::log2(l * std::exp2(m - top) + std::exp2(sink - top))) *
+         std::numbers::ln2_v<float>;
 }
 
 // scales[0..n) = the per-key scales of a tile's keys t0 … t0+n-1 of kv head g (two runs when
@@ -472,6 +497,9 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
                 ? 1.0f / (l[row_index] + SinkWeight(plan, range.g0 + j, r, m[row_index]))
                 : 0.0f;
         for (int64_t d = 0; d < dv; ++d) out[d] = o[row_index * dv_pad + d] * inverse;
+        if (float* lse = LseOf(plan, range, range.g0 + j, r)) {
+          *lse = RowLse(plan, range.g0 + j, r, m[row_index], l[row_index]);
+        }
       }
     }
     return;
@@ -497,6 +525,8 @@ void MergeSplits(const Plan& plan, int64_t item) {
       }
       float* out = OutputRow(plan, range, range.g0 + j, r);
       std::fill(out, out + dv, 0.0f);
+      float* lse = LseOf(plan, range, range.g0 + j, r);
+      if (lse != nullptr) *lse = kNegInf;
       if (m_star == kNegInf) continue;  // no visible key in any split
       float total = 0.0f;
       for (int64_t k = 0; k < plan.splits; ++k) {
@@ -509,6 +539,7 @@ void MergeSplits(const Plan& plan, int64_t item) {
       }
       const float inverse = 1.0f / (total + SinkWeight(plan, range.g0 + j, r, m_star));
       for (int64_t d = 0; d < dv; ++d) out[d] *= inverse;
+      if (lse != nullptr) *lse = RowLse(plan, range.g0 + j, r, m_star, total);
     }
   }
 }

@@ -70,6 +70,9 @@ void ReferenceAttend(const AttentionProblem& problem) {
         return kv.keep == nullptr || kv.keep[KeepOffset(kv, t)] != 0;
       };
 
+      float* lse = problem.lse != nullptr ? problem.lse + s * q.heads + h : nullptr;
+      if (lse != nullptr) *lse = -std::numeric_limits<float>::infinity();
+
       // Pass 1: the largest visible score.
       float max_score = -std::numeric_limits<float>::infinity();
       for (int64_t t = first; t <= last; ++t) {
@@ -96,6 +99,8 @@ void ReferenceAttend(const AttentionProblem& problem) {
       }
       const float inverse = 1.0f / denominator;
       for (int64_t i = 0; i < kv.value_dim; ++i) out[i] *= inverse;
+      // ln Σ exp(score) (sink included) = max + ln Σ exp(score − max).
+      if (lse != nullptr) *lse = max_score + std::log(denominator);
     }
   }
 }
