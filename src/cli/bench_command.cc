@@ -23,18 +23,21 @@
 #include <thread>
 #include <vector>
 
+#include "attn/context_parallel.h"
 #include "attn/error.h"
 #include "attn/hf_config.h"
 #include "attn/kernels.h"
 #include "attn/kv_cache.h"
 #include "attn/layer_weights.h"
 #include "attn/paged_kv_cache.h"
+#include "attn/parallel.h"
 #include "attn/threads.h"
 #include "bench/kernel_case.h"
 #include "bench/peak.h"
 #include "cli/commands.h"
 #include "cli/config_flags.h"
 #include "cli/flags.h"
+#include "cli/parallel_flags.h"
 
 #ifndef ATTN_SOURCE_DIR
 #define ATTN_SOURCE_DIR "."
@@ -476,7 +479,9 @@ int RunLayerBench(const std::vector<std::string>& args) {
   flags.Integer("seed", "N", "random seed of weights and tokens", "0")
       .Switch("pin", "bind each pool thread to its own CPU")
       .Switch("json", "print one JSON object");
+  AddParallelFlags(flags);
   if (!flags.Parse(args)) return 0;
+  const ParallelRun run = StartParallel(flags);
   const std::string config_path =
       flags.Has("preset") ? "preset:" + flags.Required("preset") : flags.Get("config", "");
   const ModelConfig config = ConfigFromFlags(flags).config;
@@ -521,11 +526,27 @@ int RunLayerBench(const std::vector<std::string>& args) {
   if (flags.Has("roof")) {
     dram_read_gbps = PeakForThreads(threads, bench::PeakOptions{}).ForThreads(threads)->dram_gbps;
   }
+  Check(!run.mode || setup.page_size == 0, ErrorKind::kUnsupported,
+        "--parallel runs contiguous caches only; drop --page-size");
   NamedWeights weights =
       StoreAttentionWeights(config, RandomAttentionWeights(config, seed), weights_dtype);
+  if (run.mode == ParallelMode::kTensor) {
+    weights = ShardAttentionWeights(config, std::move(weights),
+                                    Shard{run.comm->rank(), run.comm->world()});
+  }
+  // Under --parallel: the bytes this rank holds (tp: its heads' slices).
   int64_t weight_bytes = 0;
   for (const auto& entry : weights) weight_bytes += static_cast<int64_t>(entry.second.nbytes());
-  const std::unique_ptr<AttentionLayer> layer = BuildAttentionLayer(config, 0, std::move(weights));
+  std::unique_ptr<AttentionLayer> layer;
+  if (run.mode == ParallelMode::kTensor) {
+    layer = MakeTensorParallelLayer(config, 0, std::move(weights), run.comm);
+  } else {
+    layer = BuildAttentionLayer(config, 0, std::move(weights));
+    if (run.mode == ParallelMode::kData) layer = MakeDataParallelLayer(std::move(layer), run.comm);
+    if (run.mode == ParallelMode::kContext) {
+      layer = MakeContextParallelLayer(std::move(layer), run.comm);
+    }
+  }
 
   std::vector<FormResult> results;
   for (MlaForm form : forms) {
@@ -587,6 +608,17 @@ int RunLayerBench(const std::vector<std::string>& args) {
                  {"process_threads", ProcessThreads()},
                  {"forms", forms_json}};
   if (dram_read_gbps > 0.0) result["dram_read_gbps"] = dram_read_gbps;
+  if (run.mode) {
+    // Every rank ran every step (each step waits for its peers), so rank 0's times are the
+    // run's; memory is per rank, the largest reported.
+    int64_t peak_rss = 0;
+    for (const FormResult& r : results) peak_rss = std::max<int64_t>(peak_rss, r.peak_rss_bytes);
+    const std::vector<int64_t> peaks = run.comm->AllGatherInt(peak_rss);
+    result["parallel"] = ParallelModeName(*run.mode);
+    result["world"] = run.comm->world();
+    result["max_rank_peak_rss_bytes"] = *std::max_element(peaks.begin(), peaks.end());
+    if (!run.writes_output()) return 0;
+  }
   if (naive != nullptr && automatic != nullptr) {
     result["auto_vs_naive_decode_speedup"] =
         automatic->decode_ms_median > 0.0 ? naive->decode_ms_median / automatic->decode_ms_median
@@ -600,15 +632,20 @@ int RunLayerBench(const std::vector<std::string>& args) {
   }
   std::printf(
       "attn bench layer: %s (hidden %lld, %lld heads), %s cache%s, batch %lld, context %lld%s + "
-      "prefill %lld + decode %lld, %d thread(s)\nweights %.1f MiB (%s); decode ms/step is the "
-      "time of one step (one token for each sequence)\n\n",
+      "prefill %lld + decode %lld, %d thread(s)%s\nweights %.1f MiB (%s%s); decode ms/step is "
+      "the time of one step (one token for each sequence)\n\n",
       config.model_type.c_str(), static_cast<long long>(config.hidden_size),
       static_cast<long long>(config.num_heads), flags.Get("dtype", "f32").c_str(),
       setup.page_size > 0 ? (" in pages of " + std::to_string(setup.page_size)).c_str() : "",
       static_cast<long long>(batch), static_cast<long long>(context),
       setup.ragged ? " (ragged)" : "", static_cast<long long>(prefill),
-      static_cast<long long>(decode), threads, static_cast<double>(weight_bytes) / 1048576.0,
-      flags.Get("weights-dtype").c_str());
+      static_cast<long long>(decode), threads,
+      run.mode ? (" per rank, " + std::to_string(run.comm->world()) + " ranks (--parallel " +
+                  ParallelModeName(*run.mode) + ")")
+                     .c_str()
+               : "",
+      static_cast<double>(weight_bytes) / 1048576.0, flags.Get("weights-dtype").c_str(),
+      run.mode ? ", this rank's" : "");
   std::printf("%-9s %12s %12s %14s %14s %12s %12s\n", "form", "cache B/tok", "cache MiB",
               "prefill tok/s", "decode ms/step", "decode GB/s", "peak RSS MiB");
   for (const FormResult& r : results) {
