@@ -17,9 +17,10 @@ set -euo pipefail
 # for CPU-only use and fails to configure without it. libcli11-dev parses the CLI's flags;
 # libpng-dev writes `--plot` images; python3-venv and ninja-build serve the pip-install check
 # (scikit-build-core drives CMake with Ninja); clang and libclang-rt-14-dev (libFuzzer and the
-# sanitizer runtimes) build the fuzz harnesses of tests/fuzz.
+# sanitizer runtimes) build the fuzz harnesses of tests/fuzz. libopenmpi-dev and openmpi-bin
+# (mpirun) build and run the MPI communicator behind `attn --parallel` and its tests (tests/mpi).
 packages=(build-essential cmake pkg-config libgtest-dev libbenchmark-dev nlohmann-json3-dev
-          libdnnl-dev ocl-icd-opencl-dev libcli11-dev libpng-dev
+          libdnnl-dev ocl-icd-opencl-dev libcli11-dev libpng-dev libopenmpi-dev openmpi-bin
           python3 python3-dev python3-venv python3-torch python3-numpy python3-pytest
           python3-pip pybind11-dev python3-pybind11
           python3-matplotlib qemu-user ninja-build clang libclang-rt-14-dev)

@@ -46,6 +46,13 @@ NamedWeights LoadHfAttentionWeights(const SafetensorsFile& file, const ModelConf
 // From a sharded checkpoint: each tensor from the shard its index names.
 NamedWeights LoadHfAttentionWeights(const Checkpoint& checkpoint, const ModelConfig& config,
                                     int64_t layer);
+// LoadHfAttentionWeights(checkpoint, …) without the NaN/Inf scan of the projection matrices
+// (names, shapes, dtypes, block scales and the small vectors are still checked): for a loader
+// that keeps a slice of each matrix and scans only that (LoadAttentionWeightShard in
+// attn/parallel.h), so that no rank reads the pages of another rank's rows. The caller must run
+// CheckFinite on every matrix it keeps. Falcon's fused projection is read (and scanned) whole.
+NamedWeights LoadHfAttentionWeightsUnscanned(const Checkpoint& checkpoint,
+                                             const ModelConfig& config, int64_t layer);
 
 // A layer's tensors under their short checkpoint names (after HfAttentionPrefix(config,
 // layer)), with the family's fused projections split into the names the layer reads: Falcon's

@@ -68,9 +68,10 @@ class AttentionLayer {
   virtual void StepInto(const TokenBatch& batch, Cache& cache, MlaForm form, Tensor& out) const = 0;
 
   // A page pool for this layer's cache (docs/architecture.md, "Paged caches"): per-head pages
-  // for the GQA family and naive MLA, latent pages for absorbed / auto MLA.
-  std::unique_ptr<PagedKVPool> NewPagedPool(int64_t pages, int64_t page_size, DType dtype,
-                                            MlaForm form) const;
+  // for the GQA family and naive MLA, latent pages for absorbed / auto MLA. Virtual so that a
+  // layer split by heads (attn/parallel.h) can hand out pools of its own heads only.
+  virtual std::unique_ptr<PagedKVPool> NewPagedPool(int64_t pages, int64_t page_size, DType dtype,
+                                                    MlaForm form) const;
   // StepInto() over sequences of a page pool: row b of the batch continues sequence ids[b]
   // (live and distinct). The pages the call needs are taken before anything is written, all or
   // nothing: Error(kCapacity) names the pages asked for and leaves every sequence unchanged.

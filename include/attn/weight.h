@@ -43,6 +43,12 @@ class Weight {
   // block-row boundaries, so each piece keeps whole scale blocks. Throws Error(kInvalidArgument)
   // for a range outside the matrix or a cut inside a block.
   Weight RowSlice(int64_t first, int64_t count) const;
+  // Columns [first, first + count) of a matrix as a new owning weight in the same stored dtype
+  // (a copy: a column block is strided). The tensor-parallel split of o_proj by its input
+  // columns (docs/distributed.md). An F8_E4M3 matrix is cut only at block-column boundaries and
+  // its block scales are sliced with it. Throws Error(kInvalidArgument) for a range outside the
+  // matrix or a cut inside a block.
+  Weight ColumnSlice(int64_t first, int64_t count) const;
 
   bool empty() const { return size() == 0; }
   DType dtype() const { return dtype_; }

@@ -2,7 +2,7 @@
 """Type stubs for the attn package (the extension attn._attn, re-exported). See docs/python.md."""
 
 import os
-from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -68,11 +68,21 @@ class Attention:
         config: ConfigLike,
         weights: Union[str, os.PathLike, Mapping[str, ArrayLike]],
         layer: int = 0,
+        shard: Optional[Tuple[int, int]] = None,
     ) -> "Attention": ...
     @staticmethod
-    def from_pretrained(directory: Union[str, os.PathLike], layer: int = 0) -> "Attention": ...
+    def from_pretrained(
+        directory: Union[str, os.PathLike],
+        layer: int = 0,
+        shard: Optional[Tuple[int, int]] = None,
+    ) -> "Attention": ...
     @staticmethod
-    def random(config: ConfigLike, seed: int = 0, layer: int = 0) -> "Attention": ...
+    def random(
+        config: ConfigLike,
+        seed: int = 0,
+        layer: int = 0,
+        shard: Optional[Tuple[int, int]] = None,
+    ) -> "Attention": ...
     def forward(
         self,
         hidden_states: ArrayLike,
@@ -129,6 +139,8 @@ class Attention:
     def config(self) -> Dict[str, Any]: ...
     @property
     def layer(self) -> int: ...
+    @property
+    def shard(self) -> Optional[Tuple[int, int]]: ...
 
 def attention(
     q: ArrayLike,
@@ -169,7 +181,9 @@ def save_random_weights(
     config_output: Optional[Union[str, os.PathLike]] = None,
 ) -> None: ...
 def load_attention_layers(
-    directory: Union[str, os.PathLike], layers: Optional[Sequence[int]] = None
+    directory: Union[str, os.PathLike],
+    layers: Optional[Sequence[int]] = None,
+    shard: Optional[Tuple[int, int]] = None,
 ) -> List[Attention]: ...
 def load_safetensors(path: Union[str, os.PathLike]) -> Dict[str, np.ndarray]: ...
 def backend() -> str: ...

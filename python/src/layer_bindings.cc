@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -28,6 +29,7 @@
 #include "attn/layer_weights.h"
 #include "attn/megatron.h"
 #include "attn/paged_kv_cache.h"
+#include "attn/parallel.h"
 #include "attn/safetensors.h"
 #include "bindings.h"
 
@@ -451,62 +453,111 @@ PreparedPacked PreparePacked(const ModelConfig& config, py::handle hidden_states
   return packed;
 }
 
+// `shard`: None, or (rank, world) of tensor parallelism (attn/parallel.h). Anything else, and a
+// rank outside [0, world), is a ValueError.
+std::optional<Shard> ShardFromArg(py::handle shard) {
+  if (shard.is_none()) return std::nullopt;
+  const bool pair =
+      (py::isinstance<py::tuple>(shard) || py::isinstance<py::list>(shard)) && py::len(shard) == 2;
+  const auto is_int = [](py::handle item) {
+    return py::isinstance<py::int_>(item) && !py::isinstance<py::bool_>(item);
+  };
+  Check(
+      pair && is_int(shard[py::int_(0)]) && is_int(shard[py::int_(1)]), ErrorKind::kInvalidArgument,
+      "shard: expected None or (rank, world) integers, got " + py::repr(shard).cast<std::string>());
+  const auto rank = shard[py::int_(0)].cast<int64_t>();
+  const auto world = shard[py::int_(1)].cast<int64_t>();
+  Check(world >= 1 && rank >= 0 && rank < world && world <= (int64_t{1} << 20),
+        ErrorKind::kInvalidArgument,
+        "shard: rank " + std::to_string(rank) + " of world " + std::to_string(world) +
+            " is not a rank of that world");
+  return Shard{static_cast<int>(rank), static_cast<int>(world)};
+}
+
+// The whole layer, or with `shard` the rank's tensor-parallel slice of it (its heads).
+std::unique_ptr<AttentionLayer> BuildLayer(const ModelConfig& config, int64_t layer,
+                                           NamedWeights weights, std::optional<Shard> shard) {
+  if (!shard) return BuildAttentionLayer(config, layer, std::move(weights));
+  return BuildAttentionLayer(TensorParallelConfig(config, *shard), layer,
+                             ShardAttentionWeights(config, std::move(weights), *shard));
+}
+
+// A layer from a checkpoint; when sharded, from the rank's slice only, so that a rank maps and
+// scans its own rows (LoadAttentionWeightShard).
+std::unique_ptr<AttentionLayer> BuildFromCheckpoint(const Checkpoint& checkpoint,
+                                                    const ModelConfig& config, int64_t layer,
+                                                    std::optional<Shard> shard) {
+  if (!shard) {
+    return BuildAttentionLayer(config, layer, LoadHfAttentionWeights(checkpoint, config, layer));
+  }
+  return BuildAttentionLayer(TensorParallelConfig(config, *shard), layer,
+                             LoadAttentionWeightShard(checkpoint, config, layer, *shard));
+}
+
 class PyAttention {
  public:
-  PyAttention(ModelConfig config, int64_t layer, std::unique_ptr<AttentionLayer> impl)
-      : config_(std::move(config)), layer_(layer), impl_(std::move(impl)) {}
+  PyAttention(ModelConfig config, int64_t layer, std::unique_ptr<AttentionLayer> impl,
+              std::optional<Shard> shard = std::nullopt)
+      : config_(std::move(config)), layer_(layer), impl_(std::move(impl)), shard_(shard) {}
 
   static std::unique_ptr<PyAttention> FromConfig(py::handle config_arg, py::handle weights,
-                                                 int64_t layer) {
+                                                 int64_t layer, py::handle shard_arg) {
     ModelConfig config = ResolveConfig(config_arg);
     CheckLayerIndex(config, layer);
+    const std::optional<Shard> shard = ShardFromArg(shard_arg);
+    if (shard) TensorParallelHeads(config, *shard);  // a config heads cannot split fails first
     std::unique_ptr<AttentionLayer> impl;
     if (py::isinstance<py::dict>(weights)) {
       NamedTensors named = WeightsFromDict(weights.cast<py::dict>(), config, layer);
       ComputeScope release;
-      impl = BuildAttentionLayer(config, layer, std::move(named));
+      impl = BuildLayer(config, layer, ToNamedWeights(std::move(named)), shard);
     } else if (py::isinstance<py::str>(weights) || py::hasattr(weights, "__fspath__")) {
       const std::string path = PathText(weights);
       ComputeScope release;
       const Checkpoint checkpoint = Checkpoint::Open(path);
-      impl = BuildAttentionLayer(config, layer, LoadHfAttentionWeights(checkpoint, config, layer));
+      impl = BuildFromCheckpoint(checkpoint, config, layer, shard);
     } else {
       throw py::type_error(
           "weights: expected a safetensors path or a dict of arrays, got " +
           py::str(py::type::handle_of(weights).attr("__name__")).cast<std::string>());
     }
-    return std::make_unique<PyAttention>(std::move(config), layer, std::move(impl));
+    return std::make_unique<PyAttention>(std::move(config), layer, std::move(impl), shard);
   }
 
   // Layers `layers` (all when empty) of the model in `directory` (config.json and its
   // safetensors, sharded or not): the checkpoint is opened once and each file mapped once, the
   // layers' weights sharing the mappings.
   static std::vector<std::unique_ptr<PyAttention>> FromPretrained(const std::string& directory,
-                                                                  std::vector<int64_t> layers) {
+                                                                  std::vector<int64_t> layers,
+                                                                  py::handle shard_arg) {
+    const std::optional<Shard> shard = ShardFromArg(shard_arg);
     const ModelConfig config =
         LoadHfConfig((std::filesystem::path(directory) / "config.json").string());
     if (layers.empty()) {
       for (int64_t i = 0; i < config.num_layers; ++i) layers.push_back(i);
     }
     for (const int64_t layer : layers) CheckLayerIndex(config, layer);
+    if (shard) TensorParallelHeads(config, *shard);
     std::vector<std::unique_ptr<PyAttention>> built;
     ComputeScope release;
     const Checkpoint checkpoint = Checkpoint::Open(directory);
     for (const int64_t layer : layers) {
       built.push_back(std::make_unique<PyAttention>(
-          config, layer,
-          BuildAttentionLayer(config, layer, LoadHfAttentionWeights(checkpoint, config, layer))));
+          config, layer, BuildFromCheckpoint(checkpoint, config, layer, shard), shard));
     }
     return built;
   }
 
-  static std::unique_ptr<PyAttention> Random(py::handle config_arg, uint64_t seed, int64_t layer) {
+  static std::unique_ptr<PyAttention> Random(py::handle config_arg, uint64_t seed, int64_t layer,
+                                             py::handle shard_arg) {
     ModelConfig config = ResolveConfig(config_arg);
     CheckLayerIndex(config, layer);
+    const std::optional<Shard> shard = ShardFromArg(shard_arg);
+    if (shard) TensorParallelHeads(config, *shard);
     ComputeScope release;
     std::unique_ptr<AttentionLayer> impl =
-        BuildAttentionLayer(config, layer, RandomAttentionWeights(config, seed));
-    return std::make_unique<PyAttention>(std::move(config), layer, std::move(impl));
+        BuildLayer(config, layer, ToNamedWeights(RandomAttentionWeights(config, seed)), shard);
+    return std::make_unique<PyAttention>(std::move(config), layer, std::move(impl), shard);
   }
 
   py::object Forward(py::handle hidden_states, py::handle position_ids, py::handle attention_mask,
@@ -600,23 +651,33 @@ class PyAttention {
     const CacheForm cache_form = config_.kind == AttentionKind::kMla && form != MlaForm::kNaive
                                      ? CacheForm::kLatent
                                      : CacheForm::kHeads;
-    return CacheBytesPerToken(config_, cache_form, StorageDTypeFromString(dtype));
+    // The local layer's config: a shard caches its own heads only.
+    return CacheBytesPerToken(impl_->config(), cache_form, StorageDTypeFromString(dtype));
   }
 
   py::dict Config() const { return ConfigDict(config_, layer_); }
   int64_t layer() const { return layer_; }
+  py::object ShardTuple() const {
+    if (!shard_) return py::none();
+    return py::make_tuple(shard_->rank, shard_->world);
+  }
   std::string Repr() const {
     return "attn.Attention(model_type='" + config_.model_type + "', kind='" +
            (config_.kind == AttentionKind::kMla ? "mla" : "gqa") +
            "', hidden_size=" + std::to_string(config_.hidden_size) +
            ", num_heads=" + std::to_string(config_.num_heads) +
-           ", layer=" + std::to_string(layer_) + ")";
+           ", layer=" + std::to_string(layer_) +
+           (shard_ ? ", shard=(" + std::to_string(shard_->rank) + ", " +
+                         std::to_string(shard_->world) + ")"
+                   : std::string()) +
+           ")";
   }
 
  private:
   ModelConfig config_;
   int64_t layer_;
   std::unique_ptr<AttentionLayer> impl_;
+  std::optional<Shard> shard_;
 };
 
 py::dict RandomWeights(py::handle config_arg, uint64_t seed, int64_t layer) {
@@ -779,9 +840,16 @@ float16, fp8 E4M3 with block scales), memory-mapped.
 Shapes: hidden_states [B, S, hidden_size] (any float dtype; copied once to float32),
 position_ids [B, S] integers (default: each sequence continues from its cache length),
 attention_mask [B, S] of 0 (padding) / 1 (keep) in any integer, bool or float dtype; it masks
-keys only: a padded token still gets an output row. Non-finite hidden_states raise ValueError.)doc")
+keys only: a padded token still gets an output row. Non-finite hidden_states raise ValueError.
+
+Tensor parallelism: the factories take shard=(rank, world) to hold only that rank's slice of
+the layer (its world-th of the query heads with their kv heads; MLA: its heads, the latent
+whole). forward, prefill, decode, step and prefill_then_decode then return the rank's PARTIAL
+output; the sum over the ranks' partial outputs (torch.distributed.all_reduce with SUM) is the
+layer's output. o_proj's bias is added by rank 0 only. Caches hold the rank's heads only.
+shard=None (the default) is the whole layer.)doc")
       .def_static("from_config", &PyAttention::FromConfig, py::arg("config"), py::arg("weights"),
-                  py::arg("layer") = 0, R"doc(
+                  py::arg("layer") = 0, py::arg("shard") = py::none(), R"doc(
 Builds layer `layer` of a checkpoint.
 
 config: a dict (a parsed config.json), JSON text, a path to config.json or to the directory
@@ -792,25 +860,32 @@ weights: a safetensors path, a sharded model's model.safetensors.index.json or t
     arrays/tensors keyed by those HF names or by the short names ("q_proj.weight",
     "kv_b_proj.weight", ...; converted to float32). Other "model.*" / "lm_head.*" keys of a
     state dict are ignored.
+shard: None (the whole layer) or (rank, world): tensor parallelism, the layer holds only that
+    rank's heads and returns its partial output (see Attention). From a file only the rank's
+    rows are read. ValueError when world does not divide the heads, for a rank outside
+    [0, world), for models a split by heads cannot compute (OLMo 2's whole-projection q/k norm,
+    ALiBi) and for fp8 weights whose block scales the split would cut.
 
 Raises KeyError naming a missing tensor, ValueError for a misshapen or unexpected one (or
 unsupported config values), OSError for files that cannot be read or are corrupt.)doc")
       .def_static(
           "from_pretrained",
-          [](py::handle directory, int64_t layer) {
+          [](py::handle directory, int64_t layer, py::handle shard) {
             std::vector<std::unique_ptr<PyAttention>> built =
-                PyAttention::FromPretrained(PathText(directory), {layer});
+                PyAttention::FromPretrained(PathText(directory), {layer}, shard);
             return std::move(built.front());
           },
-          py::arg("directory"), py::arg("layer") = 0, R"doc(
+          py::arg("directory"), py::arg("layer") = 0, py::arg("shard") = py::none(), R"doc(
 Layer `layer` of the Hugging Face model in `directory`: its config.json, and its weights from
 model.safetensors.index.json (sharded) or model.safetensors. Projection weights stay in their
 stored dtype (float32, bfloat16, float16, or DeepSeek's fp8 E4M3 with block scales) and are
-memory-mapped, not copied; the files must not be truncated while the layer lives.)doc")
+memory-mapped, not copied; the files must not be truncated while the layer lives.
+shard: None or (rank, world), as for from_config: only that rank's rows are read.)doc")
       .def_static("random", &PyAttention::Random, py::arg("config"), py::arg("seed") = 0,
-                  py::arg("layer") = 0, R"doc(
+                  py::arg("layer") = 0, py::arg("shard") = py::none(), R"doc(
 A layer with deterministic random weights (the same as `attn random-weights --seed`):
-matrices uniform in +-1/sqrt(in), biases in +-0.1, norm scales in 1 +- 0.25.)doc")
+matrices uniform in +-1/sqrt(in), biases in +-0.1, norm scales in 1 +- 0.25.
+shard: None or (rank, world), as for from_config: the rank's slice of those same weights.)doc")
       .def("forward", &PyAttention::Forward, py::arg("hidden_states"),
            py::arg("position_ids") = py::none(), py::arg("attention_mask") = py::none(),
            py::arg("mla") = "auto", py::arg("lengths") = py::none(), R"doc(
@@ -881,25 +956,29 @@ pages raise ValueError and leave every sequence unchanged.)doc")
       .def_property_readonly("config", &PyAttention::Config,
                              "The attention-relevant config values (a new dict).")
       .def_property_readonly("layer", &PyAttention::layer, "The layer index.")
+      .def_property_readonly("shard", &PyAttention::ShardTuple,
+                             "(rank, world) of a tensor-parallel slice, or None.")
       .def("__repr__", &PyAttention::Repr);
 
   module.def(
       "load_attention_layers",
-      [](py::handle directory, py::object layers) {
+      [](py::handle directory, py::object layers, py::handle shard) {
         std::vector<int64_t> wanted;
         if (!layers.is_none()) {
           for (const py::handle item : layers) wanted.push_back(item.cast<int64_t>());
         }
         py::list out;
-        for (auto& layer : PyAttention::FromPretrained(PathText(directory), std::move(wanted))) {
+        for (auto& layer :
+             PyAttention::FromPretrained(PathText(directory), std::move(wanted), shard)) {
           out.append(py::cast(std::move(layer)));
         }
         return out;
       },
-      py::arg("directory"), py::arg("layers") = py::none(), R"doc(
+      py::arg("directory"), py::arg("layers") = py::none(), py::arg("shard") = py::none(), R"doc(
 Every attention layer of the model in `directory` (or those listed in `layers`), as a list of
 Attention: one checkpoint opened once, each safetensors file mapped once and shared by the
-layers, weights in their stored dtype (see Attention.from_pretrained).)doc");
+layers, weights in their stored dtype (see Attention.from_pretrained). shard: None or
+(rank, world): each layer holds that rank's tensor-parallel slice (see Attention).)doc");
   module.def("random_weights", &RandomWeights, py::arg("config"), py::arg("seed") = 0,
              py::arg("layer") = 0, R"doc(
 The random weights Attention.random(config, seed, layer) uses, as a dict of float32 NumPy

@@ -131,6 +131,43 @@ Weight Weight::RowSlice(int64_t first, int64_t count) const {
   return slice;
 }
 
+Weight Weight::ColumnSlice(int64_t first, int64_t count) const {
+  Check(rank() == 2, ErrorKind::kInvalidArgument, "ColumnSlice needs a 2-D weight");
+  const int64_t rows = dim(0);
+  const int64_t cols = dim(1);
+  const std::string range =
+      "columns [" + std::to_string(first) + ", " + std::to_string(first + count) + ")";
+  Check(first >= 0 && count >= 0 && first <= cols - count, ErrorKind::kInvalidArgument,
+        range + " are outside a matrix of " + std::to_string(cols) + " columns");
+  if (block_scales_ != nullptr) {
+    const bool whole_blocks =
+        first % block_cols_ == 0 && (count % block_cols_ == 0 || first + count == cols);
+    Check(whole_blocks, ErrorKind::kInvalidArgument,
+          range + " cut through fp8 scale blocks of " + std::to_string(block_cols_) + " columns");
+  }
+  const size_t element = DTypeSize(dtype_);
+  const size_t row_bytes = static_cast<size_t>(count) * element;
+  auto bytes = std::make_shared<std::vector<std::byte>>(static_cast<size_t>(rows) * row_bytes);
+  const auto* source = static_cast<const std::byte*>(data_);
+  for (int64_t r = 0; r < rows && row_bytes > 0; ++r) {
+    std::memcpy(bytes->data() + static_cast<size_t>(r) * row_bytes,
+                source + static_cast<size_t>(r * cols + first) * element, row_bytes);
+  }
+  const void* data = bytes->empty() ? nullptr : bytes->data();
+  Weight slice = View(dtype_, {rows, count}, data, std::move(bytes));
+  if (block_scales_ == nullptr) return slice;
+  const int64_t scale_rows = CeilDiv(rows, block_rows_);
+  const int64_t scale_cols = CeilDiv(cols, block_cols_);
+  const int64_t first_block = first / block_cols_;
+  const int64_t blocks = CeilDiv(count, block_cols_);
+  Tensor scales({scale_rows, blocks});
+  for (int64_t br = 0; br < scale_rows; ++br) {
+    std::copy_n(block_scales_ + br * scale_cols + first_block, blocks, scales.data() + br * blocks);
+  }
+  return std::move(slice).WithBlockScales(Weight(std::move(scales)), block_rows_, block_cols_,
+                                          "column slice");
+}
+
 Weight Weight::WithBlockScales(Weight scales, int64_t block_rows, int64_t block_cols,
                                const std::string& name) && {
   Check(dtype_ == DType::kF8E4M3 && rank() == 2, ErrorKind::kInvalidArgument,

@@ -100,11 +100,14 @@ NamedTensors ReadFalconAttentionWeights(const SafetensorsFile& file, const Model
   return weights;
 }
 
-}  // namespace
+// What the loaders below scan for NaN/Inf: every tensor, or the small ones only (biases, norm
+// scales, sinks) for a caller that scans the slice of each matrix it keeps.
+enum class FiniteScan { kAll, kVectorsOnly };
 
-NamedWeights LoadHfAttentionWeights(const TensorSource& find, const std::vector<std::string>& names,
-                                    const std::string& where, const ModelConfig& config,
-                                    int64_t layer) {
+NamedWeights LoadStoredAttentionWeights(const TensorSource& find,
+                                        const std::vector<std::string>& names,
+                                        const std::string& where, const ModelConfig& config,
+                                        int64_t layer, FiniteScan scan) {
   CheckNoUnusedTensors(names, config, layer, where);
   if (IsFalcon(config)) {
     // The fused projection is split row-wise in fp32 (fused_qkv.h), so Falcon's weights are
@@ -133,7 +136,7 @@ NamedWeights LoadHfAttentionWeights(const TensorSource& find, const std::vector<
           name + ": F8_E4M3 is read for DeepSeek's layout only, not a stacked qkv_proj");
     Check(find(name + "_scale_inv") == nullptr, ErrorKind::kInvalidArgument,
           name + " has block scales beside it (scales belong to F8_E4M3 weights)");
-    CheckFinite(stacked, name);
+    if (scan == FiniteScan::kAll) CheckFinite(stacked, name);
     weights.emplace("q_proj.weight", stacked.RowSlice(0, rows.q_rows));
     weights.emplace("k_proj.weight", stacked.RowSlice(rows.q_rows, rows.kv_rows));
     weights.emplace("v_proj.weight", stacked.RowSlice(rows.q_rows + rows.kv_rows, rows.kv_rows));
@@ -147,7 +150,9 @@ NamedWeights LoadHfAttentionWeights(const TensorSource& find, const std::vector<
     Check(weight.shape() == spec.shape, ErrorKind::kInvalidArgument,
           name + ": expected shape " + ShapeToString(spec.shape) + ", got " +
               ShapeToString(weight.shape()));
-    CheckFinite(weight, name);
+    if (scan == FiniteScan::kAll || spec.kind != WeightSpec::Kind::kMatrix) {
+      CheckFinite(weight, name);
+    }
     const std::string scale_name = name + "_scale_inv";
     const SafetensorsFile* scale_file = find(scale_name);
     if (weight.dtype() != DType::kF8E4M3) {
@@ -172,6 +177,23 @@ NamedWeights LoadHfAttentionWeights(const TensorSource& find, const std::vector<
     weights.emplace(spec.name, std::move(weight));
   }
   return weights;
+}
+
+}  // namespace
+
+NamedWeights LoadHfAttentionWeights(const TensorSource& find, const std::vector<std::string>& names,
+                                    const std::string& where, const ModelConfig& config,
+                                    int64_t layer) {
+  return LoadStoredAttentionWeights(find, names, where, config, layer, FiniteScan::kAll);
+}
+
+NamedWeights LoadHfAttentionWeightsUnscanned(const Checkpoint& checkpoint,
+                                             const ModelConfig& config, int64_t layer) {
+  return LoadStoredAttentionWeights(
+      [&checkpoint](const std::string& name) {
+        return checkpoint.Contains(name) ? &checkpoint.FileFor(name) : nullptr;
+      },
+      checkpoint.Names(), checkpoint.path(), config, layer, FiniteScan::kVectorsOnly);
 }
 
 NamedTensors UnfuseAttentionTensors(const ModelConfig& config, NamedTensors tensors) {
