@@ -34,9 +34,11 @@ scripts/fuzz-python.sh "${ATTN_FUZZ_SECONDS:-60}" build-venv build/python
 echo "== unit tests under AddressSanitizer + UndefinedBehaviorSanitizer =="
 cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DATTN_SANITIZE=ON \
   > build-sanitize.log 2>&1 || { cat build-sanitize.log; exit 1; }
-cmake --build build-sanitize -j "$(nproc)" --target attn_tests attn
+cmake --build build-sanitize -j "$(nproc)" --target attn_tests attn attn_mpi_tests
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   build-sanitize/attn_tests --gtest_brief=1
+# The MPI communicator under the sanitizers, 2 ranks (leak checks off: OpenMPI's own).
+(cd build-sanitize && ctest --output-on-failure -R '^mpi_communicator_np2$')
 
 # The same binary on an x86-64 without AVX-512: QEMU's user-mode emulator with a Haswell CPU
 # (AVX2, no AVX-512) runs the unit tests, so any AVX-512 instruction outside the cpuid-checked
