@@ -64,7 +64,7 @@ def main() -> None:
     base = [args.attn, "bench", "layer", "--prefill", str(args.prefill), "--decode",
             str(args.decode), "--json"]
     print(f"load before: {os.getloadavg()[0]:.2f}")
-    print("| case | mode | ranks x threads | weights/rank MiB | cache B/token/rank | prefill tok/s |"
+    print("| case | mode | ranks x threads | weights/rank MiB | cache MiB/rank | prefill tok/s |"
           " decode ms/step median [min, max] | peak RSS MiB (largest rank) |")
     print("|---|---|---|---|---|---|---|---|")
     for label, flags in CASES:
@@ -88,7 +88,7 @@ def main() -> None:
                       for r, f in zip(runs, form))
             ranks = args.ranks if mode else 1
             print(f"| {label} | {name} | {ranks} x {threads} | "
-                  f"{runs[0]['weights_bytes'] / 2**20:.1f} | {form[0]['cache_bytes_per_token']} | "
+                  f"{runs[0]['weights_bytes'] / 2**20:.1f} | {form[0]['cache_bytes'] / 2**20:.1f} | "
                   f"{prefill:.0f} | {statistics.median(decode):.2f} [{decode[0]:.2f}, "
                   f"{decode[-1]:.2f}] | {rss / 2**20:.0f} |")
     print(f"load after: {os.getloadavg()[0]:.2f}")

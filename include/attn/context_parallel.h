@@ -41,6 +41,10 @@ struct ContextParallelOptions {
   // Slots per sequence of this rank's local cache. 0: ⌈capacity / world⌉ + kContextParallelRun
   // (the deal above keeps ranks within about one run of each other), at most the capacity.
   int64_t local_capacity = 0;
+  // The most floats of partial softmax state one merge handles (rows · H · (Dv + 1)): a call
+  // needing more is attended and merged in blocks of query tokens, which bounds the memory a
+  // long prefill takes (src/dist/context_parallel.cc). The same on every rank.
+  int64_t merge_floats = int64_t{1} << 22;
 };
 
 // One rank's part of a context-parallel cache. The Cache interface (length, lengths, keep,
@@ -60,6 +64,7 @@ class ContextShardCache : public Cache {
                     int world);
 
   const Cache& local() const { return *local_; }
+  size_t held_bytes() const override { return local_->held_bytes(); }
   int rank() const { return rank_; }
   int world() const { return world_; }
   // This rank's runs of sequence b, in slot order.

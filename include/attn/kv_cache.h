@@ -51,6 +51,9 @@ class Cache {
   // Bytes of K/V storage: values_per_token · dtype size · batch · capacity.
   size_t bytes() const { return bytes_per_token_ * static_cast<size_t>(batch_ * capacity_); }
   size_t bytes_per_token() const { return bytes_per_token_; }
+  // Bytes of K/V storage this process holds: bytes(), except for a rank's part of a split
+  // layer's cache (docs/distributed.md), which holds only its own sequences or tokens.
+  virtual size_t held_bytes() const { return bytes(); }
 
   // Throws Error(kCapacity) unless every sequence b has room for counts[b] more tokens.
   void CheckRoom(std::span<const int64_t> counts) const;

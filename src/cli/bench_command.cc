@@ -318,7 +318,7 @@ class BenchCache {
     return static_cast<int64_t>(pool_->nbytes()) / (pool_->pages() * pool_->page_size());
   }
   int64_t bytes() const {
-    return contiguous_ ? static_cast<int64_t>(contiguous_->bytes())
+    return contiguous_ ? static_cast<int64_t>(contiguous_->held_bytes())
                        : static_cast<int64_t>(pool_->nbytes());
   }
   void StepInto(const AttentionLayer& layer, const TokenBatch& batch, MlaForm form, Tensor& out) {
@@ -332,6 +332,15 @@ class BenchCache {
   // without running the layer: decode at a long context is what is being measured, and
   // projecting thousands of tokens just to obtain a cache of the right size would dominate.
   void FillContext(int64_t b, int64_t count, uint64_t seed);
+  // Whether FillContext can write this cache: not a split layer's (--parallel dp/cp), whose
+  // tokens must reach the ranks that own them. Those are filled by FillThroughLayer.
+  bool FillsDirectly() const {
+    return pool_ != nullptr || dynamic_cast<const KVCache*>(contiguous_.get()) != nullptr ||
+           dynamic_cast<const LatentKVCache*>(contiguous_.get()) != nullptr;
+  }
+  // Prefills contexts[b] random tokens of every sequence through the layer, in chunks.
+  void FillThroughLayer(const AttentionLayer& layer, MlaForm form,
+                        const std::vector<int64_t>& contexts, uint64_t seed);
 
  private:
   std::unique_ptr<Cache> contiguous_;
@@ -372,6 +381,24 @@ void BenchCache::FillContext(int64_t b, int64_t count, uint64_t seed) {
   }
 }
 
+void BenchCache::FillThroughLayer(const AttentionLayer& layer, MlaForm form,
+                                  const std::vector<int64_t>& contexts, uint64_t seed) {
+  constexpr int64_t kChunk = 512;
+  const auto batch = static_cast<int64_t>(contexts.size());
+  const int64_t longest = *std::max_element(contexts.begin(), contexts.end());
+  Tensor out;
+  for (int64_t done = 0; done < longest; done += kChunk) {
+    const int64_t n = std::min(kChunk, longest - done);
+    std::vector<int64_t> lengths;
+    for (const int64_t context : contexts) {
+      lengths.push_back(std::clamp<int64_t>(context - done, 0, n));
+    }
+    const Tensor hidden = RandomUniform({batch, n, layer.config().hidden_size},
+                                        seed + static_cast<uint64_t>(done), 1.0f);
+    StepInto(layer, {&hidden, {}, {}, lengths}, form, out);
+  }
+}
+
 // Tokens in sequence b's cache before the prefill: `context`, or with --ragged the same rule as
 // `attn bench kernel --batch`: context − ⌊b·context/(2B)⌋.
 int64_t ContextOf(int64_t b, int64_t batch, int64_t context, bool ragged) {
@@ -402,9 +429,17 @@ FormResult BenchForm(const AttentionLayer& layer, MlaForm form, const std::strin
                      int64_t decode, uint64_t seed) {
   const int64_t hidden = layer.config().hidden_size;
   BenchCache cache(layer, form, setup.dtype, batch, context + prefill + decode, setup.page_size);
-  for (int64_t b = 0; b < batch && context > 0; ++b) {
-    cache.FillContext(b, ContextOf(b, batch, context, setup.ragged),
-                      seed + 1000 + static_cast<uint64_t>(b) * 7919);
+  if (cache.FillsDirectly()) {
+    for (int64_t b = 0; b < batch && context > 0; ++b) {
+      cache.FillContext(b, ContextOf(b, batch, context, setup.ragged),
+                        seed + 1000 + static_cast<uint64_t>(b) * 7919);
+    }
+  } else if (context > 0) {
+    std::vector<int64_t> contexts;
+    for (int64_t b = 0; b < batch; ++b) {
+      contexts.push_back(ContextOf(b, batch, context, setup.ragged));
+    }
+    cache.FillThroughLayer(layer, form, contexts, seed + 1000);
   }
 
   const Tensor prompt = RandomUniform({batch, prefill, hidden}, seed + 1, 1.0f);
@@ -559,8 +594,12 @@ int RunLayerBench(const std::vector<std::string>& args) {
     for (int64_t b = 0; b < batch; ++b) cached += ContextOf(b, batch, context, setup.ragged);
     const double mean_tokens = static_cast<double>(cached + batch * prefill) +
                                static_cast<double>(batch) * static_cast<double>(decode + 1) / 2.0;
+    // dp and cp split the cache's tokens across ranks: a rank reads 1/world of them (tp's
+    // cache_bytes_per_token is already its heads' share).
+    const bool tokens_split = run.mode == ParallelMode::kData || run.mode == ParallelMode::kContext;
+    const double share = tokens_split ? 1.0 / static_cast<double>(run.comm->world()) : 1.0;
     r.decode_bytes_per_step = static_cast<double>(weight_bytes) +
-                              mean_tokens * static_cast<double>(r.cache_bytes_per_token);
+                              share * mean_tokens * static_cast<double>(r.cache_bytes_per_token);
   }
 
   json forms_json = json::array();

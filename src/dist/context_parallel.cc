@@ -181,7 +181,8 @@ T* Grow(std::vector<T>& buffer, int64_t size) {
 // The KVStore a layer's step runs over on one rank (file comment).
 class ContextShardStore final : public layers::KVStore {
  public:
-  ContextShardStore(ContextShardCache& cache, Communicator& comm) : cache_(cache), comm_(comm) {
+  ContextShardStore(ContextShardCache& cache, Communicator& comm, int64_t merge_floats)
+      : cache_(cache), comm_(comm), merge_floats_(merge_floats) {
     heads_ = dynamic_cast<KVCache*>(cache.local_.get());
     latent_ = dynamic_cast<LatentKVCache*>(cache.local_.get());
     ATTN_CHECK(heads_ != nullptr || latent_ != nullptr, ErrorKind::kInvalidArgument,
@@ -272,6 +273,8 @@ class ContextShardStore final : public layers::KVStore {
   }
 
   void Attend(AttentionProblem* problems, int64_t count) override;
+  // Attend() for problems merged at once.
+  void AttendBlock(AttentionProblem* problems, int64_t count);
 
  private:
   // The sequence whose local view `kv` is (Attend's problems carry View(b) unchanged).
@@ -298,6 +301,7 @@ class ContextShardStore final : public layers::KVStore {
 
   ContextShardCache& cache_;
   Communicator& comm_;
+  int64_t merge_floats_;
   KVCache* heads_ = nullptr;
   LatentKVCache* latent_ = nullptr;
   std::vector<int64_t> owned_;
@@ -353,7 +357,43 @@ void ContextShardStore::PlanParts(const AttentionProblem& problem, int64_t index
   }
 }
 
+// Merging partial states takes rows·H·(Dv + 1) floats per rank several times over (each run's
+// part, the sums, and the all-reduce's gather of every rank's sums): a whole prefill chunk of
+// an MLA model (128 heads × 513 per row) would be gigabytes. So a call whose merge would exceed
+// ContextParallelOptions::merge_floats is attended in blocks of query tokens, each merged on its
+// own; every rank cuts the same blocks, since every rank sees the call's whole shape. Decode
+// stays one block.
 void ContextShardStore::Attend(AttentionProblem* problems, int64_t count) {
+  int64_t floats = 0;
+  int64_t per_token = 1;  // the widest problem's floats per query token
+  for (int64_t i = 0; i < count; ++i) {
+    const AttentionProblem& p = problems[i];
+    const int64_t token = p.queries.heads * (p.kv.value_dim + 1);
+    floats += p.queries.tokens * token;
+    per_token = std::max(per_token, token);
+  }
+  if (floats <= merge_floats_) {
+    AttendBlock(problems, count);
+    return;
+  }
+  const int64_t block = std::max<int64_t>(1, merge_floats_ / per_token);
+  for (int64_t i = 0; i < count; ++i) {
+    const AttentionProblem& whole = problems[i];
+    // A problem with no query tokens still takes part: the merge's collectives are per block.
+    for (int64_t t0 = 0; t0 < std::max<int64_t>(whole.queries.tokens, 1); t0 += block) {
+      AttentionProblem part = whole;
+      const int64_t tokens = std::min(block, whole.queries.tokens - t0);
+      const int64_t heads = whole.queries.heads;
+      part.queries.data = whole.queries.data + t0 * heads * whole.queries.dim;
+      part.queries.tokens = std::max<int64_t>(tokens, 0);
+      part.out = whole.out + t0 * heads * whole.kv.value_dim;
+      part.visibility.first_query_slot = whole.visibility.first_query_slot + t0;
+      AttendBlock(&part, 1);
+    }
+  }
+}
+
+void ContextShardStore::AttendBlock(AttentionProblem* problems, int64_t count) {
   AttendScratch& scratch = ThreadScratch();
   scratch.problems.clear();
   scratch.parts.clear();
@@ -457,6 +497,8 @@ class ContextParallelLayer final : public AttentionLayer {
                "MakeContextParallelLayer needs a layer and a communicator");
     ATTN_CHECK(options_.local_capacity >= 0, ErrorKind::kInvalidArgument,
                "context parallel: local_capacity must be >= 0 (0: automatic)");
+    ATTN_CHECK(options_.merge_floats >= 1, ErrorKind::kInvalidArgument,
+               "context parallel: merge_floats must be >= 1");
   }
 
   const ModelConfig& config() const override { return layer_->config(); }
@@ -485,7 +527,7 @@ class ContextParallelLayer final : public AttentionLayer {
     // holds: context parallelism runs it absorbed, over the same latent cache.
     const MlaForm run_form =
         config().kind == AttentionKind::kMla && form == MlaForm::kAuto ? MlaForm::kAbsorbed : form;
-    ContextShardStore store(*shard, *comm_);
+    ContextShardStore store(*shard, *comm_, options_.merge_floats);
     layer_->StepWithStore(batch, store, run_form, out);
   }
 

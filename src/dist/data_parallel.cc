@@ -26,6 +26,7 @@ class DataParallelCache final : public Cache {
 
   SequenceRange mine() const { return mine_; }
   Cache* local() const { return local_.get(); }
+  size_t held_bytes() const override { return local_ ? local_->held_bytes() : 0; }
   // Records a step's tokens of sequence `sequence` after every rank's step succeeded.
   void Record(int64_t sequence, int64_t count, const uint8_t* keep) {
     Advance(sequence, count, keep);

@@ -117,12 +117,13 @@ std::vector<Call> Scenario(const std::string& name, int64_t hidden, int64_t pref
 // layer's; also checks the cache deal on every rank (local entries add up, runs are ordered).
 void ExpectSameAsOneProcess(const ModelConfig& c, int64_t layer_index, int world,
                             const std::vector<Call>& calls, MlaForm form, const std::string& what,
-                            DType dtype = DType::kF32, double tolerance = 1e-5) {
+                            DType dtype = DType::kF32, double tolerance = 1e-5,
+                            ContextParallelOptions options = {}) {
   constexpr int64_t kCapacity = 40;
   const std::vector<float> expected =
       RunCalls(*MakeLayer(c, layer_index), calls, kCapacity, form, dtype);
   OnRanks(world, [&](int rank, std::shared_ptr<Communicator> comm) {
-    const auto layer = MakeContextParallelLayer(MakeLayer(c, layer_index), comm);
+    const auto layer = MakeContextParallelLayer(MakeLayer(c, layer_index), comm, options);
     const std::vector<float> got = RunCalls(*layer, calls, kCapacity, form, dtype);
     ASSERT_EQ(got.size(), expected.size());
     EXPECT_LT(RelativeError(got.data(), expected.data(), static_cast<int64_t>(got.size())),
@@ -221,6 +222,31 @@ TEST(ContextParallel, MlaMatchesOneProcess) {
       }
     }
   }
+}
+
+// A merge larger than ContextParallelOptions::merge_floats is cut into blocks of query tokens
+// (one or two tokens here), each merged on its own: the same output, every call shape included.
+TEST(ContextParallel, BlockedMergesMatchOneProcess) {
+  ContextParallelOptions small;
+  small.merge_floats = 37;  // GQA 4 heads of 16 (+1): 68 floats a token, so one token a block
+  ModelConfig sinks = testing::SmallGqaConfig(4, 2);
+  sinks.gqa.attention_sinks = true;
+  const ModelConfig mla = testing::SmallMlaConfig(24);
+  for (int world : {2, 3}) {
+    for (const char* scenario : {"chunked-ragged", "packed"}) {
+      ExpectSameAsOneProcess(sinks, 0, world, Scenario(scenario, 64), MlaForm::kAuto,
+                             std::string("blocked gqa ") + scenario, DType::kF32, 1e-5, small);
+    }
+    ExpectSameAsOneProcess(mla, 0, world, Scenario("prefill-decode", 96, 9), MlaForm::kAbsorbed,
+                           "blocked mla", DType::kF32, 1e-5, small);
+  }
+  testing::ExpectError(
+      [&] {
+        ContextParallelOptions zero;
+        zero.merge_floats = 0;
+        MakeContextParallelLayer(MakeLayer(sinks, 0), SingleProcessCommunicator(), zero);
+      },
+      ErrorKind::kInvalidArgument, {"merge_floats"});
 }
 
 // Decode past kContextParallelRun tokens: the sequence's runs move between ranks, windows and

@@ -253,3 +253,27 @@ def test_tp_peak_memory_per_rank_shrinks_with_the_world(tmp_path):
             above = rss - baseline
             # 1/world of the weights, plus the allowance of a few MiB of activations/buffers.
             assert above < weight_bytes / world * 1.25 + 24 * 2**20, (world, rank, above)
+
+
+@pytest.mark.parametrize("mode", ["tp", "dp", "cp"])
+def test_bench_layer_runs_split(mode):
+    """`attn bench layer --parallel`: per-rank weights (tp: half), the cache each rank holds
+    (dp, cp: filled through the layer, since their tokens must reach the ranks owning them;
+    cp holds ⌈capacity/W⌉ + 256 slots, so the context is long enough to show it)."""
+    flags = ["bench", "layer", "--config", CONFIGS / "tiny-deepseek-v3.json", "--prefill", "6",
+             "--decode", "3", "--context", "600", "--batch", "3", "--ragged", "--json"]
+    single = json.loads(run([attn_bin(), *flags]).stdout)
+    proc = run_ranks(2, [attn_bin(), *flags, "--parallel", mode])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, "only rank 0 prints"
+    split = json.loads(lines[0])
+    assert split["parallel"] == mode and split["world"] == 2
+    for form_single, form_split in zip(single["forms"], split["forms"]):
+        assert form_split["decode_ms_per_token"] > 0
+        if mode == "tp":
+            assert split["weights_bytes"] < single["weights_bytes"]
+        else:
+            assert split["weights_bytes"] == single["weights_bytes"]
+        if mode in ("dp", "cp"):
+            assert form_split["cache_bytes"] < form_single["cache_bytes"], form_split["form"]
