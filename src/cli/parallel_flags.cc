@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "cli/parallel_flags.h"
 
-#include <cstdio>
 #include <functional>
 #include <string>
 
@@ -15,6 +14,7 @@
 #endif
 
 namespace attn::cli {
+
 void AddParallelFlags(Flags& flags) {
   flags
       .Text("parallel", "MODE",
@@ -24,12 +24,6 @@ void AddParallelFlags(Flags& flags) {
                "with --parallel: a collective that a peer rank does not join within this time "
                "fails on every rank still running",
                "120");
-}
-
-std::string ParallelRun::label() const {
-  if (!mode) return "";
-  return std::string(" [") + ParallelModeName(*mode) + " rank " + std::to_string(comm->rank()) +
-         "/" + std::to_string(comm->world()) + "]";
 }
 
 ParallelRun StartParallel(const Flags& flags) {

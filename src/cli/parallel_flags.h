@@ -26,8 +26,6 @@ struct ParallelRun {
   std::optional<ParallelMode> mode;
   std::shared_ptr<Communicator> comm;
   bool writes_output() const { return comm->rank() == 0; }
-  // "" without --parallel, else e.g. " [tp rank 1/4]": appended to what a rank prints.
-  std::string label() const;
 };
 
 // Starts the communicator --parallel asks for. Throws Error(kInvalidArgument) when --parallel
