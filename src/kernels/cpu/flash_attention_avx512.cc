@@ -562,7 +562,12 @@ Plan PlanProblem(const AttentionProblem& problem, bool bf16_dot) {
   // heads of a token together walks the cache in address order instead.
   const bool heads_side_by_side =
       kv.key_head_stride < kv.key_token_stride && kv.value_head_stride < kv.value_token_stride;
-  plan.item_heads = plan.row_dot && heads_side_by_side ? kv.kv_heads : 1;
+  // A paged cache keeps one kv head's rows of a page together (a few KiB: 4 KiB for 16 bf16 rows
+  // of 128) and its next page anywhere in the pool, so an item over one head would jump after
+  // every such run; an item over all heads walks each page's keys, then its values, in address
+  // order (docs/performance.md, "Paged caches").
+  const bool paged = kv.page_size > 0;
+  plan.item_heads = plan.row_dot && (heads_side_by_side || paged) ? kv.kv_heads : 1;
   plan.items = plan.blocks * kv.kv_heads / plan.item_heads;
   plan.bf16_dot = bf16_dot && !plan.row_dot && kv.dtype == DType::kBF16 && q.dim % 2 == 0;
   plan.key_words = plan.bf16_dot ? q.dim / 2 : q.dim;
