@@ -39,12 +39,13 @@ struct TokenFlops {
 //   MLA latent    q path + 2·D·(rk+dr) + 2·H·dn·rk + 2·H·rk·dv + 2·H·dv·D;
 //                 attention 2·H·(2·rk+dr)·T            (absorbed)
 // with q path = 2·D·rq + 2·rq·H·(dn+dr), or 2·D·H·(dn+dr) without q_lora, and T = min(context,
-// window) for a windowed layer.
+// window) for a windowed layer, (context − 1) mod C + 1 for a chunked one (chunk size C).
 TokenFlops DecodeFlopsPerToken(const ModelConfig& config, CacheForm form, int64_t context,
                                int64_t layer = 0);
 // One token of a causal prefill of `context` tokens, averaged over the prompt (query p sees
-// min(p, W) keys). The latent form prefills the cheaper of absorbed and decompress-then-attend
-// (what MlaForm::kAuto picks for a long prompt; decompression costs 2·rk·H·(dn+dv) per token).
+// min(p, W) keys, or (p − 1) mod C + 1 on a chunked layer). The latent form prefills the cheaper of
+// absorbed and decompress-then-attend (what MlaForm::kAuto picks for a long prompt; decompression
+// costs 2·rk·H·(dn+dv) per token).
 TokenFlops PrefillFlopsPerToken(const ModelConfig& config, CacheForm form, int64_t context,
                                 int64_t layer = 0);
 

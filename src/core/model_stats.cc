@@ -16,14 +16,24 @@ namespace {
 
 double D(int64_t value) { return static_cast<double>(value); }
 
-// Keys visible to a decoded token with `context` keys before any window.
+// Keys visible to a decoded token with `context` keys before any window. On a chunked layer
+// (Llama 4, docs/semantics.md §1) the token at slot context - 1 sees its own chunk only:
+// (context - 1) mod C + 1 keys.
 double DecodeKeys(const ModelConfig& c, int64_t context, int64_t layer) {
+  const int64_t chunk = c.ChunkForLayer(layer);
+  if (chunk > 0) return D((context - 1) % chunk + 1);
   const int64_t window = c.WindowForLayer(layer);
   return D(window > 0 ? std::min(context, window) : context);
 }
 
-// Average keys visible per query over a causal prefill of n tokens: (1/n) Σ_{p=1..n} min(p, W).
+// Average keys visible per query over a causal prefill of n tokens: (1/n) Σ_{p=1..n} min(p, W);
+// on a chunked layer (1/n) Σ_{p=0..n-1} (p mod C + 1), each full chunk adding C·(C+1)/2.
 double AveragePrefillKeys(const ModelConfig& c, int64_t n, int64_t layer) {
+  const int64_t chunk = c.ChunkForLayer(layer);
+  if (chunk > 0) {
+    const double full = D(n / chunk), rest = D(n % chunk), size = D(chunk);
+    return (full * size * (size + 1.0) / 2.0 + rest * (rest + 1.0) / 2.0) / D(n);
+  }
   const int64_t window = c.WindowForLayer(layer);
   if (window <= 0 || n <= window) return (D(n) + 1.0) / 2.0;
   const double w = D(window);

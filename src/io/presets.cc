@@ -49,6 +49,42 @@
 // auto_map and hidden_dropout is in the diff of tiiuae/falcon-rw-1b commit f19979f, and the keys
 // agree with the model card (ALiBi; 24 layers, d_model 2048, head_dim 64) and with fine-tunes
 // saved from it (franco-rojas/falcon-rw-1b-finetuned-tfmviu, yutaozhu94/INTERS-Falcon-1b).
+// THUDM/GLM-4-9B-0414 (model_type glm4; also published as zai-org/GLM-4-9B-0414) is not
+// vendored: no complete public copy of its config.json was found. Its attention keys are the
+// ones these public copies agree on: a C++ engine's GLM-4-0414 header that cites
+// zai-org/GLM-4-9B-0414/config.json (hidden 4096, 40 layers, 32 query and 2 kv heads, head_dim
+// 128, attention_bias true, partial_rotary_factor 0.5, rope_theta 1e4, rms_norm_eps 1e-5); a
+// research note reprinting the file's keys (max_position_embeddings 32768, attention_bias true,
+// model_type glm4; sources huggingface.co/THUDM/GLM-4-9B-0414/blob/main/config.json and
+// MindSpore's mirror of it); Xinference's glm4-0414 page (THUDM/GLM-4-9B-0414, context length
+// 32768); and the config.json saved from a Glm4ForCausalLM fine-tune of that geometry
+// (ccui46/hazardworld_per_chunk_act_glm_tokfix_diffPrompt_2000: every key here equal).
+// tests/cpp/presets_test.cc checks the preset against those values, written out literally.
+// meta-llama/Llama-4-Scout-17B-16E, the base model, is its config.json's text_config
+// (model_type llama4_text). The Instruct model differs in RoPE (max_position_embeddings
+// 10485760, llama3 scaling factor 16 with low/high_freq_factor 1 in the public copies of its
+// text_config) and is not this preset. The repository is gated and no complete public copy of
+// the file was found, so it is not vendored; its attention keys agree in three public copies: a
+// dump of the Llama4Config loaded from meta-llama/Llama-4-Scout-17B-16E (transformers 4.51.0,
+// "Total Trainable Params: 109,676,279,296"), the config.json of a text-only fine-tune of that
+// model quoted in vllm-project/vllm issue #20581, and a test fixture that mirrors
+// unsloth/Llama-4-Scout-17B-16E's text_config (which has no attn_temperature_tuning, floor_scale
+// or attn_scale; the other two give 4, 8192 and 0.1). That fixture gives "no_rope_layers": [],
+// which Llama4TextConfig expands with no_rope_layer_interval 4 into the 48 entries the other two
+// print and the preset spells out (presets_test checks that the two parse alike).
+// openbmb/MiniCPM3-4B is not vendored: the public views of its config.json found (the
+// huggingface.co page of its refs/pr/8 revision, and the copy openbmb/MiniCPM3-RAG-LoRA
+// created with "_name_or_path": "openbmb/MiniCPM3-4B", 1,898 bytes in 41 lines) stop within
+// rope_scaling. They show every key here up to rope_scaling's type, its 16 long_factor values
+// and the first 10 short_factor values; the rest is what two public transcriptions of the
+// file's values agree on: UbiquitousLearning/mllm src/models/minicpm3/configuration_minicpm3.hpp
+// (short factors equal to the long ones, original_max_position_embeddings 32768, rope_theta 10000)
+// and Ascend MindSpeed-LLM's MiniCPM3-4B scripts (SHORT_FACTOR equal to LONG_FACTOR,
+// --rope-scaling-original-max-position-embeddings 32768). model_type is MiniCPM3Config's (the
+// lines seen name the class through auto_map), and rope_theta is left to the parser's default
+// 10000, which is MiniCPM3Config's and mllm's. transformers 5's MiniCPM3Config, whose defaults
+// it says "match the openbmb/MiniCPM3-4B checkpoint", has the same sizes, ranks, head widths,
+// max_position_embeddings and rms_norm_eps.
 #include "attn/presets.h"
 
 #include <algorithm>
@@ -185,6 +221,19 @@ const std::vector<Preset>& Presets() {
         "num_attention_heads": 32, "num_hidden_layers": 24, "multi_query": false,
         "new_decoder_architecture": false, "alibi": true, "bias": true,
         "parallel_attn": false, "layer_norm_epsilon": 1e-05})"},
+      {"glm-4-9b-0414", R"({"model_type": "glm4", "hidden_size": 4096,
+        "num_attention_heads": 32, "num_key_value_heads": 2, "head_dim": 128,
+        "num_hidden_layers": 40, "max_position_embeddings": 32768, "rms_norm_eps": 1e-05,
+        "partial_rotary_factor": 0.5, "rope_theta": 10000.0, "attention_bias": true})"},
+      {"llama-4-scout-17b-16e", R"({"model_type": "llama4_text", "hidden_size": 5120,
+        "num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128,
+        "num_hidden_layers": 48, "max_position_embeddings": 262144, "rms_norm_eps": 1e-05,
+        "rope_theta": 500000.0,
+        "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "attention_bias": false, "attention_chunk_size": 8192, "use_qk_norm": true,
+        "attn_temperature_tuning": 4, "floor_scale": 8192, "attn_scale": 0.1,
+        "no_rope_layers": [1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 0]})"},
       {"kimi-k2", R"({"model_type": "kimi_k2", "hidden_size": 7168,
         "num_attention_heads": 64, "num_key_value_heads": 64, "num_hidden_layers": 61,
         "max_position_embeddings": 131072, "q_lora_rank": 1536, "kv_lora_rank": 512,
@@ -193,6 +242,14 @@ const std::vector<Preset>& Presets() {
         "rope_scaling": {"beta_fast": 1.0, "beta_slow": 1.0, "factor": 32.0, "mscale": 1.0,
                          "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096,
                          "type": "yarn"}})"},
+      {"minicpm3-4b", R"({"model_type": "minicpm3", "hidden_size": 2560,
+        "num_attention_heads": 40, "num_key_value_heads": 40, "num_hidden_layers": 62,
+        "max_position_embeddings": 32768, "q_lora_rank": 768, "kv_lora_rank": 256,
+        "qk_nope_head_dim": 64, "qk_rope_head_dim": 32, "rms_norm_eps": 1e-05,
+        "rope_scaling": {"type": "longrope",
+          "long_factor": [1.0591234137867171, 1.1241891283591912, 1.2596935748670968, 1.5380380402321725, 2.093982484148734, 3.1446935121267696, 4.937952647693647, 7.524541999994549, 10.475458000005451, 13.062047352306353, 14.85530648787323, 15.906017515851266, 16.461961959767827, 16.740306425132907, 16.87581087164081, 16.940876586213285],
+          "short_factor": [1.0591234137867171, 1.1241891283591912, 1.2596935748670968, 1.5380380402321725, 2.093982484148734, 3.1446935121267696, 4.937952647693647, 7.524541999994549, 10.475458000005451, 13.062047352306353, 14.85530648787323, 15.906017515851266, 16.461961959767827, 16.740306425132907, 16.87581087164081, 16.940876586213285],
+          "original_max_position_embeddings": 32768}})"},
   };
   return presets;
 }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // `attn info`'s arithmetic against values computed by hand for real models (docs/semantics.md §6,
-// §7.6): DeepSeek-V3, Llama-3-70B, Falcon-7B, Mistral-7B (window) and DeepSeek-V2-Lite.
+// §7.6): DeepSeek-V3, Llama-3-70B, Falcon-7B, Mistral-7B (window), Llama 4 Scout (chunks) and
+// DeepSeek-V2-Lite.
 #include "attn/model_stats.h"
 
 #include <gtest/gtest.h>
@@ -87,6 +88,27 @@ TEST(ModelStatsTest, SlidingWindowCapsVisibleKeys) {
   const double keys = (4096.0 * 4097.0 / 2.0 + 4096.0 * 4096.0) / 8192.0;
   EXPECT_EQ(PrefillFlopsPerToken(mistral, CacheForm::kHeads, 8192).attention,
             4.0 * 32 * 128 * keys);
+}
+
+// Llama 4 Scout's chunked layers see their own 8192-slot chunk; its NoPE layers (3, 7, …) see
+// everything. Attention FLOPs are 4·H·d·T with H = 40, d = 128.
+TEST(ModelStatsTest, ChunkedLayersSeeTheirChunkOnly) {
+  const ModelConfig scout = LoadPreset("llama-4-scout-17b-16e");
+  const double per_key = 4.0 * 40 * 128;
+  // Decode with 20000 keys: slot 19999 is in chunk [16384, 24576), so 19999 - 16384 + 1 = 3616.
+  EXPECT_EQ(DecodeFlopsPerToken(scout, CacheForm::kHeads, 20000, 0).attention, per_key * 3616);
+  EXPECT_EQ(DecodeFlopsPerToken(scout, CacheForm::kHeads, 20000, 3).attention, per_key * 20000);
+  // Decode at a chunk's last slot (context 16384) sees the whole chunk, 8192 keys.
+  EXPECT_EQ(DecodeFlopsPerToken(scout, CacheForm::kHeads, 16384, 0).attention, per_key * 8192);
+  // Prefill of 20000: two full chunks of Σ_{k=1..8192} k and 3616 more of Σ_{k=1..3616} k.
+  const double keys = (2.0 * 8192.0 * 8193.0 / 2.0 + 3616.0 * 3617.0 / 2.0) / 20000.0;
+  EXPECT_DOUBLE_EQ(PrefillFlopsPerToken(scout, CacheForm::kHeads, 20000, 0).attention,
+                   per_key * keys);
+  EXPECT_DOUBLE_EQ(PrefillFlopsPerToken(scout, CacheForm::kHeads, 20000, 3).attention,
+                   per_key * 20001.0 / 2.0);
+  // Within one chunk the chunked layer equals a full-attention one.
+  EXPECT_EQ(PrefillFlopsPerToken(scout, CacheForm::kHeads, 100, 0).attention,
+            PrefillFlopsPerToken(scout, CacheForm::kHeads, 100, 3).attention);
 }
 
 TEST(ModelStatsTest, MlaLatentPrefillTakesTheCheaperForm) {

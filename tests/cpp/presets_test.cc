@@ -5,15 +5,20 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <tuple>
+#include <vector>
 
 #include "attn/error.h"
 #include "attn/hf_config.h"
 #include "attn/kv_cache.h"
+#include "attn/layer_weights.h"
 #include "attn/model_stats.h"
+#include "test_util.h"
 
 #ifndef ATTN_SOURCE_DIR
 #error "ATTN_SOURCE_DIR must name the repository root"
@@ -60,7 +65,19 @@ constexpr Row kTable[] = {
     {"glm-4-9b-chat-hf", 4096, 32, 2, 128, 40, 512},
     // Falcon-RW-1B: MHA (multi_query false), 2048 / 32 = 64; 2 * 32 * 64 = 4096.
     {"falcon-rw-1b", 2048, 32, 32, 64, 24, 4096},
+    // GLM-4-9B-0414: the 9B geometry of GLM-4-9B-Chat; 2 * 2 * 128 = 512.
+    {"glm-4-9b-0414", 4096, 32, 2, 128, 40, 512},
+    // Llama-4-Scout-17B-16E: 5120 / 40 = 128, 8 kv heads: 2 * 8 * 128 = 2048.
+    {"llama-4-scout-17b-16e", 5120, 40, 8, 128, 48, 2048},
+    // MiniCPM3-4B: MLA latent row kv_lora_rank 256 + qk_rope_head_dim 32 = 288.
+    {"minicpm3-4b", 2560, 40, 0, 0, 62, 288},
 };
+
+// RoPE pairs neighbouring coordinates for GLM's and Llama 4's GQA layers (docs/semantics.md §2);
+// the other GQA rows rotate halves.
+bool PairsNeighbours(const ModelConfig& c) {
+  return c.model_type == "glm" || c.model_type == "glm4" || c.model_type == "llama4_text";
+}
 
 // The presets taken from vendored copies of published config.json files equal parsing those
 // files (configs/), so a typo in either shows.
@@ -120,7 +137,15 @@ TEST(PresetsTest, EveryPresetMatchesTheReferenceTable) {
     EXPECT_EQ(c.num_layers, row.layers);
     const bool mla = row.kv_heads == 0;
     EXPECT_EQ(c.kind, mla ? AttentionKind::kMla : AttentionKind::kGqa);
-    if (mla) {
+    if (mla && c.model_type == "minicpm3") {
+      EXPECT_EQ(c.mla.kv_lora_rank, 256);
+      EXPECT_EQ(c.mla.qk_nope_head_dim, 64);
+      EXPECT_EQ(c.mla.qk_rope_head_dim, 32);
+      EXPECT_EQ(c.mla.v_head_dim, 64);  // hidden_size / num_attention_heads
+      EXPECT_EQ(c.rope.pairing, RopePairing::kRotateHalf);
+      EXPECT_EQ(c.rope.scaling.type, RopeScalingType::kLongrope);
+      EXPECT_EQ(CacheValuesPerToken(c, CacheForm::kLatent), row.kv_values);
+    } else if (mla) {
       EXPECT_EQ(c.mla.kv_lora_rank, 512);
       EXPECT_EQ(c.mla.qk_nope_head_dim, 128);
       EXPECT_EQ(c.mla.qk_rope_head_dim, 64);
@@ -131,10 +156,8 @@ TEST(PresetsTest, EveryPresetMatchesTheReferenceTable) {
     } else {
       EXPECT_EQ(c.gqa.num_kv_heads, row.kv_heads);
       EXPECT_EQ(c.gqa.head_dim, row.head_dim);
-      // GLM pairs neighbouring coordinates (docs/semantics.md §2); the other GQA rows rotate
-      // halves.
       EXPECT_EQ(c.rope.pairing,
-                c.model_type == "glm" ? RopePairing::kInterleaved : RopePairing::kRotateHalf);
+                PairsNeighbours(c) ? RopePairing::kInterleaved : RopePairing::kRotateHalf);
       EXPECT_EQ(CacheValuesPerToken(c, CacheForm::kHeads), row.kv_values);
     }
   }
@@ -247,6 +270,9 @@ TEST(PresetsTest, CacheBytesPerTokenOfTheIssue11Presets) {
       {"qwen1.5-moe-a2.7b-chat", 2.0 * 16 * 128 * 2 * 24},  // 196608 = 192 KiB
       {"glm-4-9b-chat-hf", 2.0 * 2 * 128 * 2 * 40},         // 40960 = 40 KiB
       {"falcon-rw-1b", 2.0 * 32 * 64 * 2 * 24},             // 196608 = 192 KiB
+      {"glm-4-9b-0414", 2.0 * 2 * 128 * 2 * 40},            // 40960 = 40 KiB
+      {"llama-4-scout-17b-16e", 2.0 * 8 * 128 * 2 * 48},    // 196608 = 192 KiB
+      {"minicpm3-4b", 40.0 * (96 + 64) * 2 * 62},           // naive K 96 + V 64 per head
   };
   for (const auto& [preset, bytes] : rows) {
     SCOPED_TRACE(preset);
@@ -255,6 +281,136 @@ TEST(PresetsTest, CacheBytesPerTokenOfTheIssue11Presets) {
     const ModelStats stats = ComputeModelStats(LoadPreset(preset), options);
     ASSERT_FALSE(stats.forms.empty());
     EXPECT_EQ(stats.forms[0].bytes_per_token_model, bytes);
+  }
+}
+
+// The three presets without a vendored file, against the published values written out here from
+// the public copies src/io/presets.cc names (GLM-4-9B-0414's and Llama-4-Scout's config.json
+// keys, MiniCPM3-4B's first 30 lines plus two transcriptions of the rest).
+TEST(PresetsTest, GlmAndLlama4AndMiniCpm3PresetsHoldThePublishedValues) {
+  const ModelConfig glm = LoadPreset("glm-4-9b-0414");
+  EXPECT_EQ(glm.model_type, "glm4");
+  EXPECT_EQ(glm.kind, AttentionKind::kGqa);
+  EXPECT_EQ(glm.max_position_embeddings, 32768);
+  EXPECT_EQ(glm.rope.theta, 1e4);
+  EXPECT_EQ(glm.rope.scaling.type, RopeScalingType::kNone);
+  EXPECT_EQ(glm.rope.rotary_dim, 64);  // partial_rotary_factor 0.5 of head_dim 128
+  EXPECT_TRUE(glm.gqa.qkv_bias);       // attention_bias true: q/k/v, never o_proj
+  EXPECT_FALSE(glm.gqa.o_bias);
+  EXPECT_EQ(glm.gqa.qk_norm, QkNorm::kNone);
+  EXPECT_EQ(glm.sliding_window, 0);
+  EXPECT_DOUBLE_EQ(SoftmaxScale(glm), 1.0 / std::sqrt(128.0));
+
+  const ModelConfig scout = LoadPreset("llama-4-scout-17b-16e");
+  EXPECT_EQ(scout.model_type, "llama4_text");
+  EXPECT_EQ(scout.max_position_embeddings, 262144);
+  EXPECT_EQ(scout.rope.theta, 5e5);
+  EXPECT_EQ(scout.rope.rotary_dim, 128);
+  EXPECT_EQ(scout.rope.scaling.type, RopeScalingType::kLlama3);
+  EXPECT_EQ(scout.rope.scaling.factor, 8.0);
+  EXPECT_EQ(scout.rope.scaling.low_freq_factor, 1.0);
+  EXPECT_EQ(scout.rope.scaling.high_freq_factor, 4.0);
+  EXPECT_EQ(scout.rope.scaling.original_max_position_embeddings, 8192);
+  EXPECT_FALSE(scout.gqa.qkv_bias);
+  EXPECT_FALSE(scout.gqa.o_bias);
+  EXPECT_EQ(scout.gqa.qk_norm, QkNorm::kL2);  // use_qk_norm: weightless, RoPE layers only
+  EXPECT_EQ(scout.gqa.qk_norm_eps, 1e-5);
+  EXPECT_EQ(scout.attention_chunk_size, 8192);
+  EXPECT_EQ(scout.temperature.floor_scale, 8192.0);  // attn_temperature_tuning 4: on
+  EXPECT_EQ(scout.temperature.attn_scale, 0.1);
+  ASSERT_EQ(scout.nope_layers.size(), 48u);
+  ASSERT_EQ(scout.chunked_layers.size(), 48u);
+  for (int64_t i = 0; i < 48; ++i) {
+    const bool nope = i % 4 == 3;  // every fourth layer, 3, 7, …, 47
+    EXPECT_EQ(scout.nope_layers[i], nope) << i;
+    EXPECT_EQ(scout.chunked_layers[i], !nope) << i;  // NoPE layers see the whole context
+    EXPECT_EQ(scout.RotatesLayer(i), !nope) << i;
+  }
+  EXPECT_DOUBLE_EQ(SoftmaxScale(scout), 1.0 / std::sqrt(128.0));
+  // The unsloth mirror's "no_rope_layers": [] means the same layers (no_rope_layer_interval 4).
+  std::string mirror = PresetConfigJson("llama-4-scout-17b-16e");
+  const size_t list = mirror.find("\"no_rope_layers\": [");
+  ASSERT_NE(list, std::string::npos);
+  const size_t open = mirror.find('[', list);
+  mirror.replace(open, mirror.find(']', open) - open + 1, "[]");
+  const ModelConfig from_mirror = ParseHfConfig(mirror);
+  EXPECT_EQ(from_mirror.nope_layers, scout.nope_layers);
+  EXPECT_EQ(from_mirror.chunked_layers, scout.chunked_layers);
+
+  const ModelConfig cpm = LoadPreset("minicpm3-4b");
+  EXPECT_EQ(cpm.model_type, "minicpm3");
+  EXPECT_EQ(cpm.kind, AttentionKind::kMla);
+  EXPECT_EQ(cpm.max_position_embeddings, 32768);
+  EXPECT_EQ(cpm.mla.q_lora_rank, 768);
+  EXPECT_EQ(cpm.mla.kv_lora_rank, 256);
+  EXPECT_EQ(cpm.mla.qk_nope_head_dim, 64);
+  EXPECT_EQ(cpm.mla.qk_rope_head_dim, 32);
+  EXPECT_EQ(cpm.mla.v_head_dim, 64);
+  EXPECT_EQ(cpm.rope.theta, 1e4);
+  EXPECT_EQ(cpm.rope.pairing, RopePairing::kRotateHalf);
+  EXPECT_EQ(cpm.rope.scaling.type, RopeScalingType::kLongrope);
+  EXPECT_EQ(cpm.rope.scaling.original_max_position_embeddings, 32768);
+  const std::vector<double> factors = {
+      1.0591234137867171, 1.1241891283591912, 1.2596935748670968, 1.5380380402321725,
+      2.093982484148734,  3.1446935121267696, 4.937952647693647,  7.524541999994549,
+      10.475458000005451, 13.062047352306353, 14.85530648787323,  15.906017515851266,
+      16.461961959767827, 16.740306425132907, 16.87581087164081,  16.940876586213285};
+  EXPECT_EQ(cpm.rope.scaling.long_factor, factors);
+  EXPECT_EQ(cpm.rope.scaling.short_factor, factors);
+  // MiniCPMLongRoPE's sqrt(1 + ln(max / L) / ln L) with max = L = 32768 (docs/semantics.md §2).
+  EXPECT_EQ(cpm.rope.scaling.attention_factor, 1.0);
+  EXPECT_DOUBLE_EQ(SoftmaxScale(cpm), 1.0 / std::sqrt(96.0));  // (64 + 32) ** -0.5, no mscale
+}
+
+// Attention parameters per layer, summed by hand from the §5 tensor shapes.
+TEST(PresetsTest, AttentionParametersOfTheIssue11Presets) {
+  const std::pair<const char*, int64_t> rows[] = {
+      // q and o 4096 x 4096, k and v 256 x 4096, q/k/v biases 4096 + 256 + 256.
+      {"glm-4-9b-0414", 2 * 4096 * 4096 + 2 * 256 * 4096 + 4608},  // 35,656,192
+      // q and o 5120 x 5120, k and v 1024 x 5120; the L2 q/k norm has no weight.
+      {"llama-4-scout-17b-16e", 2 * 5120 * 5120 + 2 * 1024 * 5120},  // 62,914,560
+      // q_a 768 x 2560, q_a_layernorm 768, q_b 40·96 x 768, kv_a (256 + 32) x 2560,
+      // kv_a_layernorm 256, kv_b 40·(64 + 64) x 256, o 2560 x 40·64.
+      {"minicpm3-4b",
+       768 * 2560 + 768 + 3840 * 768 + 288 * 2560 + 256 + 5120 * 256 + 2560 * 2560},  // 13,517,824
+  };
+  for (const auto& [preset, params] : rows) {
+    SCOPED_TRACE(preset);
+    EXPECT_EQ(ComputeModelStats(LoadPreset(preset), InfoOptions{}).attention_params_layer, params);
+  }
+}
+
+// Each of these presets' real layers runs with random weights: token-by-token decode after a
+// short prefill equals one prefill (the cache and the per-layer rules agree), at positions past
+// the RoPE scaling's original length, on a RoPE + chunked layer and on a NoPE layer of Llama 4,
+// and MiniCPM3's MLA forms agree.
+TEST(PresetsTest, FullSizeLayersOfTheIssue11PresetsDecodeAsTheyPrefill) {
+  const std::tuple<const char*, int64_t, int64_t> cases[] = {{"glm-4-9b-0414", 0, 40000},
+                                                             {"llama-4-scout-17b-16e", 0, 9000},
+                                                             {"llama-4-scout-17b-16e", 3, 9000},
+                                                             {"minicpm3-4b", 0, 33000}};
+  for (const auto& [preset, layer_index, first_position] : cases) {
+    SCOPED_TRACE(std::string(preset) + " layer " + std::to_string(layer_index));
+    const ModelConfig c = LoadPreset(preset);
+    const auto layer = BuildAttentionLayer(c, layer_index, RandomAttentionWeights(c, 7));
+    constexpr int64_t kTokens = 5;
+    const Tensor x = RandomUniform({1, kTokens, c.hidden_size}, 11, 1.0f);
+    std::vector<int64_t> positions(kTokens);
+    for (int64_t t = 0; t < kTokens; ++t) positions[t] = first_position + t;
+    const TokenBatch batch{&x, positions, {}};
+    const MlaForm form = c.kind == AttentionKind::kMla ? MlaForm::kNaive : MlaForm::kAuto;
+    const Tensor full = layer->Forward(batch, form);
+    double largest = 0.0;
+    for (int64_t i = 0; i < full.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(full.data()[i])) << i;
+      largest = std::max(largest, std::abs(static_cast<double>(full.data()[i])));
+    }
+    EXPECT_GT(largest, 0.0);
+    const Tensor stepped = layer->PrefillThenDecode(batch, 2, form, DType::kF32);
+    EXPECT_LT(testing::RelativeError(stepped, full), 1e-5);
+    if (c.kind == AttentionKind::kMla) {
+      EXPECT_LT(testing::RelativeError(layer->Forward(batch, MlaForm::kAbsorbed), full), 1e-5);
+    }
   }
 }
 

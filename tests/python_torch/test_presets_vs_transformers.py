@@ -36,6 +36,31 @@ QWEN15_MOE_CHAT = {
     "vocab_size": 151936,
 }
 
+# The keys of THUDM/GLM-4-9B-0414's config.json on which the public copies named in
+# src/io/presets.cc agree (attention keys) and the MLP/vocabulary keys of the saved fine-tune
+# copy; the model is not vendored.
+GLM4_9B_0414 = {
+    "architectures": ["Glm4ForCausalLM"], "model_type": "glm4", "hidden_size": 4096,
+    "intermediate_size": 13696, "num_attention_heads": 32, "num_key_value_heads": 2,
+    "head_dim": 128, "num_hidden_layers": 40, "max_position_embeddings": 32768,
+    "partial_rotary_factor": 0.5, "rms_norm_eps": 1e-05, "rope_theta": 10000.0,
+    "attention_bias": True, "tie_word_embeddings": False, "vocab_size": 151552,
+}
+
+# The attention keys of meta-llama/Llama-4-Scout-17B-16E's text_config as src/io/presets.cc
+# gives them, but for attn_temperature_tuning: the published 4 is refused by transformers 5's
+# strict Llama4TextConfig (a bool field), so its truth value is passed.
+LLAMA4_SCOUT_TEXT = {
+    "model_type": "llama4_text", "hidden_size": 5120, "num_attention_heads": 40,
+    "num_key_value_heads": 8, "head_dim": 128, "num_hidden_layers": 48,
+    "max_position_embeddings": 262144, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+    "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "attention_bias": False, "attention_chunk_size": 8192, "use_qk_norm": True,
+    "attn_temperature_tuning": True, "floor_scale": 8192, "attn_scale": 0.1,
+    "no_rope_layers": [0 if (i + 1) % 4 == 0 else 1 for i in range(48)],
+}
+
 # preset, vendored file (or the config itself), transformers config class, keys where the published file differs from
 # the class defaults (None: the defaults are not claimed to be that model).
 CASES = [
@@ -66,6 +91,13 @@ CASES = [
     ("glm-4-9b-chat-hf", "glm-4-9b-chat-hf.json", "GlmConfig", {}),
     # FalconConfig's defaults are tiiuae/falcon-7b (MQA, RoPE), not Falcon-RW: no defaults claim.
     ("falcon-rw-1b", "falcon-rw-1b.json", "FalconConfig", None),
+    # Glm4Config's defaults are GLM-4-9B-Chat's (131072 positions, rms_norm_eps 1.5625e-07), not
+    # the 0414 model's: no defaults claim.
+    ("glm-4-9b-0414", GLM4_9B_0414, "Glm4Config", None),
+    # Llama4TextConfig's defaults carry no RoPE scaling and 131072 positions: no defaults claim.
+    # Its per-layer NoPE / chunking and temperature keys are checked in presets_test.cc.
+    ("llama-4-scout-17b-16e", LLAMA4_SCOUT_TEXT, "Llama4TextConfig", None),
+    # minicpm3-4b is MLA, which _expected does not model; presets_test.cc checks it.
 ]
 
 
