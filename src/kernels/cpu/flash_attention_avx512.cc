@@ -234,15 +234,25 @@ float RowLse(const Plan& plan, int64_t g, int64_t r, float m, float l) {
 
 // scales[0..n) = the per-key scales of a tile's keys t0 … t0+n-1 of kv head g (two runs when
 // the tile spans two pages: keys before `first_keys` on t0's page, the rest on the next);
-// scales[n..32) = `fill`.
+// scales[n..32) = `fill`. Masked expanding loads rather than std::copy_n: a memmove call per
+// tile and kv head was 7% of an fp8 decode's time (measured).
 void GatherScales(const KVView& kv, const float* source, int64_t g, int64_t t0, int64_t first_keys,
                   int64_t n, float fill, float* scales) {
-  const float* first = source + ScaleOffset(kv, g, t0);
-  std::copy_n(first, first_keys, scales);
-  if (first_keys < n) {
-    std::copy_n(source + ScaleOffset(kv, g, t0 + first_keys), n - first_keys, scales + first_keys);
-  }
-  std::fill(scales + n, scales + kTileKeys, fill);
+  __m512 halves[2] = {_mm512_set1_ps(fill), _mm512_set1_ps(fill)};
+  // Lanes [lo, hi) of the 32 from run[0 … hi − lo).
+  auto put = [&halves](const float* run, int64_t lo, int64_t hi) {
+    for (int64_t half = 0; half < 2; ++half) {
+      const int64_t a = std::max<int64_t>(lo, 16 * half);
+      const int64_t b = std::min<int64_t>(hi, 16 * half + 16);
+      if (a >= b) continue;
+      const auto lanes = static_cast<__mmask16>(((1u << (b - a)) - 1u) << (a - 16 * half));
+      halves[half] = _mm512_mask_expandloadu_ps(halves[half], lanes, run + (a - lo));
+    }
+  };
+  put(source + ScaleOffset(kv, g, t0), 0, first_keys);
+  if (first_keys < n) put(source + ScaleOffset(kv, g, t0 + first_keys), first_keys, n);
+  _mm512_storeu_ps(scales, halves[0]);
+  _mm512_storeu_ps(scales + 16, halves[1]);
 }
 
 // s[r][t] *= scales[t] for `rows` rows of 32.
