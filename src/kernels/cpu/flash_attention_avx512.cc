@@ -344,180 +344,202 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
   // that starts on a 16-key boundary may span two pages (of 16) and is scored and accumulated as
   // two segments under one softmax step; a tile starting elsewhere is clipped at its page end.
   const bool segments_ok = kv.page_size > 0 && kv.page_size % 16 == 0;
-  int64_t n = 0;
-  for (int64_t t0 = begin; t0 < end; t0 += n) {
-    n = std::min(kTileKeys, end - t0);
-    int64_t first_keys = n;  // keys of the first segment; the rest (if any) start on the next page
+  // The tile starting at key t0, keys before `limit`: n keys, the first `first_keys` of them on
+  // t0's page and the rest (if any) from the start of the next.
+  struct Tile {
+    int64_t n, first_keys;
+  };
+  auto tile_at = [&kv, segments_ok](int64_t t0, int64_t limit) {
+    Tile tile;
+    tile.n = tile.first_keys = std::min(kTileKeys, limit - t0);
     if (kv.page_size > 0) {
       const int64_t room = kv.page_size - t0 % kv.page_size;
-      if (room < n) {
+      if (room < tile.n) {
         if (segments_ok && t0 % 16 == 0) {
-          first_keys = room;
+          tile.first_keys = room;
         } else {
-          n = first_keys = room;
+          tile.n = tile.first_keys = room;
         }
       }
     }
-    uint32_t key_bits =
-        TileKeyBits(kv.keep == nullptr ? nullptr : kv.keep + KeepOffset(kv, t0), 0, first_keys);
-    if (first_keys < n) {
-      key_bits |=
-          TileKeyBits(kv.keep == nullptr ? nullptr : kv.keep + KeepOffset(kv, t0 + first_keys), 0,
-                      n - first_keys)
-          << first_keys;
-    }
-    uint32_t any = 0;
-    for (int64_t r = 0; r < rows; ++r) {
-      masks[r] = RowMask(first_slot + r / plan.group, lowest[r], t0, causal, key_bits);
-      any |= masks[r];
-    }
-    if (any == 0) continue;  // causal, window, chunk or padding hides the whole tile
-
+    return tile;
+  };
+  // Keys are walked in spans, each head's tiles of a span before the next head's: a span is one
+  // tile, or, for an item over several kv heads of a paged cache whose pages are longer than a
+  // tile, the rest of the current page. A head's rows of a page are then read in one pass in
+  // address order, then the next head's (docs/performance.md, "Paged caches").
+  const bool page_spans = plan.item_heads > 1 && kv.page_size > kTileKeys;
+  for (int64_t span_begin = begin; span_begin < end;) {
+    const int64_t span_end = page_spans
+                                 ? std::min(end, (span_begin / kv.page_size + 1) * kv.page_size)
+                                 : span_begin + tile_at(span_begin, end).n;
     for (int64_t j = 0; j < plan.item_heads; ++j) {
-      const int64_t g = range.g0 + j;
-      const std::byte* key_tile = keys + KeyOffset(kv, g, t0) * static_cast<int64_t>(eb);
-      const std::byte* value_tile = values + ValueOffset(kv, g, t0) * static_cast<int64_t>(eb);
-      // The second segment of a tile spanning two pages (first_keys < n), 16 keys in.
-      const std::byte* key_rest =
-          first_keys < n ? keys + KeyOffset(kv, g, t0 + first_keys) * static_cast<int64_t>(eb)
-                         : nullptr;
-      const std::byte* value_rest =
-          first_keys < n ? values + ValueOffset(kv, g, t0 + first_keys) * static_cast<int64_t>(eb)
-                         : nullptr;
-      float* head_q = q + j * plan.max_rows * plan.q_words;
-      float* head_scores = scores + j * plan.max_rows * kTileKeys;
-      float* head_o = o + j * plan.max_rows * dv_pad;
-      float* head_m = m + j * plan.max_rows;
-      float* head_l = l + j * plan.max_rows;
+      int64_t n = 0;
+      for (int64_t t0 = span_begin; t0 < span_end; t0 += n) {
+        const Tile tile = tile_at(t0, span_end);
+        n = tile.n;
+        const int64_t first_keys = tile.first_keys;
+        uint32_t key_bits =
+            TileKeyBits(kv.keep == nullptr ? nullptr : kv.keep + KeepOffset(kv, t0), 0, first_keys);
+        if (first_keys < n) {
+          key_bits |=
+              TileKeyBits(kv.keep == nullptr ? nullptr : kv.keep + KeepOffset(kv, t0 + first_keys),
+                          0, n - first_keys)
+              << first_keys;
+        }
+        uint32_t any = 0;
+        for (int64_t r = 0; r < rows; ++r) {
+          masks[r] = RowMask(first_slot + r / plan.group, lowest[r], t0, causal, key_bits);
+          any |= masks[r];
+        }
+        if (any == 0) continue;  // causal, window, chunk or padding hides the whole tile
 
-      // S = Q Kᵀ for the tile.
-      if (plan.codes_row_dot) {
-        (plan.key_load == Load::kF8ToF32
-             ? ScoreCodesTile<Load::kF8ToF32>
-             : ScoreCodesTile<Load::kI8ToF32>)(head_q, rows, plan.q_words, key_tile, key_rest,
-                                               key_stride_bytes, first_keys, n, dk, head_scores);
-      } else if (plan.row_dot) {
-        if (!plan.quantized && (rows == 1 || plan.key_load == Load::kWords)) {
-          // Segment by segment: each writes its 16-key blocks at its own offset in the row.
-          for (int segment = 0; segment < (first_keys < n ? 2 : 1); ++segment) {
-            const std::byte* seg_keys = segment == 0 ? key_tile : key_rest;
-            const int64_t seg_n = segment == 0 ? first_keys : n - first_keys;
-            float* seg_scores = head_scores + (segment == 0 ? 0 : first_keys);
-            switch (plan.key_load) {
-              case Load::kWords:
-                ScoresRowDot<Load::kWords>(head_q, rows, plan.q_words, seg_keys, key_stride_bytes,
-                                           seg_n, dk, seg_scores);
-                break;
-              case Load::kF16ToF32:
-                ScoresRowDot<Load::kF16ToF32>(head_q, rows, plan.q_words, seg_keys,
-                                              key_stride_bytes, seg_n, dk, seg_scores);
-                break;
-              case Load::kBF16ToF32:
-                ScoresRowDot<Load::kBF16ToF32>(head_q, rows, plan.q_words, seg_keys,
-                                               key_stride_bytes, seg_n, dk, seg_scores);
-                break;
-              case Load::kF8ToF32:
-              case Load::kI8ToF32:
-                break;  // not here: fp8/int8 tiles are widened first (below)
+        const int64_t g = range.g0 + j;
+        const std::byte* key_tile = keys + KeyOffset(kv, g, t0) * static_cast<int64_t>(eb);
+        const std::byte* value_tile = values + ValueOffset(kv, g, t0) * static_cast<int64_t>(eb);
+        // The second segment of a tile spanning two pages (first_keys < n), 16 keys in.
+        const std::byte* key_rest =
+            first_keys < n ? keys + KeyOffset(kv, g, t0 + first_keys) * static_cast<int64_t>(eb)
+                           : nullptr;
+        const std::byte* value_rest =
+            first_keys < n ? values + ValueOffset(kv, g, t0 + first_keys) * static_cast<int64_t>(eb)
+                           : nullptr;
+        float* head_q = q + j * plan.max_rows * plan.q_words;
+        float* head_scores = scores + j * plan.max_rows * kTileKeys;
+        float* head_o = o + j * plan.max_rows * dv_pad;
+        float* head_m = m + j * plan.max_rows;
+        float* head_l = l + j * plan.max_rows;
+
+        // S = Q Kᵀ for the tile.
+        if (plan.codes_row_dot) {
+          (plan.key_load == Load::kF8ToF32
+               ? ScoreCodesTile<Load::kF8ToF32>
+               : ScoreCodesTile<Load::kI8ToF32>)(head_q, rows, plan.q_words, key_tile, key_rest,
+                                                 key_stride_bytes, first_keys, n, dk, head_scores);
+        } else if (plan.row_dot) {
+          if (!plan.quantized && (rows == 1 || plan.key_load == Load::kWords)) {
+            // Segment by segment: each writes its 16-key blocks at its own offset in the row.
+            for (int segment = 0; segment < (first_keys < n ? 2 : 1); ++segment) {
+              const std::byte* seg_keys = segment == 0 ? key_tile : key_rest;
+              const int64_t seg_n = segment == 0 ? first_keys : n - first_keys;
+              float* seg_scores = head_scores + (segment == 0 ? 0 : first_keys);
+              switch (plan.key_load) {
+                case Load::kWords:
+                  ScoresRowDot<Load::kWords>(head_q, rows, plan.q_words, seg_keys, key_stride_bytes,
+                                             seg_n, dk, seg_scores);
+                  break;
+                case Load::kF16ToF32:
+                  ScoresRowDot<Load::kF16ToF32>(head_q, rows, plan.q_words, seg_keys,
+                                                key_stride_bytes, seg_n, dk, seg_scores);
+                  break;
+                case Load::kBF16ToF32:
+                  ScoresRowDot<Load::kBF16ToF32>(head_q, rows, plan.q_words, seg_keys,
+                                                 key_stride_bytes, seg_n, dk, seg_scores);
+                  break;
+                case Load::kF8ToF32:
+                case Load::kI8ToF32:
+                  break;  // not here: fp8/int8 tiles are widened first (below)
+              }
             }
+          } else {
+            // Several rows reread each key, or fp8/int8 codes: widen the tile once (zero-padded
+            // to q_words).
+            ConvertValues(key_tile, key_stride_bytes, first_keys, dk, plan.q_words, plan.key_load,
+                          kt);
+            if (first_keys < n) {
+              ConvertValues(key_rest, key_stride_bytes, n - first_keys, dk, plan.q_words,
+                            plan.key_load, kt + first_keys * plan.q_words);
+            }
+            ScoresRowDot<Load::kWords>(head_q, rows, plan.q_words,
+                                       reinterpret_cast<const std::byte*>(kt), plan.q_words * 4, n,
+                                       plan.q_words, head_scores);
           }
         } else {
-          // Several rows reread each key, or fp8/int8 codes: widen the tile once (zero-padded
-          // to q_words).
-          ConvertValues(key_tile, key_stride_bytes, first_keys, dk, plan.q_words, plan.key_load,
-                        kt);
-          if (first_keys < n) {
-            ConvertValues(key_rest, key_stride_bytes, n - first_keys, dk, plan.q_words,
-                          plan.key_load, kt + first_keys * plan.q_words);
+          // A split tile's halves are its two segments (first_keys is 16 when pages are a
+          // multiple of 16 and the tile starts on a 16-key boundary).
+          PackKeysTransposed(key_tile, key_rest, key_stride_bytes, n, plan.q_words, plan.key_words,
+                             plan.key_load, kt);
+          for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+            const int64_t count = std::min<int64_t>(8, rows - r0);
+            scores_fns[count - 1](head_q + r0 * plan.q_words, plan.q_words, kt,
+                                  head_scores + r0 * kTileKeys);
           }
-          ScoresRowDot<Load::kWords>(head_q, rows, plan.q_words,
-                                     reinterpret_cast<const std::byte*>(kt), plan.q_words * 4, n,
-                                     plan.q_words, head_scores);
         }
-      } else {
-        // A split tile's halves are its two segments (first_keys is 16 when pages are a
-        // multiple of 16 and the tile starts on a 16-key boundary).
-        PackKeysTransposed(key_tile, key_rest, key_stride_bytes, n, plan.q_words, plan.key_words,
-                           plan.key_load, kt);
-        for (int64_t r0 = 0; r0 < rows; r0 += 8) {
-          const int64_t count = std::min<int64_t>(8, rows - r0);
-          scores_fns[count - 1](head_q + r0 * plan.q_words, plan.q_words, kt,
-                                head_scores + r0 * kTileKeys);
+
+        // fp8/int8 keys: each score times its key's scale (the codes' dot product times the row
+        // scale is the dequantized key's), before soft-capping, ALiBi and the softmax.
+        if (plan.quantized) {
+          GatherScales(kv, kv.key_scales, g, t0, first_keys, n, 1.0f, tile_scales);
+          ScaleTileRows(head_scores, rows, tile_scales);
         }
-      }
 
-      // fp8/int8 keys: each score times its key's scale (the codes' dot product times the row
-      // scale is the dequantized key's), before soft-capping, ALiBi and the softmax.
-      if (plan.quantized) {
-        GatherScales(kv, kv.key_scales, g, t0, first_keys, n, 1.0f, tile_scales);
-        ScaleTileRows(head_scores, rows, tile_scales);
-      }
+        if (p.non_finite_scores != nullptr) {
+          // NaN/Inf among the n real scores of a row (lanes past n are stale or repeat key 0).
+          const uint32_t real = n == 32 ? ~0u : ((1u << n) - 1u);
+          uint32_t found = 0;
+          for (int64_t r = 0; r < rows; ++r) {
+            const float* row = head_scores + r * kTileKeys;
+            found |= (static_cast<uint32_t>(_mm512_fpclass_ps_mask(_mm512_loadu_ps(row), 0x99)) |
+                      static_cast<uint32_t>(_mm512_fpclass_ps_mask(_mm512_loadu_ps(row + 16), 0x99))
+                          << 16) &
+                     real;
+          }
+          if (found != 0) p.non_finite_scores->store(true, std::memory_order_relaxed);
+        }
 
-      if (p.non_finite_scores != nullptr) {
-        // NaN/Inf among the n real scores of a row (lanes past n are stale or repeat key 0).
-        const uint32_t real = n == 32 ? ~0u : ((1u << n) - 1u);
-        uint32_t found = 0;
+        // Soft-capping (Gemma 2) acts on the scaled scores, before the mask and the softmax.
+        __m512 softmax_scale = score_scale;
+        if (p.softcap > 0.0f) {
+          for (int64_t r = 0; r < rows; ++r) {
+            SoftCapTileRow(head_scores + r * kTileKeys, score_scale, p.softcap * kLog2e);
+          }
+          softmax_scale = _mm512_set1_ps(1.0f);
+        }
+        // ALiBi adds m_h·(t − p) to the (capped) score of every key, in base-2 units.
+        if (p.alibi_slopes != nullptr) {
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t h = g * plan.group + r % plan.group;
+            const int64_t slot = first_slot + r / plan.group;
+            AlibiTileRow(head_scores + r * kTileKeys, softmax_scale, p.alibi_slopes[h] * kLog2e,
+                         static_cast<float>(t0 - slot));
+          }
+          softmax_scale = _mm512_set1_ps(1.0f);
+        }
+        // Online softmax: scores become P = 2^(S - m'), O and l rescale by 2^(m - m').
         for (int64_t r = 0; r < rows; ++r) {
-          const float* row = head_scores + r * kTileKeys;
-          found |= (static_cast<uint32_t>(_mm512_fpclass_ps_mask(_mm512_loadu_ps(row), 0x99)) |
-                    static_cast<uint32_t>(_mm512_fpclass_ps_mask(_mm512_loadu_ps(row + 16), 0x99))
-                        << 16) &
-                   real;
+          SoftmaxTileRow(head_scores + r * kTileKeys, masks[r], softmax_scale, head_m[r], head_l[r],
+                         head_o + r * dv_pad, dv_pad);
         }
-        if (found != 0) p.non_finite_scores->store(true, std::memory_order_relaxed);
-      }
 
-      // Soft-capping (Gemma 2) acts on the scaled scores, before the mask and the softmax.
-      __m512 softmax_scale = score_scale;
-      if (p.softcap > 0.0f) {
-        for (int64_t r = 0; r < rows; ++r) {
-          SoftCapTileRow(head_scores + r * kTileKeys, score_scale, p.softcap * kLog2e);
+        // fp8/int8 values: fold each value's scale into its P column (l already holds the
+        // unscaled P). Lanes past n get 0.
+        if (plan.quantized) {
+          GatherScales(kv, kv.value_scales, g, t0, first_keys, n, 0.0f, tile_scales);
+          // quantized_row_dot.h's fp8 values are 2^-8 times the codes': P carries the 2^8 (exact).
+          if (plan.codes_row_dot && CodeUnit(plan.value_load) != 1.0f) {
+            MultiplyTileScales(tile_scales, CodeUnit(plan.value_load));
+          }
+          ScaleTileRows(head_scores, rows, tile_scales);
         }
-        softmax_scale = _mm512_set1_ps(1.0f);
-      }
-      // ALiBi adds m_h·(t − p) to the (capped) score of every key, in base-2 units.
-      if (p.alibi_slopes != nullptr) {
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t h = g * plan.group + r % plan.group;
-          const int64_t slot = first_slot + r / plan.group;
-          AlibiTileRow(head_scores + r * kTileKeys, softmax_scale, p.alibi_slopes[h] * kLog2e,
-                       static_cast<float>(t0 - slot));
-        }
-        softmax_scale = _mm512_set1_ps(1.0f);
-      }
-      // Online softmax: scores become P = 2^(S - m'), O and l rescale by 2^(m - m').
-      for (int64_t r = 0; r < rows; ++r) {
-        SoftmaxTileRow(head_scores + r * kTileKeys, masks[r], softmax_scale, head_m[r], head_l[r],
-                       head_o + r * dv_pad, dv_pad);
-      }
 
-      // fp8/int8 values: fold each value's scale into its P column (l already holds the
-      // unscaled P). Lanes past n get 0.
-      if (plan.quantized) {
-        GatherScales(kv, kv.value_scales, g, t0, first_keys, n, 0.0f, tile_scales);
-        // quantized_row_dot.h's fp8 values are 2^-8 times the codes': P carries the 2^8 (exact).
-        if (plan.codes_row_dot && CodeUnit(plan.value_load) != 1.0f) {
-          MultiplyTileScales(tile_scales, CodeUnit(plan.value_load));
-        }
-        ScaleTileRows(head_scores, rows, tile_scales);
-      }
-
-      // O += P V.
-      if (plan.codes_row_dot) {
-        (plan.value_load == Load::kF8ToF32
-             ? AccumulateCodesTile<Load::kF8ToF32>
-             : AccumulateCodesTile<Load::kI8ToF32>)(head_scores, rows, value_tile, value_rest,
-                                                    value_stride_bytes, first_keys, n, dv, dv_pad,
-                                                    head_o);
-      } else {
-        AccumulateTile(head_scores, rows, value_tile, value_stride_bytes, first_keys, dv, dv_pad,
-                       plan.value_load, vt, head_o);
-        if (first_keys < n) {
-          AccumulateTile(head_scores + first_keys, rows, value_rest, value_stride_bytes,
-                         n - first_keys, dv, dv_pad, plan.value_load, vt, head_o);
+        // O += P V.
+        if (plan.codes_row_dot) {
+          (plan.value_load == Load::kF8ToF32
+               ? AccumulateCodesTile<Load::kF8ToF32>
+               : AccumulateCodesTile<Load::kI8ToF32>)(head_scores, rows, value_tile, value_rest,
+                                                      value_stride_bytes, first_keys, n, dv, dv_pad,
+                                                      head_o);
+        } else {
+          AccumulateTile(head_scores, rows, value_tile, value_stride_bytes, first_keys, dv, dv_pad,
+                         plan.value_load, vt, head_o);
+          if (first_keys < n) {
+            AccumulateTile(head_scores + first_keys, rows, value_rest, value_stride_bytes,
+                           n - first_keys, dv, dv_pad, plan.value_load, vt, head_o);
+          }
         }
       }
     }
+    span_begin = span_end;
   }
 
   if (plan.splits == 1) {
