@@ -30,7 +30,7 @@
 #include "kernels/cpu/flash_attention.h"
 // Last: everything below is compiled for AVX-512.
 #include "kernels/cpu/avx512_common.h"
-#include "kernels/cpu/quantized_row_dot.h"
+#include "kernels/cpu/narrow_row_dot.h"
 
 namespace attn::cpu {
 namespace {
@@ -149,9 +149,10 @@ struct Plan {
   int64_t dv_pad;     // Dv rounded up to 16: the width of O and converted V rows
   Load key_load;
   Load value_load;
-  // fp8/int8 K/V of a row-dot item with Dv a multiple of 32: tiles scored and accumulated from
-  // the codes, widened in registers (quantized_row_dot.h), instead of through fp32 copies.
-  bool codes_row_dot;
+  // fp8/int8/bf16/f16 K/V of a row-dot item with Dv a multiple of 32: tiles scored and
+  // accumulated from the stored elements, widened in registers (narrow_row_dot.h), instead of
+  // through fp32 copies.
+  bool narrow_row_dot;
   size_t element_bytes;
   int64_t first_task;  // this problem's tasks are first_task … first_task + items·splits - 1
   // Partial states when splits > 1: [item][split] × (item rows × Dv | item rows | item rows),
@@ -303,10 +304,10 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
   // Q rows per kv head (token-major, then the group's heads). fp32 rows are pre-scaled by
   // scale·log2(e); bf16 rows are rounded unscaled, so that bf16 inputs stay exact, and the
   // scores are scaled in fp32 instead (score_scale).
-  // quantized_row_dot.h widens fp8 codes to 2^-8 times their value: Q carries the 2^8 (exact).
-  const float q_scale = plan.bf16_dot        ? 1.0f
-                        : plan.codes_row_dot ? p.scale * kLog2e * CodeUnit(plan.key_load)
-                                             : p.scale * kLog2e;
+  // narrow_row_dot.h widens fp8 codes to 2^-8 times their value: Q carries the 2^8 (exact).
+  const float q_scale = plan.bf16_dot         ? 1.0f
+                        : plan.narrow_row_dot ? p.scale * kLog2e * CodeUnit(plan.key_load)
+                                              : p.scale * kLog2e;
   const __m512 score_scale = _mm512_set1_ps(plan.bf16_dot ? p.scale * kLog2e : 1.0f);
   for (int64_t j = 0; j < plan.item_heads; ++j) {
     const int64_t g = range.g0 + j;
@@ -411,11 +412,9 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
         float* head_l = l + j * plan.max_rows;
 
         // S = Q Kᵀ for the tile.
-        if (plan.codes_row_dot) {
-          (plan.key_load == Load::kF8ToF32
-               ? ScoreCodesTile<Load::kF8ToF32>
-               : ScoreCodesTile<Load::kI8ToF32>)(head_q, rows, plan.q_words, key_tile, key_rest,
-                                                 key_stride_bytes, first_keys, n, dk, head_scores);
+        if (plan.narrow_row_dot) {
+          ScoreCodesTileFor(plan.key_load)(head_q, rows, plan.q_words, key_tile, key_rest,
+                                           key_stride_bytes, first_keys, n, dk, head_scores);
         } else if (plan.row_dot) {
           if (!plan.quantized && (rows == 1 || plan.key_load == Load::kWords)) {
             // Segment by segment: each writes its 16-key blocks at its own offset in the row.
@@ -515,20 +514,18 @@ void RunItem(const Plan& plan, int64_t item, int64_t split) {
         // unscaled P). Lanes past n get 0.
         if (plan.quantized) {
           GatherScales(kv, kv.value_scales, g, t0, first_keys, n, 0.0f, tile_scales);
-          // quantized_row_dot.h's fp8 values are 2^-8 times the codes': P carries the 2^8 (exact).
-          if (plan.codes_row_dot && CodeUnit(plan.value_load) != 1.0f) {
+          // narrow_row_dot.h's fp8 values are 2^-8 times the codes': P carries the 2^8 (exact).
+          if (plan.narrow_row_dot && CodeUnit(plan.value_load) != 1.0f) {
             MultiplyTileScales(tile_scales, CodeUnit(plan.value_load));
           }
           ScaleTileRows(head_scores, rows, tile_scales);
         }
 
         // O += P V.
-        if (plan.codes_row_dot) {
-          (plan.value_load == Load::kF8ToF32
-               ? AccumulateCodesTile<Load::kF8ToF32>
-               : AccumulateCodesTile<Load::kI8ToF32>)(head_scores, rows, value_tile, value_rest,
-                                                      value_stride_bytes, first_keys, n, dv, dv_pad,
-                                                      head_o);
+        if (plan.narrow_row_dot) {
+          AccumulateCodesTileFor(plan.value_load)(head_scores, rows, value_tile, value_rest,
+                                                  value_stride_bytes, first_keys, n, dv, dv_pad,
+                                                  head_o);
         } else {
           AccumulateTile(head_scores, rows, value_tile, value_stride_bytes, first_keys, dv, dv_pad,
                          plan.value_load, vt, head_o);
@@ -630,7 +627,7 @@ Plan PlanProblem(const AttentionProblem& problem, bool bf16_dot) {
   plan.q_words = (plan.key_words + 15) / 16 * 16;
   plan.dv_pad = (kv.value_dim + 15) / 16 * 16;
   plan.quantized = IsQuantizedKV(kv.dtype);
-  plan.codes_row_dot = plan.row_dot && plan.quantized && kv.value_dim % 32 == 0;
+  plan.narrow_row_dot = plan.row_dot && kv.dtype != DType::kF32 && kv.value_dim % 32 == 0;
   const Load byte_load = kv.dtype == DType::kF8E4M3 ? Load::kF8ToF32 : Load::kI8ToF32;
   plan.key_load = kv.dtype == DType::kF16    ? Load::kF16ToF32
                   : kv.dtype == DType::kBF16 ? (plan.bf16_dot ? Load::kWords : Load::kBF16ToF32)

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
-// fp8 (E4M3) and int8 K/V tiles of the AVX-512 attention kernel's row-dot (decode) items, scored
-// and accumulated in fp32 straight from the codes: each 32-code chunk of a key or value row is
-// widened in registers once and used there by every query row of the item, instead of being
-// widened into an fp32 copy of the tile and read back (docs/architecture.md, "The fast CPU
-// kernels"; the storage, one fp32 scale per token and kv head, in "Paged caches").
+// fp8 (E4M3), int8, bf16 and f16 K/V tiles of the AVX-512 attention kernel's row-dot (decode)
+// items, scored and accumulated in fp32 straight from the stored elements ("codes" below): each
+// 32-element chunk of a key or value row is widened in registers once and used there by every
+// query row of the item, instead of being widened into an fp32 copy of the tile and read back
+// (docs/architecture.md, "The fast CPU kernels"; the fp8/int8 storage, one fp32 scale per token
+// and kv head, in "Paged caches").
 //
 // Widening 32 codes (WidenCodes):
 //   - E4M3: the sign-extended code shifted left by 7 and masked with 0xbf80 is the binary16 whose
@@ -11,6 +12,7 @@
 //     13…7; subnormal codes become binary16 subnormals, still exact), and vcvtph2ps makes it
 //     fp32: 8 instructions. The 2^8 goes back into Q and into P (CodeUnit), exactly.
 //   - int8: sign-extended to 32 bits and converted, 4 instructions; exact integers.
+//   - bf16: zero-extended to 32 bits and shifted into the upper half; f16: vcvtph2ps. Exact.
 // Products and sums are those of the widened-tile path (avx512_common.h ConvertValues +
 // ScoresRowDot / AccumulateTile), summed in another order: results agree with it, and with the
 // reference kernel, to fp32 rounding.
@@ -21,8 +23,8 @@
 // times), so its 32 products cost as much as 64 by FMAs, and it would round Q and P to bf16.
 //
 // Include this header last (after avx512_common.h, which it includes): it is AVX-512 code.
-#ifndef ATTN_KERNELS_CPU_QUANTIZED_ROW_DOT_H_
-#define ATTN_KERNELS_CPU_QUANTIZED_ROW_DOT_H_
+#ifndef ATTN_KERNELS_CPU_NARROW_ROW_DOT_H_
+#define ATTN_KERNELS_CPU_NARROW_ROW_DOT_H_
 
 #include <algorithm>
 #include <cstddef>
@@ -36,10 +38,38 @@ namespace attn::cpu::avx512 {
 // by it so that the products carry the code's own value.
 constexpr float CodeUnit(Load load) { return load == Load::kF8ToF32 ? 256.0f : 1.0f; }
 
-// 32 codes (L: kF8ToF32 or kI8ToF32) -> fp32, elements 0…15 in lo and 16…31 in hi, each the
-// code's value divided by CodeUnit(L).
+// Bytes per stored element.
+template <Load L>
+constexpr int64_t kCodeBytes = L == Load::kBF16ToF32 || L == Load::kF16ToF32 ? 2 : 1;
+
+// Elements `mask` selects of the 32 at src (the rest read as zero), as a vector of codes.
+template <Load L>
+inline auto LoadCodesMasked(const std::byte* src, __mmask32 mask) {
+  if constexpr (kCodeBytes<L> == 2) {
+    return _mm512_maskz_loadu_epi16(mask, src);
+  } else {
+    return _mm256_maskz_loadu_epi8(mask, src);
+  }
+}
+
+// 32 codes (L: kF8ToF32, kI8ToF32; kBF16ToF32, kF16ToF32 in a 512-bit vector) -> fp32,
+// elements 0…15 in lo and 16…31 in hi, each the code's value divided by CodeUnit(L).
+template <Load L>
+inline void WidenCodes(__m512i codes, __m512& lo, __m512& hi) {
+  static_assert(kCodeBytes<L> == 2);
+  if constexpr (L == Load::kBF16ToF32) {
+    lo = _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(codes)), 16));
+    hi = _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(codes, 1)), 16));
+  } else {
+    lo = _mm512_cvtph_ps(_mm512_castsi512_si256(codes));
+    hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(codes, 1));
+  }
+}
 template <Load L>
 inline void WidenCodes(__m256i codes, __m512& lo, __m512& hi) {
+  static_assert(kCodeBytes<L> == 1);
   if constexpr (L == Load::kF8ToF32) {
     const __m512i halves = _mm512_and_si512(_mm512_slli_epi16(_mm512_cvtepi8_epi16(codes), 7),
                                             _mm512_set1_epi16(static_cast<int16_t>(0xbf80)));
@@ -54,7 +84,9 @@ inline void WidenCodes(__m256i codes, __m512& lo, __m512& hi) {
 // The same from memory: 32 codes at src (int8 sign-extends each half straight from memory).
 template <Load L>
 inline void WidenCodesAt(const std::byte* src, __m512& lo, __m512& hi) {
-  if constexpr (L == Load::kF8ToF32) {
+  if constexpr (kCodeBytes<L> == 2) {
+    WidenCodes<L>(_mm512_loadu_si512(src), lo, hi);
+  } else if constexpr (L == Load::kF8ToF32) {
     WidenCodes<L>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)), lo, hi);
   } else {
     lo = _mm512_cvtepi32_ps(
@@ -109,9 +141,9 @@ void ScoresCodesRowDot(const float* q, int64_t q_words, const std::byte* keys, i
       for (int j = 0; j < kKeys; ++j) {
         __m512 lo, hi;
         if constexpr (kPart == 2) {
-          WidenCodesAt<L>(key[j] + c * 32, lo, hi);
+          WidenCodesAt<L>(key[j] + c * 32 * kCodeBytes<L>, lo, hi);
         } else {
-          WidenCodes<L>(_mm256_maskz_loadu_epi8(tail_mask, key[j] + c * 32), lo, hi);
+          WidenCodes<L>(LoadCodesMasked<L>(key[j] + c * 32 * kCodeBytes<L>, tail_mask), lo, hi);
         }
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r) {
@@ -183,7 +215,7 @@ void AccumulateCodes(const float* p, const std::byte* v, int64_t stride_bytes, i
 #pragma GCC unroll 4
     for (int b = 0; b < C / 2; ++b) {
       __m512 lo, hi;
-      WidenCodesAt<L>(row + b * 32, lo, hi);
+      WidenCodesAt<L>(row + b * 32 * kCodeBytes<L>, lo, hi);
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) {
         const __m512 weight = _mm512_set1_ps(p[r * kTileKeys + t]);
@@ -229,12 +261,43 @@ void AccumulateCodesTile(const float* p, int64_t rows, const std::byte* values,
       const int64_t index = std::min<int64_t>(widest, remaining >= 128  ? 2
                                                       : remaining >= 64 ? 1
                                                                         : 0);
-      kFns[rows - 1][index](weights, base + d0, stride_bytes, count, o + d0, dv_pad);
+      kFns[rows - 1][index](weights, base + d0 * kCodeBytes<L>, stride_bytes, count, o + d0,
+                            dv_pad);
       d0 += int64_t{32} << index;
     }
   }
 }
 
+// The instances for a tile's stored type (kF8ToF32, kI8ToF32, kBF16ToF32 or kF16ToF32).
+using ScoreCodesTileFn = void (*)(const float*, int64_t, int64_t, const std::byte*,
+                                  const std::byte*, int64_t, int64_t, int64_t, int64_t, float*);
+inline ScoreCodesTileFn ScoreCodesTileFor(Load load) {
+  switch (load) {
+    case Load::kF8ToF32:
+      return ScoreCodesTile<Load::kF8ToF32>;
+    case Load::kI8ToF32:
+      return ScoreCodesTile<Load::kI8ToF32>;
+    case Load::kBF16ToF32:
+      return ScoreCodesTile<Load::kBF16ToF32>;
+    default:
+      return ScoreCodesTile<Load::kF16ToF32>;
+  }
+}
+using AccumulateCodesTileFn = void (*)(const float*, int64_t, const std::byte*, const std::byte*,
+                                       int64_t, int64_t, int64_t, int64_t, int64_t, float*);
+inline AccumulateCodesTileFn AccumulateCodesTileFor(Load load) {
+  switch (load) {
+    case Load::kF8ToF32:
+      return AccumulateCodesTile<Load::kF8ToF32>;
+    case Load::kI8ToF32:
+      return AccumulateCodesTile<Load::kI8ToF32>;
+    case Load::kBF16ToF32:
+      return AccumulateCodesTile<Load::kBF16ToF32>;
+    default:
+      return AccumulateCodesTile<Load::kF16ToF32>;
+  }
+}
+
 }  // namespace attn::cpu::avx512
 
-#endif  // ATTN_KERNELS_CPU_QUANTIZED_ROW_DOT_H_
+#endif  // ATTN_KERNELS_CPU_NARROW_ROW_DOT_H_

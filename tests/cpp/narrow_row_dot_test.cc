@@ -1,18 +1,20 @@
 // SPDX-License-Identifier: Apache-2.0
-// The decode path of the AVX-512 kernel that scores and accumulates fp8 (E4M3) and int8 tiles
-// straight from the codes, widened in registers (src/kernels/cpu/quantized_row_dot.h), against the
-// reference kernel on the same pages: outputs and log-sum-exps agree to fp32 rounding (1e-5, the
-// widened-tile path's tolerance) on every case: 1 … 8 query rows per kv head, pages of 16 (tiles
-// spanning two pages) and 64, a contiguous token-major view (all kv heads in one item), latent
-// rows with values aliasing keys, ragged key widths, windows, padding, sinks, soft-capping,
-// ALiBi, contexts long enough that decode items are split along their keys and merged, and fp8
-// rows with subnormal codes (exact on this path). The path uses no bf16 dot products: the same
-// bits with and without them. Value widths that are not a multiple of 32 keep the widened tile.
+// The decode path of the AVX-512 kernel that scores and accumulates fp8 (E4M3), int8, bf16 and
+// f16 tiles straight from the stored elements, widened in registers
+// (src/kernels/cpu/narrow_row_dot.h), against the reference kernel on the same pages: outputs and
+// log-sum-exps agree to fp32 rounding (1e-5, the widened-tile path's tolerance) on every case: 1 …
+// 8 query rows per kv head, pages of 16 (tiles spanning two pages) and 64, a contiguous token-major
+// view (all kv heads in one item), latent rows with values aliasing keys, ragged key widths,
+// windows, padding, sinks, soft-capping, ALiBi, contexts long enough that decode items are split
+// along their keys and merged, and fp8 rows with subnormal codes (exact on this path). The path
+// uses no bf16 dot products: the same bits with and without them. Value widths that are not a
+// multiple of 32 keep the widened tile.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -65,6 +67,10 @@ const Case kCases[] = {
     {7, 1, 1, 400, 16, 96, 64},
     {8, 1, 1, 450, 64, 128, 128},
     {4, 1, 2, 900, 16, 128, 64},
+    // Pages that are not a multiple of the 32-key tile: each head's rows of a page are walked as
+    // one span (the last tile of a page clipped at its end).
+    {8, 2, 1, 500, 48, 128, 128},
+    {8, 2, 2, 333, 80, 64, 64, Layout::kPagedHeadMajor, 100, true},
     // Masks and score rules.
     {8, 2, 1, 1000, 16, 128, 128, Layout::kPagedHeadMajor, 300, true},
     {8, 2, 2, 777, 64, 128, 128, Layout::kPagedHeadMajor, 0, true, true},
@@ -77,7 +83,8 @@ const Case kCases[] = {
     {8, 1, 1, 300, 16, 576, 512, Layout::kPagedLatent, 0, true, true},
 };
 
-// One case's fp8 or int8 cache and its problem.
+// One case's fp8, int8, bf16 or f16 cache and its problem (16-bit elements: two bytes each in
+// the code vectors, no scales).
 struct Fixture {
   std::vector<uint8_t> key_codes, value_codes, keep;
   std::vector<float> key_scales, value_scales;
@@ -130,7 +137,20 @@ Fixture Build(const Case& c, DType dtype, uint32_t seed) {
     kv.key_token_stride = G * dk;
     kv.scale_head_stride = T;
   }
-  f.key_codes.assign(static_cast<size_t>(slots * G * dk), 0);
+  const bool sixteen_bit = dtype == DType::kBF16 || dtype == DType::kF16;
+  const size_t element = sixteen_bit ? 2 : 1;
+  // Stores `width` values at element `offset` of `codes` in the case's type; returns the row's
+  // scale (1 for 16-bit elements, which have none).
+  auto store = [dtype, sixteen_bit](std::vector<uint8_t>& codes, int64_t offset, int64_t width,
+                                    const float* values) {
+    if (!sixteen_bit) return cpu::QuantizeRow(dtype, codes.data(), offset, width, values);
+    for (int64_t i = 0; i < width; ++i) {
+      const uint16_t bits = dtype == DType::kBF16 ? F32ToBF16(values[i]) : F32ToF16(values[i]);
+      std::memcpy(codes.data() + 2 * (offset + i), &bits, sizeof(bits));
+    }
+    return 1.0f;
+  };
+  f.key_codes.assign(static_cast<size_t>(slots * G * dk) * element, 0);
   f.key_scales.assign(static_cast<size_t>(slots * G), -1.0f);
   f.keep.assign(static_cast<size_t>(slots), 1);
   if (latent) {
@@ -141,18 +161,18 @@ Fixture Build(const Case& c, DType dtype, uint32_t seed) {
     kv.value_head_stride = P * dv;
     kv.value_token_stride = dv;
     kv.value_page_stride = G * P * dv;
-    f.value_codes.assign(static_cast<size_t>(slots * G * dv), 0);
+    f.value_codes.assign(static_cast<size_t>(slots * G * dv) * element, 0);
     f.value_scales.assign(f.key_scales.size(), -1.0f);
   } else {
     kv.value_head_stride = dv;
     kv.value_token_stride = G * dv;
-    f.value_codes.assign(static_cast<size_t>(slots * G * dv), 0);
+    f.value_codes.assign(static_cast<size_t>(slots * G * dv) * element, 0);
     f.value_scales.assign(f.key_scales.size(), -1.0f);
   }
   kv.keys = f.key_codes.data();
-  kv.key_scales = f.key_scales.data();
+  kv.key_scales = sixteen_bit ? nullptr : f.key_scales.data();
   kv.values = latent ? f.key_codes.data() : f.value_codes.data();
-  kv.value_scales = latent ? f.key_scales.data() : f.value_scales.data();
+  kv.value_scales = sixteen_bit ? nullptr : latent ? f.key_scales.data() : f.value_scales.data();
   kv.keep = c.padding ? f.keep.data() : nullptr;
 
   std::vector<float> row(static_cast<size_t>(std::max(dk, dv)));
@@ -162,11 +182,11 @@ Fixture Build(const Case& c, DType dtype, uint32_t seed) {
       // Latent rows: one row of dk codes and scale, its first dv entries the values.
       DrawRow(rng, t * G + g, dk, row.data());
       f.key_scales[static_cast<size_t>(ScaleOffset(kv, g, t))] =
-          cpu::QuantizeRow(dtype, f.key_codes.data(), KeyOffset(kv, g, t), dk, row.data());
+          store(f.key_codes, KeyOffset(kv, g, t), dk, row.data());
       if (latent) continue;
       DrawRow(rng, t * G + g + 5, dv, row.data());
       f.value_scales[static_cast<size_t>(ScaleOffset(kv, g, t))] =
-          cpu::QuantizeRow(dtype, f.value_codes.data(), ValueOffset(kv, g, t), dv, row.data());
+          store(f.value_codes, ValueOffset(kv, g, t), dv, row.data());
     }
   }
 
@@ -233,11 +253,11 @@ int64_t SubnormalCodes(const Fixture& f) {
   return count;
 }
 
-constexpr DType kQuantized[] = {DType::kF8E4M3, DType::kI8};
+constexpr DType kCodeTypes[] = {DType::kF8E4M3, DType::kI8, DType::kBF16, DType::kF16};
 
-TEST(QuantizedRowDot, MatchesTheReferenceOnEveryCase) {
+TEST(NarrowRowDot, MatchesTheReferenceOnEveryCase) {
   if (!HaveAvx512()) GTEST_SKIP() << "no AVX-512: nothing to compare";
-  for (const DType dtype : kQuantized) {
+  for (const DType dtype : kCodeTypes) {
     for (const Case& c : kCases) {
       SCOPED_TRACE(std::string(DTypeName(dtype)) + " " + Name(c));
       const Fixture f = Build(c, dtype, 3);
@@ -255,9 +275,9 @@ TEST(QuantizedRowDot, MatchesTheReferenceOnEveryCase) {
   }
 }
 
-TEST(QuantizedRowDot, SameBitsWithoutBf16DotAndOtherWidthsStayExact) {
+TEST(NarrowRowDot, SameBitsWithoutBf16DotAndOtherWidthsStayExact) {
   if (!HaveAvx512()) GTEST_SKIP() << "no AVX-512: nothing to compare";
-  for (const DType dtype : kQuantized) {
+  for (const DType dtype : kCodeTypes) {
     for (const Case& c : kCases) {
       SCOPED_TRACE(std::string(DTypeName(dtype)) + " " + Name(c));
       const Fixture f = Build(c, dtype, 31);
